@@ -1,0 +1,1 @@
+//! The remote tier (being written).
