@@ -1,1 +1,287 @@
-//! (being written)
+//! Every knob of the cache, with its default, validated in one place. `build()` returns
+//! an error that names the bad knob; a Redis URL is only ever shown with its password hidden.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result, redact_url};
+use crate::l2::{Guarded, RedisStore};
+use crate::metrics::Counters;
+use crate::tiered::TieredCache;
+
+/// Largest value Redis accepts as one string.
+const REDIS_MAX_VALUE: usize = 512 << 20;
+
+/// The validated settings shared by the tiers.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub l1_max_bytes: u64,
+    pub l1_ttl: Duration,
+    pub l2_ttl: Duration,
+    pub key_prefix: String,
+    pub redis_url: Option<String>,
+    pub l2_deadline: Duration,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+    pub max_entry_bytes: usize,
+    pub compression_threshold: usize,
+    pub waiter_deadline: Duration,
+    pub l2_write_concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            l1_max_bytes: 256 << 20,
+            l1_ttl: Duration::from_secs(600),
+            l2_ttl: Duration::from_secs(24 * 3600),
+            key_prefix: "ai:cache".into(),
+            redis_url: None,
+            l2_deadline: Duration::from_millis(50),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(2),
+            max_entry_bytes: 4 << 20,
+            compression_threshold: 1024,
+            waiter_deadline: Duration::from_secs(300),
+            l2_write_concurrency: 256,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("l1_max_bytes", &self.l1_max_bytes)
+            .field("l1_ttl", &self.l1_ttl)
+            .field("l2_ttl", &self.l2_ttl)
+            .field("key_prefix", &self.key_prefix)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("l2_deadline", &self.l2_deadline)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("max_entry_bytes", &self.max_entry_bytes)
+            .field("compression_threshold", &self.compression_threshold)
+            .field("waiter_deadline", &self.waiter_deadline)
+            .field("l2_write_concurrency", &self.l2_write_concurrency)
+            .finish()
+    }
+}
+
+fn positive(knob: &str, d: Duration) -> Result<()> {
+    if d.is_zero() {
+        return Err(Error::config(knob, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<()> {
+        positive("l1_ttl", self.l1_ttl)?;
+        positive("l2_ttl", self.l2_ttl)?;
+        if self.l2_ttl < Duration::from_millis(1) {
+            return Err(Error::config("l2_ttl", "must be at least 1 ms"));
+        }
+        positive("l2_deadline", self.l2_deadline)?;
+        if self.l2_deadline > Duration::from_secs(60) {
+            return Err(Error::config(
+                "l2_deadline",
+                format!(
+                    "{:?} is too long: Redis is an optimisation, keep it in the tens of milliseconds",
+                    self.l2_deadline
+                ),
+            ));
+        }
+        positive("breaker_cooldown", self.breaker_cooldown)?;
+        positive("waiter_deadline", self.waiter_deadline)?;
+        if self.breaker_threshold == 0 {
+            return Err(Error::config("breaker_threshold", "must be at least 1"));
+        }
+        if self.l2_write_concurrency == 0 {
+            return Err(Error::config("l2_write_concurrency", "must be at least 1"));
+        }
+        if self.max_entry_bytes == 0 || self.max_entry_bytes > REDIS_MAX_VALUE {
+            return Err(Error::config(
+                "max_entry_bytes",
+                format!(
+                    "{} is out of range: 1 ..= {REDIS_MAX_VALUE}",
+                    self.max_entry_bytes
+                ),
+            ));
+        }
+        if self.l1_max_bytes != 0 && self.l1_max_bytes < 4096 {
+            return Err(Error::config(
+                "l1_max_bytes",
+                format!(
+                    "{} is too small: 0 disables L1, otherwise give at least 4096",
+                    self.l1_max_bytes
+                ),
+            ));
+        }
+        let p = &self.key_prefix;
+        if p.is_empty() || p.len() > 128 {
+            return Err(Error::config(
+                "key_prefix",
+                "must be 1 to 128 bytes long",
+            ));
+        }
+        if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::config(
+                "key_prefix",
+                format!("{p:?} contains whitespace or control characters"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Open the Redis store when a URL is set; the connection is made in the background.
+    pub(crate) async fn open_l2(&self, counters: &Arc<Counters>) -> Result<Option<Arc<Guarded>>> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let store = RedisStore::open(url)?;
+        store.connect_in_background();
+        // Give a local Redis a moment so the first requests find a connection; a Redis that
+        // is down does not fail the build: the cache runs L1-only until it answers.
+        if !store.wait_connected(self.l2_deadline.max(Duration::from_millis(200))).await {
+            tracing::warn!(redis = %redact_url(url), "redis is not reachable yet: running L1-only until it answers");
+        }
+        Ok(Some(Arc::new(Guarded::new(
+            Box::new(store),
+            self.l2_deadline,
+            self.breaker_threshold,
+            self.breaker_cooldown,
+            Arc::clone(counters),
+        ))))
+    }
+}
+
+/// Configures a [`TieredCache`]. Every setter takes and returns the builder; nothing is
+/// checked until [`build`](Self::build), which names the first bad knob.
+#[must_use]
+pub struct TieredCacheBuilder<V> {
+    pub(crate) config: Config,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> fmt::Debug for TieredCacheBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredCacheBuilder")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<V> Default for TieredCacheBuilder<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V> TieredCacheBuilder<V> {
+    /// A builder with the defaults listed in the README's configuration table.
+    pub fn new() -> Self {
+        TieredCacheBuilder {
+            config: Config::default(),
+            _value: PhantomData,
+        }
+    }
+
+    /// L1 bound in bytes (encoded size of each value plus a fixed overhead); 0 disables L1.
+    /// Default 256 MiB.
+    pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+        self.config.l1_max_bytes = bytes;
+        self
+    }
+
+    /// Longest time an entry stays in L1; never longer than its remaining L2 life.
+    /// Default 10 min.
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.config.l1_ttl = ttl;
+        self
+    }
+
+    /// Lifetime of an entry in Redis. Default 24 h.
+    pub fn l2_ttl(mut self, ttl: Duration) -> Self {
+        self.config.l2_ttl = ttl;
+        self
+    }
+
+    /// Prefix of every Redis key: `{prefix}:{sha256 hex}`. Default `ai:cache`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.key_prefix = prefix.into();
+        self
+    }
+
+    /// Redis URL (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS).
+    /// Without it the cache is L1-only.
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.config.redis_url = Some(url.into());
+        self
+    }
+
+    /// Deadline of every L2 operation; past it the operation counts as failed and the
+    /// request goes on without L2. Default 50 ms.
+    pub fn l2_deadline(mut self, deadline: Duration) -> Self {
+        self.config.l2_deadline = deadline;
+        self
+    }
+
+    /// Consecutive L2 failures that open the circuit breaker. Default 5.
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.config.breaker_threshold = failures;
+        self
+    }
+
+    /// How long an open breaker skips L2 before letting one probe through. Default 2 s.
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.config.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Largest encoded value that is stored; larger ones are served but not cached.
+    /// Default 4 MiB.
+    pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_entry_bytes = bytes;
+        self
+    }
+
+    /// Values at least this large are lz4-compressed in Redis (when that makes them
+    /// smaller). Default 1 KiB.
+    pub fn compression_threshold(mut self, bytes: usize) -> Self {
+        self.config.compression_threshold = bytes;
+        self
+    }
+
+    /// How long a caller waits for a flight before it gives up with a timeout error (the
+    /// flight itself goes on). Default 300 s.
+    pub fn waiter_deadline(mut self, deadline: Duration) -> Self {
+        self.config.waiter_deadline = deadline;
+        self
+    }
+
+    /// Background L2 writes allowed at once; writes beyond it are dropped and counted.
+    /// Default 256.
+    pub fn l2_write_concurrency(mut self, writes: usize) -> Self {
+        self.config.l2_write_concurrency = writes;
+        self
+    }
+}
+
+impl<V> TieredCacheBuilder<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
+    /// then runs L1-only and starts using Redis when it answers. Needs a Tokio runtime.
+    pub async fn build(self) -> Result<TieredCache<V>> {
+        self.config.validate()?;
+        let counters = Arc::new(Counters::default());
+        let l2 = self.config.open_l2(&counters).await?;
+        Ok(TieredCache::from_parts(self.config, l2, counters))
+    }
+}

@@ -1,1 +1,196 @@
-//! (being written)
+//! Single-flight: at most one flight per digest at a time, shared by every caller that
+//! misses meanwhile. The map entry is owned by the flight's leader handle; its drop removes
+//! the entry only when the generation still matches, so a cancelled, panicked or replaced
+//! leader can never leave a stuck entry, remove a newer flight, or strand a waiter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::watch;
+
+use crate::digest::{Digest, DigestHasherBuilder};
+use crate::error::{Error, ErrorKind, Result};
+
+/// What a flight delivers to every caller attached to it: one value or one error.
+pub(crate) type Outcome<T> = Option<Result<T>>;
+
+struct Slot<T> {
+    generation: u64,
+    rx: watch::Receiver<Outcome<T>>,
+}
+
+pub(crate) struct Inflight<T> {
+    flights: DashMap<Digest, Slot<T>, DigestHasherBuilder>,
+    next_generation: AtomicU64,
+}
+
+/// Either lead the flight for a digest or wait on the one already running.
+pub(crate) enum Join<T: Clone> {
+    Leader(Leader<T>),
+    Waiter(Waiter<T>),
+}
+
+/// The right and the duty to complete one flight.
+pub(crate) struct Leader<T: Clone> {
+    inflight: Arc<Inflight<T>>,
+    digest: Digest,
+    generation: u64,
+    tx: watch::Sender<Outcome<T>>,
+    completed: bool,
+}
+
+/// A caller attached to a flight.
+pub(crate) struct Waiter<T> {
+    rx: watch::Receiver<Outcome<T>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Inflight<T> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Inflight {
+            flights: DashMap::with_hasher(DigestHasherBuilder),
+            next_generation: AtomicU64::new(1),
+        })
+    }
+
+    /// Join the running flight for `digest`, or start one. With `replace`, always start a new
+    /// flight and let later callers join it instead of the old one (refresh requests must
+    /// not share an answer that was looked up before they asked).
+    pub fn join_or_lead(self: &Arc<Self>, digest: Digest, replace: bool) -> Join<T> {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(None);
+        match self.flights.entry(digest) {
+            Entry::Occupied(mut e) => {
+                if !replace {
+                    return Join::Waiter(Waiter {
+                        rx: e.get().rx.clone(),
+                    });
+                }
+                e.insert(Slot { generation, rx });
+            }
+            Entry::Vacant(e) => {
+                e.insert(Slot { generation, rx });
+            }
+        }
+        Join::Leader(Leader {
+            inflight: Arc::clone(self),
+            digest,
+            generation,
+            tx,
+            completed: false,
+        })
+    }
+
+}
+
+impl<T> Inflight<T> {
+    /// Flights in progress now.
+    pub fn len(&self) -> usize {
+        self.flights.len()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Leader<T> {
+    /// A waiter on this leader's own flight.
+    pub fn waiter(&self) -> Waiter<T> {
+        Waiter {
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    /// Publish the outcome to every waiter, then retire the flight.
+    pub fn complete(mut self, outcome: Result<T>) {
+        self.tx.send_replace(Some(outcome));
+        self.completed = true;
+        // Drop removes the map entry.
+    }
+}
+
+impl<T: Clone> Drop for Leader<T> {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.tx.send_replace(Some(Err(Error::new(
+                ErrorKind::FetchAborted,
+                "the flight's task ended before it produced a value",
+            ))));
+        }
+        // Publish before removal: anyone who joined meanwhile already holds a receiver
+        // that sees the outcome; anyone after removal finds the filled tier or a new flight.
+        self.inflight
+            .flights
+            .remove_if(&self.digest, |_, slot| slot.generation == self.generation);
+    }
+}
+
+impl<T: Clone> Waiter<T> {
+    /// Wait for the flight's outcome.
+    pub async fn wait(mut self) -> Result<T> {
+        match self.rx.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().expect("checked by wait_for"),
+            // Unreachable in practice: the leader publishes before its sender drops.
+            Err(_) => Err(Error::new(
+                ErrorKind::FetchAborted,
+                "the flight ended without an outcome",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    #[tokio::test]
+    async fn second_caller_waits_and_sees_the_value() {
+        let inf = Inflight::<u32>::new();
+        let Join::Leader(leader) = inf.join_or_lead(d(1), false) else {
+            panic!("first caller must lead")
+        };
+        let Join::Waiter(w) = inf.join_or_lead(d(1), false) else {
+            panic!("second caller must wait")
+        };
+        assert_eq!(inf.len(), 1);
+        leader.complete(Ok(7));
+        assert_eq!(inf.len(), 0);
+        assert_eq!(w.wait().await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn dropped_leader_fails_waiters_and_frees_the_slot() {
+        let inf = Inflight::<u32>::new();
+        let Join::Leader(leader) = inf.join_or_lead(d(2), false) else {
+            panic!()
+        };
+        let Join::Waiter(w) = inf.join_or_lead(d(2), false) else {
+            panic!()
+        };
+        drop(leader);
+        assert!(w.wait().await.unwrap_err().is_fetch_aborted());
+        assert_eq!(inf.len(), 0);
+        assert!(matches!(inf.join_or_lead(d(2), false), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn replaced_leader_does_not_remove_the_newer_flight() {
+        let inf = Inflight::<u32>::new();
+        let Join::Leader(old) = inf.join_or_lead(d(3), false) else {
+            panic!()
+        };
+        let Join::Leader(new) = inf.join_or_lead(d(3), true) else {
+            panic!("replace must lead")
+        };
+        old.complete(Ok(1));
+        assert_eq!(inf.len(), 1, "the newer flight must survive the old one's completion");
+        let Join::Waiter(w) = inf.join_or_lead(d(3), false) else {
+            panic!()
+        };
+        new.complete(Ok(2));
+        assert_eq!(w.wait().await.unwrap(), 2);
+        assert_eq!(inf.len(), 0);
+    }
+}

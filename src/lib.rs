@@ -4,10 +4,10 @@
 
 mod builder;
 mod digest;
-mod envelope;
+pub mod envelope;
 mod error;
 mod inflight;
-mod key;
+pub mod key;
 mod l1;
 mod l2;
 mod metrics;
@@ -23,5 +23,13 @@ pub use request::{
 };
 
 // --- envelope re-exports (owned by envelope.rs) ---
+pub use envelope::{Envelope, EnvelopeError};
 // --- key re-exports (owned by key.rs) ---
+pub use key::{KEY_FORMAT_VERSION, KeyOptions};
 // --- upstream/pricing re-exports (owned by upstream.rs, pricing.rs) ---
+pub use pricing::{ModelPrice, PriceTable};
+pub use upstream::{BoxFuture, OpenAiCompatible, RetryPolicy, Upstream, UpstreamStats};
+
+pub use builder::TieredCacheBuilder;
+pub use metrics::{BreakerState, Stats};
+pub use tiered::{CacheStatus, Cached, FetchOptions, TieredCache};

@@ -4,3 +4,18 @@
 
 pub mod redis;
 pub mod upstream;
+
+use std::time::{Duration, Instant};
+
+/// Poll `cond` until it holds, failing the test with `what` after `limit`. For conditions
+/// that have no signal of their own (another process's state, a background write).
+pub async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,221 @@
+//! The Redis store: one multiplexed connection with TCP_NODELAY, made lazily in the
+//! background and remade after it breaks. It never waits on the redis crate's own
+//! reconnect logic: a missing connection is an immediate error the guard counts.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use redis::aio::MultiplexedConnection;
+use redis::io::tcp::TcpSettings;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
+use tokio::sync::Notify;
+
+use super::{L2Error, RemoteStore};
+use crate::error::{Error, Result, redact_url};
+
+/// How long a background connection attempt may take. Operations never wait this long:
+/// they give up at their own deadline while the attempt goes on.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: Client,
+    config: AsyncConnectionConfig,
+    described: String,
+    /// The connection in use and its generation, so a failed op only resets the
+    /// connection it used, never a newer one.
+    current: RwLock<Option<(u64, MultiplexedConnection)>>,
+    generation: AtomicU64,
+    connecting: AtomicBool,
+    connect_done: Notify,
+    last_error: Mutex<Option<String>>,
+}
+
+impl RedisStore {
+    /// Validate `url` and prepare the client; no connection is made here.
+    pub fn open(url: &str) -> Result<Self> {
+        let described = redact_url(url);
+        let info = url.into_connection_info().map_err(|e| {
+            Error::config(
+                "redis_url",
+                format!("`{described}` is not a valid Redis URL: {}", redact_err(&e, url)),
+            )
+        })?;
+        let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info).map_err(|e| {
+            Error::config(
+                "redis_url",
+                format!("`{described}` is not usable: {}", redact_err(&e, url)),
+            )
+        })?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            // The guard's deadline bounds every operation; the crate's own must not fire first
+            // nor hold a command for seconds.
+            .set_response_timeout(None);
+        Ok(RedisStore {
+            shared: Arc::new(Shared {
+                client,
+                config,
+                described,
+                current: RwLock::new(None),
+                generation: AtomicU64::new(0),
+                connecting: AtomicBool::new(false),
+                connect_done: Notify::new(),
+                last_error: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Start connecting now (used by `build()` so the first request finds a connection).
+    pub fn connect_in_background(&self) {
+        Shared::spawn_connect(&self.shared);
+    }
+
+    /// Wait up to `wait` for a connection; true when there is one.
+    pub async fn wait_connected(&self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.shared.connection())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, L2Error>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let (generation, conn) = self.shared.connection().await?;
+        match op(conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let broken =
+                    e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error();
+                if broken {
+                    self.shared.reset_if(generation);
+                    Err(L2Error::Connection(redact_err(&e, "")))
+                } else {
+                    Err(L2Error::Command(redact_err(&e, "")))
+                }
+            }
+        }
+    }
+}
+
+fn redact_err(e: &RedisError, url: &str) -> String {
+    let text = e.to_string();
+    if url.is_empty() {
+        text
+    } else {
+        text.replace(url, &redact_url(url))
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current.read().expect("lock poisoned").clone()
+    }
+
+    async fn connection(self: &Arc<Self>) -> Result<(u64, MultiplexedConnection), L2Error> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let done = self.connect_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        Self::spawn_connect(self);
+        done.await;
+        self.current().ok_or_else(|| {
+            let last = self.last_error.lock().expect("lock poisoned").clone();
+            L2Error::Connection(last.unwrap_or_else(|| "not connected".into()))
+        })
+    }
+
+    fn spawn_connect(this: &Arc<Self>) {
+        if this.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(this);
+        tokio::spawn(async move {
+            let result = shared
+                .client
+                .get_multiplexed_async_connection_with_config(&shared.config)
+                .await;
+            match result {
+                Ok(conn) => {
+                    let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                    *shared.current.write().expect("lock poisoned") = Some((generation, conn));
+                    *shared.last_error.lock().expect("lock poisoned") = None;
+                    tracing::debug!(redis = %shared.described, "connected to redis");
+                }
+                Err(e) => {
+                    let msg = redact_err(&e, "");
+                    tracing::debug!(redis = %shared.described, error = %msg, "redis connect failed");
+                    *shared.last_error.lock().expect("lock poisoned") = Some(msg);
+                }
+            }
+            shared.connecting.store(false, Ordering::Release);
+            shared.connect_done.notify_waiters();
+        });
+    }
+
+    fn reset_if(&self, generation: u64) {
+        let mut cur = self.current.write().expect("lock poisoned");
+        if cur.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *cur = None;
+        }
+    }
+}
+
+impl RemoteStore for RedisStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, L2Error>> {
+        Box::pin(self.run(move |mut c| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut c)
+                .await
+        }))
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        Box::pin(self.run(move |mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ms)
+                .query_async::<()>(&mut c)
+                .await
+        }))
+    }
+
+    fn unlink<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), L2Error>> {
+        Box::pin(self.run(move |mut c| async move {
+            redis::cmd("UNLINK")
+                .arg(key)
+                .query_async::<()>(&mut c)
+                .await
+        }))
+    }
+
+    fn reset(&self) {
+        *self.shared.current.write().expect("lock poisoned") = None;
+    }
+
+    fn describe(&self) -> &str {
+        &self.shared.described
+    }
+}

@@ -1,0 +1,567 @@
+//! The generic two-tier engine against a real redis-server: tiers, expiry, single-flight,
+//! cancellation, panics, errors, corrupt entries and Redis faults.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use llm_cache::{BreakerState, CacheStatus, Digest, Error, FetchOptions, TieredCache};
+use redis::AsyncCommands;
+use support::eventually;
+use support::redis::RedisServer;
+use tokio::sync::Semaphore;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn cache(server: &RedisServer) -> TieredCache<String> {
+    TieredCache::<String>::builder()
+        .redis(server.url())
+        .l2_deadline(Duration::from_millis(250))
+        .breaker_cooldown(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("build")
+}
+
+fn key(n: u32) -> Digest {
+    Digest::of(format!("key-{n}"))
+}
+
+/// A fetch that counts its calls and returns `value`.
+fn counted(
+    calls: &Arc<AtomicUsize>,
+    value: &str,
+) -> impl FnOnce() -> std::future::Ready<llm_cache::Result<String>> + Send + 'static {
+    let calls = Arc::clone(calls);
+    let value = value.to_string();
+    move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(value))
+    }
+}
+
+async fn wait_l2_writes(c: &TieredCache<String>, n: u64) {
+    eventually("background L2 writes", WAIT, || c.stats().l2_writes >= n).await;
+}
+
+#[tokio::test]
+async fn miss_then_l1_hit() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = c.get_or_fetch(key(1), counted(&calls, "v1")).await.unwrap();
+    assert_eq!(first.status(), CacheStatus::Miss);
+    assert_eq!(first.value(), "v1");
+    let second = c.get_or_fetch(key(1), counted(&calls, "other")).await.unwrap();
+    assert_eq!(second.status(), CacheStatus::HitL1);
+    assert_eq!(second.value(), "v1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let s = c.stats();
+    assert_eq!((s.misses, s.l1_hits, s.fetches), (1, 1, 1));
+    assert_eq!(s.breaker, BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn second_cache_on_same_redis_hits_l2() {
+    let server = RedisServer::start();
+    let a = cache(&server).await;
+    let b = cache(&server).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    a.get_or_fetch(key(2), counted(&calls, "shared")).await.unwrap();
+    wait_l2_writes(&a, 1).await;
+    let got = b
+        .get_or_fetch(key(2), || async { Err(Error::fetch_msg("must not fetch")) })
+        .await
+        .unwrap();
+    assert_eq!(got.status(), CacheStatus::HitL2);
+    assert_eq!(got.value(), "shared");
+    // Promoted to B's L1.
+    assert_eq!(b.get(&key(2)).await.unwrap().value(), "shared");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(b.stats().l2_hits, 1);
+}
+
+#[tokio::test]
+async fn entries_expire_in_both_tiers_and_l1_never_outlives_l2() {
+    let server = RedisServer::start();
+    let writer = TieredCache::<String>::builder()
+        .redis(server.url())
+        .l1_ttl(Duration::from_secs(60))
+        .l2_ttl(Duration::from_millis(600))
+        .build()
+        .await
+        .unwrap();
+    let reader = TieredCache::<String>::builder()
+        .redis(server.url())
+        .l1_ttl(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    writer.get_or_fetch(key(3), counted(&calls, "short")).await.unwrap();
+    wait_l2_writes(&writer, 1).await;
+    // The reader promotes the L2 entry; its L1 copy must keep the L2 entry's remaining life.
+    let hit = reader
+        .get_or_fetch(key(3), counted(&calls, "x"))
+        .await
+        .unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitL2);
+    let mut conn = server.conn().await;
+    let redis_key = writer.l2_key(&key(3));
+    let pttl: i64 = conn.pttl(&redis_key).await.unwrap();
+    assert!(pttl > 0 && pttl <= 600, "L2 entry has PX ttl, got {pttl}");
+
+    // Time passing is the scenario here, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(writer.get(&key(3)).await.is_none(), "writer L1 outlived L2");
+    assert!(reader.get(&key(3)).await.is_none(), "reader L1 outlived L2");
+    let exists: bool = conn.exists(&redis_key).await.unwrap();
+    assert!(!exists, "redis expired the key");
+    let again = reader
+        .get_or_fetch(key(3), counted(&calls, "fresh"))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), CacheStatus::Miss);
+    assert_eq!(again.value(), "fresh");
+}
+
+#[tokio::test]
+async fn ttl_override_and_no_store_and_refresh() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut conn = server.conn().await;
+
+    let opts = FetchOptions::new().ttl(Duration::from_secs(5));
+    c.get_or_fetch_with(key(4), &opts, counted(&calls, "a"))
+        .await
+        .unwrap();
+    wait_l2_writes(&c, 1).await;
+    let pttl: i64 = conn.pttl(c.l2_key(&key(4))).await.unwrap();
+    assert!(pttl > 0 && pttl <= 5000, "ttl override reached redis: {pttl}");
+
+    let opts = FetchOptions::new().no_store(true);
+    let r = c
+        .get_or_fetch_with(key(5), &opts, counted(&calls, "b"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), CacheStatus::Miss);
+    assert!(c.get(&key(5)).await.is_none(), "no_store kept it in L1");
+    let exists: bool = conn.exists(c.l2_key(&key(5))).await.unwrap();
+    assert!(!exists, "no_store wrote to redis");
+
+    let opts = FetchOptions::new().refresh(true);
+    let r = c
+        .get_or_fetch_with(key(4), &opts, counted(&calls, "a2"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), CacheStatus::Miss, "refresh never reads a tier");
+    assert_eq!(r.value(), "a2");
+    assert_eq!(c.get(&key(4)).await.unwrap().value(), "a2");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn invalidate_removes_from_both_tiers() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    c.insert(key(6), "doomed".into(), &FetchOptions::new())
+        .await
+        .unwrap();
+    wait_l2_writes(&c, 1).await;
+    let mut conn = server.conn().await;
+    let exists: bool = conn.exists(c.l2_key(&key(6))).await.unwrap();
+    assert!(exists);
+    c.invalidate(&key(6)).await.unwrap();
+    assert!(c.get(&key(6)).await.is_none());
+    let exists: bool = conn.exists(c.l2_key(&key(6))).await.unwrap();
+    assert!(!exists);
+    assert!(c.fetch_stored(&key(6)).await.is_none());
+}
+
+/// Spawns `n` callers over `keys` digests whose fetch blocks on `gate`; returns their handles.
+fn spawn_gated(
+    c: &TieredCache<String>,
+    n: usize,
+    keys: u32,
+    gate: &Arc<Semaphore>,
+    calls: &Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<llm_cache::Result<llm_cache::Cached<String>>>> {
+    (0..n)
+        .map(|i| {
+            let c = c.clone();
+            let gate = Arc::clone(gate);
+            let calls = Arc::clone(calls);
+            let k = (i as u32) % keys;
+            tokio::spawn(async move {
+                c.get_or_fetch(key(100 + k), move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let _p = gate.acquire().await.unwrap();
+                    Ok(format!("value-{k}"))
+                })
+                .await
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_callers_one_fetch() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handles = spawn_gated(&c, 1000, 1, &gate, &calls);
+    // Every caller is attached before the fetch may finish.
+    eventually("999 callers coalesced", WAIT, || c.stats().coalesced == 999).await;
+    gate.add_permits(1000);
+    for h in handles {
+        assert_eq!(h.await.unwrap().unwrap().value(), "value-0");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(c.inflight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_callers_over_ten_keys_ten_fetches() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handles = spawn_gated(&c, 1000, 10, &gate, &calls);
+    eventually("990 callers coalesced", WAIT, || c.stats().coalesced == 990).await;
+    gate.add_permits(1000);
+    for (i, h) in handles.into_iter().enumerate() {
+        let v = h.await.unwrap().unwrap();
+        assert_eq!(v.value(), &format!("value-{}", i % 10));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+    assert_eq!(c.inflight(), 0);
+}
+
+#[tokio::test]
+async fn aborted_leader_does_not_cancel_the_flight() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let leader = spawn_gated(&c, 1, 1, &gate, &calls).pop().unwrap();
+    eventually("the fetch started", WAIT, || calls.load(Ordering::SeqCst) == 1).await;
+    let waiter = spawn_gated(&c, 1, 1, &gate, &calls).pop().unwrap();
+    eventually("a waiter joined", WAIT, || c.stats().coalesced == 1).await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    gate.add_permits(1);
+    assert_eq!(waiter.await.unwrap().unwrap().value(), "value-0");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(c.inflight(), 0);
+
+    // A dropped leader future (not a task) behaves the same: the value lands in L1.
+    let calls2 = Arc::clone(&calls);
+    let gate2 = Arc::new(Semaphore::new(0));
+    let g = Arc::clone(&gate2);
+    let fut = c.get_or_fetch(key(7), move || async move {
+        calls2.fetch_add(1, Ordering::SeqCst);
+        let _p = g.acquire().await.unwrap();
+        Ok("landed".to_string())
+    });
+    let timed_out = tokio::time::timeout(Duration::from_millis(50), fut).await;
+    assert!(timed_out.is_err(), "the fetch is gated, so the caller times out");
+    gate2.add_permits(1);
+    eventually("the dropped caller's flight landed", WAIT, || c.inflight() == 0).await;
+    assert_eq!(c.get(&key(7)).await.unwrap().value(), "landed");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn panicking_fetch_fails_every_waiter_and_is_not_cached() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        let c = c.clone();
+        let gate = Arc::clone(&gate);
+        let started = Arc::clone(&started);
+        handles.push(tokio::spawn(async move {
+            c.get_or_fetch(key(8), move || async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                let _p = gate.acquire().await.unwrap();
+                panic!("boom in fetch");
+            })
+            .await
+        }));
+    }
+    eventually("19 waiters joined", WAIT, || c.stats().coalesced == 19).await;
+    gate.add_permits(1);
+    for h in handles {
+        let e = h.await.unwrap().unwrap_err();
+        assert!(e.is_fetch_aborted(), "{e}");
+        assert!(e.to_string().contains("boom in fetch"), "{e}");
+    }
+    assert_eq!(started.load(Ordering::SeqCst), 1);
+    assert_eq!(c.inflight(), 0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ok = c.get_or_fetch(key(8), counted(&calls, "ok")).await.unwrap();
+    assert_eq!((ok.status(), ok.value().as_str()), (CacheStatus::Miss, "ok"));
+}
+
+#[tokio::test]
+async fn fetch_error_reaches_every_waiter_and_is_not_cached() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        let c = c.clone();
+        let gate = Arc::clone(&gate);
+        handles.push(tokio::spawn(async move {
+            c.get_or_fetch(key(9), move || async move {
+                let _p = gate.acquire().await.unwrap();
+                Err(Error::fetch_msg("upstream said no"))
+            })
+            .await
+        }));
+    }
+    eventually("9 waiters joined", WAIT, || c.stats().coalesced == 9).await;
+    gate.add_permits(1);
+    for h in handles {
+        let e = h.await.unwrap().unwrap_err();
+        assert_eq!(e.message(), "upstream said no");
+    }
+    assert_eq!(c.stats().fetch_errors, 1);
+    assert_eq!(c.inflight(), 0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ok = c.get_or_fetch(key(9), counted(&calls, "now ok")).await.unwrap();
+    assert_eq!(ok.status(), CacheStatus::Miss);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn waiter_gives_up_at_its_deadline_while_the_flight_goes_on() {
+    let c = TieredCache::<String>::builder()
+        .waiter_deadline(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let g = Arc::clone(&gate);
+    let e = c
+        .get_or_fetch(key(10), move || async move {
+            let _p = g.acquire().await.unwrap();
+            Ok("late".to_string())
+        })
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(c.stats().waiter_timeouts, 1);
+    gate.add_permits(1);
+    eventually("the flight landed", WAIT, || c.inflight() == 0).await;
+    assert_eq!(c.get(&key(10)).await.unwrap().value(), "late");
+}
+
+#[tokio::test]
+async fn corrupt_entries_are_misses_that_get_overwritten() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    let mut conn = server.conn().await;
+
+    // A valid envelope to damage in several ways.
+    let good = llm_cache::envelope::encode(
+        &serde_json::to_vec("real").unwrap(),
+        1,
+        u64::MAX / 2,
+        usize::MAX,
+    );
+    let mut bad_checksum = good.clone();
+    let mid = bad_checksum.len() / 2;
+    bad_checksum[mid] ^= 0x40;
+    let mut bad_version = good.clone();
+    bad_version[4] = 99;
+    let corruptions: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"definitely not an envelope".to_vec()),
+        ("truncated", good[..good.len() - 3].to_vec()),
+        ("checksum", bad_checksum),
+        ("version", bad_version),
+        ("empty", Vec::new()),
+    ];
+    for (i, (what, bytes)) in corruptions.into_iter().enumerate() {
+        let k = key(200 + i as u32);
+        let redis_key = c.l2_key(&k);
+        let _: () = conn.set(&redis_key, bytes.clone()).await.unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let got = c.get_or_fetch(k, counted(&calls, "refetched")).await.unwrap();
+        assert_eq!(got.status(), CacheStatus::Miss, "{what}");
+        assert_eq!(got.value(), "refetched", "{what}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{what}");
+        assert_eq!(c.stats().corrupt_entries, i as u64 + 1, "{what}");
+        eventually("the corrupt key is overwritten", WAIT, || c.stats().l2_writes > i as u64).await;
+        let stored: Vec<u8> = conn.get(&redis_key).await.unwrap();
+        let env = llm_cache::envelope::decode(&stored).expect("a valid envelope now");
+        assert_eq!(&*env.payload, br#""refetched""#, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_paused_and_restarted_every_call_succeeds() {
+    let mut server = RedisServer::start();
+    let c = TieredCache::<String>::builder()
+        .redis(server.url())
+        .l2_deadline(Duration::from_millis(50))
+        .breaker_threshold(3)
+        .breaker_cooldown(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let round = |c: TieredCache<String>, calls: Arc<AtomicUsize>, base: u32| async move {
+        // A mix of fresh keys and repeats; each answer must be the key's own.
+        for i in 0..30u32 {
+            let k = base + (i % 20);
+            let got = c
+                .get_or_fetch(key(k), counted(&calls, &format!("v{k}")))
+                .await
+                .expect("fail-open: every call succeeds");
+            assert_eq!(got.value(), &format!("v{k}"));
+        }
+    };
+    round(c.clone(), Arc::clone(&calls), 1000).await;
+
+    server.kill();
+    round(c.clone(), Arc::clone(&calls), 2000).await;
+    let s = c.stats();
+    assert!(s.l2_errors + s.l2_timeouts > 0, "the dead redis was noticed: {s:?}");
+
+    server.restart();
+    drive_until_l2_write(&c, &calls, 10_000).await;
+
+    server.pause();
+    let before = c.stats();
+    round(c.clone(), Arc::clone(&calls), 3000).await;
+    let during = c.stats();
+    assert!(during.l2_timeouts > before.l2_timeouts, "paused redis timed out: {during:?}");
+    assert!(
+        during.breaker == BreakerState::Open || during.l2_skipped > before.l2_skipped,
+        "the breaker opened and L2 was skipped: {during:?}"
+    );
+    server.resume();
+
+    // After recovery, a value written now is an L2 hit for a second cache.
+    let k = drive_until_l2_write(&c, &calls, 20_000).await;
+    let other = cache(&server).await;
+    let hit = other
+        .get_or_fetch(key(k), || async { Err(Error::fetch_msg("must hit L2")) })
+        .await
+        .unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitL2);
+    assert_eq!(hit.value(), &format!("v{k}"));
+    assert_eq!(c.inflight(), 0);
+}
+
+#[tokio::test]
+async fn build_succeeds_with_redis_down_and_uses_it_when_it_appears() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let c = TieredCache::<String>::builder()
+        .redis(server.url())
+        .breaker_threshold(2)
+        .breaker_cooldown(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build must not need redis");
+    let calls = Arc::new(AtomicUsize::new(0));
+    for i in 0..5 {
+        let v = c
+            .get_or_fetch(key(300 + i), counted(&calls, "v"))
+            .await
+            .unwrap();
+        assert_eq!(v.status(), CacheStatus::Miss);
+    }
+    assert!(c.stats().l2_writes == 0);
+    server.restart();
+    drive_until_l2_write(&c, &calls, 400).await;
+}
+
+/// Keep requesting fresh keys (so the breaker gets its probes) until one lands in L2;
+/// returns that key's number.
+async fn drive_until_l2_write(c: &TieredCache<String>, calls: &Arc<AtomicUsize>, base: u32) -> u32 {
+    let writes_before = c.stats().l2_writes;
+    let start = std::time::Instant::now();
+    for k in base.. {
+        c.get_or_fetch(key(k), counted(calls, &format!("v{k}")))
+            .await
+            .expect("fail-open");
+        let landed = tokio::time::timeout(Duration::from_millis(500), async {
+            while c.stats().l2_writes == writes_before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        if landed.is_ok() {
+            return k;
+        }
+        assert!(start.elapsed() < WAIT, "redis never came back into use: {:?}", c.stats());
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn bad_knobs_are_named_and_urls_redacted() {
+    let e = TieredCache::<String>::builder()
+        .redis("redis://user:hunter2@/no-host-here:abc")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(e.is_config(), "{e}");
+    let shown = format!("{e} {e:?}");
+    assert!(shown.contains("redis_url"), "{shown}");
+    assert!(!shown.contains("hunter2"), "password leaked: {shown}");
+
+    let e = TieredCache::<String>::builder()
+        .redis("http://user:hunter2@localhost:1")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(!format!("{e} {e:?}").contains("hunter2"));
+
+    let builder = TieredCache::<String>::builder().redis("redis://:hunter2@127.0.0.1:1");
+    assert!(!format!("{builder:?}").contains("hunter2"));
+
+    let cases: Vec<(&str, llm_cache::TieredCacheBuilder<String>)> = vec![
+        ("l1_ttl", TieredCache::builder().l1_ttl(Duration::ZERO)),
+        ("l2_ttl", TieredCache::builder().l2_ttl(Duration::ZERO)),
+        ("l2_deadline", TieredCache::builder().l2_deadline(Duration::ZERO)),
+        ("l2_deadline", TieredCache::builder().l2_deadline(Duration::from_secs(3600))),
+        ("breaker_threshold", TieredCache::builder().breaker_threshold(0)),
+        ("breaker_cooldown", TieredCache::builder().breaker_cooldown(Duration::ZERO)),
+        ("max_entry_bytes", TieredCache::builder().max_entry_bytes(0)),
+        ("waiter_deadline", TieredCache::builder().waiter_deadline(Duration::ZERO)),
+        ("key_prefix", TieredCache::builder().key_prefix("")),
+        ("key_prefix", TieredCache::builder().key_prefix("has space")),
+        ("l1_max_bytes", TieredCache::builder().l1_max_bytes(10)),
+        ("l2_write_concurrency", TieredCache::builder().l2_write_concurrency(0)),
+    ];
+    for (knob, b) in cases {
+        let e = b.build().await.unwrap_err();
+        assert!(e.is_config() && e.message().contains(knob), "{knob}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_values_are_served_not_stored() {
+    let c = TieredCache::<String>::builder()
+        .max_entry_bytes(64)
+        .build()
+        .await
+        .unwrap();
+    let big = "x".repeat(1000);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let got = c.get_or_fetch(key(11), counted(&calls, &big)).await.unwrap();
+    assert_eq!(got.value(), &big);
+    assert!(c.get(&key(11)).await.is_none());
+    assert_eq!(c.stats().oversized, 1);
+    assert_eq!(c.stats().breaker, BreakerState::Disabled);
+}
