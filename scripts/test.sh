@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The whole gate, in the order CI runs it: format, lints, docs, tests (unit, integration,
+# doc), then the fuzz and demo hooks when those parts of the repo exist.
+# Tests spawn their own redis-server processes on free loopback ports; nothing here (or in
+# the tests) uses the machine's Redis on port 6379, even if the apt package started one.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-always}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+section() {
+    printf '\n==================== %s ====================\n' "$*"
+}
+
+section "redis-server"
+if ! command -v redis-server >/dev/null 2>&1; then
+    sudo_cmd=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo_cmd=(sudo)
+        else
+            echo "redis-server is missing and we are not root (no sudo): install redis-server" >&2
+            exit 1
+        fi
+    fi
+    "${sudo_cmd[@]}" apt-get update
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+fi
+redis-server --version
+command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli is missing" >&2; exit 1; }
+
+section "cargo fmt --all --check"
+cargo fmt --all --check
+
+section "cargo clippy --all-targets --all-features -- -D warnings"
+cargo clippy --all-targets --all-features -- -D warnings
+
+section "cargo doc --no-deps --all-features (warnings are errors)"
+RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --no-deps --all-features
+
+# No --lib/--tests filter: this runs unit, integration and doc tests (the README is doc-tested).
+section "cargo test --all-features (unit, integration, doc tests)"
+cargo test --all-features
+
+section "fuzz"
+if [ -f fuzz/Cargo.toml ] && [ -f scripts/fuzz.sh ]; then
+    bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+else
+    echo "skipped: fuzz/Cargo.toml or scripts/fuzz.sh not present"
+fi
+
+section "demo"
+if [ -f examples/demo.rs ]; then
+    if [ -f scripts/demo-check.sh ]; then
+        bash scripts/demo-check.sh
+    else
+        echo "skipped: examples/demo.rs exists but scripts/demo-check.sh does not"
+    fi
+else
+    echo "skipped: examples/demo.rs not present"
+fi
+
+section "all checks passed"
