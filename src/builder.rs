@@ -12,7 +12,12 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result, redact_url};
 use crate::l2::{Guarded, RedisStore};
 use crate::metrics::Counters;
+use crate::cache::LlmCache;
+use crate::key::KeyOptions;
+use crate::pricing::PriceTable;
+use crate::request::ChatResponse;
 use crate::tiered::TieredCache;
+use crate::upstream::Upstream;
 
 /// Largest value Redis accepts as one string.
 const REDIS_MAX_VALUE: usize = 512 << 20;
@@ -160,37 +165,9 @@ impl Config {
     }
 }
 
-/// Configures a [`TieredCache`]. Every setter takes and returns the builder; nothing is
-/// checked until [`build`](Self::build), which names the first bad knob.
-#[must_use]
-pub struct TieredCacheBuilder<V> {
-    pub(crate) config: Config,
-    _value: PhantomData<fn() -> V>,
-}
-
-impl<V> fmt::Debug for TieredCacheBuilder<V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TieredCacheBuilder")
-            .field("config", &self.config)
-            .finish()
-    }
-}
-
-impl<V> Default for TieredCacheBuilder<V> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<V> TieredCacheBuilder<V> {
-    /// A builder with the defaults listed in the README's configuration table.
-    pub fn new() -> Self {
-        TieredCacheBuilder {
-            config: Config::default(),
-            _value: PhantomData,
-        }
-    }
-
+/// The knobs shared by [`TieredCacheBuilder`] and `LlmCacheBuilder`, written once.
+macro_rules! config_setters {
+    () => {
     /// L1 bound in bytes (encoded size of each value plus a fixed overhead); 0 disables L1.
     /// Default 256 MiB.
     pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
@@ -270,6 +247,40 @@ impl<V> TieredCacheBuilder<V> {
         self.config.l2_write_concurrency = writes;
         self
     }
+    };
+}
+/// Configures a [`TieredCache`]. Every setter takes and returns the builder; nothing is
+/// checked until [`build`](Self::build), which names the first bad knob.
+#[must_use]
+pub struct TieredCacheBuilder<V> {
+    pub(crate) config: Config,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> fmt::Debug for TieredCacheBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredCacheBuilder")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<V> Default for TieredCacheBuilder<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V> TieredCacheBuilder<V> {
+    /// A builder with the defaults listed in the README's configuration table.
+    pub fn new() -> Self {
+        TieredCacheBuilder {
+            config: Config::default(),
+            _value: PhantomData,
+        }
+    }
+
+    config_setters!();
 }
 
 impl<V> TieredCacheBuilder<V>
@@ -283,5 +294,108 @@ where
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
         Ok(TieredCache::from_parts(self.config, l2, counters))
+    }
+}
+
+/// Configures an [`LlmCache`]: the upstream, the tiers (the same knobs as
+/// [`TieredCacheBuilder`]), the key rules, prices and the temperature rule.
+#[must_use]
+pub struct LlmCacheBuilder {
+    pub(crate) config: Config,
+    upstream: Option<Arc<dyn Upstream>>,
+    key_options: KeyOptions,
+    prices: PriceTable,
+    max_cacheable_temperature: Option<f64>,
+}
+
+impl fmt::Debug for LlmCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmCacheBuilder")
+            .field("config", &self.config)
+            .field("upstream", &self.upstream.as_ref().map(|_| "set"))
+            .field("key_options", &self.key_options)
+            .field("max_cacheable_temperature", &self.max_cacheable_temperature)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LlmCacheBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LlmCacheBuilder {
+    /// A builder with the README's defaults and no upstream yet.
+    pub fn new() -> Self {
+        LlmCacheBuilder {
+            config: Config::default(),
+            upstream: None,
+            key_options: KeyOptions::default(),
+            prices: PriceTable::default(),
+            max_cacheable_temperature: None,
+        }
+    }
+
+    /// The provider to ask on a miss: [`OpenAiCompatible`](crate::OpenAiCompatible) or any
+    /// [`Upstream`] of your own. Required.
+    pub fn upstream(mut self, upstream: impl Upstream) -> Self {
+        self.upstream = Some(Arc::new(upstream));
+        self
+    }
+
+    /// An upstream already shared elsewhere.
+    pub fn upstream_arc(mut self, upstream: Arc<dyn Upstream>) -> Self {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// How requests become keys: ignored transport fields, opt-in text normalization.
+    pub fn key_options(mut self, options: KeyOptions) -> Self {
+        self.key_options = options;
+        self
+    }
+
+    /// Prices used to report dollars saved. Default: the built-in 2026 table.
+    pub fn prices(mut self, prices: PriceTable) -> Self {
+        self.prices = prices;
+        self
+    }
+
+    /// Do not cache requests whose temperature is above `max` (they go straight to the
+    /// upstream). Default: cache every temperature.
+    pub fn max_cacheable_temperature(mut self, max: f64) -> Self {
+        self.max_cacheable_temperature = Some(max);
+        self
+    }
+
+    config_setters!();
+
+    /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
+    /// then runs L1-only and starts using Redis when it answers. Needs a Tokio runtime.
+    pub async fn build(self) -> Result<LlmCache> {
+        let upstream = self
+            .upstream
+            .ok_or_else(|| Error::config("upstream", "required: give the provider to call on a miss"))?;
+        upstream.validate()?;
+        if let Some(t) = self.max_cacheable_temperature
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return Err(Error::config(
+                "max_cacheable_temperature",
+                format!("{t} is not a temperature (give a finite number >= 0)"),
+            ));
+        }
+        self.config.validate()?;
+        let counters = Arc::new(Counters::default());
+        let l2 = self.config.open_l2(&counters).await?;
+        let tiers = TieredCache::<ChatResponse>::from_parts(self.config, l2, counters);
+        Ok(LlmCache::from_parts(
+            tiers,
+            upstream,
+            self.key_options,
+            self.prices,
+            self.max_cacheable_temperature,
+        ))
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+mod cache;
 mod digest;
 pub mod envelope;
 mod error;
@@ -12,6 +13,7 @@ mod l1;
 mod l2;
 mod metrics;
 mod pricing;
+mod policy;
 mod request;
 mod tiered;
 mod upstream;
@@ -30,6 +32,8 @@ pub use key::{KEY_FORMAT_VERSION, KeyOptions};
 pub use pricing::{ModelPrice, PriceTable};
 pub use upstream::{BoxFuture, OpenAiCompatible, RetryPolicy, Upstream, UpstreamStats};
 
-pub use builder::TieredCacheBuilder;
+pub use builder::{LlmCacheBuilder, TieredCacheBuilder};
+pub use cache::{LlmCache, LlmStats, ModelSavings};
+pub use policy::CacheControl;
 pub use metrics::{BreakerState, Stats};
 pub use tiered::{CacheStatus, Cached, FetchOptions, TieredCache};

@@ -126,9 +126,13 @@ impl<V> Cached<V> {
         Duration::from_millis(now_ms().saturating_sub(self.created_at_ms))
     }
 
-    /// The key's digest.
+    /// The key's digest; `digest().to_hex()` is the Redis key's suffix.
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+
+    pub(crate) fn created_at_ms(&self) -> u64 {
+        self.created_at_ms
     }
 }
 

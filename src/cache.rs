@@ -1,0 +1,341 @@
+//! `LlmCache`: what users came for. It turns a chat request into a key, answers from the
+//! tiers, and calls the upstream only on a miss (once per key, however many callers).
+//! It never alters the provider's JSON and never stores an error.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use dashmap::DashMap;
+use futures_util::StreamExt;
+
+use crate::builder::LlmCacheBuilder;
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::key::{self, KeyOptions};
+use crate::metrics::Stats;
+use crate::policy::{self, CacheControl};
+use crate::pricing::{ModelPrice, PriceTable};
+use crate::request::{ChatRequest, ChatResponse};
+use crate::tiered::{CacheStatus, Cached, TieredCache, now_ms};
+use crate::upstream::Upstream;
+
+/// Dollars are counted in nano-dollars so that a relaxed atomic add can do it.
+const NANOS_PER_DOLLAR: f64 = 1e9;
+
+/// What the cache saved for one model.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ModelSavings {
+    /// Answers served without paying for a call (L1, L2, coalesced).
+    pub hits: u64,
+    /// Requests that went to the upstream for this model.
+    pub misses: u64,
+    /// Tokens (prompt + completion) of the answers served from cache.
+    pub tokens_saved: u64,
+    /// Dollars those tokens would have cost, by the price table.
+    pub cost_saved_usd: f64,
+}
+
+/// A snapshot of an [`LlmCache`]'s counters.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LlmStats {
+    /// The tiers' counters (hits per tier, misses, coalesced, L2 trouble...).
+    pub cache: Stats,
+    /// Requests that did not use the cache (bypass, or above the temperature rule).
+    pub bypassed: u64,
+    /// Calls made to the upstream (misses, refreshes, bypasses).
+    pub upstream_calls: u64,
+    /// Tokens of all answers served from cache.
+    pub tokens_saved: u64,
+    /// Dollars those answers would have cost.
+    pub cost_saved_usd: f64,
+    /// The same, per requested model.
+    pub per_model: BTreeMap<String, ModelSavings>,
+}
+
+#[derive(Default)]
+struct ModelCounters {
+    price: Option<ModelPrice>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    tokens: AtomicU64,
+    nano_dollars: AtomicU64,
+}
+
+/// An OpenAI-compatible chat client that answers repeats from cache. Cheap to clone.
+#[derive(Clone)]
+pub struct LlmCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tiers: TieredCache<ChatResponse>,
+    upstream: Arc<dyn Upstream>,
+    key_options: KeyOptions,
+    prices: PriceTable,
+    max_cacheable_temperature: Option<f64>,
+    models: DashMap<String, Arc<ModelCounters>>,
+    bypassed: AtomicU64,
+    upstream_calls: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for LlmCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmCache")
+            .field("tiers", &self.inner.tiers)
+            .field("key_options", &self.inner.key_options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlmCache {
+    /// Start configuring a cache.
+    pub fn builder() -> LlmCacheBuilder {
+        LlmCacheBuilder::new()
+    }
+
+    pub(crate) fn from_parts(
+        tiers: TieredCache<ChatResponse>,
+        upstream: Arc<dyn Upstream>,
+        key_options: KeyOptions,
+        prices: PriceTable,
+        max_cacheable_temperature: Option<f64>,
+    ) -> Self {
+        LlmCache {
+            inner: Arc::new(Inner {
+                tiers,
+                upstream,
+                key_options,
+                prices,
+                max_cacheable_temperature,
+                models: DashMap::new(),
+                bypassed: AtomicU64::new(0),
+                upstream_calls: Arc::new(AtomicU64::new(0)),
+            }),
+        }
+    }
+
+    /// Answer `request` from cache, or from the upstream on a miss.
+    pub async fn chat(&self, request: &ChatRequest) -> Result<Cached<ChatResponse>> {
+        self.chat_with(request, &CacheControl::default()).await
+    }
+
+    /// [`chat`](Self::chat) with per-request control: namespace, TTL, refresh, no-store,
+    /// bypass.
+    pub async fn chat_with(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<Cached<ChatResponse>> {
+        request.validate()?;
+        let inner = &self.inner;
+        if control.bypass
+            || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
+        {
+            return self.bypass(request, control).await;
+        }
+        let digest = self.digest_with(request, control);
+        let counters = inner.model(&request.model);
+        if !control.fetch.refresh
+            && let Some(hit) = inner.tiers.get(&digest).await
+        {
+            counters.saved(hit.value());
+            return Ok(hit);
+        }
+        let upstream = Arc::clone(&inner.upstream);
+        let calls = Arc::clone(&inner.upstream_calls);
+        let owned = request.clone();
+        let out = inner
+            .tiers
+            .get_or_fetch_with(digest, &control.fetch, move || async move {
+                calls.fetch_add(1, Relaxed);
+                let response = upstream.chat(&owned).await?;
+                policy::check_response(&response)?;
+                Ok(response)
+            })
+            .await?;
+        if out.status().is_hit() {
+            counters.saved(out.value());
+        } else {
+            counters.misses.fetch_add(1, Relaxed);
+        }
+        Ok(out)
+    }
+
+    async fn bypass(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<Cached<ChatResponse>> {
+        let inner = &self.inner;
+        inner.bypassed.fetch_add(1, Relaxed);
+        inner.upstream_calls.fetch_add(1, Relaxed);
+        let response = inner.upstream.chat(request).await?;
+        policy::check_response(&response)?;
+        let digest = self.digest_with(request, control);
+        Ok(Cached::new(
+            Arc::new(response),
+            CacheStatus::Bypass,
+            now_ms(),
+            digest,
+        ))
+    }
+
+    /// Answer many requests, at most `concurrency` upstream calls at a time. Results keep
+    /// the input order, one per request; identical requests cost one call.
+    pub async fn batch(
+        &self,
+        requests: &[ChatRequest],
+        concurrency: usize,
+    ) -> Vec<Result<Cached<ChatResponse>>> {
+        self.batch_with(requests, &CacheControl::default(), concurrency)
+            .await
+    }
+
+    /// [`batch`](Self::batch) with one control for every request.
+    pub async fn batch_with(
+        &self,
+        requests: &[ChatRequest],
+        control: &CacheControl,
+        concurrency: usize,
+    ) -> Vec<Result<Cached<ChatResponse>>> {
+        // Duplicates are grouped by digest so they cost one call even with L1 disabled.
+        let mut first_of: std::collections::HashMap<Digest, usize> = Default::default();
+        let mut leader_of = Vec::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            let lead = *first_of.entry(self.digest_with(r, control)).or_insert(i);
+            leader_of.push(lead);
+        }
+        let unique: Vec<usize> = (0..requests.len())
+            .filter(|&i| leader_of[i] == i)
+            .collect();
+        let mut answers: Vec<Option<Result<Cached<ChatResponse>>>> =
+            (0..requests.len()).map(|_| None).collect();
+        let mut done = futures_util::stream::iter(unique)
+            .map(|i| async move { (i, self.chat_with(&requests[i], control).await) })
+            .buffer_unordered(concurrency.max(1));
+        while let Some((i, answer)) = done.next().await {
+            answers[i] = Some(answer);
+        }
+        drop(done);
+        (0..requests.len())
+            .map(|i| {
+                let lead = leader_of[i];
+                let answer = answers[lead].as_ref().expect("every unique request answered");
+                match answer {
+                    Ok(c) if lead != i => {
+                        self.inner.model(&requests[i].model).saved(c.value());
+                        Ok(Cached::new(
+                            c.clone().into_arc(),
+                            CacheStatus::Coalesced,
+                            c.created_at_ms(),
+                            c.digest(),
+                        ))
+                    }
+                    other => other.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Remove the cached answer of `request` (global namespace) from both tiers.
+    pub async fn invalidate(&self, request: &ChatRequest) -> Result<()> {
+        self.invalidate_with(request, &CacheControl::default())
+            .await
+    }
+
+    /// Remove the cached answer of `request` in the control's namespace from both tiers.
+    pub async fn invalidate_with(&self, request: &ChatRequest, control: &CacheControl) -> Result<()> {
+        request.validate()?;
+        let digest = self.digest_with(request, control);
+        self.inner.tiers.invalidate(&digest).await
+    }
+
+    /// The digest `request` is cached under in the control's namespace.
+    pub fn digest_with(&self, request: &ChatRequest, control: &CacheControl) -> Digest {
+        key::derive(request, &control.namespace, &self.inner.key_options)
+    }
+
+    /// The generic tiers underneath, for inspection (`inflight()`, `l2_key()`...).
+    pub fn tiers(&self) -> &TieredCache<ChatResponse> {
+        &self.inner.tiers
+    }
+
+    /// A snapshot of the counters, with tokens and dollars saved overall and per model.
+    pub fn stats(&self) -> LlmStats {
+        let inner = &self.inner;
+        let mut per_model = BTreeMap::new();
+        let (mut tokens, mut nanos) = (0u64, 0u64);
+        for entry in inner.models.iter() {
+            let c = entry.value();
+            let t = c.tokens.load(Relaxed);
+            let n = c.nano_dollars.load(Relaxed);
+            tokens += t;
+            nanos += n;
+            per_model.insert(
+                entry.key().clone(),
+                ModelSavings {
+                    hits: c.hits.load(Relaxed),
+                    misses: c.misses.load(Relaxed),
+                    tokens_saved: t,
+                    cost_saved_usd: n as f64 / NANOS_PER_DOLLAR,
+                },
+            );
+        }
+        LlmStats {
+            cache: inner.tiers.stats(),
+            bypassed: inner.bypassed.load(Relaxed),
+            upstream_calls: inner.upstream_calls.load(Relaxed),
+            tokens_saved: tokens,
+            cost_saved_usd: nanos as f64 / NANOS_PER_DOLLAR,
+            per_model,
+        }
+    }
+
+    /// The price table in use.
+    pub fn prices(&self) -> &PriceTable {
+        &self.inner.prices
+    }
+}
+
+impl Inner {
+    fn model(&self, model: &str) -> Arc<ModelCounters> {
+        if let Some(c) = self.models.get(model) {
+            return Arc::clone(&c);
+        }
+        Arc::clone(
+            self.models
+                .entry(model.to_string())
+                .or_insert_with(|| {
+                    Arc::new(ModelCounters {
+                        price: self.prices.price(model),
+                        ..Default::default()
+                    })
+                })
+                .value(),
+        )
+    }
+}
+
+impl ModelCounters {
+    fn saved(&self, response: &ChatResponse) {
+        self.hits.fetch_add(1, Relaxed);
+        let Some(usage) = &response.usage else {
+            return;
+        };
+        self.tokens.fetch_add(
+            usage.prompt_tokens.saturating_add(usage.completion_tokens),
+            Relaxed,
+        );
+        if let Some(price) = &self.price {
+            let dollars = price.cost(usage);
+            if dollars.is_finite() && dollars > 0.0 {
+                self.nano_dollars
+                    .fetch_add((dollars * NANOS_PER_DOLLAR).round() as u64, Relaxed);
+            }
+        }
+    }
+}
