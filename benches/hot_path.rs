@@ -19,7 +19,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A 2 KB answer that looks like text (so compression behaves as on real answers).
 fn text(len: usize) -> String {
-    let words = ["cache ", "answer ", "token ", "latency ", "redis ", "flight ", "the "];
+    let words = [
+        "cache ", "answer ", "token ", "latency ", "redis ", "flight ", "the ",
+    ];
     let mut s = String::with_capacity(len + 8);
     let mut i = 0usize;
     while s.len() < len {

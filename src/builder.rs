@@ -9,11 +9,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::cache::LlmCache;
 use crate::error::{Error, Result, redact_url};
+use crate::key::KeyOptions;
 use crate::l2::{Guarded, RedisStore};
 use crate::metrics::Counters;
-use crate::cache::LlmCache;
-use crate::key::KeyOptions;
 use crate::pricing::PriceTable;
 use crate::request::ChatResponse;
 use crate::tiered::TieredCache;
@@ -129,10 +129,7 @@ impl Config {
         }
         let p = &self.key_prefix;
         if p.is_empty() || p.len() > 128 {
-            return Err(Error::config(
-                "key_prefix",
-                "must be 1 to 128 bytes long",
-            ));
+            return Err(Error::config("key_prefix", "must be 1 to 128 bytes long"));
         }
         if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::config(
@@ -152,7 +149,10 @@ impl Config {
         store.connect_in_background();
         // Give a local Redis a moment so the first requests find a connection; a Redis that
         // is down does not fail the build: the cache runs L1-only until it answers.
-        if !store.wait_connected(self.l2_deadline.max(Duration::from_millis(200))).await {
+        if !store
+            .wait_connected(self.l2_deadline.max(Duration::from_millis(200)))
+            .await
+        {
             tracing::warn!(redis = %redact_url(url), "redis is not reachable yet: running L1-only until it answers");
         }
         Ok(Some(Arc::new(Guarded::new(
@@ -168,85 +168,85 @@ impl Config {
 /// The knobs shared by [`TieredCacheBuilder`] and `LlmCacheBuilder`, written once.
 macro_rules! config_setters {
     () => {
-    /// L1 bound in bytes (encoded size of each value plus a fixed overhead); 0 disables L1.
-    /// Default 256 MiB.
-    pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
-        self.config.l1_max_bytes = bytes;
-        self
-    }
+        /// L1 bound in bytes (encoded size of each value plus a fixed overhead); 0 disables L1.
+        /// Default 256 MiB.
+        pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+            self.config.l1_max_bytes = bytes;
+            self
+        }
 
-    /// Longest time an entry stays in L1; never longer than its remaining L2 life.
-    /// Default 10 min.
-    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
-        self.config.l1_ttl = ttl;
-        self
-    }
+        /// Longest time an entry stays in L1; never longer than its remaining L2 life.
+        /// Default 10 min.
+        pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+            self.config.l1_ttl = ttl;
+            self
+        }
 
-    /// Lifetime of an entry in Redis. Default 24 h.
-    pub fn l2_ttl(mut self, ttl: Duration) -> Self {
-        self.config.l2_ttl = ttl;
-        self
-    }
+        /// Lifetime of an entry in Redis. Default 24 h.
+        pub fn l2_ttl(mut self, ttl: Duration) -> Self {
+            self.config.l2_ttl = ttl;
+            self
+        }
 
-    /// Prefix of every Redis key: `{prefix}:{sha256 hex}`. Default `ai:cache`.
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.config.key_prefix = prefix.into();
-        self
-    }
+        /// Prefix of every Redis key: `{prefix}:{sha256 hex}`. Default `ai:cache`.
+        pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+            self.config.key_prefix = prefix.into();
+            self
+        }
 
-    /// Redis URL (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS).
-    /// Without it the cache is L1-only.
-    pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.config.redis_url = Some(url.into());
-        self
-    }
+        /// Redis URL (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS).
+        /// Without it the cache is L1-only.
+        pub fn redis(mut self, url: impl Into<String>) -> Self {
+            self.config.redis_url = Some(url.into());
+            self
+        }
 
-    /// Deadline of every L2 operation; past it the operation counts as failed and the
-    /// request goes on without L2. Default 50 ms.
-    pub fn l2_deadline(mut self, deadline: Duration) -> Self {
-        self.config.l2_deadline = deadline;
-        self
-    }
+        /// Deadline of every L2 operation; past it the operation counts as failed and the
+        /// request goes on without L2. Default 50 ms.
+        pub fn l2_deadline(mut self, deadline: Duration) -> Self {
+            self.config.l2_deadline = deadline;
+            self
+        }
 
-    /// Consecutive L2 failures that open the circuit breaker. Default 5.
-    pub fn breaker_threshold(mut self, failures: u32) -> Self {
-        self.config.breaker_threshold = failures;
-        self
-    }
+        /// Consecutive L2 failures that open the circuit breaker. Default 5.
+        pub fn breaker_threshold(mut self, failures: u32) -> Self {
+            self.config.breaker_threshold = failures;
+            self
+        }
 
-    /// How long an open breaker skips L2 before letting one probe through. Default 2 s.
-    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
-        self.config.breaker_cooldown = cooldown;
-        self
-    }
+        /// How long an open breaker skips L2 before letting one probe through. Default 2 s.
+        pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+            self.config.breaker_cooldown = cooldown;
+            self
+        }
 
-    /// Largest encoded value that is stored; larger ones are served but not cached.
-    /// Default 4 MiB.
-    pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_entry_bytes = bytes;
-        self
-    }
+        /// Largest encoded value that is stored; larger ones are served but not cached.
+        /// Default 4 MiB.
+        pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
+            self.config.max_entry_bytes = bytes;
+            self
+        }
 
-    /// Values at least this large are lz4-compressed in Redis (when that makes them
-    /// smaller). Default 1 KiB.
-    pub fn compression_threshold(mut self, bytes: usize) -> Self {
-        self.config.compression_threshold = bytes;
-        self
-    }
+        /// Values at least this large are lz4-compressed in Redis (when that makes them
+        /// smaller). Default 1 KiB.
+        pub fn compression_threshold(mut self, bytes: usize) -> Self {
+            self.config.compression_threshold = bytes;
+            self
+        }
 
-    /// How long a caller waits for a flight before it gives up with a timeout error (the
-    /// flight itself goes on). Default 300 s.
-    pub fn waiter_deadline(mut self, deadline: Duration) -> Self {
-        self.config.waiter_deadline = deadline;
-        self
-    }
+        /// How long a caller waits for a flight before it gives up with a timeout error (the
+        /// flight itself goes on). Default 300 s.
+        pub fn waiter_deadline(mut self, deadline: Duration) -> Self {
+            self.config.waiter_deadline = deadline;
+            self
+        }
 
-    /// Background L2 writes allowed at once; writes beyond it are dropped and counted.
-    /// Default 256.
-    pub fn l2_write_concurrency(mut self, writes: usize) -> Self {
-        self.config.l2_write_concurrency = writes;
-        self
-    }
+        /// Background L2 writes allowed at once; writes beyond it are dropped and counted.
+        /// Default 256.
+        pub fn l2_write_concurrency(mut self, writes: usize) -> Self {
+            self.config.l2_write_concurrency = writes;
+            self
+        }
     };
 }
 /// Configures a [`TieredCache`]. Every setter takes and returns the builder; nothing is
@@ -374,9 +374,9 @@ impl LlmCacheBuilder {
     /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
     /// then runs L1-only and starts using Redis when it answers. Needs a Tokio runtime.
     pub async fn build(self) -> Result<LlmCache> {
-        let upstream = self
-            .upstream
-            .ok_or_else(|| Error::config("upstream", "required: give the provider to call on a miss"))?;
+        let upstream = self.upstream.ok_or_else(|| {
+            Error::config("upstream", "required: give the provider to call on a miss")
+        })?;
         upstream.validate()?;
         if let Some(t) = self.max_cacheable_temperature
             && !(t.is_finite() && t >= 0.0)

@@ -132,8 +132,7 @@ impl LlmCache {
     ) -> Result<Cached<ChatResponse>> {
         request.validate()?;
         let inner = &self.inner;
-        if control.bypass
-            || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
+        if control.bypass || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
         {
             return self.bypass(request, control).await;
         }
@@ -209,9 +208,7 @@ impl LlmCache {
             let lead = *first_of.entry(self.digest_with(r, control)).or_insert(i);
             leader_of.push(lead);
         }
-        let unique: Vec<usize> = (0..requests.len())
-            .filter(|&i| leader_of[i] == i)
-            .collect();
+        let unique: Vec<usize> = (0..requests.len()).filter(|&i| leader_of[i] == i).collect();
         let mut answers: Vec<Option<Result<Cached<ChatResponse>>>> =
             (0..requests.len()).map(|_| None).collect();
         let mut done = futures_util::stream::iter(unique)
@@ -224,7 +221,9 @@ impl LlmCache {
         (0..requests.len())
             .map(|i| {
                 let lead = leader_of[i];
-                let answer = answers[lead].as_ref().expect("every unique request answered");
+                let answer = answers[lead]
+                    .as_ref()
+                    .expect("every unique request answered");
                 match answer {
                     Ok(c) if lead != i => {
                         self.inner.model(&requests[i].model).saved(c.value());
@@ -248,7 +247,11 @@ impl LlmCache {
     }
 
     /// Remove the cached answer of `request` in the control's namespace from both tiers.
-    pub async fn invalidate_with(&self, request: &ChatRequest, control: &CacheControl) -> Result<()> {
+    pub async fn invalidate_with(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<()> {
         request.validate()?;
         let digest = self.digest_with(request, control);
         self.inner.tiers.invalidate(&digest).await

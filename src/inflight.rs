@@ -81,7 +81,6 @@ impl<T: Clone + Send + Sync + 'static> Inflight<T> {
             completed: false,
         })
     }
-
 }
 
 impl<T> Inflight<T> {
@@ -185,7 +184,11 @@ mod tests {
             panic!("replace must lead")
         };
         old.complete(Ok(1));
-        assert_eq!(inf.len(), 1, "the newer flight must survive the old one's completion");
+        assert_eq!(
+            inf.len(),
+            1,
+            "the newer flight must survive the old one's completion"
+        );
         let Join::Waiter(w) = inf.join_or_lead(d(3), false) else {
             panic!()
         };

@@ -121,5 +121,4 @@ impl<V: Send + Sync + 'static> L1<V> {
     pub fn weighted_size(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| c.weighted_size())
     }
-
 }

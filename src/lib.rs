@@ -12,8 +12,8 @@ pub mod key;
 mod l1;
 mod l2;
 mod metrics;
-mod pricing;
 mod policy;
+mod pricing;
 mod request;
 mod tiered;
 mod upstream;
@@ -34,6 +34,6 @@ pub use upstream::{BoxFuture, OpenAiCompatible, RetryPolicy, Upstream, UpstreamS
 
 pub use builder::{LlmCacheBuilder, TieredCacheBuilder};
 pub use cache::{LlmCache, LlmStats, ModelSavings};
-pub use policy::CacheControl;
 pub use metrics::{BreakerState, Stats};
+pub use policy::CacheControl;
 pub use tiered::{CacheStatus, Cached, FetchOptions, TieredCache};

@@ -301,9 +301,12 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let e = ChatRequest::from_json(br#"{"messages":[{"role":"user","content":"x"}]}"#)
-            .unwrap_err();
-        assert!(e.is_invalid_request() && e.message().contains("`model`"), "{e}");
+        let e =
+            ChatRequest::from_json(br#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
+        assert!(
+            e.is_invalid_request() && e.message().contains("`model`"),
+            "{e}"
+        );
         let e = ChatRequest::from_json(br#"{"model":"m"}"#).unwrap_err();
         assert!(e.message().contains("`messages`"), "{e}");
         let e = ChatRequest::from_json(

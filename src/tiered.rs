@@ -324,8 +324,7 @@ where
                 (waiter, true)
             }
         };
-        let landed = match tokio::time::timeout(inner.config.waiter_deadline, waiter.wait()).await
-        {
+        let landed = match tokio::time::timeout(inner.config.waiter_deadline, waiter.wait()).await {
             Ok(outcome) => outcome?,
             Err(_) => {
                 Counters::incr(&inner.counters.waiter_timeouts);
@@ -489,9 +488,7 @@ where
         };
         let created_at_ms = now_ms();
         if !options.no_store
-            && let Err(e) = self
-                .store(digest, &value, created_at_ms, options.ttl)
-                .await
+            && let Err(e) = self.store(digest, &value, created_at_ms, options.ttl).await
         {
             tracing::warn!(error = %e, "fetched value could not be encoded; served, not stored");
         }
@@ -522,10 +519,7 @@ where
             Ok((value, created_at_ms, remaining_ms)) => {
                 Counters::incr(&self.counters.l2_hits);
                 let value = Arc::new(value);
-                let ttl = self
-                    .config
-                    .l1_ttl
-                    .min(Duration::from_millis(remaining_ms));
+                let ttl = self.config.l1_ttl.min(Duration::from_millis(remaining_ms));
                 let weight = L1::<V>::weight_of(bytes.len());
                 self.l1
                     .insert(

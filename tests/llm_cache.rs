@@ -48,7 +48,11 @@ async fn miss_then_l1_hit_then_l2_hit_from_another_instance() {
     assert_eq!(first.digest().to_hex().len(), 64);
     let second = a.chat(&req).await.unwrap();
     assert_eq!(second.status(), CacheStatus::HitL1);
-    assert_eq!(second.value(), first.value(), "the provider's JSON, unchanged");
+    assert_eq!(
+        second.value(),
+        first.value(),
+        "the provider's JSON, unchanged"
+    );
     assert_eq!(mock.calls(), 1);
 
     eventually("L2 write", WAIT, || a.stats().cache.l2_writes == 1).await;
@@ -61,7 +65,10 @@ async fn miss_then_l1_hit_then_l2_hit_from_another_instance() {
     // Stored JSON carries no cache-specific fields.
     let json = serde_json::to_value(third.value()).unwrap();
     let text = json.to_string();
-    assert!(!text.contains("cache_hit") && !text.contains("_cache"), "{text}");
+    assert!(
+        !text.contains("cache_hit") && !text.contains("_cache"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -79,7 +86,11 @@ async fn savings_are_counted_per_model() {
     assert_eq!(s.tokens_saved, 3 * tokens);
     // gpt-4.1 at $8.00 per million tokens, input and output alike.
     let expected = 3.0 * tokens as f64 * 8.0 / 1e6;
-    assert!((s.cost_saved_usd - expected).abs() < 1e-9, "{} vs {expected}", s.cost_saved_usd);
+    assert!(
+        (s.cost_saved_usd - expected).abs() < 1e-9,
+        "{} vs {expected}",
+        s.cost_saved_usd
+    );
     let m = &s.per_model["gpt-4.1"];
     assert_eq!((m.hits, m.misses, m.tokens_saved), (3, 1, 3 * tokens));
     assert_eq!(s.upstream_calls, 1);
@@ -98,8 +109,14 @@ async fn batch_of_100_over_10_distinct_costs_10_calls_in_order() {
         assert_eq!(got.text().unwrap(), expected_content(req));
     }
     assert_eq!(mock.calls(), 10);
-    let statuses: Vec<CacheStatus> = results.iter().map(|r| r.as_ref().unwrap().status()).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == CacheStatus::Miss).count(), 10);
+    let statuses: Vec<CacheStatus> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().status())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == CacheStatus::Miss).count(),
+        10
+    );
 }
 
 #[tokio::test]
@@ -112,12 +129,19 @@ async fn namespaces_never_share_answers() {
     let t2 = CacheControl::new().namespace("tenant-2");
     let a = c.chat_with(&req, &t1).await.unwrap();
     let b = c.chat_with(&req, &t2).await.unwrap();
-    assert_eq!((a.status(), b.status()), (CacheStatus::Miss, CacheStatus::Miss));
+    assert_eq!(
+        (a.status(), b.status()),
+        (CacheStatus::Miss, CacheStatus::Miss)
+    );
     assert_ne!(a.digest(), b.digest());
     assert_ne!(a.id, b.id, "each tenant got its own upstream answer");
     assert_eq!(c.chat_with(&req, &t1).await.unwrap().id, a.id);
     assert_eq!(c.chat_with(&req, &t2).await.unwrap().id, b.id);
-    assert_eq!(c.chat(&req).await.unwrap().status(), CacheStatus::Miss, "global is its own namespace");
+    assert_eq!(
+        c.chat(&req).await.unwrap().status(),
+        CacheStatus::Miss,
+        "global is its own namespace"
+    );
     assert_eq!(mock.calls(), 3);
 }
 
@@ -129,21 +153,38 @@ async fn refresh_no_store_ttl_and_bypass() {
     let req = request("control me");
     let first = c.chat(&req).await.unwrap();
 
-    let refreshed = c.chat_with(&req, &CacheControl::new().refresh(true)).await.unwrap();
+    let refreshed = c
+        .chat_with(&req, &CacheControl::new().refresh(true))
+        .await
+        .unwrap();
     assert_eq!(refreshed.status(), CacheStatus::Miss);
     assert_ne!(refreshed.id, first.id);
-    assert_eq!(c.chat(&req).await.unwrap().id, refreshed.id, "refresh stored the new answer");
+    assert_eq!(
+        c.chat(&req).await.unwrap().id,
+        refreshed.id,
+        "refresh stored the new answer"
+    );
 
     let other = request("do not keep");
-    let ns = c.chat_with(&other, &CacheControl::new().no_store(true)).await.unwrap();
+    let ns = c
+        .chat_with(&other, &CacheControl::new().no_store(true))
+        .await
+        .unwrap();
     assert_eq!(ns.status(), CacheStatus::Miss);
     let again = c.chat(&other).await.unwrap();
     assert_eq!(again.status(), CacheStatus::Miss, "no_store stored nothing");
 
-    let bypassed = c.chat_with(&req, &CacheControl::new().bypass(true)).await.unwrap();
+    let bypassed = c
+        .chat_with(&req, &CacheControl::new().bypass(true))
+        .await
+        .unwrap();
     assert_eq!(bypassed.status(), CacheStatus::Bypass);
     assert_ne!(bypassed.id, refreshed.id);
-    assert_eq!(c.chat(&req).await.unwrap().id, refreshed.id, "bypass stored nothing");
+    assert_eq!(
+        c.chat(&req).await.unwrap().id,
+        refreshed.id,
+        "bypass stored nothing"
+    );
     assert_eq!(c.stats().bypassed, 1);
 
     let short = request("short lived");
@@ -152,11 +193,21 @@ async fn refresh_no_store_ttl_and_bypass() {
         .unwrap();
     eventually("L2 write", WAIT, || c.stats().cache.l2_writes >= 3).await;
     let mut conn = redis.conn().await;
-    let key = c.tiers().l2_key(&c.digest_with(&short, &CacheControl::new()));
-    let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    let key = c
+        .tiers()
+        .l2_key(&c.digest_with(&short, &CacheControl::new()));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(pttl > 0 && pttl <= 300, "ttl reached redis: {pttl}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(c.chat(&short).await.unwrap().status(), CacheStatus::Miss, "expired");
+    assert_eq!(
+        c.chat(&short).await.unwrap().status(),
+        CacheStatus::Miss,
+        "expired"
+    );
 }
 
 #[tokio::test]
@@ -175,11 +226,17 @@ async fn errors_are_not_cached_and_reach_the_caller_with_status() {
 
     mock.push_reply(MockReply::Body("{not json at all".into()));
     let e = c.chat(&request("garbage body")).await.unwrap_err();
-    assert!(e.is_upstream() && e.to_string().contains("{not json"), "{e}");
+    assert!(
+        e.is_upstream() && e.to_string().contains("{not json"),
+        "{e}"
+    );
     mock.push_reply(MockReply::Body(r#"{"id":"x","choices":[]}"#.into()));
     let e = c.chat(&request("no choices")).await.unwrap_err();
     assert!(e.is_upstream(), "{e}");
-    assert_eq!(c.chat(&request("no choices")).await.unwrap().status(), CacheStatus::Miss);
+    assert_eq!(
+        c.chat(&request("no choices")).await.unwrap().status(),
+        CacheStatus::Miss
+    );
 }
 
 #[tokio::test]
@@ -188,7 +245,10 @@ async fn bad_requests_are_rejected_before_any_call() {
     let c = cache(&mock, None).await;
     let no_model = ChatRequest::new("").message(ChatMessage::user("hi"));
     let e = c.chat(&no_model).await.unwrap_err();
-    assert!(e.is_invalid_request() && e.message().contains("model"), "{e}");
+    assert!(
+        e.is_invalid_request() && e.message().contains("model"),
+        "{e}"
+    );
     let no_messages = ChatRequest::new("gpt-4.1");
     let e = c.chat(&no_messages).await.unwrap_err();
     assert!(e.message().contains("messages"), "{e}");
@@ -241,7 +301,10 @@ async fn invalidate_forgets_the_answer() {
     c.chat_with(&req, &ns).await.unwrap();
     eventually("L2 write", WAIT, || c.stats().cache.l2_writes == 1).await;
     c.invalidate_with(&req, &ns).await.unwrap();
-    assert_eq!(c.chat_with(&req, &ns).await.unwrap().status(), CacheStatus::Miss);
+    assert_eq!(
+        c.chat_with(&req, &ns).await.unwrap().status(),
+        CacheStatus::Miss
+    );
     assert_eq!(mock.calls(), 2);
 }
 
@@ -261,7 +324,10 @@ async fn concurrent_identical_chats_cost_one_call() {
     eventually("all attached", WAIT, || c.stats().cache.coalesced == 199).await;
     mock.release_all();
     for h in handles {
-        assert_eq!(h.await.unwrap().unwrap().text().unwrap(), expected_content(&req));
+        assert_eq!(
+            h.await.unwrap().unwrap().text().unwrap(),
+            expected_content(&req)
+        );
     }
     assert_eq!(mock.calls(), 1);
     assert_eq!(c.tiers().inflight(), 0);

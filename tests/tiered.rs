@@ -54,7 +54,10 @@ async fn miss_then_l1_hit() {
     let first = c.get_or_fetch(key(1), counted(&calls, "v1")).await.unwrap();
     assert_eq!(first.status(), CacheStatus::Miss);
     assert_eq!(first.value(), "v1");
-    let second = c.get_or_fetch(key(1), counted(&calls, "other")).await.unwrap();
+    let second = c
+        .get_or_fetch(key(1), counted(&calls, "other"))
+        .await
+        .unwrap();
     assert_eq!(second.status(), CacheStatus::HitL1);
     assert_eq!(second.value(), "v1");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -69,7 +72,9 @@ async fn second_cache_on_same_redis_hits_l2() {
     let a = cache(&server).await;
     let b = cache(&server).await;
     let calls = Arc::new(AtomicUsize::new(0));
-    a.get_or_fetch(key(2), counted(&calls, "shared")).await.unwrap();
+    a.get_or_fetch(key(2), counted(&calls, "shared"))
+        .await
+        .unwrap();
     wait_l2_writes(&a, 1).await;
     let got = b
         .get_or_fetch(key(2), || async { Err(Error::fetch_msg("must not fetch")) })
@@ -100,7 +105,10 @@ async fn entries_expire_in_both_tiers_and_l1_never_outlives_l2() {
         .await
         .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
-    writer.get_or_fetch(key(3), counted(&calls, "short")).await.unwrap();
+    writer
+        .get_or_fetch(key(3), counted(&calls, "short"))
+        .await
+        .unwrap();
     wait_l2_writes(&writer, 1).await;
     // The reader promotes the L2 entry; its L1 copy must keep the L2 entry's remaining life.
     let hit = reader
@@ -140,7 +148,10 @@ async fn ttl_override_and_no_store_and_refresh() {
         .unwrap();
     wait_l2_writes(&c, 1).await;
     let pttl: i64 = conn.pttl(c.l2_key(&key(4))).await.unwrap();
-    assert!(pttl > 0 && pttl <= 5000, "ttl override reached redis: {pttl}");
+    assert!(
+        pttl > 0 && pttl <= 5000,
+        "ttl override reached redis: {pttl}"
+    );
 
     let opts = FetchOptions::new().no_store(true);
     let r = c
@@ -248,7 +259,10 @@ async fn aborted_leader_does_not_cancel_the_flight() {
     let gate = Arc::new(Semaphore::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
     let leader = spawn_gated(&c, 1, 1, &gate, &calls).pop().unwrap();
-    eventually("the fetch started", WAIT, || calls.load(Ordering::SeqCst) == 1).await;
+    eventually("the fetch started", WAIT, || {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let waiter = spawn_gated(&c, 1, 1, &gate, &calls).pop().unwrap();
     eventually("a waiter joined", WAIT, || c.stats().coalesced == 1).await;
     leader.abort();
@@ -268,9 +282,15 @@ async fn aborted_leader_does_not_cancel_the_flight() {
         Ok("landed".to_string())
     });
     let timed_out = tokio::time::timeout(Duration::from_millis(50), fut).await;
-    assert!(timed_out.is_err(), "the fetch is gated, so the caller times out");
+    assert!(
+        timed_out.is_err(),
+        "the fetch is gated, so the caller times out"
+    );
     gate2.add_permits(1);
-    eventually("the dropped caller's flight landed", WAIT, || c.inflight() == 0).await;
+    eventually("the dropped caller's flight landed", WAIT, || {
+        c.inflight() == 0
+    })
+    .await;
     assert_eq!(c.get(&key(7)).await.unwrap().value(), "landed");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -306,7 +326,10 @@ async fn panicking_fetch_fails_every_waiter_and_is_not_cached() {
     assert_eq!(c.inflight(), 0);
     let calls = Arc::new(AtomicUsize::new(0));
     let ok = c.get_or_fetch(key(8), counted(&calls, "ok")).await.unwrap();
-    assert_eq!((ok.status(), ok.value().as_str()), (CacheStatus::Miss, "ok"));
+    assert_eq!(
+        (ok.status(), ok.value().as_str()),
+        (CacheStatus::Miss, "ok")
+    );
 }
 
 #[tokio::test]
@@ -335,7 +358,10 @@ async fn fetch_error_reaches_every_waiter_and_is_not_cached() {
     assert_eq!(c.stats().fetch_errors, 1);
     assert_eq!(c.inflight(), 0);
     let calls = Arc::new(AtomicUsize::new(0));
-    let ok = c.get_or_fetch(key(9), counted(&calls, "now ok")).await.unwrap();
+    let ok = c
+        .get_or_fetch(key(9), counted(&calls, "now ok"))
+        .await
+        .unwrap();
     assert_eq!(ok.status(), CacheStatus::Miss);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
@@ -393,12 +419,18 @@ async fn corrupt_entries_are_misses_that_get_overwritten() {
         let redis_key = c.l2_key(&k);
         let _: () = conn.set(&redis_key, bytes.clone()).await.unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
-        let got = c.get_or_fetch(k, counted(&calls, "refetched")).await.unwrap();
+        let got = c
+            .get_or_fetch(k, counted(&calls, "refetched"))
+            .await
+            .unwrap();
         assert_eq!(got.status(), CacheStatus::Miss, "{what}");
         assert_eq!(got.value(), "refetched", "{what}");
         assert_eq!(calls.load(Ordering::SeqCst), 1, "{what}");
         assert_eq!(c.stats().corrupt_entries, i as u64 + 1, "{what}");
-        eventually("the corrupt key is overwritten", WAIT, || c.stats().l2_writes > i as u64).await;
+        eventually("the corrupt key is overwritten", WAIT, || {
+            c.stats().l2_writes > i as u64
+        })
+        .await;
         let stored: Vec<u8> = conn.get(&redis_key).await.unwrap();
         let env = llm_cache::envelope::decode(&stored).expect("a valid envelope now");
         assert_eq!(&*env.payload, br#""refetched""#, "{what}");
@@ -433,7 +465,10 @@ async fn redis_killed_paused_and_restarted_every_call_succeeds() {
     server.kill();
     round(c.clone(), Arc::clone(&calls), 2000).await;
     let s = c.stats();
-    assert!(s.l2_errors + s.l2_timeouts > 0, "the dead redis was noticed: {s:?}");
+    assert!(
+        s.l2_errors + s.l2_timeouts > 0,
+        "the dead redis was noticed: {s:?}"
+    );
 
     server.restart();
     drive_until_l2_write(&c, &calls, 10_000).await;
@@ -442,7 +477,10 @@ async fn redis_killed_paused_and_restarted_every_call_succeeds() {
     let before = c.stats();
     round(c.clone(), Arc::clone(&calls), 3000).await;
     let during = c.stats();
-    assert!(during.l2_timeouts > before.l2_timeouts, "paused redis timed out: {during:?}");
+    assert!(
+        during.l2_timeouts > before.l2_timeouts,
+        "paused redis timed out: {during:?}"
+    );
     assert!(
         during.breaker == BreakerState::Open || during.l2_skipped > before.l2_skipped,
         "the breaker opened and L2 was skipped: {during:?}"
@@ -503,7 +541,11 @@ async fn drive_until_l2_write(c: &TieredCache<String>, calls: &Arc<AtomicUsize>,
         if landed.is_ok() {
             return k;
         }
-        assert!(start.elapsed() < WAIT, "redis never came back into use: {:?}", c.stats());
+        assert!(
+            start.elapsed() < WAIT,
+            "redis never came back into use: {:?}",
+            c.stats()
+        );
     }
     unreachable!()
 }
@@ -533,16 +575,34 @@ async fn bad_knobs_are_named_and_urls_redacted() {
     let cases: Vec<(&str, llm_cache::TieredCacheBuilder<String>)> = vec![
         ("l1_ttl", TieredCache::builder().l1_ttl(Duration::ZERO)),
         ("l2_ttl", TieredCache::builder().l2_ttl(Duration::ZERO)),
-        ("l2_deadline", TieredCache::builder().l2_deadline(Duration::ZERO)),
-        ("l2_deadline", TieredCache::builder().l2_deadline(Duration::from_secs(3600))),
-        ("breaker_threshold", TieredCache::builder().breaker_threshold(0)),
-        ("breaker_cooldown", TieredCache::builder().breaker_cooldown(Duration::ZERO)),
+        (
+            "l2_deadline",
+            TieredCache::builder().l2_deadline(Duration::ZERO),
+        ),
+        (
+            "l2_deadline",
+            TieredCache::builder().l2_deadline(Duration::from_secs(3600)),
+        ),
+        (
+            "breaker_threshold",
+            TieredCache::builder().breaker_threshold(0),
+        ),
+        (
+            "breaker_cooldown",
+            TieredCache::builder().breaker_cooldown(Duration::ZERO),
+        ),
         ("max_entry_bytes", TieredCache::builder().max_entry_bytes(0)),
-        ("waiter_deadline", TieredCache::builder().waiter_deadline(Duration::ZERO)),
+        (
+            "waiter_deadline",
+            TieredCache::builder().waiter_deadline(Duration::ZERO),
+        ),
         ("key_prefix", TieredCache::builder().key_prefix("")),
         ("key_prefix", TieredCache::builder().key_prefix("has space")),
         ("l1_max_bytes", TieredCache::builder().l1_max_bytes(10)),
-        ("l2_write_concurrency", TieredCache::builder().l2_write_concurrency(0)),
+        (
+            "l2_write_concurrency",
+            TieredCache::builder().l2_write_concurrency(0),
+        ),
     ];
     for (knob, b) in cases {
         let e = b.build().await.unwrap_err();
@@ -559,7 +619,10 @@ async fn oversized_values_are_served_not_stored() {
         .unwrap();
     let big = "x".repeat(1000);
     let calls = Arc::new(AtomicUsize::new(0));
-    let got = c.get_or_fetch(key(11), counted(&calls, &big)).await.unwrap();
+    let got = c
+        .get_or_fetch(key(11), counted(&calls, &big))
+        .await
+        .unwrap();
     assert_eq!(got.value(), &big);
     assert!(c.get(&key(11)).await.is_none());
     assert_eq!(c.stats().oversized, 1);

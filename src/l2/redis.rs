@@ -43,7 +43,10 @@ impl RedisStore {
         let info = url.into_connection_info().map_err(|e| {
             Error::config(
                 "redis_url",
-                format!("`{described}` is not a valid Redis URL: {}", redact_err(&e, url)),
+                format!(
+                    "`{described}` is not a valid Redis URL: {}",
+                    redact_err(&e, url)
+                ),
             )
         })?;
         let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
