@@ -103,12 +103,14 @@ impl Error {
         Self::new(ErrorKind::Codec, why.to_string())
     }
 
+    #[cfg_attr(not(feature = "openai"), allow(dead_code))]
     pub(crate) fn upstream_status(status: u16, message: impl Into<String>) -> Self {
         let mut e = Self::new(ErrorKind::Upstream, message);
         Arc::get_mut(&mut e.0).expect("fresh error").status = Some(status);
         e
     }
 
+    #[cfg_attr(not(feature = "openai"), allow(dead_code))]
     pub(crate) fn with_retry_after(mut self, after: Option<Duration>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.retry_after = after;

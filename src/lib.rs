@@ -15,6 +15,7 @@ mod metrics;
 mod policy;
 mod pricing;
 mod request;
+pub mod stream;
 mod tiered;
 mod upstream;
 
@@ -30,7 +31,9 @@ pub use envelope::{Envelope, EnvelopeError};
 pub use key::{KEY_FORMAT_VERSION, KeyOptions};
 // --- upstream/pricing re-exports (owned by upstream.rs, pricing.rs) ---
 pub use pricing::{ModelPrice, PriceTable};
-pub use upstream::{BoxFuture, OpenAiCompatible, RetryPolicy, Upstream, UpstreamStats};
+pub use upstream::{BoxFuture, Upstream};
+#[cfg(feature = "openai")]
+pub use upstream::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 
 pub use builder::{LlmCacheBuilder, TieredCacheBuilder};
 pub use cache::{LlmCache, LlmStats, ModelSavings};
