@@ -1,0 +1,140 @@
+//! Properties of the Redis envelope: what goes in comes out, and no corruption, truncation
+//! or garbage gets past the decoder or makes it panic.
+
+use llm_cache::envelope::{self, EnvelopeError, Flags, HEADER_LEN, TRAILER_LEN};
+use proptest::prelude::*;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Payloads from noise to highly repetitive, up to `max` bytes.
+fn payload(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..max),
+        // A short pattern repeated: compresses well.
+        (prop::collection::vec(any::<u8>(), 1..24), 0..max).prop_map(|(pattern, len)| pattern
+            .into_iter()
+            .cycle()
+            .take(len)
+            .collect()),
+        // Long runs of a few byte values, like padded JSON.
+        prop::collection::vec((any::<u8>(), 1..512usize), 0..(max / 256).max(1)).prop_map(
+            move |runs| {
+                let mut out: Vec<u8> = runs
+                    .into_iter()
+                    .flat_map(|(b, n)| std::iter::repeat_n(b, n))
+                    .collect();
+                out.truncate(max);
+                out
+            }
+        ),
+    ]
+}
+
+fn threshold() -> impl Strategy<Value = usize> {
+    prop_oneof![Just(0), Just(usize::MAX), 0..70_000usize]
+}
+
+/// An encoded envelope, raw or compressed, of a payload up to `max` bytes.
+fn encoded(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    (payload(max), any::<u64>(), any::<u64>(), threshold())
+        .prop_map(|(p, created, ttl, t)| envelope::encode(&p, created, ttl, t))
+}
+
+/// Append a valid checksum, so the decoder's later stages see the bytes.
+fn sealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let sum = xxh3_64(&bytes);
+    bytes.extend_from_slice(&sum.to_le_bytes());
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(192))]
+
+    #[test]
+    fn round_trip(
+        payload in payload(64 << 10),
+        created in any::<u64>(),
+        ttl in any::<u64>(),
+        threshold in threshold(),
+    ) {
+        let bytes = envelope::encode(&payload, created, ttl, threshold);
+        let env = envelope::decode(&bytes).unwrap();
+        prop_assert_eq!(&*env.payload, &payload[..]);
+        prop_assert_eq!(env.created_at_ms, created);
+        prop_assert_eq!(env.ttl_ms, ttl);
+        if env.flags.is_compressed() {
+            prop_assert!(payload.len() >= threshold);
+            prop_assert!(bytes.len() < HEADER_LEN + payload.len() + TRAILER_LEN);
+        } else {
+            prop_assert_eq!(env.flags, Flags::RAW);
+            prop_assert_eq!(bytes.len(), HEADER_LEN + payload.len() + TRAILER_LEN);
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error(bytes in encoded(8 << 10)) {
+        for len in 0..bytes.len() {
+            prop_assert!(envelope::decode(&bytes[..len]).is_err(), "prefix of {} bytes decoded", len);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+        let _ = envelope::decode(&bytes);
+    }
+
+    /// Garbage behind a valid header and checksum reaches the decompressor.
+    #[test]
+    fn sealed_garbage_never_panics(
+        flags in prop_oneof![Just(0u8), Just(1u8), any::<u8>()],
+        created in any::<u64>(),
+        ttl in any::<u64>(),
+        body in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..2048),
+            // A plausible size prefix in front of garbage.
+            (0u32..100_000, prop::collection::vec(any::<u8>(), 0..2048)).prop_map(|(n, rest)| {
+                let mut v = n.to_le_bytes().to_vec();
+                v.extend(rest);
+                v
+            }),
+        ],
+        limit in prop_oneof![Just(envelope::DEFAULT_MAX_DECOMPRESSED), 0..200_000usize],
+    ) {
+        let mut bytes = b"LLMC\x01".to_vec();
+        bytes.push(flags);
+        bytes.extend_from_slice(&created.to_le_bytes());
+        bytes.extend_from_slice(&ttl.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let bytes = sealed(bytes);
+        match envelope::decode_with_limit(&bytes, limit) {
+            Ok(env) => prop_assert!(env.payload.len() <= limit),
+            Err(EnvelopeError::UnknownFlags(f)) => prop_assert_eq!(f, flags),
+            Err(e) => prop_assert!(
+                matches!(e, EnvelopeError::Decompress | EnvelopeError::TooLarge),
+                "{:?}", e
+            ),
+        }
+    }
+}
+
+proptest! {
+    // Each case decodes the envelope once per byte; keep envelopes small.
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn every_single_byte_corruption_is_detected(
+        bytes in encoded(2 << 10),
+        xors in prop::collection::vec(1u8..=255, 64),
+    ) {
+        let mut corrupt = bytes.clone();
+        for pos in 0..bytes.len() {
+            let xor = xors[pos % xors.len()];
+            corrupt[pos] ^= xor;
+            prop_assert!(
+                envelope::decode(&corrupt).is_err(),
+                "byte {} xor {:#04x} of {} went undetected", pos, xor, bytes.len()
+            );
+            corrupt[pos] = bytes[pos];
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Replays every input in `fuzz/regressions/<target>/` (crashes that `scripts/fuzz.sh`
+//! found and saved) through the same checks as the fuzz target of that name, so a fixed
+//! crash stays fixed without a nightly toolchain.
+
+use std::fs;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+
+use llm_cache::envelope;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The replay for each fuzz target; a new target adds an arm here.
+fn replay_for(target: &str) -> Option<fn(&[u8])> {
+    match target {
+        "envelope_decode" => Some(envelope_decode),
+        _ => None,
+    }
+}
+
+/// Mirrors `fuzz/fuzz_targets/envelope_decode.rs`.
+fn envelope_decode(data: &[u8]) {
+    fn check(bytes: &[u8]) {
+        let Ok(env) = envelope::decode(bytes) else {
+            return;
+        };
+        if env.flags.is_compressed() {
+            let again = envelope::encode(&env.payload, env.created_at_ms, env.ttl_ms, 0);
+            let back = envelope::decode(&again).expect("re-encoded envelope must decode");
+            assert_eq!(back.payload, env.payload);
+            assert_eq!(
+                (back.created_at_ms, back.ttl_ms),
+                (env.created_at_ms, env.ttl_ms)
+            );
+        } else {
+            let again = envelope::encode(&env.payload, env.created_at_ms, env.ttl_ms, usize::MAX);
+            assert_eq!(
+                again, bytes,
+                "raw envelope did not re-encode to the same bytes"
+            );
+        }
+    }
+    check(data);
+    let mut sealed = data.to_vec();
+    sealed.extend_from_slice(&xxh3_64(data).to_le_bytes());
+    check(&sealed);
+}
+
+#[test]
+fn fuzz_regressions_replay_clean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let Ok(targets) = fs::read_dir(&root) else {
+        eprintln!(
+            "no {} (fuzz/ is not packaged); nothing to replay",
+            root.display()
+        );
+        return;
+    };
+    let mut failures = Vec::new();
+    let mut replayed = 0;
+    for dir in targets {
+        let dir = dir.expect("read fuzz/regressions").path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let target = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(replay) = replay_for(&target) else {
+            eprintln!("skipping fuzz/regressions/{target}: no replay for this target");
+            continue;
+        };
+        let mut inputs: Vec<_> = fs::read_dir(&dir)
+            .expect("read regression dir")
+            .map(|e| e.expect("read regression entry").path())
+            .filter(|p| p.is_file() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect();
+        inputs.sort();
+        for input in inputs {
+            let data = fs::read(&input).expect("read regression input");
+            replayed += 1;
+            if panic::catch_unwind(AssertUnwindSafe(|| replay(&data))).is_err() {
+                failures.push(input.display().to_string());
+            }
+        }
+    }
+    eprintln!("replayed {replayed} fuzz regression inputs");
+    assert!(
+        failures.is_empty(),
+        "fuzz regressions failed: {failures:#?}"
+    );
+}
