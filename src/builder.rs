@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::LlmCache;
+use crate::cache::{LlmCache, StreamSettings};
 use crate::error::{Error, Result, redact_url};
 use crate::key::KeyOptions;
 use crate::l2::{Guarded, RedisStore};
@@ -306,6 +306,7 @@ pub struct LlmCacheBuilder {
     key_options: KeyOptions,
     prices: PriceTable,
     max_cacheable_temperature: Option<f64>,
+    streaming: StreamSettings,
 }
 
 impl fmt::Debug for LlmCacheBuilder {
@@ -334,6 +335,10 @@ impl LlmCacheBuilder {
             key_options: KeyOptions::default(),
             prices: PriceTable::default(),
             max_cacheable_temperature: None,
+            streaming: StreamSettings {
+                chunk_chars: 16,
+                abort_abandoned: false,
+            },
         }
     }
 
@@ -369,6 +374,21 @@ impl LlmCacheBuilder {
         self
     }
 
+    /// Characters of text per chunk when a cached answer is replayed as a stream; 0 sends
+    /// each text in one chunk. Default 16.
+    pub fn stream_chunk_chars(mut self, chars: usize) -> Self {
+        self.streaming.chunk_chars = chars;
+        self
+    }
+
+    /// When every consumer of a live upstream stream goes away, stop reading it (nothing
+    /// is stored). Default false: the stream is read to the end and stored, because its
+    /// tokens are paid for either way.
+    pub fn abort_abandoned_streams(mut self, yes: bool) -> Self {
+        self.streaming.abort_abandoned = yes;
+        self
+    }
+
     config_setters!();
 
     /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
@@ -396,6 +416,7 @@ impl LlmCacheBuilder {
             self.key_options,
             self.prices,
             self.max_cacheable_temperature,
+            self.streaming,
         ))
     }
 }

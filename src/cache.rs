@@ -7,18 +7,25 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::task::{Context, Poll};
+
 use dashmap::DashMap;
-use futures_util::StreamExt;
+use dashmap::mapref::entry::Entry;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
 
 use crate::builder::LlmCacheBuilder;
-use crate::digest::Digest;
-use crate::error::Result;
+use crate::digest::{Digest, DigestHasherBuilder};
+use crate::error::{Error, ErrorKind, Result};
 use crate::key::{self, KeyOptions};
 use crate::metrics::Stats;
 use crate::policy::{self, CacheControl};
 use crate::pricing::{ModelPrice, PriceTable};
 use crate::request::{ChatRequest, ChatResponse};
-use crate::tiered::{CacheStatus, Cached, TieredCache, now_ms};
+use crate::stream::{Assembler, ChatChunk, ReplayOptions, StreamFlight, replay};
+use crate::tiered::{CacheStatus, Cached, FetchOptions, TieredCache, now_ms};
 use crate::upstream::Upstream;
 
 /// Dollars are counted in nano-dollars so that a relaxed atomic add can do it.
@@ -80,6 +87,61 @@ struct Inner {
     models: DashMap<String, Arc<ModelCounters>>,
     bypassed: AtomicU64,
     upstream_calls: Arc<AtomicU64>,
+    /// Streamed flights in progress, so concurrent streams of one key share one upstream
+    /// stream (the tiered flight underneath carries the assembled answer).
+    streams: DashMap<Digest, Arc<StreamFlight>, DigestHasherBuilder>,
+    stream_chunk_chars: usize,
+    abort_abandoned_streams: bool,
+}
+
+/// Settings of the streaming path, from the builder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamSettings {
+    pub chunk_chars: usize,
+    pub abort_abandoned: bool,
+}
+
+/// A streamed answer: `chat.completion.chunk`s, and where they come from. Dropping it
+/// detaches this consumer only; the upstream stream is still read to the end and stored
+/// (unless the builder's `abort_abandoned_streams` says otherwise).
+pub struct CachedStream {
+    status: CacheStatus,
+    digest: Digest,
+    chunks: BoxStream<'static, Result<ChatChunk>>,
+}
+
+impl CachedStream {
+    /// Where the chunks come from: a replay of an L1 or L2 hit, a live upstream stream
+    /// (miss), another caller's stream (coalesced), or the upstream directly (bypass).
+    pub fn status(&self) -> CacheStatus {
+        self.status
+    }
+
+    /// The key's digest.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+}
+
+impl Stream for CachedStream {
+    type Item = Result<ChatChunk>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.chunks.poll_next_unpin(cx)
+    }
+}
+
+impl fmt::Debug for CachedStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedStream")
+            .field("status", &self.status)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_usage_only(chunk: &Result<ChatChunk>) -> bool {
+    matches!(chunk, Ok(c) if c.choices.is_empty() && c.usage.is_some())
 }
 
 impl fmt::Debug for LlmCache {
@@ -103,6 +165,7 @@ impl LlmCache {
         key_options: KeyOptions,
         prices: PriceTable,
         max_cacheable_temperature: Option<f64>,
+        streaming: StreamSettings,
     ) -> Self {
         LlmCache {
             inner: Arc::new(Inner {
@@ -114,6 +177,9 @@ impl LlmCache {
                 models: DashMap::new(),
                 bypassed: AtomicU64::new(0),
                 upstream_calls: Arc::new(AtomicU64::new(0)),
+                streams: DashMap::with_hasher(DigestHasherBuilder),
+                stream_chunk_chars: streaming.chunk_chars,
+                abort_abandoned_streams: streaming.abort_abandoned,
             }),
         }
     }
@@ -144,6 +210,12 @@ impl LlmCache {
             counters.saved(hit.value());
             return Ok(hit);
         }
+        // A streamed flight of this key must not be aborted while this caller waits on it.
+        let _hold = if inner.abort_abandoned_streams {
+            inner.streams.get(&digest).map(|f| f.hold())
+        } else {
+            None
+        };
         let upstream = Arc::clone(&inner.upstream);
         let calls = Arc::clone(&inner.upstream_calls);
         let owned = request.clone();
@@ -181,6 +253,172 @@ impl LlmCache {
             now_ms(),
             digest,
         ))
+    }
+
+    /// Answer `request` as a stream of chunks: a replay on a hit, the live upstream stream
+    /// on a miss. Concurrent streams of one key share one upstream stream; a late joiner
+    /// gets every chunk already seen, then the live ones. Returns once the first chunk is
+    /// there (or with the error that came before any).
+    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<CachedStream> {
+        self.chat_stream_with(request, &CacheControl::default())
+            .await
+    }
+
+    /// [`chat_stream`](Self::chat_stream) with per-request control.
+    pub async fn chat_stream_with(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<CachedStream> {
+        request.validate()?;
+        let inner = &self.inner;
+        let mut options = ReplayOptions::for_request(request);
+        options.chunk_chars = inner.stream_chunk_chars;
+        let usage = options.include_usage;
+        let digest = self.digest_with(request, control);
+        if control.bypass || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
+        {
+            inner.bypassed.fetch_add(1, Relaxed);
+            inner.upstream_calls.fetch_add(1, Relaxed);
+            let live = inner.upstream.chat_stream(request).await?;
+            let chunks = if usage {
+                live
+            } else {
+                live.filter(|c| std::future::ready(!is_usage_only(c)))
+                    .boxed()
+            };
+            return Ok(CachedStream {
+                status: CacheStatus::Bypass,
+                digest,
+                chunks,
+            });
+        }
+        let counters = inner.model(&request.model);
+        if !control.fetch.refresh
+            && let Some(hit) = inner.tiers.get(&digest).await
+        {
+            counters.saved(hit.value());
+            let chunks = replay(hit.value(), &options);
+            return Ok(CachedStream {
+                status: CacheStatus::HitL1,
+                digest,
+                chunks: futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed(),
+            });
+        }
+        let (flight, leads) = self.join_stream(digest, control.fetch.refresh);
+        if leads {
+            self.drive_stream(Arc::clone(&flight), digest, request, &control.fetch);
+        }
+        // Subscribe before waiting, so the flight counts this consumer from the start.
+        let hit = Arc::new(AtomicBool::new(false));
+        let on_end = {
+            let (hit, counters) = (Arc::clone(&hit), Arc::clone(&counters));
+            move |answer: &ChatResponse| {
+                if hit.load(Relaxed) {
+                    counters.saved(answer);
+                }
+            }
+        };
+        let chunks = flight.subscribe(usage, on_end);
+        let origin = flight.first().await?;
+        let status = if leads {
+            origin
+        } else {
+            CacheStatus::Coalesced
+        };
+        if status.is_hit() {
+            hit.store(true, Relaxed);
+        } else {
+            counters.misses.fetch_add(1, Relaxed);
+        }
+        Ok(CachedStream {
+            status,
+            digest,
+            chunks,
+        })
+    }
+
+    fn join_stream(&self, digest: Digest, refresh: bool) -> (Arc<StreamFlight>, bool) {
+        match self.inner.streams.entry(digest) {
+            Entry::Occupied(e) if !refresh => (Arc::clone(e.get()), false),
+            Entry::Occupied(mut e) => {
+                let flight = StreamFlight::new();
+                e.insert(Arc::clone(&flight));
+                (flight, true)
+            }
+            Entry::Vacant(e) => {
+                let flight = StreamFlight::new();
+                e.insert(Arc::clone(&flight));
+                (flight, true)
+            }
+        }
+    }
+
+    /// Run a streamed flight in the background: through the tiers (L2, or a flight already
+    /// running), else the upstream stream, whose chunks go to every consumer as they arrive
+    /// and whose assembled answer fills the tiers.
+    fn drive_stream(
+        &self,
+        flight: Arc<StreamFlight>,
+        digest: Digest,
+        request: &ChatRequest,
+        fetch_options: &FetchOptions,
+    ) {
+        let inner = Arc::clone(&self.inner);
+        let request = request.clone();
+        let fetch_options = fetch_options.clone();
+        tokio::spawn(async move {
+            let fetch = {
+                let flight = Arc::clone(&flight);
+                let upstream = Arc::clone(&inner.upstream);
+                let calls = Arc::clone(&inner.upstream_calls);
+                let abort = inner.abort_abandoned_streams;
+                move || async move {
+                    flight.set_origin(CacheStatus::Miss);
+                    calls.fetch_add(1, Relaxed);
+                    let mut live = upstream.chat_stream(&request).await?;
+                    let mut assembler = Assembler::new();
+                    while let Some(chunk) = live.next().await {
+                        let chunk = chunk?;
+                        assembler.push(&chunk)?;
+                        flight.push(chunk);
+                        if abort && flight.consumers() == 0 {
+                            return Err(Error::new(
+                                ErrorKind::FetchAborted,
+                                "every consumer of the stream went away (abort_abandoned_streams)",
+                            ));
+                        }
+                    }
+                    let answer = assembler.finish()?;
+                    policy::check_response(&answer)?;
+                    Ok(answer)
+                }
+            };
+            match inner
+                .tiers
+                .get_or_fetch_with(digest, &fetch_options, fetch)
+                .await
+            {
+                Ok(cached) => {
+                    if !flight.has_chunks() {
+                        // Answered by a tier or by a non-streamed flight: replay it.
+                        flight.set_origin(cached.status());
+                        let all = ReplayOptions {
+                            chunk_chars: inner.stream_chunk_chars,
+                            include_usage: true,
+                        };
+                        for chunk in replay(cached.value(), &all) {
+                            flight.push(chunk);
+                        }
+                    }
+                    flight.finish(Ok(cached.into_arc()));
+                }
+                Err(e) => flight.finish(Err(e)),
+            }
+            inner
+                .streams
+                .remove_if(&digest, |_, f| Arc::ptr_eq(f, &flight));
+        });
     }
 
     /// Answer many requests, at most `concurrency` upstream calls at a time. Results keep

@@ -31,12 +31,13 @@ pub use envelope::{Envelope, EnvelopeError};
 pub use key::{KEY_FORMAT_VERSION, KeyOptions};
 // --- upstream/pricing re-exports (owned by upstream.rs, pricing.rs) ---
 pub use pricing::{ModelPrice, PriceTable};
+pub use upstream::ChunkStream;
 pub use upstream::{BoxFuture, Upstream};
 #[cfg(feature = "openai")]
 pub use upstream::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 
 pub use builder::{LlmCacheBuilder, TieredCacheBuilder};
-pub use cache::{LlmCache, LlmStats, ModelSavings};
+pub use cache::{CachedStream, LlmCache, LlmStats, ModelSavings};
 pub use metrics::{BreakerState, Stats};
 pub use policy::CacheControl;
 pub use tiered::{CacheStatus, Cached, FetchOptions, TieredCache};

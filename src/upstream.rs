@@ -5,8 +5,11 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+
 use crate::error::Result;
 use crate::request::{ChatRequest, ChatResponse};
+use crate::stream::{ChatChunk, ReplayOptions, replay};
 
 #[cfg(feature = "openai")]
 mod openai;
@@ -17,11 +20,15 @@ pub use openai::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 /// so an implementation needs no extra dependency).
 pub use futures_util::future::BoxFuture;
 
+/// A streamed answer, chunk by chunk: what [`Upstream::chat_stream`] returns. An `Err` is
+/// the stream's last item (the upstream failed or the stream was cut off).
+pub type ChunkStream = futures_util::stream::BoxStream<'static, Result<ChatChunk>>;
+
 /// Anything that answers a chat request: the cache calls it on a miss.
 ///
 /// [`OpenAiCompatible`] is the built-in implementation. Bring your own client (a vendor
 /// SDK, a router, a test double) by implementing `chat`; errors should use the crate's
-/// [`Error`] so they reach every waiter of a flight unchanged.
+/// [`Error`](crate::Error) so they reach every waiter of a flight unchanged.
 ///
 /// ```
 /// use llm_cache::{BoxFuture, ChatMessage, ChatRequest, ChatResponse, Choice, Result, Upstream};
@@ -56,6 +63,26 @@ pub trait Upstream: Send + Sync + 'static {
     /// Answer `request`. Called once per flight, never for a cache hit.
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse>>;
 
+    /// Answer `request` as a stream of chunks that ends with a usage chunk when the
+    /// upstream reports usage (the cache needs it whatever the caller's `stream_options`).
+    /// The future resolves once the stream has started, so errors before the first chunk
+    /// (and their retries) end the call; an error after that is the stream's last item.
+    ///
+    /// The default calls [`Upstream::chat`] and replays its answer with
+    /// [`replay`](crate::stream::replay) (`include_usage` on), so a client that cannot
+    /// stream still can be streamed from.
+    fn chat_stream<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream>> {
+        Box::pin(async move {
+            let response = self.chat(request).await?;
+            let options = ReplayOptions {
+                include_usage: true,
+                ..ReplayOptions::default()
+            };
+            let chunks = replay(&response, &options);
+            Ok(futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed())
+        })
+    }
+
     /// Check the configuration without any network call, so a builder can report a bad
     /// knob from `build()` instead of from the first request. The default accepts.
     fn validate(&self) -> Result<()> {
@@ -66,6 +93,10 @@ pub trait Upstream: Send + Sync + 'static {
 impl<U: Upstream + ?Sized> Upstream for Arc<U> {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse>> {
         (**self).chat(request)
+    }
+
+    fn chat_stream<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream>> {
+        (**self).chat_stream(request)
     }
 
     fn validate(&self) -> Result<()> {

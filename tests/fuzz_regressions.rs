@@ -7,12 +7,15 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
 use llm_cache::envelope;
+use llm_cache::stream::{Assembler, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The replay for each fuzz target; a new target adds an arm here.
 fn replay_for(target: &str) -> Option<fn(&[u8])> {
     match target {
         "envelope_decode" => Some(envelope_decode),
+        "sse_parse" => Some(sse_parse),
+        "stream_assemble" => Some(stream_assemble),
         _ => None,
     }
 }
@@ -43,6 +46,65 @@ fn envelope_decode(data: &[u8]) {
     let mut sealed = data.to_vec();
     sealed.extend_from_slice(&xxh3_64(data).to_le_bytes());
     check(&sealed);
+}
+
+/// Mirrors `fuzz/fuzz_targets/sse_parse.rs`.
+fn sse_parse(data: &[u8]) {
+    type Outcome = (Vec<SseEvent>, Result<Option<SseEvent>, String>);
+    fn run(limit: usize, pieces: &[&[u8]]) -> Outcome {
+        let mut parser = SseParser::with_limit(limit);
+        let mut events = Vec::new();
+        for piece in pieces {
+            if let Err(e) = parser.push_into(piece, &mut events) {
+                return (events, Err(e.to_string()));
+            }
+        }
+        (events, Ok(parser.finish()))
+    }
+    let (control, stream) = data.split_at(data.len().min(3));
+    let cut = match control {
+        [a, b, ..] => usize::from(u16::from_le_bytes([*a, *b])) % (stream.len() + 1),
+        _ => 0,
+    };
+    let limit = match control.get(2) {
+        Some(&b) if b < 128 => usize::from(b) + 1,
+        _ => usize::MAX,
+    };
+    let whole = run(limit, &[stream]);
+    let (head, tail) = stream.split_at(cut);
+    assert_eq!(run(limit, &[head, tail]), whole, "cut at {cut}");
+    let bytewise: Vec<&[u8]> = stream.chunks(1).collect();
+    assert_eq!(run(limit, &bytewise), whole, "byte by byte");
+}
+
+/// Mirrors `fuzz/fuzz_targets/stream_assemble.rs`.
+fn stream_assemble(data: &[u8]) {
+    let mut parser = SseParser::new();
+    let Ok(events) = parser.push(data) else {
+        return;
+    };
+    let mut assembler = Assembler::new();
+    for event in &events {
+        if let Ok(Some(chunk)) = parse_chunk(&event.data) {
+            let _ = assembler.push(&chunk);
+        }
+    }
+    let Ok(response) = assembler.finish() else {
+        return;
+    };
+    let options = ReplayOptions {
+        chunk_chars: data.first().map_or(1, |&b| usize::from(b % 32)),
+        include_usage: true,
+    };
+    let mut again = Assembler::new();
+    for chunk in replay(&response, &options) {
+        again.push(&chunk).expect("a replayed chunk must assemble");
+    }
+    let again = again.finish().expect("a replayed stream must finish");
+    assert_eq!(
+        again, response,
+        "replay did not assemble back into the response"
+    );
 }
 
 #[test]

@@ -3,18 +3,23 @@
 //! the API key in an error, a log line or `Debug` output.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
+use serde_json::{Map, Value};
 
-use super::{BoxFuture, Upstream};
+use super::{BoxFuture, ChunkStream, Upstream};
 use crate::error::{Error, ErrorKind, Result, redact_url};
 use crate::request::{ChatRequest, ChatResponse};
+use crate::stream::{ChatChunk, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
 
 /// When and how often [`OpenAiCompatible`] tries a failed call again.
 ///
@@ -117,7 +122,8 @@ impl UpstreamStats {
         self.retries.load(Ordering::Relaxed)
     }
 
-    /// `chat` calls that ended in an error, after all their attempts.
+    /// `chat` and `chat_stream` calls that ended in an error, after all their attempts
+    /// (for a stream, also one cut off or failing after it started).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
@@ -127,8 +133,11 @@ impl UpstreamStats {
 /// server offers it).
 ///
 /// It POSTs to `{base_url}/chat/completions` (a `base_url` that already ends in
-/// `/chat/completions` is used as is; a query such as Azure's `?api-version=` is kept),
-/// with `stream` and `stream_options` removed from the body. Setters never fail: the
+/// `/chat/completions` is used as is; a query such as Azure's `?api-version=` is kept).
+/// `chat` removes `stream` and `stream_options` from the body; `chat_stream` sets
+/// `stream: true` and adds `include_usage: true` to the caller's `stream_options`, and
+/// yields each chunk as it arrives (a server that answers with one JSON completion
+/// instead is replayed as chunks). Setters never fail: the
 /// configuration is checked, and the HTTP client built, by [`OpenAiCompatible::validate`],
 /// which the cache builder calls from `build()`; a client used on its own does it on its
 /// first call. A bad knob is an [`ErrorKind::Config`] error that names it. Redirects are
@@ -164,7 +173,7 @@ pub struct OpenAiCompatible {
     request_timeout: Duration,
     retry: RetryPolicy,
     stats: Arc<UpstreamStats>,
-    ready: OnceLock<Ready>,
+    ready: OnceLock<Arc<Ready>>,
 }
 
 /// What the configuration turns into once checked.
@@ -222,7 +231,9 @@ impl OpenAiCompatible {
     }
 
     /// The deadline of one attempt, from sending to the last byte of the answer
-    /// (default 60 s). Retries get a fresh deadline each.
+    /// (default 60 s). Retries get a fresh deadline each. A stream has no overall
+    /// deadline, since a long answer may take minutes: this bounds the wait for its
+    /// headers, then each pause between two reads of its body.
     #[must_use]
     pub fn request_timeout(mut self, d: Duration) -> Self {
         self.request_timeout = d;
@@ -251,11 +262,11 @@ impl OpenAiCompatible {
         self
     }
 
-    fn ready(&self) -> Result<&Ready> {
+    fn ready(&self) -> Result<&Arc<Ready>> {
         if let Some(ready) = self.ready.get() {
             return Ok(ready);
         }
-        let ready = self.prepare()?;
+        let ready = Arc::new(self.prepare()?);
         // A racing caller may have won; either result is the same.
         Ok(self.ready.get_or_init(|| ready))
     }
@@ -337,44 +348,89 @@ impl OpenAiCompatible {
 
     async fn send(&self, request: &ChatRequest) -> Result<ChatResponse> {
         let ready = self.ready()?;
-        let body = Bytes::from(serde_json::to_vec(&*without_stream(request)).map_err(|e| {
-            Error::new(ErrorKind::InvalidRequest, format!("cannot serialise: {e}"))
-        })?);
+        let body = serialise(&without_stream(request))?;
+        self.with_retries(|| self.attempt(ready, body.clone()))
+            .await
+    }
+
+    async fn open_stream(&self, request: &ChatRequest) -> Result<ChunkStream> {
+        let ready = self.ready()?;
+        let body = serialise(&with_stream(request))?;
+        let response = match self
+            .with_retries(|| self.attempt_stream(ready, body.clone()))
+            .await?
+        {
+            Opened::Events(response) => response,
+            Opened::Answer(answer) => {
+                let options = ReplayOptions {
+                    include_usage: true,
+                    ..ReplayOptions::default()
+                };
+                let chunks = replay(&answer, &options);
+                return Ok(futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed());
+            }
+        };
+        let reader = ChunkReader {
+            body: response.bytes_stream().boxed(),
+            parser: SseParser::new(),
+            events: VecDeque::new(),
+            parse_error: None,
+            chunks: 0,
+            finished: false,
+            idle: self.request_timeout,
+            ready: Arc::clone(ready),
+            stats: Arc::clone(&self.stats),
+        };
+        Ok(
+            futures_util::stream::unfold(reader, |mut reader| async move {
+                let item = reader.next().await?;
+                Some((item, reader))
+            })
+            .boxed(),
+        )
+    }
+
+    /// Run `attempt` under the retry policy, counting calls, retries and errors.
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
         let policy = self.retry;
-        let mut attempt: u32 = 1;
+        let mut n: u32 = 1;
         loop {
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
-            if attempt > 1 {
+            if n > 1 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
-            let failure = match self.attempt(ready, body.clone()).await {
-                Ok(response) => return Ok(response),
+            let failure = match attempt().await {
+                Ok(answer) => return Ok(answer),
                 Err(failure) => failure,
             };
             let delay = match failure.retry_after {
-                _ if !failure.retryable || attempt >= policy.max_attempts => None,
+                _ if !failure.retryable || n >= policy.max_attempts => None,
                 Some(after) if after > policy.max_retry_after => None,
                 Some(after) => Some(after),
-                None => Some(policy.backoff(attempt - 1)),
+                None => Some(policy.backoff(n - 1)),
             };
             let Some(delay) = delay else {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(failure.error);
             };
             tracing::debug!(
-                attempt,
+                attempt = n,
                 delay_ms = delay.as_millis() as u64,
                 error = %failure.error,
                 "upstream call failed; retrying"
             );
             tokio::time::sleep(delay).await;
-            attempt += 1;
+            n += 1;
         }
     }
 
     async fn attempt(&self, ready: &Ready, body: Bytes) -> Result<ChatResponse, Failure> {
         let transport = |e| ready.transport_error(e, self);
-        let mut response = ready
+        let response = ready
             .client
             .post(ready.endpoint.clone())
             .header(header::CONTENT_TYPE, "application/json")
@@ -387,27 +443,198 @@ impl OpenAiCompatible {
             let bytes = response.bytes().await.map_err(transport)?;
             return parse_answer(&bytes).map_err(|e| Failure::fatal(ready.scrub_error(e)));
         }
+        Err(self.status_failure(ready, response).await)
+    }
 
+    /// One attempt of a stream, up to its headers: what comes after is not retried.
+    async fn attempt_stream(&self, ready: &Ready, body: Bytes) -> Result<Opened, Failure> {
+        let transport = |e| ready.transport_error(e, self);
+        let send = ready
+            .client
+            .post(ready.endpoint.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "text/event-stream")
+            // The client-wide deadline would cut a long stream: lift it (tokio clamps the
+            // sleep) and bound the headers here, then each read in `ChunkReader`.
+            .timeout(Duration::MAX)
+            .body(body)
+            .send();
+        let response = match tokio::time::timeout(self.request_timeout, send).await {
+            Ok(sent) => sent.map_err(transport)?,
+            Err(_) => return Err(ready.timeout(self.request_timeout)),
+        };
+        if !response.status().is_success() {
+            return Err(self.status_failure(ready, response).await);
+        }
+        let json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+        if !json {
+            return Ok(Opened::Events(response));
+        }
+        // A server that does not stream answers with the whole completion.
+        let bytes = match tokio::time::timeout(self.request_timeout, response.bytes()).await {
+            Ok(read) => read.map_err(transport)?,
+            Err(_) => return Err(ready.timeout(self.request_timeout)),
+        };
+        parse_answer(&bytes)
+            .map(Opened::Answer)
+            .map_err(|e| Failure::fatal(ready.scrub_error(e)))
+    }
+
+    /// The failure a non-2xx answer stands for, quoting the provider's message.
+    async fn status_failure(&self, ready: &Ready, mut response: reqwest::Response) -> Failure {
+        let status = response.status();
         let retry_after = retry_after(response.headers(), SystemTime::now());
         let mut bytes = Vec::new();
-        while bytes.len() < ERROR_BODY_LIMIT {
-            match response.chunk().await {
-                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-                Ok(None) => break,
-                // The status is what matters; keep what arrived of the body.
-                Err(_) => break,
+        // A stream request has no client-wide deadline: bound the error body here.
+        let read = async {
+            while bytes.len() < ERROR_BODY_LIMIT {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    // The status is what matters; keep what arrived of the body.
+                    Err(_) => break,
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(self.request_timeout, read).await;
         let message = provider_message(&bytes)
             .or_else(|| (!bytes.is_empty()).then(|| snippet(&bytes, SNIPPET_BYTES)))
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
         let error = Error::upstream_status(status.as_u16(), ready.scrub(message))
             .with_retry_after(retry_after);
-        Err(Failure {
+        Failure {
             error,
             retryable: retryable_status(status),
             retry_after,
-        })
+        }
+    }
+}
+
+/// What a stream attempt opened.
+enum Opened {
+    /// A 2xx whose body is (presumably) an event stream.
+    Events(reqwest::Response),
+    /// A 2xx JSON completion from a server that does not stream.
+    Answer(ChatResponse),
+}
+
+/// Turns an event stream's body into chunks as its bytes arrive, one read at a time.
+struct ChunkReader {
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    parser: SseParser,
+    /// Events of the last read not yet turned into chunks.
+    events: VecDeque<SseEvent>,
+    /// A parse error that comes after `events`.
+    parse_error: Option<Error>,
+    /// Chunks yielded so far.
+    chunks: usize,
+    /// `[DONE]` or an error was seen: nothing more is read.
+    finished: bool,
+    /// The longest pause between two reads (the client's `request_timeout`).
+    idle: Duration,
+    ready: Arc<Ready>,
+    stats: Arc<UpstreamStats>,
+}
+
+impl ChunkReader {
+    /// The next chunk; `None` after `[DONE]`; one final `Err` when the stream fails.
+    async fn next(&mut self) -> Option<Result<ChatChunk>> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            if let Some(event) = self.events.pop_front() {
+                return match parse_chunk(&event.data) {
+                    Ok(Some(chunk)) => {
+                        self.chunks += 1;
+                        Some(Ok(chunk))
+                    }
+                    Ok(None) => {
+                        self.finish();
+                        // What follows `[DONE]` is the end of the body: read it in the
+                        // background so the connection goes back to the pool, not closed.
+                        let body = std::mem::replace(
+                            &mut self.body,
+                            futures_util::stream::empty().boxed(),
+                        );
+                        tokio::spawn(drain(body, self.idle));
+                        None
+                    }
+                    Err(e) => Some(Err(self.fail(e))),
+                };
+            }
+            if let Some(e) = self.parse_error.take() {
+                return Some(Err(self.fail(e)));
+            }
+            let read = match tokio::time::timeout(self.idle, self.body.next()).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let why = format!(
+                        "the stream stalled after {} chunks: no data within request_timeout {:?}",
+                        self.chunks, self.idle
+                    );
+                    return Some(Err(self.fail(self.error(ErrorKind::Timeout, why))));
+                }
+            };
+            match read {
+                Some(Ok(bytes)) => {
+                    let mut events = Vec::new();
+                    if let Err(e) = self.parser.push_into(&bytes, &mut events) {
+                        self.parse_error = Some(e);
+                    }
+                    self.events.extend(events);
+                }
+                Some(Err(e)) => {
+                    let why = format!(
+                        "the stream was cut off after {} chunks: {}",
+                        self.chunks,
+                        error_chain(&e.without_url())
+                    );
+                    return Some(Err(self.fail(self.error(ErrorKind::Connect, why))));
+                }
+                None => {
+                    let why = format!(
+                        "the stream was cut off after {} chunks: the body ended before [DONE]",
+                        self.chunks
+                    );
+                    return Some(Err(self.fail(self.error(ErrorKind::Upstream, why))));
+                }
+            }
+        }
+    }
+
+    fn error(&self, kind: ErrorKind, why: String) -> Error {
+        Error::new(kind, format!("POST {}: {why}", self.ready.shown))
+    }
+
+    /// End the stream with `e`, counted and scrubbed.
+    fn fail(&mut self, e: Error) -> Error {
+        self.finish();
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.ready.scrub_error(e)
+    }
+
+    /// Stop reading, and let the connection go now rather than when the stream is dropped.
+    fn finish(&mut self) {
+        self.finished = true;
+        self.events.clear();
+        self.parse_error = None;
+        self.body = futures_util::stream::empty().boxed();
+    }
+}
+
+/// Read what is left of a finished stream's body, a little and not for long.
+async fn drain(mut body: BoxStream<'static, reqwest::Result<Bytes>>, idle: Duration) {
+    let mut left = ERROR_BODY_LIMIT;
+    while let Ok(Some(Ok(bytes))) = tokio::time::timeout(idle, body.next()).await {
+        left = match left.checked_sub(bytes.len()) {
+            Some(left) => left,
+            None => return,
+        };
     }
 }
 
@@ -437,6 +664,19 @@ impl Ready {
         let message = self.scrub(format!("POST {}: {what}", self.shown));
         Failure {
             error: Error::new(kind, message).with_source(e),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    /// An attempt that got no answer within `request_timeout`.
+    fn timeout(&self, request_timeout: Duration) -> Failure {
+        let what = format!("no answer within request_timeout {request_timeout:?}");
+        Failure {
+            error: Error::new(
+                ErrorKind::Timeout,
+                self.scrub(format!("POST {}: {what}", self.shown)),
+            ),
             retryable: true,
             retry_after: None,
         }
@@ -485,6 +725,10 @@ impl Failure {
 impl Upstream for OpenAiCompatible {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse>> {
         Box::pin(self.send(request))
+    }
+
+    fn chat_stream<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream>> {
+        Box::pin(self.open_stream(request))
     }
 
     fn validate(&self) -> Result<()> {
@@ -563,6 +807,26 @@ fn without_stream(request: &ChatRequest) -> Cow<'_, ChatRequest> {
         owned.stream_options = None;
         Cow::Owned(owned)
     }
+}
+
+/// The request as `chat_stream` sends it: `stream: true`, and the caller's
+/// `stream_options` with `include_usage: true` (the cache accounts for every answer).
+fn with_stream(request: &ChatRequest) -> ChatRequest {
+    let mut owned = request.clone();
+    owned.stream = Some(true);
+    let mut options = match owned.stream_options.take() {
+        Some(Value::Object(options)) => options,
+        _ => Map::new(),
+    };
+    options.insert("include_usage".into(), Value::Bool(true));
+    owned.stream_options = Some(Value::Object(options));
+    owned
+}
+
+fn serialise(request: &ChatRequest) -> Result<Bytes> {
+    serde_json::to_vec(request)
+        .map(Bytes::from)
+        .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("cannot serialise: {e}")))
 }
 
 fn retryable_status(status: StatusCode) -> bool {
@@ -866,6 +1130,28 @@ mod tests {
         assert_eq!(
             short.ready().unwrap().scrub("max tokens exceeded"),
             "max tokens exceeded"
+        );
+    }
+
+    #[test]
+    fn streams_ask_for_usage_and_keep_the_other_stream_options() {
+        let sent = |r: &ChatRequest| serde_json::to_value(with_stream(r)).unwrap();
+        let mut r = ChatRequest::new("m");
+        let body = sent(&r);
+        assert_eq!(body["stream"], serde_json::json!(true));
+        assert_eq!(
+            body["stream_options"],
+            serde_json::json!({"include_usage": true})
+        );
+        r.stream_options = Some(serde_json::json!({"include_usage": false, "x_vendor": 1}));
+        assert_eq!(
+            sent(&r)["stream_options"],
+            serde_json::json!({"include_usage": true, "x_vendor": 1})
+        );
+        r.stream_options = Some(serde_json::json!("not an object"));
+        assert_eq!(
+            sent(&r)["stream_options"],
+            serde_json::json!({"include_usage": true})
         );
     }
 

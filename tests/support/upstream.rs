@@ -6,29 +6,38 @@
 //! [`MockUpstream::push_reply`]; else, in fault mode ([`MockUpstream::fail_ratio`]), a
 //! 500 or 429 when the call counter says so; else the default answer
 //! ([`expected_content`]). The reply is chosen when the request arrives; the gate and the
-//! delay apply after that, to every reply. Streaming (SSE) is meant to slot in as more
-//! `MockReply` variants rendered by `respond` (which sees the body, so it can honour
-//! `stream: true`), reusing `default_answer` for the content.
+//! delay apply after that, to every reply.
+//!
+//! A request with `"stream": true` gets the default answer as a `text/event-stream`, one
+//! chunk per HTTP write: a role chunk, the content in pieces of 8 characters, a finish
+//! chunk, a usage chunk when `stream_options.include_usage` is set, then `[DONE]`. A test
+//! can hold every stream after its first n chunks ([`MockUpstream::hold_stream_after`]) and
+//! wait until the mock has sent k chunks ([`MockUpstream::wait_for_streamed_chunks`]).
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use llm_cache::ChatRequest;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 /// How long [`MockUpstream::wait_for_calls`] waits before failing the test.
 const WAIT_LIMIT: Duration = Duration::from_secs(10);
+/// Characters of text (content, tool-call arguments) per streamed chunk.
+const PIECE_CHARS: usize = 8;
+/// The `system_fingerprint` of every answer.
+const FINGERPRINT: &str = "fp_mock";
 
 /// A scripted answer for one call.
 #[derive(Debug, Clone)]
@@ -48,6 +57,20 @@ pub enum MockReply {
     Body(String),
     /// Never answer: the request stays open until the client gives up.
     Hang,
+    /// The default stream, cut after `after` chunks: the connection is aborted, so the
+    /// client sees a broken body rather than a clean end. Sent as a stream even when the
+    /// request does not ask for one.
+    StreamCut {
+        /// Chunks sent (the role chunk included) before the cut.
+        after: usize,
+    },
+    /// Three tool calls ([`expected_tool_calls`]) whose arguments arrive in pieces,
+    /// interleaved by call, then `finish_reason: "tool_calls"`. A request that does not
+    /// stream gets the same calls as one JSON completion.
+    StreamToolCalls,
+    /// A 200 `text/event-stream` with this raw body, in one write (e.g. an error event, or
+    /// no `[DONE]`).
+    Sse(String),
 }
 
 impl MockReply {
@@ -111,6 +134,19 @@ struct Shared {
     /// `Some` while answers are held; a closed semaphore lets everyone through.
     gate: Mutex<Option<Arc<Semaphore>>>,
     held: AtomicUsize,
+    /// `Some` while streams are held after their first `after` chunks.
+    stream_gate: Mutex<Option<StreamGate>>,
+    /// A pause before each streamed chunk after the first.
+    chunk_interval: Mutex<Duration>,
+    /// Chunks sent by every stream so far (`[DONE]` not counted).
+    streamed: AtomicUsize,
+    chunk_sent: Notify,
+}
+
+struct StreamGate {
+    after: usize,
+    /// Never has permits: closing it lets every held stream go.
+    open: Arc<Semaphore>,
 }
 
 /// Fault mode: call `k` draws `x = frac((k + 1) * golden ratio)`, a low-discrepancy
@@ -133,6 +169,10 @@ impl MockUpstream {
             faults: Mutex::new(None),
             gate: Mutex::new(None),
             held: AtomicUsize::new(0),
+            stream_gate: Mutex::new(None),
+            chunk_interval: Mutex::new(Duration::ZERO),
+            streamed: AtomicUsize::new(0),
+            chunk_sent: Notify::new(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
@@ -160,6 +200,12 @@ impl MockUpstream {
     /// Requests received so far (on the chat route).
     pub fn calls(&self) -> usize {
         self.shared.requests.lock().unwrap().len()
+    }
+
+    /// Streaming requests (`"stream": true`) received so far.
+    pub fn stream_calls(&self) -> usize {
+        let requests = self.shared.requests.lock().unwrap();
+        requests.iter().filter(|r| r.body["stream"] == true).count()
     }
 
     /// Every request received so far, in arrival order.
@@ -226,6 +272,59 @@ impl MockUpstream {
         self.shared.held.load(Ordering::SeqCst)
     }
 
+    /// From now on, every stream sends its first `n` chunks and then waits until
+    /// [`MockUpstream::release_stream`] (streams already past `n` chunks are not held).
+    pub fn hold_stream_after(&self, n: usize) {
+        let mut gate = self.shared.stream_gate.lock().unwrap();
+        match gate.as_mut() {
+            Some(gate) => gate.after = n,
+            None => {
+                *gate = Some(StreamGate {
+                    after: n,
+                    open: Arc::new(Semaphore::new(0)),
+                });
+            }
+        }
+    }
+
+    /// Pause `interval` before each streamed chunk after the first (default none).
+    pub fn set_chunk_interval(&self, interval: Duration) {
+        *self.shared.chunk_interval.lock().unwrap() = interval;
+    }
+
+    /// Stop holding streams and let every held one send the rest.
+    pub fn release_stream(&self) {
+        if let Some(gate) = self.shared.stream_gate.lock().unwrap().take() {
+            gate.open.close();
+        }
+    }
+
+    /// Chunks sent by every stream so far (`[DONE]` not counted).
+    pub fn streamed_chunks(&self) -> usize {
+        self.shared.streamed.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the mock has sent at least `k` chunks in all; panics after 10 s.
+    pub async fn wait_for_streamed_chunks(&self, k: usize) {
+        let wait = async {
+            loop {
+                let sent = self.shared.chunk_sent.notified();
+                tokio::pin!(sent);
+                sent.as_mut().enable();
+                if self.streamed_chunks() >= k {
+                    return;
+                }
+                sent.await;
+            }
+        };
+        if tokio::time::timeout(WAIT_LIMIT, wait).await.is_err() {
+            panic!(
+                "wait_for_streamed_chunks({k}): only {} chunks sent in {WAIT_LIMIT:?}",
+                self.streamed_chunks()
+            );
+        }
+    }
+
     /// Wait until at least `n` requests have arrived; panics after 10 s.
     pub async fn wait_for_calls(&self, n: usize) {
         let wait = async {
@@ -252,6 +351,7 @@ impl Drop for MockUpstream {
     fn drop(&mut self) {
         self.server.abort();
         self.release_all();
+        self.release_stream();
     }
 }
 
@@ -272,6 +372,34 @@ pub fn expected_content(request: &ChatRequest) -> String {
     )
 }
 
+/// The tool calls of [`MockReply::StreamToolCalls`] for `request`, as `(name, arguments)`;
+/// the arguments are JSON text that depends on the request.
+pub fn expected_tool_calls(request: &ChatRequest) -> Vec<(String, String)> {
+    let (canonical, request) = canonical(request);
+    let digest = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()));
+    let last_user = request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .and_then(|m| m.text())
+        .unwrap_or_default();
+    vec![
+        (
+            "get_weather".to_string(),
+            json!({"location": last_user, "unit": "celsius"}).to_string(),
+        ),
+        (
+            "get_time".to_string(),
+            json!({"tz": "Europe/Paris", "digest": digest}).to_string(),
+        ),
+        (
+            "search_docs".to_string(),
+            json!({"query": last_user, "limit": 3, "tags": ["mock", "ünïcode 🧪"]}).to_string(),
+        ),
+    ]
+}
+
 /// The request without transport fields, and its JSON text.
 fn canonical(request: &ChatRequest) -> (String, ChatRequest) {
     let mut request = request.clone();
@@ -288,14 +416,13 @@ fn default_answer(request: &ChatRequest, call: usize) -> Value {
     let content = expected_content(request);
     let prompt_tokens = (canonical.chars().count() as u64 / 4).max(1);
     let completion_tokens = (content.chars().count() as u64 / 4).max(1);
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created = now_secs();
     json!({
         "id": format!("chatcmpl-mock-{call}"),
         "object": "chat.completion",
         "created": created,
         "model": request.model,
+        "system_fingerprint": FINGERPRINT,
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": content},
@@ -351,7 +478,7 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    respond(reply, &body, call).await
+    respond(reply, &body, call, &shared).await
 }
 
 impl Shared {
@@ -379,14 +506,22 @@ impl Shared {
     }
 }
 
-async fn respond(reply: MockReply, body: &Value, call: usize) -> Response {
+async fn respond(reply: MockReply, body: &Value, call: usize, shared: &Arc<Shared>) -> Response {
+    let request = || serde_json::from_value::<ChatRequest>(body.clone());
+    let not_a_request = |e: serde_json::Error| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            openai_error_body(400, &format!("mock: not a chat request: {e}")),
+        )
+    };
     match reply {
-        MockReply::Answer => match serde_json::from_value::<ChatRequest>(body.clone()) {
+        MockReply::Answer => match request() {
+            Ok(request) if request.stream == Some(true) => {
+                let chunks = answer_chunks(&request, call);
+                sse_response(shared, chunks, Ending::Done)
+            }
             Ok(request) => axum::Json(default_answer(&request, call)).into_response(),
-            Err(e) => json_response(
-                StatusCode::BAD_REQUEST,
-                openai_error_body(400, &format!("mock: not a chat request: {e}")),
-            ),
+            Err(e) => not_a_request(e),
         },
         MockReply::Status {
             code,
@@ -405,7 +540,244 @@ async fn respond(reply: MockReply, body: &Value, call: usize) -> Response {
         }
         MockReply::Body(body) => json_response(StatusCode::OK, body),
         MockReply::Hang => std::future::pending().await,
+        MockReply::StreamCut { after } => match request() {
+            Ok(request) => {
+                let mut chunks = answer_chunks(&request, call);
+                chunks.truncate(after);
+                sse_response(shared, chunks, Ending::Cut)
+            }
+            Err(e) => not_a_request(e),
+        },
+        MockReply::StreamToolCalls => match request() {
+            Ok(request) if request.stream == Some(true) => {
+                let chunks = tool_call_chunks(&request, call);
+                sse_response(shared, chunks, Ending::Done)
+            }
+            Ok(request) => axum::Json(tool_call_answer(&request, call)).into_response(),
+            Err(e) => not_a_request(e),
+        },
+        MockReply::Sse(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            body,
+        )
+            .into_response(),
     }
+}
+
+/// How a mock stream ends after its chunks.
+enum Ending {
+    /// `data: [DONE]`, then the body ends cleanly.
+    Done,
+    /// The body fails, which aborts the connection.
+    Cut,
+}
+
+/// A 200 event stream whose chunks are written one by one as the client reads them,
+/// through the stream gate.
+fn sse_response(shared: &Arc<Shared>, chunks: Vec<Value>, ending: Ending) -> Response {
+    // Capacity 1: a chunk counts as sent once the server has taken the one before it.
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(1);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        for (i, chunk) in chunks.iter().enumerate() {
+            let interval = *shared.chunk_interval.lock().unwrap();
+            if i > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            shared.stream_gate_wait(i).await;
+            let event = Bytes::from(format!("data: {chunk}\n\n"));
+            if tx.send(Ok(event)).await.is_err() {
+                return; // the client went away
+            }
+            shared.streamed.fetch_add(1, Ordering::SeqCst);
+            shared.chunk_sent.notify_waiters();
+        }
+        let last = match ending {
+            Ending::Done => Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+            Ending::Cut => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "mock: stream cut",
+            )),
+        };
+        let _ = tx.send(last).await;
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((item, rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .expect("a valid response")
+}
+
+impl Shared {
+    /// Wait before chunk `i` (0-based) while streams are held after fewer chunks.
+    async fn stream_gate_wait(&self, i: usize) {
+        let open = match &*self.stream_gate.lock().unwrap() {
+            Some(gate) if i >= gate.after => Arc::clone(&gate.open),
+            _ => return,
+        };
+        // The semaphore never has permits: this returns when release_stream closes it.
+        let _ = open.acquire().await;
+    }
+}
+
+/// The fields every chunk of the stream for call `call` repeats.
+fn chunk(request: &ChatRequest, call: usize, created: u64, choices: Value) -> Value {
+    json!({
+        "id": format!("chatcmpl-mock-{call}"),
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": request.model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": choices,
+    })
+}
+
+fn include_usage(request: &ChatRequest) -> bool {
+    request
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// The default answer as chunks (without `[DONE]`).
+fn answer_chunks(request: &ChatRequest, call: usize) -> Vec<Value> {
+    let answer = default_answer(request, call);
+    let created = answer["created"].as_u64().unwrap_or(0);
+    let content = expected_content(request);
+    let mut chunks = vec![chunk(
+        request,
+        call,
+        created,
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+    )];
+    for piece in pieces(&content) {
+        chunks.push(chunk(
+            request,
+            call,
+            created,
+            json!([{"index": 0, "delta": {"content": piece}, "finish_reason": null}]),
+        ));
+    }
+    chunks.push(chunk(
+        request,
+        call,
+        created,
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+    ));
+    if include_usage(request) {
+        let mut last = chunk(request, call, created, json!([]));
+        last["usage"] = answer["usage"].clone();
+        chunks.push(last);
+    }
+    chunks
+}
+
+/// The usage of a tool-call answer.
+fn tool_call_usage(request: &ChatRequest) -> Value {
+    let (canonical, _) = canonical(request);
+    let prompt_tokens = (canonical.chars().count() as u64 / 4).max(1);
+    let arguments: usize = expected_tool_calls(request)
+        .iter()
+        .map(|(_, a)| a.chars().count())
+        .sum();
+    let completion_tokens = (arguments as u64 / 4).max(1);
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens
+    })
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// [`MockReply::StreamToolCalls`] as chunks: every call opened, then the arguments in
+/// pieces taking turns between calls, then the finish and usage chunks.
+fn tool_call_chunks(request: &ChatRequest, call: usize) -> Vec<Value> {
+    let created = now_secs();
+    let calls = expected_tool_calls(request);
+    let delta = |delta: Value| json!([{"index": 0, "delta": delta, "finish_reason": null}]);
+    let mut chunks = vec![chunk(
+        request,
+        call,
+        created,
+        delta(json!({"role": "assistant", "content": null})),
+    )];
+    for (i, (name, _)) in calls.iter().enumerate() {
+        let opening = json!({"tool_calls": [{"index": i, "id": format!("call_mock_{i}"),
+            "type": "function", "function": {"name": name, "arguments": ""}}]});
+        chunks.push(chunk(request, call, created, delta(opening)));
+    }
+    let mut pieces: Vec<VecDeque<String>> = calls
+        .iter()
+        .map(|(_, arguments)| pieces(arguments).into())
+        .collect();
+    while pieces.iter().any(|p| !p.is_empty()) {
+        for (i, left) in pieces.iter_mut().enumerate() {
+            if let Some(piece) = left.pop_front() {
+                let more = json!({"tool_calls": [{"index": i,
+                    "function": {"arguments": piece}}]});
+                chunks.push(chunk(request, call, created, delta(more)));
+            }
+        }
+    }
+    chunks.push(chunk(
+        request,
+        call,
+        created,
+        json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]),
+    ));
+    if include_usage(request) {
+        let mut last = chunk(request, call, created, json!([]));
+        last["usage"] = tool_call_usage(request);
+        chunks.push(last);
+    }
+    chunks
+}
+
+/// [`MockReply::StreamToolCalls`] for a request that does not stream.
+fn tool_call_answer(request: &ChatRequest, call: usize) -> Value {
+    let tool_calls: Vec<Value> = expected_tool_calls(request)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, arguments))| {
+            json!({"id": format!("call_mock_{i}"), "type": "function",
+                "function": {"name": name, "arguments": arguments}})
+        })
+        .collect();
+    json!({
+        "id": format!("chatcmpl-mock-{call}"),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": request.model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": tool_calls},
+            "finish_reason": "tool_calls"
+        }],
+        "usage": tool_call_usage(request)
+    })
+}
+
+/// `text` cut into pieces of [`PIECE_CHARS`] characters.
+fn pieces(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(PIECE_CHARS)
+        .map(|piece| piece.iter().collect())
+        .collect()
 }
 
 fn json_response(status: StatusCode, body: String) -> Response {
