@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The README's demo as a smoke check: a short workload against the local stub upstream
+# (L1 only, or L1 + Redis when REDIS_URL is set), printed as its JSON report.
+# Fails when the demo fails or its report says a request failed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+report="$(cargo run --quiet --release --example demo -- --requests 500 --latency-ms 5:30 --json)"
+if command -v jq >/dev/null 2>&1; then
+    jq . <<<"$report"
+else
+    printf '%s\n' "$report"
+fi
+case "$report" in
+    *'"errors":0,'* | *'"errors":0}'*) ;;
+    *) echo "demo-check: the demo reported failed requests" >&2; exit 1 ;;
+esac
