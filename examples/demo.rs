@@ -5,12 +5,22 @@
 //! ```text
 //! cargo run --release --example demo                        # local stub upstream, L1 only
 //! REDIS_URL=redis://127.0.0.1:6390 cargo run --release --example demo   # + Redis (L2)
+//! cargo run --release --example demo -- --stream             # every request streamed
 //! cargo run --release --example demo -- --help
 //! ```
 //!
 //! Without `OPENAI_BASE_URL` it answers from a stub on loopback that takes 300–1,500 ms per
 //! answer (fixed per prompt) and reports token usage; with it, every miss is a real, paid
 //! call. Arguments are parsed by hand (no clap): there are a dozen flags.
+//!
+//! With `--stream`, every request goes through `LlmCache::chat_stream` and is read to its
+//! last chunk: misses stream live from the upstream, hits are replayed, and coalesced
+//! requests join the stream already in flight. The report then adds the time to first
+//! token (from the call to the first chunk with non-empty `delta.content`) per status, and
+//! every answer, assembled from its chunks, must equal the one a non-streamed request gets
+//! (a mismatch counts as an error). The stub then answers `"stream": true` with a real
+//! `text/event-stream`: its first chunk after 30% of the prompt's latency, the content over
+//! the rest, then the finish chunk, the usage chunk and `data: [DONE]`.
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -20,10 +30,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use llm_cache::stream::{Assembler, ChunkChoice};
 use llm_cache::{
     CacheStatus, ChatMessage, ChatRequest, LlmCache, LlmStats, OpenAiCompatible, Usage,
 };
@@ -48,6 +64,10 @@ Options:
   --latency-ms MIN:MAX how long the stub upstream takes per answer (default 300:1500)
   --redis URL          use Redis as L2 (default: $REDIS_URL; without either: L1 only)
   --l2-deadline-ms MS  deadline of each Redis operation (default 50)
+  --stream             send every request through chat_stream and read it to the end;
+                       the report adds time to first token per status, and checks each
+                       assembled answer against the non-streamed one (the stub streams
+                       SSE: first chunk after 30% of its latency, the content over the rest)
   --json               print the report as one JSON object on stdout (no progress bar)
   -h, --help           print this help
 
@@ -67,6 +87,11 @@ const BURST_COPIES: std::ops::RangeInclusive<usize> = 5..=20;
 const MAX_TOKENS: u64 = 400;
 /// How long the demo waits for background Redis writes before it exits.
 const L2_SETTLE_LIMIT: Duration = Duration::from_secs(2);
+/// Share of the stub's latency before the first chunk of a streamed answer; the content
+/// streams over the rest.
+const STUB_FIRST_CHUNK_SHARE: f64 = 0.3;
+/// Words per content chunk of the stub's streams (a real model sends about one token).
+const STUB_WORDS_PER_CHUNK: usize = 3;
 
 const SYSTEM_PROMPT: &str = "You are the support assistant of an online bookshop. Answer in \
 at most three sentences, in plain language, without markdown. If the question is about an \
@@ -126,6 +151,7 @@ struct Args {
     redis: Option<String>,
     l2_deadline_ms: u64,
     json: bool,
+    stream: bool,
 }
 
 impl Default for Args {
@@ -141,6 +167,7 @@ impl Default for Args {
             redis: None,
             l2_deadline_ms: 50,
             json: false,
+            stream: false,
         }
     }
 }
@@ -172,6 +199,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, ArgError> 
         match flag.as_str() {
             "-h" | "--help" => return Err(ArgError::Help),
             "--json" if inline.is_none() => args.json = true,
+            "--stream" if inline.is_none() => args.stream = true,
             "--requests" => args.requests = positive("--requests", &value("--requests")?)?,
             "--distinct" => args.distinct = positive("--distinct", &value("--distinct")?)?,
             "--concurrency" => {
@@ -299,13 +327,18 @@ fn prompt_text(i: usize) -> String {
 fn workload(args: &Args) -> Workload {
     let requests = (0..args.distinct)
         .map(|i| {
-            Arc::new(
-                ChatRequest::new(args.model.clone())
-                    .message(ChatMessage::system(SYSTEM_PROMPT))
-                    .message(ChatMessage::user(prompt_text(i)))
-                    .temperature(0.0)
-                    .param("max_tokens", MAX_TOKENS),
-            )
+            let mut request = ChatRequest::new(args.model.clone())
+                .message(ChatMessage::system(SYSTEM_PROMPT))
+                .message(ChatMessage::user(prompt_text(i)))
+                .temperature(0.0)
+                .param("max_tokens", MAX_TOKENS);
+            if args.stream {
+                // Transport fields: not in the key, so streamed and non-streamed requests
+                // share their answers. The usage chunk prices each answer.
+                request.stream = Some(true);
+                request.stream_options = Some(json!({"include_usage": true}));
+            }
+            Arc::new(request)
         })
         .collect();
     let zipf = Zipf::new(args.distinct, args.zipf);
@@ -358,55 +391,160 @@ fn tokens_of(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
 }
 
+/// What the stub answers to one request, streamed or not: the same text, usage and
+/// latency, all fixed by the prompt.
+struct StubReply {
+    id: String,
+    model: String,
+    text: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// How long the whole answer takes (streamed: until its finish chunk).
+    latency: Duration,
+}
+
+impl StubReply {
+    fn new(request: &ChatRequest, (min, max): (u64, u64)) -> Self {
+        let prompt = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .and_then(ChatMessage::text)
+            .unwrap_or_default();
+        let h = fnv1a(prompt.as_bytes());
+        let max_tokens = request
+            .extra
+            .get("max_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(MAX_TOKENS)
+            .max(1);
+        // Longer answers take longer, as they do from a real model.
+        let completion_tokens = (40 + h % 360).min(max_tokens);
+        let latency = Duration::from_millis(min + (max - min) * (h % 360) / 359);
+        let prompt_tokens = 3 + request
+            .messages
+            .iter()
+            .map(|m| 4 + tokens_of(&m.text().unwrap_or_default()))
+            .sum::<u64>();
+        StubReply {
+            id: format!("chatcmpl-stub-{h:016x}"),
+            model: request.model.clone(),
+            text: stub_answer(&prompt, completion_tokens),
+            prompt_tokens,
+            completion_tokens,
+            latency,
+        }
+    }
+
+    fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens
+        })
+    }
+
+    /// The whole `chat.completion`.
+    fn completion(&self, created: u64) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": self.text},
+                "finish_reason": "stop"
+            }],
+            "usage": self.usage()
+        })
+    }
+
+    /// The `data:` of each event of the stream, and when it is due after the request came:
+    /// a role chunk and the first piece of content after `STUB_FIRST_CHUNK_SHARE` of the
+    /// latency, the other pieces evenly over the rest, the finish chunk at the latency,
+    /// then the usage chunk (when asked for) and `[DONE]`.
+    fn events(&self, created: u64, include_usage: bool) -> Vec<(Duration, String)> {
+        let chunk = |choices: Value, usage: Option<Value>| {
+            let mut c = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.model,
+                "choices": choices,
+            });
+            if let Some(u) = usage {
+                c["usage"] = u;
+            }
+            c.to_string()
+        };
+        let delta = |delta: Value, finish: Option<&str>| {
+            let choice = json!({"index": 0, "delta": delta, "finish_reason": finish});
+            json!([choice])
+        };
+        let first = self.latency.mul_f64(STUB_FIRST_CHUNK_SHARE);
+        let streaming = self.latency - first;
+        let words: Vec<&str> = self.text.split_inclusive(' ').collect();
+        let pieces: Vec<String> = words
+            .chunks(STUB_WORDS_PER_CHUNK)
+            .map(|w| w.concat())
+            .collect();
+        let n = pieces.len().max(1) as u32;
+        let mut events = vec![(
+            first,
+            chunk(
+                delta(json!({"role": "assistant", "content": ""}), None),
+                None,
+            ),
+        )];
+        for (i, piece) in pieces.iter().enumerate() {
+            let due = first + streaming * i as u32 / n;
+            events.push((due, chunk(delta(json!({"content": piece}), None), None)));
+        }
+        events.push((self.latency, chunk(delta(json!({}), Some("stop")), None)));
+        if include_usage {
+            events.push((self.latency, chunk(json!([]), Some(self.usage()))));
+        }
+        events.push((self.latency, "[DONE]".to_string()));
+        events
+    }
+}
+
 async fn stub_completions(
     State(stub): State<Arc<Stub>>,
     Json(request): Json<ChatRequest>,
-) -> Json<Value> {
+) -> Response {
+    let came = tokio::time::Instant::now();
     stub.calls.fetch_add(1, Relaxed);
-    let prompt = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .and_then(ChatMessage::text)
-        .unwrap_or_default();
-    let h = fnv1a(prompt.as_bytes());
-    let max_tokens = request
-        .extra
-        .get("max_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(MAX_TOKENS)
-        .max(1);
-    // Longer answers take longer, as they do from a real model.
-    let completion_tokens = (40 + h % 360).min(max_tokens);
-    let (min, max) = stub.latency_ms;
-    let delay = min + (max - min) * (h % 360) / 359;
-    tokio::time::sleep(Duration::from_millis(delay)).await;
-
-    let prompt_tokens = 3 + request
-        .messages
-        .iter()
-        .map(|m| 4 + tokens_of(&m.text().unwrap_or_default()))
-        .sum::<u64>();
+    let reply = StubReply::new(&request, stub.latency_ms);
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    Json(json!({
-        "id": format!("chatcmpl-stub-{h:016x}"),
-        "object": "chat.completion",
-        "created": created,
-        "model": request.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": stub_answer(&prompt, completion_tokens)},
-            "finish_reason": "stop"
-        }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens
-        }
-    }))
+    if request.stream != Some(true) {
+        tokio::time::sleep(reply.latency).await;
+        return Json(reply.completion(created)).into_response();
+    }
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // The headers go out at once, each event when it is due (a late one goes at once).
+    let events = reply.events(created, include_usage);
+    let body = futures_util::stream::iter(events).then(move |(due, data)| async move {
+        tokio::time::sleep_until(came + due).await;
+        Ok::<_, std::convert::Infallible>(format!("data: {data}\n\n"))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// An answer about `tokens` tokens long.
@@ -436,6 +574,11 @@ async fn start_stub(latency_ms: (u64, u64)) -> std::io::Result<(SocketAddr, Arc<
         .with_state(Arc::clone(&stub));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // Streamed events are small writes: without TCP_NODELAY, Nagle's algorithm holds each
+    // one until the last is acknowledged, and the client delays that ACK by up to 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             eprintln!("demo: the stub upstream stopped: {e}");
@@ -451,7 +594,59 @@ async fn start_stub(latency_ms: (u64, u64)) -> std::io::Result<(SocketAddr, Arc<
 struct Outcome {
     prompt: usize,
     latency: Duration,
-    answer: Result<(CacheStatus, Option<Usage>), String>,
+    answer: Result<Answer, String>,
+}
+
+/// What one request got.
+struct Answer {
+    status: CacheStatus,
+    usage: Option<Usage>,
+    /// The answer's text (streamed: assembled from its chunks).
+    text: String,
+    /// Streamed only: from the call to the first chunk with content (to the end of the
+    /// stream when none had any).
+    ttft: Option<Duration>,
+}
+
+/// One request, as the run asks: `chat`, or `chat_stream` read to its last chunk.
+async fn ask(
+    cache: &LlmCache,
+    request: &ChatRequest,
+    stream: bool,
+    started: Instant,
+) -> Result<Answer, String> {
+    if !stream {
+        let cached = cache.chat(request).await.map_err(|e| e.to_string())?;
+        return Ok(Answer {
+            status: cached.status(),
+            usage: cached.value().usage.clone(),
+            text: cached.value().text().unwrap_or_default(),
+            ttft: None,
+        });
+    }
+    let mut chunks = cache
+        .chat_stream(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = chunks.status();
+    let failed = |e: llm_cache::Error| format!("the stream ({}) failed: {e}", status.as_str());
+    let (mut assembler, mut ttft) = (Assembler::new(), None);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(failed)?;
+        let content = |c: &ChunkChoice| c.delta.content.as_deref().is_some_and(|t| !t.is_empty());
+        if ttft.is_none() && chunk.choices.iter().any(content) {
+            ttft = Some(started.elapsed());
+        }
+        assembler.push(&chunk).map_err(failed)?;
+    }
+    let ended = started.elapsed();
+    let answer = assembler.finish().map_err(failed)?;
+    Ok(Answer {
+        status,
+        usage: answer.usage.clone(),
+        text: answer.text().unwrap_or_default(),
+        ttft: Some(ttft.unwrap_or(ended)),
+    })
 }
 
 #[derive(Default)]
@@ -460,8 +655,16 @@ struct Tally {
     l1: Vec<Duration>,
     l2: Vec<Duration>,
     coalesced: Vec<Duration>,
+    /// Time to first token, by status as in `STATUSES` (streamed runs only).
+    ttft: [Vec<Duration>; 4],
+    /// Errors, mismatches included.
     errors: u64,
+    /// Answers whose text differs from their prompt's reference.
+    mismatches: u64,
     first_error: Option<String>,
+    /// Per prompt, the text a non-streamed request gets: the stub's answer, or (from a
+    /// real upstream) the first answer of this run, which every other must equal.
+    reference: Vec<Option<String>>,
     tokens_saved: u64,
     /// `None` once an answer could not be priced (unknown model or missing usage).
     cost_without: Option<f64>,
@@ -469,18 +672,27 @@ struct Tally {
     distinct_used: HashSet<usize>,
 }
 
+/// The statuses the report breaks latencies down by, in its order.
+const STATUSES: [&str; 4] = ["miss", "l1", "l2", "coalesced"];
+
 impl Tally {
-    fn new() -> Self {
+    fn new(reference: Vec<Option<String>>) -> Self {
         Tally {
             cost_without: Some(0.0),
             cost_with: Some(0.0),
+            reference,
             ..Default::default()
         }
     }
 
     fn add(&mut self, o: Outcome, cache: &LlmCache, model: &str) {
         self.distinct_used.insert(o.prompt);
-        let (status, usage) = match o.answer {
+        let Answer {
+            status,
+            usage,
+            text,
+            ttft,
+        } = match o.answer {
             Ok(answer) => answer,
             Err(e) => {
                 self.errors += 1;
@@ -488,6 +700,30 @@ impl Tally {
                 return;
             }
         };
+        match &mut self.reference[o.prompt] {
+            Some(expected) if *expected != text => {
+                self.errors += 1;
+                self.mismatches += 1;
+                let at = expected
+                    .bytes()
+                    .zip(text.bytes())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                self.first_error.get_or_insert_with(|| {
+                    format!(
+                        "prompt {}: the answer ({}, {} bytes) differs from the one a \
+                         non-streamed request gets ({} bytes) from byte {at} on",
+                        o.prompt,
+                        status.as_str(),
+                        text.len(),
+                        expected.len()
+                    )
+                });
+                return;
+            }
+            Some(_) => {}
+            unseen @ None => *unseen = Some(text),
+        }
         let cost = usage.as_ref().and_then(|u| cache.prices().cost(model, u));
         let paid = !status.is_hit();
         self.cost_without = self.cost_without.zip(cost).map(|(a, c)| a + c);
@@ -496,14 +732,17 @@ impl Tally {
         } else if let Some(u) = &usage {
             self.tokens_saved += u.prompt_tokens + u.completion_tokens;
         }
-        match status {
-            CacheStatus::HitL1 => self.l1.push(o.latency),
-            CacheStatus::HitL2 => self.l2.push(o.latency),
-            CacheStatus::Coalesced => self.coalesced.push(o.latency),
+        let [ttft_miss, ttft_l1, ttft_l2, ttft_coalesced] = &mut self.ttft;
+        let (latencies, ttfts) = match status {
+            CacheStatus::HitL1 => (&mut self.l1, ttft_l1),
+            CacheStatus::HitL2 => (&mut self.l2, ttft_l2),
+            CacheStatus::Coalesced => (&mut self.coalesced, ttft_coalesced),
             // Misses; `Bypass` cannot happen here (no temperature rule, no bypass control)
             // and would be an upstream call too.
-            _ => self.miss.push(o.latency),
-        }
+            _ => (&mut self.miss, ttft_miss),
+        };
+        latencies.push(o.latency);
+        ttfts.extend(ttft);
     }
 
     fn served(&self) -> usize {
@@ -663,6 +902,12 @@ async fn run(args: Args) -> Result<(), String> {
             "               concurrency {}, model {} ({price}), seed {}",
             args.concurrency, args.model, args.seed
         );
+        if args.stream {
+            println!(
+                "  streaming    every request through chat_stream, read to its last chunk; \
+                 answers checked against the non-streamed ones"
+            );
+        }
         println!();
     }
 
@@ -670,7 +915,17 @@ async fn run(args: Args) -> Result<(), String> {
     let live_hits = Arc::new(AtomicU64::new(0));
     let permits = Arc::new(Semaphore::new(args.concurrency));
     let mut tasks = JoinSet::new();
-    let mut tally = Tally::new();
+    // What a non-streamed request gets: the stub's answers are known in advance; those of
+    // a real upstream are the first of the run.
+    let reference = work
+        .requests
+        .iter()
+        .map(|r| {
+            stub.is_some()
+                .then(|| StubReply::new(r, args.latency_ms).text)
+        })
+        .collect();
+    let mut tally = Tally::new(reference);
     let started = Instant::now();
     for job in &work.jobs {
         let copies = u32::try_from(job.copies).expect("copies are capped by the concurrency");
@@ -683,21 +938,18 @@ async fn run(args: Args) -> Result<(), String> {
         );
         for _ in 0..job.copies {
             let (cache, bar, hits) = (cache.clone(), bar.clone(), Arc::clone(&live_hits));
-            let (request, permit, prompt) = (
+            let (request, permit, prompt, stream) = (
                 Arc::clone(&work.requests[job.prompt]),
                 Arc::clone(&permit),
                 job.prompt,
+                args.stream,
             );
             tasks.spawn(async move {
                 let t = Instant::now();
-                let answer = cache
-                    .chat(&request)
-                    .await
-                    .map(|c| (c.status(), c.value().usage.clone()))
-                    .map_err(|e| e.to_string());
+                let answer = ask(&cache, &request, stream, t).await;
                 let latency = t.elapsed();
                 drop(permit);
-                if matches!(&answer, Ok((s, _)) if s.is_hit()) {
+                if matches!(&answer, Ok(a) if a.status.is_hit()) {
                     hits.fetch_add(1, Relaxed);
                 }
                 bar.inc(1);
@@ -767,16 +1019,27 @@ impl Report<'_> {
         ]
     }
 
+    /// Time to first token by status; `None` unless the run streamed.
+    fn ttfts(&mut self) -> Option<[(&'static str, Percentiles); 4]> {
+        let ttft = &mut self.tally.ttft;
+        self.args
+            .stream
+            .then(|| std::array::from_fn(|i| (STATUSES[i], percentiles(&mut ttft[i]))))
+    }
+
     fn json(mut self) -> Value {
-        let latency: serde_json::Map<String, Value> = self
-            .latencies()
-            .into_iter()
-            .map(|(name, p)| {
-                let (p50, p99) = (p.p50_ms.map(micros), p.p99_ms.map(micros));
-                let v = json!({"p50": p50, "p99": p99, "count": p.count});
-                (name.to_string(), v)
-            })
-            .collect();
+        let by_status = |ps: [(&str, Percentiles); 4]| -> Value {
+            ps.into_iter()
+                .map(|(name, p)| {
+                    let (p50, p99) = (p.p50_ms.map(micros), p.p99_ms.map(micros));
+                    let v = json!({"p50": p50, "p99": p99, "count": p.count});
+                    (name.to_string(), v)
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        let latency = by_status(self.latencies());
+        let ttft = self.ttfts().map(by_status);
         let (t, s, c) = (&self.tally, &self.stats, &self.stats.cache);
         let stats = json!({
             "l1_hits": c.l1_hits,
@@ -810,8 +1073,11 @@ impl Report<'_> {
             "misses": t.miss.len(),
             "upstream_calls": s.upstream_calls,
             "errors": t.errors,
+            "mismatches": t.mismatches,
             "hit_ratio": t.hit_ratio(),
+            "stream": self.args.stream,
             "latency_ms": latency,
+            "ttft_ms": ttft,
             "cost_without_usd": t.cost_without.map(nanos),
             "cost_with_usd": t.cost_with.map(nanos),
             "tokens_saved": t.tokens_saved,
@@ -831,11 +1097,24 @@ impl Report<'_> {
 
     fn print(mut self) {
         let latencies = self.latencies();
+        let ttfts = self.ttfts();
         let (t, s, c) = (&self.tally, &self.stats, &self.stats.cache);
         let n = self.args.requests as u64;
         let share = |k: usize| format!("{:5.1}%", 100.0 * k as f64 / n.max(1) as f64);
         println!("Results");
-        println!("  requests        {:>9}   errors {}", group(n), t.errors);
+        let mismatches = if t.mismatches > 0 {
+            format!(
+                " ({} answers differ from the non-streamed ones)",
+                t.mismatches
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  requests        {:>9}   errors {}{mismatches}",
+            group(n),
+            t.errors
+        );
         println!(
             "  L1 hits         {:>9}   {}",
             group(t.l1.len() as u64),
@@ -871,16 +1150,27 @@ impl Report<'_> {
             println!("  first error     {e}");
         }
 
-        println!();
-        println!("Latency          count        p50        p99");
-        for (name, p) in &latencies {
-            let show = |v: Option<f64>| v.map_or("-".to_string(), duration_ms);
-            println!(
-                "  {name:<10} {:>9} {:>10} {:>10}",
-                group(p.count as u64),
-                show(p.p50_ms),
-                show(p.p99_ms)
-            );
+        // Every table of the report has the same columns; `width` is its first one's.
+        let table = |title: &str, width: usize, rows: &[(&str, Percentiles)]| {
+            println!();
+            println!("{title:<width$}      count        p50        p99");
+            for (name, p) in rows {
+                let show = |v: Option<f64>| v.map_or("-".to_string(), duration_ms);
+                println!(
+                    "  {name:<w$} {:>10} {:>10} {:>10}",
+                    group(p.count as u64),
+                    show(p.p50_ms),
+                    show(p.p99_ms),
+                    w = width - 2
+                );
+            }
+        };
+        match &ttfts {
+            Some(ttfts) => {
+                table("Latency (whole stream)", 22, &latencies);
+                table("Time to first token", 22, ttfts);
+            }
+            None => table("Latency", 11, &latencies),
         }
 
         println!();

@@ -1,6 +1,8 @@
 //! The README's demo, run as the user runs it (the compiled example binary), checked by
 //! its JSON report: the numbers add up, every distinct prompt costs one upstream call, and
-//! a second process against the same Redis is answered from L2 without any call.
+//! a second process against the same Redis is answered from L2 without any call. With
+//! `--stream` the same holds, every answer assembled from its chunks equals the
+//! non-streamed one, and time to first token is reported per status.
 
 mod support;
 
@@ -101,6 +103,7 @@ fn assert_adds_up(report: &Value, redis: bool) {
     let requests = n(report, "requests");
     assert_eq!(requests, 300, "{report:#}");
     assert_eq!(n(report, "errors"), 0, "{report:#}");
+    assert_eq!(n(report, "mismatches"), 0, "{report:#}");
     assert_eq!(report["redis"], Value::Bool(redis), "{report:#}");
     let (l1, l2, coalesced, misses) = (
         n(report, "l1_hits"),
@@ -139,6 +142,12 @@ fn assert_adds_up(report: &Value, redis: bool) {
         }
     }
 
+    match report["stream"] {
+        Value::Bool(true) => assert_ttft_adds_up(report),
+        Value::Bool(false) => assert!(report["ttft_ms"].is_null(), "{report:#}"),
+        _ => panic!("`stream` is not a bool in {report:#}"),
+    }
+
     let ratio = report["hit_ratio"].as_f64().unwrap();
     let expected = (l1 + l2 + coalesced) as f64 / requests as f64;
     assert!((ratio - expected).abs() < 1e-9, "{report:#}");
@@ -147,6 +156,29 @@ fn assert_adds_up(report: &Value, redis: bool) {
     assert!(with <= without && without > 0.0, "{report:#}");
     assert!(n(report, "tokens_saved") > 0, "{report:#}");
     assert!(report["wall_ms"].as_f64().unwrap() > 0.0, "{report:#}");
+}
+
+/// A streamed run's time to first token: one sample per answer, never after its end.
+fn assert_ttft_adds_up(report: &Value) {
+    let mut samples = 0;
+    for status in ["miss", "l1", "l2", "coalesced"] {
+        let (ttft, lat) = (&report["ttft_ms"][status], &report["latency_ms"][status]);
+        let count = ttft["count"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no ttft_ms.{status}.count in {report:#}"));
+        assert_eq!(Some(count), lat["count"].as_u64(), "{status}: {report:#}");
+        samples += count;
+        if count == 0 {
+            assert!(ttft["p50"].is_null() && ttft["p99"].is_null(), "{report:#}");
+            continue;
+        }
+        let (p50, p99) = (ttft["p50"].as_f64().unwrap(), ttft["p99"].as_f64().unwrap());
+        assert!(0.0 <= p50 && p50 <= p99, "{status}: {report:#}");
+        // Each first token comes no later than its stream's end, so neither do the ranks.
+        assert!(p50 <= lat["p50"].as_f64().unwrap(), "{status}: {report:#}");
+        assert!(p99 <= lat["p99"].as_f64().unwrap(), "{status}: {report:#}");
+    }
+    assert_eq!(samples, n(report, "requests"), "{report:#}");
 }
 
 #[test]
@@ -160,6 +192,26 @@ fn without_redis_every_distinct_prompt_costs_one_call() {
         "{report:#}"
     );
     assert!(n(&report, "l1_hits") > 0, "{report:#}");
+}
+
+#[test]
+fn a_streamed_run_adds_up_and_reports_time_to_first_token() {
+    let report = run_demo(&["--stream"]);
+    assert_adds_up(&report, false);
+    assert_eq!(report["stream"], Value::Bool(true), "{report:#}");
+    assert_eq!(
+        n(&report, "misses"),
+        n(&report, "distinct_used"),
+        "concurrent streams of one prompt share one upstream stream: {report:#}"
+    );
+    assert!(n(&report, "l1_hits") > 0, "{report:#}");
+    // The stub streams its answer after its first chunk: a miss's first token comes well
+    // before its end (30% of 5-20 ms, against all of it).
+    let (ttft, lat) = (
+        report["ttft_ms"]["miss"]["p50"].as_f64().unwrap(),
+        report["latency_ms"]["miss"]["p50"].as_f64().unwrap(),
+    );
+    assert!(ttft < lat, "{report:#}");
 }
 
 #[test]
@@ -187,6 +239,16 @@ fn a_second_process_is_answered_from_redis() {
         "one L2 read per distinct prompt, then L1 or coalesced: {second:#}"
     );
     assert_eq!(second["cost_with_usd"].as_f64(), Some(0.0), "{second:#}");
+
+    // A third one streams: the same key, so the same answers, replayed from L2.
+    let third = run_demo(&["--redis", &url, "--stream"]);
+    assert_adds_up(&third, true);
+    assert_eq!(n(&third, "upstream_calls"), 0, "{third:#}");
+    assert_eq!(
+        n(&third, "l2_hits"),
+        n(&first, "distinct_used"),
+        "{third:#}"
+    );
 }
 
 #[test]
@@ -198,6 +260,7 @@ fn bad_arguments_exit_with_2_and_name_the_flag() {
         (&["--concurrency", "0"][..], "--concurrency"),
         (&["--bogus"][..], "--bogus"),
         (&["--model"][..], "--model"),
+        (&["--stream=yes"][..], "--stream"),
     ] {
         let out = Command::new(&bin)
             .args(args)
@@ -212,5 +275,7 @@ fn bad_arguments_exit_with_2_and_name_the_flag() {
         .output()
         .expect("run the demo");
     assert!(help.status.success());
-    assert!(String::from_utf8_lossy(&help.stdout).contains("--latency-ms MIN:MAX"));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--latency-ms MIN:MAX"), "{help}");
+    assert!(help.contains("--stream"), "{help}");
 }
