@@ -69,6 +69,9 @@ Options:
                        assembled answer against the non-streamed one (the stub streams
                        SSE: first chunk after 30% of its latency, the content over the rest)
   --json               print the report as one JSON object on stdout (no progress bar)
+  --metrics-addr ADDR  serve Prometheus metrics on http://ADDR/metrics while the demo runs
+                       (build with --features prometheus)
+  --metrics-linger S   keep serving /metrics for S seconds after the report (default 0)
   -h, --help           print this help
 
 Environment:
@@ -152,6 +155,8 @@ struct Args {
     l2_deadline_ms: u64,
     json: bool,
     stream: bool,
+    metrics_addr: Option<SocketAddr>,
+    metrics_linger: Duration,
 }
 
 impl Default for Args {
@@ -168,6 +173,8 @@ impl Default for Args {
             l2_deadline_ms: 50,
             json: false,
             stream: false,
+            metrics_addr: None,
+            metrics_linger: Duration::ZERO,
         }
     }
 }
@@ -240,6 +247,31 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, ArgError> 
             "--l2-deadline-ms" => {
                 let s = value("--l2-deadline-ms")?;
                 args.l2_deadline_ms = positive("--l2-deadline-ms", &s)? as u64;
+            }
+            "--metrics-addr" => {
+                let s = value("--metrics-addr")?;
+                let addr = s.parse::<SocketAddr>().map_err(|_| {
+                    bad(
+                        "--metrics-addr",
+                        &s,
+                        "is not an address such as 127.0.0.1:9000",
+                    )
+                })?;
+                if !cfg!(feature = "prometheus") {
+                    return Err(ArgError::Bad(
+                        "--metrics-addr needs the `prometheus` feature: \
+                         cargo run --release --features prometheus --example demo -- --metrics-addr ADDR"
+                            .into(),
+                    ));
+                }
+                args.metrics_addr = Some(addr);
+            }
+            "--metrics-linger" => {
+                let s = value("--metrics-linger")?;
+                let secs = s
+                    .parse::<u64>()
+                    .map_err(|_| bad("--metrics-linger", &s, "is not a whole number of seconds"))?;
+                args.metrics_linger = Duration::from_secs(secs);
             }
             _ => return Err(ArgError::Bad(format!("unknown argument `{arg}`"))),
         }
@@ -824,6 +856,12 @@ fn progress_bar(total: usize, hidden: bool) -> ProgressBar {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Metrics first: the client and the cache take their metric handles when they are built.
+    #[cfg(feature = "prometheus")]
+    if let Some(addr) = args.metrics_addr {
+        llm_cache::prometheus::serve(addr)
+            .map_err(|e| format!("could not serve /metrics on {addr}: {e}"))?;
+    }
     // The upstream: the caller's API, or a stub on loopback.
     let base_url = std::env::var("OPENAI_BASE_URL")
         .ok()
@@ -908,6 +946,9 @@ async fn run(args: Args) -> Result<(), String> {
                  answers checked against the non-streamed ones"
             );
         }
+        if let Some(addr) = args.metrics_addr {
+            println!("  metrics      http://{addr}/metrics (Prometheus text, while the demo runs)");
+        }
         println!();
     }
 
@@ -991,6 +1032,12 @@ async fn run(args: Args) -> Result<(), String> {
         println!("{}", report.json());
     } else {
         report.print();
+    }
+    if args.metrics_addr.is_some() && !args.metrics_linger.is_zero() {
+        if !args.json {
+            println!("serving /metrics for {:?} more", args.metrics_linger);
+        }
+        tokio::time::sleep(args.metrics_linger).await;
     }
     Ok(())
 }

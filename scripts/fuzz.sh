@@ -36,9 +36,14 @@ for target in "${targets[@]}"; do
     mkdir -p "$corpus" "$regressions" "fuzz/artifacts/$target"
     touch "$marker"
     echo "== fuzzing $target for ${seconds}s"
-    # Past crashes seed the run (read-only second corpus); new inputs go to $corpus.
-    if cargo fuzz run "$target" "$corpus" "$regressions" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048; then
+    # Past crashes and committed seeds (fuzz/seeds/<target>/) start the run as read-only
+    # corpora, with fuzz/dicts/<target>.dict when there is one; new inputs go to $corpus.
+    extra=()
+    [[ -d fuzz/seeds/$target ]] && extra+=("fuzz/seeds/$target")
+    flags=()
+    [[ -f fuzz/dicts/$target.dict ]] && flags+=("-dict=fuzz/dicts/$target.dict")
+    if cargo fuzz run "$target" "$corpus" "$regressions" "${extra[@]}" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 "${flags[@]}"; then
         continue
     fi
     failed+=("$target")

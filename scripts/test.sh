@@ -51,6 +51,12 @@ else
     echo "skipped: fuzz/Cargo.toml or scripts/fuzz.sh not present"
 fi
 
+# The load benchmark in its short mode (< 1 minute once built): it prints its JSON and fails
+# only on correctness (a stampede must cost exactly one upstream call); the speed targets
+# are reported in the JSON's "targets", since a shared CI machine makes them noise.
+section "load benchmark (short)"
+LOAD_BENCH_SHORT=1 cargo bench --bench load
+
 section "demo"
 if [ -f examples/demo.rs ]; then
     if [ -f scripts/demo-check.sh ]; then

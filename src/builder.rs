@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::{LlmCache, StreamSettings};
 use crate::error::{Error, Result, redact_url};
 use crate::key::KeyOptions;
-use crate::l2::{Guarded, RedisStore};
+use crate::l2::{Guarded, Topology};
 use crate::metrics::Counters;
 use crate::pricing::PriceTable;
 use crate::request::ChatResponse;
@@ -37,6 +37,8 @@ pub(crate) struct Config {
     pub compression_threshold: usize,
     pub waiter_deadline: Duration,
     pub l2_write_concurrency: usize,
+    /// Sentinel / Cluster, leases, invalidation channel (scale-out).
+    pub topology: Topology,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             compression_threshold: 1024,
             waiter_deadline: Duration::from_secs(300),
             l2_write_concurrency: 256,
+            topology: Topology::default(),
         }
     }
 }
@@ -73,6 +76,7 @@ impl fmt::Debug for Config {
             .field("compression_threshold", &self.compression_threshold)
             .field("waiter_deadline", &self.waiter_deadline)
             .field("l2_write_concurrency", &self.l2_write_concurrency)
+            .field("topology", &self.topology)
             .finish()
     }
 }
@@ -137,31 +141,27 @@ impl Config {
                 format!("{p:?} contains whitespace or control characters"),
             ));
         }
+        crate::l2::validate_topology(self)?;
         Ok(())
     }
 
     /// Open the Redis store when a URL is set; the connection is made in the background.
     pub(crate) async fn open_l2(&self, counters: &Arc<Counters>) -> Result<Option<Arc<Guarded>>> {
-        let Some(url) = &self.redis_url else {
+        // One server, a Sentinel master or a Cluster; connected in the background, with a
+        // moment's wait so the first requests find a connection.
+        let Some(store) = crate::l2::open_store(self).await? else {
             return Ok(None);
         };
-        let store = RedisStore::open(url)?;
-        store.connect_in_background();
-        // Give a local Redis a moment so the first requests find a connection; a Redis that
-        // is down does not fail the build: the cache runs L1-only until it answers.
-        if !store
-            .wait_connected(self.l2_deadline.max(Duration::from_millis(200)))
-            .await
-        {
-            tracing::warn!(redis = %redact_url(url), "redis is not reachable yet: running L1-only until it answers");
-        }
-        Ok(Some(Arc::new(Guarded::new(
-            Box::new(store),
+        let l2 = Arc::new(Guarded::new(
+            store,
             self.l2_deadline,
             self.breaker_threshold,
             self.breaker_cooldown,
             Arc::clone(counters),
-        ))))
+        ));
+        // Warn (in the background) when Redis would refuse cache writes once full.
+        crate::redis_stats::check_config_in_background(&l2);
+        Ok(Some(l2))
     }
 }
 
@@ -247,6 +247,72 @@ macro_rules! config_setters {
             self.config.l2_write_concurrency = writes;
             self
         }
+
+        /// Use the master that Redis Sentinel monitors under `master_name`, found through any
+        /// of `sentinels` (`host:port`, or `redis://[:password@]host:port`). The cache asks
+        /// again after a failover. Instead of [`redis`](Self::redis) or
+        /// [`cluster`](Self::cluster).
+        pub fn sentinel<I, S>(mut self, master_name: impl Into<String>, sentinels: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<String>,
+        {
+            self.config.topology.sentinel_master = Some(master_name.into());
+            self.config.topology.sentinels = sentinels.into_iter().map(Into::into).collect();
+            self
+        }
+
+        /// Password of the sentinels themselves (`requirepass` in sentinel.conf), for those
+        /// whose address carries none.
+        pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
+            self.config.topology.sentinel_password = Some(password.into());
+            self
+        }
+
+        /// Use a Redis Cluster, found through any of `seed_nodes` (`host:port` or
+        /// `redis://[:password@]host:port`). A node that is down makes only its own keys
+        /// miss. Instead of [`redis`](Self::redis) or [`sentinel`](Self::sentinel).
+        pub fn cluster<I, S>(mut self, seed_nodes: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<String>,
+        {
+            self.config.topology.cluster_nodes = seed_nodes.into_iter().map(Into::into).collect();
+            self
+        }
+
+        /// Password of the Redis data nodes reached through [`sentinel`](Self::sentinel) or
+        /// [`cluster`](Self::cluster). (With [`redis`](Self::redis), put it in the URL.)
+        pub fn redis_password(mut self, password: impl Into<String>) -> Self {
+            self.config.topology.redis_password = Some(password.into());
+            self
+        }
+
+        /// Single-flight across instances: on an L2 miss, the flight takes a lease in Redis
+        /// and the other instances wait for its value instead of calling the upstream too.
+        /// Default true (has effect only with Redis).
+        pub fn leases(mut self, yes: bool) -> Self {
+            self.config.topology.leases = yes;
+            self
+        }
+
+        /// Life of a lease; its holder renews it every third of it while it fetches, so this
+        /// is how long the other instances wait after a holder dies before one of them
+        /// fetches instead. Default 10 s.
+        pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+            self.config.topology.lease_ttl = ttl;
+            self
+        }
+
+        /// Listen on the invalidation channel (`{prefix}:invalidate`) so that what another
+        /// instance invalidates leaves this instance's L1 too, and namespace generations
+        /// bumped elsewhere are followed. Turn it off only for an instance that never needs
+        /// either: it then keeps serving what others invalidated until its TTLs pass.
+        /// Default true (has effect only with Redis).
+        pub fn subscribe_invalidations(mut self, yes: bool) -> Self {
+            self.config.topology.invalidation = yes;
+            self
+        }
     };
 }
 /// Configures a [`TieredCache`]. Every setter takes and returns the builder; nothing is
@@ -293,7 +359,9 @@ where
         self.config.validate()?;
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
-        Ok(TieredCache::from_parts(self.config, l2, counters))
+        let cache = TieredCache::from_parts(self.config, l2, counters);
+        cache.settle().await;
+        Ok(cache)
     }
 }
 
@@ -410,6 +478,7 @@ impl LlmCacheBuilder {
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
         let tiers = TieredCache::<ChatResponse>::from_parts(self.config, l2, counters);
+        tiers.settle().await;
         Ok(LlmCache::from_parts(
             tiers,
             upstream,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 
 use dashmap::DashMap;
@@ -20,7 +19,7 @@ use crate::builder::LlmCacheBuilder;
 use crate::digest::{Digest, DigestHasherBuilder};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{self, KeyOptions};
-use crate::metrics::Stats;
+use crate::metrics::{ModelExported, Stats, Timer};
 use crate::policy::{self, CacheControl};
 use crate::pricing::{ModelPrice, PriceTable};
 use crate::request::{ChatRequest, ChatResponse};
@@ -70,6 +69,8 @@ struct ModelCounters {
     misses: AtomicU64,
     tokens: AtomicU64,
     nano_dollars: AtomicU64,
+    /// The same, through the `metrics` facade.
+    exported: ModelExported,
 }
 
 /// An OpenAI-compatible chat client that answers repeats from cache. Cheap to clone.
@@ -196,6 +197,22 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<Cached<ChatResponse>> {
+        let span = crate::metrics::request_span(false, &request.model);
+        if span.is_disabled() {
+            return self.answer(request, control).await;
+        }
+        let traced = crate::metrics::Traced::start(&span, self.digest_with(request, control));
+        let out =
+            tracing::Instrument::instrument(self.answer(request, control), span.clone()).await;
+        traced.finish(out.as_ref().map(|c| c.status()));
+        out
+    }
+
+    async fn answer(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<Cached<ChatResponse>> {
         request.validate()?;
         let inner = &self.inner;
         if control.bypass || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
@@ -207,7 +224,7 @@ impl LlmCache {
         if !control.fetch.refresh
             && let Some(hit) = inner.tiers.get(&digest).await
         {
-            counters.saved(hit.value());
+            counters.saved(CacheStatus::HitL1, hit.value());
             return Ok(hit);
         }
         // A streamed flight of this key must not be aborted while this caller waits on it.
@@ -229,9 +246,9 @@ impl LlmCache {
             })
             .await?;
         if out.status().is_hit() {
-            counters.saved(out.value());
+            counters.saved(out.status(), out.value());
         } else {
-            counters.misses.fetch_add(1, Relaxed);
+            counters.missed();
         }
         Ok(out)
     }
@@ -244,7 +261,12 @@ impl LlmCache {
         let inner = &self.inner;
         inner.bypassed.fetch_add(1, Relaxed);
         inner.upstream_calls.fetch_add(1, Relaxed);
-        let response = inner.upstream.chat(request).await?;
+        let exported = &inner.tiers.counters().exported;
+        let _total = Timer::start(&exported.total);
+        let upstream = Timer::start(&exported.upstream);
+        let response = inner.upstream.chat(request).await;
+        drop(upstream);
+        let response = response?;
         policy::check_response(&response)?;
         let digest = self.digest_with(request, control);
         Ok(Cached::new(
@@ -266,6 +288,23 @@ impl LlmCache {
 
     /// [`chat_stream`](Self::chat_stream) with per-request control.
     pub async fn chat_stream_with(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<CachedStream> {
+        let span = crate::metrics::request_span(true, &request.model);
+        if span.is_disabled() {
+            return self.answer_stream(request, control).await;
+        }
+        let traced = crate::metrics::Traced::start(&span, self.digest_with(request, control));
+        let out =
+            tracing::Instrument::instrument(self.answer_stream(request, control), span.clone())
+                .await;
+        traced.finish(out.as_ref().map(|c| c.status()));
+        out
+    }
+
+    async fn answer_stream(
         &self,
         request: &ChatRequest,
         control: &CacheControl,
@@ -297,7 +336,7 @@ impl LlmCache {
         if !control.fetch.refresh
             && let Some(hit) = inner.tiers.get(&digest).await
         {
-            counters.saved(hit.value());
+            counters.saved(CacheStatus::HitL1, hit.value());
             let chunks = replay(hit.value(), &options);
             return Ok(CachedStream {
                 status: CacheStatus::HitL1,
@@ -310,12 +349,12 @@ impl LlmCache {
             self.drive_stream(Arc::clone(&flight), digest, request, &control.fetch);
         }
         // Subscribe before waiting, so the flight counts this consumer from the start.
-        let hit = Arc::new(AtomicBool::new(false));
+        let hit = Arc::new(std::sync::OnceLock::<CacheStatus>::new());
         let on_end = {
             let (hit, counters) = (Arc::clone(&hit), Arc::clone(&counters));
             move |answer: &ChatResponse| {
-                if hit.load(Relaxed) {
-                    counters.saved(answer);
+                if let Some(&status) = hit.get() {
+                    counters.saved(status, answer);
                 }
             }
         };
@@ -326,10 +365,13 @@ impl LlmCache {
         } else {
             CacheStatus::Coalesced
         };
+        if !leads {
+            inner.tiers.count_coalesced();
+        }
         if status.is_hit() {
-            hit.store(true, Relaxed);
+            let _ = hit.set(status);
         } else {
-            counters.misses.fetch_add(1, Relaxed);
+            counters.missed();
         }
         Ok(CachedStream {
             status,
@@ -340,7 +382,8 @@ impl LlmCache {
 
     fn join_stream(&self, digest: Digest, refresh: bool) -> (Arc<StreamFlight>, bool) {
         match self.inner.streams.entry(digest) {
-            Entry::Occupied(e) if !refresh => (Arc::clone(e.get()), false),
+            // A flight that already failed is about to leave the map: start anew.
+            Entry::Occupied(e) if !refresh && !e.get().failed() => (Arc::clone(e.get()), false),
             Entry::Occupied(mut e) => {
                 let flight = StreamFlight::new();
                 e.insert(Arc::clone(&flight));
@@ -464,7 +507,9 @@ impl LlmCache {
                     .expect("every unique request answered");
                 match answer {
                     Ok(c) if lead != i => {
-                        self.inner.model(&requests[i].model).saved(c.value());
+                        self.inner
+                            .model(&requests[i].model)
+                            .saved(CacheStatus::Coalesced, c.value());
                         Ok(Cached::new(
                             c.clone().into_arc(),
                             CacheStatus::Coalesced,
@@ -495,9 +540,21 @@ impl LlmCache {
         self.inner.tiers.invalidate(&digest).await
     }
 
-    /// The digest `request` is cached under in the control's namespace.
+    /// Invalidate every answer of `namespace` (a tenant) at once, in every tier of every
+    /// instance, in O(1): the namespace's generation in Redis, which is part of each of its
+    /// keys, moves on, so its old entries are never read again (they expire by their TTL),
+    /// and the new generation is published to the other instances. Without Redis it applies
+    /// to this instance only. With Redis unreachable this instance clears its L1 and the
+    /// error says the other instances were not reached.
+    pub async fn invalidate_namespace(&self, namespace: &str) -> Result<()> {
+        self.inner.tiers.bump_generation(namespace).await
+    }
+
+    /// The digest `request` is cached under in the control's namespace (and the namespace's
+    /// current generation, see [`invalidate_namespace`](Self::invalidate_namespace)).
     pub fn digest_with(&self, request: &ChatRequest, control: &CacheControl) -> Digest {
-        key::derive(request, &control.namespace, &self.inner.key_options)
+        let digest = key::derive(request, &control.namespace, &self.inner.key_options);
+        crate::invalidation::scoped(digest, self.inner.tiers.generation(&control.namespace))
     }
 
     /// The generic tiers underneath, for inspection (`inflight()`, `l2_key()`...).
@@ -553,6 +610,7 @@ impl Inner {
                 .or_insert_with(|| {
                     Arc::new(ModelCounters {
                         price: self.prices.price(model),
+                        exported: ModelExported::register(model),
                         ..Default::default()
                     })
                 })
@@ -562,21 +620,29 @@ impl Inner {
 }
 
 impl ModelCounters {
-    fn saved(&self, response: &ChatResponse) {
+    /// An answer served without a call (`status`: from where), and what it saved.
+    fn saved(&self, status: CacheStatus, response: &ChatResponse) {
         self.hits.fetch_add(1, Relaxed);
+        self.exported.hit(status);
         let Some(usage) = &response.usage else {
             return;
         };
-        self.tokens.fetch_add(
-            usage.prompt_tokens.saturating_add(usage.completion_tokens),
-            Relaxed,
-        );
+        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        self.tokens.fetch_add(tokens, Relaxed);
+        let mut nanos = 0;
         if let Some(price) = &self.price {
             let dollars = price.cost(usage);
             if dollars.is_finite() && dollars > 0.0 {
-                self.nano_dollars
-                    .fetch_add((dollars * NANOS_PER_DOLLAR).round() as u64, Relaxed);
+                nanos = (dollars * NANOS_PER_DOLLAR).round() as u64;
+                self.nano_dollars.fetch_add(nanos, Relaxed);
             }
         }
+        self.exported.saved(tokens, nanos);
+    }
+
+    /// An answer that cost an upstream call.
+    fn missed(&self) {
+        self.misses.fetch_add(1, Relaxed);
+        self.exported.miss();
     }
 }

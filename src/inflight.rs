@@ -88,6 +88,13 @@ impl<T> Inflight<T> {
     pub fn len(&self) -> usize {
         self.flights.len()
     }
+
+    /// Detach the flight for `digest`, if any: its callers still get its outcome, later
+    /// callers start a new flight. After an invalidation, an answer looked up before it
+    /// (possibly already published, its entry not yet removed) must not be handed out.
+    pub fn detach(&self, digest: &Digest) {
+        self.flights.remove(digest);
+    }
 }
 
 impl<T: Clone + Send + Sync + 'static> Leader<T> {

@@ -457,13 +457,25 @@ impl Canon<'_> {
         out.push(b'"');
         let bytes = s.as_bytes();
         let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
+            // Eight bytes at a time while none needs escaping: prompts are long and almost
+            // never do, and this runs on every request, L1 hits included.
+            while let Some(word) = bytes.get(i..).and_then(|rest| rest.first_chunk::<8>())
+                && !needs_escape(u64::from_le_bytes(*word))
+            {
+                i += 8;
+            }
+            let Some(&b) = bytes.get(i) else {
+                break;
+            };
             let class = ESCAPE[b as usize];
+            i += 1;
             if class == 0 {
                 continue;
             }
-            out.extend_from_slice(&bytes[start..i]);
-            start = i + 1;
+            out.extend_from_slice(&bytes[start..i - 1]);
+            start = i;
             if class == b'u' {
                 let hex = [HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]];
                 out.extend_from_slice(b"\\u00");
@@ -475,6 +487,20 @@ impl Canon<'_> {
         out.extend_from_slice(&bytes[start..]);
         out.push(b'"');
     }
+}
+
+/// True when one of the eight bytes of `word` is a control character, `"` or `\` (the
+/// bytes [`ESCAPE`] escapes). Exact: the borrows of the subtraction tricks can only mark a
+/// byte above one that really matches.
+#[inline]
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+    control | quote | backslash != 0
 }
 
 /// For each byte: 0 when it is written as it is, else the letter after the backslash
@@ -811,6 +837,30 @@ mod tests {
         assert_eq!(
             canon_req(parts, &lower),
             r#"{"messages":[{"content":[{"text":"a b","type":"text"},{"image_url":{"url":" U "},"type":"image_url"}],"role":"user"}],"model":"m"}"#
+        );
+    }
+
+    #[test]
+    fn strings_escape_like_serde_json_at_every_offset() {
+        // The word-at-a-time scan must see an escape wherever it falls in a word.
+        let specials = ['\0', '\u{1f}', '\n', '"', '\\', ' ', '\u{7f}', 'é', '🧪'];
+        for len in [0, 1, 7, 8, 9, 16, 17, 31] {
+            for at in 0..len {
+                for c in specials {
+                    let mut s: String = "abcdefgh".chars().cycle().take(len).collect();
+                    s.replace_range(at..at + 1, &c.to_string());
+                    assert_eq!(
+                        canon(Value::String(s.clone())),
+                        serde_json::to_string(&s).unwrap(),
+                        "{s:?}"
+                    );
+                }
+            }
+        }
+        let ascii: String = (0u8..128).map(char::from).collect();
+        assert_eq!(
+            canon(Value::String(ascii.clone())),
+            serde_json::to_string(&ascii).unwrap()
         );
     }
 

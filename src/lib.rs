@@ -7,13 +7,19 @@ mod cache;
 mod digest;
 pub mod envelope;
 mod error;
+mod health;
 mod inflight;
+mod invalidation;
 pub mod key;
 mod l1;
 mod l2;
+mod lease;
 mod metrics;
 mod policy;
 mod pricing;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
+mod redis_stats;
 mod request;
 pub mod stream;
 mod tiered;
@@ -40,4 +46,7 @@ pub use builder::{LlmCacheBuilder, TieredCacheBuilder};
 pub use cache::{CachedStream, LlmCache, LlmStats, ModelSavings};
 pub use metrics::{BreakerState, Stats};
 pub use policy::CacheControl;
+// --- observability re-exports (owned by health.rs, redis_stats.rs) ---
+pub use health::{Health, L2Health};
+pub use redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
 pub use tiered::{CacheStatus, Cached, FetchOptions, TieredCache};

@@ -1,7 +1,19 @@
-//! Counters of what the cache did, and the `Stats` snapshot users read. Counting is a
-//! relaxed atomic add: it must never take a lock or allocate on the hit path.
+//! Counters of what the cache did, the `Stats` snapshot users read, and the same figures
+//! exported through the `metrics` facade (the application picks the recorder). Counting is
+//! a relaxed atomic add on handles registered once: it must never take a lock or allocate
+//! on the hit path.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+
+use crate::digest::Digest;
+use crate::tiered::CacheStatus;
 
 /// The state of the circuit breaker in front of Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,12 +99,22 @@ pub(crate) struct Counters {
     pub dropped_writes: AtomicU64,
     pub oversized: AtomicU64,
     pub waiter_timeouts: AtomicU64,
+    /// The same events, exported through the `metrics` facade.
+    pub exported: Exported,
+    /// The last L2 failure, for `health()`. Written only when an operation fails.
+    pub last_l2_error: Mutex<Option<crate::health::LastError>>,
 }
 
 impl Counters {
     #[inline]
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Remember an L2 failure for `health()`, with any URL password in it hidden.
+    pub fn note_l2_error(&self, op: &'static str, why: &str) {
+        let last = crate::health::LastError::new(op, why);
+        *self.last_l2_error.lock().expect("lock poisoned") = Some(last);
     }
 
     pub fn snapshot(
@@ -121,6 +143,502 @@ impl Counters {
             breaker,
             l1_entries,
             l1_bytes,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Export through the `metrics` facade. Handles are registered once (when a cache is built,
+// or when a model is first seen) with the recorder installed at that moment, and used
+// without a lookup afterwards: install the recorder before building the cache.
+// ---------------------------------------------------------------------------------------
+
+/// Answers served without a call, by model and tier (`l1`, `l2`, `coalesced`).
+pub(crate) const HITS: &str = "ai_cache_hits_total";
+/// Answers that cost an upstream call, by model.
+pub(crate) const MISSES: &str = "ai_cache_misses_total";
+/// Latency by operation (`l1_get`, `l2_get`, `l2_set`, `upstream`, `total`).
+pub(crate) const LATENCY: &str = "ai_cache_latency_seconds";
+/// Weighted size of L1 in bytes.
+pub(crate) const SIZE_BYTES: &str = "ai_cache_size_bytes";
+/// Entries in L1.
+pub(crate) const L1_ENTRIES: &str = "ai_cache_l1_entries";
+/// Flights in progress.
+pub(crate) const INFLIGHT: &str = "ai_cache_inflight";
+/// Dollars the hits would have cost, by model: a running total.
+pub(crate) const COST_SAVED: &str = "ai_api_cost_saved_dollars";
+/// Tokens of the answers served from cache, by model.
+pub(crate) const TOKENS_SAVED: &str = "ai_cache_tokens_saved_total";
+/// Callers that joined a flight already running.
+pub(crate) const COALESCED: &str = "ai_cache_coalesced_total";
+/// Upstream calls by outcome (`ok`, `error`, `retried`).
+pub(crate) const UPSTREAM_REQUESTS: &str = "ai_upstream_requests_total";
+/// L2 trouble by kind (`timeout`, `connection`, `command`, `corrupt`, `dropped_write`).
+pub(crate) const L2_ERRORS: &str = "ai_cache_l2_errors_total";
+/// Caches whose breaker is in each state (`closed`, `open`, `half_open`, `disabled`).
+pub(crate) const BREAKER_STATE: &str = "ai_cache_breaker_state";
+
+/// One L1 lookup in this many (per thread) is timed for `l1_get`. Timing every one would
+/// add two clock reads and a histogram push to a hit that costs a few hundred nanoseconds,
+/// and the Prometheus exporter buffers every pushed sample until its next upkeep.
+pub(crate) const L1_SAMPLE_EVERY: u32 = 64;
+
+/// How often the gauges (L1 size, entries, flights, breaker) are refreshed.
+const GAUGE_UPKEEP: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static L1_TICK: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this L1 lookup is one of the timed ones: a thread-local count, no shared write.
+#[inline]
+pub(crate) fn sample_l1() -> bool {
+    L1_TICK.with(|tick| {
+        let n = tick.get().wrapping_add(1);
+        tick.set(n);
+        n % L1_SAMPLE_EVERY == 0
+    })
+}
+
+/// Records the time since it was made when dropped, so every way out of a scope (an error,
+/// `?`, a cancelled caller) is measured.
+pub(crate) struct Timer<'a> {
+    histogram: &'a Histogram,
+    started: Instant,
+}
+
+impl Timer<'_> {
+    pub(crate) fn start(histogram: &Histogram) -> Timer<'_> {
+        Timer {
+            histogram,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.histogram.record(self.started.elapsed());
+    }
+}
+
+/// The first 12 hex digits of a digest, for logs: enough to tell requests apart and to
+/// find the Redis key, nothing to rebuild a request from.
+pub(crate) struct ShortKey(pub Digest);
+
+impl fmt::Display for ShortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0.as_bytes()[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        HITS,
+        Unit::Count,
+        "Answers served without an upstream call, by model and tier (l1, l2, coalesced)"
+    );
+    metrics::describe_counter!(
+        MISSES,
+        Unit::Count,
+        "Answers that cost an upstream call, by model"
+    );
+    metrics::describe_histogram!(
+        LATENCY,
+        Unit::Seconds,
+        "Latency by operation: l1_get (sampled 1 in 64), l2_get, l2_set, upstream, total (requests that went past L1)"
+    );
+    metrics::describe_gauge!(
+        SIZE_BYTES,
+        Unit::Bytes,
+        "Weighted size of L1 (encoded values plus overhead)"
+    );
+    metrics::describe_gauge!(L1_ENTRIES, Unit::Count, "Entries in L1");
+    metrics::describe_gauge!(
+        INFLIGHT,
+        Unit::Count,
+        "Flights (upstream fetches or L2 reads shared by callers) in progress"
+    );
+    metrics::describe_gauge!(
+        COST_SAVED,
+        "Dollars the answers served from cache would have cost, by model (running total)"
+    );
+    metrics::describe_counter!(
+        TOKENS_SAVED,
+        Unit::Count,
+        "Tokens (prompt + completion) of the answers served from cache, by model"
+    );
+    metrics::describe_counter!(
+        COALESCED,
+        Unit::Count,
+        "Callers that joined a flight already running instead of fetching"
+    );
+    metrics::describe_counter!(
+        UPSTREAM_REQUESTS,
+        Unit::Count,
+        "Upstream calls by outcome: ok, error (after all attempts), retried (extra attempts)"
+    );
+    metrics::describe_counter!(
+        L2_ERRORS,
+        Unit::Count,
+        "Redis trouble by kind: timeout, connection, command, corrupt, dropped_write"
+    );
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        "Caches whose Redis circuit breaker is in this state (closed, open, half_open, disabled)"
+    );
+}
+
+const BREAKER_LABELS: [&str; 4] = ["closed", "open", "half_open", "disabled"];
+
+fn breaker_index(state: BreakerState) -> usize {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+        BreakerState::Disabled => 3,
+    }
+}
+
+/// The engine's series. Gauges are published as differences from what this cache last
+/// published, so several caches in one process add up instead of overwriting each other;
+/// a dropped cache takes its share back.
+pub(crate) struct Exported {
+    pub l1_get: Histogram,
+    l2_get: Histogram,
+    l2_set: Histogram,
+    pub upstream: Histogram,
+    pub total: Histogram,
+    pub coalesced: Counter,
+    l2_timeout: Counter,
+    l2_connection: Counter,
+    l2_command: Counter,
+    pub l2_corrupt: Counter,
+    pub l2_dropped_write: Counter,
+    breaker: [Gauge; 4],
+    size_bytes: Gauge,
+    l1_entries: Gauge,
+    inflight: Gauge,
+    /// 0: nothing published yet; otherwise 1 + the breaker index.
+    published_breaker: AtomicU8,
+    published_bytes: AtomicU64,
+    published_entries: AtomicU64,
+    published_inflight: AtomicU64,
+}
+
+impl Default for Exported {
+    fn default() -> Self {
+        Self::register()
+    }
+}
+
+impl fmt::Debug for Exported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exported").finish_non_exhaustive()
+    }
+}
+
+impl Exported {
+    fn register() -> Self {
+        describe();
+        let latency = |op: &'static str| metrics::histogram!(LATENCY, "operation" => op);
+        let l2_error = |kind: &'static str| metrics::counter!(L2_ERRORS, "kind" => kind);
+        Exported {
+            l1_get: latency("l1_get"),
+            l2_get: latency("l2_get"),
+            l2_set: latency("l2_set"),
+            upstream: latency("upstream"),
+            total: latency("total"),
+            coalesced: metrics::counter!(COALESCED),
+            l2_timeout: l2_error("timeout"),
+            l2_connection: l2_error("connection"),
+            l2_command: l2_error("command"),
+            l2_corrupt: l2_error("corrupt"),
+            l2_dropped_write: l2_error("dropped_write"),
+            breaker: BREAKER_LABELS.map(|state| metrics::gauge!(BREAKER_STATE, "state" => state)),
+            size_bytes: metrics::gauge!(SIZE_BYTES),
+            l1_entries: metrics::gauge!(L1_ENTRIES),
+            inflight: metrics::gauge!(INFLIGHT),
+            published_breaker: AtomicU8::new(0),
+            published_bytes: AtomicU64::new(0),
+            published_entries: AtomicU64::new(0),
+            published_inflight: AtomicU64::new(0),
+        }
+    }
+
+    /// A timer for the L2 operation `op`, for the two operations that have a series.
+    pub(crate) fn l2_timer(&self, op: &str) -> Option<Timer<'_>> {
+        match op {
+            "get" => Some(Timer::start(&self.l2_get)),
+            "set" => Some(Timer::start(&self.l2_set)),
+            _ => None,
+        }
+    }
+
+    /// An L2 operation failed for a reason other than its deadline.
+    pub(crate) fn l2_error(&self, e: &crate::l2::L2Error) {
+        use crate::l2::L2Error;
+        match e {
+            L2Error::Connection(_) | L2Error::NodeDown(_) => self.l2_connection.increment(1),
+            // The server answered with an error: OOM under noeviction, READONLY, NOAUTH...
+            #[allow(unreachable_patterns)]
+            _ => self.l2_command.increment(1),
+        }
+    }
+
+    /// An L2 operation was abandoned at its deadline.
+    pub(crate) fn l2_timeout(&self) {
+        self.l2_timeout.increment(1);
+    }
+
+    /// Publish the breaker's state; each change moves one unit from the old state's gauge
+    /// to the new one's, exactly once however many threads see it.
+    pub(crate) fn publish_breaker(&self, state: BreakerState) {
+        let now = breaker_index(state);
+        let before = self.published_breaker.swap(now as u8 + 1, SeqCst);
+        if before != now as u8 + 1 {
+            if before != 0 {
+                self.breaker[usize::from(before - 1)].decrement(1.0);
+            }
+            self.breaker[now].increment(1.0);
+        }
+    }
+
+    /// Publish L1's size and entries and the flights in progress.
+    pub(crate) fn publish_sizes(&self, l1_entries: u64, l1_bytes: u64, inflight: u64) {
+        publish_delta(&self.size_bytes, &self.published_bytes, l1_bytes);
+        publish_delta(&self.l1_entries, &self.published_entries, l1_entries);
+        publish_delta(&self.inflight, &self.published_inflight, inflight);
+    }
+}
+
+fn publish_delta(gauge: &Gauge, published: &AtomicU64, now: u64) {
+    let before = published.swap(now, SeqCst);
+    if before != now {
+        gauge.increment(now as f64 - before as f64);
+    }
+}
+
+impl Drop for Exported {
+    fn drop(&mut self) {
+        self.publish_sizes(0, 0, 0);
+        let before = *self.published_breaker.get_mut();
+        if before != 0 {
+            self.breaker[usize::from(before - 1)].decrement(1.0);
+        }
+    }
+}
+
+/// What the gauge upkeep reads from a cache.
+pub(crate) struct Readings {
+    pub l1_entries: u64,
+    pub l1_bytes: u64,
+    pub inflight: u64,
+    pub breaker: BreakerState,
+}
+
+impl Exported {
+    pub(crate) fn publish(&self, r: &Readings) {
+        self.publish_sizes(r.l1_entries, r.l1_bytes, r.inflight);
+        self.publish_breaker(r.breaker);
+    }
+}
+
+/// Refresh the gauges of `target` every second until it is dropped. Without a Tokio runtime
+/// (a cache built outside one) the gauges are refreshed by `stats()` only.
+pub(crate) fn spawn_gauge_upkeep<T: Send + Sync + 'static>(
+    target: Weak<T>,
+    read: fn(&T) -> (&Exported, Readings),
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(GAUGE_UPKEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(target) = target.upgrade() else {
+                return;
+            };
+            let (exported, readings) = read(&target);
+            exported.publish(&readings);
+        }
+    });
+}
+
+/// The series of one model, registered when the model is first seen.
+pub(crate) struct ModelExported {
+    hits: [Counter; 3],
+    misses: Counter,
+    tokens: Counter,
+    cost: Gauge,
+    /// Nano-dollars saved for this model by every cache in the process, so the gauge can
+    /// be set to an exact total (`stats()` divides the same integer the same way).
+    cost_nanos: Arc<AtomicU64>,
+}
+
+impl Default for ModelExported {
+    fn default() -> Self {
+        ModelExported {
+            hits: [Counter::noop(), Counter::noop(), Counter::noop()],
+            misses: Counter::noop(),
+            tokens: Counter::noop(),
+            cost: Gauge::noop(),
+            cost_nanos: Arc::default(),
+        }
+    }
+}
+
+/// Nano-dollars saved per model, process-wide (one cell per model name ever seen).
+fn cost_cell(model: &str) -> Arc<AtomicU64> {
+    static CELLS: OnceLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = OnceLock::new();
+    let mut cells = CELLS
+        .get_or_init(Default::default)
+        .lock()
+        .expect("lock poisoned");
+    Arc::clone(cells.entry(model.to_string()).or_default())
+}
+
+impl ModelExported {
+    pub(crate) fn register(model: &str) -> Self {
+        let hits = |tier: &'static str| metrics::counter!(HITS, "model" => model.to_string(), "tier" => tier);
+        ModelExported {
+            hits: [hits("l1"), hits("l2"), hits("coalesced")],
+            misses: metrics::counter!(MISSES, "model" => model.to_string()),
+            tokens: metrics::counter!(TOKENS_SAVED, "model" => model.to_string()),
+            cost: metrics::gauge!(COST_SAVED, "model" => model.to_string()),
+            cost_nanos: cost_cell(model),
+        }
+    }
+
+    /// An answer served without a call: `status` says from where.
+    #[inline]
+    pub(crate) fn hit(&self, status: CacheStatus) {
+        let tier = match status {
+            CacheStatus::HitL2 => 1,
+            CacheStatus::Coalesced => 2,
+            _ => 0,
+        };
+        self.hits[tier].increment(1);
+    }
+
+    /// An answer that cost an upstream call.
+    pub(crate) fn miss(&self) {
+        self.misses.increment(1);
+    }
+
+    /// Tokens and nano-dollars a hit saved.
+    #[inline]
+    pub(crate) fn saved(&self, tokens: u64, nano_dollars: u64) {
+        self.tokens.increment(tokens);
+        if nano_dollars == 0 {
+            return;
+        }
+        self.cost_nanos.fetch_add(nano_dollars, SeqCst);
+        // Set, then check nobody added meanwhile: whoever sets last has seen the final total.
+        loop {
+            let total = self.cost_nanos.load(SeqCst);
+            self.cost.set(total as f64 / 1e9);
+            if self.cost_nanos.load(SeqCst) == total {
+                break;
+            }
+        }
+    }
+}
+
+/// The series of an upstream client (the built-in `OpenAiCompatible`).
+#[cfg_attr(not(feature = "openai"), allow(dead_code))]
+pub(crate) struct UpstreamExported {
+    pub ok: Counter,
+    pub error: Counter,
+    pub retried: Counter,
+}
+
+#[cfg_attr(not(feature = "openai"), allow(dead_code))]
+impl UpstreamExported {
+    pub(crate) fn register() -> Self {
+        describe();
+        let outcome = |o: &'static str| metrics::counter!(UPSTREAM_REQUESTS, "outcome" => o);
+        UpstreamExported {
+            ok: outcome("ok"),
+            error: outcome("error"),
+            retried: outcome("retried"),
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamExported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamExported").finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-request spans. DEBUG, so a subscriber at INFO pays one callsite check per request and
+// nothing is formatted. They carry the short key, the model, status, tier and latency; never
+// the prompt (nothing in this crate logs a prompt or an API key at INFO or above).
+// ---------------------------------------------------------------------------------------
+
+/// The span of one `chat` / `chat_stream` call; disabled unless DEBUG is on for this crate.
+pub(crate) fn request_span(stream: bool, model: &str) -> tracing::Span {
+    use tracing::field::Empty;
+    if stream {
+        tracing::debug_span!(
+            "llm_cache.chat_stream",
+            key = Empty,
+            model,
+            status = Empty,
+            tier = Empty,
+            latency_us = Empty
+        )
+    } else {
+        tracing::debug_span!(
+            "llm_cache.chat",
+            key = Empty,
+            model,
+            status = Empty,
+            tier = Empty,
+            latency_us = Empty
+        )
+    }
+}
+
+/// Fills a request span's fields once the answer is known.
+pub(crate) struct Traced<'a> {
+    span: &'a tracing::Span,
+    started: Instant,
+}
+
+impl<'a> Traced<'a> {
+    pub(crate) fn start(span: &'a tracing::Span, digest: Digest) -> Self {
+        span.record("key", tracing::field::display(ShortKey(digest)));
+        Traced {
+            span,
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn finish(self, outcome: Result<CacheStatus, &crate::error::Error>) {
+        let (status, tier) = match outcome {
+            Ok(CacheStatus::HitL1) => ("hit", "l1"),
+            Ok(CacheStatus::HitL2) => ("hit", "l2"),
+            Ok(CacheStatus::Coalesced) => ("coalesced", "flight"),
+            Ok(CacheStatus::Miss) => ("miss", "upstream"),
+            Ok(CacheStatus::Bypass) => ("bypass", "upstream"),
+            Err(_) => ("error", "none"),
+        };
+        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.span.record("status", status);
+        self.span.record("tier", tier);
+        self.span.record("latency_us", micros);
+        match outcome {
+            // The kind only: an upstream's error text may quote the request.
+            Err(e) => tracing::debug!(parent: self.span, error_kind = ?e.kind(), "request failed"),
+            Ok(_) => tracing::debug!(parent: self.span, "answered"),
         }
     }
 }

@@ -1046,6 +1046,11 @@ impl StreamFlight {
         self.bump();
     }
 
+    /// True once the flight ended with an error.
+    pub(crate) fn failed(&self) -> bool {
+        matches!(self.log().end, Some(Err(_)))
+    }
+
     /// Consumers attached now (streams not yet dropped).
     pub(crate) fn consumers(&self) -> usize {
         self.consumers.load(Ordering::Acquire)

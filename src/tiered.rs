@@ -7,7 +7,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -19,9 +19,11 @@ use crate::digest::Digest;
 use crate::envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::inflight::{Inflight, Join};
+use crate::invalidation::{self, AbortOnDrop, Invalidation};
 use crate::l1::{L1, L1Entry};
 use crate::l2::{Guarded, L2Read};
-use crate::metrics::{BreakerState, Counters, Stats};
+use crate::lease::{self, Lease};
+use crate::metrics::{BreakerState, Counters, Readings, ShortKey, Stats, Timer};
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -231,6 +233,10 @@ struct Inner<V> {
     inflight: Arc<Inflight<Landed<V>>>,
     writes: Arc<Semaphore>,
     counters: Arc<Counters>,
+    /// The invalidation channel's state and the namespace generations (scale-out).
+    invalidation: Arc<Invalidation>,
+    /// The task listening on the invalidation channel; stops with the cache.
+    subscriber: std::sync::OnceLock<AbortOnDrop>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -258,16 +264,28 @@ where
         counters: Arc<Counters>,
     ) -> Self {
         let writes = Arc::new(Semaphore::new(config.l2_write_concurrency));
-        TieredCache {
+        let cache = TieredCache {
             inner: Arc::new(Inner {
                 l1: L1::new(config.l1_max_bytes),
                 l2,
                 inflight: Inflight::new(),
                 writes,
                 counters,
+                invalidation: Arc::new(Invalidation::new(&config.key_prefix)),
+                subscriber: std::sync::OnceLock::new(),
                 config,
             }),
-        }
+        };
+        cache.start_invalidation();
+        cache
+            .inner
+            .counters
+            .exported
+            .publish(&cache.inner.readings());
+        crate::metrics::spawn_gauge_upkeep(Arc::downgrade(&cache.inner), |inner| {
+            (&inner.counters.exported, inner.readings())
+        });
+        cache
     }
 
     /// The value for `digest` from L1 or L2, or else the value `fetch` produces. Concurrent
@@ -298,17 +316,27 @@ where
             return Ok(hit);
         }
         let inner = &self.inner;
+        // Requests that went past L1: an L1 hit's whole time is `l1_get`.
+        let _total = Timer::start(&inner.counters.exported.total);
         let (waiter, led) = match inner.inflight.join_or_lead(digest, options.refresh) {
             Join::Waiter(w) => {
                 Counters::incr(&inner.counters.coalesced);
+                inner.counters.exported.coalesced.increment(1);
                 (w, false)
             }
             Join::Leader(leader) => {
                 let waiter = leader.waiter();
                 let task_inner = Arc::clone(inner);
                 let options = options.clone();
+                // The flight outlives its leader's call; its span says whose it is.
+                let flight_span = tracing::debug_span!(
+                    "llm_cache.flight",
+                    key = %ShortKey(digest),
+                    upstream_attempts = tracing::field::Empty,
+                );
                 tokio::spawn(async move {
                     let work = Arc::clone(&task_inner).lead(digest, options, fetch);
+                    let work = tracing::Instrument::instrument(work, flight_span);
                     let outcome = match AssertUnwindSafe(work).catch_unwind().await {
                         Ok(outcome) => outcome,
                         Err(panic) => {
@@ -354,7 +382,15 @@ where
     /// The value in L1, if any. Never goes to the network.
     #[inline]
     pub async fn get(&self, digest: &Digest) -> Option<Cached<V>> {
-        let entry = self.inner.l1.get(digest).await?;
+        // One lookup in 64 per thread is timed (metrics.rs says why); the rest pay a
+        // thread-local increment.
+        let started = crate::metrics::sample_l1().then(Instant::now);
+        let entry = self.inner.l1.get(digest).await;
+        if let Some(started) = started {
+            let l1_get = &self.inner.counters.exported.l1_get;
+            l1_get.record(started.elapsed());
+        }
+        let entry = entry?;
         Counters::incr(&self.inner.counters.l1_hits);
         Some(Cached::new(
             entry.value,
@@ -382,14 +418,16 @@ where
     /// when the value was too large to store.
     pub async fn insert(&self, digest: Digest, value: V, options: &FetchOptions) -> Result<bool> {
         self.inner
-            .store(digest, &Arc::new(value), now_ms(), options.ttl)
+            .store(digest, &Arc::new(value), now_ms(), options.ttl, &mut None)
             .await
     }
 
     /// Remove `digest` from L1 and from L2. The L1 removal always happens; the error says
     /// when Redis could not confirm the removal.
     pub async fn invalidate(&self, digest: &Digest) -> Result<()> {
+        self.inner.invalidation.note_invalidation();
         self.inner.l1.remove(digest).await;
+        self.inner.inflight.detach(digest);
         if let Some(l2) = &self.inner.l2 {
             let key = self.inner.l2_key(digest);
             if !l2.unlink(&key).await {
@@ -397,6 +435,20 @@ where
                     ErrorKind::Redis,
                     format!(
                         "could not remove the entry from redis at {} (down, slow or breaker open)",
+                        l2.describe()
+                    ),
+                ));
+            }
+            // After the UNLINK: an instance that drops its L1 copy must find L2 empty.
+            let state = &self.inner.invalidation;
+            if !l2
+                .publish(state.channel(), &invalidation::key_message(digest))
+                .await
+            {
+                return Err(Error::new(
+                    ErrorKind::Redis,
+                    format!(
+                        "removed from redis at {}, but could not tell the other instances: their L1 may keep the entry until its L1 TTL",
                         l2.describe()
                     ),
                 ));
@@ -415,6 +467,12 @@ where
         self.inner.l1.run_pending_tasks().await;
     }
 
+    /// Count a caller that was answered by another caller's work without a flight of the
+    /// engine's own (a consumer joining a streamed flight).
+    pub(crate) fn count_coalesced(&self) {
+        Counters::incr(&self.inner.counters.coalesced);
+    }
+
     /// Flights in progress now. Returns to zero when the cache is idle.
     pub fn inflight(&self) -> usize {
         self.inner.inflight.len()
@@ -427,6 +485,7 @@ where
             .l2
             .as_ref()
             .map_or(BreakerState::Disabled, |l2| l2.breaker_state());
+        inner.counters.exported.publish(&inner.readings());
         inner.counters.snapshot(
             inner.inflight.len() as u64,
             breaker,
@@ -438,6 +497,30 @@ where
     /// The Redis key of `digest`: `{prefix}:{hex}`.
     pub fn l2_key(&self, digest: &Digest) -> String {
         self.inner.l2_key(digest)
+    }
+
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.inner.counters
+    }
+
+    /// The guarded remote tier and the key prefix, for `health()` and `redis_stats()`.
+    pub(crate) fn l2_parts(&self) -> (Option<&Arc<Guarded>>, &str) {
+        (self.inner.l2.as_ref(), &self.inner.config.key_prefix)
+    }
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    /// What the gauges show: L1 as moka last settled it, flights, the breaker.
+    fn readings(&self) -> Readings {
+        Readings {
+            l1_entries: self.l1.entry_count(),
+            l1_bytes: self.l1.weighted_size(),
+            inflight: self.inflight.len() as u64,
+            breaker: self
+                .l2
+                .as_ref()
+                .map_or(BreakerState::Disabled, |l2| l2.breaker_state()),
+        }
     }
 }
 
@@ -477,21 +560,34 @@ where
                 return Ok(landed);
             }
         }
+        // Across instances: take the lease, or wait for the instance that holds it.
+        let mut lease = match self.coordinate(&digest, &options).await {
+            Ok(landed) => return Ok(landed),
+            Err(lease) => lease,
+        };
         Counters::incr(&self.counters.misses);
         Counters::incr(&self.counters.fetches);
-        let value = match fetch().await {
+        let fetching = Timer::start(&self.counters.exported.upstream);
+        let fetched = self.fetch_holding(lease.as_ref(), fetch()).await;
+        drop(fetching);
+        let value = match fetched {
             Ok(v) => Arc::new(v),
             Err(e) => {
                 Counters::incr(&self.counters.fetch_errors);
+                self.release_lease(lease.take());
                 return Err(e);
             }
         };
         let created_at_ms = now_ms();
         if !options.no_store
-            && let Err(e) = self.store(digest, &value, created_at_ms, options.ttl).await
+            && let Err(e) = self
+                .store(digest, &value, created_at_ms, options.ttl, &mut lease)
+                .await
         {
             tracing::warn!(error = %e, "fetched value could not be encoded; served, not stored");
         }
+        // Not handed to a write (no-store, too large): free it for the waiters now.
+        self.release_lease(lease.take());
         Ok(Landed {
             value,
             created_at_ms,
@@ -504,6 +600,8 @@ where
     async fn read_l2(&self, digest: &Digest) -> Option<Landed<V>> {
         let l2 = self.l2.as_ref()?;
         let key = self.l2_key(digest);
+        // An invalidation that lands while this read is out must not be undone by it.
+        let epoch = self.invalidation.epoch();
         let L2Read::Hit(bytes) = l2.get(&key).await else {
             return None;
         };
@@ -511,27 +609,33 @@ where
             .map_err(|e| e.to_string())
             .and_then(|env| {
                 serde_json::from_slice::<V>(&env.payload)
-                    .map(|v| (v, env.created_at_ms, env.remaining_ttl_ms(now_ms())))
+                    .map(|v| {
+                        let remaining = env.remaining_ttl_ms(now_ms());
+                        (v, env.created_at_ms, remaining, env.payload.len())
+                    })
                     .map_err(|e| format!("payload does not decode: {e}"))
             });
         match decoded {
-            Ok((_, _, 0)) => None,
-            Ok((value, created_at_ms, remaining_ms)) => {
+            Ok((_, _, 0, _)) => None,
+            Ok((value, created_at_ms, remaining_ms, payload_len)) => {
                 Counters::incr(&self.counters.l2_hits);
                 let value = Arc::new(value);
                 let ttl = self.config.l1_ttl.min(Duration::from_millis(remaining_ms));
-                let weight = L1::<V>::weight_of(bytes.len());
-                self.l1
-                    .insert(
-                        *digest,
-                        L1Entry {
-                            value: Arc::clone(&value),
-                            created_at_ms,
-                            ttl,
-                            weight,
-                        },
-                    )
-                    .await;
+                // Weighed like a fetched value: by its encoded (uncompressed) size.
+                let weight = L1::<V>::weight_of(payload_len);
+                if self.invalidation.epoch() == epoch {
+                    self.l1
+                        .insert(
+                            *digest,
+                            L1Entry {
+                                value: Arc::clone(&value),
+                                created_at_ms,
+                                ttl,
+                                weight,
+                            },
+                        )
+                        .await;
+                }
                 Some(Landed {
                     value,
                     created_at_ms,
@@ -540,6 +644,7 @@ where
             }
             Err(why) => {
                 Counters::incr(&self.counters.corrupt_entries);
+                self.counters.exported.l2_corrupt.increment(1);
                 tracing::warn!(key = %&key[..key.len().min(self.config.key_prefix.len() + 17)], error = %why,
                     "corrupt cache entry in redis: removing it and fetching anew");
                 // Awaited, not in the background: a late UNLINK must not delete the fresh value.
@@ -556,6 +661,7 @@ where
         value: &Arc<V>,
         created_at_ms: u64,
         ttl: Option<Duration>,
+        lease: &mut Option<Lease>,
     ) -> Result<bool> {
         let payload = serde_json::to_vec(&**value)
             .map_err(|e| Error::codec(format!("value does not serialize: {e}")))?;
@@ -587,16 +693,29 @@ where
                 duration_ms(l2_ttl),
                 self.config.compression_threshold,
             );
-            self.write_behind(l2, self.l2_key(&digest), bytes, l2_ttl);
+            self.write_behind(l2, self.l2_key(&digest), bytes, l2_ttl, lease.take());
         }
         Ok(true)
     }
 
     /// Write to L2 off the caller's path, bounded in concurrency; a full bound drops the
     /// write and counts it.
-    fn write_behind(&self, l2: &Arc<Guarded>, key: String, bytes: Vec<u8>, ttl: Duration) {
+    /// A lease held for this value is released after the write (waiters on other instances
+    /// look for the value once the lease is gone).
+    fn write_behind(
+        &self,
+        l2: &Arc<Guarded>,
+        key: String,
+        bytes: Vec<u8>,
+        ttl: Duration,
+        lease: Option<Lease>,
+    ) {
         let Ok(permit) = Arc::clone(&self.writes).try_acquire_owned() else {
             Counters::incr(&self.counters.dropped_writes);
+            self.counters.exported.l2_dropped_write.increment(1);
+            if let Some(lease) = lease {
+                lease::release_later(l2, lease);
+            }
             return;
         };
         let l2 = Arc::clone(l2);
@@ -605,8 +724,189 @@ where
             if l2.set(&key, bytes, ttl).await {
                 Counters::incr(&counters.l2_writes);
             }
+            if let Some(lease) = lease {
+                lease::release(&l2, lease).await;
+            }
             drop(permit);
         });
+    }
+}
+
+// --- scale-out (issue 5): leases, the invalidation channel, namespace generations ---
+
+impl<V> TieredCache<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Start listening on the invalidation channel (with Redis, unless turned off).
+    fn start_invalidation(&self) {
+        let inner = &self.inner;
+        let Some(l2) = &inner.l2 else { return };
+        if !inner.config.topology.invalidation {
+            return;
+        }
+        let weak: std::sync::Weak<Inner<V>> = Arc::downgrade(inner);
+        let sink: std::sync::Weak<dyn invalidation::Sink> = weak;
+        let task =
+            invalidation::spawn_subscriber(Arc::clone(&inner.invalidation), Arc::clone(l2), sink);
+        let _ = inner.subscriber.set(task);
+    }
+
+    /// Give the invalidation subscription a moment (as `build()` does the connection): wait
+    /// until the first attempt succeeds or fails, at most `max(l2_deadline, 200 ms)`.
+    pub(crate) async fn settle(&self) {
+        if self.inner.subscriber.get().is_some() {
+            let limit = self
+                .inner
+                .config
+                .l2_deadline
+                .max(Duration::from_millis(200));
+            self.inner.invalidation.wait_first_attempt(limit).await;
+        }
+    }
+
+    /// Whether this instance is subscribed to the invalidation channel right now, so that
+    /// what other instances invalidate leaves its L1 too. False without Redis, while
+    /// Redis is away, and for a moment after the subscription is lost (the instance then
+    /// resubscribes and clears its L1).
+    pub fn invalidation_subscribed(&self) -> bool {
+        self.inner.invalidation.is_subscribed()
+    }
+
+    /// How many times the invalidation subscription was established (1 after start-up;
+    /// each loss and return adds one).
+    pub fn invalidation_subscriptions(&self) -> u64 {
+        self.inner.invalidation.subscriptions()
+    }
+
+    /// The generation of `namespace` as this instance knows it: memory only.
+    #[inline]
+    pub(crate) fn generation(&self, namespace: &str) -> u64 {
+        self.inner.invalidation.generation(namespace)
+    }
+
+    /// Move `namespace` to a new generation in Redis, announced to every instance in the
+    /// same step. Without Redis the bump is local. With Redis unreachable this instance
+    /// clears its L1 and the error says the others may not have been reached.
+    pub(crate) async fn bump_generation(&self, namespace: &str) -> Result<()> {
+        let inner = &self.inner;
+        let state = &inner.invalidation;
+        let Some(l2) = &inner.l2 else {
+            state.bump_locally(namespace);
+            return Ok(());
+        };
+        let before = state.generation(namespace);
+        let generation = invalidation::new_generation();
+        let message = invalidation::generation_message(namespace, generation);
+        let (key, channel) = (state.generations_key(), state.channel());
+        if !l2
+            .hset_publish(key, namespace.as_bytes(), generation, channel, &message)
+            .await
+        {
+            inner.l1.clear();
+            return Err(Error::new(
+                ErrorKind::Redis,
+                format!(
+                    "could not set the namespace's new generation in redis at {}: this instance's L1 was cleared, other instances may still serve the namespace (retry)",
+                    l2.describe()
+                ),
+            ));
+        }
+        // Our own subscription applies it in order with any concurrent bump; wait briefly so
+        // that this instance has switched when we return. Without one, apply it here.
+        if !(state.is_subscribed()
+            && state
+                .wait_for_change(namespace, before, Duration::from_secs(1))
+                .await)
+        {
+            state.observe(namespace, generation);
+        }
+        Ok(())
+    }
+}
+
+impl<V: Send + Sync + 'static> invalidation::Sink for Inner<V> {
+    fn forget<'a>(&'a self, digest: &'a Digest) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.l1.remove(digest).await;
+            self.inflight.detach(digest);
+        })
+    }
+
+    fn forget_all(&self) {
+        self.l1.clear();
+    }
+}
+
+impl<V> Inner<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// After an L2 miss: `Ok` with the value another instance's flight wrote while this one
+    /// waited on its lease, or `Err` to fetch (holding the lease when there is one).
+    async fn coordinate(
+        &self,
+        digest: &Digest,
+        options: &FetchOptions,
+    ) -> std::result::Result<Landed<V>, Option<Lease>> {
+        let Some(l2) = self.l2.as_ref().filter(|_| self.config.topology.leases) else {
+            return Err(None);
+        };
+        let key = lease::lease_key(&self.config.key_prefix, digest);
+        let ttl = self.config.topology.lease_ttl;
+        if options.no_store {
+            // Never leads with a lease (it stores nothing for the waiters), but waits for one.
+            if l2.exists(&key).await != Some(true) {
+                return Err(None);
+            }
+        } else {
+            match lease::take(l2, &key, ttl).await {
+                // The lease may be free because its last holder just wrote the value.
+                lease::Take::Held(held) if !options.refresh => {
+                    return match self.read_l2(digest).await {
+                        Some(landed) => {
+                            lease::release_later(l2, held);
+                            Ok(landed)
+                        }
+                        None => Err(Some(held)),
+                    };
+                }
+                lease::Take::Held(held) => return Err(Some(held)),
+                lease::Take::Unavailable => return Err(None),
+                // A refresh never takes an answer looked up before it asked.
+                lease::Take::Taken if options.refresh => return Err(None),
+                lease::Take::Taken => {}
+            }
+        }
+        let waited = lease::wait(l2, &key, ttl, self.config.waiter_deadline, || {
+            self.read_l2(digest)
+        })
+        .await;
+        match waited {
+            lease::Waited::Value(landed) => Ok(landed),
+            lease::Waited::Lead(held) if options.no_store => {
+                lease::release_later(l2, held);
+                Err(None)
+            }
+            lease::Waited::Lead(held) => Err(Some(held)),
+            lease::Waited::Alone => Err(None),
+        }
+    }
+
+    /// Run the fetch, renewing the lease (when held) until it finishes.
+    async fn fetch_holding<Fut: Future>(&self, held: Option<&Lease>, work: Fut) -> Fut::Output {
+        match (held, &self.l2) {
+            (Some(held), Some(l2)) => {
+                lease::hold(l2, held, self.config.topology.lease_ttl, work).await
+            }
+            _ => work.await,
+        }
+    }
+
+    fn release_lease(&self, held: Option<Lease>) {
+        if let (Some(held), Some(l2)) = (held, &self.l2) {
+            lease::release_later(l2, held);
+        }
     }
 }
 

@@ -96,6 +96,10 @@ async fn fifty_concurrent_streams_share_one_upstream_stream() {
             collect(s).await
         }));
     }
+    eventually("49 streams joined", WAIT, || {
+        c.stats().cache.coalesced == 49
+    })
+    .await;
     // The first consumer reads live chunks while the mock still holds back the rest.
     let mut first = first;
     let chunk = first.next().await.unwrap().unwrap();

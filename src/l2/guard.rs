@@ -165,23 +165,37 @@ impl Guarded {
             Counters::incr(&self.counters.l2_skipped);
             return None;
         };
+        let timer = self.counters.exported.l2_timer(op);
         let outcome = tokio::time::timeout(self.deadline, fut).await;
+        drop(timer);
         permit.settled = true;
         match outcome {
             Ok(Ok(v)) => {
                 if self.breaker.on_success(permit.probe) {
+                    self.counters.exported.publish_breaker(self.breaker_state());
                     tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
                 }
                 Some(v)
             }
             Ok(Err(e)) => {
                 Counters::incr(&self.counters.l2_errors);
+                self.counters.exported.l2_error(&e);
+                self.counters.note_l2_error(op, &e.to_string());
                 tracing::debug!(redis = %self.describe(), op, error = %e, "redis operation failed");
-                self.failed(permit.probe, &e.to_string());
+                if matches!(e, L2Error::NodeDown(_)) {
+                    // One cluster node is down: its keys miss, the others keep working.
+                    if permit.probe {
+                        self.breaker.on_success(true);
+                    }
+                } else {
+                    self.failed(permit.probe, &e.to_string());
+                }
                 None
             }
             Err(_) => {
                 Counters::incr(&self.counters.l2_timeouts);
+                self.counters.exported.l2_timeout();
+                self.counters.note_l2_error(op, "deadline exceeded");
                 tracing::debug!(redis = %self.describe(), op, deadline = ?self.deadline, "redis operation timed out");
                 self.failed(permit.probe, "deadline exceeded");
                 None
@@ -191,6 +205,7 @@ impl Guarded {
 
     fn failed(&self, probe: bool, why: &str) {
         if self.breaker.on_failure(probe) {
+            self.counters.exported.publish_breaker(self.breaker_state());
             // A stalled or half-open connection must not be reused after the cool-down.
             self.store.reset();
             if !probe {
@@ -216,9 +231,75 @@ impl Guarded {
             .is_some()
     }
 
+    /// `PING` under the deadline and the breaker (for `health()`); counted like any operation.
+    pub async fn ping(&self) -> bool {
+        self.guarded("ping", self.store.ping()).await.is_some()
+    }
+
+    /// The store itself, for what must not go through the breaker nor count as cache
+    /// traffic (`redis_stats()`, the start-up configuration check).
+    pub fn store(&self) -> &dyn RemoteStore {
+        &*self.store
+    }
+
     pub async fn unlink(&self, key: &str) -> bool {
         self.guarded("unlink", self.store.unlink(key))
             .await
             .is_some()
+    }
+
+    // --- scale-out (issue 5): every operation under the same deadline and breaker ---
+
+    /// Take `key` with `token` for `ttl`: `Some(true)` taken, `Some(false)` held by
+    /// someone else, `None` when Redis could not say.
+    pub async fn set_nx(&self, key: &str, token: &str, ttl: Duration) -> Option<bool> {
+        self.guarded("set_nx", self.store.set_nx(key, token, ttl))
+            .await
+    }
+
+    pub async fn exists(&self, key: &str) -> Option<bool> {
+        self.guarded("exists", self.store.exists(key)).await
+    }
+
+    pub async fn release(&self, key: &str, token: &str) -> Option<bool> {
+        self.guarded("release", self.store.release(key, token))
+            .await
+    }
+
+    pub async fn renew(&self, key: &str, token: &str, ttl: Duration) -> Option<bool> {
+        self.guarded("renew", self.store.renew(key, token, ttl))
+            .await
+    }
+
+    pub async fn publish(&self, channel: &str, message: &[u8]) -> bool {
+        self.guarded("publish", self.store.publish(channel, message))
+            .await
+            .is_some()
+    }
+
+    pub async fn hset_publish(
+        &self,
+        key: &str,
+        field: &[u8],
+        value: u64,
+        channel: &str,
+        message: &[u8],
+    ) -> bool {
+        let op = self.store.hset_publish(key, field, value, channel, message);
+        self.guarded("hset_publish", op).await.is_some()
+    }
+
+    pub async fn hgetall(&self, key: &str) -> Option<Vec<(Vec<u8>, u64)>> {
+        self.guarded("hgetall", self.store.hgetall(key)).await
+    }
+
+    /// Subscribe to `channel`; bounded by `timeout`, outside the breaker (it is one
+    /// long-lived connection, retried by its owner with a backoff).
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        timeout: Duration,
+    ) -> Result<super::Subscription, L2Error> {
+        self.store.subscribe(channel, timeout).await
     }
 }

@@ -12,7 +12,8 @@ use redis::io::tcp::TcpSettings;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
 use tokio::sync::Notify;
 
-use super::{L2Error, RemoteStore};
+use super::sentinel::{Resolver, watch_switches};
+use super::{L2Error, RemoteStore, Subscription, commands, inspect};
 use crate::error::{Error, Result, redact_url};
 
 /// How long a background connection attempt may take. Operations never wait this long:
@@ -21,10 +22,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct RedisStore {
     shared: Arc<Shared>,
+    /// Sentinel only: the task following `+switch-master`, stopped with the store.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Where connections go: one fixed server, or whatever the sentinels name as master.
+enum Target {
+    Fixed(Client),
+    Sentinel(Arc<Resolver>),
 }
 
 struct Shared {
-    client: Client,
+    target: Target,
     config: AsyncConnectionConfig,
     described: String,
     /// The connection in use and its generation, so a failed op only resets the
@@ -56,14 +65,38 @@ impl RedisStore {
                 format!("`{described}` is not usable: {}", redact_err(&e, url)),
             )
         })?;
+        Ok(RedisStore::with_target(Target::Fixed(client), described))
+    }
+
+    /// A store for the master the sentinels name; it follows failovers.
+    pub fn open_sentinel(resolver: Arc<Resolver>, sentinels: &[String]) -> Self {
+        let shown: Vec<String> = sentinels.iter().map(|s| redact_url(s)).collect();
+        let described = format!(
+            "sentinel master `{}` via {}",
+            resolver.master_name(),
+            shown.join(",")
+        );
+        let mut store = RedisStore::with_target(Target::Sentinel(Arc::clone(&resolver)), described);
+        let shared = Arc::downgrade(&store.shared);
+        store.watcher = Some(tokio::spawn(watch_switches(resolver, move || {
+            if let Some(shared) = shared.upgrade() {
+                *shared.current.write().expect("lock poisoned") = None;
+                Shared::spawn_connect(&shared);
+            }
+        })));
+        store
+    }
+
+    fn with_target(target: Target, described: String) -> Self {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             // The guard's deadline bounds every operation; the crate's own must not fire first
             // nor hold a command for seconds.
             .set_response_timeout(None);
-        Ok(RedisStore {
+        RedisStore {
+            watcher: None,
             shared: Arc::new(Shared {
-                client,
+                target,
                 config,
                 described,
                 current: RwLock::new(None),
@@ -72,7 +105,7 @@ impl RedisStore {
                 connect_done: Notify::new(),
                 last_error: Mutex::new(None),
             }),
-        })
+        }
     }
 
     /// Start connecting now (used by `build()` so the first request finds a connection).
@@ -96,8 +129,12 @@ impl RedisStore {
         match op(conn).await {
             Ok(v) => Ok(v),
             Err(e) => {
-                let broken =
-                    e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error();
+                // READONLY: the node was demoted in a failover; connect again (through the
+                // sentinels, which name the new master).
+                let broken = e.is_connection_dropped()
+                    || e.is_io_error()
+                    || e.is_unrecoverable_error()
+                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
                 if broken {
                     self.shared.reset_if(generation);
                     Err(L2Error::Connection(redact_err(&e, "")))
@@ -147,10 +184,13 @@ impl Shared {
         }
         let shared = Arc::clone(this);
         tokio::spawn(async move {
-            let result = shared
-                .client
-                .get_multiplexed_async_connection_with_config(&shared.config)
-                .await;
+            let result = match &shared.target {
+                Target::Fixed(client) => client
+                    .get_multiplexed_async_connection_with_config(&shared.config)
+                    .await
+                    .map_err(|e| redact_err(&e, "")),
+                Target::Sentinel(resolver) => resolver.connect(&shared.config).await,
+            };
             match result {
                 Ok(conn) => {
                     let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -158,8 +198,7 @@ impl Shared {
                     *shared.last_error.lock().expect("lock poisoned") = None;
                     tracing::debug!(redis = %shared.described, "connected to redis");
                 }
-                Err(e) => {
-                    let msg = redact_err(&e, "");
+                Err(msg) => {
                     tracing::debug!(redis = %shared.described, error = %msg, "redis connect failed");
                     *shared.last_error.lock().expect("lock poisoned") = Some(msg);
                 }
@@ -220,5 +259,110 @@ impl RemoteStore for RedisStore {
 
     fn describe(&self) -> &str {
         &self.shared.described
+    }
+
+    // --- observability (issue 6) ---
+    fn ping(&self) -> BoxFuture<'_, Result<(), L2Error>> {
+        Box::pin(self.run(|mut c| async move { inspect::ping(&mut c).await }))
+    }
+
+    fn info(&self) -> BoxFuture<'_, Result<String, L2Error>> {
+        Box::pin(self.run(|mut c| async move { inspect::info(&mut c).await }))
+    }
+
+    fn count_keys<'a>(
+        &'a self,
+        pattern: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<inspect::KeyCount, L2Error>> {
+        Box::pin(
+            self.run(move |mut c| async move { inspect::count_keys(&mut c, pattern, limit).await }),
+        )
+    }
+
+    // --- scale-out (issue 5) ---
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(
+            self.run(move |mut c| async move { commands::set_nx(&mut c, key, token, ttl).await }),
+        )
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(self.run(move |mut c| async move { commands::exists(&mut c, key).await }))
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(self.run(move |mut c| async move { commands::release(&mut c, key, token).await }))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(
+            self.run(move |mut c| async move { commands::renew(&mut c, key, token, ttl).await }),
+        )
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        message: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        Box::pin(
+            self.run(move |mut c| async move { commands::publish(&mut c, channel, message).await }),
+        )
+    }
+
+    fn hset_publish<'a>(
+        &'a self,
+        key: &'a str,
+        field: &'a [u8],
+        value: u64,
+        channel: &'a str,
+        message: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        Box::pin(self.run(move |mut c| async move {
+            commands::hset_publish(&mut c, key, field, value, channel, message).await
+        }))
+    }
+
+    fn hgetall<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<super::Counts, L2Error>> {
+        Box::pin(self.run(move |mut c| async move { commands::hgetall(&mut c, key).await }))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Subscription, L2Error>> {
+        Box::pin(async move {
+            let client = match &self.shared.target {
+                Target::Fixed(client) => client.clone(),
+                Target::Sentinel(resolver) => {
+                    tokio::time::timeout(timeout, resolver.master_client())
+                        .await
+                        .map_err(|_| L2Error::Connection("no sentinel answered in time".into()))?
+                        .map_err(L2Error::Connection)?
+                        .0
+                }
+            };
+            Subscription::open(&client, channel, timeout).await
+        })
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
     }
 }

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::{BoxFuture, ChunkStream, Upstream};
 use crate::error::{Error, ErrorKind, Result, redact_url};
+use crate::metrics::UpstreamExported;
 use crate::request::{ChatRequest, ChatResponse};
 use crate::stream::{ChatChunk, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
 
@@ -104,11 +105,24 @@ impl RetryPolicy {
 
 /// Counters of one [`OpenAiCompatible`] client; take a handle with
 /// [`OpenAiCompatible::stats`] before handing the client to the cache.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UpstreamStats {
     calls: AtomicU64,
     retries: AtomicU64,
     errors: AtomicU64,
+    /// The same, as `ai_upstream_requests_total{outcome}`.
+    exported: UpstreamExported,
+}
+
+impl Default for UpstreamStats {
+    fn default() -> Self {
+        UpstreamStats {
+            calls: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            exported: UpstreamExported::register(),
+        }
+    }
 }
 
 impl UpstreamStats {
@@ -402,9 +416,14 @@ impl OpenAiCompatible {
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
             if n > 1 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.stats.exported.retried.increment(1);
             }
             let failure = match attempt().await {
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    self.stats.exported.ok.increment(1);
+                    tracing::Span::current().record("upstream_attempts", n);
+                    return Ok(answer);
+                }
                 Err(failure) => failure,
             };
             let delay = match failure.retry_after {
@@ -415,6 +434,8 @@ impl OpenAiCompatible {
             };
             let Some(delay) = delay else {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.exported.error.increment(1);
+                tracing::Span::current().record("upstream_attempts", n);
                 return Err(failure.error);
             };
             tracing::debug!(
@@ -615,6 +636,7 @@ impl ChunkReader {
     fn fail(&mut self, e: Error) -> Error {
         self.finish();
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.exported.error.increment(1);
         self.ready.scrub_error(e)
     }
 

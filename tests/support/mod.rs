@@ -2,7 +2,9 @@
 //! and a mock OpenAI-compatible upstream over real HTTP. Each test file uses some of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod proxy;
 pub mod redis;
+pub mod topology;
 pub mod upstream;
 
 use std::time::{Duration, Instant};

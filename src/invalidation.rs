@@ -1,0 +1,350 @@
+//! Keeping many instances' L1 honest: what one instance invalidates, every instance drops.
+//! Owns the invalidation channel (`{prefix}:invalidate`), the subscriber task that listens
+//! on it, and the namespace generations (`{prefix}:generations`, one per namespace, part of
+//! every key of that namespace: replacing it orphans the namespace's old entries in every
+//! tier at once). It must never make a request wait on Redis: generations are read from
+//! memory, and with Redis away the last known ones are used.
+//!
+//! A generation is a random 64-bit value, not a counter: a counter rolled back by a
+//! failover (an increment not yet replicated) would hand out a value some instances already
+//! use, and their old entries would come back. Redis sets a generation and announces it in
+//! one script, so announcements arrive in the order the generations were set; an instance
+//! takes the last one it hears, and on every (re)subscription it reloads them all.
+//!
+//! A subscription that is lost may have missed messages; when it is established again the
+//! instance clears its L1 (and reloads the generations) before trusting L1 again. L1 is
+//! kept while Redis is away: nobody can invalidate then, and L1 is what keeps the upstream
+//! bill down during an outage.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::digest::Digest;
+use crate::l2::Guarded;
+
+/// How long connecting and subscribing may take before the subscriber tries again.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Backoff between subscription attempts.
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What the subscriber does to the cache it serves.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// Drop one digest from L1.
+    fn forget<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, ()>;
+    /// Drop all of L1.
+    fn forget_all(&self);
+}
+
+/// The channel, the generations and the subscription state of one cache instance.
+pub(crate) struct Invalidation {
+    channel: String,
+    generations_key: String,
+    generations: RwLock<HashMap<String, u64>>,
+    /// False until some namespace has a generation: the hot path then skips the lock.
+    any_generation: AtomicBool,
+    /// Bumped whenever a generation changes, for those waiting to see their own bump.
+    changes: watch::Sender<u64>,
+    /// `None` until the first attempt to subscribe has an outcome; then whether a
+    /// subscription is live.
+    subscribed: watch::Sender<Option<bool>>,
+    /// Subscriptions established so far (the first one included).
+    subscriptions: AtomicU64,
+    /// Counts invalidations seen here, so an L2 read that was out meanwhile does not put
+    /// what it read into L1 (it may be the value just invalidated).
+    epoch: AtomicU64,
+}
+
+impl Invalidation {
+    pub fn new(prefix: &str) -> Self {
+        Invalidation {
+            channel: format!("{prefix}:invalidate"),
+            generations_key: format!("{prefix}:generations"),
+            generations: RwLock::new(HashMap::new()),
+            any_generation: AtomicBool::new(false),
+            changes: watch::Sender::new(0),
+            subscribed: watch::Sender::new(None),
+            subscriptions: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The generation of `namespace` as this instance knows it (0 until one is bumped).
+    #[inline]
+    pub fn generation(&self, namespace: &str) -> u64 {
+        if !self.any_generation.load(Ordering::Acquire) {
+            return 0;
+        }
+        let map = self.generations.read().expect("lock poisoned");
+        map.get(namespace).copied().unwrap_or(0)
+    }
+
+    /// Learn that `namespace` is now at `generation`.
+    pub fn observe(&self, namespace: &str, generation: u64) {
+        let mut map = self.generations.write().expect("lock poisoned");
+        map.insert(namespace.to_owned(), generation);
+        self.any_generation.store(true, Ordering::Release);
+        drop(map);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Take Redis's generations as the whole truth (after a (re)subscription).
+    fn replace_all(&self, all: Vec<(Vec<u8>, u64)>) {
+        let mut map = self.generations.write().expect("lock poisoned");
+        map.clear();
+        for (namespace, generation) in all {
+            if let Ok(ns) = String::from_utf8(namespace) {
+                map.insert(ns, generation);
+            }
+        }
+        if !map.is_empty() {
+            self.any_generation.store(true, Ordering::Release);
+        }
+        drop(map);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Move `namespace` to a new generation in this instance only (no Redis).
+    pub fn bump_locally(&self, namespace: &str) -> u64 {
+        let next = new_generation();
+        self.observe(namespace, next);
+        next
+    }
+
+    /// Wait up to `limit` until `namespace` is no longer at generation `from`.
+    pub async fn wait_for_change(&self, namespace: &str, from: u64, limit: Duration) -> bool {
+        let mut rx = self.changes.subscribe();
+        let changed = async {
+            while self.generation(namespace) == from {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(limit, changed).await.is_ok()
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    pub fn generations_key(&self) -> &str {
+        &self.generations_key
+    }
+
+    /// Whether a subscription is live now.
+    pub fn is_subscribed(&self) -> bool {
+        *self.subscribed.borrow() == Some(true)
+    }
+
+    /// Wait up to `limit` for the first attempt to subscribe to succeed or fail; true when
+    /// a subscription is live.
+    pub async fn wait_first_attempt(&self, limit: Duration) -> bool {
+        let mut rx = self.subscribed.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
+        self.is_subscribed()
+    }
+
+    /// The invalidation epoch: read it before an L2 read, compare after.
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// An entry is being invalidated here (before it leaves L1).
+    pub fn note_invalidation(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Subscriptions established so far.
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+}
+
+/// A fresh generation: random, never 0 (0 is "never invalidated").
+pub(crate) fn new_generation() -> u64 {
+    use rand::Rng;
+    rand::rng().random_range(1..=u64::MAX)
+}
+
+/// `digest` in generation `generation` of its namespace. Generation 0 is the digest
+/// itself (keys of namespaces never invalidated do not change); a later one is the SHA-256
+/// of a fixed tag, the digest and the generation, which no request digest can equal.
+pub(crate) fn scoped(digest: Digest, generation: u64) -> Digest {
+    if generation == 0 {
+        return digest;
+    }
+    let mut h = Sha256::new();
+    h.update(b"llm-cache/namespace-generation\0");
+    h.update(digest.as_bytes());
+    h.update(generation.to_be_bytes());
+    Digest::from_bytes(h.finalize().into())
+}
+
+/// `k:<hex>`: drop this digest from L1.
+pub(crate) fn key_message(digest: &Digest) -> Vec<u8> {
+    format!("k:{}", digest.to_hex()).into_bytes()
+}
+
+/// `g:<generation>:<namespace>`: the namespace moved to this generation.
+pub(crate) fn generation_message(namespace: &str, generation: u64) -> Vec<u8> {
+    format!("g:{generation}:{namespace}").into_bytes()
+}
+
+enum Message {
+    Key(Digest),
+    Generation(String, u64),
+}
+
+fn parse(msg: &[u8]) -> Option<Message> {
+    let text = std::str::from_utf8(msg).ok()?;
+    if let Some(hex) = text.strip_prefix("k:") {
+        return parse_hex(hex).map(Message::Key);
+    }
+    let rest = text.strip_prefix("g:")?;
+    let (generation, namespace) = rest.split_once(':')?;
+    Some(Message::Generation(
+        namespace.to_owned(),
+        generation.parse().ok()?,
+    ))
+}
+
+fn parse_hex(hex: &str) -> Option<Digest> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(Digest::from_bytes(out))
+}
+
+/// Aborts its task when dropped.
+pub(crate) struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Listen on the channel for as long as `sink` lives, resubscribing with a backoff.
+pub(crate) fn spawn_subscriber(
+    state: Arc<Invalidation>,
+    l2: Arc<Guarded>,
+    sink: Weak<dyn Sink>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(subscribe_forever(state, l2, sink)))
+}
+
+async fn subscribe_forever(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Weak<dyn Sink>) {
+    let mut retry = RETRY_MIN;
+    let mut lost_one = false;
+    while sink.strong_count() > 0 {
+        match l2.subscribe(&state.channel, SUBSCRIBE_TIMEOUT).await {
+            Ok(mut sub) => {
+                // Subscribed first, then read: a bump from now on arrives as a message,
+                // every earlier one is in the hash.
+                let Some(all) = l2.hgetall(&state.generations_key).await else {
+                    state.subscribed.send_if_modified(|s| {
+                        let first = s.is_none();
+                        if first {
+                            *s = Some(false);
+                        }
+                        first
+                    });
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    continue;
+                };
+                state.replace_all(all);
+                if lost_one {
+                    let Some(sink) = sink.upgrade() else { return };
+                    state.note_invalidation();
+                    sink.forget_all();
+                    tracing::info!(channel = %state.channel, "resubscribed to invalidations: L1 cleared (messages may have been missed)");
+                }
+                retry = RETRY_MIN;
+                state.subscriptions.fetch_add(1, Ordering::Relaxed);
+                state.subscribed.send_replace(Some(true));
+                while let Some(msg) = sub.next().await {
+                    let Some(sink) = sink.upgrade() else { return };
+                    match parse(&msg) {
+                        Some(Message::Key(digest)) => {
+                            state.note_invalidation();
+                            sink.forget(&digest).await;
+                        }
+                        Some(Message::Generation(ns, generation)) => state.observe(&ns, generation),
+                        None => tracing::debug!("ignoring an unknown invalidation message"),
+                    }
+                }
+                state.subscribed.send_replace(Some(false));
+                lost_one = true;
+                tracing::warn!(channel = %state.channel, "lost the invalidation subscription: resubscribing (L1 is cleared once it is back)");
+                // A killed connection is usually refused again at once: retry right away.
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, channel = %state.channel, "cannot subscribe to invalidations yet");
+                state.subscribed.send_if_modified(|s| {
+                    let first = s.is_none();
+                    if first {
+                        *s = Some(false);
+                    }
+                    first
+                });
+            }
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let d = Digest::of("x");
+        assert!(matches!(parse(&key_message(&d)), Some(Message::Key(got)) if got == d));
+        assert!(matches!(
+            parse(&generation_message("tenant:42 a", 7)),
+            Some(Message::Generation(ns, 7)) if ns == "tenant:42 a"
+        ));
+        assert!(parse(b"k:zz").is_none());
+        assert!(parse(b"g:x:ns").is_none());
+        assert!(parse(b"other").is_none());
+    }
+
+    #[test]
+    fn generation_zero_keeps_the_digest_and_others_change_it() {
+        let d = Digest::of("request");
+        assert_eq!(scoped(d, 0), d);
+        assert_ne!(scoped(d, 1), d);
+        assert_ne!(scoped(d, 1), scoped(d, 2));
+    }
+
+    #[test]
+    fn the_last_generation_heard_wins_and_a_reload_replaces_all() {
+        let inv = Invalidation::new("p");
+        assert_eq!(inv.generation("a"), 0);
+        inv.observe("a", 3);
+        inv.observe("a", 2);
+        assert_eq!(inv.generation("a"), 2);
+        let local = inv.bump_locally("a");
+        assert!(local != 0 && inv.generation("a") == local);
+        inv.replace_all(vec![(b"b".to_vec(), 9)]);
+        assert_eq!(inv.generation("a"), 0);
+        assert_eq!(inv.generation("b"), 9);
+    }
+}

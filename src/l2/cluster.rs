@@ -1,0 +1,617 @@
+//! The Redis Cluster store: the redis crate's cluster connection (slot routing, MOVED/ASK,
+//! topology refresh), made lazily in the background, plus what it lacks for a cache: a
+//! node that fails is marked down for a cool-down, and its keys fail at once as
+//! [`L2Error::NodeDown`] (a miss), while the other nodes' keys keep hitting. The guard's
+//! breaker, which would stop using the whole cluster, does not count those failures.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::TcpSettings;
+use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisError, Value};
+use tokio::sync::Notify;
+
+use super::{L2Error, RemoteStore, Subscription, commands, inspect};
+use crate::error::{Error, Result, redact_url};
+
+/// How long one attempt to reach the cluster may take (in the background).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Slot-map refreshes after failures are at most this frequent.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How long `INFO` or a bounded `SCAN` may take on one primary (stats, not requests).
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) struct ClusterStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: ClusterClient,
+    /// Seeds first, then the masters last seen in the slot map: where to subscribe.
+    seeds: Vec<ConnectionInfo>,
+    password: Option<String>,
+    described: String,
+    current: RwLock<Option<ClusterConnection>>,
+    connecting: AtomicBool,
+    connect_done: Notify,
+    last_error: Mutex<Option<String>>,
+    /// Each operation's own deadline, a little shorter than the guard's, so a hung node
+    /// is noticed here (and marked down) rather than counted against the whole cluster.
+    op_timeout: Duration,
+    /// How long a failed node's keys skip Redis.
+    cooldown: Duration,
+    slots: RwLock<SlotMap>,
+    last_refresh_ms: AtomicU64,
+    started: Instant,
+    down: Mutex<HashMap<String, Instant>>,
+}
+
+/// Which master serves which slot range, as `host:port`.
+#[derive(Default)]
+struct SlotMap {
+    ranges: Vec<(u16, u16, String)>,
+}
+
+impl SlotMap {
+    fn node_of(&self, slot: u16) -> Option<&str> {
+        let i = self.ranges.partition_point(|(_, end, _)| *end < slot);
+        self.ranges
+            .get(i)
+            .filter(|(start, _, _)| *start <= slot)
+            .map(|(_, _, node)| node.as_str())
+    }
+
+    fn masters(&self) -> Vec<String> {
+        let mut m: Vec<String> = self.ranges.iter().map(|(_, _, n)| n.clone()).collect();
+        m.sort();
+        m.dedup();
+        m
+    }
+}
+
+/// The cluster slot of `key` (CRC16/XMODEM mod 16384), honouring `{hash tags}`.
+pub(crate) fn slot(key: &[u8]) -> u16 {
+    let key = match key.iter().position(|b| *b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|b| *b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &b in key {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+impl ClusterStore {
+    /// Prepare the client for `seeds` (already validated); no connection is made here.
+    pub fn open(
+        seeds: Vec<ConnectionInfo>,
+        shown: &[String],
+        deadline: Duration,
+        cooldown: Duration,
+    ) -> Result<Self> {
+        let password = seeds
+            .first()
+            .and_then(|s| s.redis_settings().password().map(str::to_owned));
+        let mut builder = ClusterClient::builder(seeds.clone())
+            .connection_timeout(CONNECT_TIMEOUT.min(deadline * 20))
+            .retries(2)
+            .min_retry_wait(1)
+            .max_retry_wait(20)
+            .tcp_settings(TcpSettings::default().set_nodelay(true));
+        if let Some(p) = &password {
+            builder = builder.password(p);
+        }
+        let client = builder.build().map_err(|e| {
+            Error::config(
+                "cluster",
+                format!("cannot use the seed nodes: {:?}", e.kind()),
+            )
+        })?;
+        let shown: Vec<String> = shown.iter().map(|s| redact_url(s)).collect();
+        Ok(ClusterStore {
+            shared: Arc::new(Shared {
+                client,
+                seeds,
+                password,
+                described: format!("cluster {}", shown.join(",")),
+                current: RwLock::new(None),
+                connecting: AtomicBool::new(false),
+                connect_done: Notify::new(),
+                last_error: Mutex::new(None),
+                op_timeout: deadline.mul_f64(0.9),
+                cooldown,
+                slots: RwLock::new(SlotMap::default()),
+                last_refresh_ms: AtomicU64::new(0),
+                started: Instant::now(),
+                down: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn connect_in_background(&self) {
+        Shared::spawn_connect(&self.shared);
+    }
+
+    pub async fn wait_connected(&self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.shared.connection())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Run `op` for `key` on the node that owns it, unless that node is marked down.
+    async fn run<T, F, Fut>(&self, key: Option<&str>, op: F) -> Result<T, L2Error>
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let shared = &self.shared;
+        let node = key.and_then(|k| shared.node_of(k));
+        if let Some(node) = &node
+            && shared.is_down(node)
+        {
+            return Err(L2Error::NodeDown(node.clone()));
+        }
+        let conn = shared.connection().await?;
+        match tokio::time::timeout(shared.op_timeout, op(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if is_command_error(&e) => Err(L2Error::Command(e.to_string())),
+            Ok(Err(e)) => Err(shared.node_failed(node, e.to_string())),
+            Err(_) => {
+                Err(shared.node_failed(node, format!("no answer within {:?}", shared.op_timeout)))
+            }
+        }
+    }
+}
+
+/// An error that says nothing about the node's health (a bad command, a wrong type).
+fn is_command_error(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        e.kind(),
+        ErrorKind::UnexpectedReturnType
+            | ErrorKind::Parse
+            | ErrorKind::Server(ServerErrorKind::ResponseError)
+            | ErrorKind::Server(ServerErrorKind::NoScript)
+            | ErrorKind::Server(ServerErrorKind::CrossSlot)
+            | ErrorKind::Server(ServerErrorKind::NoPerm)
+    )
+}
+
+impl Shared {
+    fn node_of(&self, key: &str) -> Option<String> {
+        let map = self.slots.read().expect("lock poisoned");
+        map.node_of(slot(key.as_bytes())).map(str::to_owned)
+    }
+
+    fn is_down(&self, node: &str) -> bool {
+        let down = self.down.lock().expect("lock poisoned");
+        down.get(node).is_some_and(|until| Instant::now() < *until)
+    }
+
+    /// Mark the key's node down (when known) and pick the error the guard should see.
+    fn node_failed(self: &Arc<Self>, node: Option<String>, why: String) -> L2Error {
+        self.refresh_slots_soon();
+        match node {
+            Some(node) => {
+                let first = self
+                    .down
+                    .lock()
+                    .expect("lock poisoned")
+                    .insert(node.clone(), Instant::now() + self.cooldown)
+                    .is_none_or(|until| until <= Instant::now());
+                if first {
+                    tracing::warn!(node = %node, error = %why, cooldown = ?self.cooldown,
+                        "redis cluster node failed: its keys miss until the cool-down ends");
+                }
+                L2Error::NodeDown(format!("{node}: {why}"))
+            }
+            None => L2Error::Connection(why),
+        }
+    }
+
+    fn current(&self) -> Option<ClusterConnection> {
+        self.current.read().expect("lock poisoned").clone()
+    }
+
+    async fn connection(self: &Arc<Self>) -> Result<ClusterConnection, L2Error> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let done = self.connect_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        Self::spawn_connect(self);
+        done.await;
+        self.current().ok_or_else(|| {
+            let last = self.last_error.lock().expect("lock poisoned").clone();
+            L2Error::Connection(last.unwrap_or_else(|| "not connected".into()))
+        })
+    }
+
+    fn spawn_connect(this: &Arc<Self>) {
+        if this.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(this);
+        tokio::spawn(async move {
+            let attempt =
+                tokio::time::timeout(CONNECT_TIMEOUT, shared.client.get_async_connection());
+            match attempt.await {
+                Ok(Ok(conn)) => {
+                    if let Err(e) = shared.load_slots(conn.clone()).await {
+                        tracing::debug!(error = %e, "cannot read the cluster's slot map yet");
+                    }
+                    *shared.current.write().expect("lock poisoned") = Some(conn);
+                    *shared.last_error.lock().expect("lock poisoned") = None;
+                    tracing::debug!(redis = %shared.described, "connected to the redis cluster");
+                }
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    tracing::debug!(redis = %shared.described, error = %msg, "redis cluster connect failed");
+                    *shared.last_error.lock().expect("lock poisoned") = Some(msg);
+                }
+                Err(_) => {
+                    *shared.last_error.lock().expect("lock poisoned") = Some(format!(
+                        "no cluster node answered within {CONNECT_TIMEOUT:?}"
+                    ));
+                }
+            }
+            shared.connecting.store(false, Ordering::Release);
+            shared.connect_done.notify_waiters();
+        });
+    }
+
+    /// Read `CLUSTER SLOTS` (from any reachable node) into the slot map.
+    async fn load_slots(&self, mut conn: ClusterConnection) -> Result<(), String> {
+        let reply = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut conn),
+        )
+        .await
+        .map_err(|_| "CLUSTER SLOTS not answered in time".to_string())?
+        .map_err(|e| e.to_string())?;
+        let mut ranges = parse_slots(&reply);
+        if ranges.is_empty() {
+            return Err("CLUSTER SLOTS gave no ranges".into());
+        }
+        ranges.sort_by_key(|r| r.0);
+        self.slots.write().expect("lock poisoned").ranges = ranges;
+        Ok(())
+    }
+
+    /// Refresh the slot map in the background, at most once per [`REFRESH_EVERY`].
+    fn refresh_slots_soon(self: &Arc<Self>) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_refresh_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < REFRESH_EVERY.as_millis() as u64
+            || self
+                .last_refresh_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let Some(conn) = self.current() else { return };
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = shared.load_slots(conn).await {
+                tracing::debug!(error = %e, "cluster slot map refresh failed");
+            }
+        });
+    }
+
+    /// The masters of the slot map (those not marked down), with credentials.
+    fn masters(&self) -> Vec<ConnectionInfo> {
+        let masters = self.slots.read().expect("lock poisoned").masters();
+        masters
+            .iter()
+            .filter(|m| !self.is_down(m))
+            .filter_map(|m| {
+                let (host, port) = m.rsplit_once(':')?;
+                let port = port.parse::<u16>().ok()?;
+                super::topology::with_auth(
+                    (host.to_owned(), port).into_connection_info(),
+                    self.password.as_deref(),
+                )
+                .ok()
+            })
+            .collect()
+    }
+
+    /// Where to subscribe: the masters in the slot map, then the seeds.
+    fn subscribe_candidates(&self) -> Vec<ConnectionInfo> {
+        let mut out = self.masters();
+        out.extend(self.seeds.iter().cloned());
+        out
+    }
+
+    /// Run `op` on every master over its own short-lived connection; the answers of those
+    /// that answered in time, and whether every one did.
+    async fn on_each_master<T, F, Fut>(&self, op: F) -> Result<(Vec<T>, bool), L2Error>
+    where
+        F: Fn(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let masters = self.masters();
+        if masters.is_empty() {
+            return Err(L2Error::Connection("no cluster master known".into()));
+        }
+        let (mut out, mut all, mut last) = (Vec::new(), true, None);
+        for info in masters {
+            let one = async {
+                let client = Client::open(info)?;
+                let conn = client.get_multiplexed_async_connection().await?;
+                op(conn).await
+            };
+            match tokio::time::timeout(INSPECT_TIMEOUT, one).await {
+                Ok(Ok(v)) => out.push(v),
+                Ok(Err(e)) => {
+                    all = false;
+                    last = Some(e.to_string());
+                }
+                Err(_) => {
+                    all = false;
+                    last = Some(format!("no answer within {INSPECT_TIMEOUT:?}"));
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(L2Error::Connection(last.unwrap_or_default()));
+        }
+        Ok((out, all))
+    }
+}
+
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`.
+fn parse_slots(reply: &Value) -> Vec<(u16, u16, String)> {
+    let Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    entries
+        .iter()
+        .filter_map(|e| {
+            let Value::Array(parts) = e else { return None };
+            let start = int(parts.first()?)?;
+            let end = int(parts.get(1)?)?;
+            let Value::Array(master) = parts.get(2)? else {
+                return None;
+            };
+            let host = text(master.first()?)?;
+            let port = int(master.get(1)?)?;
+            Some((start, end, format!("{host}:{port}")))
+        })
+        .collect()
+}
+
+impl RemoteStore for ClusterStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut c)
+                .await
+        }))
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(commands::millis(ttl))
+                .query_async::<()>(&mut c)
+                .await
+        }))
+    }
+
+    fn unlink<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            redis::cmd("UNLINK")
+                .arg(key)
+                .query_async::<()>(&mut c)
+                .await
+        }))
+    }
+
+    fn reset(&self) {
+        *self.shared.current.write().expect("lock poisoned") = None;
+    }
+
+    fn describe(&self) -> &str {
+        &self.shared.described
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), L2Error>> {
+        Box::pin(self.run(None, |mut c| async move { inspect::ping(&mut c).await }))
+    }
+
+    /// Every reachable primary's `INFO`, concatenated.
+    fn info(&self) -> BoxFuture<'_, Result<String, L2Error>> {
+        Box::pin(async move {
+            let (all, _) = self
+                .shared
+                .on_each_master(|mut c| async move { inspect::info(&mut c).await })
+                .await?;
+            Ok(all.join("\n"))
+        })
+    }
+
+    /// The sum over the primaries; incomplete when one of them did not answer.
+    fn count_keys<'a>(
+        &'a self,
+        pattern: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<inspect::KeyCount, L2Error>> {
+        Box::pin(async move {
+            let (all, every) = self
+                .shared
+                .on_each_master(
+                    |mut c| async move { inspect::count_keys(&mut c, pattern, limit).await },
+                )
+                .await?;
+            let total = all.into_iter().fold(
+                inspect::KeyCount {
+                    keys: 0,
+                    complete: true,
+                },
+                inspect::KeyCount::add,
+            );
+            Ok(inspect::KeyCount {
+                keys: total.keys,
+                complete: total.complete && every,
+            })
+        })
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            commands::set_nx(&mut c, key, token, ttl).await
+        }))
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            commands::exists(&mut c, key).await
+        }))
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            commands::release(&mut c, key, token).await
+        }))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            commands::renew(&mut c, key, token, ttl).await
+        }))
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        message: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        // Classic PUBLISH reaches subscribers on every node of the cluster.
+        Box::pin(self.run(None, move |mut c| async move {
+            commands::publish(&mut c, channel, message).await
+        }))
+    }
+
+    fn hset_publish<'a>(
+        &'a self,
+        key: &'a str,
+        field: &'a [u8],
+        value: u64,
+        channel: &'a str,
+        message: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            commands::hset_publish(&mut c, key, field, value, channel, message).await
+        }))
+    }
+
+    fn hgetall<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<super::Counts, L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            commands::hgetall(&mut c, key).await
+        }))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Subscription, L2Error>> {
+        Box::pin(async move {
+            let mut last = L2Error::Connection("no cluster node to subscribe on".into());
+            for info in self.shared.subscribe_candidates() {
+                let client = Client::open(info).map_err(|e| L2Error::Connection(e.to_string()))?;
+                match Subscription::open(&client, channel, timeout).await {
+                    Ok(sub) => return Ok(sub),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), 3443);
+        assert_eq!(slot(b"foo{}{bar}"), 8363);
+        assert_eq!(slot(b"foo{{bar}}zap"), 4015);
+        assert_eq!(slot(b"{}x"), 10595);
+        assert_eq!(slot(b"foo{bar}{zap}"), 5061);
+        assert_eq!(slot(b"ai:cache:0123"), 1498);
+    }
+
+    #[test]
+    fn slot_map_lookup() {
+        let map = SlotMap {
+            ranges: vec![
+                (0, 5460, "a:1".into()),
+                (5461, 10922, "b:2".into()),
+                (10923, 16383, "c:3".into()),
+            ],
+        };
+        assert_eq!(map.node_of(0), Some("a:1"));
+        assert_eq!(map.node_of(5461), Some("b:2"));
+        assert_eq!(map.node_of(16383), Some("c:3"));
+        assert_eq!(map.masters(), vec!["a:1", "b:2", "c:3"]);
+        assert_eq!(SlotMap::default().node_of(7), None);
+    }
+}

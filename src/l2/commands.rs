@@ -1,0 +1,133 @@
+//! The exact commands the cache sends beyond GET/SET/UNLINK, written once for every store
+//! (one server, a Sentinel master, a Cluster): lease take/renew/release, namespace
+//! generations, publish. Each runs on any async connection; none of them retries.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Script};
+
+/// Delete the lease only if it still holds our token: a late release must never free a
+/// lease that expired and was taken by another instance.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
+    )
+});
+
+/// Set a namespace's generation and announce it in one step, so that the announcements
+/// reach every subscriber in the order the generations were set.
+static SET_GENERATION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) redis.call('publish', ARGV[3], ARGV[4]) return 1",
+    )
+});
+
+/// Extend the lease only if it still holds our token.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
+    )
+});
+
+pub(crate) fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `SET key token NX PX ttl`: true when this call took the key.
+pub(crate) async fn set_nx<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+    token: &str,
+    ttl: Duration,
+) -> RedisResult<bool> {
+    let reply: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(token)
+        .arg("NX")
+        .arg("PX")
+        .arg(millis(ttl))
+        .query_async(c)
+        .await?;
+    Ok(reply.is_some())
+}
+
+pub(crate) async fn exists<C: ConnectionLike>(c: &mut C, key: &str) -> RedisResult<bool> {
+    let n: u64 = redis::cmd("EXISTS").arg(key).query_async(c).await?;
+    Ok(n > 0)
+}
+
+/// Compare-and-delete: true when the key held `token` and is now gone.
+pub(crate) async fn release<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+    token: &str,
+) -> RedisResult<bool> {
+    let n: u64 = RELEASE.key(key).arg(token).invoke_async(c).await?;
+    Ok(n == 1)
+}
+
+/// Compare-and-pexpire: true when the key held `token` and its life was extended.
+pub(crate) async fn renew<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+    token: &str,
+    ttl: Duration,
+) -> RedisResult<bool> {
+    let n: u64 = RENEW
+        .key(key)
+        .arg(token)
+        .arg(millis(ttl))
+        .invoke_async(c)
+        .await?;
+    Ok(n == 1)
+}
+
+pub(crate) async fn publish<C: ConnectionLike>(
+    c: &mut C,
+    channel: &str,
+    message: &[u8],
+) -> RedisResult<()> {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(message)
+        .query_async::<u64>(c)
+        .await
+        .map(drop)
+}
+
+/// `HSET key field value` and `PUBLISH channel message`, atomically (one script).
+pub(crate) async fn hset_publish<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+    field: &[u8],
+    value: u64,
+    channel: &str,
+    message: &[u8],
+) -> RedisResult<()> {
+    SET_GENERATION
+        .key(key)
+        .arg(field)
+        .arg(value)
+        .arg(channel)
+        .arg(message)
+        .invoke_async::<u64>(c)
+        .await
+        .map(drop)
+}
+
+/// Every field of a hash of counters; fields whose value is not a counter are skipped.
+pub(crate) async fn hgetall<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+) -> RedisResult<Vec<(Vec<u8>, u64)>> {
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL").arg(key).query_async(c).await?;
+    Ok(pairs
+        .into_iter()
+        .filter_map(|(f, v)| {
+            let n = std::str::from_utf8(&v).ok()?.parse().ok()?;
+            Some((f, n))
+        })
+        .collect())
+}

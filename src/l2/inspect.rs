@@ -1,0 +1,100 @@
+//! What `redis_stats()` and `health()` ask a store: `PING`, `INFO`, and a bounded key count
+//! with `SCAN ... MATCH ... COUNT`. Never `KEYS`, never anything that blocks the server for
+//! longer than one short `SCAN` step. Each function runs on any async connection, so every
+//! store (one server, a Sentinel master, each Cluster primary) can use it.
+
+use redis::RedisResult;
+use redis::aio::ConnectionLike;
+
+/// Keys each `SCAN` step asks the server to look at.
+pub(crate) const SCAN_COUNT: u64 = 1000;
+
+/// The outcome of a bounded count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KeyCount {
+    /// Keys that matched.
+    pub keys: u64,
+    /// True when the scan went round the whole keyspace; false when it stopped at the bound
+    /// (then `keys` is a lower bound).
+    pub complete: bool,
+}
+
+impl KeyCount {
+    /// Two nodes' counts together (a Cluster's primaries).
+    #[allow(dead_code)]
+    pub(crate) fn add(self, other: KeyCount) -> KeyCount {
+        KeyCount {
+            keys: self.keys + other.keys,
+            complete: self.complete && other.complete,
+        }
+    }
+}
+
+pub(crate) async fn ping<C: ConnectionLike>(c: &mut C) -> RedisResult<()> {
+    redis::cmd("PING").query_async::<()>(c).await
+}
+
+/// The server's `INFO` (its default sections: server, clients, memory, persistence, stats,
+/// replication, cpu, keyspace...).
+pub(crate) async fn info<C: ConnectionLike>(c: &mut C) -> RedisResult<String> {
+    redis::cmd("INFO").query_async::<String>(c).await
+}
+
+/// Count the keys matching `pattern`, looking at about `limit` keys at most (`limit /
+/// SCAN_COUNT` steps, at least one).
+pub(crate) async fn count_keys<C: ConnectionLike>(
+    c: &mut C,
+    pattern: &str,
+    limit: u64,
+) -> RedisResult<KeyCount> {
+    let steps = limit.div_ceil(SCAN_COUNT).max(1);
+    let mut cursor: u64 = 0;
+    let mut keys: u64 = 0;
+    for _ in 0..steps {
+        let (next, batch): (u64, Vec<redis::Value>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(c)
+            .await?;
+        keys += batch.len() as u64;
+        if next == 0 {
+            return Ok(KeyCount {
+                keys,
+                complete: true,
+            });
+        }
+        cursor = next;
+    }
+    Ok(KeyCount {
+        keys,
+        complete: false,
+    })
+}
+
+/// `prefix` as a `SCAN MATCH` glob that matches `{prefix}:*` and nothing else: the glob's
+/// special characters in the prefix are escaped.
+pub(crate) fn prefix_pattern(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 2);
+    for ch in prefix.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(ch);
+    }
+    pattern.push_str(":*");
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_pattern_escapes_globs() {
+        assert_eq!(prefix_pattern("ai:cache"), "ai:cache:*");
+        assert_eq!(prefix_pattern("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\:*");
+    }
+}

@@ -1,0 +1,265 @@
+//! How the cache reaches Redis (one server, a Sentinel-managed master, or a Cluster) and
+//! the scale-out settings that go with it (leases, the invalidation channel). Validated in
+//! `build()`; a password is never shown, in errors or in `Debug`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::io::tcp::TcpSettings;
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult};
+
+use super::RemoteStore;
+use super::cluster::ClusterStore;
+use super::redis::RedisStore;
+use super::sentinel::Resolver;
+use crate::builder::Config;
+use crate::error::{Error, Result, redact_url};
+
+/// The scale-out knobs of the builder.
+#[derive(Clone)]
+pub(crate) struct Topology {
+    /// Sentinel: the monitored master's name and the sentinels' addresses.
+    pub sentinel_master: Option<String>,
+    pub sentinels: Vec<String>,
+    pub sentinel_password: Option<String>,
+    /// Cluster: seed nodes (any reachable one is enough).
+    pub cluster_nodes: Vec<String>,
+    /// Password of the data nodes found through Sentinel or Cluster.
+    pub redis_password: Option<String>,
+    /// Single-flight across instances through leases in Redis.
+    pub leases: bool,
+    pub lease_ttl: Duration,
+    /// Listen on the invalidation channel and drop what other instances invalidate.
+    pub invalidation: bool,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            sentinel_master: None,
+            sentinels: Vec::new(),
+            sentinel_password: None,
+            cluster_nodes: Vec::new(),
+            redis_password: None,
+            leases: true,
+            lease_ttl: Duration::from_secs(10),
+            invalidation: true,
+        }
+    }
+}
+
+fn hidden(p: &Option<String>) -> Option<&'static str> {
+    p.as_ref().map(|_| "***")
+}
+
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |v: &[String]| v.iter().map(|a| redact_url(a)).collect::<Vec<_>>();
+        f.debug_struct("Topology")
+            .field("sentinel_master", &self.sentinel_master)
+            .field("sentinels", &redacted(&self.sentinels))
+            .field("sentinel_password", &hidden(&self.sentinel_password))
+            .field("cluster_nodes", &redacted(&self.cluster_nodes))
+            .field("redis_password", &hidden(&self.redis_password))
+            .field("leases", &self.leases)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("invalidation", &self.invalidation)
+            .finish()
+    }
+}
+
+/// `host:port` or `redis://[user:password@]host:port[/db]` to connection info, with
+/// `password` when the address carries none, and TCP_NODELAY.
+fn node_info(knob: &str, addr: &str, password: Option<&str>) -> Result<ConnectionInfo> {
+    let shown = redact_url(addr);
+    let info = if addr.contains("://") {
+        addr.into_connection_info().map_err(|e| {
+            Error::config(
+                knob,
+                format!("`{shown}` is not a valid Redis URL: {}", e.kind_str()),
+            )
+        })?
+    } else {
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| {
+            Error::config(
+                knob,
+                format!("`{shown}` is not `host:port` or a redis:// URL"),
+            )
+        })?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Error::config(knob, format!("`{shown}`: bad port")))?;
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(Error::config(knob, format!("`{shown}`: bad host")));
+        }
+        (host, port)
+            .into_connection_info()
+            .expect("a host and a port always make connection info")
+    };
+    if !matches!(info.addr(), ConnectionAddr::Tcp(..)) {
+        return Err(Error::config(
+            knob,
+            format!("`{shown}`: only plain TCP addresses are supported here"),
+        ));
+    }
+    with_auth(Ok(info), password).map_err(|e| Error::config(knob, e.kind_str()))
+}
+
+trait KindStr {
+    fn kind_str(&self) -> String;
+}
+
+impl KindStr for redis::RedisError {
+    /// The error without its detail, which may quote a URL with its password.
+    fn kind_str(&self) -> String {
+        format!("{:?}", self.kind())
+    }
+}
+
+/// Fill in credentials the address does not carry, and set TCP_NODELAY.
+pub(crate) fn with_auth(
+    info: RedisResult<ConnectionInfo>,
+    password: Option<&str>,
+) -> RedisResult<ConnectionInfo> {
+    let info = info?;
+    let mut redis = info.redis_settings().clone();
+    if redis.password().is_none()
+        && let Some(p) = password
+    {
+        redis = redis.set_password(p);
+    }
+    Ok(info
+        .set_redis_settings(redis)
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true)))
+}
+
+fn non_empty_password(knob: &str, p: &Option<String>) -> Result<()> {
+    if p.as_ref().is_some_and(String::is_empty) {
+        return Err(Error::config(
+            knob,
+            "must not be empty (leave it unset for no password)",
+        ));
+    }
+    Ok(())
+}
+
+/// Check the scale-out knobs; the error names the first bad one.
+pub(crate) fn validate(config: &Config) -> Result<()> {
+    let t = &config.topology;
+    let sentinel = t.sentinel_master.is_some();
+    let cluster = !t.cluster_nodes.is_empty();
+    let url = config.redis_url.is_some();
+    if [url, sentinel, cluster].iter().filter(|m| **m).count() > 1 {
+        let knob = if sentinel { "sentinel" } else { "cluster" };
+        return Err(Error::config(
+            knob,
+            "give one of `redis`, `sentinel` and `cluster`, not several",
+        ));
+    }
+    non_empty_password("sentinel_password", &t.sentinel_password)?;
+    non_empty_password("redis_password", &t.redis_password)?;
+    if let Some(master) = &t.sentinel_master {
+        if master.is_empty() || master.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(Error::config(
+                "sentinel",
+                format!("master name {master:?} is empty or contains whitespace"),
+            ));
+        }
+        if t.sentinels.is_empty() {
+            return Err(Error::config(
+                "sentinel",
+                "give at least one sentinel address",
+            ));
+        }
+        for s in &t.sentinels {
+            node_info("sentinel", s, None)?;
+        }
+    } else if t.sentinel_password.is_some() {
+        return Err(Error::config("sentinel_password", "set without `sentinel`"));
+    }
+    if cluster {
+        for n in &t.cluster_nodes {
+            node_info("cluster", n, None)?;
+        }
+    }
+    if t.redis_password.is_some() && !(sentinel || cluster) {
+        return Err(Error::config(
+            "redis_password",
+            "is for `sentinel` and `cluster`; with `redis(url)` put the password in the URL",
+        ));
+    }
+    if t.lease_ttl < Duration::from_millis(100) || t.lease_ttl > Duration::from_secs(3600) {
+        return Err(Error::config(
+            "lease_ttl",
+            format!("{:?} is out of range: 100 ms ..= 1 h", t.lease_ttl),
+        ));
+    }
+    if t.lease_ttl < config.l2_deadline * 4 {
+        return Err(Error::config(
+            "lease_ttl",
+            format!(
+                "{:?} is too short for the l2_deadline of {:?}: give at least 4 times it, so a lease can be renewed in time",
+                t.lease_ttl, config.l2_deadline
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Open the configured store (none when no Redis is configured) and start connecting in
+/// the background; wait a moment so the first requests find a connection. A Redis that is
+/// down does not fail the build: the cache runs L1-only until it answers.
+pub(crate) async fn open_store(config: &Config) -> Result<Option<Box<dyn RemoteStore>>> {
+    let wait = config.l2_deadline.max(Duration::from_millis(200));
+    let t = &config.topology;
+    if let Some(url) = &config.redis_url {
+        let store = RedisStore::open(url)?;
+        store.connect_in_background();
+        if !store.wait_connected(wait).await {
+            tracing::warn!(redis = %redact_url(url), "redis is not reachable yet: running L1-only until it answers");
+        }
+        return Ok(Some(Box::new(store)));
+    }
+    if let Some(master) = &t.sentinel_master {
+        let sentinels = t
+            .sentinels
+            .iter()
+            .map(|s| node_info("sentinel", s, t.sentinel_password.as_deref()))
+            .collect::<Result<Vec<_>>>()?;
+        let resolver = Arc::new(Resolver::new(
+            master.clone(),
+            sentinels,
+            t.redis_password.clone(),
+        ));
+        let store = RedisStore::open_sentinel(resolver, &t.sentinels);
+        store.connect_in_background();
+        if !store.wait_connected(wait).await {
+            tracing::warn!(master = %master, "the sentinels' master is not reachable yet: running L1-only until it answers");
+        }
+        return Ok(Some(Box::new(store)));
+    }
+    if !t.cluster_nodes.is_empty() {
+        let nodes = t
+            .cluster_nodes
+            .iter()
+            .map(|n| node_info("cluster", n, t.redis_password.as_deref()))
+            .collect::<Result<Vec<_>>>()?;
+        let store = ClusterStore::open(
+            nodes,
+            &t.cluster_nodes,
+            config.l2_deadline,
+            config.breaker_cooldown,
+        )?;
+        store.connect_in_background();
+        if !store.wait_connected(wait).await {
+            tracing::warn!(
+                "the redis cluster is not reachable yet: running L1-only until it answers"
+            );
+        }
+        return Ok(Some(Box::new(store)));
+    }
+    Ok(None)
+}

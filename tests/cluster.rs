@@ -1,0 +1,154 @@
+//! Redis Cluster: three masters on loopback (`redis-cli --cluster create`), entries spread
+//! over all of them, L2 hits from a second instance, invalidation across nodes, and a node
+//! killed: only its keys miss, nothing fails.
+
+mod support;
+
+use std::time::Duration;
+
+use llm_cache::{
+    BreakerState, CacheStatus, ChatMessage, ChatRequest, LlmCache, OpenAiCompatible, RetryPolicy,
+};
+use support::eventually;
+use support::topology::{RedisCluster, eventually_async};
+use support::upstream::{MockUpstream, expected_content};
+
+const WAIT: Duration = Duration::from_secs(10);
+const ENTRIES: usize = 30;
+
+fn request(i: usize) -> ChatRequest {
+    ChatRequest::new("gpt-4.1").message(ChatMessage::user(format!("cluster question {i}")))
+}
+
+async fn instance(mock: &MockUpstream, cluster: &RedisCluster, l1: bool) -> LlmCache {
+    LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .cluster(cluster.addrs())
+        .l1_max_bytes(if l1 { 64 << 20 } else { 0 })
+        .l2_deadline(Duration::from_millis(250))
+        .build()
+        .await
+        .expect("build")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn entries_spread_over_three_masters_and_a_dead_node_only_misses_its_own_keys() {
+    let mut cluster = RedisCluster::start();
+    let mock = MockUpstream::start().await;
+    let writer = instance(&mock, &cluster, true).await;
+    // L1 off: every request of this instance goes to Redis.
+    let reader = instance(&mock, &cluster, false).await;
+
+    let requests: Vec<ChatRequest> = (0..ENTRIES).map(request).collect();
+    for r in &requests {
+        assert_eq!(writer.chat(r).await.unwrap().status(), CacheStatus::Miss);
+    }
+    eventually("every L2 write", WAIT, || {
+        writer.stats().cache.l2_writes == ENTRIES as u64
+    })
+    .await;
+    let owners: Vec<usize> = requests
+        .iter()
+        .map(|r| {
+            let digest = writer.digest_with(r, &Default::default());
+            cluster.owner(&writer.tiers().l2_key(&digest))
+        })
+        .collect();
+    for node in 0..3 {
+        let mine = owners.iter().filter(|o| **o == node).count() as u64;
+        assert!(mine > 0, "node {node} holds none of the entries");
+        assert_eq!(cluster.dbsize(node), mine, "node {node}");
+    }
+
+    // A second instance finds every entry in L2, on whichever node holds it.
+    for r in &requests {
+        let out = reader.chat(r).await.unwrap();
+        assert_eq!(out.status(), CacheStatus::HitL2);
+        assert_eq!(out.text().unwrap(), expected_content(r));
+    }
+    assert_eq!(mock.calls(), ENTRIES);
+
+    // Invalidation reaches instances subscribed on any node (PUBLISH spans the cluster).
+    let watcher = instance(&mock, &cluster, true).await;
+    assert!(watcher.tiers().invalidation_subscribed());
+    assert_eq!(
+        watcher.chat(&requests[0]).await.unwrap().status(),
+        CacheStatus::HitL2
+    );
+    writer.invalidate(&requests[0]).await.unwrap();
+    let digest = watcher.digest_with(&requests[0], &Default::default());
+    eventually_async("the watcher to drop the invalidated entry", WAIT, || {
+        let w = watcher.clone();
+        async move { w.tiers().get(&digest).await.is_none() }
+    })
+    .await;
+    // A namespace's new generation (set and published by one script) reaches it too.
+    let tenant = llm_cache::CacheControl::new().namespace("tenant");
+    let old = watcher.digest_with(&requests[0], &tenant);
+    writer.invalidate_namespace("tenant").await.unwrap();
+    assert_ne!(writer.digest_with(&requests[0], &tenant), old);
+    eventually(
+        "the watcher to learn the namespace's new generation",
+        WAIT,
+        || watcher.digest_with(&requests[0], &tenant) == writer.digest_with(&requests[0], &tenant),
+    )
+    .await;
+    assert_eq!(
+        writer.chat(&requests[0]).await.unwrap().status(),
+        CacheStatus::Miss
+    );
+    eventually("the rewrite", WAIT, || {
+        writer.stats().cache.l2_writes == ENTRIES as u64 + 1
+    })
+    .await;
+    let calls_before = mock.calls();
+
+    // Statistics sum every primary: the entries and the generations hash (leases are gone
+    // once their values are written).
+    eventually_async(
+        "redis_stats to count every entry on the three primaries",
+        WAIT,
+        || {
+            let w = writer.clone();
+            async move {
+                let stats = w.redis_stats().await.expect("redis_stats");
+                stats.keys == ENTRIES as u64 + 1 && stats.keys_exact
+            }
+        },
+    )
+    .await;
+    assert_eq!(writer.health().await.l2, llm_cache::L2Health::Up);
+
+    // Kill one master: its keys miss (and are fetched), the others keep hitting.
+    let dead = owners[1];
+    cluster.nodes[dead].kill();
+    let before = reader.stats().cache;
+    let (mut hits, mut misses) = (0, 0);
+    for (r, owner) in requests.iter().zip(&owners) {
+        let out = reader
+            .chat(r)
+            .await
+            .expect("nothing fails with a node down");
+        assert_eq!(out.text().unwrap(), expected_content(r));
+        if *owner == dead {
+            assert_eq!(out.status(), CacheStatus::Miss, "a key of the dead node");
+            misses += 1;
+        } else {
+            assert_eq!(out.status(), CacheStatus::HitL2, "a key of a live node");
+            hits += 1;
+        }
+    }
+    let after = reader.stats().cache;
+    assert_eq!(after.l2_hits - before.l2_hits, hits);
+    assert_eq!(mock.calls() - calls_before, misses as usize);
+    assert_eq!(
+        after.breaker,
+        BreakerState::Closed,
+        "one dead node never opens the breaker"
+    );
+    eprintln!(
+        "cluster: node {dead} killed: {hits} L2 hits, {misses} misses, {} L2 errors, {} timeouts",
+        after.l2_errors - before.l2_errors,
+        after.l2_timeouts - before.l2_timeouts
+    );
+}

@@ -1,0 +1,353 @@
+//! Single-flight across instances: leases in Redis. Instances in one process (each with its
+//! own connections), instances as separate OS processes (this test binary runs itself as
+//! the child), a leader that dies mid-fetch, and Redis down (one call per instance, no stall).
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use llm_cache::{
+    CacheControl, CacheStatus, ChatMessage, ChatRequest, LlmCache, OpenAiCompatible, RetryPolicy,
+};
+use support::eventually;
+use support::redis::RedisServer;
+use support::upstream::{MockUpstream, expected_content};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const WAIT: Duration = Duration::from_secs(10);
+const LEASE_TTL: Duration = Duration::from_secs(1);
+
+fn request(prompt: &str) -> ChatRequest {
+    ChatRequest::new("gpt-4.1")
+        .message(ChatMessage::system("You are terse."))
+        .message(ChatMessage::user(prompt))
+}
+
+async fn instance(upstream_url: &str, redis_url: &str) -> LlmCache {
+    LlmCache::builder()
+        .upstream(OpenAiCompatible::new(upstream_url).retry(RetryPolicy::none()))
+        .redis(redis_url)
+        .l2_deadline(Duration::from_millis(250))
+        .lease_ttl(LEASE_TTL)
+        .build()
+        .await
+        .expect("build")
+}
+
+/// `n` concurrent identical requests on `cache`, spawned now.
+fn burst(
+    cache: &LlmCache,
+    req: &ChatRequest,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<llm_cache::Result<llm_cache::Cached<llm_cache::ChatResponse>>>> {
+    (0..n)
+        .map(|_| {
+            let (c, r) = (cache.clone(), req.clone());
+            tokio::spawn(async move { c.chat(&r).await })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_instances_with_a_hundred_concurrent_requests_each_make_one_upstream_call() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        caches.push(instance(&mock.base_url(), &redis.url()).await);
+    }
+    let req = request("One call for the whole fleet");
+    mock.hold_answers();
+    let mut calls = Vec::new();
+    for c in &caches {
+        calls.extend(burst(c, &req, 100));
+    }
+    mock.wait_for_calls(1).await;
+    for (i, c) in caches.iter().enumerate() {
+        eventually(&format!("instance {i} to have its flight"), WAIT, || {
+            c.tiers().inflight() == 1
+        })
+        .await;
+    }
+    mock.release_all();
+    let mut statuses = Vec::new();
+    for call in calls {
+        let out = call.await.unwrap().expect("every request succeeds");
+        assert_eq!(out.text().unwrap(), expected_content(&req));
+        statuses.push(out.status());
+    }
+    let stats: Vec<_> = caches.iter().map(|c| c.stats().cache).collect();
+    assert_eq!(
+        mock.calls(),
+        1,
+        "one upstream call for 4 x 100 requests: {statuses:?} {stats:#?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == CacheStatus::Miss).count(),
+        1
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == CacheStatus::Miss || s.is_hit())
+    );
+    let l2_hits: u64 = caches.iter().map(|c| c.stats().cache.l2_hits).sum();
+    assert_eq!(
+        l2_hits, 3,
+        "the other three instances got the value from L2"
+    );
+    // The lease is gone once the value is written.
+    eventually("the lease to be released", WAIT, || {
+        redis.redis_cli(&["KEYS", "ai:cache:lease:*"]).is_empty()
+    })
+    .await;
+}
+
+/// The child side of [`four_processes_with_a_hundred_concurrent_requests_each_make_one_upstream_call`]:
+/// does nothing unless the parent set `LLM_CACHE_CHILD_REDIS`.
+#[test]
+fn child_process_instance() {
+    let (Ok(redis_url), Ok(upstream_url), Ok(prompt)) = (
+        std::env::var("LLM_CACHE_CHILD_REDIS"),
+        std::env::var("LLM_CACHE_CHILD_UPSTREAM"),
+        std::env::var("LLM_CACHE_CHILD_PROMPT"),
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let cache = instance(&upstream_url, &redis_url).await;
+        let req = request(&prompt);
+        let calls = burst(&cache, &req, 100);
+        eventually("this process's flight", WAIT, || {
+            cache.tiers().inflight() == 1
+        })
+        .await;
+        println!("child: started");
+        let (mut ok, mut misses, mut l2) = (0, 0, 0);
+        for call in calls {
+            let out = call.await.unwrap().expect("request succeeds");
+            assert_eq!(out.text().unwrap(), expected_content(&req));
+            ok += 1;
+            match out.status() {
+                CacheStatus::Miss => misses += 1,
+                CacheStatus::HitL2 => l2 += 1,
+                _ => {}
+            }
+        }
+        println!("child: done ok={ok} misses={misses} l2={l2}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_with_a_hundred_concurrent_requests_each_make_one_upstream_call() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let prompt = "One call across processes";
+    mock.hold_answers();
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut children = Vec::new();
+    for _ in 0..4 {
+        let mut child = tokio::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "child_process_instance",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("LLM_CACHE_CHILD_REDIS", redis.url())
+            .env("LLM_CACHE_CHILD_UPSTREAM", mock.base_url())
+            .env("LLM_CACHE_CHILD_PROMPT", prompt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn child test process");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        children.push((child, lines));
+    }
+    // Every child's flight is running before the one upstream call may answer.
+    for (i, (_, lines)) in children.iter_mut().enumerate() {
+        let line = next_child_line(lines).await;
+        assert_eq!(line, "child: started", "child {i}");
+    }
+    mock.wait_for_calls(1).await;
+    mock.release_all();
+    let (mut ok, mut misses, mut l2) = (0, 0, 0);
+    for (i, (child, lines)) in children.iter_mut().enumerate() {
+        let line = next_child_line(lines).await;
+        let fields: Vec<u32> = line
+            .strip_prefix("child: done ")
+            .unwrap_or_else(|| panic!("child {i}: {line}"))
+            .split(' ')
+            .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
+            .collect();
+        ok += fields[0];
+        misses += fields[1];
+        l2 += fields[2];
+        let status = tokio::time::timeout(WAIT, child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "child {i} exited with {status}");
+    }
+    assert_eq!(ok, 400);
+    assert_eq!(
+        mock.calls(),
+        1,
+        "one upstream call for 4 processes x 100 requests"
+    );
+    assert_eq!(misses, 1);
+    assert_eq!(l2, 3, "the three other processes read the value from L2");
+}
+
+async fn next_child_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("child output in time")
+            .expect("read child output")
+            .expect("child ended early");
+        // libtest writes "test <name> ... " without a newline before the test's output.
+        if let Some(at) = line.find("child: ") {
+            return line[at..].to_owned();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_dies_costs_exactly_one_more_call_after_its_lease_expires() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let req = request("The leader hangs");
+    mock.hold_answers();
+
+    // The leader lives in its own runtime, so it can die the way a process does: all its
+    // tasks (the flight and its lease renewal) stop at once.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (upstream_url, redis_url, leader_req) = (mock.base_url(), redis.url(), req.clone());
+    let _leader = doomed.spawn(async move {
+        let cache = instance(&upstream_url, &redis_url).await;
+        cache.chat(&leader_req).await
+    });
+    mock.wait_for_calls(1).await;
+
+    let others = vec![
+        instance(&mock.base_url(), &redis.url()).await,
+        instance(&mock.base_url(), &redis.url()).await,
+    ];
+    let mut calls = Vec::new();
+    for c in &others {
+        calls.extend(burst(c, &req, 10));
+    }
+    for c in &others {
+        eventually("the waiting flights", WAIT, || c.tiers().inflight() == 1).await;
+    }
+    // Waiting on a live leader's lease costs nothing, however long it takes.
+    assert_eq!(mock.calls(), 1);
+
+    let died = Instant::now();
+    doomed.shutdown_background();
+    mock.wait_for_calls(2).await;
+    let second = mock.requests()[1].at;
+    assert!(
+        second.duration_since(died) >= LEASE_TTL / 2,
+        "the takeover waited for the lease to expire ({:?} after the death)",
+        second.duration_since(died)
+    );
+    mock.release_all();
+    for call in calls {
+        let out = call.await.unwrap().expect("everyone gets the answer");
+        assert_eq!(out.text().unwrap(), expected_content(&req));
+    }
+    assert_eq!(
+        mock.calls(),
+        2,
+        "exactly one more call after the leader died"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_single_flight_falls_back_to_one_call_per_instance() {
+    let mut redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        caches.push(instance(&mock.base_url(), &redis.url()).await);
+    }
+    redis.kill();
+    let req = request("Redis is down");
+    mock.hold_answers();
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for c in &caches {
+        calls.extend(burst(c, &req, 100));
+    }
+    mock.wait_for_calls(4).await;
+    mock.release_all();
+    for call in calls {
+        let out = call
+            .await
+            .unwrap()
+            .expect("every request succeeds without Redis");
+        assert_eq!(out.text().unwrap(), expected_content(&req));
+    }
+    assert_eq!(mock.calls(), 4, "one call per instance");
+    assert!(started.elapsed() < Duration::from_secs(5), "no stall");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_and_no_store_never_wait_on_another_instances_lease() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let a = instance(&mock.base_url(), &redis.url()).await;
+    let b = instance(&mock.base_url(), &redis.url()).await;
+    let req = request("Refresh me");
+    mock.hold_answers();
+    let leader = burst(&a, &req, 1);
+    mock.wait_for_calls(1).await;
+
+    // A refresh asks anew; it does not take the answer of a call that started before it.
+    let refresh = {
+        let (b, req) = (b.clone(), req.clone());
+        tokio::spawn(async move { b.chat_with(&req, &CacheControl::new().refresh(true)).await })
+    };
+    mock.wait_for_calls(2).await;
+    mock.release_all();
+    assert_eq!(refresh.await.unwrap().unwrap().status(), CacheStatus::Miss);
+    for call in leader {
+        assert_eq!(call.await.unwrap().unwrap().status(), CacheStatus::Miss);
+    }
+
+    // A no-store flight takes no lease, so others do not wait for a value it never writes.
+    let other = request("Do not store me");
+    mock.hold_answers();
+    let quiet = {
+        let (a, other) = (a.clone(), other.clone());
+        tokio::spawn(async move {
+            a.chat_with(&other, &CacheControl::new().no_store(true))
+                .await
+        })
+    };
+    mock.wait_for_calls(3).await;
+    let normal = burst(&b, &other, 1);
+    mock.wait_for_calls(4).await;
+    mock.release_all();
+    assert_eq!(quiet.await.unwrap().unwrap().status(), CacheStatus::Miss);
+    for call in normal {
+        assert_eq!(call.await.unwrap().unwrap().status(), CacheStatus::Miss);
+    }
+}

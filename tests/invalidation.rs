@@ -1,0 +1,202 @@
+//! L1 invalidation across instances over the `{prefix}:invalidate` channel, losing and
+//! regaining the subscription, and namespace generations. Real redis-server, real HTTP.
+
+mod support;
+
+use std::time::Duration;
+
+use llm_cache::{
+    CacheControl, CacheStatus, ChatMessage, ChatRequest, LlmCache, OpenAiCompatible, RetryPolicy,
+};
+use support::eventually;
+use support::redis::RedisServer;
+use support::topology::eventually_async;
+use support::upstream::{MockUpstream, expected_content};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn request(prompt: &str) -> ChatRequest {
+    ChatRequest::new("gpt-4.1")
+        .message(ChatMessage::system("You are terse."))
+        .message(ChatMessage::user(prompt))
+}
+
+async fn instance(mock: &MockUpstream, redis: &RedisServer) -> LlmCache {
+    let cache = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(redis.url())
+        .l2_deadline(Duration::from_millis(250))
+        .build()
+        .await
+        .expect("build");
+    assert!(
+        cache.tiers().invalidation_subscribed(),
+        "build() waits for the subscription when Redis is up"
+    );
+    cache
+}
+
+/// Fill every instance's L1 with `req` (the first from upstream, the others from L2).
+async fn fill(caches: &[LlmCache], req: &ChatRequest, control: &CacheControl) {
+    let writes = caches[0].stats().cache.l2_writes;
+    let first = caches[0].chat_with(req, control).await.unwrap();
+    assert_eq!(first.status(), CacheStatus::Miss);
+    eventually("the L2 write", WAIT, || {
+        caches[0].stats().cache.l2_writes > writes
+    })
+    .await;
+    for c in caches {
+        let out = c.chat_with(req, control).await.unwrap();
+        assert!(out.status().is_hit(), "{:?}", out.status());
+        assert_eq!(
+            c.chat_with(req, control).await.unwrap().status(),
+            CacheStatus::HitL1
+        );
+    }
+}
+
+async fn in_l1(cache: &LlmCache, req: &ChatRequest, control: &CacheControl) -> bool {
+    let digest = cache.digest_with(req, control);
+    cache.tiers().get(&digest).await.is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalidate_on_one_instance_empties_the_l1_of_all_four() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        caches.push(instance(&mock, &redis).await);
+    }
+    let req = request("What is a cache?");
+    let global = CacheControl::new();
+    fill(&caches, &req, &global).await;
+    assert_eq!(mock.calls(), 1);
+
+    caches[1].invalidate(&req).await.unwrap();
+    for (i, c) in caches.iter().enumerate() {
+        eventually_async(&format!("instance {i} to drop the entry"), WAIT, || {
+            let c = c.clone();
+            let req = req.clone();
+            async move { !in_l1(&c, &req, &CacheControl::new()).await }
+        })
+        .await;
+    }
+    // Gone from L2 too: the next request anywhere is a miss, and then shared again.
+    let flights = caches[3].tiers().inflight();
+    let again = caches[3].chat(&req).await.unwrap();
+    assert_eq!(
+        again.status(),
+        CacheStatus::Miss,
+        "flights before: {flights}"
+    );
+    assert_eq!(again.text().unwrap(), expected_content(&req));
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_subscription_clears_l1_and_resubscribes() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let caches = vec![instance(&mock, &redis).await, instance(&mock, &redis).await];
+    let req = request("Subscriptions can die");
+    let global = CacheControl::new();
+    fill(&caches, &req, &global).await;
+    for c in &caches {
+        assert_eq!(c.tiers().invalidation_subscriptions(), 1);
+    }
+    let channel = "ai:cache:invalidate";
+    assert_eq!(
+        redis.redis_cli(&["PUBSUB", "NUMSUB", channel]),
+        format!("{channel}\n2")
+    );
+
+    redis.redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    for (i, c) in caches.iter().enumerate() {
+        eventually(&format!("instance {i} to resubscribe"), WAIT, || {
+            c.tiers().invalidation_subscriptions() == 2 && c.tiers().invalidation_subscribed()
+        })
+        .await;
+        assert!(
+            !in_l1(c, &req, &global).await,
+            "instance {i} must clear its L1 once it is back: it may have missed messages"
+        );
+    }
+    assert_eq!(
+        redis.redis_cli(&["PUBSUB", "NUMSUB", channel]),
+        format!("{channel}\n2")
+    );
+
+    // Refilled from L2 (no upstream call), and invalidations reach the new subscription.
+    let refill = caches[1].chat(&req).await.unwrap();
+    assert_eq!(refill.status(), CacheStatus::HitL2);
+    assert!(in_l1(&caches[1], &req, &global).await);
+    caches[0].invalidate(&req).await.unwrap();
+    eventually_async("the resubscribed instance to drop the entry", WAIT, || {
+        let c = caches[1].clone();
+        let req = req.clone();
+        async move { !in_l1(&c, &req, &CacheControl::new()).await }
+    })
+    .await;
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalidate_namespace_orphans_one_tenant_on_every_instance() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let caches = vec![instance(&mock, &redis).await, instance(&mock, &redis).await];
+    let req = request("Tenant data");
+    let a = CacheControl::new().namespace("tenant-a");
+    let b = CacheControl::new().namespace("tenant-b");
+    fill(&caches, &req, &a).await;
+    fill(&caches, &req, &b).await;
+    assert_eq!(mock.calls(), 2);
+    let old_digest = caches[1].digest_with(&req, &a);
+    let old_key = caches[1].tiers().l2_key(&old_digest);
+
+    caches[0].invalidate_namespace("tenant-a").await.unwrap();
+    eventually(
+        "the other instance to learn the new generation",
+        WAIT,
+        || caches[1].digest_with(&req, &a) != old_digest,
+    )
+    .await;
+    assert_eq!(
+        caches[0].digest_with(&req, &a),
+        caches[1].digest_with(&req, &a)
+    );
+    // Tenant A is fetched anew; tenant B is untouched (still in L1).
+    assert_eq!(
+        caches[1].chat_with(&req, &a).await.unwrap().status(),
+        CacheStatus::Miss
+    );
+    assert_eq!(
+        caches[1].chat_with(&req, &b).await.unwrap().status(),
+        CacheStatus::HitL1
+    );
+    assert_eq!(mock.calls(), 3);
+    // The old entry is orphaned, not deleted: it expires by its TTL.
+    assert_eq!(redis.redis_cli(&["EXISTS", &old_key]), "1");
+
+    // An instance that starts after the bump reads the generation from Redis: it never
+    // sees the old entry (its first read is the entry written after the bump).
+    eventually("the post-bump write", WAIT, || {
+        caches[1].stats().cache.l2_writes >= 1
+    })
+    .await;
+    let late = instance(&mock, &redis).await;
+    assert_eq!(late.digest_with(&req, &a), caches[0].digest_with(&req, &a));
+    let got = late.chat_with(&req, &a).await.unwrap();
+    assert_eq!(got.status(), CacheStatus::HitL2);
+    assert_eq!(mock.calls(), 3);
+
+    // Without Redis the bump fails loudly, and this instance stops serving its L1.
+    drop(redis);
+    let err = caches[1]
+        .invalidate_namespace("tenant-b")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), llm_cache::ErrorKind::Redis, "{err}");
+    assert!(!in_l1(&caches[1], &req, &b).await);
+}
