@@ -194,7 +194,7 @@ macro_rules! config_setters {
             self
         }
 
-        /// Redis URL (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS).
+        /// Redis URL (`redis://[user:password@]host:port[/db]`; TLS `rediss://` is not supported yet).
         /// Without it the cache is L1-only.
         pub fn redis(mut self, url: impl Into<String>) -> Self {
             self.config.redis_url = Some(url.into());

@@ -3,7 +3,6 @@
 //! a relaxed atomic add on handles registered once: it must never take a lock or allocate
 //! on the hit path.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -178,26 +177,22 @@ pub(crate) const L2_ERRORS: &str = "ai_cache_l2_errors_total";
 /// Caches whose breaker is in each state (`closed`, `open`, `half_open`, `disabled`).
 pub(crate) const BREAKER_STATE: &str = "ai_cache_breaker_state";
 
-/// One L1 lookup in this many (per thread) is timed for `l1_get`. Timing every one would
-/// add two clock reads and a histogram push to a hit that costs a few hundred nanoseconds,
-/// and the Prometheus exporter buffers every pushed sample until its next upkeep.
-pub(crate) const L1_SAMPLE_EVERY: u32 = 64;
+/// One L1 lookup in this many is timed for `l1_get`. Timing every one would add two clock
+/// reads and a histogram push to a hit that costs a few hundred nanoseconds, and the
+/// Prometheus exporter buffers every pushed sample until its next upkeep.
+pub(crate) const L1_SAMPLE_EVERY: u64 = 64;
 
 /// How often the gauges (L1 size, entries, flights, breaker) are refreshed.
 const GAUGE_UPKEEP: Duration = Duration::from_secs(1);
 
-thread_local! {
-    static L1_TICK: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Whether this L1 lookup is one of the timed ones: a thread-local count, no shared write.
+/// Whether this L1 lookup is one of the timed ones: the hit count (a line the hit writes
+/// anyway) mixed with a byte of the key, so picking is one load and writes nothing. Hits move
+/// the count, so a hot key is timed one time in 64; while the count stands still (misses)
+/// the key picks, one key in 64.
 #[inline]
-pub(crate) fn sample_l1() -> bool {
-    L1_TICK.with(|tick| {
-        let n = tick.get().wrapping_add(1);
-        tick.set(n);
-        n % L1_SAMPLE_EVERY == 0
-    })
+pub(crate) fn sample_l1(l1_hits: &AtomicU64, digest: &Digest) -> bool {
+    let mix = l1_hits.load(Relaxed) ^ u64::from(digest.as_bytes()[31]);
+    mix.is_multiple_of(L1_SAMPLE_EVERY)
 }
 
 /// Records the time since it was made when dropped, so every way out of a scope (an error,
