@@ -57,7 +57,7 @@ pub(crate) fn lease_key(prefix: &str, digest: &Digest) -> String {
     key
 }
 
-pub(crate) async fn take(l2: &Guarded, key: &str, ttl: Duration) -> Take {
+pub(crate) async fn take(l2: &Arc<Guarded>, key: &str, ttl: Duration) -> Take {
     let token = format!("{:032x}", rand::rng().random::<u128>());
     match l2.set_nx(key, &token, ttl).await {
         Some(true) => Take::Held(Lease {
@@ -65,7 +65,18 @@ pub(crate) async fn take(l2: &Guarded, key: &str, ttl: Duration) -> Take {
             token,
         }),
         Some(false) => Take::Taken,
-        None => Take::Unavailable,
+        None => {
+            // The SET may have landed after the deadline: remove our token, if it is there,
+            // so other instances do not wait out a lease nobody holds.
+            release_later(
+                l2,
+                Lease {
+                    key: key.to_owned(),
+                    token,
+                },
+            );
+            Take::Unavailable
+        }
     }
 }
 
