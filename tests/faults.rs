@@ -474,8 +474,9 @@ async fn proxy_slices_replies() {
     println!(
         "faults: while sliced: reply_bytes={bytes} reply_writes={writes} l2_hits={hits} l2_errors={errors}"
     );
+    // Pieces of 1 to 7 bytes average 4 (fewer at the end of a read): allow 5.
     assert!(
-        writes * 4 >= bytes,
+        writes * 5 >= bytes,
         "replies were not sliced: {bytes} B in {writes} writes"
     );
     assert!(hits > 0, "no L2 hit was read from sliced replies");
