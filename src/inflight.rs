@@ -38,7 +38,7 @@ pub(crate) struct Leader<T: Clone> {
     digest: Digest,
     generation: u64,
     tx: watch::Sender<Outcome<T>>,
-    completed: bool,
+    outcome: Option<Result<T>>,
 }
 
 /// A caller attached to a flight.
@@ -78,7 +78,7 @@ impl<T: Clone + Send + Sync + 'static> Inflight<T> {
             digest,
             generation,
             tx,
-            completed: false,
+            outcome: None,
         })
     }
 }
@@ -105,27 +105,29 @@ impl<T: Clone + Send + Sync + 'static> Leader<T> {
         }
     }
 
-    /// Publish the outcome to every waiter, then retire the flight.
+    /// Retire the flight, then publish the outcome to every waiter attached to it.
     pub fn complete(mut self, outcome: Result<T>) {
-        self.tx.send_replace(Some(outcome));
-        self.completed = true;
-        // Drop removes the map entry.
+        self.outcome = Some(outcome);
+        // Drop does the rest.
     }
 }
 
 impl<T: Clone> Drop for Leader<T> {
     fn drop(&mut self) {
-        if !self.completed {
-            self.tx.send_replace(Some(Err(Error::new(
-                ErrorKind::FetchAborted,
-                "the flight's task ended before it produced a value",
-            ))));
-        }
-        // Publish before removal: anyone who joined meanwhile already holds a receiver
-        // that sees the outcome; anyone after removal finds the filled tier or a new flight.
+        // Remove before publishing: a caller that arrives after the outcome is known must
+        // never join this flight (it would receive an error it did not cause, or an answer
+        // looked up before it asked). Waiters already attached hold receivers, which see
+        // the outcome sent below; a later caller finds the filled tier or starts anew.
         self.inflight
             .flights
             .remove_if(&self.digest, |_, slot| slot.generation == self.generation);
+        let outcome = self.outcome.take().unwrap_or_else(|| {
+            Err(Error::new(
+                ErrorKind::FetchAborted,
+                "the flight's task ended before it produced a value",
+            ))
+        });
+        self.tx.send_replace(Some(outcome));
     }
 }
 

@@ -109,11 +109,31 @@ pub(crate) async fn hold<F: Future>(
 /// Release `lease` in the background (compare-and-delete: never someone else's).
 pub(crate) fn release_later(l2: &Arc<Guarded>, lease: Lease) {
     let l2 = Arc::clone(l2);
-    tokio::spawn(async move { release(&l2, lease).await });
+    tokio::spawn(async move { release_until_done(&l2, lease).await });
 }
 
-pub(crate) async fn release(l2: &Guarded, lease: Lease) {
-    l2.release(&lease.key, &lease.token).await;
+/// Release now; if Redis could not say (down, slow, breaker open), keep trying in the
+/// background, so a lease nobody holds does not make other flights wait out its TTL.
+pub(crate) async fn release(l2: &Arc<Guarded>, lease: Lease) {
+    if l2.release(&lease.key, &lease.token).await.is_none() {
+        release_later(l2, lease);
+    }
+}
+
+/// How long a background release keeps trying; past it the lease has expired anyway for
+/// every TTL but the longest, and those expire on their own.
+const RELEASE_RETRY_LIMIT: Duration = Duration::from_secs(60);
+
+async fn release_until_done(l2: &Guarded, lease: Lease) {
+    let give_up = Instant::now() + RELEASE_RETRY_LIMIT;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if l2.release(&lease.key, &lease.token).await.is_some() || Instant::now() >= give_up {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// Wait for the flight holding the lease at `key`: poll `read` (L2) with a backoff; when
