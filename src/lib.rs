@@ -7,6 +7,8 @@ mod cache;
 mod digest;
 pub mod envelope;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod inflight;
 mod invalidation;
