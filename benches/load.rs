@@ -471,6 +471,13 @@ async fn l2_vs_raw(budget: Budget, redis: &RedisServer) -> (Value, Value, Value,
     };
     // Short rounds in pairs: the machine's load drifts on a scale of seconds, so each pair
     // sees about the same machine, and the median of the pairs' ratios is the figure.
+    // `LOAD_BENCH_PROFILE=cache` (or `raw`): run only that side for the whole figure, so
+    // a profiler sees one path; the figures it prints then compare nothing.
+    match std::env::var("LOAD_BENCH_PROFILE").as_deref() {
+        Ok("cache") => _ = drive(CONCURRENCY, budget.run, l2_hit.clone()).await,
+        Ok("raw") => _ = drive(CONCURRENCY, budget.run, raw_get.clone()).await,
+        _ => {}
+    }
     let round = budget.run / budget.rounds;
     let (mut l2_rounds, mut raw_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for pair in 0..budget.rounds {

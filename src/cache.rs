@@ -233,17 +233,21 @@ impl LlmCache {
         } else {
             None
         };
-        let upstream = Arc::clone(&inner.upstream);
-        let calls = Arc::clone(&inner.upstream_calls);
-        let owned = request.clone();
-        let out = inner
-            .tiers
-            .get_or_fetch_with(digest, &control.fetch, move || async move {
+        // The fetch owns a copy of the request, made only when this caller's flight misses.
+        let make_fetch = || {
+            let upstream = Arc::clone(&inner.upstream);
+            let calls = Arc::clone(&inner.upstream_calls);
+            let owned = request.clone();
+            move || async move {
                 calls.fetch_add(1, Relaxed);
                 let response = upstream.chat(&owned).await?;
                 policy::check_response(&response)?;
                 Ok(response)
-            })
+            }
+        };
+        let out = inner
+            .tiers
+            .get_or_fetch_lazy(digest, &control.fetch, make_fetch)
             .await?;
         if out.status().is_hit() {
             counters.saved(out.status(), out.value());

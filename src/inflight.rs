@@ -1,7 +1,9 @@
 //! Single-flight: at most one flight per digest at a time, shared by every caller that
 //! misses meanwhile. The map entry is owned by the flight's leader handle; its drop removes
 //! the entry only when the generation still matches, so a cancelled, panicked or replaced
-//! leader can never leave a stuck entry, remove a newer flight, or strand a waiter.
+//! leader can never leave a stuck entry, remove a newer flight, or strand a waiter. A leader
+//! dropped before it has an outcome abandons the flight: its waiters are told to try again
+//! (one of them then leads), never handed an error that nobody's work produced.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,14 +13,26 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 
 use crate::digest::{Digest, DigestHasherBuilder};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 
-/// What a flight delivers to every caller attached to it: one value or one error.
-pub(crate) type Outcome<T> = Option<Result<T>>;
+/// What a flight delivers to every caller attached to it: one value or one error, or word
+/// that its leader went away before it had either.
+#[derive(Clone)]
+enum State<T> {
+    Pending,
+    Done(Result<T>),
+    Abandoned,
+}
+
+impl<T> State<T> {
+    fn is_settled(&self) -> bool {
+        !matches!(self, State::Pending)
+    }
+}
 
 struct Slot<T> {
     generation: u64,
-    rx: watch::Receiver<Outcome<T>>,
+    rx: watch::Receiver<State<T>>,
 }
 
 pub(crate) struct Inflight<T> {
@@ -37,13 +51,13 @@ pub(crate) struct Leader<T: Clone> {
     inflight: Arc<Inflight<T>>,
     digest: Digest,
     generation: u64,
-    tx: watch::Sender<Outcome<T>>,
+    tx: watch::Sender<State<T>>,
     outcome: Option<Result<T>>,
 }
 
 /// A caller attached to a flight.
 pub(crate) struct Waiter<T> {
-    rx: watch::Receiver<Outcome<T>>,
+    rx: watch::Receiver<State<T>>,
 }
 
 impl<T: Clone + Send + Sync + 'static> Inflight<T> {
@@ -59,7 +73,7 @@ impl<T: Clone + Send + Sync + 'static> Inflight<T> {
     /// not share an answer that was looked up before they asked).
     pub fn join_or_lead(self: &Arc<Self>, digest: Digest, replace: bool) -> Join<T> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(None);
+        let (tx, rx) = watch::channel(State::Pending);
         match self.flights.entry(digest) {
             Entry::Occupied(mut e) => {
                 if !replace {
@@ -121,26 +135,27 @@ impl<T: Clone> Drop for Leader<T> {
         self.inflight
             .flights
             .remove_if(&self.digest, |_, slot| slot.generation == self.generation);
-        let outcome = self.outcome.take().unwrap_or_else(|| {
-            Err(Error::new(
-                ErrorKind::FetchAborted,
-                "the flight's task ended before it produced a value",
-            ))
-        });
-        self.tx.send_replace(Some(outcome));
+        let state = match self.outcome.take() {
+            Some(outcome) => State::Done(outcome),
+            // Cancelled before it had an outcome (the caller leading in its own task went
+            // away, or the runtime shut down): the waiters take over.
+            None => State::Abandoned,
+        };
+        self.tx.send_replace(state);
     }
 }
 
 impl<T: Clone> Waiter<T> {
-    /// Wait for the flight's outcome.
-    pub async fn wait(mut self) -> Result<T> {
-        match self.rx.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone().expect("checked by wait_for"),
+    /// Wait for the flight's outcome; `None` when the flight was abandoned before it had
+    /// one, and the caller should join or lead a flight anew.
+    pub async fn wait(mut self) -> Option<Result<T>> {
+        match self.rx.wait_for(State::is_settled).await {
+            Ok(state) => match &*state {
+                State::Done(outcome) => Some(outcome.clone()),
+                State::Abandoned | State::Pending => None,
+            },
             // Unreachable in practice: the leader publishes before its sender drops.
-            Err(_) => Err(Error::new(
-                ErrorKind::FetchAborted,
-                "the flight ended without an outcome",
-            )),
+            Err(_) => None,
         }
     }
 }
@@ -165,11 +180,11 @@ mod tests {
         assert_eq!(inf.len(), 1);
         leader.complete(Ok(7));
         assert_eq!(inf.len(), 0);
-        assert_eq!(w.wait().await.unwrap(), 7);
+        assert_eq!(w.wait().await.unwrap().unwrap(), 7);
     }
 
     #[tokio::test]
-    async fn dropped_leader_fails_waiters_and_frees_the_slot() {
+    async fn dropped_leader_hands_the_flight_to_its_waiters() {
         let inf = Inflight::<u32>::new();
         let Join::Leader(leader) = inf.join_or_lead(d(2), false) else {
             panic!()
@@ -178,9 +193,30 @@ mod tests {
             panic!()
         };
         drop(leader);
-        assert!(w.wait().await.unwrap_err().is_fetch_aborted());
+        assert!(
+            w.wait().await.is_none(),
+            "an abandoned flight tells its waiters to try again"
+        );
         assert_eq!(inf.len(), 0);
         assert!(matches!(inf.join_or_lead(d(2), false), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn an_error_outcome_reaches_every_waiter() {
+        let inf = Inflight::<u32>::new();
+        let Join::Leader(leader) = inf.join_or_lead(d(4), false) else {
+            panic!()
+        };
+        let waiters: Vec<_> = (0..3)
+            .map(|_| match inf.join_or_lead(d(4), false) {
+                Join::Waiter(w) => w,
+                Join::Leader(_) => panic!("the flight is running"),
+            })
+            .collect();
+        leader.complete(Err(crate::error::Error::fetch_msg("no")));
+        for w in waiters {
+            assert_eq!(w.wait().await.unwrap().unwrap_err().message(), "no");
+        }
     }
 
     #[tokio::test]
@@ -202,7 +238,7 @@ mod tests {
             panic!()
         };
         new.complete(Ok(2));
-        assert_eq!(w.wait().await.unwrap(), 2);
+        assert_eq!(w.wait().await.unwrap().unwrap(), 2);
         assert_eq!(inf.len(), 0);
     }
 }

@@ -110,6 +110,11 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Take back one [`incr`](Self::incr) that turned out not to count.
+    pub fn decr(counter: &AtomicU64) {
+        counter.fetch_sub(1, Relaxed);
+    }
+
     /// Remember an L2 failure for `health()`, with any URL password in it hidden.
     pub fn note_l2_error(&self, op: &'static str, why: &str) {
         let last = crate::health::LastError::new(op, why);

@@ -1,6 +1,7 @@
 //! `TieredCache<V>`: L1 -> single-flight -> L2 -> fetch -> fill, for any serde value.
-//! It knows nothing about LLMs. The caller's future only waits: the flight's work runs in
-//! a detached task, so cancelling a caller never cancels a fetch that is paid for.
+//! It knows nothing about LLMs. A flight's leader looks in L1 and L2 from its own task (an
+//! L2 hit costs no task hop); a miss runs the fetch in a detached task, so cancelling a
+//! caller never cancels a fetch that is paid for.
 
 use std::fmt;
 use std::future::Future;
@@ -18,7 +19,7 @@ use crate::builder::{Config, TieredCacheBuilder};
 use crate::digest::Digest;
 use crate::envelope;
 use crate::error::{Error, ErrorKind, Result};
-use crate::inflight::{Inflight, Join};
+use crate::inflight::{Inflight, Join, Leader};
 use crate::invalidation::{self, AbortOnDrop, Invalidation};
 use crate::l1::{L1, L1Entry};
 use crate::l2::{Guarded, L2Read};
@@ -193,6 +194,18 @@ struct Landed<V> {
     origin: Origin,
 }
 
+impl<V> Landed<V> {
+    /// What the flight's leader answers: the status follows where the value came from.
+    fn cached(&self, digest: Digest) -> Cached<V> {
+        let status = match self.origin {
+            Origin::L1 => CacheStatus::HitL1,
+            Origin::L2 => CacheStatus::HitL2,
+            Origin::Fetched => CacheStatus::Miss,
+        };
+        Cached::new(Arc::clone(&self.value), status, self.created_at_ms, digest)
+    }
+}
+
 impl<V> Clone for Landed<V> {
     fn clone(&self) -> Self {
         Landed {
@@ -310,6 +323,24 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V>> + Send + 'static,
     {
+        self.get_or_fetch_lazy(digest, options, move || fetch).await
+    }
+
+    /// [`get_or_fetch_with`](Self::get_or_fetch_with) where the fetch itself is made only
+    /// when it will run: `make` is called (in the caller's task, at most once) when this
+    /// caller leads a flight that missed both tiers, so a caller that hits never pays for
+    /// what the fetch must own (such as a copy of the request).
+    pub(crate) async fn get_or_fetch_lazy<M, F, Fut>(
+        &self,
+        digest: Digest,
+        options: &FetchOptions,
+        make: M,
+    ) -> Result<Cached<V>>
+    where
+        M: FnOnce() -> F + Send,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V>> + Send + 'static,
+    {
         if !options.refresh
             && let Some(hit) = self.get(&digest).await
         {
@@ -318,65 +349,93 @@ where
         let inner = &self.inner;
         // Requests that went past L1: an L1 hit's whole time is `l1_get`.
         let _total = Timer::start(&inner.counters.exported.total);
-        let (waiter, led) = match inner.inflight.join_or_lead(digest, options.refresh) {
-            Join::Waiter(w) => {
-                Counters::incr(&inner.counters.coalesced);
-                inner.counters.exported.coalesced.increment(1);
-                (w, false)
+        let deadline = tokio::time::Instant::now() + inner.config.waiter_deadline;
+        loop {
+            let waiter = match inner.inflight.join_or_lead(digest, options.refresh) {
+                Join::Leader(leader) => {
+                    return self.lead(leader, digest, options, make, deadline).await;
+                }
+                Join::Waiter(w) => w,
+            };
+            Counters::incr(&inner.counters.coalesced);
+            inner.counters.exported.coalesced.increment(1);
+            match tokio::time::timeout_at(deadline, waiter.wait()).await {
+                Ok(Some(outcome)) => {
+                    let landed = outcome?;
+                    return Ok(Cached::new(
+                        landed.value,
+                        CacheStatus::Coalesced,
+                        landed.created_at_ms,
+                        digest,
+                    ));
+                }
+                // Its leader was cancelled during the lookup: join or lead anew. (The
+                // exported counter, monotonic, keeps the join.)
+                Ok(None) => Counters::decr(&inner.counters.coalesced),
+                Err(_) => return Err(inner.waiter_timed_out()),
             }
-            Join::Leader(leader) => {
-                let waiter = leader.waiter();
-                let task_inner = Arc::clone(inner);
-                let options = options.clone();
-                // The flight outlives its leader's call; its span says whose it is.
-                let flight_span = tracing::debug_span!(
-                    "llm_cache.flight",
-                    key = %ShortKey(digest),
-                    upstream_attempts = tracing::field::Empty,
-                );
-                tokio::spawn(async move {
-                    let work = Arc::clone(&task_inner).lead(digest, options, fetch);
-                    let work = tracing::Instrument::instrument(work, flight_span);
-                    let outcome = match AssertUnwindSafe(work).catch_unwind().await {
-                        Ok(outcome) => outcome,
-                        Err(panic) => {
-                            Counters::incr(&task_inner.counters.fetch_errors);
-                            Err(Error::new(
-                                ErrorKind::FetchAborted,
-                                format!("the fetch panicked: {}", panic_message(&*panic)),
-                            ))
-                        }
-                    };
-                    leader.complete(outcome);
-                });
-                (waiter, true)
-            }
-        };
-        let landed = match tokio::time::timeout(inner.config.waiter_deadline, waiter.wait()).await {
-            Ok(outcome) => outcome?,
-            Err(_) => {
-                Counters::incr(&inner.counters.waiter_timeouts);
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "gave up waiting for the flight after the waiter deadline ({:?})",
-                        inner.config.waiter_deadline
-                    ),
-                ));
-            }
-        };
-        let status = match (led, landed.origin) {
-            (false, _) => CacheStatus::Coalesced,
-            (true, Origin::L1) => CacheStatus::HitL1,
-            (true, Origin::L2) => CacheStatus::HitL2,
-            (true, Origin::Fetched) => CacheStatus::Miss,
-        };
-        Ok(Cached::new(
-            landed.value,
-            status,
-            landed.created_at_ms,
-            digest,
-        ))
+        }
+    }
+
+    /// Lead a flight. The lookup (L1 again, since a flight may have just landed, then L2)
+    /// runs in the caller's own task: an L2 hit costs no task hop. Cancelling the caller
+    /// there abandons the flight, and its waiters take over. A miss hands the fetch to a
+    /// detached task, so a fetch that is paid for outlives its caller.
+    async fn lead<M, F, Fut>(
+        &self,
+        leader: Leader<Landed<V>>,
+        digest: Digest,
+        options: &FetchOptions,
+        make: M,
+        deadline: tokio::time::Instant,
+    ) -> Result<Cached<V>>
+    where
+        M: FnOnce() -> F + Send,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V>> + Send + 'static,
+    {
+        let inner = &self.inner;
+        if !options.refresh
+            && let Some(landed) = inner.lookup(&digest).await
+        {
+            let out = landed.cached(digest);
+            leader.complete(Ok(landed));
+            return Ok(out);
+        }
+        let waiter = leader.waiter();
+        let fetch = make();
+        let task_inner = Arc::clone(inner);
+        let options = options.clone();
+        // The flight outlives its leader's call; its span says whose it is.
+        let flight_span = tracing::debug_span!(
+            "llm_cache.flight",
+            key = %ShortKey(digest),
+            upstream_attempts = tracing::field::Empty,
+        );
+        tokio::spawn(async move {
+            let work = Arc::clone(&task_inner).fill(digest, options, fetch);
+            let work = tracing::Instrument::instrument(work, flight_span);
+            let outcome = match AssertUnwindSafe(work).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(panic) => {
+                    Counters::incr(&task_inner.counters.fetch_errors);
+                    Err(Error::new(
+                        ErrorKind::FetchAborted,
+                        format!("the fetch panicked: {}", panic_message(&*panic)),
+                    ))
+                }
+            };
+            leader.complete(outcome);
+        });
+        match tokio::time::timeout_at(deadline, waiter.wait()).await {
+            Ok(Some(outcome)) => outcome.map(|landed| landed.cached(digest)),
+            // The task was dropped unfinished: only a runtime shutting down does that.
+            Ok(None) => Err(Error::new(
+                ErrorKind::FetchAborted,
+                "the flight's task ended before it produced a value",
+            )),
+            Err(_) => Err(inner.waiter_timed_out()),
+        }
     }
 
     /// The value in L1, if any. Never goes to the network.
@@ -536,8 +595,33 @@ where
         key
     }
 
-    /// The flight's work: L1 again (a flight may have just landed), L2, then the fetch.
-    async fn lead<F, Fut>(
+    fn waiter_timed_out(&self) -> Error {
+        Counters::incr(&self.counters.waiter_timeouts);
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "gave up waiting for the flight after the waiter deadline ({:?})",
+                self.config.waiter_deadline
+            ),
+        )
+    }
+
+    /// A flight's lookup: L1 again (a flight may have just landed), then L2.
+    async fn lookup(&self, digest: &Digest) -> Option<Landed<V>> {
+        if let Some(entry) = self.l1.get(digest).await {
+            Counters::incr(&self.counters.l1_hits);
+            return Some(Landed {
+                value: entry.value,
+                created_at_ms: entry.created_at_ms,
+                origin: Origin::L1,
+            });
+        }
+        self.read_l2(digest).await
+    }
+
+    /// A flight's work after its lookup missed: coordinate with other instances, fetch,
+    /// fill both tiers.
+    async fn fill<F, Fut>(
         self: Arc<Self>,
         digest: Digest,
         options: FetchOptions,
@@ -547,19 +631,6 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V>> + Send + 'static,
     {
-        if !options.refresh {
-            if let Some(entry) = self.l1.get(&digest).await {
-                Counters::incr(&self.counters.l1_hits);
-                return Ok(Landed {
-                    value: entry.value,
-                    created_at_ms: entry.created_at_ms,
-                    origin: Origin::L1,
-                });
-            }
-            if let Some(landed) = self.read_l2(&digest).await {
-                return Ok(landed);
-            }
-        }
         // Across instances: take the lease, or wait for the instance that holds it.
         let mut lease = match self.coordinate(&digest, &options).await {
             Ok(landed) => return Ok(landed),

@@ -296,6 +296,46 @@ async fn aborted_leader_does_not_cancel_the_flight() {
 }
 
 #[tokio::test]
+async fn leader_cancelled_in_its_lookup_hands_the_flight_to_a_waiter() {
+    let server = RedisServer::start();
+    // A deadline longer than the test: the lookup waits on the paused server until resumed.
+    let c = TieredCache::<String>::builder()
+        .redis(server.url())
+        .l2_deadline(Duration::from_secs(60))
+        .leases(false)
+        .build()
+        .await
+        .expect("build");
+    let calls = Arc::new(AtomicUsize::new(0));
+    c.get_or_fetch(key(300), counted(&calls, "connected"))
+        .await
+        .unwrap();
+    server.pause();
+    let spawn_caller = |value: &str| {
+        let (c, fetch) = (c.clone(), counted(&calls, value));
+        tokio::spawn(async move { c.get_or_fetch(key(301), fetch).await })
+    };
+    let leader = spawn_caller("from-leader");
+    eventually("the leader's lookup is out", WAIT, || c.inflight() == 1).await;
+    let waiter = spawn_caller("from-waiter");
+    eventually("a waiter joined", WAIT, || c.stats().coalesced == 1).await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    eventually("the waiter leads the flight now", WAIT, || {
+        c.stats().coalesced == 0 && c.inflight() == 1
+    })
+    .await;
+    server.resume();
+    let got = waiter.await.unwrap().expect("the waiter's own flight");
+    assert_eq!(
+        (got.status(), got.value().as_str()),
+        (CacheStatus::Miss, "from-waiter")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one fetch per key");
+    assert_eq!(c.inflight(), 0);
+}
+
+#[tokio::test]
 async fn panicking_fetch_fails_every_waiter_and_is_not_cached() {
     let server = RedisServer::start();
     let c = cache(&server).await;

@@ -197,7 +197,8 @@ pub(crate) fn validate(config: &Config) -> Result<()> {
             format!("{:?} is out of range: 100 ms ..= 1 h", t.lease_ttl),
         ));
     }
-    if t.lease_ttl < config.l2_deadline * 4 {
+    // Only leases need renewing in time: with them off, any deadline goes.
+    if t.leases && t.lease_ttl < config.l2_deadline * 4 {
         return Err(Error::config(
             "lease_ttl",
             format!(
