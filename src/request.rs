@@ -1,6 +1,9 @@
 //! OpenAI-compatible chat types. Every struct keeps the fields it does not name in
 //! `extra` and writes them back, so no provider parameter or response field is lost.
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -10,7 +13,7 @@ use crate::error::{Error, Result};
 pub type Extra = Map<String, Value>;
 
 /// A `/chat/completions` request body.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ChatRequest {
     /// The model name, e.g. `gpt-4.1`.
     #[serde(default)]
@@ -93,7 +96,7 @@ impl ChatRequest {
 }
 
 /// One message of a conversation, or the message of a choice in a response.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ChatMessage {
     /// `system`, `developer`, `user`, `assistant`, `tool`...
     #[serde(default)]
@@ -155,7 +158,7 @@ impl ChatMessage {
 }
 
 /// Message content: a plain string, or a list of typed parts (text, image_url, ...).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Content {
     /// Plain text.
@@ -165,7 +168,7 @@ pub enum Content {
 }
 
 /// A tool call made by the assistant.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ToolCall {
     /// The call's id, echoed by the `tool` message that answers it.
     #[serde(default)]
@@ -186,7 +189,7 @@ fn function_type() -> String {
 }
 
 /// The function a tool call names, with its JSON arguments as text.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct FunctionCall {
     /// Function name.
     #[serde(default)]
@@ -200,7 +203,7 @@ pub struct FunctionCall {
 }
 
 /// A `/chat/completions` response body.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ChatResponse {
     /// Completion id.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -240,7 +243,7 @@ impl ChatResponse {
 }
 
 /// One answer of a response.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Choice {
     /// Position among the choices.
     #[serde(default)]
@@ -257,7 +260,7 @@ pub struct Choice {
 }
 
 /// Token counts of one call.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Usage {
     /// Input tokens.
     #[serde(default)]
@@ -271,6 +274,181 @@ pub struct Usage {
     /// Every other field (token details...).
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+// Deserialization is written out (by `keeping_extra!`) rather than derived: serde's
+// `#[serde(flatten)]` buffers the whole object into an intermediate tree before it fills
+// the struct, which doubled the cost of decoding every cached answer (an L2 hit is mostly
+// that decode). The visitor below reads each field once, straight into place; what it does
+// not name goes to `extra`. A missing field takes its default; a repeated one is an error.
+
+/// An object key, borrowed from the input when it has no escapes.
+enum Key<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(s) => s,
+            Key::Owned(s) => s,
+        }
+    }
+
+    fn into_owned(self) -> String {
+        match self {
+            Key::Borrowed(s) => s.to_owned(),
+            Key::Owned(s) => s,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(
+                self,
+                v: &'de str,
+            ) -> std::result::Result<Key<'de>, E> {
+                Ok(Key::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+                Ok(Key::Owned(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Key<'de>, E> {
+                Ok(Key::Owned(v))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// `impl Deserialize` for a struct of named fields plus `extra: Extra`:
+/// `field: "json name" => default`.
+macro_rules! keeping_extra {
+    ($ty:ident { $($field:ident : $name:literal => $default:expr),+ $(,)? }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                struct ObjectVisitor;
+                impl<'de> Visitor<'de> for ObjectVisitor {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a JSON object (", stringify!($ty), ")"))
+                    }
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> std::result::Result<$ty, A::Error> {
+                        $(let mut $field = None;)+
+                        let mut extra = Extra::new();
+                        while let Some(key) = map.next_key::<Key<'de>>()? {
+                            match key.as_str() {
+                                $($name => {
+                                    if $field.is_some() {
+                                        return Err(de::Error::duplicate_field($name));
+                                    }
+                                    $field = Some(map.next_value()?);
+                                })+
+                                _ => {
+                                    let value = map.next_value()?;
+                                    extra.insert(key.into_owned(), value);
+                                }
+                            }
+                        }
+                        Ok($ty {
+                            $($field: $field.unwrap_or_else(|| $default),)+
+                            extra,
+                        })
+                    }
+                }
+                d.deserialize_map(ObjectVisitor)
+            }
+        }
+    };
+}
+
+keeping_extra!(ChatRequest {
+    model: "model" => String::new(),
+    messages: "messages" => Vec::new(),
+    temperature: "temperature" => None,
+    stream: "stream" => None,
+    stream_options: "stream_options" => None,
+});
+
+keeping_extra!(ChatMessage {
+    role: "role" => String::new(),
+    content: "content" => None,
+    name: "name" => None,
+    tool_calls: "tool_calls" => None,
+    tool_call_id: "tool_call_id" => None,
+});
+
+keeping_extra!(ToolCall {
+    id: "id" => String::new(),
+    kind: "type" => function_type(),
+    function: "function" => FunctionCall::default(),
+});
+
+keeping_extra!(FunctionCall {
+    name: "name" => String::new(),
+    arguments: "arguments" => String::new(),
+});
+
+keeping_extra!(ChatResponse {
+    id: "id" => String::new(),
+    object: "object" => String::new(),
+    created: "created" => 0,
+    model: "model" => String::new(),
+    choices: "choices" => Vec::new(),
+    usage: "usage" => None,
+    system_fingerprint: "system_fingerprint" => None,
+});
+
+keeping_extra!(Choice {
+    index: "index" => 0,
+    message: "message" => ChatMessage::default(),
+    finish_reason: "finish_reason" => None,
+});
+
+keeping_extra!(Usage {
+    prompt_tokens: "prompt_tokens" => 0,
+    completion_tokens: "completion_tokens" => 0,
+    total_tokens: "total_tokens" => 0,
+});
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("message content: a string or an array of content parts")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Content, E> {
+                Ok(Content::Text(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Content, E> {
+                Ok(Content::Text(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Content, A::Error> {
+                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        d.deserialize_any(ContentVisitor)
+    }
 }
 
 #[cfg(test)]
@@ -314,5 +492,42 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message().contains("`messages[1].role`"), "{e}");
+    }
+
+    #[test]
+    fn missing_fields_take_their_defaults() {
+        let r: ChatResponse = serde_json::from_str("{}").unwrap();
+        assert_eq!(r, ChatResponse::default());
+        let c: ToolCall = serde_json::from_str(r#"{"id":"t"}"#).unwrap();
+        assert_eq!((c.id.as_str(), c.kind.as_str()), ("t", "function"));
+        let m: ChatMessage = serde_json::from_str(r#"{"role":"a","content":null}"#).unwrap();
+        assert_eq!((m.role.as_str(), m.content), ("a", None));
+    }
+
+    #[test]
+    fn escaped_keys_still_name_their_field() {
+        let r: ChatRequest =
+            serde_json::from_str(r#"{"mo\u0064el":"m","x\ty":1,"messages":[]}"#).unwrap();
+        assert_eq!(r.model, "m");
+        assert_eq!(r.extra.get("x\ty"), Some(&Value::from(1)));
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_that_say_what_was_expected() {
+        let e = serde_json::from_str::<ChatResponse>(r#"{"id":"a","id":"b"}"#).unwrap_err();
+        assert!(e.to_string().contains("duplicate field `id`"), "{e}");
+        let e = serde_json::from_str::<ChatMessage>(r#"{"role":"u","content":5}"#).unwrap_err();
+        assert!(e.to_string().contains("a string or an array"), "{e}");
+        let e = serde_json::from_str::<ChatRequest>(r#"{"model":null}"#).unwrap_err();
+        assert!(e.to_string().contains("expected a string"), "{e}");
+        let e = serde_json::from_str::<ChatResponse>("[1]").unwrap_err();
+        assert!(
+            e.to_string().contains("a JSON object (ChatResponse)"),
+            "{e}"
+        );
+        let parts: ChatMessage =
+            serde_json::from_str(r#"{"role":"u","content":[{"type":"text","text":"hi"}]}"#)
+                .unwrap();
+        assert_eq!(parts.text().as_deref(), Some("hi"));
     }
 }
