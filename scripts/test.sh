@@ -44,6 +44,10 @@ RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --no-deps --all-features
 section "cargo test --all-features (unit, integration, doc tests)"
 cargo test --all-features
 
+# Without the default features `rediss://` must be refused with a clear error (a unit test).
+section "cargo test --no-default-features --lib"
+cargo test --no-default-features --lib
+
 section "fuzz"
 if [ -f fuzz/Cargo.toml ] && [ -f scripts/fuzz.sh ]; then
     bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

@@ -194,10 +194,36 @@ macro_rules! config_setters {
             self
         }
 
-        /// Redis URL (`redis://[user:password@]host:port[/db]`; TLS `rediss://` is not supported yet).
-        /// Without it the cache is L1-only.
+        /// Redis URL: `redis://[user:password@]host:port[/db]`, or over TLS
+        /// `rediss://[user:password@]host:port[/db]` (needs the `tls` feature, on by default:
+        /// without it `build()` fails naming the URL). TLS checks the server's certificate against the
+        /// system's roots, or [`redis_tls_root_ca`](Self::redis_tls_root_ca);
+        /// `rediss://...#insecure` checks nothing (tests only). Without a URL the cache is
+        /// L1-only.
         pub fn redis(mut self, url: impl Into<String>) -> Self {
             self.config.redis_url = Some(url.into());
+            self
+        }
+
+        /// Trust these CA certificates (PEM, one or more) for `rediss://` addresses instead
+        /// of the system's roots: a private CA, or a self-signed server certificate. Used for
+        /// the server, the sentinels and their master, and every Cluster node. Needs the `tls`
+        /// feature and a `rediss://` address.
+        pub fn redis_tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+            self.config.topology.tls.root_ca = Some(pem.into());
+            self
+        }
+
+        /// Present this client certificate chain and its private key (PEM) on every
+        /// `rediss://` connection, for servers that require one (`tls-auth-clients yes`).
+        /// The key is never shown, in errors or in `Debug`. Needs the `tls` feature and a
+        /// `rediss://` address.
+        pub fn redis_tls_client_cert(
+            mut self,
+            cert_pem: impl Into<Vec<u8>>,
+            key_pem: impl Into<Vec<u8>>,
+        ) -> Self {
+            self.config.topology.tls.client_cert = Some((cert_pem.into(), key_pem.into()));
             self
         }
 
@@ -250,7 +276,8 @@ macro_rules! config_setters {
 
         /// Use the master that Redis Sentinel monitors under `master_name`, found through any
         /// of `sentinels` (`host:port`, or `redis://[:password@]host:port`). The cache asks
-        /// again after a failover. Instead of [`redis`](Self::redis) or
+        /// again after a failover. With `rediss://` sentinels (feature `tls`) the master is
+        /// reached over TLS too. Instead of [`redis`](Self::redis) or
         /// [`cluster`](Self::cluster).
         pub fn sentinel<I, S>(mut self, master_name: impl Into<String>, sentinels: I) -> Self
         where
@@ -270,8 +297,9 @@ macro_rules! config_setters {
         }
 
         /// Use a Redis Cluster, found through any of `seed_nodes` (`host:port` or
-        /// `redis://[:password@]host:port`). A node that is down makes only its own keys
-        /// miss. Instead of [`redis`](Self::redis) or [`sentinel`](Self::sentinel).
+        /// `redis://[:password@]host:port`; `rediss://` for TLS to every node, feature `tls`).
+        /// A node that is down makes only its own keys miss. Instead of
+        /// [`redis`](Self::redis) or [`sentinel`](Self::sentinel).
         pub fn cluster<I, S>(mut self, seed_nodes: I) -> Self
         where
             I: IntoIterator<Item = S>,

@@ -2,7 +2,8 @@
 //! topology refresh), made lazily in the background, plus what it lacks for a cache: a
 //! node that fails is marked down for a cool-down, and its keys fail at once as
 //! [`L2Error::NodeDown`] (a miss), while the other nodes' keys keep hitting. The guard's
-//! breaker, which would stop using the whole cluster, does not count those failures.
+//! breaker, which would stop using the whole cluster, does not count those failures. With
+//! `rediss://` seeds every node is reached over TLS, with the same certificates.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,9 +14,10 @@ use futures_util::future::BoxFuture;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisError, Value};
+use redis::{Client, ConnectionInfo, RedisError, Value};
 use tokio::sync::Notify;
 
+use super::tls::{self, TlsSettings};
 use super::{L2Error, RemoteStore, Subscription, commands, inspect};
 use crate::error::{Error, Result, redact_url};
 
@@ -101,6 +103,7 @@ impl ClusterStore {
     /// Prepare the client for `seeds` (already validated); no connection is made here.
     pub fn open(
         seeds: Vec<ConnectionInfo>,
+        certs: &TlsSettings,
         shown: &[String],
         deadline: Duration,
         cooldown: Duration,
@@ -116,6 +119,9 @@ impl ClusterStore {
             .tcp_settings(TcpSettings::default().set_nodelay(true));
         if let Some(p) = &password {
             builder = builder.password(p);
+        }
+        if let Some(first) = seeds.first() {
+            builder = tls::cluster_tls(builder, first, certs);
         }
         let client = builder.build().map_err(|e| {
             Error::config(
@@ -331,7 +337,7 @@ impl Shared {
                 let (host, port) = m.rsplit_once(':')?;
                 let port = port.parse::<u16>().ok()?;
                 super::topology::with_auth(
-                    (host.to_owned(), port).into_connection_info(),
+                    tls::node_like(host.to_owned(), port, self.seeds.first()?),
                     self.password.as_deref(),
                 )
                 .ok()

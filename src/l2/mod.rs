@@ -9,6 +9,7 @@ pub(crate) mod inspect;
 mod pubsub;
 mod redis;
 mod sentinel;
+mod tls;
 mod topology;
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
-//! The Redis store: one multiplexed connection with TCP_NODELAY, made lazily in the
-//! background and remade after it breaks. It never waits on the redis crate's own
-//! reconnect logic: a missing connection is an immediate error the guard counts.
+//! The Redis store: one multiplexed connection (TCP_NODELAY; TLS for `rediss://`), made
+//! lazily in the background and remade after it breaks. It never waits on the redis crate's
+//! own reconnect logic: a missing connection is an immediate error the guard counts.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,6 +13,7 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
 use tokio::sync::Notify;
 
 use super::sentinel::{Resolver, watch_switches};
+use super::tls::{self, TlsSettings};
 use super::{L2Error, RemoteStore, Subscription, commands, inspect};
 use crate::error::{Error, Result, redact_url};
 
@@ -28,7 +29,8 @@ pub(crate) struct RedisStore {
 
 /// Where connections go: one fixed server, or whatever the sentinels name as master.
 enum Target {
-    Fixed(Client),
+    /// Boxed: a TLS client's connection info is large, and `Sentinel` is one pointer.
+    Fixed(Box<Client>),
     Sentinel(Arc<Resolver>),
 }
 
@@ -46,8 +48,9 @@ struct Shared {
 }
 
 impl RedisStore {
-    /// Validate `url` and prepare the client; no connection is made here.
-    pub fn open(url: &str) -> Result<Self> {
+    /// Validate `url` and prepare the client (with the builder's TLS certificates for a
+    /// `rediss://` URL); no connection is made here.
+    pub fn open(url: &str, certs: &TlsSettings) -> Result<Self> {
         let described = redact_url(url);
         let info = url.into_connection_info().map_err(|e| {
             Error::config(
@@ -58,14 +61,24 @@ impl RedisStore {
                 ),
             )
         })?;
+        let info = tls::with_certs(info, certs).map_err(|e| {
+            Error::config(
+                "redis_url",
+                format!("`{described}`: {}", redact_err(&e, url)),
+            )
+        })?;
         let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        tls::prepare(std::slice::from_ref(&info), &described);
         let client = Client::open(info).map_err(|e| {
             Error::config(
                 "redis_url",
                 format!("`{described}` is not usable: {}", redact_err(&e, url)),
             )
         })?;
-        Ok(RedisStore::with_target(Target::Fixed(client), described))
+        Ok(RedisStore::with_target(
+            Target::Fixed(Box::new(client)),
+            described,
+        ))
     }
 
     /// A store for the master the sentinels name; it follows failovers.
@@ -345,7 +358,7 @@ impl RemoteStore for RedisStore {
     ) -> BoxFuture<'a, Result<Subscription, L2Error>> {
         Box::pin(async move {
             let client = match &self.shared.target {
-                Target::Fixed(client) => client.clone(),
+                Target::Fixed(client) => (**client).clone(),
                 Target::Sentinel(resolver) => {
                     tokio::time::timeout(timeout, resolver.master_client())
                         .await

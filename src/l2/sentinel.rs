@@ -3,6 +3,7 @@
 //! `+switch-master`, so this module does: the store connects through [`Resolver::connect`]
 //! (after a broken connection or a READONLY reply it connects again, which asks again), and
 //! [`watch_switches`] drops the connection as soon as a sentinel announces a new master.
+//! With `rediss://` sentinels, the master is reached over TLS too, with the same certificates.
 //! Nothing here may block a request: every step has a short timeout.
 
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, Value};
+use redis::{AsyncConnectionConfig, Client, ConnectionInfo, Value};
 
 use super::pubsub::Subscription;
+use super::tls;
 use super::topology::with_auth;
 
 /// How long one sentinel may take to connect and answer.
@@ -85,11 +87,12 @@ impl Resolver {
             .await
     }
 
-    /// A client for the node the sentinels name as master now (not yet checked).
+    /// A client for the node the sentinels name as master now (not yet checked), reached the
+    /// way the sentinels are: TLS (same mode and certificates) when they use it.
     pub async fn master_client(&self) -> Result<(Client, String), String> {
         let (host, port) = self.master_addr().await?;
         let info = with_auth(
-            (host.clone(), port).into_connection_info(),
+            tls::node_like(host.clone(), port, &self.sentinels[0]),
             self.node_password.as_deref(),
         )
         .map_err(|e| e.to_string())?;

@@ -1,6 +1,6 @@
-//! How the cache reaches Redis (one server, a Sentinel-managed master, or a Cluster) and
-//! the scale-out settings that go with it (leases, the invalidation channel). Validated in
-//! `build()`; a password is never shown, in errors or in `Debug`.
+//! How the cache reaches Redis (one server, a Sentinel-managed master, or a Cluster, over
+//! TCP or TLS) and the scale-out settings that go with it (leases, the invalidation channel).
+//! Validated in `build()`; a password or a private key is never shown, in errors or `Debug`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use super::RemoteStore;
 use super::cluster::ClusterStore;
 use super::redis::RedisStore;
 use super::sentinel::Resolver;
+use super::tls::{self, TlsSettings};
 use crate::builder::Config;
 use crate::error::{Error, Result, redact_url};
 
@@ -32,6 +33,8 @@ pub(crate) struct Topology {
     pub lease_ttl: Duration,
     /// Listen on the invalidation channel and drop what other instances invalidate.
     pub invalidation: bool,
+    /// CA and client certificate for `rediss://` addresses (feature `tls`).
+    pub tls: TlsSettings,
 }
 
 impl Default for Topology {
@@ -45,6 +48,7 @@ impl Default for Topology {
             leases: true,
             lease_ttl: Duration::from_secs(10),
             invalidation: true,
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -65,14 +69,21 @@ impl fmt::Debug for Topology {
             .field("leases", &self.leases)
             .field("lease_ttl", &self.lease_ttl)
             .field("invalidation", &self.invalidation)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
-/// `host:port` or `redis://[user:password@]host:port[/db]` to connection info, with
-/// `password` when the address carries none, and TCP_NODELAY.
-fn node_info(knob: &str, addr: &str, password: Option<&str>) -> Result<ConnectionInfo> {
+/// `host:port` or `redis[s]://[user:password@]host:port[/db]` to connection info, with
+/// `password` when the address carries none, the builder's TLS certificates, and TCP_NODELAY.
+fn node_info(
+    knob: &str,
+    addr: &str,
+    password: Option<&str>,
+    certs: &TlsSettings,
+) -> Result<ConnectionInfo> {
     let shown = redact_url(addr);
+    tls::check_supported(knob, addr)?;
     let info = if addr.contains("://") {
         addr.into_connection_info().map_err(|e| {
             Error::config(
@@ -99,13 +110,34 @@ fn node_info(knob: &str, addr: &str, password: Option<&str>) -> Result<Connectio
             .into_connection_info()
             .expect("a host and a port always make connection info")
     };
-    if !matches!(info.addr(), ConnectionAddr::Tcp(..)) {
+    if !matches!(
+        info.addr(),
+        ConnectionAddr::Tcp(..) | ConnectionAddr::TcpTls { .. }
+    ) {
         return Err(Error::config(
             knob,
-            format!("`{shown}`: only plain TCP addresses are supported here"),
+            format!("`{shown}`: only TCP and TLS addresses are supported here"),
         ));
     }
+    let info = tls::with_certs(info, certs)
+        .map_err(|e| Error::config(knob, format!("`{shown}`: {}", e.kind_str())))?;
     with_auth(Ok(info), password).map_err(|e| Error::config(knob, e.kind_str()))
+}
+
+/// Every address of one store must use the same scheme (and the same `#insecure`): the
+/// nodes found at run time are reached the way the configured ones are.
+fn same_tls(knob: &str, infos: &[ConnectionInfo]) -> Result<()> {
+    if infos
+        .windows(2)
+        .any(|w| tls::mode(&w[0]) != tls::mode(&w[1]))
+    {
+        return Err(Error::config(
+            knob,
+            "the addresses mix TLS and plain TCP (or `#insecure` and verified TLS): give them \
+             all the same scheme",
+        ));
+    }
+    Ok(())
 }
 
 trait KindStr {
@@ -159,6 +191,14 @@ pub(crate) fn validate(config: &Config) -> Result<()> {
             "give one of `redis`, `sentinel` and `cluster`, not several",
         ));
     }
+    if let Some(url) = &config.redis_url {
+        tls::check_supported("redis_url", url)?;
+    }
+    // The certificates first, so a bad one is named as such, not as a bad address.
+    let any_tls = config.redis_url.iter().any(|u| tls::is_tls(u))
+        || (sentinel && t.sentinels.iter().any(|s| tls::is_tls(s)))
+        || t.cluster_nodes.iter().any(|n| tls::is_tls(n));
+    tls::validate(&t.tls, any_tls)?;
     non_empty_password("sentinel_password", &t.sentinel_password)?;
     non_empty_password("redis_password", &t.redis_password)?;
     if let Some(master) = &t.sentinel_master {
@@ -174,16 +214,22 @@ pub(crate) fn validate(config: &Config) -> Result<()> {
                 "give at least one sentinel address",
             ));
         }
-        for s in &t.sentinels {
-            node_info("sentinel", s, None)?;
-        }
+        let infos = t
+            .sentinels
+            .iter()
+            .map(|s| node_info("sentinel", s, None, &t.tls))
+            .collect::<Result<Vec<_>>>()?;
+        same_tls("sentinel", &infos)?;
     } else if t.sentinel_password.is_some() {
         return Err(Error::config("sentinel_password", "set without `sentinel`"));
     }
     if cluster {
-        for n in &t.cluster_nodes {
-            node_info("cluster", n, None)?;
-        }
+        let infos = t
+            .cluster_nodes
+            .iter()
+            .map(|n| node_info("cluster", n, None, &t.tls))
+            .collect::<Result<Vec<_>>>()?;
+        same_tls("cluster", &infos)?;
     }
     if t.redis_password.is_some() && !(sentinel || cluster) {
         return Err(Error::config(
@@ -217,7 +263,7 @@ pub(crate) async fn open_store(config: &Config) -> Result<Option<Box<dyn RemoteS
     let wait = config.l2_deadline.max(Duration::from_millis(200));
     let t = &config.topology;
     if let Some(url) = &config.redis_url {
-        let store = RedisStore::open(url)?;
+        let store = RedisStore::open(url, &t.tls)?;
         store.connect_in_background();
         if !store.wait_connected(wait).await {
             tracing::warn!(redis = %redact_url(url), "redis is not reachable yet: running L1-only until it answers");
@@ -228,8 +274,9 @@ pub(crate) async fn open_store(config: &Config) -> Result<Option<Box<dyn RemoteS
         let sentinels = t
             .sentinels
             .iter()
-            .map(|s| node_info("sentinel", s, t.sentinel_password.as_deref()))
+            .map(|s| node_info("sentinel", s, t.sentinel_password.as_deref(), &t.tls))
             .collect::<Result<Vec<_>>>()?;
+        tls::prepare(&sentinels, &format!("sentinel master `{master}`"));
         let resolver = Arc::new(Resolver::new(
             master.clone(),
             sentinels,
@@ -246,10 +293,12 @@ pub(crate) async fn open_store(config: &Config) -> Result<Option<Box<dyn RemoteS
         let nodes = t
             .cluster_nodes
             .iter()
-            .map(|n| node_info("cluster", n, t.redis_password.as_deref()))
+            .map(|n| node_info("cluster", n, t.redis_password.as_deref(), &t.tls))
             .collect::<Result<Vec<_>>>()?;
+        tls::prepare(&nodes, "cluster");
         let store = ClusterStore::open(
             nodes,
+            &t.tls,
             &t.cluster_nodes,
             config.l2_deadline,
             config.breaker_cooldown,

@@ -4,6 +4,8 @@
 
 pub mod proxy;
 pub mod redis;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod topology;
 pub mod upstream;
 
