@@ -5,34 +5,48 @@
 //! dropped before it has an outcome abandons the flight: its waiters are told to try again
 //! (one of them then leads), never handed an error that nobody's work produced.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::digest::{Digest, DigestHasherBuilder};
 use crate::error::Result;
 
 /// What a flight delivers to every caller attached to it: one value or one error, or word
 /// that its leader went away before it had either.
-#[derive(Clone)]
 enum State<T> {
     Pending,
     Done(Result<T>),
     Abandoned,
 }
 
-impl<T> State<T> {
-    fn is_settled(&self) -> bool {
-        !matches!(self, State::Pending)
+/// One flight's outcome, shared by its leader and its waiters: set once, then announced.
+/// (Lighter than a `watch` channel, whose eight-way notifier every L2 hit would pay for.)
+struct Flight<T> {
+    state: Mutex<State<T>>,
+    settled: Notify,
+}
+
+impl<T> Flight<T> {
+    fn new() -> Arc<Self> {
+        Arc::new(Flight {
+            state: Mutex::new(State::Pending),
+            settled: Notify::new(),
+        })
+    }
+
+    fn settle(&self, state: State<T>) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+        self.settled.notify_waiters();
     }
 }
 
 struct Slot<T> {
     generation: u64,
-    rx: watch::Receiver<State<T>>,
+    flight: Arc<Flight<T>>,
 }
 
 pub(crate) struct Inflight<T> {
@@ -51,13 +65,13 @@ pub(crate) struct Leader<T: Clone> {
     inflight: Arc<Inflight<T>>,
     digest: Digest,
     generation: u64,
-    tx: watch::Sender<State<T>>,
+    flight: Arc<Flight<T>>,
     outcome: Option<Result<T>>,
 }
 
 /// A caller attached to a flight.
 pub(crate) struct Waiter<T> {
-    rx: watch::Receiver<State<T>>,
+    flight: Arc<Flight<T>>,
 }
 
 impl<T: Clone + Send + Sync + 'static> Inflight<T> {
@@ -73,25 +87,34 @@ impl<T: Clone + Send + Sync + 'static> Inflight<T> {
     /// not share an answer that was looked up before they asked).
     pub fn join_or_lead(self: &Arc<Self>, digest: Digest, replace: bool) -> Join<T> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(State::Pending);
-        match self.flights.entry(digest) {
+        let flight = match self.flights.entry(digest) {
             Entry::Occupied(mut e) => {
                 if !replace {
                     return Join::Waiter(Waiter {
-                        rx: e.get().rx.clone(),
+                        flight: Arc::clone(&e.get().flight),
                     });
                 }
-                e.insert(Slot { generation, rx });
+                let flight = Flight::new();
+                e.insert(Slot {
+                    generation,
+                    flight: Arc::clone(&flight),
+                });
+                flight
             }
             Entry::Vacant(e) => {
-                e.insert(Slot { generation, rx });
+                let flight = Flight::new();
+                e.insert(Slot {
+                    generation,
+                    flight: Arc::clone(&flight),
+                });
+                flight
             }
-        }
+        };
         Join::Leader(Leader {
             inflight: Arc::clone(self),
             digest,
             generation,
-            tx,
+            flight,
             outcome: None,
         })
     }
@@ -115,7 +138,7 @@ impl<T: Clone + Send + Sync + 'static> Leader<T> {
     /// A waiter on this leader's own flight.
     pub fn waiter(&self) -> Waiter<T> {
         Waiter {
-            rx: self.tx.subscribe(),
+            flight: Arc::clone(&self.flight),
         }
     }
 
@@ -141,21 +164,30 @@ impl<T: Clone> Drop for Leader<T> {
             // away, or the runtime shut down): the waiters take over.
             None => State::Abandoned,
         };
-        self.tx.send_replace(state);
+        self.flight.settle(state);
     }
 }
 
 impl<T: Clone> Waiter<T> {
     /// Wait for the flight's outcome; `None` when the flight was abandoned before it had
     /// one, and the caller should join or lead a flight anew.
-    pub async fn wait(mut self) -> Option<Result<T>> {
-        match self.rx.wait_for(State::is_settled).await {
-            Ok(state) => match &*state {
-                State::Done(outcome) => Some(outcome.clone()),
-                State::Abandoned | State::Pending => None,
-            },
-            // Unreachable in practice: the leader publishes before its sender drops.
-            Err(_) => None,
+    pub async fn wait(self) -> Option<Result<T>> {
+        loop {
+            // Registered before the state is read, so a settle in between still wakes us.
+            let notified = self.flight.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match &*self
+                .flight
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+            {
+                State::Pending => {}
+                State::Done(outcome) => return Some(outcome.clone()),
+                State::Abandoned => return None,
+            }
+            notified.await;
         }
     }
 }
