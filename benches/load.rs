@@ -224,21 +224,24 @@ fn canned(delay: Duration) -> Arc<Canned> {
     })
 }
 
-/// Latencies in nanoseconds and the wall time they took.
+/// Latencies in nanoseconds and the wall time they took; for the L2 figures also the CPU
+/// time this process and redis-server spent meanwhile (0 when not measured).
+#[derive(Default)]
 struct Sample {
     latencies: Vec<u64>,
     wall: Duration,
+    client_cpu_ns: u64,
+    redis_cpu_ns: u64,
 }
 
 impl Sample {
     fn merge(samples: impl IntoIterator<Item = Sample>) -> Sample {
-        let mut all = Sample {
-            latencies: Vec::new(),
-            wall: Duration::ZERO,
-        };
+        let mut all = Sample::default();
         for s in samples {
             all.latencies.extend(s.latencies);
             all.wall += s.wall;
+            all.client_cpu_ns += s.client_cpu_ns;
+            all.redis_cpu_ns += s.redis_cpu_ns;
         }
         all
     }
@@ -254,12 +257,18 @@ impl Sample {
     }
 
     fn report(&mut self) -> Value {
-        json!({
+        let mut report = json!({
             "ops": self.latencies.len(),
             "ops_per_sec": self.ops_per_sec().round(),
             "p50_us": us(self.percentile_ns(0.50)),
             "p99_us": us(self.percentile_ns(0.99)),
-        })
+        });
+        if self.client_cpu_ns > 0 {
+            let per_op = |ns: u64| round3(ns as f64 / 1000.0 / self.latencies.len().max(1) as f64);
+            report["client_cpu_us_per_op"] = json!(per_op(self.client_cpu_ns));
+            report["redis_cpu_us_per_op"] = json!(per_op(self.redis_cpu_ns));
+        }
+        report
     }
 }
 
@@ -311,7 +320,32 @@ where
     Sample {
         latencies,
         wall: start.elapsed(),
+        ..Sample::default()
     }
+}
+
+/// CPU time (ns) all threads of process `pid` have run, from `/proc/<pid>/task/*/schedstat`.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// [`drive`], also charging the CPU this process and `redis_pid` spent to the sample.
+async fn drive_charged<F, Fut>(redis_pid: u32, callers: usize, run: Duration, op: F) -> Sample
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (me, redis0) = (cpu_ns(std::process::id()), cpu_ns(redis_pid));
+    let mut sample = drive(callers, run, op).await;
+    sample.client_cpu_ns = cpu_ns(std::process::id()).saturating_sub(me);
+    sample.redis_cpu_ns = cpu_ns(redis_pid).saturating_sub(redis0);
+    sample
 }
 
 fn rss_bytes() -> u64 {
@@ -479,14 +513,21 @@ async fn l2_vs_raw(budget: Budget, redis: &RedisServer) -> (Value, Value, Value,
         _ => {}
     }
     let round = budget.run / budget.rounds;
+    let pid = redis.pid().expect("redis-server is running");
     let (mut l2_rounds, mut raw_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for pair in 0..budget.rounds {
         let (raw, l2) = if pair % 2 == 0 {
-            let raw = drive(CONCURRENCY, round, raw_get.clone()).await;
-            (raw, drive(CONCURRENCY, round, l2_hit.clone()).await)
+            let raw = drive_charged(pid, CONCURRENCY, round, raw_get.clone()).await;
+            (
+                raw,
+                drive_charged(pid, CONCURRENCY, round, l2_hit.clone()).await,
+            )
         } else {
-            let l2 = drive(CONCURRENCY, round, l2_hit.clone()).await;
-            (drive(CONCURRENCY, round, raw_get.clone()).await, l2)
+            let l2 = drive_charged(pid, CONCURRENCY, round, l2_hit.clone()).await;
+            (
+                drive_charged(pid, CONCURRENCY, round, raw_get.clone()).await,
+                l2,
+            )
         };
         ratios.push(l2.ops_per_sec() / raw.ops_per_sec());
         raw_rounds.push(raw);
@@ -502,12 +543,55 @@ async fn l2_vs_raw(budget: Budget, redis: &RedisServer) -> (Value, Value, Value,
         s.misses, s.l2_errors, s.l2_timeouts
     );
     let overall = l2.ops_per_sec() / raw.ops_per_sec();
+    // What no L2 hit can skip, on one core: the request's key (canonical JSON, SHA-256),
+    // the envelope (checksum, lz4) and the answer's JSON. Added to what a raw GET costs
+    // client and server per op, it bounds the ratio this machine allows when CPU-bound.
+    let floor = necessary_work(&cache, &requests, &stored);
+    let per_op = |ns: u64, s: &Sample| ns as f64 / 1000.0 / s.latencies.len().max(1) as f64;
+    let raw_cpu = per_op(raw.client_cpu_ns, &raw) + per_op(raw.redis_cpu_ns, &raw);
+    let ceiling = raw_cpu / (raw_cpu + floor["total_us"].as_f64().unwrap_or(0.0));
     let ratio = json!({
         "median_of_pairs": round3(ratio),
         "overall": round3(overall),
         "pairs": budget.rounds,
+        "necessary_cpu_per_hit": floor,
+        "cpu_bound_ceiling": round3(ceiling),
     });
     (l2.report(), raw.report(), ratio, stored.len())
+}
+
+/// Mean single-core time of the work every L2 hit must do besides the GET.
+fn necessary_work(cache: &LlmCache, requests: &[ChatRequest], stored: &[u8]) -> Value {
+    const N: usize = 20_000;
+    let time = |f: &mut dyn FnMut(usize)| {
+        let start = Instant::now();
+        for i in 0..N {
+            f(i);
+        }
+        start.elapsed().as_nanos() as f64 / N as f64 / 1000.0
+    };
+    let key = time(&mut |i| {
+        let r = &requests[i % requests.len()];
+        std::hint::black_box(cache.digest_with(r, &Default::default()));
+    });
+    let decode = time(&mut |_| {
+        let env = llm_cache::envelope::decode(std::hint::black_box(stored)).expect("stored");
+        std::hint::black_box(env.payload.len());
+    });
+    let payload = llm_cache::envelope::decode(stored)
+        .expect("stored")
+        .payload
+        .into_owned();
+    let parse = time(&mut |_| {
+        let r: ChatResponse = serde_json::from_slice(std::hint::black_box(&payload)).expect("json");
+        std::hint::black_box(r);
+    });
+    json!({
+        "key_us": round3(key),
+        "envelope_us": round3(decode),
+        "json_us": round3(parse),
+        "total_us": round3(key + decode + parse),
+    })
 }
 
 async fn stampede(redis: &str) -> Value {
@@ -567,14 +651,8 @@ async fn miss_overhead(budget: Budget, redis: &str) -> Value {
         client.chat(&request(5_000_000 + i)).await.expect("warm-up");
         cache.chat(&request(5_100_000 + i)).await.expect("warm-up");
     }
-    let mut direct = Sample {
-        latencies: Vec::new(),
-        wall: Duration::ZERO,
-    };
-    let mut missed = Sample {
-        latencies: Vec::new(),
-        wall: Duration::ZERO,
-    };
+    let mut direct = Sample::default();
+    let mut missed = Sample::default();
     for i in 0..budget.misses {
         let (a, b) = (request(6_000_000 + i), request(7_000_000 + i));
         let t = Instant::now();
