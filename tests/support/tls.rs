@@ -325,22 +325,10 @@ impl TlsCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        let out = Command::new("redis-cli")
-            .arg("--tls")
-            .arg("--cacert")
-            .arg(pki.path("ca.crt"))
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli --tls --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --tls --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let ca = pki.path("ca.crt");
+        super::topology::create_cluster(
+            &addrs,
+            &["--tls".as_ref(), "--cacert".as_ref(), ca.as_os_str()],
         );
         let start = Instant::now();
         for n in &nodes {

@@ -35,6 +35,26 @@ where
 }
 
 /// Blocking poll used while a topology is set up (outside any runtime's hot path).
+/// `redis-cli [client_args] --cluster create ADDRS` with one master per node; panics with
+/// redis-cli's output when it fails.
+pub fn create_cluster(addrs: &[String], client_args: &[&std::ffi::OsStr]) {
+    let out = Command::new("redis-cli")
+        .args(client_args)
+        .arg("--cluster")
+        .arg("create")
+        .args(addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "redis-cli {client_args:?} --cluster create failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -278,20 +298,7 @@ impl RedisCluster {
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        create_cluster(&addrs, &[]);
         for n in &nodes {
             wait_until("every node to see the cluster ok", || {
                 command(n.port(), &["CLUSTER", "INFO"]).is_some_and(|i| {
