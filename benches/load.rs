@@ -368,6 +368,10 @@ async fn build(upstream: Arc<dyn Upstream>, redis: Option<&str>, l1_bytes: u64) 
     if let Some(url) = redis {
         b = b.redis(url);
     }
+    // `LOAD_BENCH_UNCOMPRESSED=1`: store answers without lz4, to see what it costs a hit.
+    if std::env::var("LOAD_BENCH_UNCOMPRESSED").is_ok_and(|v| v == "1") {
+        b = b.compression_threshold(usize::MAX);
+    }
     b.build().await.expect("build the cache")
 }
 
