@@ -124,7 +124,7 @@ pub(crate) async fn release(l2: &Arc<Guarded>, lease: Lease) {
 /// every TTL but the longest, and those expire on their own.
 const RELEASE_RETRY_LIMIT: Duration = Duration::from_secs(60);
 
-async fn release_until_done(l2: &Guarded, lease: Lease) {
+pub(crate) async fn release_until_done(l2: &Guarded, lease: Lease) {
     let give_up = Instant::now() + RELEASE_RETRY_LIMIT;
     let mut pause = Duration::from_millis(50);
     loop {

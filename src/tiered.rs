@@ -10,13 +10,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dashmap::DashMap;
 use futures_util::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::builder::{Config, TieredCacheBuilder};
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestHasherBuilder};
 use crate::envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::inflight::{Inflight, Join, Leader};
@@ -250,6 +251,17 @@ struct Inner<V> {
     invalidation: Arc<Invalidation>,
     /// The task listening on the invalidation channel; stops with the cache.
     subscriber: std::sync::OnceLock<AbortOnDrop>,
+    /// Values on their way to L2 that this instance holds the lease for, until the write
+    /// lands or the lease is released: a later flight of this instance is answered from
+    /// here (L1 may have evicted the value already) instead of waiting on its own lease.
+    writing: DashMap<Digest, Writing<V>, DigestHasherBuilder>,
+}
+
+/// A value [`Inner::writing`] holds.
+struct Writing<V> {
+    value: Arc<V>,
+    created_at_ms: u64,
+    expires_at_ms: u64,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -286,6 +298,7 @@ where
                 counters,
                 invalidation: Arc::new(Invalidation::new(&config.key_prefix)),
                 subscriber: std::sync::OnceLock::new(),
+                writing: DashMap::with_hasher(DigestHasherBuilder),
                 config,
             }),
         };
@@ -486,6 +499,7 @@ where
     pub async fn invalidate(&self, digest: &Digest) -> Result<()> {
         self.inner.invalidation.note_invalidation();
         self.inner.l1.remove(digest).await;
+        self.inner.writing.remove(digest);
         self.inner.inflight.detach(digest);
         if let Some(l2) = &self.inner.l2 {
             let key = self.inner.l2_key(digest);
@@ -519,6 +533,7 @@ where
     /// Drop every L1 entry (L2 is left alone).
     pub fn clear_l1(&self) {
         self.inner.l1.clear();
+        self.inner.writing.clear();
     }
 
     /// Apply pending L1 evictions and expirations now, so `stats()` is exact.
@@ -606,7 +621,8 @@ where
         )
     }
 
-    /// A flight's lookup: L1 again (a flight may have just landed), then L2.
+    /// A flight's lookup: L1 again (a flight may have just landed), a value this instance
+    /// is still writing to L2, then L2.
     async fn lookup(&self, digest: &Digest) -> Option<Landed<V>> {
         if let Some(entry) = self.l1.get(digest).await {
             Counters::incr(&self.counters.l1_hits);
@@ -616,7 +632,25 @@ where
                 origin: Origin::L1,
             });
         }
+        if let Some(landed) = self.still_writing(digest) {
+            return Some(landed);
+        }
         self.read_l2(digest).await
+    }
+
+    /// The value this instance is writing to L2 under `digest`, if any and not expired.
+    /// Served from memory like an L1 hit, and counted as one.
+    fn still_writing(&self, digest: &Digest) -> Option<Landed<V>> {
+        let w = self.writing.get(digest)?;
+        if now_ms() >= w.expires_at_ms {
+            return None;
+        }
+        Counters::incr(&self.counters.l1_hits);
+        Some(Landed {
+            value: Arc::clone(&w.value),
+            created_at_ms: w.created_at_ms,
+            origin: Origin::L1,
+        })
     }
 
     /// A flight's work after its lookup missed: coordinate with other instances, fetch,
@@ -727,7 +761,7 @@ where
 
     /// Fill L1 now and L2 in the background. `Ok(false)` when the value is too large.
     async fn store(
-        &self,
+        self: &Arc<Self>,
         digest: Digest,
         value: &Arc<V>,
         created_at_ms: u64,
@@ -746,13 +780,14 @@ where
             return Ok(false);
         }
         let l2_ttl = ttl.unwrap_or(self.config.l2_ttl);
+        let l1_ttl = self.config.l1_ttl.min(l2_ttl);
         self.l1
             .insert(
                 digest,
                 L1Entry {
                     value: Arc::clone(value),
                     created_at_ms,
-                    ttl: self.config.l1_ttl.min(l2_ttl),
+                    ttl: l1_ttl,
                     weight: L1::<V>::weight_of(payload.len()),
                 },
             )
@@ -764,7 +799,18 @@ where
                 duration_ms(l2_ttl),
                 self.config.compression_threshold,
             );
-            self.write_behind(l2, self.l2_key(&digest), bytes, l2_ttl, lease.take());
+            let lease = lease.take();
+            if lease.is_some() {
+                self.writing.insert(
+                    digest,
+                    Writing {
+                        value: Arc::clone(value),
+                        created_at_ms,
+                        expires_at_ms: created_at_ms.saturating_add(duration_ms(l1_ttl)),
+                    },
+                );
+            }
+            self.write_behind(l2, digest, value, bytes, l2_ttl, lease);
         }
         Ok(true)
     }
@@ -773,32 +819,55 @@ where
     /// write and counts it.
     /// A lease held for this value is released after the write (waiters on other instances
     /// look for the value once the lease is gone).
+    /// While the lease is held, [`writing`](Self::writing) answers for the value; it lets
+    /// go once the value is in L2 or the lease is released (a failed write, its release
+    /// retried in the background, must not make this instance's next flight wait on it).
     fn write_behind(
-        &self,
+        self: &Arc<Self>,
         l2: &Arc<Guarded>,
-        key: String,
+        digest: Digest,
+        value: &Arc<V>,
         bytes: Vec<u8>,
         ttl: Duration,
         lease: Option<Lease>,
     ) {
+        let (this, value) = (Arc::downgrade(self), Arc::downgrade(value));
+        // Only this write's entry: a newer one (a refresh) stays.
+        let done = move || {
+            if let Some(this) = this.upgrade() {
+                this.writing.remove_if(&digest, |_, w| {
+                    std::ptr::eq(Arc::as_ptr(&w.value), value.as_ptr())
+                });
+            }
+        };
         let Ok(permit) = Arc::clone(&self.writes).try_acquire_owned() else {
             Counters::incr(&self.counters.dropped_writes);
             self.counters.exported.l2_dropped_write.increment(1);
             if let Some(lease) = lease {
-                lease::release_later(l2, lease);
+                let l2 = Arc::clone(l2);
+                tokio::spawn(async move {
+                    lease::release_until_done(&l2, lease).await;
+                    done();
+                });
             }
             return;
         };
         let l2 = Arc::clone(l2);
         let counters = Arc::clone(&self.counters);
+        let key = self.l2_key(&digest);
         tokio::spawn(async move {
-            if l2.set(&key, bytes, ttl).await {
-                Counters::incr(&counters.l2_writes);
-            }
-            if let Some(lease) = lease {
-                lease::release(&l2, lease).await;
-            }
+            let wrote = l2.set(&key, bytes, ttl).await;
             drop(permit);
+            if wrote {
+                Counters::incr(&counters.l2_writes);
+                done();
+                if let Some(lease) = lease {
+                    lease::release(&l2, lease).await;
+                }
+            } else if let Some(lease) = lease {
+                lease::release_until_done(&l2, lease).await;
+                done();
+            }
         });
     }
 }
@@ -900,12 +969,14 @@ impl<V: Send + Sync + 'static> invalidation::Sink for Inner<V> {
     fn forget<'a>(&'a self, digest: &'a Digest) -> futures_util::future::BoxFuture<'a, ()> {
         Box::pin(async move {
             self.l1.remove(digest).await;
+            self.writing.remove(digest);
             self.inflight.detach(digest);
         })
     }
 
     fn forget_all(&self) {
         self.l1.clear();
+        self.writing.clear();
     }
 }
 

@@ -336,6 +336,43 @@ async fn leader_cancelled_in_its_lookup_hands_the_flight_to_a_waiter() {
 }
 
 #[tokio::test]
+async fn a_value_still_being_written_answers_the_next_flight_of_its_instance() {
+    let server = RedisServer::start();
+    // No L1, so the next flight has to look further; a deadline the paused server outlasts.
+    let c = TieredCache::<String>::builder()
+        .redis(server.url())
+        .l1_max_bytes(0)
+        .l2_deadline(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("build");
+    let gate = Arc::new(Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = spawn_gated(&c, 1, 1, &gate, &calls).pop().unwrap();
+    // The fetch runs: the flight holds the lease, its L2 write comes next.
+    eventually("the fetch started", WAIT, || {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    server.pause();
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap().status(), CacheStatus::Miss);
+    // The write (and the lease's release) wait on the paused server. The next flight is
+    // answered from the value being written: no L2 round trip, no wait on its own lease,
+    // no second fetch.
+    let again = c
+        .get_or_fetch(key(100), counted(&calls, "second fetch"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status(), again.value().as_str()),
+        (CacheStatus::HitL1, "value-0")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    server.resume();
+}
+
+#[tokio::test]
 async fn panicking_fetch_fails_every_waiter_and_is_not_cached() {
     let server = RedisServer::start();
     let c = cache(&server).await;
