@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -23,10 +24,56 @@ const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// A lease this instance holds.
-#[derive(Debug)]
 pub(crate) struct Lease {
     key: String,
     token: String,
+    own: Arc<Unreleased>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lease keys this instance may still hold in Redis: a release it could not confirm yet
+/// (retried in the background), or a `SET NX` whose answer never came. Waiting on one of
+/// them is waiting on itself: no flight of this instance is fetching that key (it would
+/// have been joined, not waited for), so a flight that finds one taken fetches at once.
+#[derive(Default)]
+pub(crate) struct Unreleased(DashMap<String, usize>);
+
+impl Unreleased {
+    /// Whether this instance may hold the lease at `key`.
+    pub fn holds(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// Note `key` until the returned mark drops.
+    fn mark(self: &Arc<Self>, key: &str) -> Mark {
+        *self.0.entry(key.to_owned()).or_insert(0) += 1;
+        Mark {
+            own: Arc::clone(self),
+            key: key.to_owned(),
+        }
+    }
+}
+
+/// One background release under way; see [`Unreleased`].
+struct Mark {
+    own: Arc<Unreleased>,
+    key: String,
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        self.own.0.remove_if_mut(&self.key, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
 }
 
 /// The outcome of trying to take a lease.
@@ -57,24 +104,25 @@ pub(crate) fn lease_key(prefix: &str, digest: &Digest) -> String {
     key
 }
 
-pub(crate) async fn take(l2: &Arc<Guarded>, key: &str, ttl: Duration) -> Take {
+pub(crate) async fn take(
+    l2: &Arc<Guarded>,
+    own: &Arc<Unreleased>,
+    key: &str,
+    ttl: Duration,
+) -> Take {
     let token = format!("{:032x}", rand::rng().random::<u128>());
+    let lease = |token| Lease {
+        key: key.to_owned(),
+        token,
+        own: Arc::clone(own),
+    };
     match l2.set_nx(key, &token, ttl).await {
-        Some(true) => Take::Held(Lease {
-            key: key.to_owned(),
-            token,
-        }),
+        Some(true) => Take::Held(lease(token)),
         Some(false) => Take::Taken,
         None => {
             // The SET may have landed after the deadline: remove our token, if it is there,
             // so other instances do not wait out a lease nobody holds.
-            release_later(
-                l2,
-                Lease {
-                    key: key.to_owned(),
-                    token,
-                },
-            );
+            release_later(l2, lease(token));
             Take::Unavailable
         }
     }
@@ -108,8 +156,13 @@ pub(crate) async fn hold<F: Future>(
 
 /// Release `lease` in the background (compare-and-delete: never someone else's).
 pub(crate) fn release_later(l2: &Arc<Guarded>, lease: Lease) {
+    // Marked before the task starts: a flight right after this must already see it.
+    let mark = lease.own.mark(&lease.key);
     let l2 = Arc::clone(l2);
-    tokio::spawn(async move { release_until_done(&l2, lease).await });
+    tokio::spawn(async move {
+        retry_release(&l2, &lease).await;
+        drop(mark);
+    });
 }
 
 /// Release now; if Redis could not say (down, slow, breaker open), keep trying in the
@@ -125,6 +178,11 @@ pub(crate) async fn release(l2: &Arc<Guarded>, lease: Lease) {
 const RELEASE_RETRY_LIMIT: Duration = Duration::from_secs(60);
 
 pub(crate) async fn release_until_done(l2: &Guarded, lease: Lease) {
+    let _mark = lease.own.mark(&lease.key);
+    retry_release(l2, &lease).await;
+}
+
+async fn retry_release(l2: &Guarded, lease: &Lease) {
     let give_up = Instant::now() + RELEASE_RETRY_LIMIT;
     let mut pause = Duration::from_millis(50);
     loop {
@@ -140,6 +198,7 @@ pub(crate) async fn release_until_done(l2: &Guarded, lease: Lease) {
 /// the lease is free, take it and look once more. Gives up after `limit`.
 pub(crate) async fn wait<T, R, Fut>(
     l2: &Arc<Guarded>,
+    own: &Arc<Unreleased>,
     key: &str,
     ttl: Duration,
     limit: Duration,
@@ -162,7 +221,9 @@ where
         if let Some(v) = read().await {
             return Waited::Value(v);
         }
-        match take(l2, key, ttl).await {
+        match take(l2, own, key, ttl).await {
+            // Ours, from a release not confirmed yet: nothing to wait for.
+            Take::Taken if own.holds(key) => return Waited::Alone,
             Take::Taken => {}
             Take::Unavailable => return Waited::Alone,
             Take::Held(lease) => {
@@ -176,5 +237,24 @@ where
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_stays_marked_until_its_last_release_ends() {
+        let own = Arc::new(Unreleased::default());
+        assert!(!own.holds("p:lease:a"));
+        let first = own.mark("p:lease:a");
+        let second = own.mark("p:lease:a");
+        assert!(own.holds("p:lease:a") && !own.holds("p:lease:b"));
+        drop(first);
+        assert!(own.holds("p:lease:a"), "one release is still under way");
+        drop(second);
+        assert!(!own.holds("p:lease:a"));
+        assert!(own.0.is_empty(), "nothing is left behind");
     }
 }

@@ -255,6 +255,8 @@ struct Inner<V> {
     /// lands or the lease is released: a later flight of this instance is answered from
     /// here (L1 may have evicted the value already) instead of waiting on its own lease.
     writing: DashMap<Digest, Writing<V>, DigestHasherBuilder>,
+    /// Leases this instance may still hold while it releases them.
+    unreleased: Arc<lease::Unreleased>,
 }
 
 /// A value [`Inner::writing`] holds.
@@ -299,6 +301,7 @@ where
                 invalidation: Arc::new(Invalidation::new(&config.key_prefix)),
                 subscriber: std::sync::OnceLock::new(),
                 writing: DashMap::with_hasher(DigestHasherBuilder),
+                unreleased: Arc::default(),
                 config,
             }),
         };
@@ -1002,7 +1005,7 @@ where
                 return Err(None);
             }
         } else {
-            match lease::take(l2, &key, ttl).await {
+            match lease::take(l2, &self.unreleased, &key, ttl).await {
                 // The lease may be free because its last holder just wrote the value.
                 lease::Take::Held(held) if !options.refresh => {
                     return match self.read_l2(digest).await {
@@ -1020,9 +1023,18 @@ where
                 lease::Take::Taken => {}
             }
         }
-        let waited = lease::wait(l2, &key, ttl, self.config.waiter_deadline, || {
-            self.read_l2(digest)
-        })
+        // Taken by this instance itself, its release not confirmed yet: nobody to wait for.
+        if self.unreleased.holds(&key) {
+            return Err(None);
+        }
+        let waited = lease::wait(
+            l2,
+            &self.unreleased,
+            &key,
+            ttl,
+            self.config.waiter_deadline,
+            || self.read_l2(digest),
+        )
         .await;
         match waited {
             lease::Waited::Value(landed) => Ok(landed),
