@@ -146,6 +146,24 @@ async fn entries_spread_over_three_masters_and_a_dead_node_only_misses_its_own_k
         BreakerState::Closed,
         "one dead node never opens the breaker"
     );
+    // Health checks during the outage: the tier is up (two of three masters answer), the
+    // last error names the dead node, and checking never opens the breaker for the others.
+    for _ in 0..8 {
+        let h = reader.health().await;
+        assert_eq!(h.l2, llm_cache::L2Health::Up);
+        let last = h.last_error.unwrap_or_default();
+        assert!(last.contains("node down"), "{last}");
+    }
+    assert_eq!(reader.stats().cache.breaker, BreakerState::Closed);
+    let live = owners.iter().position(|o| *o != dead).unwrap();
+    assert!(
+        reader
+            .chat(&requests[live])
+            .await
+            .unwrap()
+            .status()
+            .is_hit()
+    );
     eprintln!(
         "cluster: node {dead} killed: {hits} L2 hits, {misses} misses, {} L2 errors, {} timeouts",
         after.l2_errors - before.l2_errors,
