@@ -6,7 +6,7 @@
 //! `rediss://` seeds every node is reached over TLS, with the same certificates.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, ConnectionInfo, RedisError, Value};
-use tokio::sync::Notify;
 
+use super::lazy::Lazy;
 use super::tls::{self, TlsSettings};
 use super::{L2Error, RemoteStore, Subscription, commands, inspect};
 use crate::error::{Error, Result, redact_url};
@@ -38,10 +38,7 @@ struct Shared {
     seeds: Vec<ConnectionInfo>,
     password: Option<String>,
     described: String,
-    current: RwLock<Option<ClusterConnection>>,
-    connecting: AtomicBool,
-    connect_done: Notify,
-    last_error: Mutex<Option<String>>,
+    conn: Lazy<ClusterConnection>,
     /// Each operation's own deadline, a little shorter than the guard's, so a hung node
     /// is noticed here (and marked down) rather than counted against the whole cluster.
     op_timeout: Duration,
@@ -136,10 +133,7 @@ impl ClusterStore {
                 seeds,
                 password,
                 described: format!("cluster {}", shown.join(",")),
-                current: RwLock::new(None),
-                connecting: AtomicBool::new(false),
-                connect_done: Notify::new(),
-                last_error: Mutex::new(None),
+                conn: Lazy::new(),
                 op_timeout: deadline.mul_f64(0.9),
                 cooldown,
                 slots: RwLock::new(SlotMap::default()),
@@ -232,57 +226,40 @@ impl Shared {
     }
 
     fn current(&self) -> Option<ClusterConnection> {
-        self.current.read().expect("lock poisoned").clone()
+        self.conn.current().map(|(_, c)| c)
     }
 
     async fn connection(self: &Arc<Self>) -> Result<ClusterConnection, L2Error> {
-        if let Some(c) = self.current() {
-            return Ok(c);
-        }
-        let done = self.connect_done.notified();
-        tokio::pin!(done);
-        done.as_mut().enable();
-        if let Some(c) = self.current() {
-            return Ok(c);
-        }
-        Self::spawn_connect(self);
-        done.await;
-        self.current().ok_or_else(|| {
-            let last = self.last_error.lock().expect("lock poisoned").clone();
-            L2Error::Connection(last.unwrap_or_else(|| "not connected".into()))
-        })
+        let (_, conn) = self.conn.get(|| Self::spawn_connect(self)).await?;
+        Ok(conn)
     }
 
     fn spawn_connect(this: &Arc<Self>) {
-        if this.connecting.swap(true, Ordering::AcqRel) {
+        if !this.conn.begin() {
             return;
         }
         let shared = Arc::clone(this);
         tokio::spawn(async move {
             let attempt =
                 tokio::time::timeout(CONNECT_TIMEOUT, shared.client.get_async_connection());
-            match attempt.await {
+            let result = match attempt.await {
                 Ok(Ok(conn)) => {
                     if let Err(e) = shared.load_slots(conn.clone()).await {
                         tracing::debug!(error = %e, "cannot read the cluster's slot map yet");
                     }
-                    *shared.current.write().expect("lock poisoned") = Some(conn);
-                    *shared.last_error.lock().expect("lock poisoned") = None;
                     tracing::debug!(redis = %shared.described, "connected to the redis cluster");
+                    Ok(conn)
                 }
                 Ok(Err(e)) => {
                     let msg = e.to_string();
                     tracing::debug!(redis = %shared.described, error = %msg, "redis cluster connect failed");
-                    *shared.last_error.lock().expect("lock poisoned") = Some(msg);
+                    Err(msg)
                 }
-                Err(_) => {
-                    *shared.last_error.lock().expect("lock poisoned") = Some(format!(
-                        "no cluster node answered within {CONNECT_TIMEOUT:?}"
-                    ));
-                }
-            }
-            shared.connecting.store(false, Ordering::Release);
-            shared.connect_done.notify_waiters();
+                Err(_) => Err(format!(
+                    "no cluster node answered within {CONNECT_TIMEOUT:?}"
+                )),
+            };
+            shared.conn.finish(result);
         });
     }
 
@@ -456,7 +433,7 @@ impl RemoteStore for ClusterStore {
     }
 
     fn reset(&self) {
-        *self.shared.current.write().expect("lock poisoned") = None;
+        self.shared.conn.reset();
     }
 
     fn describe(&self) -> &str {

@@ -6,6 +6,7 @@ mod cluster;
 mod commands;
 mod guard;
 pub(crate) mod inspect;
+mod lazy;
 mod pubsub;
 mod redis;
 mod sentinel;

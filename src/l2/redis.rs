@@ -2,16 +2,15 @@
 //! lazily in the background and remade after it breaks. It never waits on the redis crate's
 //! own reconnect logic: a missing connection is an immediate error the guard counts.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
-use tokio::sync::Notify;
 
+use super::lazy::Lazy;
 use super::sentinel::{Resolver, watch_switches};
 use super::tls::{self, TlsSettings};
 use super::{L2Error, RemoteStore, Subscription, commands, inspect};
@@ -38,13 +37,7 @@ struct Shared {
     target: Target,
     config: AsyncConnectionConfig,
     described: String,
-    /// The connection in use and its generation, so a failed op only resets the
-    /// connection it used, never a newer one.
-    current: RwLock<Option<(u64, MultiplexedConnection)>>,
-    generation: AtomicU64,
-    connecting: AtomicBool,
-    connect_done: Notify,
-    last_error: Mutex<Option<String>>,
+    conn: Lazy<MultiplexedConnection>,
 }
 
 impl RedisStore {
@@ -93,7 +86,7 @@ impl RedisStore {
         let shared = Arc::downgrade(&store.shared);
         store.watcher = Some(tokio::spawn(watch_switches(resolver, move || {
             if let Some(shared) = shared.upgrade() {
-                *shared.current.write().expect("lock poisoned") = None;
+                shared.conn.reset();
                 Shared::spawn_connect(&shared);
             }
         })));
@@ -112,11 +105,7 @@ impl RedisStore {
                 target,
                 config,
                 described,
-                current: RwLock::new(None),
-                generation: AtomicU64::new(0),
-                connecting: AtomicBool::new(false),
-                connect_done: Notify::new(),
-                last_error: Mutex::new(None),
+                conn: Lazy::new(),
             }),
         }
     }
@@ -128,7 +117,8 @@ impl RedisStore {
 
     /// Wait up to `wait` for a connection; true when there is one.
     pub async fn wait_connected(&self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.shared.connection())
+        let shared = &self.shared;
+        tokio::time::timeout(wait, shared.conn.get(|| Shared::spawn_connect(shared)))
             .await
             .is_ok_and(|r| r.is_ok())
     }
@@ -138,7 +128,8 @@ impl RedisStore {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let (generation, conn) = self.shared.connection().await?;
+        let shared = &self.shared;
+        let (generation, conn) = shared.conn.get(|| Shared::spawn_connect(shared)).await?;
         match op(conn).await {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -149,7 +140,7 @@ impl RedisStore {
                     || e.is_unrecoverable_error()
                     || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
                 if broken {
-                    self.shared.reset_if(generation);
+                    self.shared.conn.reset_if(generation);
                     Err(L2Error::Connection(redact_err(&e, "")))
                 } else {
                     Err(L2Error::Command(redact_err(&e, "")))
@@ -169,30 +160,8 @@ fn redact_err(e: &RedisError, url: &str) -> String {
 }
 
 impl Shared {
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
-        self.current.read().expect("lock poisoned").clone()
-    }
-
-    async fn connection(self: &Arc<Self>) -> Result<(u64, MultiplexedConnection), L2Error> {
-        if let Some(c) = self.current() {
-            return Ok(c);
-        }
-        let done = self.connect_done.notified();
-        tokio::pin!(done);
-        done.as_mut().enable();
-        if let Some(c) = self.current() {
-            return Ok(c);
-        }
-        Self::spawn_connect(self);
-        done.await;
-        self.current().ok_or_else(|| {
-            let last = self.last_error.lock().expect("lock poisoned").clone();
-            L2Error::Connection(last.unwrap_or_else(|| "not connected".into()))
-        })
-    }
-
     fn spawn_connect(this: &Arc<Self>) {
-        if this.connecting.swap(true, Ordering::AcqRel) {
+        if !this.conn.begin() {
             return;
         }
         let shared = Arc::clone(this);
@@ -204,28 +173,14 @@ impl Shared {
                     .map_err(|e| redact_err(&e, "")),
                 Target::Sentinel(resolver) => resolver.connect(&shared.config).await,
             };
-            match result {
-                Ok(conn) => {
-                    let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                    *shared.current.write().expect("lock poisoned") = Some((generation, conn));
-                    *shared.last_error.lock().expect("lock poisoned") = None;
-                    tracing::debug!(redis = %shared.described, "connected to redis");
-                }
+            match &result {
+                Ok(_) => tracing::debug!(redis = %shared.described, "connected to redis"),
                 Err(msg) => {
                     tracing::debug!(redis = %shared.described, error = %msg, "redis connect failed");
-                    *shared.last_error.lock().expect("lock poisoned") = Some(msg);
                 }
             }
-            shared.connecting.store(false, Ordering::Release);
-            shared.connect_done.notify_waiters();
+            shared.conn.finish(result);
         });
-    }
-
-    fn reset_if(&self, generation: u64) {
-        let mut cur = self.current.write().expect("lock poisoned");
-        if cur.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *cur = None;
-        }
     }
 }
 
@@ -267,7 +222,7 @@ impl RemoteStore for RedisStore {
     }
 
     fn reset(&self) {
-        *self.shared.current.write().expect("lock poisoned") = None;
+        self.shared.conn.reset();
     }
 
     fn describe(&self) -> &str {
