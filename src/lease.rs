@@ -23,11 +23,39 @@ use crate::l2::Guarded;
 const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
-/// A lease this instance holds.
+/// A lease this instance holds. Dropped without a release (its flight panicked, or was
+/// dropped mid-way), it releases itself in the background rather than leave every
+/// instance waiting out its TTL.
 pub(crate) struct Lease {
     key: String,
     token: String,
     own: Arc<Unreleased>,
+    l2: Arc<Guarded>,
+    /// False once a release has taken the lease over.
+    armed: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let lease = Lease {
+            key: std::mem::take(&mut self.key),
+            token: std::mem::take(&mut self.token),
+            own: Arc::clone(&self.own),
+            l2: Arc::clone(&self.l2),
+            armed: false,
+        };
+        let mark = lease.own.mark(&lease.key);
+        runtime.spawn(async move {
+            retry_release(&lease.l2, &lease).await;
+            drop(mark);
+        });
+    }
 }
 
 impl std::fmt::Debug for Lease {
@@ -115,6 +143,8 @@ pub(crate) async fn take(
         key: key.to_owned(),
         token,
         own: Arc::clone(own),
+        l2: Arc::clone(l2),
+        armed: true,
     };
     match l2.set_nx(key, &token, ttl).await {
         Some(true) => Take::Held(lease(token)),
@@ -155,7 +185,8 @@ pub(crate) async fn hold<F: Future>(
 }
 
 /// Release `lease` in the background (compare-and-delete: never someone else's).
-pub(crate) fn release_later(l2: &Arc<Guarded>, lease: Lease) {
+pub(crate) fn release_later(l2: &Arc<Guarded>, mut lease: Lease) {
+    lease.armed = false;
     // Marked before the task starts: a flight right after this must already see it.
     let mark = lease.own.mark(&lease.key);
     let l2 = Arc::clone(l2);
@@ -167,9 +198,11 @@ pub(crate) fn release_later(l2: &Arc<Guarded>, lease: Lease) {
 
 /// Release now; if Redis could not say (down, slow, breaker open), keep trying in the
 /// background, so a lease nobody holds does not make other flights wait out its TTL.
-pub(crate) async fn release(l2: &Arc<Guarded>, lease: Lease) {
+pub(crate) async fn release(l2: &Arc<Guarded>, mut lease: Lease) {
     if l2.release(&lease.key, &lease.token).await.is_none() {
         release_later(l2, lease);
+    } else {
+        lease.armed = false;
     }
 }
 
@@ -177,7 +210,8 @@ pub(crate) async fn release(l2: &Arc<Guarded>, lease: Lease) {
 /// every TTL but the longest, and those expire on their own.
 const RELEASE_RETRY_LIMIT: Duration = Duration::from_secs(60);
 
-pub(crate) async fn release_until_done(l2: &Guarded, lease: Lease) {
+pub(crate) async fn release_until_done(l2: &Guarded, mut lease: Lease) {
+    lease.armed = false;
     let _mark = lease.own.mark(&lease.key);
     retry_release(l2, &lease).await;
 }

@@ -375,7 +375,13 @@ async fn a_value_still_being_written_answers_the_next_flight_of_its_instance() {
 #[tokio::test]
 async fn panicking_fetch_fails_every_waiter_and_is_not_cached() {
     let server = RedisServer::start();
-    let c = cache(&server).await;
+    // A lease far longer than this test waits: the panicked flight must give it back.
+    let c = TieredCache::<String>::builder()
+        .redis(server.url())
+        .lease_ttl(Duration::from_secs(120))
+        .build()
+        .await
+        .expect("build");
     let gate = Arc::new(Semaphore::new(0));
     let started = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
@@ -401,6 +407,18 @@ async fn panicking_fetch_fails_every_waiter_and_is_not_cached() {
     }
     assert_eq!(started.load(Ordering::SeqCst), 1);
     assert_eq!(c.inflight(), 0);
+    let (prefix, hex) = c
+        .l2_key(&key(8))
+        .rsplit_once(':')
+        .map(|(p, h)| (p.to_string(), h.to_string()))
+        .unwrap();
+    let lease = format!("{prefix}:lease:{hex}");
+    let conn = server.conn().await;
+    support::topology::eventually_async("the panicked flight's lease is released", WAIT, || {
+        let (mut conn, lease) = (conn.clone(), lease.clone());
+        async move { !conn.exists::<_, bool>(&lease).await.unwrap() }
+    })
+    .await;
     let calls = Arc::new(AtomicUsize::new(0));
     let ok = c.get_or_fetch(key(8), counted(&calls, "ok")).await.unwrap();
     assert_eq!(
