@@ -307,17 +307,10 @@ impl TlsCluster {
                     pki,
                     false,
                     &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "1000",
-                        "--cluster-require-full-coverage",
-                        "no",
-                        "--tls-cluster",
-                        "yes",
-                    ],
+                        &super::topology::CLUSTER_NODE_ARGS[..],
+                        &["--tls-cluster", "yes"],
+                    ]
+                    .concat(),
                 )
             })
             .collect();

@@ -277,6 +277,19 @@ impl SentinelGroup {
 
 /// Three cluster masters (no replicas), `cluster-require-full-coverage no` so a dead node
 /// takes only its own slots away.
+/// What every node of a test cluster runs with (one-second node timeout, partial coverage
+/// allowed so that a killed node's slots only miss).
+pub const CLUSTER_NODE_ARGS: [&str; 8] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+    "--cluster-require-full-coverage",
+    "no",
+];
+
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
@@ -284,18 +297,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start_with_args(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--cluster-require-full-coverage",
-                    "no",
-                ])
-            })
+            .map(|_| RedisServer::start_with_args(&CLUSTER_NODE_ARGS))
             .collect();
         let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
         create_cluster(&addrs, &[]);
