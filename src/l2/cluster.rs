@@ -399,10 +399,7 @@ fn parse_slots(reply: &Value) -> Vec<(u16, u16, String)> {
 impl RemoteStore for ClusterStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<Vec<u8>>>(&mut c)
-                .await
+            commands::get(&mut c, key).await
         }))
     }
 
@@ -413,22 +410,13 @@ impl RemoteStore for ClusterStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(commands::millis(ttl))
-                .query_async::<()>(&mut c)
-                .await
+            commands::set(&mut c, key, value, ttl).await
         }))
     }
 
     fn unlink<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
-            redis::cmd("UNLINK")
-                .arg(key)
-                .query_async::<()>(&mut c)
-                .await
+            commands::unlink(&mut c, key).await
         }))
     }
 

@@ -1,6 +1,6 @@
-//! The exact commands the cache sends beyond GET/SET/UNLINK, written once for every store
-//! (one server, a Sentinel master, a Cluster): lease take/renew/release, namespace
-//! generations, publish. Each runs on any async connection; none of them retries.
+//! The exact commands the cache sends, written once for every store (one server, a
+//! Sentinel master, a Cluster): entries (GET, SET PX, UNLINK), lease take/renew/release,
+//! namespace generations, publish. Each runs on any async connection; none of them retries.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -33,6 +33,32 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
 
 pub(crate) fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `GET key`.
+pub(crate) async fn get<C: ConnectionLike>(c: &mut C, key: &str) -> RedisResult<Option<Vec<u8>>> {
+    redis::cmd("GET").arg(key).query_async(c).await
+}
+
+/// `SET key value PX ttl`.
+pub(crate) async fn set<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+    value: Vec<u8>,
+    ttl: Duration,
+) -> RedisResult<()> {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(millis(ttl))
+        .query_async(c)
+        .await
+}
+
+/// `UNLINK key`.
+pub(crate) async fn unlink<C: ConnectionLike>(c: &mut C, key: &str) -> RedisResult<()> {
+    redis::cmd("UNLINK").arg(key).query_async(c).await
 }
 
 /// `SET key token NX PX ttl`: true when this call took the key.

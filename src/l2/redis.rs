@@ -186,12 +186,7 @@ impl Shared {
 
 impl RemoteStore for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, L2Error>> {
-        Box::pin(self.run(move |mut c| async move {
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<Vec<u8>>>(&mut c)
-                .await
-        }))
+        Box::pin(self.run(move |mut c| async move { commands::get(&mut c, key).await }))
     }
 
     fn set<'a>(
@@ -200,25 +195,11 @@ impl RemoteStore for RedisStore {
         value: Vec<u8>,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), L2Error>> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        Box::pin(self.run(move |mut c| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(ms)
-                .query_async::<()>(&mut c)
-                .await
-        }))
+        Box::pin(self.run(move |mut c| async move { commands::set(&mut c, key, value, ttl).await }))
     }
 
     fn unlink<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), L2Error>> {
-        Box::pin(self.run(move |mut c| async move {
-            redis::cmd("UNLINK")
-                .arg(key)
-                .query_async::<()>(&mut c)
-                .await
-        }))
+        Box::pin(self.run(move |mut c| async move { commands::unlink(&mut c, key).await }))
     }
 
     fn reset(&self) {
