@@ -40,20 +40,15 @@ impl Drop for Lease {
         if !self.armed {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
-        };
-        let lease = Lease {
+        }
+        release_later(Lease {
             key: std::mem::take(&mut self.key),
             token: std::mem::take(&mut self.token),
             own: Arc::clone(&self.own),
             l2: Arc::clone(&self.l2),
             armed: false,
-        };
-        let mark = lease.own.mark(&lease.key);
-        runtime.spawn(async move {
-            retry_release(&lease.l2, &lease).await;
-            drop(mark);
         });
     }
 }
@@ -152,7 +147,7 @@ pub(crate) async fn take(
         None => {
             // The SET may have landed after the deadline: remove our token, if it is there,
             // so other instances do not wait out a lease nobody holds.
-            release_later(l2, lease(token));
+            release_later(lease(token));
             Take::Unavailable
         }
     }
@@ -185,22 +180,21 @@ pub(crate) async fn hold<F: Future>(
 }
 
 /// Release `lease` in the background (compare-and-delete: never someone else's).
-pub(crate) fn release_later(l2: &Arc<Guarded>, mut lease: Lease) {
+pub(crate) fn release_later(mut lease: Lease) {
     lease.armed = false;
     // Marked before the task starts: a flight right after this must already see it.
     let mark = lease.own.mark(&lease.key);
-    let l2 = Arc::clone(l2);
     tokio::spawn(async move {
-        retry_release(&l2, &lease).await;
+        retry_release(&lease).await;
         drop(mark);
     });
 }
 
 /// Release now; if Redis could not say (down, slow, breaker open), keep trying in the
 /// background, so a lease nobody holds does not make other flights wait out its TTL.
-pub(crate) async fn release(l2: &Arc<Guarded>, mut lease: Lease) {
-    if l2.release(&lease.key, &lease.token).await.is_none() {
-        release_later(l2, lease);
+pub(crate) async fn release(mut lease: Lease) {
+    if lease.l2.release(&lease.key, &lease.token).await.is_none() {
+        release_later(lease);
     } else {
         lease.armed = false;
     }
@@ -210,13 +204,14 @@ pub(crate) async fn release(l2: &Arc<Guarded>, mut lease: Lease) {
 /// every TTL but the longest, and those expire on their own.
 const RELEASE_RETRY_LIMIT: Duration = Duration::from_secs(60);
 
-pub(crate) async fn release_until_done(l2: &Guarded, mut lease: Lease) {
+pub(crate) async fn release_until_done(mut lease: Lease) {
     lease.armed = false;
     let _mark = lease.own.mark(&lease.key);
-    retry_release(l2, &lease).await;
+    retry_release(&lease).await;
 }
 
-async fn retry_release(l2: &Guarded, lease: &Lease) {
+async fn retry_release(lease: &Lease) {
+    let l2 = &lease.l2;
     let give_up = Instant::now() + RELEASE_RETRY_LIMIT;
     let mut pause = Duration::from_millis(50);
     loop {
@@ -264,7 +259,7 @@ where
                 // The holder writes its value before it releases: look once more.
                 return match read().await {
                     Some(v) => {
-                        release_later(l2, lease);
+                        release_later(lease);
                         Waited::Value(v)
                     }
                     None => Waited::Lead(lease),

@@ -847,9 +847,8 @@ where
             Counters::incr(&self.counters.dropped_writes);
             self.counters.exported.l2_dropped_write.increment(1);
             if let Some(lease) = lease {
-                let l2 = Arc::clone(l2);
                 tokio::spawn(async move {
-                    lease::release_until_done(&l2, lease).await;
+                    lease::release_until_done(lease).await;
                     done();
                 });
             }
@@ -865,10 +864,10 @@ where
                 Counters::incr(&counters.l2_writes);
                 done();
                 if let Some(lease) = lease {
-                    lease::release(&l2, lease).await;
+                    lease::release(lease).await;
                 }
             } else if let Some(lease) = lease {
-                lease::release_until_done(&l2, lease).await;
+                lease::release_until_done(lease).await;
                 done();
             }
         });
@@ -1010,7 +1009,7 @@ where
                 lease::Take::Held(held) if !options.refresh => {
                     return match self.read_l2(digest).await {
                         Some(landed) => {
-                            lease::release_later(l2, held);
+                            lease::release_later(held);
                             Ok(landed)
                         }
                         None => Err(Some(held)),
@@ -1039,7 +1038,7 @@ where
         match waited {
             lease::Waited::Value(landed) => Ok(landed),
             lease::Waited::Lead(held) if options.no_store => {
-                lease::release_later(l2, held);
+                lease::release_later(held);
                 Err(None)
             }
             lease::Waited::Lead(held) => Err(Some(held)),
@@ -1058,8 +1057,8 @@ where
     }
 
     fn release_lease(&self, held: Option<Lease>) {
-        if let (Some(held), Some(l2)) = (held, &self.l2) {
-            lease::release_later(l2, held);
+        if let Some(held) = held {
+            lease::release_later(held);
         }
     }
 }
