@@ -51,15 +51,31 @@ fn l1_hit(c: &mut Criterion) {
 
 fn envelope_codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("envelope");
+    let digest = llm_cache::Digest::of("the key");
+    let none = envelope::MacKeys::none();
+    let keys = envelope::MacKeys::new([b"a 32-byte secret for the bench!!"]).unwrap();
     for size in [2 * 1024, 32 * 1024] {
         let payload = serde_json::to_vec(&text(size)).unwrap();
         group.throughput(Throughput::Bytes(payload.len() as u64));
         group.bench_with_input(BenchmarkId::new("encode", size), &payload, |b, p| {
-            b.iter(|| black_box(envelope::encode(black_box(p), 1, 60_000, 1024)))
+            b.iter(|| {
+                black_box(envelope::encode(
+                    black_box(p),
+                    &digest,
+                    1,
+                    60_000,
+                    1024,
+                    &none,
+                ))
+            })
         });
-        let encoded = envelope::encode(&payload, 1, 60_000, 1024);
+        let encoded = envelope::encode(&payload, &digest, 1, 60_000, 1024, &none);
         group.bench_with_input(BenchmarkId::new("decode", size), &encoded, |b, e| {
-            b.iter(|| black_box(envelope::decode(black_box(e)).unwrap()))
+            b.iter(|| black_box(envelope::decode(black_box(e), &digest, &none).unwrap()))
+        });
+        let signed = envelope::encode(&payload, &digest, 1, 60_000, 1024, &keys);
+        group.bench_with_input(BenchmarkId::new("decode_signed", size), &signed, |b, e| {
+            b.iter(|| black_box(envelope::decode(black_box(e), &digest, &keys).unwrap()))
         });
     }
     group.finish();

@@ -566,6 +566,9 @@ async fn l2_vs_raw(budget: Budget, redis: &RedisServer) -> (Value, Value, Value,
 
 /// Mean single-core time of the work every L2 hit must do besides the GET.
 fn necessary_work(cache: &LlmCache, requests: &[ChatRequest], stored: &[u8]) -> Value {
+    // `stored` is the entry of the first request.
+    let first = cache.digest_with(&requests[0], &Default::default());
+    let none = llm_cache::envelope::MacKeys::none();
     const N: usize = 20_000;
     let time = |f: &mut dyn FnMut(usize)| {
         let start = Instant::now();
@@ -579,10 +582,11 @@ fn necessary_work(cache: &LlmCache, requests: &[ChatRequest], stored: &[u8]) -> 
         std::hint::black_box(cache.digest_with(r, &Default::default()));
     });
     let decode = time(&mut |_| {
-        let env = llm_cache::envelope::decode(std::hint::black_box(stored)).expect("stored");
+        let env = llm_cache::envelope::decode(std::hint::black_box(stored), &first, &none)
+            .expect("stored");
         std::hint::black_box(env.payload.len());
     });
-    let payload = llm_cache::envelope::decode(stored)
+    let payload = llm_cache::envelope::decode(stored, &first, &none)
         .expect("stored")
         .payload
         .into_owned();

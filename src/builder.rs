@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cache::{LlmCache, StreamSettings};
+use crate::envelope::MacKeys;
 use crate::error::{Error, Result, redact_url};
 use crate::key::KeyOptions;
 use crate::l2::{Guarded, Topology};
@@ -37,6 +38,12 @@ pub(crate) struct Config {
     pub compression_threshold: usize,
     pub waiter_deadline: Duration,
     pub l2_write_concurrency: usize,
+    /// Secrets that sign and verify L2 entries (HMAC-SHA256); empty: unsigned entries.
+    pub mac_keys: MacKeys,
+    /// Why the secrets given to `mac_secrets` were refused (reported by `build()`).
+    pub mac_keys_error: Option<String>,
+    /// How long cached entries are served while invalidations cannot be heard.
+    pub unsynced_grace: Duration,
     /// Sentinel / Cluster, leases, invalidation channel (scale-out).
     pub topology: Topology,
 }
@@ -56,6 +63,9 @@ impl Default for Config {
             compression_threshold: 1024,
             waiter_deadline: Duration::from_secs(300),
             l2_write_concurrency: 256,
+            mac_keys: MacKeys::none(),
+            mac_keys_error: None,
+            unsynced_grace: Duration::from_secs(5),
             topology: Topology::default(),
         }
     }
@@ -76,6 +86,8 @@ impl fmt::Debug for Config {
             .field("compression_threshold", &self.compression_threshold)
             .field("waiter_deadline", &self.waiter_deadline)
             .field("l2_write_concurrency", &self.l2_write_concurrency)
+            .field("mac_keys", &self.mac_keys)
+            .field("unsynced_grace", &self.unsynced_grace)
             .field("topology", &self.topology)
             .finish()
     }
@@ -107,6 +119,7 @@ impl Config {
         }
         positive("breaker_cooldown", self.breaker_cooldown)?;
         positive("waiter_deadline", self.waiter_deadline)?;
+        positive("unsynced_grace", self.unsynced_grace)?;
         if self.breaker_threshold == 0 {
             return Err(Error::config("breaker_threshold", "must be at least 1"));
         }
@@ -131,16 +144,11 @@ impl Config {
                 ),
             ));
         }
-        let p = &self.key_prefix;
-        if p.is_empty() || p.len() > 128 {
-            return Err(Error::config("key_prefix", "must be 1 to 128 bytes long"));
+        if let Some(why) = &self.mac_keys_error {
+            return Err(Error::config("mac_secrets", why.clone()));
         }
-        if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::config(
-                "key_prefix",
-                format!("{p:?} contains whitespace or control characters"),
-            ));
-        }
+        crate::keyspace::validate_prefix(&self.key_prefix)
+            .map_err(|why| Error::config("key_prefix", why))?;
         crate::l2::validate_topology(self)?;
         Ok(())
     }
@@ -188,9 +196,52 @@ macro_rules! config_setters {
             self
         }
 
-        /// Prefix of every Redis key: `{prefix}:{sha256 hex}`. Default `ai:cache`.
+        /// Prefix of every Redis key: entries are `{prefix}:{<sha256 hex>}` (the braces are a
+        /// Cluster hash tag, shared by the entry's lease `{prefix}:{<hex>}.lease`), with
+        /// `{prefix}:generations` and the channel `{prefix}:invalidate` beside them. Default
+        /// `ai:cache`. 1 to 128 bytes, no whitespace, control characters or braces (`build()`
+        /// says which): with this layout no two distinct prefixes can share a key.
         pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
             self.config.key_prefix = prefix.into();
+            self
+        }
+
+        /// How long cached entries (L1, and L2 under the namespace generations it knows) are
+        /// served while this instance cannot hear invalidations although Redis is partly
+        /// reachable: its subscription is lost, or the namespace generations cannot be read
+        /// (in a Cluster, the node that holds them is down). Counted from when the entry was
+        /// stored or the instance stopped hearing, whichever is later; past it the cache
+        /// fetches instead (`Stats::unsynced_skips`). When Redis is wholly away L1 is kept
+        /// (nobody can invalidate). When the instance hears again it clears its L1.
+        /// Default 5 s.
+        pub fn unsynced_grace(mut self, grace: Duration) -> Self {
+            self.config.unsynced_grace = grace;
+            self
+        }
+
+        /// Sign every L2 entry with HMAC-SHA256 and accept only entries that verify, for a
+        /// Redis that writers you do not trust can reach. The first secret signs; all of them
+        /// verify, so a secret is rotated by putting the new one first and dropping the old
+        /// one once its entries have expired (`l2_ttl`). Each secret needs at least 16 bytes
+        /// (32 random bytes recommended). Instances with different secrets see each other's
+        /// entries as misses. Secrets never appear in `Debug` output or errors.
+        ///
+        /// Without secrets an entry is still bound to its key by a checksum (a value copied
+        /// under another key is a miss), but anyone who can write to Redis can forge one.
+        /// With them, they cannot; they can still write back an older genuine entry under
+        /// its own key (after an `invalidate`, say) until it expires.
+        pub fn mac_secrets<I, S>(mut self, secrets: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: AsRef<[u8]>,
+        {
+            match crate::envelope::MacKeys::new(secrets) {
+                Ok(keys) => {
+                    self.config.mac_keys = keys;
+                    self.config.mac_keys_error = None;
+                }
+                Err(why) => self.config.mac_keys_error = Some(why),
+            }
             self
         }
 

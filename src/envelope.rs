@@ -1,50 +1,71 @@
-//! The bytes stored in Redis for one cache entry: a versioned header, the (optionally
-//! lz4-compressed) payload and an xxh3 checksum over everything before it. Decoding must
-//! never panic and never allocate more than a caller-chosen bound, whatever Redis returns.
+//! The bytes stored in Redis for one cache entry: a versioned header that names the key
+//! (digest) the entry answers for, the (optionally lz4-compressed) payload, an optional
+//! HMAC-SHA256, and an xxh3 checksum over everything before it. Decoding must never panic,
+//! never allocate (nor hash) more than a caller-chosen bound, and never accept an entry
+//! for another key than the one it was read under.
 //!
-//! Layout, version 1, little-endian:
+//! Layout, version 2, little-endian:
 //!
 //! ```text
 //! offset  size  field
 //!      0     4  magic b"LLMC"
-//!      4     1  version = 1
-//!      5     1  flags (bit 0: payload is lz4 block with a u32 size prefix; others must be 0)
+//!      4     1  version = 2
+//!      5     1  flags (bit 0: payload is an lz4 block with a u32 size prefix;
+//!                      bit 1: a 32-byte HMAC-SHA256 follows the payload; others must be 0)
 //!      6     8  created_at, unix ms
 //!     14     8  ttl, ms (the L2 lifetime given at write)
-//!     22     4  payload length (as stored, i.e. compressed length when bit 0 is set)
-//!     26     n  payload
-//!   26+n     8  xxh3-64 of bytes 0..26+n
+//!     22    32  digest: the key this entry answers for
+//!     54     4  payload length (as stored, i.e. compressed length when bit 0 is set)
+//!     58     n  payload
+//!   58+n    32  HMAC-SHA256 of bytes 0..58+n under the signing secret (bit 1 only)
+//!    end-8   8  xxh3-64 of every byte before it
 //! ```
+//!
+//! Trust: the checksum catches corruption and the digest catches an entry copied or
+//! misplaced under another key, but anyone who can write to Redis can compute both. With
+//! [`MacKeys`] they cannot forge an entry; they can still write back an older genuine
+//! entry under its own key.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
 
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::digest::Digest;
 
 /// The first four bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"LLMC";
 /// The layout version this build writes and reads.
-pub const VERSION: u8 = 1;
-/// Bytes before the payload: magic, version, flags, `created_at`, `ttl`, payload length.
-pub const HEADER_LEN: usize = 26;
-/// Bytes after the payload: the `xxh3-64` checksum.
+pub const VERSION: u8 = 2;
+/// Bytes before the payload: magic, version, flags, `created_at`, `ttl`, digest, length.
+pub const HEADER_LEN: usize = 58;
+/// Bytes of the HMAC-SHA256 that follows the payload of a signed entry.
+pub const MAC_LEN: usize = 32;
+/// Bytes after the payload (and MAC): the `xxh3-64` checksum.
 pub const TRAILER_LEN: usize = 8;
 /// The largest payload [`decode`] will return (after decompression): 64 MiB.
 pub const DEFAULT_MAX_DECOMPRESSED: usize = 64 << 20;
+/// The shortest secret [`MacKeys::new`] accepts.
+pub const MIN_SECRET_LEN: usize = 16;
 
 const MAGIC_AT: usize = 0;
 const VERSION_AT: usize = 4;
 const FLAGS_AT: usize = 5;
 const CREATED_AT: usize = 6;
 const TTL_AT: usize = 14;
-const LEN_AT: usize = 22;
-const _: () = assert!(LEN_AT + 4 == HEADER_LEN);
+const DIGEST_AT: usize = 22;
+const LEN_AT: usize = 54;
+const _: () = assert!(DIGEST_AT + 32 == LEN_AT && LEN_AT + 4 == HEADER_LEN);
 /// `lz4_flex`'s size-prepended block format starts with the decompressed length as u32 LE.
 const LZ4_SIZE_PREFIX: usize = 4;
 /// An lz4 block cannot expand more than 255x (one extension byte adds at most 255 to a
 /// match length), so a larger declared size is a lie we refuse before allocating it.
 const LZ4_MAX_RATIO: usize = 255;
 
-/// The flag byte of an envelope. Only [`Flags::LZ4`] is defined in version 1.
+/// The flag byte of an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Flags(u8);
 
@@ -53,7 +74,9 @@ impl Flags {
     pub const RAW: Flags = Flags(0);
     /// The payload is an lz4 block prefixed with its decompressed size (u32 LE).
     pub const LZ4: Flags = Flags(1);
-    const KNOWN: u8 = Self::LZ4.0;
+    /// A 32-byte HMAC-SHA256 follows the payload.
+    pub const SIGNED: Flags = Flags(2);
+    const KNOWN: u8 = Self::LZ4.0 | Self::SIGNED.0;
 
     /// The flag byte as written.
     #[must_use]
@@ -65,6 +88,93 @@ impl Flags {
     #[must_use]
     pub const fn is_compressed(self) -> bool {
         self.0 & Self::LZ4.0 != 0
+    }
+
+    /// Whether the entry carries an HMAC.
+    #[must_use]
+    pub const fn is_signed(self) -> bool {
+        self.0 & Self::SIGNED.0 != 0
+    }
+}
+
+/// The secrets that sign and verify entries (HMAC-SHA256). The first one signs what this
+/// instance writes; every one of them verifies what it reads, so a secret can be rotated
+/// without emptying the cache: add the new one first, keep the old one until its entries
+/// have expired, then drop it. Empty: entries are neither signed nor accepted signed.
+/// `Debug` shows how many secrets there are, never the secrets.
+#[derive(Clone, Default)]
+pub struct MacKeys {
+    /// Keyed states, made once: each use clones one instead of hashing the key again.
+    keys: Arc<[Hmac<Sha256>]>,
+}
+
+impl MacKeys {
+    /// No secrets: entries carry no MAC.
+    #[must_use]
+    pub fn none() -> Self {
+        MacKeys::default()
+    }
+
+    /// The secrets, the signing one first.
+    ///
+    /// # Errors
+    ///
+    /// A secret shorter than [`MIN_SECRET_LEN`] bytes: the message gives its position in
+    /// the list, never its bytes.
+    pub fn new<I, S>(secrets: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<[u8]>,
+    {
+        let mut keys = Vec::new();
+        for (i, secret) in secrets.into_iter().enumerate() {
+            let secret = secret.as_ref();
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(format!(
+                    "secret #{} is {} bytes long: give at least {MIN_SECRET_LEN} random bytes",
+                    i + 1,
+                    secret.len()
+                ));
+            }
+            keys.push(
+                <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+                    .map_err(|_| "HMAC refused the secret".to_owned())?,
+            );
+        }
+        Ok(MacKeys { keys: keys.into() })
+    }
+
+    /// Whether there are no secrets.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// How many secrets verify (the first of them signs).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn sign(&self, bytes: &[u8]) -> Option<[u8; MAC_LEN]> {
+        let mut mac = self.keys.first()?.clone();
+        mac.update(bytes);
+        Some(mac.finalize().into_bytes().into())
+    }
+
+    /// Constant-time: true when any of the secrets made `tag`.
+    fn verify(&self, bytes: &[u8], tag: &[u8]) -> bool {
+        self.keys.iter().any(|key| {
+            let mut mac = key.clone();
+            mac.update(bytes);
+            mac.verify_slice(tag).is_ok()
+        })
+    }
+}
+
+impl fmt::Debug for MacKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MacKeys({} secrets, redacted)", self.keys.len())
     }
 }
 
@@ -125,6 +235,13 @@ pub enum EnvelopeError {
     /// The xxh3 checksum does not match: the bytes were corrupted.
     #[error("envelope checksum mismatch")]
     Checksum,
+    /// The entry was written for another key: copied or misplaced under this one.
+    #[error("envelope belongs to another key")]
+    WrongKey,
+    /// The HMAC is missing, does not verify with any of this instance's secrets, or the
+    /// entry is signed and this instance has no secret.
+    #[error("envelope MAC does not verify with this instance's secrets")]
+    Mac,
     /// The compressed payload is not a valid lz4 block of its declared size.
     #[error("envelope payload does not decompress")]
     Decompress,
@@ -133,9 +250,9 @@ pub enum EnvelopeError {
     TooLarge,
 }
 
-/// Encode `payload` into an envelope. The payload is lz4-compressed when it is at least
-/// `compress_threshold` bytes long and compression makes it smaller; otherwise it is stored
-/// raw. Uses a single allocation.
+/// Encode `payload` as the entry of `digest`. The payload is lz4-compressed when it is at
+/// least `compress_threshold` bytes long and compression makes it smaller; otherwise it is
+/// stored raw. Signed with the first of `keys`, if any. Uses a single allocation.
 ///
 /// # Panics
 ///
@@ -143,73 +260,98 @@ pub enum EnvelopeError {
 #[must_use]
 pub fn encode(
     payload: &[u8],
+    digest: &Digest,
     created_at_ms: u64,
     ttl_ms: u64,
     compress_threshold: usize,
+    keys: &MacKeys,
 ) -> Vec<u8> {
     let len = u32::try_from(payload.len()).expect("envelope payload must be smaller than 4 GiB");
+    let tail = if keys.is_empty() { 0 } else { MAC_LEN } + TRAILER_LEN;
+    let mut flags = if keys.is_empty() {
+        Flags::RAW
+    } else {
+        Flags::SIGNED
+    };
     let mut out;
     if payload.len() >= compress_threshold {
         // Room for the worst case so lz4 writes straight into the envelope; if it does not
         // pay off, the raw payload fits in the same buffer.
         let block_at = HEADER_LEN + LZ4_SIZE_PREFIX;
         let block_room = lz4_flex::block::get_maximum_output_size(payload.len());
-        out = vec![0u8; block_at + block_room + TRAILER_LEN];
+        out = vec![0u8; block_at + block_room + tail];
         let block = &mut out[block_at..block_at + block_room];
         if let Ok(n) = lz4_flex::block::compress_into(payload, block)
             && LZ4_SIZE_PREFIX + n < payload.len()
         {
             out[HEADER_LEN..block_at].copy_from_slice(&len.to_le_bytes());
             out.truncate(block_at + n);
-            write_header(&mut out, Flags::LZ4, created_at_ms, ttl_ms);
-            seal(&mut out);
+            flags = Flags(flags.0 | Flags::LZ4.0);
+            write_header(&mut out, flags, digest, created_at_ms, ttl_ms);
+            seal(&mut out, keys);
             return out;
         }
         out.truncate(HEADER_LEN);
     } else {
-        out = Vec::with_capacity(HEADER_LEN + payload.len() + TRAILER_LEN);
+        out = Vec::with_capacity(HEADER_LEN + payload.len() + tail);
         out.resize(HEADER_LEN, 0);
     }
     out.extend_from_slice(payload);
-    write_header(&mut out, Flags::RAW, created_at_ms, ttl_ms);
-    seal(&mut out);
+    write_header(&mut out, flags, digest, created_at_ms, ttl_ms);
+    seal(&mut out, keys);
     out
 }
 
 /// `out` holds the header space then the stored payload; fill in the header.
-fn write_header(out: &mut [u8], flags: Flags, created_at_ms: u64, ttl_ms: u64) {
+fn write_header(out: &mut [u8], flags: Flags, digest: &Digest, created_at_ms: u64, ttl_ms: u64) {
     // `encode` checked that the original payload fits in u32; a compressed one is shorter.
     let stored_len = (out.len() - HEADER_LEN) as u32;
     out[MAGIC_AT..VERSION_AT].copy_from_slice(&MAGIC);
     out[VERSION_AT] = VERSION;
     out[FLAGS_AT] = flags.bits();
     out[CREATED_AT..TTL_AT].copy_from_slice(&created_at_ms.to_le_bytes());
-    out[TTL_AT..LEN_AT].copy_from_slice(&ttl_ms.to_le_bytes());
+    out[TTL_AT..DIGEST_AT].copy_from_slice(&ttl_ms.to_le_bytes());
+    out[DIGEST_AT..LEN_AT].copy_from_slice(digest.as_bytes());
     out[LEN_AT..HEADER_LEN].copy_from_slice(&stored_len.to_le_bytes());
 }
 
-fn seal(out: &mut Vec<u8>) {
+/// Append the MAC (when there are keys) and the checksum.
+fn seal(out: &mut Vec<u8>, keys: &MacKeys) {
+    if let Some(tag) = keys.sign(out) {
+        out.extend_from_slice(&tag);
+    }
     let sum = xxh3_64(out);
     out.extend_from_slice(&sum.to_le_bytes());
 }
 
-/// Decode an envelope, refusing payloads larger than [`DEFAULT_MAX_DECOMPRESSED`].
+/// Decode the entry of `digest`, refusing payloads larger than [`DEFAULT_MAX_DECOMPRESSED`].
 ///
 /// # Errors
 ///
 /// See [`decode_with_limit`].
-pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
-    decode_with_limit(bytes, DEFAULT_MAX_DECOMPRESSED)
+pub fn decode<'a>(
+    bytes: &'a [u8],
+    digest: &Digest,
+    keys: &MacKeys,
+) -> Result<Envelope<'a>, EnvelopeError> {
+    decode_with_limit(bytes, digest, keys, DEFAULT_MAX_DECOMPRESSED)
 }
 
-/// Decode an envelope, refusing payloads (after decompression) larger than `max_payload`
-/// bytes. Never panics, and allocates at most `max_payload` bytes whatever the input.
+/// Decode the entry of `digest`, refusing payloads (after decompression) larger than
+/// `max_payload` bytes. Never panics; whatever the input, hashes at most `max_payload`
+/// bytes (plus the header) and allocates at most `max_payload` bytes. With `keys`, only
+/// an entry signed by one of them decodes; without, only an unsigned one.
 ///
 /// # Errors
 ///
 /// An [`EnvelopeError`] naming the first problem found: any error means the bytes are not
-/// a usable entry and should be treated as a miss.
-pub fn decode_with_limit(bytes: &[u8], max_payload: usize) -> Result<Envelope<'_>, EnvelopeError> {
+/// a usable entry for `digest` and should be treated as a miss.
+pub fn decode_with_limit<'a>(
+    bytes: &'a [u8],
+    digest: &Digest,
+    keys: &MacKeys,
+    max_payload: usize,
+) -> Result<Envelope<'a>, EnvelopeError> {
     let header = bytes
         .first_chunk::<HEADER_LEN>()
         .ok_or(EnvelopeError::Truncated)?;
@@ -222,34 +364,49 @@ pub fn decode_with_limit(bytes: &[u8], max_payload: usize) -> Result<Envelope<'_
     }
     let stored_len =
         usize::try_from(read_u32(header, LEN_AT)).map_err(|_| EnvelopeError::TooLarge)?;
-    let total = stored_len
-        .checked_add(HEADER_LEN + TRAILER_LEN)
-        .ok_or(EnvelopeError::TooLarge)?;
+    // Before hashing: a valid entry never stores more than its payload (compression is kept
+    // only when it shrinks), so a longer one is refused without reading it.
+    if stored_len > max_payload {
+        return Err(EnvelopeError::TooLarge);
+    }
+    // Trusted only once the checksum holds; needed now for the layout.
+    let flags = Flags(header[FLAGS_AT]);
+    let mac_len = if flags.is_signed() { MAC_LEN } else { 0 };
+    let body_len = HEADER_LEN + stored_len;
+    let total = body_len + mac_len + TRAILER_LEN;
     if bytes.len() < total {
         return Err(EnvelopeError::Truncated);
     }
     if bytes.len() > total {
         return Err(EnvelopeError::LengthMismatch);
     }
-    let (sealed, trailer) = bytes.split_at(HEADER_LEN + stored_len);
+    let (checked, trailer) = bytes.split_at(body_len + mac_len);
     let trailer = trailer
         .first_chunk::<TRAILER_LEN>()
         .ok_or(EnvelopeError::Truncated)?;
     // A plain u64 comparison: fuzzers see its operands and can satisfy it.
-    if xxh3_64(sealed) != u64::from_le_bytes(*trailer) {
+    if xxh3_64(checked) != u64::from_le_bytes(*trailer) {
         return Err(EnvelopeError::Checksum);
     }
     // After the checksum: a flag byte we do not know is a newer writer, not corruption.
-    let flags = header[FLAGS_AT];
-    if flags & !Flags::KNOWN != 0 {
-        return Err(EnvelopeError::UnknownFlags(flags));
+    if flags.0 & !Flags::KNOWN != 0 {
+        return Err(EnvelopeError::UnknownFlags(flags.0));
     }
-    let flags = Flags(flags);
-    let stored = &sealed[HEADER_LEN..];
+    if header[DIGEST_AT..LEN_AT] != digest.as_bytes()[..] {
+        return Err(EnvelopeError::WrongKey);
+    }
+    let (body, tag) = checked.split_at(body_len);
+    let authentic = if keys.is_empty() {
+        !flags.is_signed()
+    } else {
+        flags.is_signed() && keys.verify(body, tag)
+    };
+    if !authentic {
+        return Err(EnvelopeError::Mac);
+    }
+    let stored = &body[HEADER_LEN..];
     let payload = if flags.is_compressed() {
         Cow::Owned(decompress(stored, max_payload)?)
-    } else if stored.len() > max_payload {
-        return Err(EnvelopeError::TooLarge);
     } else {
         Cow::Borrowed(stored)
     };
@@ -298,6 +455,29 @@ mod tests {
     const T0: u64 = 1_700_000_000_000;
     const DAY: u64 = 86_400_000;
 
+    fn d() -> Digest {
+        Digest::of("the key")
+    }
+
+    fn none() -> MacKeys {
+        MacKeys::none()
+    }
+
+    fn enc(payload: &[u8], created: u64, ttl: u64, threshold: usize) -> Vec<u8> {
+        encode(payload, &d(), created, ttl, threshold, &none())
+    }
+
+    fn dec(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+        decode(bytes, &d(), &none())
+    }
+
+    /// Re-seal `bytes` (unsigned) after editing its header or payload.
+    fn reseal(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes.truncate(bytes.len() - TRAILER_LEN);
+        seal(&mut bytes, &none());
+        bytes
+    }
+
     fn compressible(len: usize) -> Vec<u8> {
         b"the quick brown fox jumps over the lazy dog. "
             .iter()
@@ -310,18 +490,22 @@ mod tests {
     #[test]
     fn layout_is_pinned() {
         // A storage format: changing these bytes breaks every entry already in Redis.
+        let digest = Digest::from_bytes([0xab; 32]);
         let bytes = encode(
             b"hi",
+            &digest,
             0x0102_0304_0506_0708,
             0x1112_1314_1516_1718,
             usize::MAX,
+            &none(),
         );
         let mut expected = Vec::new();
         expected.extend_from_slice(b"LLMC");
-        expected.push(1);
+        expected.push(2);
         expected.push(0);
         expected.extend_from_slice(&[0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01]);
         expected.extend_from_slice(&[0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11]);
+        expected.extend_from_slice(&[0xab; 32]);
         expected.extend_from_slice(&[2, 0, 0, 0]);
         expected.extend_from_slice(b"hi");
         let sum = xxh3_64(&expected);
@@ -331,20 +515,96 @@ mod tests {
     }
 
     #[test]
+    fn signed_layout_is_pinned() {
+        let keys = MacKeys::new([b"0123456789abcdef0123456789abcdef"]).unwrap();
+        let digest = Digest::from_bytes([0xab; 32]);
+        let bytes = encode(b"hi", &digest, 1, 2, usize::MAX, &keys);
+        let body = &bytes[..HEADER_LEN + 2];
+        assert_eq!(body[FLAGS_AT], Flags::SIGNED.bits());
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(b"0123456789abcdef0123456789abcdef").unwrap();
+        mac.update(body);
+        let tag: [u8; 32] = mac.finalize().into_bytes().into();
+        assert_eq!(&bytes[HEADER_LEN + 2..HEADER_LEN + 2 + MAC_LEN], &tag);
+        let sum = xxh3_64(&bytes[..bytes.len() - TRAILER_LEN]);
+        assert_eq!(&bytes[bytes.len() - TRAILER_LEN..], &sum.to_le_bytes());
+    }
+
+    #[test]
     fn raw_round_trip_borrows() {
-        let bytes = encode(b"hello", T0, DAY, 1024);
-        let env = decode(&bytes).unwrap();
+        let bytes = enc(b"hello", T0, DAY, 1024);
+        let env = dec(&bytes).unwrap();
         assert_eq!(env.flags, Flags::RAW);
         assert!(matches!(env.payload, Cow::Borrowed(b"hello")));
         assert_eq!((env.created_at_ms, env.ttl_ms), (T0, DAY));
     }
 
     #[test]
+    fn an_entry_answers_only_for_its_own_digest() {
+        for threshold in [0, usize::MAX] {
+            let bytes = enc(&compressible(2048), T0, DAY, threshold);
+            assert!(dec(&bytes).is_ok());
+            assert_eq!(
+                decode(&bytes, &Digest::of("another key"), &none()),
+                Err(EnvelopeError::WrongKey)
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_sign_verify_and_rotate() {
+        let old = MacKeys::new([b"old secret, 16+ bytes".as_slice()]).unwrap();
+        let rotated = MacKeys::new([
+            b"new secret, 16+ bytes".as_slice(),
+            b"old secret, 16+ bytes",
+        ])
+        .unwrap();
+        let new_only = MacKeys::new([b"new secret, 16+ bytes"]).unwrap();
+        for threshold in [0, usize::MAX] {
+            let by_old = encode(&compressible(3000), &d(), T0, DAY, threshold, &old);
+            let by_new = encode(&compressible(3000), &d(), T0, DAY, threshold, &rotated);
+            assert_eq!(
+                decode(&by_old, &d(), &old).unwrap().payload,
+                compressible(3000)
+            );
+            // Rotation: the new first secret signs; the old one still verifies.
+            assert!(decode(&by_old, &d(), &rotated).is_ok());
+            assert!(decode(&by_new, &d(), &rotated).is_ok());
+            assert!(decode(&by_new, &d(), &new_only).is_ok());
+            // Another secret, or none, or no MAC where one is required: a miss.
+            assert_eq!(decode(&by_old, &d(), &new_only), Err(EnvelopeError::Mac));
+            assert_eq!(decode(&by_old, &d(), &none()), Err(EnvelopeError::Mac));
+            let unsigned = enc(&compressible(3000), T0, DAY, threshold);
+            assert_eq!(decode(&unsigned, &d(), &old), Err(EnvelopeError::Mac));
+            // A forger who rewrites the payload and the checksum cannot fix the MAC.
+            let mut forged = by_old.clone();
+            forged[HEADER_LEN + 10] ^= 1;
+            let forged = reseal(forged);
+            assert_eq!(decode(&forged, &d(), &old), Err(EnvelopeError::Mac));
+            // Nor move a signed entry to another key.
+            assert_eq!(
+                decode(&by_old, &Digest::of("other"), &old),
+                Err(EnvelopeError::WrongKey)
+            );
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused_without_showing_them() {
+        let err = MacKeys::new([b"0123456789abcdef".as_slice(), b"tiny-secret"]).unwrap_err();
+        assert!(err.contains("#2") && !err.contains("tiny-secret"), "{err}");
+        assert!(
+            !format!("{:?}", MacKeys::new([b"0123456789abcdef"]).unwrap())
+                .contains("0123456789abcdef")
+        );
+    }
+
+    #[test]
     fn compressible_payload_is_compressed() {
         let payload = compressible(4096);
-        let bytes = encode(&payload, T0, DAY, 256);
+        let bytes = enc(&payload, T0, DAY, 256);
         assert!(bytes.len() < payload.len() / 4, "{} bytes", bytes.len());
-        let env = decode(&bytes).unwrap();
+        let env = dec(&bytes).unwrap();
         assert!(env.flags.is_compressed());
         assert_eq!(&*env.payload, &payload[..]);
     }
@@ -352,9 +612,9 @@ mod tests {
     #[test]
     fn below_threshold_stays_raw() {
         let payload = compressible(4096);
-        let bytes = encode(&payload, T0, DAY, 4097);
+        let bytes = enc(&payload, T0, DAY, 4097);
         assert_eq!(bytes.len(), HEADER_LEN + payload.len() + TRAILER_LEN);
-        assert_eq!(decode(&bytes).unwrap().flags, Flags::RAW);
+        assert_eq!(dec(&bytes).unwrap().flags, Flags::RAW);
     }
 
     #[test]
@@ -369,8 +629,8 @@ mod tests {
                 x as u8
             })
             .collect();
-        let bytes = encode(&payload, T0, DAY, 0);
-        let env = decode(&bytes).unwrap();
+        let bytes = enc(&payload, T0, DAY, 0);
+        let env = dec(&bytes).unwrap();
         assert_eq!(env.flags, Flags::RAW);
         assert_eq!(&*env.payload, &payload[..]);
         assert_eq!(bytes.len(), HEADER_LEN + payload.len() + TRAILER_LEN);
@@ -378,90 +638,107 @@ mod tests {
 
     #[test]
     fn empty_payload_with_zero_threshold() {
-        let bytes = encode(b"", T0, DAY, 0);
-        let env = decode(&bytes).unwrap();
+        let bytes = enc(b"", T0, DAY, 0);
+        let env = dec(&bytes).unwrap();
         assert_eq!(env.flags, Flags::RAW);
         assert!(env.payload.is_empty());
     }
 
     #[test]
     fn errors_name_the_problem() {
-        let good = encode(b"payload", T0, DAY, usize::MAX);
-        assert_eq!(
-            decode(&good[..HEADER_LEN - 1]),
-            Err(EnvelopeError::Truncated)
-        );
-        assert_eq!(
-            decode(&good[..good.len() - 1]),
-            Err(EnvelopeError::Truncated)
-        );
+        let good = enc(b"payload", T0, DAY, usize::MAX);
+        assert_eq!(dec(&good[..HEADER_LEN - 1]), Err(EnvelopeError::Truncated));
+        assert_eq!(dec(&good[..good.len() - 1]), Err(EnvelopeError::Truncated));
 
         let mut longer = good.clone();
         longer.push(0);
-        assert_eq!(decode(&longer), Err(EnvelopeError::LengthMismatch));
+        assert_eq!(dec(&longer), Err(EnvelopeError::LengthMismatch));
 
         let mut magic = good.clone();
         magic[0] = b'X';
-        assert_eq!(decode(&magic), Err(EnvelopeError::BadMagic));
+        assert_eq!(dec(&magic), Err(EnvelopeError::BadMagic));
 
+        // The previous layout (version 1) is a miss, whatever follows.
         let mut version = good.clone();
-        version[VERSION_AT] = 2;
-        assert_eq!(decode(&version), Err(EnvelopeError::UnsupportedVersion(2)));
+        version[VERSION_AT] = 1;
+        assert_eq!(dec(&version), Err(EnvelopeError::UnsupportedVersion(1)));
 
         let mut body = good.clone();
         body[HEADER_LEN] ^= 0x20;
-        assert_eq!(decode(&body), Err(EnvelopeError::Checksum));
+        assert_eq!(dec(&body), Err(EnvelopeError::Checksum));
+
+        // The digest is inside the checksum: editing it is corruption.
+        let mut digest = good.clone();
+        digest[DIGEST_AT] ^= 1;
+        assert_eq!(dec(&digest), Err(EnvelopeError::Checksum));
 
         // A newer writer's flag, correctly sealed.
-        let mut flags = good[..good.len() - TRAILER_LEN].to_vec();
-        flags[FLAGS_AT] = 0x02;
-        seal(&mut flags);
-        assert_eq!(decode(&flags), Err(EnvelopeError::UnknownFlags(0x02)));
+        let mut flags = good.clone();
+        flags[FLAGS_AT] = 0x04;
+        assert_eq!(dec(&reseal(flags)), Err(EnvelopeError::UnknownFlags(0x04)));
+    }
+
+    #[test]
+    fn the_size_bound_is_checked_before_hashing() {
+        // A header that declares 100 MB: refused from the header alone, before the
+        // checksum (which would otherwise read all of it) and whatever the bytes hold.
+        let mut bytes = enc(b"x", T0, DAY, usize::MAX);
+        bytes[LEN_AT..HEADER_LEN].copy_from_slice(&(100u32 << 20).to_le_bytes());
+        assert_eq!(dec(&bytes), Err(EnvelopeError::TooLarge));
+        let payload = compressible(10_000);
+        let raw = enc(&payload, T0, DAY, usize::MAX);
+        let mut wrong_sum = raw.clone();
+        let last = wrong_sum.len() - 1;
+        wrong_sum[last] ^= 1;
+        assert_eq!(
+            decode_with_limit(&wrong_sum, &d(), &none(), 9_999),
+            Err(EnvelopeError::TooLarge),
+            "the bound comes first"
+        );
     }
 
     #[test]
     fn lying_lz4_is_refused() {
+        let lz4 = |bytes: Vec<u8>| {
+            let mut bytes = bytes;
+            bytes[FLAGS_AT] = Flags::LZ4.bits();
+            reseal(bytes)
+        };
         // Raw bytes sealed with the lz4 flag: not a valid block of the declared size.
-        let mut bytes = encode(b"\x05\x00\x00\x00garbage", T0, DAY, usize::MAX);
-        bytes.truncate(bytes.len() - TRAILER_LEN);
-        bytes[FLAGS_AT] = Flags::LZ4.bits();
-        seal(&mut bytes);
-        assert_eq!(decode(&bytes), Err(EnvelopeError::Decompress));
+        let bytes = lz4(enc(b"\x05\x00\x00\x00garbage", T0, DAY, usize::MAX));
+        assert_eq!(dec(&bytes), Err(EnvelopeError::Decompress));
 
         // Too short for the size prefix.
-        let mut bytes = encode(b"\x05", T0, DAY, usize::MAX);
-        bytes.truncate(bytes.len() - TRAILER_LEN);
-        bytes[FLAGS_AT] = Flags::LZ4.bits();
-        seal(&mut bytes);
-        assert_eq!(decode(&bytes), Err(EnvelopeError::Decompress));
+        let bytes = lz4(enc(b"\x05", T0, DAY, usize::MAX));
+        assert_eq!(dec(&bytes), Err(EnvelopeError::Decompress));
 
         // A tiny block claiming 60 MiB is refused before anything is allocated.
-        let mut bytes = encode(&(60u32 << 20).to_le_bytes(), T0, DAY, usize::MAX);
-        bytes.truncate(bytes.len() - TRAILER_LEN);
-        bytes[FLAGS_AT] = Flags::LZ4.bits();
-        seal(&mut bytes);
-        assert_eq!(decode(&bytes), Err(EnvelopeError::Decompress));
+        let bytes = lz4(enc(&(60u32 << 20).to_le_bytes(), T0, DAY, usize::MAX));
+        assert_eq!(dec(&bytes), Err(EnvelopeError::Decompress));
     }
 
     #[test]
     fn limit_applies_to_decompressed_and_raw_sizes() {
         let payload = compressible(10_000);
-        let compressed = encode(&payload, T0, DAY, 0);
+        let compressed = enc(&payload, T0, DAY, 0);
         assert!(compressed.len() < 1000);
         assert_eq!(
-            decode_with_limit(&compressed, 9_999),
+            decode_with_limit(&compressed, &d(), &none(), 9_999),
             Err(EnvelopeError::TooLarge)
         );
-        assert!(decode_with_limit(&compressed, 10_000).is_ok());
+        assert!(decode_with_limit(&compressed, &d(), &none(), 10_000).is_ok());
 
-        let raw = encode(&payload, T0, DAY, usize::MAX);
-        assert_eq!(decode_with_limit(&raw, 9_999), Err(EnvelopeError::TooLarge));
-        assert!(decode_with_limit(&raw, 10_000).is_ok());
+        let raw = enc(&payload, T0, DAY, usize::MAX);
+        assert_eq!(
+            decode_with_limit(&raw, &d(), &none(), 9_999),
+            Err(EnvelopeError::TooLarge)
+        );
+        assert!(decode_with_limit(&raw, &d(), &none(), 10_000).is_ok());
     }
 
     #[test]
     fn remaining_ttl() {
-        let env = decode(&encode(b"", T0, 1_000, 0)).unwrap().into_owned();
+        let env = dec(&enc(b"", T0, 1_000, 0)).unwrap().into_owned();
         assert_eq!(env.remaining_ttl_ms(T0), 1_000);
         assert_eq!(env.remaining_ttl_ms(T0 + 400), 600);
         assert_eq!(env.remaining_ttl_ms(T0 + 1_000), 0);
@@ -469,9 +746,7 @@ mod tests {
         // Reader clock behind the writer's: never more than the ttl given.
         assert_eq!(env.remaining_ttl_ms(T0 - 10_000), 1_000);
         // No overflow at the edges.
-        let forever = decode(&encode(b"", u64::MAX, u64::MAX, 0))
-            .unwrap()
-            .into_owned();
+        let forever = dec(&enc(b"", u64::MAX, u64::MAX, 0)).unwrap().into_owned();
         assert_eq!(forever.remaining_ttl_ms(0), u64::MAX);
     }
 }

@@ -3,7 +3,8 @@
 //! them, so the two can never drift apart. Not a public API: hidden from the docs.
 
 use crate::ChatRequest;
-use crate::envelope;
+use crate::digest::Digest;
+use crate::envelope::{self, MacKeys};
 use crate::key::{KeyOptions, canonical_json, canonical_value, derive};
 use crate::stream::{Assembler, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
 use serde_json::Value;
@@ -12,24 +13,54 @@ use xxhash_rust::xxh3::xxh3_64;
 /// The checks of the `envelope_decode` fuzz target: panics on a violated property.
 pub fn envelope_decode(data: &[u8]) {
     fn check(bytes: &[u8]) {
-        let Ok(env) = envelope::decode(bytes) else {
+        // The key the bytes claim, so the fuzzer can reach past the digest check; and a
+        // key they do not claim, which must never decode.
+        let Some(claimed) = bytes.get(22..54) else {
+            assert!(envelope::decode(bytes, &Digest::of(bytes), &MacKeys::none()).is_err());
             return;
         };
+        let claimed = Digest::from_bytes(claimed.try_into().expect("32 bytes"));
+        let mut other = *claimed.as_bytes();
+        other[0] ^= 1;
+        let other = Digest::from_bytes(other);
+        let none = MacKeys::none();
+        assert!(envelope::decode(bytes, &other, &none).is_err());
+        let Ok(env) = envelope::decode(bytes, &claimed, &none) else {
+            return;
+        };
+        let threshold = if env.flags.is_compressed() {
+            0
+        } else {
+            usize::MAX
+        };
+        let again = envelope::encode(
+            &env.payload,
+            &claimed,
+            env.created_at_ms,
+            env.ttl_ms,
+            threshold,
+            &none,
+        );
         if env.flags.is_compressed() {
-            let again = envelope::encode(&env.payload, env.created_at_ms, env.ttl_ms, 0);
-            let back = envelope::decode(&again).expect("re-encoded envelope must decode");
+            let back =
+                envelope::decode(&again, &claimed, &none).expect("re-encoded envelope must decode");
             assert_eq!(back.payload, env.payload);
             assert_eq!(
                 (back.created_at_ms, back.ttl_ms),
                 (env.created_at_ms, env.ttl_ms)
             );
         } else {
-            let again = envelope::encode(&env.payload, env.created_at_ms, env.ttl_ms, usize::MAX);
             assert_eq!(
                 again, bytes,
                 "raw envelope did not re-encode to the same bytes"
             );
         }
+        // The same entry signed: its secret verifies it, another secret and none do not.
+        let keys = MacKeys::new([b"fuzz secret, 16+ bytes"]).expect("long enough");
+        let signed = envelope::encode(&env.payload, &claimed, 1, 2, threshold, &keys);
+        assert!(envelope::decode(&signed, &claimed, &keys).is_ok());
+        assert!(envelope::decode(&signed, &claimed, &none).is_err());
+        assert!(envelope::decode(bytes, &claimed, &keys).is_err());
     }
     check(data);
     let mut sealed = data.to_vec();

@@ -19,6 +19,9 @@ use crate::tiered::TieredCache;
 pub enum L2Health {
     /// Redis answered.
     Up,
+    /// Redis answered, but some of its nodes did not (a Cluster with masters down, named
+    /// in [`Health::nodes_down`]): their keys miss, the others' hit.
+    Degraded,
     /// Redis did not answer (error or deadline); the breaker still lets operations through.
     Down,
     /// The circuit breaker is open (or one probe is out): Redis is skipped until a probe
@@ -29,10 +32,11 @@ pub enum L2Health {
 }
 
 impl L2Health {
-    /// `up`, `down`, `breaker_open` or `disabled`.
+    /// `up`, `degraded`, `down`, `breaker_open` or `disabled`.
     pub fn as_str(self) -> &'static str {
         match self {
             L2Health::Up => "up",
+            L2Health::Degraded => "degraded",
             L2Health::Down => "down",
             L2Health::BreakerOpen => "breaker_open",
             L2Health::Disabled => "disabled",
@@ -57,6 +61,9 @@ pub struct Health {
     pub breaker: BreakerState,
     /// The Redis address, password hidden; `None` when L1-only.
     pub redis: Option<String>,
+    /// Nodes that did not answer the check (`host:port` of a Cluster's masters); empty
+    /// for a single server or when all answered.
+    pub nodes_down: Vec<String>,
     /// The last L2 failure this cache saw (also when Redis is up again), such as
     /// `get: connection: Connection refused (os error 111)`, with URL passwords hidden.
     pub last_error: Option<String>,
@@ -75,6 +82,7 @@ impl Health {
             l2: L2Health::Disabled,
             breaker: BreakerState::Disabled,
             redis: None,
+            nodes_down: Vec::new(),
             last_error: None,
             last_error_at: None,
         }
@@ -88,6 +96,9 @@ impl fmt::Display for Health {
         write!(f, "l2 {}", self.l2)?;
         if let Some(redis) = &self.redis {
             write!(f, " ({redis})")?;
+        }
+        if !self.nodes_down.is_empty() {
+            write!(f, ": nodes down: {}", self.nodes_down.join(","))?;
         }
         if let Some(error) = &self.last_error {
             let ago = self
@@ -143,15 +154,18 @@ where
 {
     /// Check the Redis tier now: one `PING` under the L2 deadline, through the breaker (so
     /// while the breaker is open it is skipped and reports [`L2Health::BreakerOpen`]; once the
-    /// cool-down is over it is the probe that can close it). Never fails, never blocks longer
-    /// than the L2 deadline.
+    /// cool-down is over it is the probe that can close it). For a Cluster every master is
+    /// also pinged on a connection of its own (not through the breaker): with some of them
+    /// silent the tier is [`L2Health::Degraded`] and [`Health::nodes_down`] names them.
+    /// Never fails, never blocks longer than about the L2 deadline.
     pub async fn health(&self) -> Health {
         let (Some(l2), _) = self.l2_parts() else {
             return Health::disabled();
         };
-        let answered = l2.ping().await;
+        let (answered, nodes_down) = tokio::join!(l2.ping(), l2.store().nodes_down());
         let breaker = l2.breaker_state();
         let state = match (answered, breaker) {
+            (true, _) if !nodes_down.is_empty() => L2Health::Degraded,
             (true, _) => L2Health::Up,
             (false, BreakerState::Closed) => L2Health::Down,
             (false, _) => L2Health::BreakerOpen,
@@ -166,6 +180,7 @@ where
             l2: state,
             breaker,
             redis: Some(l2.describe().to_string()),
+            nodes_down,
             last_error: last.as_ref().map(|e| format!("{}: {}", e.op, e.message)),
             last_error_at: last.map(|e| e.at),
         }

@@ -11,15 +11,25 @@
 //! one script, so announcements arrive in the order the generations were set; an instance
 //! takes the last one it hears, and on every (re)subscription it reloads them all.
 //!
-//! A subscription that is lost may have missed messages; when it is established again the
-//! instance clears its L1 (and reloads the generations) before trusting L1 again. L1 is
-//! kept while Redis is away: nobody can invalidate then, and L1 is what keeps the upstream
-//! bill down during an outage.
+//! The instance is *current* while it is subscribed and has loaded the generations. Each
+//! time it becomes current (the first time after start too) it clears its L1: it may have
+//! missed messages, or filled L1 without knowing the generations. A subscription is kept
+//! when the generations cannot be read (a Cluster node down): the read is retried on its
+//! own while messages keep arriving.
+//!
+//! While it is not current and Redis is partly reachable (someone may be invalidating),
+//! it serves cached entries for at most `unsynced_grace`: an L1 entry no longer than that
+//! after it was stored or after the instance stopped being current, whichever is later,
+//! and L2 only with loaded generations and within the grace. Generations never loaded are
+//! unknown, not 0: L2 is not read until they are. When Redis is wholly away nobody can
+//! invalidate, so L1 is kept: it is what keeps the upstream bill down during an outage.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::future::BoxFuture;
 use sha2::{Digest as _, Sha256};
@@ -27,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::digest::Digest;
+use crate::keyspace::Keyspace;
 use crate::l2::Guarded;
 
 /// How long connecting and subscribing may take before the subscriber tries again.
@@ -60,19 +71,82 @@ pub(crate) struct Invalidation {
     /// Counts invalidations seen here, so an L2 read that was out meanwhile does not put
     /// what it read into L1 (it may be the value just invalidated).
     epoch: AtomicU64,
+    /// Whether the generations are known: loaded from Redis at least once, or kept in
+    /// memory only (no Redis, or no subscriber).
+    loaded: AtomicBool,
+    /// Subscribed with the generations loaded: every invalidation reaches this instance.
+    current: AtomicBool,
+    /// Unix ms at which the instance last stopped being current (start-up included).
+    unsynced_since_ms: AtomicU64,
+    /// How long cached entries are served while not current; see the module docs.
+    grace_ms: u64,
 }
 
 impl Invalidation {
-    pub fn new(prefix: &str) -> Self {
+    /// `subscriber`: whether a subscriber will keep this instance current; without one the
+    /// generations are this instance's own and it is always current.
+    pub fn new(keyspace: &Keyspace, subscriber: bool, grace: Duration) -> Self {
         Invalidation {
-            channel: format!("{prefix}:invalidate"),
-            generations_key: format!("{prefix}:generations"),
+            channel: keyspace.channel(),
+            generations_key: keyspace.generations(),
             generations: RwLock::new(HashMap::new()),
             any_generation: AtomicBool::new(false),
             changes: watch::Sender::new(0),
             subscribed: watch::Sender::new(None),
             subscriptions: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            loaded: AtomicBool::new(!subscriber),
+            current: AtomicBool::new(!subscriber),
+            unsynced_since_ms: AtomicU64::new(crate::tiered::now_ms()),
+            grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Whether L2 may be read now: current; or the generations are loaded and the
+    /// instance stopped being current less than the grace ago (or Redis is wholly away, when
+    /// reads fail anyway). `reachable` is asked only when the instance is not current.
+    #[inline]
+    pub fn serves_l2(&self, now_ms: u64, reachable: impl FnOnce() -> bool) -> bool {
+        if self.current.load(Ordering::Acquire) {
+            return true;
+        }
+        if !self.loaded.load(Ordering::Acquire) {
+            return false;
+        }
+        let since = self.unsynced_since_ms.load(Ordering::Acquire);
+        now_ms.saturating_sub(since) < self.grace_ms || !reachable()
+    }
+
+    /// Whether an L1 entry stored at `stored_at_ms` may be served now.
+    #[inline]
+    pub fn serves_l1(
+        &self,
+        stored_at_ms: u64,
+        now_ms: u64,
+        reachable: impl FnOnce() -> bool,
+    ) -> bool {
+        if self.current.load(Ordering::Acquire) {
+            return true;
+        }
+        if !reachable() {
+            return true;
+        }
+        // Unknown generations: what L1 holds was fetched here (L2 is not read), so it is as
+        // fresh as its storing; the grace runs from then.
+        let since = self.unsynced_since_ms.load(Ordering::Acquire);
+        now_ms.saturating_sub(stored_at_ms.max(since)) < self.grace_ms
+    }
+
+    fn become_current(&self, sink: &dyn Sink) {
+        self.note_invalidation();
+        sink.forget_all();
+        self.current.store(true, Ordering::Release);
+    }
+
+    fn stop_being_current(&self) {
+        if self.current.swap(false, Ordering::AcqRel) {
+            self.unsynced_since_ms
+                .store(crate::tiered::now_ms(), Ordering::Release);
         }
     }
 
@@ -108,6 +182,7 @@ impl Invalidation {
             self.any_generation.store(true, Ordering::Release);
         }
         drop(map);
+        self.loaded.store(true, Ordering::Release);
         self.changes.send_modify(|n| *n += 1);
     }
 
@@ -139,13 +214,13 @@ impl Invalidation {
         &self.generations_key
     }
 
-    /// Whether a subscription is live now.
+    /// Whether a subscription is live now with the generations loaded (current).
     pub fn is_subscribed(&self) -> bool {
         *self.subscribed.borrow() == Some(true)
     }
 
-    /// Wait up to `limit` for the first attempt to subscribe to succeed or fail; true when
-    /// a subscription is live.
+    /// Wait up to `limit` for the first attempt to become current to succeed or fail; true
+    /// when a subscription is live.
     pub async fn wait_first_attempt(&self, limit: Duration) -> bool {
         let mut rx = self.subscribed.subscribe();
         let _ = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
@@ -248,64 +323,97 @@ pub(crate) fn spawn_subscriber(
 
 async fn subscribe_forever(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Weak<dyn Sink>) {
     let mut retry = RETRY_MIN;
-    let mut lost_one = false;
     while sink.strong_count() > 0 {
         match l2.subscribe(&state.channel, SUBSCRIBE_TIMEOUT).await {
             Ok(mut sub) => {
-                // Subscribed first, then read: a bump from now on arrives as a message,
-                // every earlier one is in the hash.
-                let Some(all) = l2.hgetall(&state.generations_key).await else {
-                    state.subscribed.send_if_modified(|s| {
-                        let first = s.is_none();
-                        if first {
-                            *s = Some(false);
-                        }
-                        first
-                    });
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(RETRY_MAX);
-                    continue;
-                };
-                state.replace_all(all);
-                if lost_one {
-                    let Some(sink) = sink.upgrade() else { return };
-                    state.note_invalidation();
-                    sink.forget_all();
-                    tracing::info!(channel = %state.channel, "resubscribed to invalidations: L1 cleared (messages may have been missed)");
-                }
                 retry = RETRY_MIN;
                 state.subscriptions.fetch_add(1, Ordering::Relaxed);
-                state.subscribed.send_replace(Some(true));
-                while let Some(msg) = sub.next().await {
-                    let Some(sink) = sink.upgrade() else { return };
-                    match parse(&msg) {
-                        Some(Message::Key(digest)) => {
-                            state.note_invalidation();
-                            sink.forget(&digest).await;
-                        }
-                        Some(Message::Generation(ns, generation)) => state.observe(&ns, generation),
-                        None => tracing::debug!("ignoring an unknown invalidation message"),
-                    }
+                if listen(&state, &l2, &sink, &mut sub).await.is_break() {
+                    return;
                 }
+                state.stop_being_current();
                 state.subscribed.send_replace(Some(false));
-                lost_one = true;
                 tracing::warn!(channel = %state.channel, "lost the invalidation subscription: resubscribing (L1 is cleared once it is back)");
                 // A killed connection is usually refused again at once: retry right away.
                 continue;
             }
             Err(e) => {
                 tracing::debug!(error = %e, channel = %state.channel, "cannot subscribe to invalidations yet");
-                state.subscribed.send_if_modified(|s| {
-                    let first = s.is_none();
-                    if first {
-                        *s = Some(false);
-                    }
-                    first
-                });
+                first_attempt_failed(&state);
             }
         }
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+/// The first attempt to become current has failed: let `settle` go on.
+fn first_attempt_failed(state: &Invalidation) {
+    state.subscribed.send_if_modified(|s| {
+        let first = s.is_none();
+        if first {
+            *s = Some(false);
+        }
+        first
+    });
+}
+
+/// Serve one subscription until it ends (`Continue`) or the cache is gone (`Break`). The
+/// generations are read after subscribing (a bump from then on arrives as a message, every
+/// earlier one is in the hash); a failed read is retried with a backoff while messages
+/// keep being applied, and the instance becomes current once it succeeds.
+async fn listen(
+    state: &Invalidation,
+    l2: &Guarded,
+    sink: &Weak<dyn Sink>,
+    sub: &mut super::l2::Subscription,
+) -> std::ops::ControlFlow<()> {
+    use std::ops::ControlFlow::{Break, Continue};
+    let mut loaded = false;
+    let mut load_retry = RETRY_MIN;
+    let mut next_load = Instant::now();
+    loop {
+        let msg = if loaded {
+            sub.next().await
+        } else {
+            tokio::select! {
+                biased;
+                msg = sub.next() => msg,
+                () = tokio::time::sleep_until(next_load) => {
+                    match l2.hgetall(&state.generations_key).await {
+                        Some(all) => {
+                            state.replace_all(all);
+                            let Some(sink) = sink.upgrade() else { return Break(()) };
+                            state.become_current(&*sink);
+                            state.subscribed.send_replace(Some(true));
+                            loaded = true;
+                            tracing::debug!(channel = %state.channel, "invalidations current: generations loaded, L1 cleared");
+                        }
+                        None => {
+                            first_attempt_failed(state);
+                            tracing::debug!(key = %state.generations_key, "cannot read the namespace generations yet: retrying, subscription kept");
+                            next_load = Instant::now() + load_retry;
+                            load_retry = (load_retry * 2).min(RETRY_MAX);
+                        }
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(msg) = msg else {
+            return Continue(());
+        };
+        let Some(sink) = sink.upgrade() else {
+            return Break(());
+        };
+        match parse(&msg) {
+            Some(Message::Key(digest)) => {
+                state.note_invalidation();
+                sink.forget(&digest).await;
+            }
+            Some(Message::Generation(ns, generation)) => state.observe(&ns, generation),
+            None => tracing::debug!("ignoring an unknown invalidation message"),
+        }
     }
 }
 
@@ -336,7 +444,7 @@ mod tests {
 
     #[test]
     fn the_last_generation_heard_wins_and_a_reload_replaces_all() {
-        let inv = Invalidation::new("p");
+        let inv = Invalidation::new(&Keyspace::new("p"), false, Duration::from_secs(5));
         assert_eq!(inv.generation("a"), 0);
         inv.observe("a", 3);
         inv.observe("a", 2);

@@ -22,6 +22,8 @@ pub(crate) struct L1Entry<V> {
     pub ttl: Duration,
     /// Bytes this entry is charged against the bound.
     pub weight: u32,
+    /// Unix ms at which it was stored in L1 (set by [`L1::insert`]).
+    pub stored_at_ms: u64,
 }
 
 impl<V> Clone for L1Entry<V> {
@@ -31,6 +33,7 @@ impl<V> Clone for L1Entry<V> {
             created_at_ms: self.created_at_ms,
             ttl: self.ttl,
             weight: self.weight,
+            stored_at_ms: self.stored_at_ms,
         }
     }
 }
@@ -86,11 +89,12 @@ impl<V: Send + Sync + 'static> L1<V> {
         }
     }
 
-    pub async fn insert(&self, digest: Digest, entry: L1Entry<V>) {
+    pub async fn insert(&self, digest: Digest, mut entry: L1Entry<V>) {
         if entry.ttl.is_zero() {
             return;
         }
         if let Some(c) = &self.cache {
+            entry.stored_at_ms = crate::tiered::now_ms();
             c.insert(digest, entry).await;
         }
     }

@@ -1,5 +1,5 @@
 //! Single-flight across instances. On an L2 miss the flight's leader takes a lease in
-//! Redis (`SET {prefix}:lease:{hex} token NX PX ttl`) and renews it while it fetches; a
+//! Redis (`SET {prefix}:{<hex>}.lease token NX PX ttl`, in the entry's Cluster slot) and renews it while it fetches; a
 //! flight that finds the lease taken polls L2 with a backoff until the value lands or the
 //! lease is gone (released, or expired because its holder died), and then takes the lease
 //! itself. A flight that takes a lease looks in L2 once more before it fetches: the lease
@@ -16,7 +16,6 @@ use dashmap::DashMap;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::digest::Digest;
 use crate::l2::Guarded;
 
 /// First and longest pause between two looks at L2 while another instance fetches.
@@ -116,15 +115,6 @@ pub(crate) enum Waited<T> {
     Lead(Lease),
     /// Redis went away or the wait ran out: fetch without a lease.
     Alone,
-}
-
-/// `{prefix}:lease:{hex}`.
-pub(crate) fn lease_key(prefix: &str, digest: &Digest) -> String {
-    let mut key = String::with_capacity(prefix.len() + 71);
-    key.push_str(prefix);
-    key.push_str(":lease:");
-    key.push_str(&digest.to_hex());
-    key
 }
 
 pub(crate) async fn take(

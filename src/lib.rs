@@ -13,6 +13,7 @@ mod health;
 mod inflight;
 mod invalidation;
 pub mod key;
+mod keyspace;
 mod l1;
 mod l2;
 mod lease;

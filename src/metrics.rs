@@ -59,6 +59,10 @@ pub struct Stats {
     pub oversized: u64,
     /// Waiters that gave up at the waiter deadline.
     pub waiter_timeouts: u64,
+    /// Cached entries (L1 or L2) not served because this instance could not hear
+    /// invalidations for longer than `unsynced_grace` while Redis was partly reachable, or
+    /// did not know the namespace generations yet.
+    pub unsynced_skips: u64,
     /// Flights in progress now.
     pub inflight: u64,
     /// Breaker state now.
@@ -98,6 +102,7 @@ pub(crate) struct Counters {
     pub dropped_writes: AtomicU64,
     pub oversized: AtomicU64,
     pub waiter_timeouts: AtomicU64,
+    pub unsynced_skips: AtomicU64,
     /// The same events, exported through the `metrics` facade.
     pub exported: Exported,
     /// The last L2 failure, for `health()`. Written only when an operation fails.
@@ -143,6 +148,7 @@ impl Counters {
             dropped_writes: self.dropped_writes.load(Relaxed),
             oversized: self.oversized.load(Relaxed),
             waiter_timeouts: self.waiter_timeouts.load(Relaxed),
+            unsynced_skips: self.unsynced_skips.load(Relaxed),
             inflight,
             breaker,
             l1_entries,

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::LlmCache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::redact_urls_in;
-use crate::l2::inspect::{KeyCount, prefix_pattern};
+use crate::l2::inspect::KeyCount;
 use crate::l2::{Guarded, L2Error};
 use crate::tiered::TieredCache;
 
@@ -31,10 +31,16 @@ const CHECK_ATTEMPTS: u32 = 15;
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RedisStats {
-    /// Keys under `{key_prefix}:` (entries, plus any leases or markers the cache keeps there).
+    /// Cache entries (`{key_prefix}:{<digest>}`), leases and the generations hash not included.
     pub keys: u64,
-    /// True when the count went round the whole keyspace; false when it stopped at its
-    /// bound, and `keys` is a lower bound.
+    /// Leases held right now (`{key_prefix}:{<digest>}.lease`): fetches under way, across
+    /// instances.
+    pub leases: u64,
+    /// Whether the namespace generations hash (`{key_prefix}:generations`) exists: it does
+    /// once a namespace has been invalidated.
+    pub generations_key: bool,
+    /// True when the counts went round the whole keyspace; false when a count stopped at
+    /// its bound, and `keys` or `leases` is a lower bound.
     pub keys_exact: bool,
     /// Keys in every database of the server, whoever wrote them (`INFO keyspace`).
     pub db_keys: u64,
@@ -181,27 +187,37 @@ where
     /// [`redis_stats`](Self::redis_stats), looking at about `limit` keys at most to count
     /// the cache's (`SCAN ... COUNT 1000`, so `limit / 1000` round trips).
     pub async fn redis_stats_scanning(&self, limit: u64) -> Result<RedisStats> {
-        let (Some(l2), prefix) = self.l2_parts() else {
+        let (Some(l2), keyspace) = self.l2_parts() else {
             return Err(Error::config(
                 "redis",
                 "not configured: this cache is L1-only, there are no Redis statistics",
             ));
         };
         let mut stats = RedisStats::parse_info(&read_info(l2).await?);
-        let pattern = prefix_pattern(prefix);
-        let count: KeyCount = match tokio::time::timeout(
-            STATS_DEADLINE,
-            l2.store().count_keys(&pattern, limit),
-        )
-        .await
-        {
-            Ok(Ok(count)) => count,
-            Ok(Err(e)) => return Err(stats_error(l2, "SCAN", e)),
-            Err(_) => return Err(stats_error(l2, "SCAN", "no answer within 5 s")),
-        };
-        stats.keys = count.keys;
-        stats.keys_exact = count.complete;
+        // Each kind with its own exact pattern: a pattern of this prefix never matches a
+        // name of another cache's prefix (see keyspace.rs).
+        let entries = count(l2, &keyspace.entry_pattern(), limit).await?;
+        let leases = count(l2, &keyspace.lease_pattern(), limit).await?;
+        stats.keys = entries.keys;
+        stats.leases = leases.keys;
+        stats.keys_exact = entries.complete && leases.complete;
+        let generations = keyspace.generations();
+        stats.generations_key =
+            match tokio::time::timeout(STATS_DEADLINE, l2.store().exists(&generations)).await {
+                Ok(Ok(exists)) => exists,
+                Ok(Err(e)) => return Err(stats_error(l2, "EXISTS", e)),
+                Err(_) => return Err(stats_error(l2, "EXISTS", "no answer within 5 s")),
+            };
         Ok(stats)
+    }
+}
+
+/// Count the keys matching `pattern` with a bounded `SCAN`, under the stats deadline.
+async fn count(l2: &Guarded, pattern: &str, limit: u64) -> Result<KeyCount> {
+    match tokio::time::timeout(STATS_DEADLINE, l2.store().count_keys(pattern, limit)).await {
+        Ok(Ok(count)) => Ok(count),
+        Ok(Err(e)) => Err(stats_error(l2, "SCAN", e)),
+        Err(_) => Err(stats_error(l2, "SCAN", "no answer within 5 s")),
     }
 }
 

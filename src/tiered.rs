@@ -22,6 +22,7 @@ use crate::envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::inflight::{Inflight, Join, Leader};
 use crate::invalidation::{self, AbortOnDrop, Invalidation};
+use crate::keyspace::Keyspace;
 use crate::l1::{L1, L1Entry};
 use crate::l2::{Guarded, L2Read};
 use crate::lease::{self, Lease};
@@ -242,6 +243,8 @@ impl<V> fmt::Debug for TieredCache<V> {
 
 struct Inner<V> {
     config: Config,
+    /// The names of this cache's keys and channel in Redis.
+    keyspace: Keyspace,
     l1: L1<V>,
     l2: Option<Arc<Guarded>>,
     inflight: Arc<Inflight<Landed<V>>>,
@@ -291,6 +294,8 @@ where
         counters: Arc<Counters>,
     ) -> Self {
         let writes = Arc::new(Semaphore::new(config.l2_write_concurrency));
+        let keyspace = Keyspace::new(&config.key_prefix);
+        let subscriber = l2.is_some() && config.topology.invalidation;
         let cache = TieredCache {
             inner: Arc::new(Inner {
                 l1: L1::new(config.l1_max_bytes),
@@ -298,7 +303,12 @@ where
                 inflight: Inflight::new(),
                 writes,
                 counters,
-                invalidation: Arc::new(Invalidation::new(&config.key_prefix)),
+                invalidation: Arc::new(Invalidation::new(
+                    &keyspace,
+                    subscriber,
+                    config.unsynced_grace,
+                )),
+                keyspace,
                 subscriber: std::sync::OnceLock::new(),
                 writing: DashMap::with_hasher(DigestHasherBuilder),
                 unreleased: Arc::default(),
@@ -460,7 +470,7 @@ where
         // One lookup in 64 is timed (metrics.rs says why and how it picks).
         let started =
             crate::metrics::sample_l1(&self.inner.counters.l1_hits, digest).then(Instant::now);
-        let entry = self.inner.l1.get(digest).await;
+        let entry = self.inner.l1_get(digest).await;
         if let Some(started) = started {
             let l1_get = &self.inner.counters.exported.l1_get;
             l1_get.record(started.elapsed());
@@ -571,7 +581,7 @@ where
         )
     }
 
-    /// The Redis key of `digest`: `{prefix}:{hex}`.
+    /// The Redis key of `digest`: `{prefix}:{<hex>}` (the braces are a Cluster hash tag).
     pub fn l2_key(&self, digest: &Digest) -> String {
         self.inner.l2_key(digest)
     }
@@ -581,8 +591,8 @@ where
     }
 
     /// The guarded remote tier and the key prefix, for `health()` and `redis_stats()`.
-    pub(crate) fn l2_parts(&self) -> (Option<&Arc<Guarded>>, &str) {
-        (self.inner.l2.as_ref(), &self.inner.config.key_prefix)
+    pub(crate) fn l2_parts(&self) -> (Option<&Arc<Guarded>>, &Keyspace) {
+        (self.inner.l2.as_ref(), &self.inner.keyspace)
     }
 }
 
@@ -606,11 +616,39 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn l2_key(&self, digest: &Digest) -> String {
-        let mut key = String::with_capacity(self.config.key_prefix.len() + 65);
-        key.push_str(&self.config.key_prefix);
-        key.push(':');
-        digest.write_hex(&mut key);
-        key
+        self.keyspace.entry(digest)
+    }
+
+    /// The L1 entry of `digest`, if this instance may serve it now (see invalidation.rs:
+    /// while it cannot hear invalidations, only for a bounded time).
+    #[inline]
+    async fn l1_get(&self, digest: &Digest) -> Option<L1Entry<V>> {
+        let entry = self.l1.get(digest).await?;
+        if self
+            .invalidation
+            .serves_l1(entry.stored_at_ms, now_ms(), || self.l2_reachable())
+        {
+            return Some(entry);
+        }
+        Counters::incr(&self.counters.unsynced_skips);
+        None
+    }
+
+    /// Whether Redis answers at all (some node of it, for a Cluster).
+    fn l2_reachable(&self) -> bool {
+        self.l2.as_ref().is_some_and(|l2| l2.reachable())
+    }
+
+    /// Whether L2 may be read now (see invalidation.rs); counts a refusal.
+    fn l2_readable(&self) -> bool {
+        if self
+            .invalidation
+            .serves_l2(now_ms(), || self.l2_reachable())
+        {
+            return true;
+        }
+        Counters::incr(&self.counters.unsynced_skips);
+        false
     }
 
     fn waiter_timed_out(&self) -> Error {
@@ -627,7 +665,7 @@ where
     /// A flight's lookup: L1 again (a flight may have just landed), a value this instance
     /// is still writing to L2, then L2.
     async fn lookup(&self, digest: &Digest) -> Option<Landed<V>> {
-        if let Some(entry) = self.l1.get(digest).await {
+        if let Some(entry) = self.l1_get(digest).await {
             Counters::incr(&self.counters.l1_hits);
             return Some(Landed {
                 value: entry.value,
@@ -707,22 +745,30 @@ where
     /// and reported as a miss.
     async fn read_l2(&self, digest: &Digest) -> Option<Landed<V>> {
         let l2 = self.l2.as_ref()?;
+        if !self.l2_readable() {
+            return None;
+        }
         let key = self.l2_key(digest);
         // An invalidation that lands while this read is out must not be undone by it.
         let epoch = self.invalidation.epoch();
         let L2Read::Hit(bytes) = l2.get(&key).await else {
             return None;
         };
-        let decoded = envelope::decode(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|env| {
-                serde_json::from_slice::<V>(&env.payload)
-                    .map(|v| {
-                        let remaining = env.remaining_ttl_ms(now_ms());
-                        (v, env.created_at_ms, remaining, env.payload.len())
-                    })
-                    .map_err(|e| format!("payload does not decode: {e}"))
-            });
+        let decoded = envelope::decode_with_limit(
+            &bytes,
+            digest,
+            &self.config.mac_keys,
+            self.config.max_entry_bytes,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|env| {
+            serde_json::from_slice::<V>(&env.payload)
+                .map(|v| {
+                    let remaining = env.remaining_ttl_ms(now_ms());
+                    (v, env.created_at_ms, remaining, env.payload.len())
+                })
+                .map_err(|e| format!("payload does not decode: {e}"))
+        });
         match decoded {
             Ok((_, _, 0, _)) => None,
             Ok((value, created_at_ms, remaining_ms, payload_len)) => {
@@ -740,6 +786,7 @@ where
                                 created_at_ms,
                                 ttl,
                                 weight,
+                                stored_at_ms: 0,
                             },
                         )
                         .await;
@@ -792,15 +839,18 @@ where
                     created_at_ms,
                     ttl: l1_ttl,
                     weight: L1::<V>::weight_of(payload.len()),
+                    stored_at_ms: 0,
                 },
             )
             .await;
         if let Some(l2) = &self.l2 {
             let bytes = envelope::encode(
                 &payload,
+                &digest,
                 created_at_ms,
                 duration_ms(l2_ttl),
                 self.config.compression_threshold,
+                &self.config.mac_keys,
             );
             let lease = lease.take();
             if lease.is_some() {
@@ -907,10 +957,12 @@ where
         }
     }
 
-    /// Whether this instance is subscribed to the invalidation channel right now, so that
-    /// what other instances invalidate leaves its L1 too. False without Redis, while
-    /// Redis is away, and for a moment after the subscription is lost (the instance then
-    /// resubscribes and clears its L1).
+    /// Whether this instance is subscribed to the invalidation channel right now and knows
+    /// the namespace generations, so that what other instances invalidate leaves its L1
+    /// too. False without Redis, while Redis is away, while the generations cannot be read,
+    /// and for a moment after the subscription is lost (the instance then resubscribes,
+    /// reloads the generations and clears its L1). While false and Redis is partly
+    /// reachable, cached entries are served for at most `unsynced_grace`.
     pub fn invalidation_subscribed(&self) -> bool {
         self.inner.invalidation.is_subscribed()
     }
@@ -996,7 +1048,11 @@ where
         let Some(l2) = self.l2.as_ref().filter(|_| self.config.topology.leases) else {
             return Err(None);
         };
-        let key = lease::lease_key(&self.config.key_prefix, digest);
+        // Waiting for another instance's value is pointless when L2 cannot be read.
+        if !self.l2_readable() {
+            return Err(None);
+        }
+        let key = self.keyspace.lease(digest);
         let ttl = self.config.topology.lease_ttl;
         if options.no_store {
             // Never leads with a lease (it stores nothing for the waiters), but waits for one.

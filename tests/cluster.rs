@@ -103,8 +103,8 @@ async fn entries_spread_over_three_masters_and_a_dead_node_only_misses_its_own_k
     .await;
     let calls_before = mock.calls();
 
-    // Statistics sum every primary: the entries and the generations hash (leases are gone
-    // once their values are written).
+    // Statistics sum every primary: the entries, and apart from them the generations hash
+    // (leases are gone once their values are written).
     eventually_async(
         "redis_stats to count every entry on the three primaries",
         WAIT,
@@ -112,7 +112,10 @@ async fn entries_spread_over_three_masters_and_a_dead_node_only_misses_its_own_k
             let w = writer.clone();
             async move {
                 let stats = w.redis_stats().await.expect("redis_stats");
-                stats.keys == ENTRIES as u64 + 1 && stats.keys_exact
+                stats.keys == ENTRIES as u64
+                    && stats.leases == 0
+                    && stats.generations_key
+                    && stats.keys_exact
             }
         },
     )
@@ -146,11 +149,16 @@ async fn entries_spread_over_three_masters_and_a_dead_node_only_misses_its_own_k
         BreakerState::Closed,
         "one dead node never opens the breaker"
     );
-    // Health checks during the outage: the tier is up (two of three masters answer), the
-    // last error names the dead node, and checking never opens the breaker for the others.
+    // Health checks during the outage: the tier is degraded (two of three masters answer)
+    // and names the dead node, the last error names it too, and checking never opens the
+    // breaker for the others.
+    let dead_addr = cluster.nodes[dead].addr();
     for _ in 0..8 {
         let h = reader.health().await;
-        assert_eq!(h.l2, llm_cache::L2Health::Up);
+        assert_eq!(h.l2, llm_cache::L2Health::Degraded, "{h}");
+        assert_eq!(h.nodes_down, vec![dead_addr.clone()], "{h}");
+        assert!(!h.is_ok());
+        assert!(h.to_string().contains(&dead_addr), "{h}");
         let last = h.last_error.unwrap_or_default();
         assert!(last.contains("node down"), "{last}");
     }
@@ -168,5 +176,140 @@ async fn entries_spread_over_three_masters_and_a_dead_node_only_misses_its_own_k
         "cluster: node {dead} killed: {hits} L2 hits, {misses} misses, {} L2 errors, {} timeouts",
         after.l2_errors - before.l2_errors,
         after.l2_timeouts - before.l2_timeouts
+    );
+}
+
+/// Requests whose entries (default namespace, or `control`'s) live on a node other than
+/// `avoid`.
+fn requests_off(
+    cache: &LlmCache,
+    cluster: &RedisCluster,
+    avoid: usize,
+    control: &llm_cache::CacheControl,
+    n: usize,
+) -> Vec<ChatRequest> {
+    (1000..)
+        .map(request)
+        .filter(|r| {
+            let digest = cache.digest_with(r, control);
+            cluster.owner(&cache.tiers().l2_key(&digest)) != avoid
+        })
+        .take(n)
+        .collect()
+}
+
+/// The node that holds the namespace generations is killed under load: instances started
+/// before and during the outage keep their subscription (or subscribe on another node),
+/// never serve an invalidated answer for longer than `unsynced_grace`, never read entries
+/// under generations they do not know, and clear their L1 once they are current again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_generations_node_never_stops_invalidation() {
+    let mut cluster = RedisCluster::start();
+    let mock = MockUpstream::start().await;
+    let gen_node = cluster.owner("ai:cache:generations");
+    // The generations node first among the seeds: instances subscribe on it.
+    let mut seeds = cluster.addrs();
+    seeds.swap(0, gen_node);
+    let build = || {
+        LlmCache::builder()
+            .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+            .cluster(seeds.clone())
+            .l2_deadline(Duration::from_millis(250))
+            .unsynced_grace(Duration::from_millis(300))
+            .build()
+    };
+    let a = build().await.unwrap();
+    let b = build().await.unwrap();
+    assert!(a.tiers().invalidation_subscribed() && b.tiers().invalidation_subscribed());
+    let tenant = llm_cache::CacheControl::new().namespace("t");
+    let plain = llm_cache::CacheControl::new();
+    let x = requests_off(&a, &cluster, gen_node, &plain, 1).remove(0);
+    let load: Vec<ChatRequest> = requests_off(&a, &cluster, gen_node, &plain, 8);
+
+    // Tenant t's answer at generation 0, then retired by a namespace bump: its old entry
+    // stays in L2 on a live node.
+    let retired = requests_off(&a, &cluster, gen_node, &tenant, 1).remove(0);
+    a.chat_with(&retired, &tenant).await.unwrap();
+    a.chat(&x).await.unwrap();
+    eventually("both writes", WAIT, || a.stats().cache.l2_writes == 2).await;
+    let gen0 = a.digest_with(&retired, &tenant);
+    a.invalidate_namespace("t").await.unwrap();
+    eventually("b learns t's generation", WAIT, || {
+        b.digest_with(&retired, &tenant) == a.digest_with(&retired, &tenant)
+    })
+    .await;
+    assert_ne!(a.digest_with(&retired, &tenant), gen0);
+    assert_eq!(b.chat(&x).await.unwrap().status(), CacheStatus::HitL2);
+    assert_eq!(b.chat(&x).await.unwrap().status(), CacheStatus::HitL1);
+
+    // Load on both instances while the generations node dies (bounded in count).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loaders: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|c| {
+            let (stop, load) = (stop.clone(), load.clone());
+            tokio::spawn(async move {
+                for i in 0..20_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    c.chat(&load[i % load.len()])
+                        .await
+                        .expect("load never fails");
+                }
+            })
+        })
+        .collect();
+    cluster.nodes[gen_node].kill();
+
+    // An instance started during the outage: subscribed on a live node, generations unknown.
+    let c = build().await.unwrap();
+    assert!(!c.tiers().invalidation_subscribed(), "generations unknown");
+    // It must not read t's entries under a generation it does not know (0 is retired).
+    let calls = mock.calls();
+    let got = c.chat_with(&retired, &tenant).await.unwrap();
+    assert_eq!(
+        got.status(),
+        CacheStatus::Miss,
+        "the retired entry is not served"
+    );
+    assert_eq!(mock.calls(), calls + 1);
+    assert!(c.stats().cache.unsynced_skips >= 1);
+    assert_eq!(c.chat(&x).await.unwrap().status(), CacheStatus::Miss);
+
+    // X is invalidated (its node is alive): neither b nor c serves it from L1 for long.
+    a.invalidate(&x).await.unwrap();
+    for (name, inst) in [("b", &b), ("c", &c)] {
+        eventually_async(
+            &format!("{name} stops serving the invalidated answer from L1"),
+            WAIT,
+            || {
+                let (inst, x) = (inst.clone(), x.clone());
+                async move { inst.chat(&x).await.unwrap().status() != CacheStatus::HitL1 }
+            },
+        )
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loaders {
+        l.await.unwrap();
+    }
+    assert_eq!(b.stats().cache.breaker, BreakerState::Closed);
+
+    // The node returns (empty: no persistence in tests): every instance becomes current
+    // again and clears its L1, c for the first time since it started.
+    cluster.nodes[gen_node].restart();
+    for (name, inst) in [("a", &a), ("b", &b), ("c", &c)] {
+        eventually(&format!("{name} is current again"), WAIT, || {
+            inst.tiers().invalidation_subscribed()
+        })
+        .await;
+    }
+    c.tiers().run_pending_tasks().await;
+    assert_eq!(c.stats().cache.l1_entries, 0, "c cleared its L1");
+    eprintln!(
+        "generations node killed: b skipped {} cached reads, c {}",
+        b.stats().cache.unsynced_skips,
+        c.stats().cache.unsynced_skips
     );
 }

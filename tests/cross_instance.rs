@@ -99,7 +99,7 @@ async fn four_instances_with_a_hundred_concurrent_requests_each_make_one_upstrea
     );
     // The lease is gone once the value is written.
     eventually("the lease to be released", WAIT, || {
-        redis.redis_cli(&["KEYS", "ai:cache:lease:*"]).is_empty()
+        redis.redis_cli(&["KEYS", "ai:cache:*.lease"]).is_empty()
     })
     .await;
 }

@@ -1,9 +1,19 @@
 //! Properties of the Redis envelope: what goes in comes out, and no corruption, truncation
 //! or garbage gets past the decoder or makes it panic.
 
-use llm_cache::envelope::{self, EnvelopeError, Flags, HEADER_LEN, TRAILER_LEN};
+use llm_cache::Digest;
+use llm_cache::envelope::{self, EnvelopeError, Flags, HEADER_LEN, MAC_LEN, MacKeys, TRAILER_LEN};
 use proptest::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
+
+/// The key every envelope here is written for.
+fn key() -> Digest {
+    Digest::of("the key")
+}
+
+fn decode(bytes: &[u8]) -> Result<envelope::Envelope<'_>, EnvelopeError> {
+    envelope::decode(bytes, &key(), &MacKeys::none())
+}
 
 /// Payloads from noise to highly repetitive, up to `max` bytes.
 fn payload(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -35,8 +45,9 @@ fn threshold() -> impl Strategy<Value = usize> {
 
 /// An encoded envelope, raw or compressed, of a payload up to `max` bytes.
 fn encoded(max: usize) -> impl Strategy<Value = Vec<u8>> {
-    (payload(max), any::<u64>(), any::<u64>(), threshold())
-        .prop_map(|(p, created, ttl, t)| envelope::encode(&p, created, ttl, t))
+    (payload(max), any::<u64>(), any::<u64>(), threshold()).prop_map(|(p, created, ttl, t)| {
+        envelope::encode(&p, &key(), created, ttl, t, &MacKeys::none())
+    })
 }
 
 /// Append a valid checksum, so the decoder's later stages see the bytes.
@@ -56,8 +67,8 @@ proptest! {
         ttl in any::<u64>(),
         threshold in threshold(),
     ) {
-        let bytes = envelope::encode(&payload, created, ttl, threshold);
-        let env = envelope::decode(&bytes).unwrap();
+        let bytes = envelope::encode(&payload, &key(), created, ttl, threshold, &MacKeys::none());
+        let env = decode(&bytes).unwrap();
         prop_assert_eq!(&*env.payload, &payload[..]);
         prop_assert_eq!(env.created_at_ms, created);
         prop_assert_eq!(env.ttl_ms, ttl);
@@ -73,13 +84,13 @@ proptest! {
     #[test]
     fn every_truncation_is_an_error(bytes in encoded(8 << 10)) {
         for len in 0..bytes.len() {
-            prop_assert!(envelope::decode(&bytes[..len]).is_err(), "prefix of {} bytes decoded", len);
+            prop_assert!(decode(&bytes[..len]).is_err(), "prefix of {} bytes decoded", len);
         }
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
-        let _ = envelope::decode(&bytes);
+        let _ = decode(&bytes);
     }
 
     /// Garbage behind a valid header and checksum reaches the decompressor.
@@ -99,14 +110,17 @@ proptest! {
         ],
         limit in prop_oneof![Just(envelope::DEFAULT_MAX_DECOMPRESSED), 0..200_000usize],
     ) {
-        let mut bytes = b"LLMC\x01".to_vec();
+        // Never the signed flag: a MAC cannot be made up, and is tested below.
+        let flags = flags & !Flags::SIGNED.bits();
+        let mut bytes = b"LLMC\x02".to_vec();
         bytes.push(flags);
         bytes.extend_from_slice(&created.to_le_bytes());
         bytes.extend_from_slice(&ttl.to_le_bytes());
+        bytes.extend_from_slice(key().as_bytes());
         bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&body);
         let bytes = sealed(bytes);
-        match envelope::decode_with_limit(&bytes, limit) {
+        match envelope::decode_with_limit(&bytes, &key(), &MacKeys::none(), limit) {
             Ok(env) => prop_assert!(env.payload.len() <= limit),
             Err(EnvelopeError::UnknownFlags(f)) => prop_assert_eq!(f, flags),
             Err(e) => prop_assert!(
@@ -114,6 +128,52 @@ proptest! {
                 "{:?}", e
             ),
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// An entry read under any other key is a miss, signed or not, whatever it holds.
+    #[test]
+    fn an_entry_never_answers_for_another_key(
+        payload in payload(4 << 10),
+        threshold in threshold(),
+        other in any::<[u8; 32]>(),
+        signed in any::<bool>(),
+    ) {
+        let other = Digest::from_bytes(other);
+        prop_assume!(other != key());
+        let keys = if signed {
+            MacKeys::new([b"a secret of 16+ bytes".as_slice()]).unwrap()
+        } else {
+            MacKeys::none()
+        };
+        let bytes = envelope::encode(&payload, &key(), 1, 2, threshold, &keys);
+        prop_assert!(envelope::decode(&bytes, &key(), &keys).is_ok());
+        prop_assert_eq!(envelope::decode(&bytes, &other, &keys), Err(EnvelopeError::WrongKey));
+    }
+
+    /// With secrets, any change to a signed entry that keeps its checksum valid (a
+    /// forger recomputes xxh3) is refused, and so is an entry signed with another secret.
+    #[test]
+    fn signed_entries_cannot_be_forged(
+        payload in payload(2 << 10),
+        threshold in threshold(),
+        pos in any::<prop::sample::Index>(),
+        xor in 1u8..=255,
+    ) {
+        let keys = MacKeys::new([b"the secret, 16+ bytes".as_slice()]).unwrap();
+        let bytes = envelope::encode(&payload, &key(), 1, 2, threshold, &keys);
+        prop_assert_eq!(bytes.len(), envelope::encode(&payload, &key(), 1, 2, threshold, &MacKeys::none()).len() + MAC_LEN);
+        let body = bytes.len() - TRAILER_LEN;
+        let at = pos.index(body);
+        let mut forged = bytes[..body].to_vec();
+        forged[at] ^= xor;
+        let forged = sealed(forged);
+        prop_assert!(envelope::decode(&forged, &key(), &keys).is_err(), "byte {} forged", at);
+        let other = MacKeys::new([b"another secret, 16+ b".as_slice()]).unwrap();
+        prop_assert_eq!(envelope::decode(&bytes, &key(), &other), Err(EnvelopeError::Mac));
     }
 }
 
@@ -131,7 +191,7 @@ proptest! {
             let xor = xors[pos % xors.len()];
             corrupt[pos] ^= xor;
             prop_assert!(
-                envelope::decode(&corrupt).is_err(),
+                decode(&corrupt).is_err(),
                 "byte {} xor {:#04x} of {} went undetected", pos, xor, bytes.len()
             );
             corrupt[pos] = bytes[pos];

@@ -407,12 +407,8 @@ async fn panicking_fetch_fails_every_waiter_and_is_not_cached() {
     }
     assert_eq!(started.load(Ordering::SeqCst), 1);
     assert_eq!(c.inflight(), 0);
-    let (prefix, hex) = c
-        .l2_key(&key(8))
-        .rsplit_once(':')
-        .map(|(p, h)| (p.to_string(), h.to_string()))
-        .unwrap();
-    let lease = format!("{prefix}:lease:{hex}");
+    // An entry's lease sits beside it, in the same Cluster slot.
+    let lease = format!("{}.lease", c.l2_key(&key(8)));
     let conn = server.conn().await;
     support::topology::eventually_async("the panicked flight's lease is released", WAIT, || {
         let (mut conn, lease) = (conn.clone(), lease.clone());
@@ -491,11 +487,14 @@ async fn corrupt_entries_are_misses_that_get_overwritten() {
     let mut conn = server.conn().await;
 
     // A valid envelope to damage in several ways.
+    let none = llm_cache::envelope::MacKeys::none();
     let good = llm_cache::envelope::encode(
         &serde_json::to_vec("real").unwrap(),
+        &key(200),
         1,
         u64::MAX / 2,
         usize::MAX,
+        &none,
     );
     let mut bad_checksum = good.clone();
     let mid = bad_checksum.len() / 2;
@@ -527,7 +526,7 @@ async fn corrupt_entries_are_misses_that_get_overwritten() {
         })
         .await;
         let stored: Vec<u8> = conn.get(&redis_key).await.unwrap();
-        let env = llm_cache::envelope::decode(&stored).expect("a valid envelope now");
+        let env = llm_cache::envelope::decode(&stored, &k, &none).expect("a valid envelope now");
         assert_eq!(&*env.payload, br#""refetched""#, "{what}");
     }
 }

@@ -310,15 +310,43 @@ impl Shared {
         masters
             .iter()
             .filter(|m| !self.is_down(m))
-            .filter_map(|m| {
-                let (host, port) = m.rsplit_once(':')?;
-                let port = port.parse::<u16>().ok()?;
-                super::topology::with_auth(
-                    tls::node_like(host.to_owned(), port, self.seeds.first()?),
-                    self.password.as_deref(),
-                )
-                .ok()
-            })
+            .filter_map(|m| self.node_info(m))
+            .collect()
+    }
+
+    /// How to reach the node at `host:port`, with the seeds' credentials and TLS.
+    fn node_info(&self, node: &str) -> Option<ConnectionInfo> {
+        let (host, port) = node.rsplit_once(':')?;
+        let port = port.parse::<u16>().ok()?;
+        super::topology::with_auth(
+            tls::node_like(host.to_owned(), port, self.seeds.first()?),
+            self.password.as_deref(),
+        )
+        .ok()
+    }
+
+    /// The masters of the slot map that do not answer a `PING` on a connection of their own
+    /// within the operation deadline, whether or not they are marked down.
+    async fn masters_down(&self) -> Vec<String> {
+        let masters = self.slots.read().expect("lock poisoned").masters();
+        let checks = masters.into_iter().map(|node| async move {
+            let Some(info) = self.node_info(&node) else {
+                return Some(node);
+            };
+            let ping = async {
+                let client = Client::open(info)?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                inspect::ping(&mut conn).await
+            };
+            match tokio::time::timeout(self.op_timeout, ping).await {
+                Ok(Ok(())) => None,
+                _ => Some(node),
+            }
+        });
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
             .collect()
     }
 
@@ -430,6 +458,10 @@ impl RemoteStore for ClusterStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), L2Error>> {
         Box::pin(self.run(None, |mut c| async move { inspect::ping(&mut c).await }))
+    }
+
+    fn nodes_down(&self) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(self.shared.masters_down())
     }
 
     /// Every reachable primary's `INFO`, concatenated.

@@ -24,6 +24,9 @@ pub(crate) enum L2Read {
 
 pub(crate) struct Guarded {
     store: Box<dyn RemoteStore>,
+    /// False after an operation found Redis unreachable or too slow, true again after one
+    /// got an answer (a value or an error reply) from some node.
+    reachable: std::sync::atomic::AtomicBool,
     deadline: Duration,
     breaker: Breaker,
     counters: Arc<Counters>,
@@ -135,6 +138,7 @@ impl Guarded {
     ) -> Self {
         Guarded {
             store,
+            reachable: std::sync::atomic::AtomicBool::new(true),
             deadline,
             breaker: Breaker {
                 threshold: breaker_threshold,
@@ -145,6 +149,12 @@ impl Guarded {
             },
             counters,
         }
+    }
+
+    /// Whether Redis answered the last operation that reached it (a value, an error reply,
+    /// or one Cluster node down while others answer); false while the breaker is open.
+    pub fn reachable(&self) -> bool {
+        self.breaker.state() == BreakerState::Closed && self.reachable.load(Ordering::Relaxed)
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -171,6 +181,7 @@ impl Guarded {
         permit.settled = true;
         match outcome {
             Ok(Ok(v)) => {
+                self.reachable.store(true, Ordering::Relaxed);
                 if self.breaker.on_success(permit.probe) {
                     self.counters.exported.publish_breaker(self.breaker_state());
                     tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
@@ -182,6 +193,8 @@ impl Guarded {
                 self.counters.exported.l2_error(&e);
                 self.counters.note_l2_error(op, &e.to_string());
                 tracing::debug!(redis = %self.describe(), op, error = %e, "redis operation failed");
+                self.reachable
+                    .store(!matches!(e, L2Error::Connection(_)), Ordering::Relaxed);
                 if matches!(e, L2Error::NodeDown(_)) {
                     // One cluster node is down: its keys miss, the others keep working.
                     if permit.probe {
@@ -193,6 +206,7 @@ impl Guarded {
                 None
             }
             Err(_) => {
+                self.reachable.store(false, Ordering::Relaxed);
                 Counters::incr(&self.counters.l2_timeouts);
                 self.counters.exported.l2_timeout();
                 self.counters.note_l2_error(op, "deadline exceeded");

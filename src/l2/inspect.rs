@@ -73,28 +73,3 @@ pub(crate) async fn count_keys<C: ConnectionLike>(
         complete: false,
     })
 }
-
-/// `prefix` as a `SCAN MATCH` glob that matches `{prefix}:*` and nothing else: the glob's
-/// special characters in the prefix are escaped.
-pub(crate) fn prefix_pattern(prefix: &str) -> String {
-    let mut pattern = String::with_capacity(prefix.len() + 2);
-    for ch in prefix.chars() {
-        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(ch);
-    }
-    pattern.push_str(":*");
-    pattern
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_pattern_escapes_globs() {
-        assert_eq!(prefix_pattern("ai:cache"), "ai:cache:*");
-        assert_eq!(prefix_pattern("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\:*");
-    }
-}

@@ -61,6 +61,11 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<(), L2Error>> {
         Box::pin(async move { self.get("llm-cache:ping").await.map(|_| ()) })
     }
+    /// The nodes that do not answer now (a Cluster's masters, each pinged on its own);
+    /// empty for a single server, whose state `ping` gives.
+    fn nodes_down(&self) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(async { Vec::new() })
+    }
     /// The server's `INFO` text. A store of several primaries returns every primary's,
     /// concatenated: `redis_stats()` sums their numbers.
     fn info(&self) -> BoxFuture<'_, Result<String, L2Error>> {
