@@ -42,7 +42,7 @@ pub(super) fn is_credential_header(name: &str) -> bool {
 /// The secrets a text must never show, and the function that hides them.
 #[derive(Default)]
 pub(super) struct Mask {
-    /// Longest first, no duplicates.
+    /// Each secret as it is and JSON-escaped, no duplicates.
     secrets: Vec<String>,
 }
 
@@ -50,7 +50,8 @@ impl Mask {
     /// Add a credential as it is sent in a header. Its forms are all secrets: the whole
     /// value; after an auth scheme (`Bearer <token>`, `Basic <base64>`, `Token <token>`,
     /// any scheme), the token alone; and for `Basic`, the decoded `user:password` and the
-    /// password, since a server may quote what it decoded.
+    /// password, since a server may quote what it decoded. Each also as it reads
+    /// JSON-escaped, for a body quoted without being parsed.
     pub(super) fn add_credential(&mut self, value: &str) {
         let value = value.trim();
         self.add(value);
@@ -73,12 +74,17 @@ impl Mask {
     }
 
     fn add(&mut self, secret: &str) {
-        if secret.chars().count() < MIN_SECRET_CHARS || self.secrets.iter().any(|s| s == secret) {
+        if secret.chars().count() < MIN_SECRET_CHARS {
             return;
         }
-        self.secrets.push(secret.to_string());
-        self.secrets
-            .sort_by_key(|s| std::cmp::Reverse(s.chars().count()));
+        // A JSON body quoted as is shows a secret escaped (`"` and `\`; `/` by some servers).
+        let json = serde_json::to_string(secret).unwrap_or_default();
+        let escaped = json.trim_matches('"');
+        for form in [secret, escaped, &escaped.replace('/', r"\/")] {
+            if !self.secrets.iter().any(|s| s == form) {
+                self.secrets.push(form.to_string());
+            }
+        }
     }
 
     /// `text` with every secret in it replaced by `***` (overlapping ones as one).
@@ -246,6 +252,19 @@ mod tests {
         // 8 and more: everywhere.
         let m = mask(&["longword"]);
         assert_eq!(m.apply("longwords, xlongword"), "***s, x***");
+    }
+
+    #[test]
+    fn json_escaped_forms_are_masked_too() {
+        let m = mask(&[r#"Bearer ab/cd"ef\gh+ij"#]);
+        assert_eq!(
+            m.apply(r#"{"detail":"ab/cd\"ef\\gh+ij"}"#),
+            r#"{"detail":"***"}"#
+        );
+        assert_eq!(
+            m.apply(r#"{"detail":"ab\/cd\"ef\\gh+ij"}"#),
+            r#"{"detail":"***"}"#
+        );
     }
 
     #[test]
