@@ -1,6 +1,9 @@
 //! `OpenAiCompatible`: a reqwest (rustls) client for any OpenAI-compatible
 //! `/chat/completions` endpoint, with retries, backoff and `Retry-After`. It must never put
-//! the API key in an error, a log line or `Debug` output.
+//! the API key or another credential in an error, a log line or `Debug` output: every text
+//! from the upstream goes through the one mask of `credentials.rs` before it is shortened.
+
+mod credentials;
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -21,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result, redact_url};
 use crate::metrics::UpstreamExported;
 use crate::request::{ChatRequest, ChatResponse};
 use crate::stream::{ChatChunk, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
+use credentials::{MASKED, Mask, is_credential_header};
 
 /// When and how often [`OpenAiCompatible`] tries a failed call again.
 ///
@@ -157,9 +161,23 @@ impl UpstreamStats {
 /// first call. A bad knob is an [`ErrorKind::Config`] error that names it. Redirects are
 /// not followed (they are answered as an upstream error with the 3xx status).
 ///
-/// The API key is sent as `Authorization: Bearer <key>`. It is never shown: `Debug` prints
-/// `api_key: "***"` and header names without values, and errors carry neither the key nor
-/// the URL's query or credentials (a key an upstream echoes in its error text is masked).
+/// The API key is sent as `Authorization: Bearer <key>`.
+///
+/// # Credentials
+///
+/// The API key and every credential header are never shown: `Debug` prints
+/// `api_key: "***"` and header names without values, and errors and log lines carry
+/// neither them nor the URL's query or credentials. The credential headers are
+/// `Authorization`, `Proxy-Authorization`, `api-key`, `x-api-key`, `OpenAI-Organization`,
+/// `OpenAI-Project` (any case), any header whose name contains `auth`, `key`, `token`,
+/// `secret` or `cookie`, and any set with [`OpenAiCompatible::credential_header`]. When an
+/// upstream echoes one in its error text, it is masked as `***`, both the whole value and
+/// the bare token after an auth scheme (`Bearer <token>`; for `Basic`, the base64 text, the
+/// decoded `user:password` and the password), before the text is shortened for the error.
+/// A value shorter than 4 characters is no secret (local servers take any key) and is not
+/// masked; one shorter than 8 is masked only where it stands alone, not inside a longer
+/// word. Every header value is sent marked sensitive (`HeaderValue::set_sensitive`), so
+/// HTTP/2 never indexes it and reqwest's own `Debug` output hides it.
 ///
 /// ```no_run
 /// # async fn demo() -> llm_cache::Result<()> {
@@ -183,6 +201,8 @@ pub struct OpenAiCompatible {
     base_url: String,
     api_key: Option<String>,
     headers: Vec<(String, String)>,
+    /// Header names the user marked as credentials, lowercase.
+    credential_headers: Vec<String>,
     connect_timeout: Duration,
     request_timeout: Duration,
     retry: RetryPolicy,
@@ -196,8 +216,8 @@ struct Ready {
     endpoint: Url,
     /// The endpoint without credentials or query, for messages.
     shown: String,
-    /// Strings an error must never contain (the key, secret-looking header values).
-    secrets: Vec<String>,
+    /// The credentials this client sends: what every error and log line is masked with.
+    mask: Mask,
 }
 
 /// Answer bodies read for an error message stop here.
@@ -214,6 +234,7 @@ impl OpenAiCompatible {
             base_url: base_url.into(),
             api_key: None,
             headers: Vec::new(),
+            credential_headers: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
@@ -230,11 +251,24 @@ impl OpenAiCompatible {
     }
 
     /// An extra header on every request (a later value for the same name wins; the API
-    /// key's `Authorization` wins over one set here).
+    /// key's `Authorization` wins over one set here). A credential header (see
+    /// [Credentials](OpenAiCompatible#credentials)) is treated as a secret; for another
+    /// header that carries one, use [`OpenAiCompatible::credential_header`].
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self.reconfigured()
+    }
+
+    /// An extra header that carries a credential the client cannot know about from its
+    /// name (say `X-Tenant-Pass`): like [`OpenAiCompatible::header`], and every value sent
+    /// under this name, whole or after its auth scheme, is masked wherever the upstream
+    /// echoes it (see [Credentials](OpenAiCompatible#credentials)).
+    #[must_use]
+    pub fn credential_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.credential_headers.push(name.to_ascii_lowercase());
+        self.header(name, value)
     }
 
     /// The deadline to open a connection (default 10 s).
@@ -304,8 +338,30 @@ impl OpenAiCompatible {
             return Err(Error::config("retry.max_attempts", "must be at least 1"));
         }
 
+        let (headers, mask) = self.default_headers()?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("llm-cache/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                Error::config("client", format!("the HTTP client cannot be built: {e}"))
+            })?;
+        Ok(Ready {
+            client,
+            endpoint,
+            shown,
+            mask,
+        })
+    }
+
+    /// The headers of every request, each value marked sensitive, and the mask of the
+    /// credentials among them.
+    fn default_headers(&self) -> Result<(HeaderMap, Mask)> {
         let mut headers = HeaderMap::new();
-        let mut secrets = Vec::new();
+        let mut mask = Mask::default();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         for (name, value) in &self.headers {
             let header_name = HeaderName::from_bytes(name.as_bytes())
@@ -318,8 +374,13 @@ impl OpenAiCompatible {
                 )
             })?;
             header_value.set_sensitive(true);
-            if looks_secret(header_name.as_str()) {
-                secrets.push(value.clone());
+            if is_credential_header(header_name.as_str())
+                || self
+                    .credential_headers
+                    .iter()
+                    .any(|n| n == header_name.as_str())
+            {
+                mask.add_credential(value);
             }
             headers.insert(header_name, header_value);
         }
@@ -335,29 +396,10 @@ impl OpenAiCompatible {
                 Error::config("api_key", "has characters not allowed in an HTTP header")
             })?;
             value.set_sensitive(true);
+            mask.add_credential(&format!("Bearer {key}"));
             headers.insert(header::AUTHORIZATION, value);
-            secrets.push(key.to_string());
         }
-        // Very short "keys" (local servers accept anything) are not secrets, and masking
-        // them would garble every message.
-        secrets.retain(|s| s.len() >= 4);
-
-        let client = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.request_timeout)
-            .default_headers(headers)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("llm-cache/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Error::config("client", format!("the HTTP client cannot be built: {e}"))
-            })?;
-        Ok(Ready {
-            client,
-            endpoint,
-            shown,
-            secrets,
-        })
+        Ok((headers, mask))
     }
 
     async fn send(&self, request: &ChatRequest) -> Result<ChatResponse> {
@@ -462,7 +504,7 @@ impl OpenAiCompatible {
         let status = response.status();
         if status.is_success() {
             let bytes = response.bytes().await.map_err(transport)?;
-            return parse_answer(&bytes).map_err(|e| Failure::fatal(ready.scrub_error(e)));
+            return parse_answer(&bytes, &ready.mask).map_err(Failure::fatal);
         }
         Err(self.status_failure(ready, response).await)
     }
@@ -500,9 +542,9 @@ impl OpenAiCompatible {
             Ok(read) => read.map_err(transport)?,
             Err(_) => return Err(ready.timeout(self.request_timeout)),
         };
-        parse_answer(&bytes)
+        parse_answer(&bytes, &ready.mask)
             .map(Opened::Answer)
-            .map_err(|e| Failure::fatal(ready.scrub_error(e)))
+            .map_err(Failure::fatal)
     }
 
     /// The failure a non-2xx answer stands for, quoting the provider's message.
@@ -522,11 +564,9 @@ impl OpenAiCompatible {
             }
         };
         let _ = tokio::time::timeout(self.request_timeout, read).await;
-        let message = provider_message(&bytes)
-            .or_else(|| (!bytes.is_empty()).then(|| snippet(&bytes, SNIPPET_BYTES)))
+        let message = quote_body(&bytes, &ready.mask)
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
-        let error = Error::upstream_status(status.as_u16(), ready.scrub(message))
-            .with_retry_after(retry_after);
+        let error = Error::upstream_status(status.as_u16(), message).with_retry_after(retry_after);
         Failure {
             error,
             retryable: retryable_status(status),
@@ -585,7 +625,10 @@ impl ChunkReader {
                         tokio::spawn(drain(body, self.idle));
                         None
                     }
-                    Err(e) => Some(Err(self.fail(e))),
+                    Err(e) => {
+                        let e = self.chunk_error(&event.data, e);
+                        Some(Err(self.fail(e)))
+                    }
                 };
             }
             if let Some(e) = self.parse_error.take() {
@@ -632,12 +675,31 @@ impl ChunkReader {
         Error::new(kind, format!("POST {}: {why}", self.ready.shown))
     }
 
-    /// End the stream with `e`, counted and scrubbed.
+    /// `parse_chunk` quotes only the start of a bad event, which may cut a credential that
+    /// the mask then cannot recognise: parse the masked event again for the message.
+    fn chunk_error(&self, data: &str, e: Error) -> Error {
+        let mask = &self.ready.mask;
+        if !mask.reveals(data) {
+            return e;
+        }
+        match parse_chunk(&mask.apply(data)) {
+            Err(masked) => masked,
+            // Masking made it a chunk: quote nothing.
+            Ok(_) => Error::new(
+                e.kind(),
+                format!(
+                    "stream event is not a chat.completion.chunk (not quoted: it shows {MASKED})"
+                ),
+            ),
+        }
+    }
+
+    /// End the stream with `e`, counted and masked.
     fn fail(&mut self, e: Error) -> Error {
         self.finish();
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.stats.exported.error.increment(1);
-        self.ready.scrub_error(e)
+        self.ready.mask_error(e)
     }
 
     /// Stop reading, and let the connection go now rather than when the stream is dropped.
@@ -683,9 +745,16 @@ impl Ready {
         } else {
             (ErrorKind::Connect, error_chain(&e))
         };
-        let message = self.scrub(format!("POST {}: {what}", self.shown));
+        let message = self.scrub(&format!("POST {}: {what}", self.shown));
+        let error = Error::new(kind, message);
+        // The cause prints the same text, unmasked: keep it only when it shows no secret.
+        let error = if self.mask.reveals(&error_chain(&e)) {
+            error
+        } else {
+            error.with_source(e)
+        };
         Failure {
-            error: Error::new(kind, message).with_source(e),
+            error,
             retryable: true,
             retry_after: None,
         }
@@ -697,29 +766,20 @@ impl Ready {
         Failure {
             error: Error::new(
                 ErrorKind::Timeout,
-                self.scrub(format!("POST {}: {what}", self.shown)),
+                self.scrub(&format!("POST {}: {what}", self.shown)),
             ),
             retryable: true,
             retry_after: None,
         }
     }
 
-    fn scrub<'a>(&self, text: impl Into<Cow<'a, str>>) -> String {
-        let mut text = text.into();
-        for secret in &self.secrets {
-            if text.contains(secret.as_str()) {
-                text = Cow::Owned(text.replace(secret.as_str(), "***"));
-            }
-        }
-        text.into_owned()
+    fn scrub(&self, text: &str) -> String {
+        self.mask.apply(text).into_owned()
     }
 
-    fn scrub_error(&self, e: Error) -> Error {
-        if self
-            .secrets
-            .iter()
-            .any(|s| e.message().contains(s.as_str()))
-        {
+    /// `e`, or the same error with its message masked when it shows a credential.
+    fn mask_error(&self, e: Error) -> Error {
+        if self.mask.reveals(e.message()) {
             Error::new(e.kind(), self.scrub(e.message()))
         } else {
             e
@@ -855,12 +915,6 @@ fn retryable_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
 }
 
-fn looks_secret(header_name: &str) -> bool {
-    ["auth", "key", "token", "secret", "cookie"]
-        .iter()
-        .any(|word| header_name.contains(word))
-}
-
 /// The delay the upstream asked for: `retry-after-ms`, else `Retry-After` as
 /// delta-seconds or an HTTP date (a date in the past means "now").
 fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
@@ -886,40 +940,56 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// A 2xx body as a chat completion, or an Upstream error quoting the body.
-fn parse_answer(bytes: &[u8]) -> Result<ChatResponse> {
+/// A 2xx body as a chat completion, or an Upstream error quoting the body, masked.
+fn parse_answer(bytes: &[u8], mask: &Mask) -> Result<ChatResponse> {
     match serde_json::from_slice::<ChatResponse>(bytes) {
         Ok(response) if !response.choices.is_empty() => Ok(response),
         Ok(_) => Err(Error::new(
             ErrorKind::Upstream,
-            match provider_message(bytes) {
+            match provider_message(bytes, mask) {
                 Some(message) => format!("answered 2xx with an error: {message}"),
                 None => format!(
                     "answer has no choices; body starts: {}",
-                    snippet(bytes, SNIPPET_BYTES)
+                    quote(bytes, mask, SNIPPET_BYTES)
                 ),
             },
         )),
+        // serde's message may quote a string of the body.
         Err(e) => Err(Error::new(
             ErrorKind::Upstream,
             format!(
-                "answer is not a chat completion ({e}); body starts: {}",
-                snippet(bytes, SNIPPET_BYTES)
+                "answer is not a chat completion ({}); body starts: {}",
+                mask.apply(&e.to_string()),
+                quote(bytes, mask, SNIPPET_BYTES)
             ),
         )),
     }
 }
 
+/// What an error quotes of an error body: the provider's message, else the start of the
+/// body; `None` for an empty body.
+fn quote_body(bytes: &[u8], mask: &Mask) -> Option<String> {
+    provider_message(bytes, mask)
+        .or_else(|| (!bytes.is_empty()).then(|| quote(bytes, mask, SNIPPET_BYTES)))
+}
+
 /// `error.message` of an OpenAI error body (also `error` as a string, or a top-level
-/// `message`), shortened.
-fn provider_message(bytes: &[u8]) -> Option<String> {
+/// `message`), masked and shortened.
+fn provider_message(bytes: &[u8], mask: &Mask) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let message = match value.get("error") {
         Some(serde_json::Value::String(s)) => s.as_str(),
         Some(error) => error.get("message")?.as_str()?,
         None => value.get("message")?.as_str()?,
     };
-    Some(snippet(message.as_bytes(), MESSAGE_BYTES))
+    Some(quote(message.as_bytes(), mask, MESSAGE_BYTES))
+}
+
+/// Upstream text fit for an error: masked, then shortened to `limit` bytes. Masking first
+/// matters: a credential cut by the limit would no longer be recognised.
+fn quote(bytes: &[u8], mask: &Mask, limit: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    snippet(mask.apply(&text).as_bytes(), limit)
 }
 
 /// The first `limit` bytes of `bytes` as one line of text, `…` when cut.
@@ -1015,19 +1085,25 @@ mod tests {
     fn provider_messages_and_snippets() {
         let openai = br#"{"error":{"message":"bad `temperature`","type":"invalid_request_error"}}"#;
         assert_eq!(
-            provider_message(openai).as_deref(),
+            provider_message(openai, &Mask::default()).as_deref(),
             Some("bad `temperature`")
         );
         assert_eq!(
-            provider_message(br#"{"error":"overloaded"}"#).as_deref(),
+            provider_message(br#"{"error":"overloaded"}"#, &Mask::default()).as_deref(),
             Some("overloaded")
         );
         assert_eq!(
-            provider_message(br#"{"message":"nope"}"#).as_deref(),
+            provider_message(br#"{"message":"nope"}"#, &Mask::default()).as_deref(),
             Some("nope")
         );
-        assert_eq!(provider_message(b"<html>502</html>"), None);
-        assert_eq!(provider_message(br#"{"error":{"code":1}}"#), None);
+        assert_eq!(
+            provider_message(b"<html>502</html>", &Mask::default()),
+            None
+        );
+        assert_eq!(
+            provider_message(br#"{"error":{"code":1}}"#, &Mask::default()),
+            None
+        );
 
         assert_eq!(snippet(b"short\nbody", 200), "short body");
         let long = "é".repeat(150); // 300 bytes
@@ -1039,16 +1115,22 @@ mod tests {
     #[test]
     fn two_xx_bodies_must_be_chat_completions() {
         let ok = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}"#;
-        assert_eq!(parse_answer(ok).unwrap().text().as_deref(), Some("hi"));
-        let e = parse_answer(b"<html>gateway</html>").unwrap_err();
+        assert_eq!(
+            parse_answer(ok, &Mask::default())
+                .unwrap()
+                .text()
+                .as_deref(),
+            Some("hi")
+        );
+        let e = parse_answer(b"<html>gateway</html>", &Mask::default()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Upstream);
         assert!(e.message().contains("<html>gateway</html>"), "{e}");
-        let e = parse_answer(br#"{"error":{"message":"quota"}}"#).unwrap_err();
+        let e = parse_answer(br#"{"error":{"message":"quota"}}"#, &Mask::default()).unwrap_err();
         assert!(e.message().contains("quota"), "{e}");
-        let e = parse_answer(b"{}").unwrap_err();
+        let e = parse_answer(b"{}", &Mask::default()).unwrap_err();
         assert!(e.message().contains("no choices"), "{e}");
-        assert!(parse_answer(b"").is_err());
-        assert!(parse_answer(&[0xff, 0xfe, 0x00]).is_err());
+        assert!(parse_answer(b"", &Mask::default()).is_err());
+        assert!(parse_answer(&[0xff, 0xfe, 0x00], &Mask::default()).is_err());
     }
 
     #[test]
@@ -1145,7 +1227,7 @@ mod tests {
         let c = OpenAiCompatible::new("http://h").api_key(KEY);
         let ready = c.ready().unwrap();
         assert_eq!(
-            ready.scrub(format!("Incorrect API key provided: {KEY}.")),
+            ready.scrub(&format!("Incorrect API key provided: {KEY}.")),
             "Incorrect API key provided: ***."
         );
         let short = OpenAiCompatible::new("http://h").api_key("x");
@@ -1153,6 +1235,28 @@ mod tests {
             short.ready().unwrap().scrub("max tokens exceeded"),
             "max tokens exceeded"
         );
+    }
+
+    #[test]
+    fn every_header_is_sensitive_and_every_credential_masked() {
+        let c = OpenAiCompatible::new("http://h")
+            .api_key(KEY)
+            .header("Proxy-Authorization", "Bearer proxy-SECRET-0123")
+            .header("OpenAI-Project", "proj_SECRET_0123")
+            .header("x-request-id", "not-a-secret-0123")
+            .credential_header("X-Tenant-Pass", "tenant-SECRET-0123");
+        let (headers, mask) = c.default_headers().unwrap();
+        for (name, value) in &headers {
+            assert!(
+                value.is_sensitive() || name == header::ACCEPT,
+                "{name} is not sensitive"
+            );
+        }
+        assert_eq!(headers["x-tenant-pass"], "tenant-SECRET-0123");
+        let text = format!(
+            "{KEY} proxy-SECRET-0123 proj_SECRET_0123 tenant-SECRET-0123 not-a-secret-0123"
+        );
+        assert_eq!(mask.apply(&text), "*** *** *** *** not-a-secret-0123");
     }
 
     #[test]

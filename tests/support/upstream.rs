@@ -71,6 +71,18 @@ pub enum MockReply {
     /// A 200 `text/event-stream` with this raw body, in one write (e.g. an error event, or
     /// no `[DONE]`).
     Sse(String),
+    /// `code` refusing the credential of request header `header`, quoting it the way
+    /// providers do ("Incorrect API key provided: sk-..."): the bare token, that is the
+    /// value after an auth scheme such as `Bearer ` (the whole value when it has none).
+    /// An OpenAI error body, or a `text/plain` body when `plain`.
+    EchoCredential {
+        /// The HTTP status code.
+        code: u16,
+        /// The request header whose credential is quoted.
+        header: String,
+        /// A plain-text body instead of JSON.
+        plain: bool,
+    },
 }
 
 impl MockReply {
@@ -457,7 +469,7 @@ async fn handle(
         requests.push(RecordedRequest {
             at: Instant::now(),
             path: uri.path().to_string(),
-            headers,
+            headers: headers.clone(),
             body: body.clone(),
         });
         requests.len()
@@ -478,7 +490,7 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    respond(reply, &body, call, &shared).await
+    respond(reply, &body, &headers, call, &shared).await
 }
 
 impl Shared {
@@ -506,7 +518,13 @@ impl Shared {
     }
 }
 
-async fn respond(reply: MockReply, body: &Value, call: usize, shared: &Arc<Shared>) -> Response {
+async fn respond(
+    reply: MockReply,
+    body: &Value,
+    headers: &HeaderMap,
+    call: usize,
+    shared: &Arc<Shared>,
+) -> Response {
     let request = || serde_json::from_value::<ChatRequest>(body.clone());
     let not_a_request = |e: serde_json::Error| {
         json_response(
@@ -562,6 +580,27 @@ async fn respond(reply: MockReply, body: &Value, call: usize, shared: &Arc<Share
             body,
         )
             .into_response(),
+        MockReply::EchoCredential {
+            code,
+            header: name,
+            plain,
+        } => {
+            let value = headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let token = match value.split_once(' ') {
+                Some((_scheme, token)) => token.trim(),
+                None => value,
+            };
+            let message = format!("Incorrect credential provided in {name}: {token}.");
+            let status = StatusCode::from_u16(code).expect("a valid status code");
+            if plain {
+                (status, [(header::CONTENT_TYPE, "text/plain")], message).into_response()
+            } else {
+                json_response(status, openai_error_body(code, &message))
+            }
+        }
     }
 }
 
