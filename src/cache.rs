@@ -192,11 +192,21 @@ impl LlmCache {
 
     /// [`chat`](Self::chat) with per-request control: namespace, TTL, refresh, no-store,
     /// bypass.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidRequest`, before anything else (no key, no copy, no upstream call), when
+    /// `request` fails [`ChatRequest::validate`], e.g. nests deeper than
+    /// [`MAX_REQUEST_DEPTH`](crate::MAX_REQUEST_DEPTH). The same holds for every method
+    /// that takes a request.
     pub async fn chat_with(
         &self,
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<Cached<ChatResponse>> {
+        // First of all: nothing below (the key, the trace, a copy) may see a request that
+        // nests too deep to walk.
+        request.validate()?;
         let span = crate::metrics::request_span(false, &request.model);
         if span.is_disabled() {
             return self.answer(request, control).await;
@@ -213,7 +223,6 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<Cached<ChatResponse>> {
-        request.validate()?;
         let inner = &self.inner;
         if control.bypass || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
         {
@@ -296,6 +305,8 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<CachedStream> {
+        // Before the key, the trace or a copy: see `chat_with`.
+        request.validate()?;
         let span = crate::metrics::request_span(true, &request.model);
         if span.is_disabled() {
             return self.answer_stream(request, control).await;
@@ -313,7 +324,6 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<CachedStream> {
-        request.validate()?;
         let inner = &self.inner;
         let mut options = ReplayOptions::for_request(request);
         options.chunk_chars = inner.stream_chunk_chars;
@@ -486,16 +496,25 @@ impl LlmCache {
         control: &CacheControl,
         concurrency: usize,
     ) -> Vec<Result<Cached<ChatResponse>>> {
-        // Duplicates are grouped by digest so they cost one call even with L1 disabled.
+        // Duplicates are grouped by digest so they cost one call even with L1 disabled. An
+        // invalid request is answered with its error here, before it is keyed.
         let mut first_of: std::collections::HashMap<Digest, usize> = Default::default();
         let mut leader_of = Vec::with_capacity(requests.len());
-        for (i, r) in requests.iter().enumerate() {
-            let lead = *first_of.entry(self.digest_with(r, control)).or_insert(i);
-            leader_of.push(lead);
-        }
-        let unique: Vec<usize> = (0..requests.len()).filter(|&i| leader_of[i] == i).collect();
         let mut answers: Vec<Option<Result<Cached<ChatResponse>>>> =
             (0..requests.len()).map(|_| None).collect();
+        for (i, r) in requests.iter().enumerate() {
+            let lead = match r.validate() {
+                Ok(()) => *first_of.entry(self.digest_with(r, control)).or_insert(i),
+                Err(e) => {
+                    answers[i] = Some(Err(e));
+                    i
+                }
+            };
+            leader_of.push(lead);
+        }
+        let unique: Vec<usize> = (0..requests.len())
+            .filter(|&i| leader_of[i] == i && answers[i].is_none())
+            .collect();
         let mut done = futures_util::stream::iter(unique)
             .map(|i| async move { (i, self.chat_with(&requests[i], control).await) })
             .buffer_unordered(concurrency.max(1));

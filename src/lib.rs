@@ -30,7 +30,8 @@ mod upstream;
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
 pub use request::{
-    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall, ToolCall, Usage,
+    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall,
+    MAX_REQUEST_DEPTH, ToolCall, Usage,
 };
 
 // --- envelope re-exports (owned by envelope.rs) ---
