@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -93,6 +94,7 @@ struct Inner {
     streams: DashMap<Digest, Arc<StreamFlight>, DigestHasherBuilder>,
     stream_chunk_chars: usize,
     abort_abandoned_streams: bool,
+    stream_deadline: Duration,
 }
 
 /// Settings of the streaming path, from the builder.
@@ -100,7 +102,14 @@ struct Inner {
 pub(crate) struct StreamSettings {
     pub chunk_chars: usize,
     pub abort_abandoned: bool,
+    /// The longest a streamed flight may last (`stream_deadline`).
+    pub deadline: Duration,
 }
+
+/// How much longer than the stream deadline the driver of a streamed flight waits on the
+/// tiers: the fetch's own deadline fires first (so its error, and nothing stored, is what
+/// the consumers see); this only bounds a driver stuck on a flight that is not its own.
+const STREAM_DRIVER_GRACE: Duration = Duration::from_secs(1);
 
 /// A streamed answer: `chat.completion.chunk`s, and where they come from. Dropping it
 /// detaches this consumer only; the upstream stream is still read to the end and stored
@@ -181,6 +190,7 @@ impl LlmCache {
                 streams: DashMap::with_hasher(DigestHasherBuilder),
                 stream_chunk_chars: streaming.chunk_chars,
                 abort_abandoned_streams: streaming.abort_abandoned,
+                stream_deadline: streaming.deadline,
             }),
         }
     }
@@ -293,7 +303,9 @@ impl LlmCache {
     /// Answer `request` as a stream of chunks: a replay on a hit, the live upstream stream
     /// on a miss. Concurrent streams of one key share one upstream stream; a late joiner
     /// gets every chunk already seen, then the live ones. Returns once the first chunk is
-    /// there (or with the error that came before any).
+    /// there (or with the error that came before any). A live stream may last up to the
+    /// builder's `stream_deadline` (30 min by default), however short the waiter deadline;
+    /// past it every consumer gets a `Timeout` error and nothing is stored.
     pub async fn chat_stream(&self, request: &ChatRequest) -> Result<CachedStream> {
         self.chat_stream_with(request, &CacheControl::default())
             .await
@@ -414,6 +426,11 @@ impl LlmCache {
     /// Run a streamed flight in the background: through the tiers (L2, or a flight already
     /// running), else the upstream stream, whose chunks go to every consumer as they arrive
     /// and whose assembled answer fills the tiers.
+    ///
+    /// The flight is bounded by `stream_deadline`, not by the waiter deadline: a stream
+    /// longer than the waiter deadline is still delivered whole to every consumer and
+    /// stored. Past `stream_deadline` the upstream stream is dropped, the consumers get a
+    /// `Timeout` error, and nothing is stored.
     fn drive_stream(
         &self,
         flight: Arc<StreamFlight>,
@@ -423,7 +440,10 @@ impl LlmCache {
     ) {
         let inner = Arc::clone(&self.inner);
         let request = request.clone();
-        let fetch_options = fetch_options.clone();
+        let mut fetch_options = fetch_options.clone();
+        let stream_deadline = inner.stream_deadline;
+        fetch_options.wait = Some(stream_deadline.saturating_add(STREAM_DRIVER_GRACE));
+        let until = tokio::time::Instant::now() + stream_deadline;
         tokio::spawn(async move {
             let fetch = {
                 let flight = Arc::clone(&flight);
@@ -431,24 +451,17 @@ impl LlmCache {
                 let calls = Arc::clone(&inner.upstream_calls);
                 let abort = inner.abort_abandoned_streams;
                 move || async move {
-                    flight.set_origin(CacheStatus::Miss);
-                    calls.fetch_add(1, Relaxed);
-                    let mut live = upstream.chat_stream(&request).await?;
-                    let mut assembler = Assembler::new();
-                    while let Some(chunk) = live.next().await {
-                        let chunk = chunk?;
-                        assembler.push(&chunk)?;
-                        flight.push(chunk);
-                        if abort && flight.consumers() == 0 {
-                            return Err(Error::new(
-                                ErrorKind::FetchAborted,
-                                "every consumer of the stream went away (abort_abandoned_streams)",
-                            ));
-                        }
+                    let read = Self::read_stream(flight, upstream, calls, abort, request);
+                    match tokio::time::timeout_at(until, read).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "the stream was cut at the stream deadline \
+                                 (stream_deadline = {stream_deadline:?}); nothing was stored"
+                            ),
+                        )),
                     }
-                    let answer = assembler.finish()?;
-                    policy::check_response(&answer)?;
-                    Ok(answer)
                 }
             };
             match inner
@@ -476,6 +489,35 @@ impl LlmCache {
                 .streams
                 .remove_if(&digest, |_, f| Arc::ptr_eq(f, &flight));
         });
+    }
+
+    /// A streamed flight's fetch: the upstream stream, each chunk to every consumer as it
+    /// arrives, assembled into the answer that fills the tiers.
+    async fn read_stream(
+        flight: Arc<StreamFlight>,
+        upstream: Arc<dyn Upstream>,
+        calls: Arc<AtomicU64>,
+        abort: bool,
+        request: ChatRequest,
+    ) -> Result<ChatResponse> {
+        flight.set_origin(CacheStatus::Miss);
+        calls.fetch_add(1, Relaxed);
+        let mut live = upstream.chat_stream(&request).await?;
+        let mut assembler = Assembler::new();
+        while let Some(chunk) = live.next().await {
+            let chunk = chunk?;
+            assembler.push(&chunk)?;
+            flight.push(chunk);
+            if abort && flight.consumers() == 0 {
+                return Err(Error::new(
+                    ErrorKind::FetchAborted,
+                    "every consumer of the stream went away (abort_abandoned_streams)",
+                ));
+            }
+        }
+        let answer = assembler.finish()?;
+        policy::check_response(&answer)?;
+        Ok(answer)
     }
 
     /// Answer many requests, at most `concurrency` upstream calls at a time. Results keep

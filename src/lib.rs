@@ -45,7 +45,7 @@ pub use upstream::{BoxFuture, Upstream};
 #[cfg(feature = "openai")]
 pub use upstream::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 
-pub use builder::{LlmCacheBuilder, TieredCacheBuilder};
+pub use builder::{DEFAULT_STREAM_DEADLINE, LlmCacheBuilder, TieredCacheBuilder};
 pub use cache::{CachedStream, LlmCache, LlmStats, ModelSavings};
 pub use metrics::{BreakerState, Stats};
 pub use policy::CacheControl;
