@@ -660,6 +660,17 @@ mod tests {
         let e = ChatRequest::from_json(&text).unwrap_err();
         assert!(e.is_invalid_request(), "{e}");
         assert!(e.message().contains("recursion limit"), "{e}");
+        // Between this crate's limit and serde_json's: parsed, then refused by validation.
+        let levels = MAX_REQUEST_DEPTH + 10;
+        let mut text = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"x":"#.to_vec();
+        text.extend(std::iter::repeat_n(b'[', levels));
+        text.extend(std::iter::repeat_n(b']', levels));
+        text.push(b'}');
+        let e = ChatRequest::from_json(&text).unwrap_err();
+        assert!(
+            e.message().contains("`x`: nests") && e.message().contains("MAX_REQUEST_DEPTH"),
+            "{e}"
+        );
     }
 
     #[test]
