@@ -20,6 +20,9 @@ use crate::request::ChatResponse;
 use crate::tiered::TieredCache;
 use crate::upstream::Upstream;
 
+/// The default of [`LlmCacheBuilder::stream_deadline`]: how long a streamed flight may last.
+pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
 /// Largest value Redis accepts as one string.
 const REDIS_MAX_VALUE: usize = 512 << 20;
 
@@ -485,6 +488,7 @@ impl LlmCacheBuilder {
             streaming: StreamSettings {
                 chunk_chars: 16,
                 abort_abandoned: false,
+                deadline: DEFAULT_STREAM_DEADLINE,
             },
         }
     }
@@ -536,6 +540,17 @@ impl LlmCacheBuilder {
         self
     }
 
+    /// The longest a streamed flight may take, from its start to the stream's last chunk;
+    /// default [`DEFAULT_STREAM_DEADLINE`] (30 min). A stream outlives the
+    /// `waiter_deadline` (which bounds callers waiting on a flight for a whole answer):
+    /// its consumers get chunks as they come, for as long as this allows. When it is
+    /// reached, the upstream stream is dropped, every consumer of the flight gets a
+    /// `Timeout` error after the chunks it already has, and nothing is stored.
+    pub fn stream_deadline(mut self, deadline: Duration) -> Self {
+        self.streaming.deadline = deadline;
+        self
+    }
+
     config_setters!();
 
     /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
@@ -553,6 +568,7 @@ impl LlmCacheBuilder {
                 format!("{t} is not a temperature (give a finite number >= 0)"),
             ));
         }
+        positive("stream_deadline", self.streaming.deadline)?;
         self.config.validate()?;
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -93,6 +94,7 @@ struct Inner {
     streams: DashMap<Digest, Arc<StreamFlight>, DigestHasherBuilder>,
     stream_chunk_chars: usize,
     abort_abandoned_streams: bool,
+    stream_deadline: Duration,
 }
 
 /// Settings of the streaming path, from the builder.
@@ -100,7 +102,14 @@ struct Inner {
 pub(crate) struct StreamSettings {
     pub chunk_chars: usize,
     pub abort_abandoned: bool,
+    /// The longest a streamed flight may last (`stream_deadline`).
+    pub deadline: Duration,
 }
+
+/// How much longer than the stream deadline the driver of a streamed flight waits on the
+/// tiers: the fetch's own deadline fires first (so its error, and nothing stored, is what
+/// the consumers see); this only bounds a driver stuck on a flight that is not its own.
+const STREAM_DRIVER_GRACE: Duration = Duration::from_secs(1);
 
 /// A streamed answer: `chat.completion.chunk`s, and where they come from. Dropping it
 /// detaches this consumer only; the upstream stream is still read to the end and stored
@@ -181,6 +190,7 @@ impl LlmCache {
                 streams: DashMap::with_hasher(DigestHasherBuilder),
                 stream_chunk_chars: streaming.chunk_chars,
                 abort_abandoned_streams: streaming.abort_abandoned,
+                stream_deadline: streaming.deadline,
             }),
         }
     }
@@ -192,11 +202,21 @@ impl LlmCache {
 
     /// [`chat`](Self::chat) with per-request control: namespace, TTL, refresh, no-store,
     /// bypass.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidRequest`, before anything else (no key, no copy, no upstream call), when
+    /// `request` fails [`ChatRequest::validate`], e.g. nests deeper than
+    /// [`MAX_REQUEST_DEPTH`](crate::MAX_REQUEST_DEPTH). The same holds for every method
+    /// that takes a request.
     pub async fn chat_with(
         &self,
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<Cached<ChatResponse>> {
+        // First of all: nothing below (the key, the trace, a copy) may see a request that
+        // nests too deep to walk.
+        request.validate()?;
         let span = crate::metrics::request_span(false, &request.model);
         if span.is_disabled() {
             return self.answer(request, control).await;
@@ -213,7 +233,6 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<Cached<ChatResponse>> {
-        request.validate()?;
         let inner = &self.inner;
         if control.bypass || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
         {
@@ -284,7 +303,9 @@ impl LlmCache {
     /// Answer `request` as a stream of chunks: a replay on a hit, the live upstream stream
     /// on a miss. Concurrent streams of one key share one upstream stream; a late joiner
     /// gets every chunk already seen, then the live ones. Returns once the first chunk is
-    /// there (or with the error that came before any).
+    /// there (or with the error that came before any). A live stream may last up to the
+    /// builder's `stream_deadline` (30 min by default), however short the waiter deadline;
+    /// past it every consumer gets a `Timeout` error and nothing is stored.
     pub async fn chat_stream(&self, request: &ChatRequest) -> Result<CachedStream> {
         self.chat_stream_with(request, &CacheControl::default())
             .await
@@ -296,6 +317,8 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<CachedStream> {
+        // Before the key, the trace or a copy: see `chat_with`.
+        request.validate()?;
         let span = crate::metrics::request_span(true, &request.model);
         if span.is_disabled() {
             return self.answer_stream(request, control).await;
@@ -313,7 +336,6 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<CachedStream> {
-        request.validate()?;
         let inner = &self.inner;
         let mut options = ReplayOptions::for_request(request);
         options.chunk_chars = inner.stream_chunk_chars;
@@ -404,6 +426,11 @@ impl LlmCache {
     /// Run a streamed flight in the background: through the tiers (L2, or a flight already
     /// running), else the upstream stream, whose chunks go to every consumer as they arrive
     /// and whose assembled answer fills the tiers.
+    ///
+    /// The flight is bounded by `stream_deadline`, not by the waiter deadline: a stream
+    /// longer than the waiter deadline is still delivered whole to every consumer and
+    /// stored. Past `stream_deadline` the upstream stream is dropped, the consumers get a
+    /// `Timeout` error, and nothing is stored.
     fn drive_stream(
         &self,
         flight: Arc<StreamFlight>,
@@ -413,7 +440,10 @@ impl LlmCache {
     ) {
         let inner = Arc::clone(&self.inner);
         let request = request.clone();
-        let fetch_options = fetch_options.clone();
+        let mut fetch_options = fetch_options.clone();
+        let stream_deadline = inner.stream_deadline;
+        fetch_options.wait = Some(stream_deadline.saturating_add(STREAM_DRIVER_GRACE));
+        let until = tokio::time::Instant::now() + stream_deadline;
         tokio::spawn(async move {
             let fetch = {
                 let flight = Arc::clone(&flight);
@@ -421,24 +451,17 @@ impl LlmCache {
                 let calls = Arc::clone(&inner.upstream_calls);
                 let abort = inner.abort_abandoned_streams;
                 move || async move {
-                    flight.set_origin(CacheStatus::Miss);
-                    calls.fetch_add(1, Relaxed);
-                    let mut live = upstream.chat_stream(&request).await?;
-                    let mut assembler = Assembler::new();
-                    while let Some(chunk) = live.next().await {
-                        let chunk = chunk?;
-                        assembler.push(&chunk)?;
-                        flight.push(chunk);
-                        if abort && flight.consumers() == 0 {
-                            return Err(Error::new(
-                                ErrorKind::FetchAborted,
-                                "every consumer of the stream went away (abort_abandoned_streams)",
-                            ));
-                        }
+                    let read = Self::read_stream(flight, upstream, calls, abort, request);
+                    match tokio::time::timeout_at(until, read).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "the stream was cut at the stream deadline \
+                                 (stream_deadline = {stream_deadline:?}); nothing was stored"
+                            ),
+                        )),
                     }
-                    let answer = assembler.finish()?;
-                    policy::check_response(&answer)?;
-                    Ok(answer)
                 }
             };
             match inner
@@ -468,6 +491,35 @@ impl LlmCache {
         });
     }
 
+    /// A streamed flight's fetch: the upstream stream, each chunk to every consumer as it
+    /// arrives, assembled into the answer that fills the tiers.
+    async fn read_stream(
+        flight: Arc<StreamFlight>,
+        upstream: Arc<dyn Upstream>,
+        calls: Arc<AtomicU64>,
+        abort: bool,
+        request: ChatRequest,
+    ) -> Result<ChatResponse> {
+        flight.set_origin(CacheStatus::Miss);
+        calls.fetch_add(1, Relaxed);
+        let mut live = upstream.chat_stream(&request).await?;
+        let mut assembler = Assembler::new();
+        while let Some(chunk) = live.next().await {
+            let chunk = chunk?;
+            assembler.push(&chunk)?;
+            flight.push(chunk);
+            if abort && flight.consumers() == 0 {
+                return Err(Error::new(
+                    ErrorKind::FetchAborted,
+                    "every consumer of the stream went away (abort_abandoned_streams)",
+                ));
+            }
+        }
+        let answer = assembler.finish()?;
+        policy::check_response(&answer)?;
+        Ok(answer)
+    }
+
     /// Answer many requests, at most `concurrency` upstream calls at a time. Results keep
     /// the input order, one per request; identical requests cost one call.
     pub async fn batch(
@@ -486,16 +538,25 @@ impl LlmCache {
         control: &CacheControl,
         concurrency: usize,
     ) -> Vec<Result<Cached<ChatResponse>>> {
-        // Duplicates are grouped by digest so they cost one call even with L1 disabled.
+        // Duplicates are grouped by digest so they cost one call even with L1 disabled. An
+        // invalid request is answered with its error here, before it is keyed.
         let mut first_of: std::collections::HashMap<Digest, usize> = Default::default();
         let mut leader_of = Vec::with_capacity(requests.len());
-        for (i, r) in requests.iter().enumerate() {
-            let lead = *first_of.entry(self.digest_with(r, control)).or_insert(i);
-            leader_of.push(lead);
-        }
-        let unique: Vec<usize> = (0..requests.len()).filter(|&i| leader_of[i] == i).collect();
         let mut answers: Vec<Option<Result<Cached<ChatResponse>>>> =
             (0..requests.len()).map(|_| None).collect();
+        for (i, r) in requests.iter().enumerate() {
+            let lead = match r.validate() {
+                Ok(()) => *first_of.entry(self.digest_with(r, control)).or_insert(i),
+                Err(e) => {
+                    answers[i] = Some(Err(e));
+                    i
+                }
+            };
+            leader_of.push(lead);
+        }
+        let unique: Vec<usize> = (0..requests.len())
+            .filter(|&i| leader_of[i] == i && answers[i].is_none())
+            .collect();
         let mut done = futures_util::stream::iter(unique)
             .map(|i| async move { (i, self.chat_with(&requests[i], control).await) })
             .buffer_unordered(concurrency.max(1));

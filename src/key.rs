@@ -222,6 +222,13 @@ enum Member<'a> {
     Function(&'a FunctionCall),
 }
 
+/// An array or object [`Canon::value`] is in the middle of writing, and whether its
+/// first member is still to come.
+enum Open<'a> {
+    Array(std::slice::Iter<'a, Value>, bool),
+    Object(SortedEntries<'a>, bool),
+}
+
 struct Canon<'a> {
     out: &'a mut Vec<u8>,
     options: &'a KeyOptions,
@@ -380,16 +387,57 @@ impl Canon<'_> {
         self.out.push(b']');
     }
 
-    /// Plain JSON: sorted keys, canonical numbers, nulls kept.
+    /// Plain JSON: sorted keys, canonical numbers, nulls kept. Walked with an explicit
+    /// stack of the open arrays and objects, not by recursion: [`derive`] and
+    /// [`canonical_value`] are public and may be given a value that was never validated,
+    /// and no depth may exhaust the thread's stack (that aborts the process).
     fn value(&mut self, v: &Value) {
-        match v {
-            Value::Null => self.out.extend_from_slice(b"null"),
-            Value::Bool(true) => self.out.extend_from_slice(b"true"),
-            Value::Bool(false) => self.out.extend_from_slice(b"false"),
-            Value::Number(n) => self.number(n),
-            Value::String(s) => self.string(s),
-            Value::Array(items) => self.array(items, Self::value),
-            Value::Object(map) => self.object(Level::Data, &[], map),
+        let mut open: Vec<Open<'_>> = Vec::new();
+        let mut next = Some(v);
+        loop {
+            match next.take() {
+                Some(Value::Null) => self.out.extend_from_slice(b"null"),
+                Some(Value::Bool(true)) => self.out.extend_from_slice(b"true"),
+                Some(Value::Bool(false)) => self.out.extend_from_slice(b"false"),
+                Some(Value::Number(n)) => self.number(n),
+                Some(Value::String(s)) => self.string(s),
+                Some(Value::Array(items)) => {
+                    self.out.push(b'[');
+                    open.push(Open::Array(items.iter(), true));
+                }
+                Some(Value::Object(map)) => {
+                    self.out.push(b'{');
+                    open.push(Open::Object(sorted_entries(map), true));
+                }
+                None => {}
+            }
+            let Some(top) = open.last_mut() else {
+                return;
+            };
+            match top {
+                Open::Array(items, first) => match items.next() {
+                    Some(item) => {
+                        if !std::mem::take(first) {
+                            self.out.push(b',');
+                        }
+                        next = Some(item);
+                    }
+                    None => {
+                        self.out.push(b']');
+                        open.pop();
+                    }
+                },
+                Open::Object(entries, first) => match entries.next() {
+                    Some((key, value)) => {
+                        self.key(first, key);
+                        next = Some(value);
+                    }
+                    None => {
+                        self.out.push(b'}');
+                        open.pop();
+                    }
+                },
+            }
         }
     }
 
@@ -534,23 +582,32 @@ fn plain_text_part(part: &Value) -> Option<&str> {
 /// The map's entries in key order. serde_json's `preserve_order` feature can be switched
 /// on by any crate in the build (feature unification), so the order is checked, not
 /// assumed; with the default BTreeMap the check is all it costs.
-fn sorted_entries(map: &Map<String, Value>) -> impl Iterator<Item = (&str, &Value)> {
-    let sorted = if map.keys().is_sorted() {
-        None
+fn sorted_entries(map: &Map<String, Value>) -> SortedEntries<'_> {
+    if map.keys().is_sorted() {
+        SortedEntries::InOrder(map.iter())
     } else {
         let mut entries: Vec<_> = map.iter().collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        Some(entries)
-    };
-    let (in_order, resorted) = match sorted {
-        None => (Some(map.iter()), None),
-        Some(entries) => (None, Some(entries.into_iter())),
-    };
-    in_order
-        .into_iter()
-        .flatten()
-        .chain(resorted.into_iter().flatten())
-        .map(|(k, v)| (k.as_str(), v))
+        SortedEntries::Resorted(entries.into_iter())
+    }
+}
+
+/// [`sorted_entries`]: a type that can be named, so [`Open`] can hold it.
+enum SortedEntries<'a> {
+    InOrder(serde_json::map::Iter<'a>),
+    Resorted(std::vec::IntoIter<(&'a String, &'a Value)>),
+}
+
+impl<'a> Iterator for SortedEntries<'a> {
+    type Item = (&'a str, &'a Value);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, value) = match self {
+            SortedEntries::InOrder(entries) => entries.next()?,
+            SortedEntries::Resorted(entries) => entries.next()?,
+        };
+        Some((key.as_str(), value))
+    }
 }
 
 fn collapse_whitespace(s: &str) -> Cow<'_, str> {
@@ -888,6 +945,43 @@ mod tests {
                     String::from_utf8_lossy(&once)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn keying_a_deep_value_does_not_recurse() {
+        // Past any validation limit: `derive` and `canonical_value` are public.
+        let levels = 100_000;
+        // Built by hand: `json!` would serialize `inner` again, recursively.
+        let mut deep = (0..levels).fold(json!({"b": 1, "a": null}), |inner, _| {
+            let mut map = Map::new();
+            map.insert("z".into(), Value::Array(vec![inner]));
+            map.insert("a".into(), Value::from(0));
+            Value::Object(map)
+        });
+        let text = canonical_value(&json!(["x"]), &KeyOptions::default());
+        assert_eq!(text, br#"["x"]"#);
+        let canon = canonical_value(&deep, &KeyOptions::default());
+        let mut expected = Vec::new();
+        for _ in 0..levels {
+            expected.extend_from_slice(br#"{"a":0,"z":["#);
+        }
+        expected.extend_from_slice(br#"{"a":null,"b":1}"#);
+        for _ in 0..levels {
+            expected.extend_from_slice(b"]}");
+        }
+        assert!(canon == expected, "deep canonical form differs");
+        let req = ChatRequest::new("m")
+            .message(ChatMessage::user("x"))
+            .param("deep", deep.take());
+        let _ = derive(&req, "", &KeyOptions::default());
+        // Taken apart one level at a time: the recursive drop would overflow.
+        let mut v = req.extra.into_iter().next().unwrap().1;
+        while let Value::Object(mut map) = v {
+            v = map
+                .remove("z")
+                .and_then(|mut z| z.as_array_mut().and_then(|a| a.pop()))
+                .unwrap_or(Value::Null);
         }
     }
 

@@ -31,7 +31,8 @@ mod upstream;
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
 pub use request::{
-    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall, ToolCall, Usage,
+    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall,
+    MAX_REQUEST_DEPTH, ToolCall, Usage,
 };
 
 // --- envelope re-exports (owned by envelope.rs) ---
@@ -45,7 +46,7 @@ pub use upstream::{BoxFuture, Upstream};
 #[cfg(feature = "openai")]
 pub use upstream::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 
-pub use builder::{LlmCacheBuilder, TieredCacheBuilder};
+pub use builder::{DEFAULT_STREAM_DEADLINE, LlmCacheBuilder, TieredCacheBuilder};
 pub use cache::{CachedStream, LlmCache, LlmStats, ModelSavings};
 pub use metrics::{BreakerState, Stats};
 pub use policy::CacheControl;

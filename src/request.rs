@@ -12,6 +12,16 @@ use crate::error::{Error, Result};
 /// Unknown JSON fields, kept as they came.
 pub type Extra = Map<String, Value>;
 
+/// The deepest a request may nest arrays and objects, the request body itself counting as
+/// one (`{"x": [[1]]}` nests 3 deep). [`ChatRequest::validate`], and so every entry point
+/// of [`LlmCache`](crate::LlmCache), rejects a deeper request with an
+/// [`InvalidRequest`](crate::ErrorKind::InvalidRequest) error naming this limit and the
+/// field, before anything recurses over it: copying, serializing, keying or dropping a
+/// `serde_json::Value` recurses once per level, and a few thousand levels overflow a
+/// thread's stack, which aborts the process. The limit sits below serde_json's own (128),
+/// so every request that passes can also be read back from its JSON text.
+pub const MAX_REQUEST_DEPTH: usize = 100;
+
 /// A `/chat/completions` request body.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ChatRequest {
@@ -74,9 +84,11 @@ impl ChatRequest {
         Ok(req)
     }
 
-    /// Check what must be present before any network call: `model`, `messages`, and a
-    /// `role` on every message.
+    /// Check what must hold before the request is copied, keyed or sent: nesting no deeper
+    /// than [`MAX_REQUEST_DEPTH`] (checked without recursion, whatever the depth), then
+    /// `model`, `messages`, and a `role` on every message.
     pub fn validate(&self) -> Result<()> {
+        self.check_depth()?;
         if self.model.trim().is_empty() {
             return Err(Error::invalid_request("model", "missing or empty"));
         }
@@ -93,6 +105,72 @@ impl ChatRequest {
         }
         Ok(())
     }
+
+    /// Every `Value` a caller can put in a request, with the depth it starts at (the
+    /// typed levels above it are fixed), walked with an explicit stack.
+    fn check_depth(&self) -> Result<()> {
+        // The request object is level 1; its members start at level 2.
+        check_extra(&self.extra, 2, String::new)?;
+        if let Some(options) = &self.stream_options {
+            check_value(options, 2, || "stream_options".to_string())?;
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            // `messages` is level 2, a message 3, its members 4.
+            check_extra(&m.extra, 4, || format!("messages[{i}]."))?;
+            if let Some(Content::Parts(parts)) = &m.content {
+                for (j, part) in parts.iter().enumerate() {
+                    check_value(part, 5, || format!("messages[{i}].content[{j}]"))?;
+                }
+            }
+            for (j, call) in m.tool_calls.iter().flatten().enumerate() {
+                // `tool_calls` is level 4, a call 5, its `function` 6.
+                check_extra(&call.extra, 6, || format!("messages[{i}].tool_calls[{j}]."))?;
+                check_extra(&call.function.extra, 7, || {
+                    format!("messages[{i}].tool_calls[{j}].function.")
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`check_value`] for each member of `extra`, whose values sit at level `depth`; `prefix`
+/// is the path of the object holding them (with its trailing dot).
+fn check_extra(extra: &Extra, depth: usize, prefix: impl Fn() -> String) -> Result<()> {
+    for (name, value) in extra {
+        check_value(value, depth, || format!("{}{name}", prefix()))?;
+    }
+    Ok(())
+}
+
+/// Fails when `value`, sitting at level `depth` of the request (an array or object there
+/// is that level), nests past [`MAX_REQUEST_DEPTH`]. Iterative: a stack of the containers
+/// still to look into, so no depth can exhaust the thread's stack.
+fn check_value(value: &Value, depth: usize, field: impl FnOnce() -> String) -> Result<()> {
+    let mut pending: Vec<(&Value, usize)> = Vec::new();
+    let mut next = Some((value, depth));
+    while let Some((value, depth)) = next.take().or_else(|| pending.pop()) {
+        let children: &mut dyn Iterator<Item = &Value> = match value {
+            Value::Array(items) => &mut items.iter(),
+            Value::Object(map) => &mut map.values(),
+            _ => continue,
+        };
+        if depth > MAX_REQUEST_DEPTH {
+            return Err(Error::invalid_request(
+                &field(),
+                format!(
+                    "nests arrays and objects deeper than MAX_REQUEST_DEPTH ({MAX_REQUEST_DEPTH} \
+                     levels, the request body being level 1)"
+                ),
+            ));
+        }
+        pending.extend(
+            children
+                .filter(|v| v.is_array() || v.is_object())
+                .map(|v| (v, depth + 1)),
+        );
+    }
+    Ok(())
 }
 
 /// One message of a conversation, or the message of a choice in a response.
@@ -492,6 +570,107 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message().contains("`messages[1].role`"), "{e}");
+    }
+
+    /// `levels` arrays, one inside the other, around `1`; built without recursion.
+    fn nested(levels: usize) -> Value {
+        (0..levels).fold(Value::from(1), |inner, _| Value::Array(vec![inner]))
+    }
+
+    /// Drops `v` one level at a time: the recursive drop would overflow the stack.
+    fn dismantle(mut v: Value) {
+        while let Value::Array(mut items) = v {
+            v = items.pop().unwrap_or(Value::Null);
+        }
+    }
+
+    #[test]
+    fn depth_is_bounded_wherever_json_enters() {
+        fn base() -> ChatRequest {
+            ChatRequest::new("m").message(ChatMessage::user("x"))
+        }
+        let with_part = |v: Value| {
+            let mut r = base();
+            r.messages[0].content = Some(Content::Parts(vec![v]));
+            r
+        };
+        let with_msg_extra = |v: Value| {
+            let mut r = base();
+            r.messages[0].extra.insert("audio".into(), v);
+            r
+        };
+        fn with_call(v: Value, in_function: bool) -> ChatRequest {
+            let mut call = ToolCall::default();
+            if in_function {
+                call.function.extra.insert("deep".into(), v);
+            } else {
+                call.extra.insert("deep".into(), v);
+            }
+            let mut r = base();
+            r.messages[0].tool_calls = Some(vec![call]);
+            r
+        }
+        let with_options = |v: Value| ChatRequest {
+            stream_options: Some(v),
+            ..base()
+        };
+        // (build, levels of the request above the value, the field named).
+        type Build = Box<dyn Fn(Value) -> ChatRequest>;
+        let cases: Vec<(Build, usize, &str)> = vec![
+            (Box::new(|v| base().param("vendor", v)), 1, "`vendor`"),
+            (Box::new(with_options), 1, "`stream_options`"),
+            (Box::new(with_msg_extra), 3, "`messages[0].audio`"),
+            (Box::new(with_part), 4, "`messages[0].content[0]`"),
+            (
+                Box::new(|v| with_call(v, false)),
+                5,
+                "`messages[0].tool_calls[0].deep`",
+            ),
+            (
+                Box::new(|v| with_call(v, true)),
+                6,
+                "`messages[0].tool_calls[0].function.deep`",
+            ),
+        ];
+        for (build, above, field) in &cases {
+            let fits = build(nested(MAX_REQUEST_DEPTH - above));
+            assert!(fits.validate().is_ok(), "{field} at the limit");
+            // What passes can be read back from its JSON text.
+            let text = serde_json::to_vec(&fits).unwrap();
+            ChatRequest::from_json(&text).unwrap();
+            let deeper = build(nested(MAX_REQUEST_DEPTH - above + 1));
+            let e = deeper.validate().unwrap_err();
+            assert!(e.is_invalid_request(), "{e}");
+            assert!(e.message().contains(field), "{e}");
+            assert!(e.message().contains("MAX_REQUEST_DEPTH (100"), "{e}");
+        }
+        // Far past the limit: an error, not a stack overflow (this thread has 2 MiB).
+        let mut deep = base().param("vendor", nested(100_000));
+        assert!(deep.validate().unwrap_err().is_invalid_request());
+        dismantle(deep.extra.remove("vendor").unwrap());
+    }
+
+    #[test]
+    fn deep_json_text_is_an_error_not_an_abort() {
+        let levels = 100_000;
+        let mut text = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"x":"#.to_vec();
+        text.extend(std::iter::repeat_n(b'[', levels));
+        text.extend(std::iter::repeat_n(b']', levels));
+        text.push(b'}');
+        let e = ChatRequest::from_json(&text).unwrap_err();
+        assert!(e.is_invalid_request(), "{e}");
+        assert!(e.message().contains("recursion limit"), "{e}");
+        // Between this crate's limit and serde_json's: parsed, then refused by validation.
+        let levels = MAX_REQUEST_DEPTH + 10;
+        let mut text = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"x":"#.to_vec();
+        text.extend(std::iter::repeat_n(b'[', levels));
+        text.extend(std::iter::repeat_n(b']', levels));
+        text.push(b'}');
+        let e = ChatRequest::from_json(&text).unwrap_err();
+        assert!(
+            e.message().contains("`x`: nests") && e.message().contains("MAX_REQUEST_DEPTH"),
+            "{e}"
+        );
     }
 
     #[test]

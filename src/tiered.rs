@@ -155,6 +155,9 @@ pub struct FetchOptions {
     pub(crate) refresh: bool,
     pub(crate) no_store: bool,
     pub(crate) ttl: Option<Duration>,
+    /// How long this caller waits for the flight, instead of the waiter deadline (the
+    /// driver of a streamed flight waits as long as the stream may last).
+    pub(crate) wait: Option<Duration>,
 }
 
 impl FetchOptions {
@@ -375,7 +378,8 @@ where
         let inner = &self.inner;
         // Requests that went past L1: an L1 hit's whole time is `l1_get`.
         let _total = Timer::start(&inner.counters.exported.total);
-        let deadline = tokio::time::Instant::now() + inner.config.waiter_deadline;
+        let wait = options.wait.unwrap_or(inner.config.waiter_deadline);
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let waiter = match inner.inflight.join_or_lead(digest, options.refresh) {
                 Join::Leader(leader) => {

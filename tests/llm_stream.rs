@@ -353,3 +353,111 @@ async fn an_error_before_any_chunk_is_returned_by_chat_stream() {
     assert!(!format!("{e:?}").contains("sk-stream-secret"));
     assert_eq!(c.tiers().inflight(), 0);
 }
+
+/// A cache whose waiter and stream deadlines are given, L1-only, no retries.
+async fn cache_with_deadlines(mock: &MockUpstream, waiter: Duration, stream: Duration) -> LlmCache {
+    LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .waiter_deadline(waiter)
+        .stream_deadline(stream)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The text a consumer read.
+fn text_of(chunks: &[ChatChunk]) -> String {
+    chunks
+        .iter()
+        .flat_map(|c| &c.choices)
+        .filter_map(|c| c.delta.content.as_deref())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_the_waiter_deadline_reaches_every_consumer_and_is_stored() {
+    let mock = MockUpstream::start().await;
+    // Held for as long as the test likes, then 100 ms between chunks: in all, the stream
+    // lasts well past the 300 ms waiter deadline, and well within the stream deadline.
+    mock.hold_stream_after(1);
+    mock.set_chunk_interval(Duration::from_millis(100));
+    let c = cache_with_deadlines(&mock, Duration::from_millis(300), WAIT).await;
+    let req = request("a long answer, streamed slowly to every consumer");
+    let leader = c.chat_stream(&req).await.unwrap();
+    assert_eq!(leader.status(), CacheStatus::Miss);
+    let joiners = [
+        c.chat_stream(&req).await.unwrap(),
+        c.chat_stream(&req).await.unwrap(),
+    ];
+    for j in &joiners {
+        assert_eq!(j.status(), CacheStatus::Coalesced);
+    }
+    mock.release_stream();
+    let expected = expected_content(&req);
+    let consumers = std::iter::once(leader).chain(joiners);
+    let reads = futures_util::future::join_all(consumers.map(collect)).await;
+    for (i, (chunks, error)) in reads.iter().enumerate() {
+        assert!(error.is_none(), "consumer {i} got {error:?}");
+        assert_eq!(
+            text_of(chunks),
+            expected,
+            "consumer {i} got the whole stream"
+        );
+    }
+    assert_eq!(mock.stream_calls(), 1);
+    // Stored: asked again, in either form, it is a hit.
+    assert_eq!(c.chat(&req).await.unwrap().status(), CacheStatus::HitL1);
+    let again = c.chat_stream(&req).await.unwrap();
+    assert_eq!(again.status(), CacheStatus::HitL1);
+    assert_eq!(text_of(&collect(again).await.0), expected);
+    assert_eq!(mock.calls(), 1);
+    assert_eq!(c.stats().cache.waiter_timeouts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_the_stream_deadline_errors_for_every_consumer_and_stores_nothing() {
+    let mock = MockUpstream::start().await;
+    // Held after its first chunk until the test is done: it can only end by the deadline.
+    mock.hold_stream_after(1);
+    let c = cache_with_deadlines(&mock, WAIT, Duration::from_millis(300)).await;
+    let req = request("a stream that never ends");
+    let leader = c.chat_stream(&req).await.unwrap();
+    let joiner = c.chat_stream(&req).await.unwrap();
+    assert_eq!(joiner.status(), CacheStatus::Coalesced);
+    let digest = leader.digest();
+    for (i, (chunks, error)) in [collect(leader).await, collect(joiner).await]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            chunks.len(),
+            1,
+            "consumer {i} got the chunk sent before the cut"
+        );
+        let e = error.unwrap_or_else(|| panic!("consumer {i}: the stream ended without error"));
+        assert!(e.is_timeout(), "consumer {i}: {e}");
+        assert!(e.message().contains("stream_deadline"), "consumer {i}: {e}");
+    }
+    assert!(c.tiers().get(&digest).await.is_none(), "nothing is stored");
+    mock.release_stream();
+    // The next ask goes upstream again.
+    let again = c.chat_stream(&req).await.unwrap();
+    assert_eq!(again.status(), CacheStatus::Miss);
+    drop(again);
+    assert_eq!(mock.stream_calls(), 2);
+}
+
+#[tokio::test]
+async fn a_zero_stream_deadline_is_refused_by_name() {
+    let mock = MockUpstream::start().await;
+    let e = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()))
+        .stream_deadline(Duration::ZERO)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        e.is_config() && e.message().contains("stream_deadline"),
+        "{e}"
+    );
+}
