@@ -782,6 +782,7 @@ where
                 // Weighed like a fetched value: by its encoded (uncompressed) size.
                 let weight = L1::<V>::weight_of(payload_len);
                 if self.invalidation.epoch() == epoch {
+                    self.invalidation.note_l1_store();
                     self.l1
                         .insert(
                             *digest,
@@ -835,6 +836,7 @@ where
         }
         let l2_ttl = ttl.unwrap_or(self.config.l2_ttl);
         let l1_ttl = self.config.l1_ttl.min(l2_ttl);
+        self.invalidation.note_l1_store();
         self.l1
             .insert(
                 digest,

@@ -297,7 +297,7 @@ async fn losing_the_generations_node_never_stops_invalidation() {
     assert_eq!(b.stats().cache.breaker, BreakerState::Closed);
 
     // The node returns (empty: no persistence in tests): every instance becomes current
-    // again and clears its L1, c for the first time since it started.
+    // again. (c listened on a live node all along, so its L1 missed nothing.)
     cluster.nodes[gen_node].restart();
     for (name, inst) in [("a", &a), ("b", &b), ("c", &c)] {
         eventually(&format!("{name} is current again"), WAIT, || {
@@ -305,8 +305,7 @@ async fn losing_the_generations_node_never_stops_invalidation() {
         })
         .await;
     }
-    c.tiers().run_pending_tasks().await;
-    assert_eq!(c.stats().cache.l1_entries, 0, "c cleared its L1");
+    assert_eq!(b.stats().cache.breaker, BreakerState::Closed);
     eprintln!(
         "generations node killed: b skipped {} cached reads, c {}",
         b.stats().cache.unsynced_skips,
