@@ -115,7 +115,7 @@ impl Invalidation {
     /// instance stopped being current less than the grace ago (or Redis is wholly away, when
     /// reads fail anyway). `reachable` is asked only when the instance is not current.
     #[inline]
-    pub fn serves_l2(&self, now_ms: u64, reachable: impl FnOnce() -> bool) -> bool {
+    pub fn serves_l2(&self, reachable: impl FnOnce() -> bool) -> bool {
         if self.current.load(Ordering::Acquire) {
             return true;
         }
@@ -123,17 +123,12 @@ impl Invalidation {
             return false;
         }
         let since = self.unsynced_since_ms.load(Ordering::Acquire);
-        now_ms.saturating_sub(since) < self.grace_ms || !reachable()
+        crate::tiered::now_ms().saturating_sub(since) < self.grace_ms || !reachable()
     }
 
     /// Whether an L1 entry stored at `stored_at_ms` may be served now.
     #[inline]
-    pub fn serves_l1(
-        &self,
-        stored_at_ms: u64,
-        now_ms: u64,
-        reachable: impl FnOnce() -> bool,
-    ) -> bool {
+    pub fn serves_l1(&self, stored_at_ms: u64, reachable: impl FnOnce() -> bool) -> bool {
         if self.current.load(Ordering::Acquire) {
             return true;
         }
@@ -143,7 +138,7 @@ impl Invalidation {
         // Unknown generations: what L1 holds was fetched here (L2 is not read), so it is as
         // fresh as its storing; the grace runs from then.
         let since = self.unsynced_since_ms.load(Ordering::Acquire);
-        now_ms.saturating_sub(stored_at_ms.max(since)) < self.grace_ms
+        crate::tiered::now_ms().saturating_sub(stored_at_ms.max(since)) < self.grace_ms
     }
 
     /// An entry is going into L1: note it when no subscription listens.

@@ -630,7 +630,7 @@ where
         let entry = self.l1.get(digest).await?;
         if self
             .invalidation
-            .serves_l1(entry.stored_at_ms, now_ms(), || self.l2_reachable())
+            .serves_l1(entry.stored_at_ms, || self.l2_reachable())
         {
             return Some(entry);
         }
@@ -647,7 +647,7 @@ where
     fn l2_readable(&self) -> bool {
         if self
             .invalidation
-            .serves_l2(now_ms(), || self.l2_reachable())
+            .serves_l2(|| self.l2_reachable())
         {
             return true;
         }
