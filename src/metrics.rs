@@ -63,6 +63,9 @@ pub struct Stats {
     pub inflight: u64,
     /// Breaker state now.
     pub breaker: BreakerState,
+    /// Times the breaker opened: from closed after `breaker_threshold` failures in a row,
+    /// or again after a probe failed on a live connection.
+    pub breaker_openings: u64,
     /// Entries in L1 now (approximate, as moka reports it).
     pub l1_entries: u64,
     /// Weighted size of L1 in bytes now.
@@ -98,6 +101,7 @@ pub(crate) struct Counters {
     pub dropped_writes: AtomicU64,
     pub oversized: AtomicU64,
     pub waiter_timeouts: AtomicU64,
+    pub breaker_openings: AtomicU64,
     /// The same events, exported through the `metrics` facade.
     pub exported: Exported,
     /// The last L2 failure, for `health()`. Written only when an operation fails.
@@ -145,6 +149,7 @@ impl Counters {
             waiter_timeouts: self.waiter_timeouts.load(Relaxed),
             inflight,
             breaker,
+            breaker_openings: self.breaker_openings.load(Relaxed),
             l1_entries,
             l1_bytes,
         }
@@ -181,6 +186,8 @@ pub(crate) const UPSTREAM_REQUESTS: &str = "ai_upstream_requests_total";
 pub(crate) const L2_ERRORS: &str = "ai_cache_l2_errors_total";
 /// Caches whose breaker is in each state (`closed`, `open`, `half_open`, `disabled`).
 pub(crate) const BREAKER_STATE: &str = "ai_cache_breaker_state";
+/// Times a breaker opened.
+pub(crate) const BREAKER_OPENINGS: &str = "ai_cache_breaker_openings_total";
 
 /// One L1 lookup in this many is timed for `l1_get`. Timing every one would add two clock
 /// reads and a histogram push to a hit that costs a few hundred nanoseconds, and the
@@ -290,6 +297,11 @@ fn describe() {
         BREAKER_STATE,
         "Caches whose Redis circuit breaker is in this state (closed, open, half_open, disabled)"
     );
+    metrics::describe_counter!(
+        BREAKER_OPENINGS,
+        Unit::Count,
+        "Times the Redis circuit breaker opened (from closed, or again after a failed probe)"
+    );
 }
 
 const BREAKER_LABELS: [&str; 4] = ["closed", "open", "half_open", "disabled"];
@@ -319,6 +331,7 @@ pub(crate) struct Exported {
     pub l2_corrupt: Counter,
     pub l2_dropped_write: Counter,
     breaker: [Gauge; 4],
+    pub breaker_openings: Counter,
     size_bytes: Gauge,
     l1_entries: Gauge,
     inflight: Gauge,
@@ -359,6 +372,7 @@ impl Exported {
             l2_corrupt: l2_error("corrupt"),
             l2_dropped_write: l2_error("dropped_write"),
             breaker: BREAKER_LABELS.map(|state| metrics::gauge!(BREAKER_STATE, "state" => state)),
+            breaker_openings: metrics::counter!(BREAKER_OPENINGS),
             size_bytes: metrics::gauge!(SIZE_BYTES),
             l1_entries: metrics::gauge!(L1_ENTRIES),
             inflight: metrics::gauge!(INFLIGHT),

@@ -205,6 +205,8 @@ impl Guarded {
 
     fn failed(&self, probe: bool, why: &str) {
         if self.breaker.on_failure(probe) {
+            Counters::incr(&self.counters.breaker_openings);
+            self.counters.exported.breaker_openings.increment(1);
             self.counters.exported.publish_breaker(self.breaker_state());
             // A stalled or half-open connection must not be reused after the cool-down.
             self.store.reset();
