@@ -47,7 +47,8 @@ pub struct Stats {
     pub l2_errors: u64,
     /// L2 operations abandoned at their deadline.
     pub l2_timeouts: u64,
-    /// L2 operations skipped because the breaker was open.
+    /// L2 operations skipped: the breaker was open, or no connection was up (one is being
+    /// made in the background; no operation waits for it).
     pub l2_skipped: u64,
     /// L2 values that failed to decode (bad magic, version, checksum...): treated as misses.
     pub corrupt_entries: u64,

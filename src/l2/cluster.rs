@@ -18,7 +18,7 @@ use redis::{Client, ConnectionInfo, RedisError, Value};
 
 use super::lazy::Lazy;
 use super::tls::{self, TlsSettings};
-use super::{L2Error, RemoteStore, Subscription, commands, inspect};
+use super::{L2Error, Link, RemoteStore, Subscription, commands, inspect};
 use crate::error::{Error, Result, redact_url};
 
 /// How long one attempt to reach the cluster may take (in the background).
@@ -149,9 +149,10 @@ impl ClusterStore {
     }
 
     pub async fn wait_connected(&self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.shared.connection())
+        let shared = &self.shared;
+        tokio::time::timeout(wait, shared.conn.wait(|| Shared::spawn_connect(shared)))
             .await
-            .is_ok_and(|r| r.is_ok())
+            .unwrap_or(false)
     }
 
     /// Run `op` for `key` on the node that owns it, unless that node is marked down.
@@ -167,7 +168,7 @@ impl ClusterStore {
         {
             return Err(L2Error::NodeDown(node.clone()));
         }
-        let conn = shared.connection().await?;
+        let conn = shared.connection()?;
         match tokio::time::timeout(shared.op_timeout, op(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) if is_command_error(&e) => Err(L2Error::Command(e.to_string())),
@@ -229,15 +230,21 @@ impl Shared {
         self.conn.current().map(|(_, c)| c)
     }
 
-    async fn connection(self: &Arc<Self>) -> Result<ClusterConnection, L2Error> {
-        let (_, conn) = self.conn.get(|| Self::spawn_connect(self)).await?;
+    /// The connection, or at once why there is none (never waits for an attempt).
+    fn connection(self: &Arc<Self>) -> Result<ClusterConnection, L2Error> {
+        let (_, conn) = self.conn.link(|| Self::attempt(self))?;
         Ok(conn)
     }
 
+    /// Start an attempt, unless one is under way.
     fn spawn_connect(this: &Arc<Self>) {
-        if !this.conn.begin() {
-            return;
+        if this.conn.begin() {
+            Self::attempt(this);
         }
+    }
+
+    /// Make the attempt [`Lazy::begin`] allowed, in the background.
+    fn attempt(this: &Arc<Self>) {
         let shared = Arc::clone(this);
         tokio::spawn(async move {
             let attempt =
@@ -422,6 +429,15 @@ impl RemoteStore for ClusterStore {
 
     fn reset(&self) {
         self.shared.conn.reset();
+        Shared::spawn_connect(&self.shared);
+    }
+
+    fn link(&self) -> Link {
+        let shared = &self.shared;
+        match shared.conn.link(|| Shared::attempt(shared)) {
+            Ok(_) => Link::Up,
+            Err(link) => link,
+        }
     }
 
     fn describe(&self) -> &str {

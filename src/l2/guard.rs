@@ -1,12 +1,16 @@
 //! Fail-open around the remote tier: every operation runs under a deadline, and a circuit
-//! breaker stops paying that deadline while the store keeps failing. After the cool-down one
-//! probe is let through; its success closes the breaker. Callers only ever see hit or miss.
+//! breaker stops paying that deadline while the store keeps failing. No operation waits for
+//! a connection: the store makes them in the background, and one that finds none is skipped
+//! (not counted as a failure). After the cool-down, one probe is let through, but only once
+//! a connection is up, so the probe tests a command and never pays for a connect; its success
+//! closes the breaker. A connect attempt that fails while the breaker is open starts the
+//! cool-down again. Callers only ever see hit or miss.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{L2Error, RemoteStore};
+use super::{L2Error, Link, RemoteStore};
 use crate::metrics::{BreakerState, Counters};
 
 const CLOSED: u8 = 0;
@@ -37,41 +41,70 @@ struct Breaker {
     open_until: Mutex<Instant>,
 }
 
-/// Leave to run one operation. A probe dropped without an outcome counts as a failure,
-/// so a cancelled probe can never leave the breaker half-open forever.
+/// Leave to run one operation. A probe dropped without an outcome hands the breaker back
+/// open (its cool-down over, so the next operation probes), so a cancelled probe can never
+/// leave the breaker half-open forever.
 struct Permit<'a> {
     breaker: &'a Breaker,
     probe: bool,
     settled: bool,
 }
 
+/// Why an operation was not let through.
+enum Skip {
+    /// Open (cool-down, a probe out, or no connection to probe on yet).
+    Open,
+    /// Open, and the connect attempt it was waiting for failed: the cool-down starts again.
+    ConnectFailed(String),
+}
+
 impl Breaker {
-    fn acquire(&self) -> Option<Permit<'_>> {
+    /// Leave to run, or why not. Open with its cool-down over, the probe goes out only when
+    /// `store` has a connection; without one, `store` starts making it in the background.
+    fn acquire(&self, store: &dyn RemoteStore) -> Result<Permit<'_>, Skip> {
         match self.state.load(Ordering::Acquire) {
-            CLOSED => Some(Permit {
+            CLOSED => Ok(Permit {
                 breaker: self,
                 probe: false,
                 settled: false,
             }),
             OPEN => {
                 let until = *self.open_until.lock().expect("lock poisoned");
-                if Instant::now() >= until
-                    && self
-                        .state
-                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
+                if Instant::now() < until {
+                    return Err(Skip::Open);
+                }
+                match store.link() {
+                    Link::Up => {}
+                    Link::Connecting => return Err(Skip::Open),
+                    Link::Failed(why) => {
+                        self.open_for_cooldown();
+                        return Err(Skip::ConnectFailed(why));
+                    }
+                }
+                if self
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
                 {
-                    Some(Permit {
+                    Ok(Permit {
                         breaker: self,
                         probe: true,
                         settled: false,
                     })
                 } else {
-                    None
+                    Err(Skip::Open)
                 }
             }
-            _ => None,
+            _ => Err(Skip::Open),
         }
+    }
+
+    /// A probe that tested nothing (its connection went away, or it was cancelled): open
+    /// again, cool-down over, not counted as an opening.
+    fn abandon_probe(&self) {
+        let _ = self
+            .state
+            .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Returns true when this success closed an open breaker.
@@ -120,7 +153,7 @@ impl Breaker {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.settled {
-            self.breaker.on_failure(true);
+            self.breaker.abandon_probe();
         }
     }
 }
@@ -161,9 +194,19 @@ impl Guarded {
         op: &'static str,
         fut: impl Future<Output = Result<T, L2Error>>,
     ) -> Option<T> {
-        let Some(mut permit) = self.breaker.acquire() else {
-            Counters::incr(&self.counters.l2_skipped);
-            return None;
+        let mut permit = match self.breaker.acquire(&*self.store) {
+            Ok(permit) => permit,
+            Err(skip) => {
+                Counters::incr(&self.counters.l2_skipped);
+                if let Skip::ConnectFailed(why) = skip {
+                    let e = L2Error::Connection(why);
+                    Counters::incr(&self.counters.l2_errors);
+                    self.counters.exported.l2_error(&e);
+                    self.counters.note_l2_error("connect", &e.to_string());
+                    tracing::debug!(redis = %self.describe(), error = %e, "redis connect failed: breaker stays open");
+                }
+                return None;
+            }
         };
         let timer = self.counters.exported.l2_timer(op);
         let outcome = tokio::time::timeout(self.deadline, fut).await;
@@ -176,6 +219,15 @@ impl Guarded {
                     tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
                 }
                 Some(v)
+            }
+            Ok(Err(L2Error::NotConnected)) => {
+                // Nothing was sent (the connection is being made in the background): no
+                // evidence either way, and no deadline paid.
+                Counters::incr(&self.counters.l2_skipped);
+                if permit.probe {
+                    self.breaker.abandon_probe();
+                }
+                None
             }
             Ok(Err(e)) => {
                 Counters::incr(&self.counters.l2_errors);

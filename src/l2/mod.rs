@@ -27,6 +27,9 @@ pub(crate) enum L2Error {
     /// The store could not be reached or the connection broke.
     #[error("connection: {0}")]
     Connection(String),
+    /// No connection right now (one is being made in the background): nothing was sent.
+    #[error("not connected")]
+    NotConnected,
     /// The store answered with an error.
     #[error("{0}")]
     Command(String),
@@ -34,6 +37,26 @@ pub(crate) enum L2Error {
     /// never a reason to stop using the other nodes, so the breaker does not count it.
     #[error("node down: {0}")]
     NodeDown(String),
+}
+
+/// Whether a store can run a command now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// A connection is up.
+    Up,
+    /// None yet; an attempt is under way in the background.
+    Connecting,
+    /// The last attempt failed (each failed attempt is reported once); a new one has started.
+    Failed(String),
+}
+
+impl From<Link> for L2Error {
+    fn from(link: Link) -> Self {
+        match link {
+            Link::Failed(why) => L2Error::Connection(why),
+            Link::Up | Link::Connecting => L2Error::NotConnected,
+        }
+    }
 }
 
 /// The fields of a hash of counters and their values (namespace generations).
@@ -50,9 +73,12 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), L2Error>>;
     fn unlink<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), L2Error>>;
-    /// Drop the current connection so the next operation makes a new one (used when the
-    /// breaker opens: a half-open or stalled connection must not be reused forever).
+    /// Drop the current connection and start making a new one in the background (used when
+    /// the breaker opens: a half-open or stalled connection must not be reused forever).
     fn reset(&self);
+    /// Whether a connection is up; without one, start making one in the background unless
+    /// an attempt is under way. Never waits.
+    fn link(&self) -> Link;
     /// The store's address with any password redacted, for logs and errors.
     fn describe(&self) -> &str;
 
