@@ -2,8 +2,9 @@
 //! topology refresh), made lazily in the background, plus what it lacks for a cache: a
 //! node that fails is marked down for a cool-down, and its keys fail at once as
 //! [`L2Error::NodeDown`] (a miss), while the other nodes' keys keep hitting. The guard's
-//! breaker, which would stop using the whole cluster, does not count those failures. With
-//! `rediss://` seeds every node is reached over TLS, with the same certificates.
+//! breaker, which would stop using the whole cluster, does not count those failures. An
+//! error reply (OOM, a script error) says the node is up: it is never a reason to mark it
+//! down. With `rediss://` seeds every node is reached over TLS, with the same certificates.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,7 @@ use futures_util::future::BoxFuture;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{Client, ConnectionInfo, RedisError, Value};
+use redis::{Client, ConnectionInfo, Value};
 
 use super::lazy::Lazy;
 use super::tls::{self, TlsSettings};
@@ -171,27 +172,16 @@ impl ClusterStore {
         let conn = shared.connection()?;
         match tokio::time::timeout(shared.op_timeout, op(conn)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if is_command_error(&e) => Err(L2Error::Command(e.to_string())),
+            // An error reply says the node is up: not a reason to mark it down.
+            Ok(Err(e)) if super::refused_by_server(&e) => {
+                Err(L2Error::Command(super::reply_text(&e)))
+            }
             Ok(Err(e)) => Err(shared.node_failed(node, e.to_string())),
             Err(_) => {
                 Err(shared.node_failed(node, format!("no answer within {:?}", shared.op_timeout)))
             }
         }
     }
-}
-
-/// An error that says nothing about the node's health (a bad command, a wrong type).
-fn is_command_error(e: &RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    matches!(
-        e.kind(),
-        ErrorKind::UnexpectedReturnType
-            | ErrorKind::Parse
-            | ErrorKind::Server(ServerErrorKind::ResponseError)
-            | ErrorKind::Server(ServerErrorKind::NoScript)
-            | ErrorKind::Server(ServerErrorKind::CrossSlot)
-            | ErrorKind::Server(ServerErrorKind::NoPerm)
-    )
 }
 
 impl Shared {

@@ -4,14 +4,21 @@
 //! (not counted as a failure). After the cool-down, one probe is let through, but only once
 //! a connection is up, so the probe tests a command and never pays for a connect; its success
 //! closes the breaker. A connect attempt that fails while the breaker is open starts the
-//! cool-down again. Callers only ever see hit or miss.
+//! cool-down again. An error reply to one command (OOM under `noeviction`, a script error)
+//! comes from a server that is up: it never opens the breaker; a refused write or lease is
+//! counted, and one WARN per cause and [`REFUSAL_WARN_EVERY`] names it. Callers only ever see
+//! hit or miss.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{L2Error, Link, RemoteStore};
 use crate::metrics::{BreakerState, Counters};
+
+/// One WARN per cause of refusal (OOM, NOPERM...) this often at most.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(60);
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
@@ -31,6 +38,18 @@ pub(crate) struct Guarded {
     deadline: Duration,
     breaker: Breaker,
     counters: Arc<Counters>,
+    /// When each cause of refusal was last logged at WARN.
+    refusals_warned: Mutex<HashMap<String, Instant>>,
+}
+
+/// Why a guarded operation has no answer.
+enum NoAnswer {
+    /// Not sent: the breaker is open or no connection is up.
+    Skipped,
+    /// The server answered with an error reply (it is up).
+    Refused,
+    /// It failed or missed its deadline.
+    Failed,
 }
 
 struct Breaker {
@@ -177,6 +196,7 @@ impl Guarded {
                 open_until: Mutex::new(Instant::now()),
             },
             counters,
+            refusals_warned: Mutex::new(HashMap::new()),
         }
     }
 
@@ -194,6 +214,15 @@ impl Guarded {
         op: &'static str,
         fut: impl Future<Output = Result<T, L2Error>>,
     ) -> Option<T> {
+        self.attempt(op, fut).await.ok()
+    }
+
+    /// Run `op` under the deadline and the breaker, saying why when there is no answer.
+    async fn attempt<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, NoAnswer> {
         let mut permit = match self.breaker.acquire(&*self.store) {
             Ok(permit) => permit,
             Err(skip) => {
@@ -205,7 +234,7 @@ impl Guarded {
                     self.counters.note_l2_error("connect", &e.to_string());
                     tracing::debug!(redis = %self.describe(), error = %e, "redis connect failed: breaker stays open");
                 }
-                return None;
+                return Err(NoAnswer::Skipped);
             }
         };
         let timer = self.counters.exported.l2_timer(op);
@@ -218,7 +247,7 @@ impl Guarded {
                     self.counters.exported.publish_breaker(self.breaker_state());
                     tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
                 }
-                Some(v)
+                Ok(v)
             }
             Ok(Err(L2Error::NotConnected)) => {
                 // Nothing was sent (the connection is being made in the background): no
@@ -227,7 +256,23 @@ impl Guarded {
                 if permit.probe {
                     self.breaker.abandon_probe();
                 }
-                None
+                Err(NoAnswer::Skipped)
+            }
+            Ok(Err(L2Error::Command(why))) => {
+                // The server answered: it is up. Not a failure for the breaker (a probe that
+                // gets an answer closes it), whatever the command it refused.
+                Counters::incr(&self.counters.l2_errors);
+                self.counters
+                    .exported
+                    .l2_error(&L2Error::Command(String::new()));
+                self.counters.note_l2_error(op, &why);
+                tracing::debug!(redis = %self.describe(), op, error = %why, "redis refused a command");
+                self.warn_refused(op, &why);
+                if self.breaker.on_success(permit.probe) {
+                    self.counters.exported.publish_breaker(self.breaker_state());
+                    tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
+                }
+                Err(NoAnswer::Refused)
             }
             Ok(Err(e)) => {
                 Counters::incr(&self.counters.l2_errors);
@@ -242,7 +287,7 @@ impl Guarded {
                 } else {
                     self.failed(permit.probe, &e.to_string());
                 }
-                None
+                Err(NoAnswer::Failed)
             }
             Err(_) => {
                 Counters::incr(&self.counters.l2_timeouts);
@@ -250,8 +295,38 @@ impl Guarded {
                 self.counters.note_l2_error(op, "deadline exceeded");
                 tracing::debug!(redis = %self.describe(), op, deadline = ?self.deadline, "redis operation timed out");
                 self.failed(permit.probe, "deadline exceeded");
-                None
+                Err(NoAnswer::Failed)
             }
+        }
+    }
+
+    /// One WARN per cause (the reply's code: OOM, NOPERM, ERR...) and [`REFUSAL_WARN_EVERY`].
+    fn warn_refused(&self, op: &'static str, why: &str) {
+        let cause = why.split_whitespace().next().unwrap_or("ERR");
+        {
+            let mut warned = self.refusals_warned.lock().expect("lock poisoned");
+            let now = Instant::now();
+            if warned
+                .get(cause)
+                .is_some_and(|at| now.duration_since(*at) < REFUSAL_WARN_EVERY)
+            {
+                return;
+            }
+            if warned.len() >= 64 {
+                warned.retain(|_, at| now.duration_since(*at) < REFUSAL_WARN_EVERY);
+            }
+            warned.insert(cause.to_owned(), now);
+        }
+        if cause == "OOM" {
+            tracing::warn!(
+                redis = %self.describe(), op, cause, error = why,
+                "redis is full and refuses writes (maxmemory reached under noeviction): new entries stay in L1 only and leases are not taken (single-flight per instance); reads go on and the breaker stays closed. Set maxmemory-policy allkeys-lru"
+            );
+        } else {
+            tracing::warn!(
+                redis = %self.describe(), op, cause, error = why,
+                "redis refused a command: it is up, so the breaker stays closed; what it refuses is skipped and counted"
+            );
         }
     }
 
@@ -279,10 +354,18 @@ impl Guarded {
         }
     }
 
+    /// Write an entry; false when it was not written. A write the server refused (OOM
+    /// under `noeviction`...) is counted in `l2_writes_refused`.
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {
-        self.guarded("set", self.store.set(key, value, ttl))
-            .await
-            .is_some()
+        match self.attempt("set", self.store.set(key, value, ttl)).await {
+            Ok(()) => true,
+            Err(NoAnswer::Refused) => {
+                Counters::incr(&self.counters.l2_writes_refused);
+                self.counters.exported.l2_write_refused.increment(1);
+                false
+            }
+            Err(NoAnswer::Skipped | NoAnswer::Failed) => false,
+        }
     }
 
     /// `PING` under the deadline and the breaker (for `health()`); counted like any operation.
@@ -305,10 +388,22 @@ impl Guarded {
     // --- scale-out (issue 5): every operation under the same deadline and breaker ---
 
     /// Take `key` with `token` for `ttl`: `Some(true)` taken, `Some(false)` held by
-    /// someone else, `None` when Redis could not say.
+    /// someone else, `None` when Redis could not say. A lease the server refused (OOM under
+    /// `noeviction`...) is counted in `leases_refused`: the flight then fetches without one,
+    /// so for that key single-flight holds per instance, not across instances.
     pub async fn set_nx(&self, key: &str, token: &str, ttl: Duration) -> Option<bool> {
-        self.guarded("set_nx", self.store.set_nx(key, token, ttl))
+        match self
+            .attempt("set_nx", self.store.set_nx(key, token, ttl))
             .await
+        {
+            Ok(taken) => Some(taken),
+            Err(NoAnswer::Refused) => {
+                Counters::incr(&self.counters.leases_refused);
+                self.counters.exported.lease_refused.increment(1);
+                None
+            }
+            Err(NoAnswer::Skipped | NoAnswer::Failed) => None,
+        }
     }
 
     pub async fn exists(&self, key: &str) -> Option<bool> {

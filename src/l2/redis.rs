@@ -147,8 +147,10 @@ impl RedisStore {
                     }
                     Shared::spawn_connect(shared);
                     Err(L2Error::Connection(redact_err(&e, "")))
+                } else if super::refused_by_server(&e) {
+                    Err(L2Error::Command(super::reply_text(&e)))
                 } else {
-                    Err(L2Error::Command(redact_err(&e, "")))
+                    Err(L2Error::NotServing(super::reply_text(&e)))
                 }
             }
         }
