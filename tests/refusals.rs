@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use llm_cache::{BreakerState, CacheStatus, ChatMessage, ChatRequest, LlmCache, OpenAiCompatible};
@@ -13,6 +15,40 @@ use support::redis::RedisServer;
 use support::upstream::{MockUpstream, expected_content};
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// Every WARN logged in this test binary (both tests share it: count what is yours).
+fn warnings() -> Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    Arc::clone(LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || Sink(Arc::clone(&sink)))
+            .init();
+        log
+    }))
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn lines_with(log: &Mutex<Vec<u8>>, needle: &str) -> usize {
+    String::from_utf8_lossy(&log.lock().unwrap())
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
 
 fn request(prompt: &str) -> ChatRequest {
     ChatRequest::new("gpt-4.1")
@@ -44,6 +80,7 @@ async fn ask(cache: &LlmCache, prompt: &str) -> CacheStatus {
 
 #[tokio::test]
 async fn a_full_redis_keeps_serving_reads_and_never_opens_the_breaker() {
+    let log = warnings();
     let redis = RedisServer::start_with_args(&["--maxmemory-policy", "noeviction"]);
     let mock = MockUpstream::start().await;
     let cache = cache(&redis.url(), &mock).await;
@@ -120,6 +157,14 @@ async fn a_full_redis_keeps_serving_reads_and_never_opens_the_breaker() {
         "nothing was skipped: {s:?}"
     );
     assert_eq!(mock.calls() - calls_before, 30, "one call per new prompt");
+    // Sixty refusals, one WARN that names the cause.
+    assert_eq!(
+        lines_with(&log, "redis is full and refuses writes"),
+        1,
+        "{}",
+        String::from_utf8_lossy(&log.lock().unwrap())
+    );
+    assert_eq!(lines_with(&log, "cause=\"OOM\""), 1);
 }
 
 #[tokio::test]
