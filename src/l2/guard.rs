@@ -258,13 +258,12 @@ impl Guarded {
                 }
                 Err(NoAnswer::Skipped)
             }
-            Ok(Err(L2Error::Command(why))) => {
+            Ok(Err(e @ L2Error::Command(_))) => {
                 // The server answered: it is up. Not a failure for the breaker (a probe that
                 // gets an answer closes it), whatever the command it refused.
+                let why = e.to_string();
                 Counters::incr(&self.counters.l2_errors);
-                self.counters
-                    .exported
-                    .l2_error(&L2Error::Command(String::new()));
+                self.counters.exported.l2_error(&e);
                 self.counters.note_l2_error(op, &why);
                 tracing::debug!(redis = %self.describe(), op, error = %why, "redis refused a command");
                 self.warn_refused(op, &why);
