@@ -253,6 +253,7 @@ impl Guarded {
                 // Nothing was sent (the connection is being made in the background): no
                 // evidence either way, and no deadline paid.
                 Counters::incr(&self.counters.l2_skipped);
+                self.note_not_connected(op);
                 if permit.probe {
                     self.breaker.abandon_probe();
                 }
@@ -296,6 +297,21 @@ impl Guarded {
                 self.failed(permit.probe, "deadline exceeded");
                 Err(NoAnswer::Failed)
             }
+        }
+    }
+
+    /// Give `health()` something to say while the first connection is still being made
+    /// (a connect that hangs reports no error for a while); never hides an error seen.
+    fn note_not_connected(&self, op: &'static str) {
+        let none_yet = self
+            .counters
+            .last_l2_error
+            .lock()
+            .expect("lock poisoned")
+            .is_none();
+        if none_yet {
+            self.counters
+                .note_l2_error(op, "not connected: connecting in the background");
         }
     }
 
