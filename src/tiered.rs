@@ -645,10 +645,7 @@ where
 
     /// Whether L2 may be read now (see invalidation.rs); counts a refusal.
     fn l2_readable(&self) -> bool {
-        if self
-            .invalidation
-            .serves_l2(|| self.l2_reachable())
-        {
+        if self.invalidation.serves_l2(|| self.l2_reachable()) {
             return true;
         }
         Counters::incr(&self.counters.unsynced_skips);

@@ -237,3 +237,37 @@ async fn an_instance_that_starts_cut_off_clears_its_l1_when_it_first_hears() {
         "L1 was cleared when it first became current"
     );
 }
+
+/// With Redis wholly away nobody can invalidate: L1 keeps serving past `unsynced_grace`
+/// (it is what holds the upstream bill down during an outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_wholly_away_l1_keeps_serving_past_the_grace() {
+    let mut redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let grace = Duration::from_millis(200);
+    let c = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(redis.url())
+        .l2_deadline(Duration::from_millis(100))
+        .unsynced_grace(grace)
+        .build()
+        .await
+        .unwrap();
+    let req = request("kept through the outage");
+    c.chat(&req).await.unwrap();
+    assert_eq!(c.chat(&req).await.unwrap().status(), CacheStatus::HitL1);
+    redis.kill();
+    eventually("the subscription is lost", WAIT, || {
+        !c.tiers().invalidation_subscribed()
+    })
+    .await;
+    // An L2 operation finds Redis gone (a miss of another key), then the grace passes.
+    c.chat(&request("another")).await.unwrap();
+    tokio::time::sleep(grace * 2).await;
+    let calls = mock.calls();
+    for _ in 0..3 {
+        assert_eq!(c.chat(&req).await.unwrap().status(), CacheStatus::HitL1);
+    }
+    assert_eq!(mock.calls(), calls);
+    assert_eq!(c.stats().cache.unsynced_skips, 0);
+}
