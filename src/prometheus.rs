@@ -23,7 +23,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::error::{Error, Result};
-use crate::metrics::LATENCY;
+use crate::tiered::stats::LATENCY;
 
 /// Buckets of `ai_cache_latency_seconds`, in seconds: 1 µs to 30 s, three per decade, so an
 /// L1 hit (a few hundred ns to a few µs), a Redis round trip (~100 µs to ms) and an upstream

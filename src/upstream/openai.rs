@@ -20,11 +20,11 @@ use reqwest::{StatusCode, Url};
 use serde_json::{Map, Value};
 
 use super::{BoxFuture, ChunkStream, Upstream};
+use crate::chat::request::{ChatRequest, ChatResponse};
 use crate::error::{Error, ErrorKind, Result, redact_url};
-use crate::metrics::UpstreamExported;
-use crate::request::{ChatRequest, ChatResponse};
 use crate::stream::{ChatChunk, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
 use credentials::{MASKED, Mask, is_credential_header};
+use metrics::Counter;
 
 /// When and how often [`OpenAiCompatible`] tries a failed call again.
 ///
@@ -1023,6 +1023,31 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+/// The series of an upstream client (the built-in `OpenAiCompatible`).
+pub(crate) struct UpstreamExported {
+    pub ok: Counter,
+    pub error: Counter,
+    pub retried: Counter,
+}
+
+impl UpstreamExported {
+    pub(crate) fn register() -> Self {
+        super::describe_series();
+        let outcome = |o: &'static str| metrics::counter!(super::UPSTREAM_REQUESTS, "outcome" => o);
+        UpstreamExported {
+            ok: outcome("ok"),
+            error: outcome("error"),
+            retried: outcome("retried"),
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamExported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamExported").finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

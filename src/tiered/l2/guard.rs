@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{L2Error, RemoteStore};
-use crate::metrics::{BreakerState, Counters};
+use crate::tiered::stats::{BreakerState, Counters};
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;

@@ -7,14 +7,26 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
+use crate::chat::request::{ChatRequest, ChatResponse};
 use crate::error::Result;
-use crate::request::{ChatRequest, ChatResponse};
 use crate::stream::{ChatChunk, ReplayOptions, replay};
 
 #[cfg(feature = "openai")]
 mod openai;
 #[cfg(feature = "openai")]
 pub use openai::{OpenAiCompatible, RetryPolicy, UpstreamStats};
+
+/// Upstream calls by outcome (`ok`, `error`, `retried`).
+pub(crate) const UPSTREAM_REQUESTS: &str = "ai_upstream_requests_total";
+
+/// Describe the upstream series to the recorder installed now.
+pub(crate) fn describe_series() {
+    metrics::describe_counter!(
+        UPSTREAM_REQUESTS,
+        metrics::Unit::Count,
+        "Upstream calls by outcome: ok, error (after all attempts), retried (extra attempts)"
+    );
+}
 
 /// A boxed, `Send` future: what [`Upstream::chat`] returns (re-exported from `futures-util`,
 /// so an implementation needs no extra dependency).
