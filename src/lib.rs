@@ -9,6 +9,7 @@ mod error;
 pub mod fuzzing;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+mod request;
 pub mod stream;
 mod tiered;
 mod upstream;
@@ -28,11 +29,11 @@ pub use upstream::{BoxFuture, Upstream};
 pub use upstream::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 
 pub use chat::key::{self, KEY_FORMAT_VERSION, KeyOptions};
-pub use chat::request::{
-    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall,
-    MAX_REQUEST_DEPTH, ToolCall, Usage,
-};
 pub use chat::{
     CacheControl, CachedStream, DEFAULT_STREAM_DEADLINE, LlmCache, LlmCacheBuilder, LlmStats,
     ModelPrice, ModelSavings, PriceTable,
+};
+pub use request::{
+    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall,
+    MAX_REQUEST_DEPTH, ToolCall, Usage,
 };

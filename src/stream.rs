@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::chat::request::{
+use crate::error::{Error, ErrorKind, Result};
+use crate::request::{
     ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall, ToolCall, Usage,
 };
-use crate::error::{Error, ErrorKind, Result};
 
 /// The `object` of every streamed chunk.
 pub const CHUNK_OBJECT: &str = "chat.completion.chunk";

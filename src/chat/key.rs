@@ -41,7 +41,7 @@ use std::fmt;
 use serde_json::{Map, Number, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::chat::request::{ChatMessage, ChatRequest, Content, FunctionCall, ToolCall};
+use crate::request::{ChatMessage, ChatRequest, Content, FunctionCall, ToolCall};
 use crate::tiered::digest::Digest;
 
 /// The version of the canonical form and digest layout; part of every digest.

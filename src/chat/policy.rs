@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::chat::request::{ChatRequest, ChatResponse};
 use crate::error::{Error, ErrorKind, Result};
+use crate::request::{ChatRequest, ChatResponse};
 use crate::tiered::FetchOptions;
 
 /// How one request uses the cache. The default reads every tier and stores the answer in

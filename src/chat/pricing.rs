@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::chat::request::Usage;
+use crate::request::Usage;
 
 /// The price of one model, in dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]

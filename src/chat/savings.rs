@@ -10,7 +10,7 @@ use metrics::{Counter, Gauge, Unit};
 
 use super::{Inner, LlmCache};
 use crate::chat::pricing::ModelPrice;
-use crate::chat::request::ChatResponse;
+use crate::request::ChatResponse;
 use crate::tiered::CacheStatus;
 use crate::tiered::stats::Stats;
 

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 
 use super::LlmCache;
 use crate::chat::policy::{self, CacheControl};
-use crate::chat::request::{ChatRequest, ChatResponse};
 use crate::error::{Error, ErrorKind, Result};
+use crate::request::{ChatRequest, ChatResponse};
 use crate::stream::{Assembler, ChatChunk, ReplayOptions, replay};
 use crate::tiered::digest::Digest;
 use crate::tiered::{CacheStatus, FetchOptions};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
-use crate::chat::request::{ChatRequest, ChatResponse};
 use crate::error::Result;
+use crate::request::{ChatRequest, ChatResponse};
 use crate::stream::{ChatChunk, ReplayOptions, replay};
 
 #[cfg(feature = "openai")]

@@ -20,8 +20,8 @@ use reqwest::{StatusCode, Url};
 use serde_json::{Map, Value};
 
 use super::{BoxFuture, ChunkStream, Upstream};
-use crate::chat::request::{ChatRequest, ChatResponse};
 use crate::error::{Error, ErrorKind, Result, redact_url};
+use crate::request::{ChatRequest, ChatResponse};
 use crate::stream::{ChatChunk, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
 use credentials::{MASKED, Mask, is_credential_header};
 use metrics::Counter;
