@@ -1,5 +1,6 @@
 //! `TieredCacheBuilder`, and the `config_setters!` macro that writes the tiers' knobs once
-//! for every builder that sits on the engine. Nothing is checked until `build()`.
+//! for every builder that sits on the engine. Setters never fail; nothing is checked until
+//! `build()`, which must name the first bad knob before it opens any connection.
 
 use std::fmt;
 use std::marker::PhantomData;

@@ -334,7 +334,7 @@ where
     /// The value in L1, if any. Never goes to the network.
     #[inline]
     pub async fn get(&self, digest: &Digest) -> Option<Cached<V>> {
-        // One lookup in 64 is timed (metrics.rs says why and how it picks).
+        // One lookup in 64 is timed (stats.rs says why and how it picks).
         let started = crate::tiered::stats::sample_l1(&self.inner.counters.l1_hits, digest)
             .then(Instant::now);
         let entry = self.inner.l1_get(digest).await;

@@ -155,11 +155,9 @@ impl Counters {
     }
 }
 
-// ---------------------------------------------------------------------------------------
 // Export through the `metrics` facade. Handles are registered once, when a cache is built,
 // with the recorder installed at that moment, and used without a lookup afterwards: install
 // the recorder before building the cache. Layers on the engine register their own series.
-// ---------------------------------------------------------------------------------------
 
 /// Latency by operation (`l1_get`, `l2_get`, `l2_set`, `upstream`, `total`).
 pub(crate) const LATENCY: &str = "ai_cache_latency_seconds";

@@ -1,5 +1,5 @@
 //! The upstream: the [`Upstream`] trait (bring your own client) and, with the default
-//! `openai` feature, `OpenAiCompatible` (in `upstream/openai.rs`), a reqwest client for any
+//! `openai` feature, `OpenAiCompatible` (in `upstream/openai/`), a reqwest client for any
 //! OpenAI-compatible `/chat/completions` endpoint, with retries. Nothing here may put an API
 //! key in an error, a log line or `Debug` output.
 

@@ -262,7 +262,7 @@ impl Guarded {
             .is_some()
     }
 
-    // --- scale-out (issue 5): every operation under the same deadline and breaker ---
+    // Leases, invalidation and namespace generations, under the same deadline and breaker.
 
     /// Take `key` with `token` for `ttl`: `Some(true)` taken, `Some(false)` held by
     /// someone else, `None` when Redis could not say.
