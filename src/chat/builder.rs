@@ -21,7 +21,7 @@ use crate::upstream::Upstream;
 /// The default of [`LlmCacheBuilder::stream_deadline`]: how long a streamed flight may last.
 pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// Configures an [`LlmCache`]: the upstream, the tiers (the same knobs as
-/// [`TieredCacheBuilder`]), the key rules, prices and the temperature rule.
+/// [`TieredCacheBuilder`](crate::TieredCacheBuilder)), the key rules, prices and the temperature rule.
 #[must_use]
 pub struct LlmCacheBuilder {
     pub(crate) config: Config,

@@ -59,7 +59,7 @@ impl ReplayOptions {
 /// in pieces; then a chunk with only `finish_reason`. Last, with `include_usage` and a
 /// usage, a chunk with `choices: []` and `usage`.
 ///
-/// [`Assembler`] over these chunks gives back `response` exactly (every field, unknown
+/// [`Assembler`](super::Assembler) over these chunks gives back `response` exactly (every field, unknown
 /// ones included) when: every choice has a `finish_reason`; choice indexes are distinct
 /// and ascending; content is text (parts are sent as their joined text); `object` is
 /// `chat.completion`; there is no top-level `obfuscation`; and `usage` is `None` unless

@@ -130,7 +130,7 @@ impl<V> Deref for Cached<V> {
     }
 }
 
-/// Per-call options of [`TieredCache::get_or_fetch_with`].
+/// Per-call options of [`TieredCache::get_or_fetch_with`](super::TieredCache::get_or_fetch_with).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use]
 pub struct FetchOptions {
