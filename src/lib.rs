@@ -2,7 +2,8 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-// The rooms, lowest first; arrows point down only (see the README's "Architecture").
+// The rooms; arrows point down only: chat -> tiered, stream, upstream, request; upstream ->
+// stream, request; stream -> request. See the README's "Architecture" and tests/layering.rs.
 mod chat;
 mod error;
 #[doc(hidden)]
@@ -17,7 +18,9 @@ mod upstream;
 pub use error::{Error, ErrorKind, Result};
 
 pub use tiered::digest::Digest;
-pub use tiered::envelope::{self, Envelope, EnvelopeError};
+pub use tiered::envelope;
+#[doc(no_inline)]
+pub use tiered::envelope::{Envelope, EnvelopeError};
 pub use tiered::health::{Health, L2Health};
 pub use tiered::redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
 pub use tiered::stats::{BreakerState, Stats};
@@ -28,7 +31,9 @@ pub use upstream::{BoxFuture, Upstream};
 #[cfg(feature = "openai")]
 pub use upstream::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 
-pub use chat::key::{self, KEY_FORMAT_VERSION, KeyOptions};
+pub use chat::key;
+#[doc(no_inline)]
+pub use chat::key::{KEY_FORMAT_VERSION, KeyOptions};
 pub use chat::{
     CacheControl, CachedStream, DEFAULT_STREAM_DEADLINE, LlmCache, LlmCacheBuilder, LlmStats,
     ModelPrice, ModelSavings, PriceTable,
