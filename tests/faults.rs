@@ -497,3 +497,89 @@ async fn upstream_rate_limited_with_retry_after() {
     )
     .await;
 }
+
+/// A dropped connection is remade in the background while requests go on, even when a
+/// connect takes twice the 50 ms deadline (as on a loaded host). Counted with
+/// `breaker_openings`, not timed: the breaker opens at most once per drop, and not at all
+/// for a drop during which no operation missed its deadline (then only the drop itself could
+/// have opened it). It used to count every command in flight on the dropped connection (more
+/// than `breaker_threshold` under load), and a probe then paid the new connect under the
+/// deadline, timed out, and opened it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_open_the_breaker_at_most_once_each() {
+    const DROPS: u64 = 6;
+    const THRESHOLD: u64 = 5; // `Setup`'s breaker_threshold
+    let _one = one_at_a_time().await;
+    let (setup, _redis) = Setup::new(true, 0).await;
+    // Only Redis misbehaves here.
+    setup.mock.fail_ratio(0.0, 0.0, None);
+    let (cache, proxy) = (&setup.cache, setup.proxy());
+    proxy.connect_delay(Duration::from_millis(100));
+    let load = Load::start(cache);
+    tokio::time::sleep(WARM_UP).await;
+    let before = cache.stats().cache;
+    let mut windows = Vec::new();
+    for drop in 1..=DROPS {
+        let start = cache.stats().cache;
+        let accepted = proxy.accepted();
+        assert!(proxy.drop_all() > 0, "drop {drop}: no connection to drop");
+        // Healed: a new connection, the breaker closed, L2 hits again.
+        let healing = Instant::now();
+        loop {
+            let now = cache.stats().cache;
+            if proxy.accepted() > accepted
+                && now.breaker == BreakerState::Closed
+                && now.l2_hits > start.l2_hits + 20
+            {
+                break;
+            }
+            assert!(
+                healing.elapsed() < RECOVERY_LIMIT,
+                "drop {drop}: not healed within {RECOVERY_LIMIT:?} ({now:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Steady load for several cool-downs: a flapping breaker would open again here.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let end = cache.stats().cache;
+        windows.push((
+            end.breaker_openings - start.breaker_openings,
+            end.l2_timeouts - start.l2_timeouts,
+        ));
+    }
+    let (tally, elapsed, _) = load.stop().await;
+    let after = cache.stats().cache;
+    let openings = after.breaker_openings - before.breaker_openings;
+    println!(
+        "faults: {DROPS} drops under load: {:.1}s requests={} breaker_openings={openings} \
+         (openings, timeouts) per drop={windows:?} l2_errors={} l2_timeouts={} l2_skipped={} \
+         proxy accepted={} dropped={}",
+        elapsed.as_secs_f64(),
+        tally.requests.load(Relaxed),
+        after.l2_errors - before.l2_errors,
+        after.l2_timeouts - before.l2_timeouts,
+        after.l2_skipped - before.l2_skipped,
+        proxy.accepted(),
+        proxy.dropped(),
+    );
+    let bad = tally.bad.lock().unwrap();
+    assert!(bad.is_empty(), "bad outcomes: {bad:#?}");
+    assert_eq!(
+        tally.ok.load(Relaxed) + tally.exhausted.load(Relaxed),
+        tally.requests.load(Relaxed),
+        "every request is answered"
+    );
+    assert!(
+        openings <= DROPS,
+        "the breaker opened {openings} times across {DROPS} dropped connections (at most one each); \
+         (openings, timeouts) per drop: {windows:?}"
+    );
+    for (i, (opened, timeouts)) in windows.iter().enumerate() {
+        assert!(
+            *opened <= 1 && (*opened == 0 || *timeouts >= THRESHOLD),
+            "drop {}: the breaker opened {opened} times with {timeouts} deadline misses: \
+             a dropped connection alone must not open it; (openings, timeouts) per drop: {windows:?}",
+            i + 1
+        );
+    }
+}

@@ -9,6 +9,7 @@ use llm_cache::{
     CacheControl, CacheStatus, ChatMessage, ChatRequest, LlmCache, OpenAiCompatible, RetryPolicy,
 };
 use support::eventually;
+use support::proxy::Proxy;
 use support::redis::RedisServer;
 use support::topology::eventually_async;
 use support::upstream::{MockUpstream, expected_content};
@@ -199,4 +200,74 @@ async fn invalidate_namespace_orphans_one_tenant_on_every_instance() {
         .unwrap_err();
     assert_eq!(err.kind(), llm_cache::ErrorKind::Redis, "{err}");
     assert!(!in_l1(&caches[1], &req, &b).await);
+}
+
+/// An instance that starts cut off from Redis keeps what it fetches in L1 (nobody can reach
+/// it to invalidate); once it hears invalidations it clears L1, since something may have
+/// been invalidated meanwhile: the first time after start as after a lost subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_starts_cut_off_clears_its_l1_when_it_first_hears() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(redis.addr().parse().unwrap());
+    proxy.stall(true);
+    let late = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(proxy.url())
+        .l2_deadline(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build with Redis unreachable");
+    assert!(!late.tiers().invalidation_subscribed());
+    let other = instance(&mock, &redis).await;
+    let req = request("fetched while cut off");
+    let plain = CacheControl::new();
+    assert_eq!(late.chat(&req).await.unwrap().status(), CacheStatus::Miss);
+    assert_eq!(late.chat(&req).await.unwrap().status(), CacheStatus::HitL1);
+    // Meanwhile the answer is invalidated where `late` cannot hear it.
+    other.chat(&req).await.unwrap();
+    other.invalidate(&req).await.unwrap();
+    proxy.stall(false);
+    eventually("late hears invalidations", WAIT, || {
+        late.tiers().invalidation_subscribed()
+    })
+    .await;
+    assert!(
+        !in_l1(&late, &req, &plain).await,
+        "L1 was cleared when it first became current"
+    );
+}
+
+/// With Redis wholly away nobody can invalidate: L1 keeps serving past `unsynced_grace`
+/// (it is what holds the upstream bill down during an outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_wholly_away_l1_keeps_serving_past_the_grace() {
+    let mut redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let grace = Duration::from_millis(200);
+    let c = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(redis.url())
+        .l2_deadline(Duration::from_millis(100))
+        .unsynced_grace(grace)
+        .build()
+        .await
+        .unwrap();
+    let req = request("kept through the outage");
+    c.chat(&req).await.unwrap();
+    assert_eq!(c.chat(&req).await.unwrap().status(), CacheStatus::HitL1);
+    redis.kill();
+    eventually("the subscription is lost", WAIT, || {
+        !c.tiers().invalidation_subscribed()
+    })
+    .await;
+    // An L2 operation finds Redis gone (a miss of another key), then the grace passes.
+    c.chat(&request("another")).await.unwrap();
+    tokio::time::sleep(grace * 2).await;
+    let calls = mock.calls();
+    for _ in 0..3 {
+        assert_eq!(c.chat(&req).await.unwrap().status(), CacheStatus::HitL1);
+    }
+    assert_eq!(mock.calls(), calls);
+    assert_eq!(c.stats().cache.unsynced_skips, 0);
 }

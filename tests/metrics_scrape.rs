@@ -272,6 +272,14 @@ async fn scrape_matches_stats_after_a_scripted_workload() {
     assert!(stats.cache.l1_bytes > 0);
     assert_eq!(m.get("ai_cache_inflight", &[]), 0.0);
     assert_eq!(m.get("ai_cache_breaker_state", &[("state", "closed")]), 1.0);
+    assert_eq!(m.get("ai_cache_breaker_openings_total", &[]), 0.0);
+    assert_eq!(stats.cache.breaker_openings, 0);
+    for operation in ["write", "lease"] {
+        assert_eq!(
+            m.get("ai_cache_l2_refused_total", &[("operation", operation)]),
+            0.0
+        );
+    }
     for state in ["open", "half_open", "disabled"] {
         assert_eq!(m.get("ai_cache_breaker_state", &[("state", state)]), 0.0);
     }

@@ -193,12 +193,12 @@ async fn redis_stats_count_is_bounded() {
         .build()
         .await
         .unwrap();
-    // 5,000 keys under the prefix, written behind the cache's back.
+    // 5,000 entry-shaped keys under the prefix, written behind the cache's back.
     let mut conn = redis.conn().await;
     let mut pipe = redis::pipe();
     for i in 0..5_000 {
         pipe.cmd("SET")
-            .arg(format!("ai:cache:{i:064}"))
+            .arg(format!("ai:cache:{{{i:064}}}"))
             .arg("x")
             .ignore();
     }

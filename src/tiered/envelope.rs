@@ -174,7 +174,7 @@ impl MacKeys {
 
 impl fmt::Debug for MacKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MacKeys({} secrets, redacted)", self.keys.len())
+        write!(f, "MacKeys({} keys, redacted)", self.keys.len())
     }
 }
 

@@ -12,8 +12,9 @@
 //! takes the last one it hears, and on every (re)subscription it reloads them all.
 //!
 //! The instance is *current* while it is subscribed and has loaded the generations. Each
-//! time it becomes current (the first time after start too) it clears its L1: it may have
-//! missed messages, or filled L1 without knowing the generations. A subscription is kept
+//! time it becomes current (the first time after start too) it clears its L1 if L1 may
+//! hold what an invalidation missed: entries stored while no subscription listened, or
+//! held when one was lost. A subscription is kept
 //! when the generations cannot be read (a Cluster node down): the read is retried on its
 //! own while messages keep arriving.
 //!
@@ -78,6 +79,12 @@ pub(crate) struct Invalidation {
     current: AtomicBool,
     /// Unix ms at which the instance last stopped being current (start-up included).
     unsynced_since_ms: AtomicU64,
+    /// A subscription is established (the generations may not be loaded yet): from then on
+    /// every invalidation reaches this instance.
+    listening: AtomicBool,
+    /// L1 may hold entries that missed an invalidation: stored while nobody listened, or
+    /// held when a subscription was lost. Cleared with L1 when the instance becomes current.
+    l1_dirty: AtomicBool,
     /// How long cached entries are served while not current; see the module docs.
     grace_ms: u64,
 }
@@ -98,6 +105,8 @@ impl Invalidation {
             loaded: AtomicBool::new(!subscriber),
             current: AtomicBool::new(!subscriber),
             unsynced_since_ms: AtomicU64::new(crate::tiered::now_ms()),
+            listening: AtomicBool::new(!subscriber),
+            l1_dirty: AtomicBool::new(false),
             grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -106,7 +115,7 @@ impl Invalidation {
     /// instance stopped being current less than the grace ago (or Redis is wholly away, when
     /// reads fail anyway). `reachable` is asked only when the instance is not current.
     #[inline]
-    pub fn serves_l2(&self, now_ms: u64, reachable: impl FnOnce() -> bool) -> bool {
+    pub fn serves_l2(&self, reachable: impl FnOnce() -> bool) -> bool {
         if self.current.load(Ordering::Acquire) {
             return true;
         }
@@ -114,17 +123,12 @@ impl Invalidation {
             return false;
         }
         let since = self.unsynced_since_ms.load(Ordering::Acquire);
-        now_ms.saturating_sub(since) < self.grace_ms || !reachable()
+        crate::tiered::now_ms().saturating_sub(since) < self.grace_ms || !reachable()
     }
 
     /// Whether an L1 entry stored at `stored_at_ms` may be served now.
     #[inline]
-    pub fn serves_l1(
-        &self,
-        stored_at_ms: u64,
-        now_ms: u64,
-        reachable: impl FnOnce() -> bool,
-    ) -> bool {
+    pub fn serves_l1(&self, stored_at_ms: u64, reachable: impl FnOnce() -> bool) -> bool {
         if self.current.load(Ordering::Acquire) {
             return true;
         }
@@ -134,16 +138,30 @@ impl Invalidation {
         // Unknown generations: what L1 holds was fetched here (L2 is not read), so it is as
         // fresh as its storing; the grace runs from then.
         let since = self.unsynced_since_ms.load(Ordering::Acquire);
-        now_ms.saturating_sub(stored_at_ms.max(since)) < self.grace_ms
+        crate::tiered::now_ms().saturating_sub(stored_at_ms.max(since)) < self.grace_ms
     }
 
+    /// An entry is going into L1: note it when no subscription listens.
+    #[inline]
+    pub fn note_l1_store(&self) {
+        if !self.listening.load(Ordering::Acquire) {
+            self.l1_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Clear L1 if it may hold what an invalidation missed, then trust it fully.
     fn become_current(&self, sink: &dyn Sink) {
-        self.note_invalidation();
-        sink.forget_all();
+        if self.l1_dirty.swap(false, Ordering::AcqRel) {
+            self.note_invalidation();
+            sink.forget_all();
+            tracing::debug!(channel = %self.channel, "invalidations current: L1 cleared (it may have missed some)");
+        }
         self.current.store(true, Ordering::Release);
     }
 
     fn stop_being_current(&self) {
+        self.listening.store(false, Ordering::Release);
+        self.l1_dirty.store(true, Ordering::Release);
         if self.current.swap(false, Ordering::AcqRel) {
             self.unsynced_since_ms
                 .store(crate::tiered::now_ms(), Ordering::Release);
@@ -327,6 +345,7 @@ async fn subscribe_forever(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Wea
         match l2.subscribe(&state.channel, SUBSCRIBE_TIMEOUT).await {
             Ok(mut sub) => {
                 retry = RETRY_MIN;
+                state.listening.store(true, Ordering::Release);
                 state.subscriptions.fetch_add(1, Ordering::Relaxed);
                 if listen(&state, &l2, &sink, &mut sub).await.is_break() {
                     return;
@@ -387,7 +406,7 @@ async fn listen(
                             state.become_current(&*sink);
                             state.subscribed.send_replace(Some(true));
                             loaded = true;
-                            tracing::debug!(channel = %state.channel, "invalidations current: generations loaded, L1 cleared");
+                            tracing::debug!(channel = %state.channel, "invalidations current: generations loaded");
                         }
                         None => {
                             first_attempt_failed(state);

@@ -493,7 +493,7 @@ where
         let entry = self.l1.get(digest).await?;
         if self
             .invalidation
-            .serves_l1(entry.stored_at_ms, now_ms(), || self.l2_reachable())
+            .serves_l1(entry.stored_at_ms, || self.l2_reachable())
         {
             return Some(entry);
         }
@@ -508,10 +508,7 @@ where
 
     /// Whether L2 may be read now (see invalidation.rs); counts a refusal.
     fn l2_readable(&self) -> bool {
-        if self
-            .invalidation
-            .serves_l2(now_ms(), || self.l2_reachable())
-        {
+        if self.invalidation.serves_l2(|| self.l2_reachable()) {
             return true;
         }
         Counters::incr(&self.counters.unsynced_skips);
@@ -645,6 +642,7 @@ where
                 // Weighed like a fetched value: by its encoded (uncompressed) size.
                 let weight = L1::<V>::weight_of(payload_len);
                 if self.invalidation.epoch() == epoch {
+                    self.invalidation.note_l1_store();
                     self.l1
                         .insert(
                             *digest,

@@ -45,12 +45,19 @@ pub struct Stats {
     pub l2_errors: u64,
     /// L2 operations abandoned at their deadline.
     pub l2_timeouts: u64,
-    /// L2 operations skipped because the breaker was open.
+    /// L2 operations skipped: the breaker was open, or no connection was up (one is being
+    /// made in the background; no operation waits for it).
     pub l2_skipped: u64,
     /// L2 values that failed to decode (bad magic, version, checksum...): treated as misses.
     pub corrupt_entries: u64,
     /// L2 writes completed.
     pub l2_writes: u64,
+    /// L2 writes the server refused with an error reply (e.g. `OOM` when Redis is full under
+    /// `noeviction`): the entry stays in L1 only. Redis is up: the breaker stays closed.
+    pub l2_writes_refused: u64,
+    /// Leases the server refused (e.g. `OOM`): the flight fetched without one, so for that
+    /// key single-flight held per instance, not across instances.
+    pub leases_refused: u64,
     /// L2 writes dropped because the background-write bound was full.
     pub dropped_writes: u64,
     /// Values not stored because they exceeded the maximum entry size.
@@ -65,6 +72,9 @@ pub struct Stats {
     pub inflight: u64,
     /// Breaker state now.
     pub breaker: BreakerState,
+    /// Times the breaker opened: from closed after `breaker_threshold` failures in a row,
+    /// or again after a probe failed on a live connection.
+    pub breaker_openings: u64,
     /// Entries in L1 now (approximate, as moka reports it).
     pub l1_entries: u64,
     /// Weighted size of L1 in bytes now.
@@ -97,10 +107,13 @@ pub(crate) struct Counters {
     pub l2_skipped: AtomicU64,
     pub corrupt_entries: AtomicU64,
     pub l2_writes: AtomicU64,
+    pub l2_writes_refused: AtomicU64,
+    pub leases_refused: AtomicU64,
     pub dropped_writes: AtomicU64,
     pub oversized: AtomicU64,
     pub waiter_timeouts: AtomicU64,
     pub unsynced_skips: AtomicU64,
+    pub breaker_openings: AtomicU64,
     /// The same events, exported through the `metrics` facade.
     pub exported: Exported,
     /// The last L2 failure, for `health()`. Written only when an operation fails.
@@ -143,12 +156,15 @@ impl Counters {
             l2_skipped: self.l2_skipped.load(Relaxed),
             corrupt_entries: self.corrupt_entries.load(Relaxed),
             l2_writes: self.l2_writes.load(Relaxed),
+            l2_writes_refused: self.l2_writes_refused.load(Relaxed),
+            leases_refused: self.leases_refused.load(Relaxed),
             dropped_writes: self.dropped_writes.load(Relaxed),
             oversized: self.oversized.load(Relaxed),
             waiter_timeouts: self.waiter_timeouts.load(Relaxed),
             unsynced_skips: self.unsynced_skips.load(Relaxed),
             inflight,
             breaker,
+            breaker_openings: self.breaker_openings.load(Relaxed),
             l1_entries,
             l1_bytes,
         }
@@ -173,6 +189,10 @@ pub(crate) const COALESCED: &str = "ai_cache_coalesced_total";
 pub(crate) const L2_ERRORS: &str = "ai_cache_l2_errors_total";
 /// Caches whose breaker is in each state (`closed`, `open`, `half_open`, `disabled`).
 pub(crate) const BREAKER_STATE: &str = "ai_cache_breaker_state";
+/// Times a breaker opened.
+pub(crate) const BREAKER_OPENINGS: &str = "ai_cache_breaker_openings_total";
+/// L2 writes and leases the server refused with an error reply, by `operation`.
+pub(crate) const L2_REFUSED: &str = "ai_cache_l2_refused_total";
 
 /// One L1 lookup in this many is timed for `l1_get`. Timing every one would add two clock
 /// reads and a histogram push to a hit that costs a few hundred nanoseconds, and the
@@ -258,6 +278,16 @@ fn describe() {
         BREAKER_STATE,
         "Caches whose Redis circuit breaker is in this state (closed, open, half_open, disabled)"
     );
+    metrics::describe_counter!(
+        BREAKER_OPENINGS,
+        Unit::Count,
+        "Times the Redis circuit breaker opened (from closed, or again after a failed probe)"
+    );
+    metrics::describe_counter!(
+        L2_REFUSED,
+        Unit::Count,
+        "Redis writes (operation=write) and leases (operation=lease) refused with an error reply, e.g. OOM under noeviction"
+    );
 }
 
 const BREAKER_LABELS: [&str; 4] = ["closed", "open", "half_open", "disabled"];
@@ -287,6 +317,9 @@ pub(crate) struct Exported {
     pub l2_corrupt: Counter,
     pub l2_dropped_write: Counter,
     breaker: [Gauge; 4],
+    pub breaker_openings: Counter,
+    pub l2_write_refused: Counter,
+    pub lease_refused: Counter,
     size_bytes: Gauge,
     l1_entries: Gauge,
     inflight: Gauge,
@@ -327,6 +360,9 @@ impl Exported {
             l2_corrupt: l2_error("corrupt"),
             l2_dropped_write: l2_error("dropped_write"),
             breaker: BREAKER_LABELS.map(|state| metrics::gauge!(BREAKER_STATE, "state" => state)),
+            breaker_openings: metrics::counter!(BREAKER_OPENINGS),
+            l2_write_refused: metrics::counter!(L2_REFUSED, "operation" => "write"),
+            lease_refused: metrics::counter!(L2_REFUSED, "operation" => "lease"),
             size_bytes: metrics::gauge!(SIZE_BYTES),
             l1_entries: metrics::gauge!(L1_ENTRIES),
             inflight: metrics::gauge!(INFLIGHT),
@@ -350,10 +386,11 @@ impl Exported {
     pub(crate) fn l2_error(&self, e: &crate::tiered::l2::L2Error) {
         use crate::tiered::l2::L2Error;
         match e {
-            L2Error::Connection(_) | L2Error::NodeDown(_) => self.l2_connection.increment(1),
-            // The server answered with an error: OOM under noeviction, READONLY, NOAUTH...
-            #[allow(unreachable_patterns)]
-            _ => self.l2_command.increment(1),
+            L2Error::Connection(_) | L2Error::NodeDown(_) | L2Error::NotConnected => {
+                self.l2_connection.increment(1);
+            }
+            // The server answered with an error: OOM under noeviction, NOPERM, LOADING...
+            L2Error::Command(_) | L2Error::NotServing(_) => self.l2_command.increment(1),
         }
     }
 

@@ -43,6 +43,7 @@ where
         }
         let l2_ttl = ttl.unwrap_or(self.config.l2_ttl);
         let l1_ttl = self.config.l1_ttl.min(l2_ttl);
+        self.invalidation.note_l1_store();
         self.l1
             .insert(
                 digest,

@@ -1,6 +1,7 @@
 //! A TCP proxy on loopback between the cache and Redis, with the network faults a real
 //! deployment sees: every connection dropped at once, connections stalled half-open (the
-//! socket stays up, nothing is forwarded), and replies sliced into writes of 1 to 7 bytes.
+//! socket stays up, nothing is forwarded), slow connects (as on a loaded host), and replies
+//! sliced into writes of 1 to 7 bytes.
 //! It only ever connects to the address it was given (a test's own redis-server), and it
 //! stops, closing every connection, when dropped.
 
@@ -30,6 +31,8 @@ struct Shared {
     stalled: watch::Sender<bool>,
     /// Replies (target to client) are written in pieces of 1 to 7 bytes.
     slice: AtomicBool,
+    /// Milliseconds a new connection waits before it is connected to the target.
+    connect_delay_ms: AtomicU64,
     /// One handle per live connection, so `drop_all` can close them all.
     connections: Mutex<Vec<AbortHandle>>,
     accepted: AtomicU64,
@@ -60,6 +63,7 @@ impl Proxy {
             target,
             stalled: watch::channel(false).0,
             slice: AtomicBool::new(false),
+            connect_delay_ms: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
             accepted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -107,6 +111,13 @@ impl Proxy {
     /// stalled are forwarded on resume.
     pub fn stall(&self, on: bool) {
         self.shared.stalled.send_replace(on);
+    }
+
+    /// Make every new connection wait `delay` before it reaches the target (its handshake
+    /// with Redis waits too), like a connect on a loaded host; live connections are untouched.
+    pub fn connect_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.shared.connect_delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Write replies (target to client) in pieces of 1 to 7 bytes, each its own write.
@@ -163,6 +174,10 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
     let mut stalled = shared.stalled.subscribe();
     if stalled.wait_for(|s| !*s).await.is_err() {
         return;
+    }
+    let delay = shared.connect_delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     let Ok(target) = TcpStream::connect(shared.target).await else {
         return;

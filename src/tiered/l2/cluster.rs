@@ -2,8 +2,9 @@
 //! topology refresh), made lazily in the background, plus what it lacks for a cache: a
 //! node that fails is marked down for a cool-down, and its keys fail at once as
 //! [`L2Error::NodeDown`] (a miss), while the other nodes' keys keep hitting. The guard's
-//! breaker, which would stop using the whole cluster, does not count those failures. With
-//! `rediss://` seeds every node is reached over TLS, with the same certificates.
+//! breaker, which would stop using the whole cluster, does not count those failures. An
+//! error reply (OOM, a script error) says the node is up: it is never a reason to mark it
+//! down. With `rediss://` seeds every node is reached over TLS, with the same certificates.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +15,11 @@ use futures_util::future::BoxFuture;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{Client, ConnectionInfo, RedisError, Value};
+use redis::{Client, ConnectionInfo, Value};
 
 use super::lazy::Lazy;
 use super::tls::{self, TlsSettings};
-use super::{L2Error, RemoteStore, Subscription, commands, inspect};
+use super::{L2Error, Link, RemoteStore, Subscription, commands, inspect};
 use crate::error::{Error, Result, redact_url};
 
 /// How long one attempt to reach the cluster may take (in the background).
@@ -149,9 +150,10 @@ impl ClusterStore {
     }
 
     pub async fn wait_connected(&self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.shared.connection())
+        let shared = &self.shared;
+        tokio::time::timeout(wait, shared.conn.wait(|| Shared::spawn_connect(shared)))
             .await
-            .is_ok_and(|r| r.is_ok())
+            .unwrap_or(false)
     }
 
     /// Run `op` for `key` on the node that owns it, unless that node is marked down.
@@ -167,30 +169,19 @@ impl ClusterStore {
         {
             return Err(L2Error::NodeDown(node.clone()));
         }
-        let conn = shared.connection().await?;
+        let conn = shared.connection()?;
         match tokio::time::timeout(shared.op_timeout, op(conn)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if is_command_error(&e) => Err(L2Error::Command(e.to_string())),
+            // An error reply says the node is up: not a reason to mark it down.
+            Ok(Err(e)) if super::refused_by_server(&e) => {
+                Err(L2Error::Command(super::reply_text(&e)))
+            }
             Ok(Err(e)) => Err(shared.node_failed(node, e.to_string())),
             Err(_) => {
                 Err(shared.node_failed(node, format!("no answer within {:?}", shared.op_timeout)))
             }
         }
     }
-}
-
-/// An error that says nothing about the node's health (a bad command, a wrong type).
-fn is_command_error(e: &RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    matches!(
-        e.kind(),
-        ErrorKind::UnexpectedReturnType
-            | ErrorKind::Parse
-            | ErrorKind::Server(ServerErrorKind::ResponseError)
-            | ErrorKind::Server(ServerErrorKind::NoScript)
-            | ErrorKind::Server(ServerErrorKind::CrossSlot)
-            | ErrorKind::Server(ServerErrorKind::NoPerm)
-    )
 }
 
 impl Shared {
@@ -229,15 +220,21 @@ impl Shared {
         self.conn.current().map(|(_, c)| c)
     }
 
-    async fn connection(self: &Arc<Self>) -> Result<ClusterConnection, L2Error> {
-        let (_, conn) = self.conn.get(|| Self::spawn_connect(self)).await?;
+    /// The connection, or at once why there is none (never waits for an attempt).
+    fn connection(self: &Arc<Self>) -> Result<ClusterConnection, L2Error> {
+        let (_, conn) = self.conn.link(|| Self::attempt(self))?;
         Ok(conn)
     }
 
+    /// Start an attempt, unless one is under way.
     fn spawn_connect(this: &Arc<Self>) {
-        if !this.conn.begin() {
-            return;
+        if this.conn.begin() {
+            Self::attempt(this);
         }
+    }
+
+    /// Make the attempt [`Lazy::begin`] allowed, in the background.
+    fn attempt(this: &Arc<Self>) {
         let shared = Arc::clone(this);
         tokio::spawn(async move {
             let attempt =
@@ -450,6 +447,15 @@ impl RemoteStore for ClusterStore {
 
     fn reset(&self) {
         self.shared.conn.reset();
+        Shared::spawn_connect(&self.shared);
+    }
+
+    fn link(&self) -> Link {
+        let shared = &self.shared;
+        match shared.conn.link(|| Shared::attempt(shared)) {
+            Ok(_) => Link::Up,
+            Err(link) => link,
+        }
     }
 
     fn describe(&self) -> &str {

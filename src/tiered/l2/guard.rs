@@ -1,13 +1,24 @@
 //! Fail-open around the remote tier: every operation runs under a deadline, and a circuit
-//! breaker stops paying that deadline while the store keeps failing. After the cool-down one
-//! probe is let through; its success closes the breaker. Callers only ever see hit or miss.
+//! breaker stops paying that deadline while the store keeps failing. No operation waits for
+//! a connection: the store makes them in the background, and one that finds none is skipped
+//! (not counted as a failure). After the cool-down, one probe is let through, but only once
+//! a connection is up, so the probe tests a command and never pays for a connect; its success
+//! closes the breaker. A connect attempt that fails while the breaker is open starts the
+//! cool-down again. An error reply to one command (OOM under `noeviction`, a script error)
+//! comes from a server that is up: it never opens the breaker; a refused write or lease is
+//! counted, and one WARN per cause and [`REFUSAL_WARN_EVERY`] names it. Callers only ever see
+//! hit or miss.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{L2Error, RemoteStore};
+use super::{L2Error, Link, RemoteStore};
 use crate::tiered::stats::{BreakerState, Counters};
+
+/// One WARN per cause of refusal (OOM, NOPERM...) this often at most.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(60);
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
@@ -30,6 +41,18 @@ pub(crate) struct Guarded {
     deadline: Duration,
     breaker: Breaker,
     counters: Arc<Counters>,
+    /// When each cause of refusal was last logged at WARN.
+    refusals_warned: Mutex<HashMap<String, Instant>>,
+}
+
+/// Why a guarded operation has no answer.
+enum NoAnswer {
+    /// Not sent: the breaker is open or no connection is up.
+    Skipped,
+    /// The server answered with an error reply (it is up).
+    Refused,
+    /// It failed or missed its deadline.
+    Failed,
 }
 
 struct Breaker {
@@ -40,41 +63,70 @@ struct Breaker {
     open_until: Mutex<Instant>,
 }
 
-/// Leave to run one operation. A probe dropped without an outcome counts as a failure,
-/// so a cancelled probe can never leave the breaker half-open forever.
+/// Leave to run one operation. A probe dropped without an outcome hands the breaker back
+/// open (its cool-down over, so the next operation probes), so a cancelled probe can never
+/// leave the breaker half-open forever.
 struct Permit<'a> {
     breaker: &'a Breaker,
     probe: bool,
     settled: bool,
 }
 
+/// Why an operation was not let through.
+enum Skip {
+    /// Open (cool-down, a probe out, or no connection to probe on yet).
+    Open,
+    /// Open, and the connect attempt it was waiting for failed: the cool-down starts again.
+    ConnectFailed(String),
+}
+
 impl Breaker {
-    fn acquire(&self) -> Option<Permit<'_>> {
+    /// Leave to run, or why not. Open with its cool-down over, the probe goes out only when
+    /// `store` has a connection; without one, `store` starts making it in the background.
+    fn acquire(&self, store: &dyn RemoteStore) -> Result<Permit<'_>, Skip> {
         match self.state.load(Ordering::Acquire) {
-            CLOSED => Some(Permit {
+            CLOSED => Ok(Permit {
                 breaker: self,
                 probe: false,
                 settled: false,
             }),
             OPEN => {
                 let until = *self.open_until.lock().expect("lock poisoned");
-                if Instant::now() >= until
-                    && self
-                        .state
-                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
+                if Instant::now() < until {
+                    return Err(Skip::Open);
+                }
+                match store.link() {
+                    Link::Up => {}
+                    Link::Connecting => return Err(Skip::Open),
+                    Link::Failed(why) => {
+                        self.open_for_cooldown();
+                        return Err(Skip::ConnectFailed(why));
+                    }
+                }
+                if self
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
                 {
-                    Some(Permit {
+                    Ok(Permit {
                         breaker: self,
                         probe: true,
                         settled: false,
                     })
                 } else {
-                    None
+                    Err(Skip::Open)
                 }
             }
-            _ => None,
+            _ => Err(Skip::Open),
         }
+    }
+
+    /// A probe that tested nothing (its connection went away, or it was cancelled): open
+    /// again, cool-down over, not counted as an opening.
+    fn abandon_probe(&self) {
+        let _ = self
+            .state
+            .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Returns true when this success closed an open breaker.
@@ -123,7 +175,7 @@ impl Breaker {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.settled {
-            self.breaker.on_failure(true);
+            self.breaker.abandon_probe();
         }
     }
 }
@@ -148,11 +200,13 @@ impl Guarded {
                 open_until: Mutex::new(Instant::now()),
             },
             counters,
+            refusals_warned: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether Redis answered the last operation that reached it (a value, an error reply,
-    /// or one Cluster node down while others answer); false while the breaker is open.
+    /// Whether Redis answered the last operation (a value, an error reply, or one Cluster
+    /// node down while others answer); false while the breaker is open, without a
+    /// connection, or after a timeout or a broken connection.
     pub fn reachable(&self) -> bool {
         self.breaker.state() == BreakerState::Closed && self.reachable.load(Ordering::Relaxed)
     }
@@ -171,9 +225,29 @@ impl Guarded {
         op: &'static str,
         fut: impl Future<Output = Result<T, L2Error>>,
     ) -> Option<T> {
-        let Some(mut permit) = self.breaker.acquire() else {
-            Counters::incr(&self.counters.l2_skipped);
-            return None;
+        self.attempt(op, fut).await.ok()
+    }
+
+    /// Run `op` under the deadline and the breaker, saying why when there is no answer.
+    async fn attempt<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, NoAnswer> {
+        let mut permit = match self.breaker.acquire(&*self.store) {
+            Ok(permit) => permit,
+            Err(skip) => {
+                Counters::incr(&self.counters.l2_skipped);
+                if let Skip::ConnectFailed(why) = skip {
+                    self.reachable.store(false, Ordering::Relaxed);
+                    let e = L2Error::Connection(why);
+                    Counters::incr(&self.counters.l2_errors);
+                    self.counters.exported.l2_error(&e);
+                    self.counters.note_l2_error("connect", &e.to_string());
+                    tracing::debug!(redis = %self.describe(), error = %e, "redis connect failed: breaker stays open");
+                }
+                return Err(NoAnswer::Skipped);
+            }
         };
         let timer = self.counters.exported.l2_timer(op);
         let outcome = tokio::time::timeout(self.deadline, fut).await;
@@ -186,15 +260,44 @@ impl Guarded {
                     self.counters.exported.publish_breaker(self.breaker_state());
                     tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
                 }
-                Some(v)
+                Ok(v)
+            }
+            Ok(Err(L2Error::NotConnected)) => {
+                // Nothing was sent (the connection is being made in the background): no
+                // evidence either way, and no deadline paid.
+                Counters::incr(&self.counters.l2_skipped);
+                // Unreachable for now: with no connection nobody here can hear or invalidate.
+                self.reachable.store(false, Ordering::Relaxed);
+                self.note_not_connected(op);
+                if permit.probe {
+                    self.breaker.abandon_probe();
+                }
+                Err(NoAnswer::Skipped)
+            }
+            Ok(Err(e @ L2Error::Command(_))) => {
+                // The server answered: it is up. Not a failure for the breaker (a probe that
+                // gets an answer closes it), whatever the command it refused.
+                self.reachable.store(true, Ordering::Relaxed);
+                let why = e.to_string();
+                Counters::incr(&self.counters.l2_errors);
+                self.counters.exported.l2_error(&e);
+                self.counters.note_l2_error(op, &why);
+                tracing::debug!(redis = %self.describe(), op, error = %why, "redis refused a command");
+                self.warn_refused(op, &why);
+                if self.breaker.on_success(permit.probe) {
+                    self.counters.exported.publish_breaker(self.breaker_state());
+                    tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
+                }
+                Err(NoAnswer::Refused)
             }
             Ok(Err(e)) => {
                 Counters::incr(&self.counters.l2_errors);
                 self.counters.exported.l2_error(&e);
                 self.counters.note_l2_error(op, &e.to_string());
                 tracing::debug!(redis = %self.describe(), op, error = %e, "redis operation failed");
+                // One Cluster node down: the others answer (partly reachable).
                 self.reachable
-                    .store(!matches!(e, L2Error::Connection(_)), Ordering::Relaxed);
+                    .store(matches!(e, L2Error::NodeDown(_)), Ordering::Relaxed);
                 if matches!(e, L2Error::NodeDown(_)) {
                     // One cluster node is down: its keys miss, the others keep working.
                     if permit.probe {
@@ -203,7 +306,7 @@ impl Guarded {
                 } else {
                     self.failed(permit.probe, &e.to_string());
                 }
-                None
+                Err(NoAnswer::Failed)
             }
             Err(_) => {
                 self.reachable.store(false, Ordering::Relaxed);
@@ -212,13 +315,60 @@ impl Guarded {
                 self.counters.note_l2_error(op, "deadline exceeded");
                 tracing::debug!(redis = %self.describe(), op, deadline = ?self.deadline, "redis operation timed out");
                 self.failed(permit.probe, "deadline exceeded");
-                None
+                Err(NoAnswer::Failed)
             }
+        }
+    }
+
+    /// Give `health()` something to say while the first connection is still being made
+    /// (a connect that hangs reports no error for a while); never hides an error seen.
+    fn note_not_connected(&self, op: &'static str) {
+        let none_yet = self
+            .counters
+            .last_l2_error
+            .lock()
+            .expect("lock poisoned")
+            .is_none();
+        if none_yet {
+            self.counters
+                .note_l2_error(op, "not connected: connecting in the background");
+        }
+    }
+
+    /// One WARN per cause (the reply's code: OOM, NOPERM, ERR...) and [`REFUSAL_WARN_EVERY`].
+    fn warn_refused(&self, op: &'static str, why: &str) {
+        let cause = why.split_whitespace().next().unwrap_or("ERR");
+        {
+            let mut warned = self.refusals_warned.lock().expect("lock poisoned");
+            let now = Instant::now();
+            if warned
+                .get(cause)
+                .is_some_and(|at| now.duration_since(*at) < REFUSAL_WARN_EVERY)
+            {
+                return;
+            }
+            if warned.len() >= 64 {
+                warned.retain(|_, at| now.duration_since(*at) < REFUSAL_WARN_EVERY);
+            }
+            warned.insert(cause.to_owned(), now);
+        }
+        if cause == "OOM" {
+            tracing::warn!(
+                redis = %self.describe(), op, cause, error = why,
+                "redis is full and refuses writes (maxmemory reached under noeviction): new entries stay in L1 only and leases are not taken (single-flight per instance); reads go on and the breaker stays closed. Set maxmemory-policy allkeys-lru"
+            );
+        } else {
+            tracing::warn!(
+                redis = %self.describe(), op, cause, error = why,
+                "redis refused a command: it is up, so the breaker stays closed; what it refuses is skipped and counted"
+            );
         }
     }
 
     fn failed(&self, probe: bool, why: &str) {
         if self.breaker.on_failure(probe) {
+            Counters::incr(&self.counters.breaker_openings);
+            self.counters.exported.breaker_openings.increment(1);
             self.counters.exported.publish_breaker(self.breaker_state());
             // A stalled or half-open connection must not be reused after the cool-down.
             self.store.reset();
@@ -239,10 +389,18 @@ impl Guarded {
         }
     }
 
+    /// Write an entry; false when it was not written. A write the server refused (OOM
+    /// under `noeviction`...) is counted in `l2_writes_refused`.
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {
-        self.guarded("set", self.store.set(key, value, ttl))
-            .await
-            .is_some()
+        match self.attempt("set", self.store.set(key, value, ttl)).await {
+            Ok(()) => true,
+            Err(NoAnswer::Refused) => {
+                Counters::incr(&self.counters.l2_writes_refused);
+                self.counters.exported.l2_write_refused.increment(1);
+                false
+            }
+            Err(NoAnswer::Skipped | NoAnswer::Failed) => false,
+        }
     }
 
     /// `PING` under the deadline and the breaker (for `health()`); counted like any operation.
@@ -265,10 +423,22 @@ impl Guarded {
     // Leases, invalidation and namespace generations, under the same deadline and breaker.
 
     /// Take `key` with `token` for `ttl`: `Some(true)` taken, `Some(false)` held by
-    /// someone else, `None` when Redis could not say.
+    /// someone else, `None` when Redis could not say. A lease the server refused (OOM under
+    /// `noeviction`...) is counted in `leases_refused`: the flight then fetches without one,
+    /// so for that key single-flight holds per instance, not across instances.
     pub async fn set_nx(&self, key: &str, token: &str, ttl: Duration) -> Option<bool> {
-        self.guarded("set_nx", self.store.set_nx(key, token, ttl))
+        match self
+            .attempt("set_nx", self.store.set_nx(key, token, ttl))
             .await
+        {
+            Ok(taken) => Some(taken),
+            Err(NoAnswer::Refused) => {
+                Counters::incr(&self.counters.leases_refused);
+                self.counters.exported.lease_refused.increment(1);
+                None
+            }
+            Err(NoAnswer::Skipped | NoAnswer::Failed) => None,
+        }
     }
 
     pub async fn exists(&self, key: &str) -> Option<bool> {

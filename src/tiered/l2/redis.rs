@@ -1,6 +1,7 @@
 //! The Redis store: one multiplexed connection (TCP_NODELAY; TLS for `rediss://`), made
-//! lazily in the background and remade after it breaks. It never waits on the redis crate's
-//! own reconnect logic: a missing connection is an immediate error the guard counts.
+//! lazily in the background and remade after it breaks. No operation ever waits for a
+//! connection (neither on the redis crate's own reconnect nor on ours): without one it starts
+//! the background attempt and fails at once as not connected.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +14,10 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
 use super::lazy::Lazy;
 use super::sentinel::{Resolver, watch_switches};
 use super::tls::{self, TlsSettings};
-use super::{L2Error, RemoteStore, Subscription, commands, inspect};
+use super::{L2Error, Link, RemoteStore, Subscription, commands, inspect};
 use crate::error::{Error, Result, redact_url};
 
-/// How long a background connection attempt may take. Operations never wait this long:
-/// they give up at their own deadline while the attempt goes on.
+/// How long a background connection attempt may take. Operations never wait for it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct RedisStore {
@@ -118,9 +118,9 @@ impl RedisStore {
     /// Wait up to `wait` for a connection; true when there is one.
     pub async fn wait_connected(&self, wait: Duration) -> bool {
         let shared = &self.shared;
-        tokio::time::timeout(wait, shared.conn.get(|| Shared::spawn_connect(shared)))
+        tokio::time::timeout(wait, shared.conn.wait(|| Shared::spawn_connect(shared)))
             .await
-            .is_ok_and(|r| r.is_ok())
+            .unwrap_or(false)
     }
 
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, L2Error>
@@ -129,7 +129,7 @@ impl RedisStore {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let shared = &self.shared;
-        let (generation, conn) = shared.conn.get(|| Shared::spawn_connect(shared)).await?;
+        let (generation, conn) = shared.conn.link(|| Shared::attempt(shared))?;
         match op(conn).await {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -140,10 +140,17 @@ impl RedisStore {
                     || e.is_unrecoverable_error()
                     || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
                 if broken {
-                    self.shared.conn.reset_if(generation);
+                    // Reported by the first operation that finds it broken; the others ran
+                    // on a connection already gone. Its replacement starts now.
+                    if !shared.conn.reset_if(generation) {
+                        return Err(L2Error::NotConnected);
+                    }
+                    Shared::spawn_connect(shared);
                     Err(L2Error::Connection(redact_err(&e, "")))
+                } else if super::refused_by_server(&e) {
+                    Err(L2Error::Command(super::reply_text(&e)))
                 } else {
-                    Err(L2Error::Command(redact_err(&e, "")))
+                    Err(L2Error::NotServing(super::reply_text(&e)))
                 }
             }
         }
@@ -160,10 +167,15 @@ fn redact_err(e: &RedisError, url: &str) -> String {
 }
 
 impl Shared {
+    /// Start an attempt, unless one is under way.
     fn spawn_connect(this: &Arc<Self>) {
-        if !this.conn.begin() {
-            return;
+        if this.conn.begin() {
+            Self::attempt(this);
         }
+    }
+
+    /// Make the attempt [`Lazy::begin`] allowed, in the background.
+    fn attempt(this: &Arc<Self>) {
         let shared = Arc::clone(this);
         tokio::spawn(async move {
             let result = match &shared.target {
@@ -204,6 +216,15 @@ impl RemoteStore for RedisStore {
 
     fn reset(&self) {
         self.shared.conn.reset();
+        Shared::spawn_connect(&self.shared);
+    }
+
+    fn link(&self) -> Link {
+        let shared = &self.shared;
+        match shared.conn.link(|| Shared::attempt(shared)) {
+            Ok(_) => Link::Up,
+            Err(link) => link,
+        }
     }
 
     fn describe(&self) -> &str {
