@@ -1,8 +1,8 @@
 //! `LlmCache`: what users came for. It turns a chat request into a key, answers from the
 //! tiers, and calls the upstream only on a miss (once per key, however many callers). It
-//! owns the LLM layer on the engine: requests, keys, per-request policy, pricing and
-//! savings, and the fan-out of streams. It must never alter the provider's JSON nor store
-//! an error.
+//! owns the LLM layer on the engine: keys, per-request policy, pricing and savings, and
+//! the fan-out of streams; the wire types it speaks sit below it, in `request.rs`. It must
+//! never alter the provider's JSON nor store an error.
 
 mod builder;
 pub mod key;
