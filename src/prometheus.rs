@@ -1,7 +1,8 @@
 //! The `prometheus` feature: install a Prometheus recorder for the `metrics` facade, with the
 //! buckets `ai_cache_latency_seconds` needs, and serve it over HTTP or render it on demand.
-//! An application that already installs a recorder needs none of this: the cache records
-//! into whichever recorder is installed when it is built.
+//! An application that already installs a recorder needs none of this, and nothing in the
+//! cache may depend on it: the cache records into whichever recorder is installed when it
+//! is built.
 //!
 //! ```no_run
 //! # async fn run() -> llm_cache::Result<()> {

@@ -1,5 +1,5 @@
 //! The incremental `text/event-stream` parser. Bytes in, events out, however the bytes are
-//! cut. Its memory must stay bounded whatever an upstream sends.
+//! cut. Its memory must stay bounded, and it must never panic, whatever an upstream sends.
 
 use crate::error::{Error, ErrorKind, Result};
 

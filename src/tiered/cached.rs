@@ -1,6 +1,6 @@
 //! The value types every layer on the engine uses: [`Cached`] (a value, where it came
 //! from, how old it is), [`CacheStatus`] and the per-call [`FetchOptions`]. Plain data: no
-//! I/O, no tiers.
+//! I/O, no tiers, and nothing that names a layer above the engine.
 
 use std::fmt;
 use std::ops::Deref;
