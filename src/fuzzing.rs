@@ -3,10 +3,10 @@
 //! them, so the two can never drift apart. Not a public API: hidden from the docs.
 
 use crate::ChatRequest;
-use crate::digest::Digest;
-use crate::envelope::{self, MacKeys};
-use crate::key::{KeyOptions, canonical_json, canonical_value, derive};
+use crate::chat::key::{KeyOptions, canonical_json, canonical_value, derive};
 use crate::stream::{Assembler, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
+use crate::tiered::digest::Digest;
+use crate::tiered::envelope::{self, MacKeys};
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 

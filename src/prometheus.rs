@@ -1,7 +1,8 @@
 //! The `prometheus` feature: install a Prometheus recorder for the `metrics` facade, with the
 //! buckets `ai_cache_latency_seconds` needs, and serve it over HTTP or render it on demand.
-//! An application that already installs a recorder needs none of this: the cache records
-//! into whichever recorder is installed when it is built.
+//! An application that already installs a recorder needs none of this, and nothing in the
+//! cache may depend on it: the cache records into whichever recorder is installed when it
+//! is built.
 //!
 //! ```no_run
 //! # async fn run() -> llm_cache::Result<()> {
@@ -23,7 +24,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::error::{Error, Result};
-use crate::metrics::LATENCY;
+use crate::tiered::stats::LATENCY;
 
 /// Buckets of `ai_cache_latency_seconds`, in seconds: 1 µs to 30 s, three per decade, so an
 /// L1 hit (a few hundred ns to a few µs), a Redis round trip (~100 µs to ms) and an upstream

@@ -1,5 +1,8 @@
-//! OpenAI-compatible chat types. Every struct keeps the fields it does not name in
-//! `extra` and writes them back, so no provider parameter or response field is lost.
+//! OpenAI-compatible chat types: the vocabulary `stream/`, `upstream/` and `chat/` share.
+//! Every struct keeps the fields it does not name in `extra` and writes them back, so no
+//! provider parameter or response field is lost. Plain data: no I/O, no keys, no tiers; a
+//! request that nests deeper than [`MAX_REQUEST_DEPTH`] must be refused before anything
+//! recurses over it.
 
 use std::fmt;
 

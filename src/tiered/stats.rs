@@ -3,16 +3,14 @@
 //! a relaxed atomic add on handles registered once: it must never take a lock or allocate
 //! on the hit path.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
-use crate::digest::Digest;
-use crate::tiered::CacheStatus;
+use crate::tiered::digest::Digest;
 
 /// The state of the circuit breaker in front of Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,7 +117,7 @@ pub(crate) struct Counters {
     /// The same events, exported through the `metrics` facade.
     pub exported: Exported,
     /// The last L2 failure, for `health()`. Written only when an operation fails.
-    pub last_l2_error: Mutex<Option<crate::health::LastError>>,
+    pub last_l2_error: Mutex<Option<crate::tiered::health::LastError>>,
 }
 
 impl Counters {
@@ -135,7 +133,7 @@ impl Counters {
 
     /// Remember an L2 failure for `health()`, with any URL password in it hidden.
     pub fn note_l2_error(&self, op: &'static str, why: &str) {
-        let last = crate::health::LastError::new(op, why);
+        let last = crate::tiered::health::LastError::new(op, why);
         *self.last_l2_error.lock().expect("lock poisoned") = Some(last);
     }
 
@@ -173,16 +171,10 @@ impl Counters {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Export through the `metrics` facade. Handles are registered once (when a cache is built,
-// or when a model is first seen) with the recorder installed at that moment, and used
-// without a lookup afterwards: install the recorder before building the cache.
-// ---------------------------------------------------------------------------------------
+// Export through the `metrics` facade. Handles are registered once, when a cache is built,
+// with the recorder installed at that moment, and used without a lookup afterwards: install
+// the recorder before building the cache. Layers on the engine register their own series.
 
-/// Answers served without a call, by model and tier (`l1`, `l2`, `coalesced`).
-pub(crate) const HITS: &str = "ai_cache_hits_total";
-/// Answers that cost an upstream call, by model.
-pub(crate) const MISSES: &str = "ai_cache_misses_total";
 /// Latency by operation (`l1_get`, `l2_get`, `l2_set`, `upstream`, `total`).
 pub(crate) const LATENCY: &str = "ai_cache_latency_seconds";
 /// Weighted size of L1 in bytes.
@@ -191,14 +183,8 @@ pub(crate) const SIZE_BYTES: &str = "ai_cache_size_bytes";
 pub(crate) const L1_ENTRIES: &str = "ai_cache_l1_entries";
 /// Flights in progress.
 pub(crate) const INFLIGHT: &str = "ai_cache_inflight";
-/// Dollars the hits would have cost, by model: a running total.
-pub(crate) const COST_SAVED: &str = "ai_api_cost_saved_dollars";
-/// Tokens of the answers served from cache, by model.
-pub(crate) const TOKENS_SAVED: &str = "ai_cache_tokens_saved_total";
 /// Callers that joined a flight already running.
 pub(crate) const COALESCED: &str = "ai_cache_coalesced_total";
-/// Upstream calls by outcome (`ok`, `error`, `retried`).
-pub(crate) const UPSTREAM_REQUESTS: &str = "ai_upstream_requests_total";
 /// L2 trouble by kind (`timeout`, `connection`, `command`, `corrupt`, `dropped_write`).
 pub(crate) const L2_ERRORS: &str = "ai_cache_l2_errors_total";
 /// Caches whose breaker is in each state (`closed`, `open`, `half_open`, `disabled`).
@@ -262,16 +248,6 @@ impl fmt::Display for ShortKey {
 }
 
 fn describe() {
-    metrics::describe_counter!(
-        HITS,
-        Unit::Count,
-        "Answers served without an upstream call, by model and tier (l1, l2, coalesced)"
-    );
-    metrics::describe_counter!(
-        MISSES,
-        Unit::Count,
-        "Answers that cost an upstream call, by model"
-    );
     metrics::describe_histogram!(
         LATENCY,
         Unit::Seconds,
@@ -288,24 +264,10 @@ fn describe() {
         Unit::Count,
         "Flights (upstream fetches or L2 reads shared by callers) in progress"
     );
-    metrics::describe_gauge!(
-        COST_SAVED,
-        "Dollars the answers served from cache would have cost, by model (running total)"
-    );
-    metrics::describe_counter!(
-        TOKENS_SAVED,
-        Unit::Count,
-        "Tokens (prompt + completion) of the answers served from cache, by model"
-    );
     metrics::describe_counter!(
         COALESCED,
         Unit::Count,
         "Callers that joined a flight already running instead of fetching"
-    );
-    metrics::describe_counter!(
-        UPSTREAM_REQUESTS,
-        Unit::Count,
-        "Upstream calls by outcome: ok, error (after all attempts), retried (extra attempts)"
     );
     metrics::describe_counter!(
         L2_ERRORS,
@@ -421,8 +383,8 @@ impl Exported {
     }
 
     /// An L2 operation failed for a reason other than its deadline.
-    pub(crate) fn l2_error(&self, e: &crate::l2::L2Error) {
-        use crate::l2::L2Error;
+    pub(crate) fn l2_error(&self, e: &crate::tiered::l2::L2Error) {
+        use crate::tiered::l2::L2Error;
         match e {
             L2Error::Connection(_) | L2Error::NodeDown(_) | L2Error::NotConnected => {
                 self.l2_connection.increment(1);
@@ -511,177 +473,4 @@ pub(crate) fn spawn_gauge_upkeep<T: Send + Sync + 'static>(
             exported.publish(&readings);
         }
     });
-}
-
-/// The series of one model, registered when the model is first seen.
-pub(crate) struct ModelExported {
-    hits: [Counter; 3],
-    misses: Counter,
-    tokens: Counter,
-    cost: Gauge,
-    /// Nano-dollars saved for this model by every cache in the process, so the gauge can
-    /// be set to an exact total (`stats()` divides the same integer the same way).
-    cost_nanos: Arc<AtomicU64>,
-}
-
-impl Default for ModelExported {
-    fn default() -> Self {
-        ModelExported {
-            hits: [Counter::noop(), Counter::noop(), Counter::noop()],
-            misses: Counter::noop(),
-            tokens: Counter::noop(),
-            cost: Gauge::noop(),
-            cost_nanos: Arc::default(),
-        }
-    }
-}
-
-/// Nano-dollars saved per model, process-wide (one cell per model name ever seen).
-fn cost_cell(model: &str) -> Arc<AtomicU64> {
-    static CELLS: OnceLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = OnceLock::new();
-    let mut cells = CELLS
-        .get_or_init(Default::default)
-        .lock()
-        .expect("lock poisoned");
-    Arc::clone(cells.entry(model.to_string()).or_default())
-}
-
-impl ModelExported {
-    pub(crate) fn register(model: &str) -> Self {
-        let hits = |tier: &'static str| metrics::counter!(HITS, "model" => model.to_string(), "tier" => tier);
-        ModelExported {
-            hits: [hits("l1"), hits("l2"), hits("coalesced")],
-            misses: metrics::counter!(MISSES, "model" => model.to_string()),
-            tokens: metrics::counter!(TOKENS_SAVED, "model" => model.to_string()),
-            cost: metrics::gauge!(COST_SAVED, "model" => model.to_string()),
-            cost_nanos: cost_cell(model),
-        }
-    }
-
-    /// An answer served without a call: `status` says from where.
-    #[inline]
-    pub(crate) fn hit(&self, status: CacheStatus) {
-        let tier = match status {
-            CacheStatus::HitL2 => 1,
-            CacheStatus::Coalesced => 2,
-            _ => 0,
-        };
-        self.hits[tier].increment(1);
-    }
-
-    /// An answer that cost an upstream call.
-    pub(crate) fn miss(&self) {
-        self.misses.increment(1);
-    }
-
-    /// Tokens and nano-dollars a hit saved.
-    #[inline]
-    pub(crate) fn saved(&self, tokens: u64, nano_dollars: u64) {
-        self.tokens.increment(tokens);
-        if nano_dollars == 0 {
-            return;
-        }
-        self.cost_nanos.fetch_add(nano_dollars, SeqCst);
-        // Set, then check nobody added meanwhile: whoever sets last has seen the final total.
-        loop {
-            let total = self.cost_nanos.load(SeqCst);
-            self.cost.set(total as f64 / 1e9);
-            if self.cost_nanos.load(SeqCst) == total {
-                break;
-            }
-        }
-    }
-}
-
-/// The series of an upstream client (the built-in `OpenAiCompatible`).
-#[cfg_attr(not(feature = "openai"), allow(dead_code))]
-pub(crate) struct UpstreamExported {
-    pub ok: Counter,
-    pub error: Counter,
-    pub retried: Counter,
-}
-
-#[cfg_attr(not(feature = "openai"), allow(dead_code))]
-impl UpstreamExported {
-    pub(crate) fn register() -> Self {
-        describe();
-        let outcome = |o: &'static str| metrics::counter!(UPSTREAM_REQUESTS, "outcome" => o);
-        UpstreamExported {
-            ok: outcome("ok"),
-            error: outcome("error"),
-            retried: outcome("retried"),
-        }
-    }
-}
-
-impl fmt::Debug for UpstreamExported {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamExported").finish_non_exhaustive()
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Per-request spans. DEBUG, so a subscriber at INFO pays one callsite check per request and
-// nothing is formatted. They carry the short key, the model, status, tier and latency; never
-// the prompt (nothing in this crate logs a prompt or an API key at INFO or above).
-// ---------------------------------------------------------------------------------------
-
-/// The span of one `chat` / `chat_stream` call; disabled unless DEBUG is on for this crate.
-pub(crate) fn request_span(stream: bool, model: &str) -> tracing::Span {
-    use tracing::field::Empty;
-    if stream {
-        tracing::debug_span!(
-            "llm_cache.chat_stream",
-            key = Empty,
-            model,
-            status = Empty,
-            tier = Empty,
-            latency_us = Empty
-        )
-    } else {
-        tracing::debug_span!(
-            "llm_cache.chat",
-            key = Empty,
-            model,
-            status = Empty,
-            tier = Empty,
-            latency_us = Empty
-        )
-    }
-}
-
-/// Fills a request span's fields once the answer is known.
-pub(crate) struct Traced<'a> {
-    span: &'a tracing::Span,
-    started: Instant,
-}
-
-impl<'a> Traced<'a> {
-    pub(crate) fn start(span: &'a tracing::Span, digest: Digest) -> Self {
-        span.record("key", tracing::field::display(ShortKey(digest)));
-        Traced {
-            span,
-            started: Instant::now(),
-        }
-    }
-
-    pub(crate) fn finish(self, outcome: Result<CacheStatus, &crate::error::Error>) {
-        let (status, tier) = match outcome {
-            Ok(CacheStatus::HitL1) => ("hit", "l1"),
-            Ok(CacheStatus::HitL2) => ("hit", "l2"),
-            Ok(CacheStatus::Coalesced) => ("coalesced", "flight"),
-            Ok(CacheStatus::Miss) => ("miss", "upstream"),
-            Ok(CacheStatus::Bypass) => ("bypass", "upstream"),
-            Err(_) => ("error", "none"),
-        };
-        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.span.record("status", status);
-        self.span.record("tier", tier);
-        self.span.record("latency_us", micros);
-        match outcome {
-            // The kind only: an upstream's error text may quote the request.
-            Err(e) => tracing::debug!(parent: self.span, error_kind = ?e.kind(), "request failed"),
-            Ok(_) => tracing::debug!(parent: self.span, "answered"),
-        }
-    }
 }

@@ -34,7 +34,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::digest::Digest;
+use crate::tiered::digest::Digest;
 
 /// The first four bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"LLMC";

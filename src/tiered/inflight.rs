@@ -12,8 +12,8 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::Notify;
 
-use crate::digest::{Digest, DigestHasherBuilder};
 use crate::error::Result;
+use crate::tiered::digest::{Digest, DigestHasherBuilder};
 
 /// What a flight delivers to every caller attached to it: one value or one error, or word
 /// that its leader went away before it had either.

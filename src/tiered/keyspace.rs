@@ -18,7 +18,7 @@
 //! over the Cluster), and a brace-free prefix also keeps the `SCAN` patterns of one prefix
 //! from matching another's names.
 
-use crate::digest::Digest;
+use crate::tiered::digest::Digest;
 
 /// The suffix of a lease after the entry's name.
 const LEASE_SUFFIX: &str = ".lease";

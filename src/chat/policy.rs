@@ -1,5 +1,6 @@
 //! Per-request cache control (tenant namespace, TTL, refresh, no-store, bypass) and the
-//! rules that decide whether a request or an answer may be cached at all.
+//! rules that decide whether a request or an answer may be cached at all. It must never let
+//! an answer without choices (an error in disguise) be stored.
 
 use std::time::Duration;
 

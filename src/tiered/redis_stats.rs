@@ -9,12 +9,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::LlmCache;
 use crate::error::{Error, ErrorKind, Result};
-use crate::health::redact_urls_in;
-use crate::l2::inspect::KeyCount;
-use crate::l2::{Guarded, L2Error};
 use crate::tiered::TieredCache;
+use crate::tiered::health::redact_urls_in;
+use crate::tiered::l2::inspect::KeyCount;
+use crate::tiered::l2::{Guarded, L2Error};
 
 /// Keys [`redis_stats`](TieredCache::redis_stats) looks at, at most, to count the cache's
 /// own (100 `SCAN ... COUNT 1000` steps).
@@ -218,19 +217,6 @@ async fn count(l2: &Guarded, pattern: &str, limit: u64) -> Result<KeyCount> {
         Ok(Ok(count)) => Ok(count),
         Ok(Err(e)) => Err(stats_error(l2, "SCAN", e)),
         Err(_) => Err(stats_error(l2, "SCAN", "no answer within 5 s")),
-    }
-}
-
-impl LlmCache {
-    /// What Redis says about itself and how many keys the cache has there; see
-    /// [`TieredCache::redis_stats`].
-    pub async fn redis_stats(&self) -> Result<RedisStats> {
-        self.tiers().redis_stats().await
-    }
-
-    /// See [`TieredCache::redis_stats_scanning`].
-    pub async fn redis_stats_scanning(&self, limit: u64) -> Result<RedisStats> {
-        self.tiers().redis_stats_scanning(limit).await
     }
 }
 

@@ -14,8 +14,8 @@ use super::cluster::ClusterStore;
 use super::redis::RedisStore;
 use super::sentinel::Resolver;
 use super::tls::{self, TlsSettings};
-use crate::builder::Config;
 use crate::error::{Error, Result, redact_url};
+use crate::tiered::config::Config;
 
 /// The scale-out knobs of the builder.
 #[derive(Clone)]

@@ -1,5 +1,5 @@
 //! The upstream: the [`Upstream`] trait (bring your own client) and, with the default
-//! `openai` feature, `OpenAiCompatible` (in `upstream/openai.rs`), a reqwest client for any
+//! `openai` feature, `OpenAiCompatible` (in `upstream/openai/`), a reqwest client for any
 //! OpenAI-compatible `/chat/completions` endpoint, with retries. Nothing here may put an API
 //! key in an error, a log line or `Debug` output.
 
@@ -15,6 +15,18 @@ use crate::stream::{ChatChunk, ReplayOptions, replay};
 mod openai;
 #[cfg(feature = "openai")]
 pub use openai::{OpenAiCompatible, RetryPolicy, UpstreamStats};
+
+/// Upstream calls by outcome (`ok`, `error`, `retried`).
+pub(crate) const UPSTREAM_REQUESTS: &str = "ai_upstream_requests_total";
+
+/// Describe the upstream series to the recorder installed now.
+pub(crate) fn describe_series() {
+    metrics::describe_counter!(
+        UPSTREAM_REQUESTS,
+        metrics::Unit::Count,
+        "Upstream calls by outcome: ok, error (after all attempts), retried (extra attempts)"
+    );
+}
 
 /// A boxed, `Send` future: what [`Upstream::chat`] returns (re-exported from `futures-util`,
 /// so an implementation needs no extra dependency).

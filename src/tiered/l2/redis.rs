@@ -231,7 +231,7 @@ impl RemoteStore for RedisStore {
         &self.shared.described
     }
 
-    // --- observability (issue 6) ---
+    // What health() and redis_stats() read: PING, INFO, a bounded SCAN.
     fn ping(&self) -> BoxFuture<'_, Result<(), L2Error>> {
         Box::pin(self.run(|mut c| async move { inspect::ping(&mut c).await }))
     }
@@ -250,7 +250,7 @@ impl RemoteStore for RedisStore {
         )
     }
 
-    // --- scale-out (issue 5) ---
+    // Leases, invalidation and namespace generations: what lets instances act as one.
     fn set_nx<'a>(
         &'a self,
         key: &'a str,

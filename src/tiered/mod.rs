@@ -1,11 +1,31 @@
-//! `TieredCache<V>`: L1 -> single-flight -> L2 -> fetch -> fill, for any serde value.
-//! It knows nothing about LLMs. A flight's leader looks in L1 and L2 from its own task (an
-//! L2 hit costs no task hop); a miss runs the fetch in a detached task, so cancelling a
-//! caller never cancels a fetch that is paid for.
+//! The generic engine, `TieredCache<V>`: L1 -> single-flight -> L2 -> fetch -> fill, for
+//! any serde value. It owns the tiers, their builder and config, flights, leases,
+//! invalidation, the envelope, digests, stats and health. It must never know about LLMs:
+//! nothing under `tiered/` names chat, streams or upstreams (`tests/layering.rs` checks).
+//!
+//! A flight's leader looks in L1 and L2 from its own task (an L2 hit costs no task hop); a
+//! miss runs the fetch in a detached task, so cancelling a caller never cancels a fetch that
+//! is paid for.
+
+pub(crate) mod builder;
+pub(crate) mod cached;
+pub(crate) mod config;
+mod coordination;
+pub(crate) mod digest;
+pub mod envelope;
+pub(crate) mod health;
+pub(crate) mod inflight;
+pub(crate) mod invalidation;
+pub(crate) mod keyspace;
+pub(crate) mod l1;
+pub(crate) mod l2;
+pub(crate) mod lease;
+pub(crate) mod redis_stats;
+pub(crate) mod stats;
+mod write_behind;
 
 use std::fmt;
 use std::future::Future;
-use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,174 +36,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
-use crate::builder::{Config, TieredCacheBuilder};
-use crate::digest::{Digest, DigestHasherBuilder};
-use crate::envelope;
+pub use self::builder::TieredCacheBuilder;
+pub use self::cached::{CacheStatus, Cached, FetchOptions};
 use crate::error::{Error, ErrorKind, Result};
-use crate::inflight::{Inflight, Join, Leader};
-use crate::invalidation::{self, AbortOnDrop, Invalidation};
-use crate::keyspace::Keyspace;
-use crate::l1::{L1, L1Entry};
-use crate::l2::{Guarded, L2Read};
-use crate::lease::{self, Lease};
-use crate::metrics::{BreakerState, Counters, Readings, ShortKey, Stats, Timer};
-
-/// Where an answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CacheStatus {
-    /// Served from the in-process tier.
-    HitL1,
-    /// Served from Redis (and promoted to L1).
-    HitL2,
-    /// Not cached anywhere: this caller's flight fetched it.
-    Miss,
-    /// Joined a flight another caller started, and got its answer.
-    Coalesced,
-    /// The cache was bypassed on request.
-    Bypass,
-}
-
-impl CacheStatus {
-    /// True for answers that cost no fetch of this caller's own (L1, L2, coalesced).
-    pub fn is_hit(self) -> bool {
-        matches!(
-            self,
-            CacheStatus::HitL1 | CacheStatus::HitL2 | CacheStatus::Coalesced
-        )
-    }
-
-    /// A short lower-case name (`l1`, `l2`, `miss`, `coalesced`, `bypass`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::HitL1 => "l1",
-            CacheStatus::HitL2 => "l2",
-            CacheStatus::Miss => "miss",
-            CacheStatus::Coalesced => "coalesced",
-            CacheStatus::Bypass => "bypass",
-        }
-    }
-}
-
-impl fmt::Display for CacheStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A value together with where it came from and how old it is.
-#[derive(Debug)]
-pub struct Cached<V> {
-    value: Arc<V>,
-    status: CacheStatus,
-    created_at_ms: u64,
-    digest: Digest,
-}
-
-impl<V> Clone for Cached<V> {
-    fn clone(&self) -> Self {
-        Cached {
-            value: Arc::clone(&self.value),
-            status: self.status,
-            created_at_ms: self.created_at_ms,
-            digest: self.digest,
-        }
-    }
-}
-
-impl<V> Cached<V> {
-    pub(crate) fn new(
-        value: Arc<V>,
-        status: CacheStatus,
-        created_at_ms: u64,
-        digest: Digest,
-    ) -> Self {
-        Cached {
-            value,
-            status,
-            created_at_ms,
-            digest,
-        }
-    }
-
-    /// The value.
-    pub fn value(&self) -> &V {
-        &self.value
-    }
-
-    /// The shared value, without copying it.
-    pub fn into_arc(self) -> Arc<V> {
-        self.value
-    }
-
-    /// Where it came from.
-    pub fn status(&self) -> CacheStatus {
-        self.status
-    }
-
-    /// When the value was first fetched (for hits, possibly by another process).
-    pub fn created_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.created_at_ms)
-    }
-
-    /// How long ago the value was fetched; zero for a fresh fetch.
-    pub fn age(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.created_at_ms))
-    }
-
-    /// The key's digest; `digest().to_hex()` is the Redis key's suffix.
-    pub fn digest(&self) -> Digest {
-        self.digest
-    }
-
-    pub(crate) fn created_at_ms(&self) -> u64 {
-        self.created_at_ms
-    }
-}
-
-impl<V> Deref for Cached<V> {
-    type Target = V;
-    fn deref(&self) -> &V {
-        &self.value
-    }
-}
-
-/// Per-call options of [`TieredCache::get_or_fetch_with`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[must_use]
-pub struct FetchOptions {
-    pub(crate) refresh: bool,
-    pub(crate) no_store: bool,
-    pub(crate) ttl: Option<Duration>,
-    /// How long this caller waits for the flight, instead of the waiter deadline (the
-    /// driver of a streamed flight waits as long as the stream may last).
-    pub(crate) wait: Option<Duration>,
-}
-
-impl FetchOptions {
-    /// Default options: read every tier, store the answer with the configured TTLs.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Skip the read: never answer from a tier, fetch anew and store the result.
-    pub fn refresh(mut self, yes: bool) -> Self {
-        self.refresh = yes;
-        self
-    }
-
-    /// Do not store what is fetched in any tier.
-    pub fn no_store(mut self, yes: bool) -> Self {
-        self.no_store = yes;
-        self
-    }
-
-    /// Store with this L2 lifetime instead of the configured one; L1 keeps it as a ceiling.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-}
+use crate::tiered::config::Config;
+use crate::tiered::digest::{Digest, DigestHasherBuilder};
+use crate::tiered::inflight::{Inflight, Join, Leader};
+use crate::tiered::invalidation::{AbortOnDrop, Invalidation};
+use crate::tiered::keyspace::Keyspace;
+use crate::tiered::l1::{L1, L1Entry};
+use crate::tiered::l2::{Guarded, L2Read};
+use crate::tiered::stats::{BreakerState, Counters, Readings, ShortKey, Stats, Timer};
 
 /// Where a flight's value came from, as the flight reports it to its callers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -324,7 +187,7 @@ where
             .counters
             .exported
             .publish(&cache.inner.readings());
-        crate::metrics::spawn_gauge_upkeep(Arc::downgrade(&cache.inner), |inner| {
+        crate::tiered::stats::spawn_gauge_upkeep(Arc::downgrade(&cache.inner), |inner| {
             (&inner.counters.exported, inner.readings())
         });
         cache
@@ -471,9 +334,9 @@ where
     /// The value in L1, if any. Never goes to the network.
     #[inline]
     pub async fn get(&self, digest: &Digest) -> Option<Cached<V>> {
-        // One lookup in 64 is timed (metrics.rs says why and how it picks).
-        let started =
-            crate::metrics::sample_l1(&self.inner.counters.l1_hits, digest).then(Instant::now);
+        // One lookup in 64 is timed (stats.rs says why and how it picks).
+        let started = crate::tiered::stats::sample_l1(&self.inner.counters.l1_hits, digest)
+            .then(Instant::now);
         let entry = self.inner.l1_get(digest).await;
         if let Some(started) = started {
             let l1_get = &self.inner.counters.exported.l1_get;
@@ -808,316 +671,6 @@ where
                 l2.unlink(&key).await;
                 None
             }
-        }
-    }
-
-    /// Fill L1 now and L2 in the background. `Ok(false)` when the value is too large.
-    async fn store(
-        self: &Arc<Self>,
-        digest: Digest,
-        value: &Arc<V>,
-        created_at_ms: u64,
-        ttl: Option<Duration>,
-        lease: &mut Option<Lease>,
-    ) -> Result<bool> {
-        let payload = serde_json::to_vec(&**value)
-            .map_err(|e| Error::codec(format!("value does not serialize: {e}")))?;
-        if payload.len() > self.config.max_entry_bytes {
-            Counters::incr(&self.counters.oversized);
-            tracing::debug!(
-                bytes = payload.len(),
-                max = self.config.max_entry_bytes,
-                "value larger than max_entry_bytes: served, not stored"
-            );
-            return Ok(false);
-        }
-        let l2_ttl = ttl.unwrap_or(self.config.l2_ttl);
-        let l1_ttl = self.config.l1_ttl.min(l2_ttl);
-        self.invalidation.note_l1_store();
-        self.l1
-            .insert(
-                digest,
-                L1Entry {
-                    value: Arc::clone(value),
-                    created_at_ms,
-                    ttl: l1_ttl,
-                    weight: L1::<V>::weight_of(payload.len()),
-                    stored_at_ms: 0,
-                },
-            )
-            .await;
-        if let Some(l2) = &self.l2 {
-            let bytes = envelope::encode(
-                &payload,
-                &digest,
-                created_at_ms,
-                duration_ms(l2_ttl),
-                self.config.compression_threshold,
-                &self.config.mac_keys,
-            );
-            let lease = lease.take();
-            if lease.is_some() {
-                self.writing.insert(
-                    digest,
-                    Writing {
-                        value: Arc::clone(value),
-                        created_at_ms,
-                        expires_at_ms: created_at_ms.saturating_add(duration_ms(l1_ttl)),
-                    },
-                );
-            }
-            self.write_behind(l2, digest, value, bytes, l2_ttl, lease);
-        }
-        Ok(true)
-    }
-
-    /// Write to L2 off the caller's path, bounded in concurrency; a full bound drops the
-    /// write and counts it.
-    /// A lease held for this value is released after the write (waiters on other instances
-    /// look for the value once the lease is gone).
-    /// While the lease is held, [`writing`](Self::writing) answers for the value; it lets
-    /// go once the value is in L2 or the lease is released (a failed write, its release
-    /// retried in the background, must not make this instance's next flight wait on it).
-    fn write_behind(
-        self: &Arc<Self>,
-        l2: &Arc<Guarded>,
-        digest: Digest,
-        value: &Arc<V>,
-        bytes: Vec<u8>,
-        ttl: Duration,
-        lease: Option<Lease>,
-    ) {
-        let (this, value) = (Arc::downgrade(self), Arc::downgrade(value));
-        // Only this write's entry: a newer one (a refresh) stays.
-        let done = move || {
-            if let Some(this) = this.upgrade() {
-                this.writing.remove_if(&digest, |_, w| {
-                    std::ptr::eq(Arc::as_ptr(&w.value), value.as_ptr())
-                });
-            }
-        };
-        let Ok(permit) = Arc::clone(&self.writes).try_acquire_owned() else {
-            Counters::incr(&self.counters.dropped_writes);
-            self.counters.exported.l2_dropped_write.increment(1);
-            if let Some(lease) = lease {
-                tokio::spawn(async move {
-                    lease::release_until_done(lease).await;
-                    done();
-                });
-            }
-            return;
-        };
-        let l2 = Arc::clone(l2);
-        let counters = Arc::clone(&self.counters);
-        let key = self.l2_key(&digest);
-        tokio::spawn(async move {
-            let wrote = l2.set(&key, bytes, ttl).await;
-            drop(permit);
-            if wrote {
-                Counters::incr(&counters.l2_writes);
-                done();
-                if let Some(lease) = lease {
-                    lease::release(lease).await;
-                }
-            } else if let Some(lease) = lease {
-                lease::release_until_done(lease).await;
-                done();
-            }
-        });
-    }
-}
-
-// --- scale-out (issue 5): leases, the invalidation channel, namespace generations ---
-
-impl<V> TieredCache<V>
-where
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    /// Start listening on the invalidation channel (with Redis, unless turned off).
-    fn start_invalidation(&self) {
-        let inner = &self.inner;
-        let Some(l2) = &inner.l2 else { return };
-        if !inner.config.topology.invalidation {
-            return;
-        }
-        let weak: std::sync::Weak<Inner<V>> = Arc::downgrade(inner);
-        let sink: std::sync::Weak<dyn invalidation::Sink> = weak;
-        let task =
-            invalidation::spawn_subscriber(Arc::clone(&inner.invalidation), Arc::clone(l2), sink);
-        let _ = inner.subscriber.set(task);
-    }
-
-    /// Give the invalidation subscription a moment (as `build()` does the connection): wait
-    /// until the first attempt succeeds or fails, at most `max(l2_deadline, 200 ms)`.
-    pub(crate) async fn settle(&self) {
-        if self.inner.subscriber.get().is_some() {
-            let limit = self
-                .inner
-                .config
-                .l2_deadline
-                .max(Duration::from_millis(200));
-            self.inner.invalidation.wait_first_attempt(limit).await;
-        }
-    }
-
-    /// Whether this instance is subscribed to the invalidation channel right now and knows
-    /// the namespace generations, so that what other instances invalidate leaves its L1
-    /// too. False without Redis, while Redis is away, while the generations cannot be read,
-    /// and for a moment after the subscription is lost (the instance then resubscribes,
-    /// reloads the generations and clears its L1). While false and Redis is partly
-    /// reachable, cached entries are served for at most `unsynced_grace`.
-    pub fn invalidation_subscribed(&self) -> bool {
-        self.inner.invalidation.is_subscribed()
-    }
-
-    /// How many times the invalidation subscription was established (1 after start-up;
-    /// each loss and return adds one).
-    pub fn invalidation_subscriptions(&self) -> u64 {
-        self.inner.invalidation.subscriptions()
-    }
-
-    /// The generation of `namespace` as this instance knows it: memory only.
-    #[inline]
-    pub(crate) fn generation(&self, namespace: &str) -> u64 {
-        self.inner.invalidation.generation(namespace)
-    }
-
-    /// Move `namespace` to a new generation in Redis, announced to every instance in the
-    /// same step. Without Redis the bump is local. With Redis unreachable this instance
-    /// clears its L1 and the error says the others may not have been reached.
-    pub(crate) async fn bump_generation(&self, namespace: &str) -> Result<()> {
-        let inner = &self.inner;
-        let state = &inner.invalidation;
-        let Some(l2) = &inner.l2 else {
-            state.bump_locally(namespace);
-            return Ok(());
-        };
-        let before = state.generation(namespace);
-        let generation = invalidation::new_generation();
-        let message = invalidation::generation_message(namespace, generation);
-        let (key, channel) = (state.generations_key(), state.channel());
-        if !l2
-            .hset_publish(key, namespace.as_bytes(), generation, channel, &message)
-            .await
-        {
-            inner.l1.clear();
-            return Err(Error::new(
-                ErrorKind::Redis,
-                format!(
-                    "could not set the namespace's new generation in redis at {}: this instance's L1 was cleared, other instances may still serve the namespace (retry)",
-                    l2.describe()
-                ),
-            ));
-        }
-        // Our own subscription applies it in order with any concurrent bump; wait briefly so
-        // that this instance has switched when we return. Without one, apply it here.
-        if !(state.is_subscribed()
-            && state
-                .wait_for_change(namespace, before, Duration::from_secs(1))
-                .await)
-        {
-            state.observe(namespace, generation);
-        }
-        Ok(())
-    }
-}
-
-impl<V: Send + Sync + 'static> invalidation::Sink for Inner<V> {
-    fn forget<'a>(&'a self, digest: &'a Digest) -> futures_util::future::BoxFuture<'a, ()> {
-        Box::pin(async move {
-            self.l1.remove(digest).await;
-            self.writing.remove(digest);
-            self.inflight.detach(digest);
-        })
-    }
-
-    fn forget_all(&self) {
-        self.l1.clear();
-        self.writing.clear();
-    }
-}
-
-impl<V> Inner<V>
-where
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    /// After an L2 miss: `Ok` with the value another instance's flight wrote while this one
-    /// waited on its lease, or `Err` to fetch (holding the lease when there is one).
-    async fn coordinate(
-        &self,
-        digest: &Digest,
-        options: &FetchOptions,
-    ) -> std::result::Result<Landed<V>, Option<Lease>> {
-        let Some(l2) = self.l2.as_ref().filter(|_| self.config.topology.leases) else {
-            return Err(None);
-        };
-        // Waiting for another instance's value is pointless when L2 cannot be read.
-        if !self.l2_readable() {
-            return Err(None);
-        }
-        let key = self.keyspace.lease(digest);
-        let ttl = self.config.topology.lease_ttl;
-        if options.no_store {
-            // Never leads with a lease (it stores nothing for the waiters), but waits for one.
-            if l2.exists(&key).await != Some(true) {
-                return Err(None);
-            }
-        } else {
-            match lease::take(l2, &self.unreleased, &key, ttl).await {
-                // The lease may be free because its last holder just wrote the value.
-                lease::Take::Held(held) if !options.refresh => {
-                    return match self.read_l2(digest).await {
-                        Some(landed) => {
-                            lease::release_later(held);
-                            Ok(landed)
-                        }
-                        None => Err(Some(held)),
-                    };
-                }
-                lease::Take::Held(held) => return Err(Some(held)),
-                lease::Take::Unavailable => return Err(None),
-                // A refresh never takes an answer looked up before it asked.
-                lease::Take::Taken if options.refresh => return Err(None),
-                lease::Take::Taken => {}
-            }
-        }
-        // Taken by this instance itself, its release not confirmed yet: nobody to wait for.
-        if self.unreleased.holds(&key) {
-            return Err(None);
-        }
-        let waited = lease::wait(
-            l2,
-            &self.unreleased,
-            &key,
-            ttl,
-            self.config.waiter_deadline,
-            || self.read_l2(digest),
-        )
-        .await;
-        match waited {
-            lease::Waited::Value(landed) => Ok(landed),
-            lease::Waited::Lead(held) if options.no_store => {
-                lease::release_later(held);
-                Err(None)
-            }
-            lease::Waited::Lead(held) => Err(Some(held)),
-            lease::Waited::Alone => Err(None),
-        }
-    }
-
-    /// Run the fetch, renewing the lease (when held) until it finishes.
-    async fn fetch_holding<Fut: Future>(&self, held: Option<&Lease>, work: Fut) -> Fut::Output {
-        match (held, &self.l2) {
-            (Some(held), Some(l2)) => {
-                lease::hold(l2, held, self.config.topology.lease_ttl, work).await
-            }
-            _ => work.await,
-        }
-    }
-
-    fn release_lease(&self, held: Option<Lease>) {
-        if let Some(held) = held {
-            lease::release_later(held);
         }
     }
 }

@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::l2::Guarded;
+use crate::tiered::l2::Guarded;
 
 /// First and longest pause between two looks at L2 while another instance fetches.
 const POLL_MIN: Duration = Duration::from_millis(5);

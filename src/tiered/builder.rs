@@ -1,5 +1,6 @@
-//! Every knob of the cache, with its default, validated in one place. `build()` returns
-//! an error that names the bad knob; a Redis URL is only ever shown with its password hidden.
+//! `TieredCacheBuilder`, and the `config_setters!` macro that writes the tiers' knobs once
+//! for every builder that sits on the engine. Setters never fail; nothing is checked until
+//! `build()`, which must name the first bad knob before it opens any connection.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -9,174 +10,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{LlmCache, StreamSettings};
-use crate::envelope::MacKeys;
-use crate::error::{Error, Result, redact_url};
-use crate::key::KeyOptions;
-use crate::l2::{Guarded, Topology};
-use crate::metrics::Counters;
-use crate::pricing::PriceTable;
-use crate::request::ChatResponse;
+use crate::error::Result;
 use crate::tiered::TieredCache;
-use crate::upstream::Upstream;
+use crate::tiered::config::Config;
+use crate::tiered::stats::Counters;
 
-/// The default of [`LlmCacheBuilder::stream_deadline`]: how long a streamed flight may last.
-pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(30 * 60);
-
-/// Largest value Redis accepts as one string.
-const REDIS_MAX_VALUE: usize = 512 << 20;
-
-/// The validated settings shared by the tiers.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub l1_max_bytes: u64,
-    pub l1_ttl: Duration,
-    pub l2_ttl: Duration,
-    pub key_prefix: String,
-    pub redis_url: Option<String>,
-    pub l2_deadline: Duration,
-    pub breaker_threshold: u32,
-    pub breaker_cooldown: Duration,
-    pub max_entry_bytes: usize,
-    pub compression_threshold: usize,
-    pub waiter_deadline: Duration,
-    pub l2_write_concurrency: usize,
-    /// Secrets that sign and verify L2 entries (HMAC-SHA256); empty: unsigned entries.
-    pub mac_keys: MacKeys,
-    /// Why the secrets given to `mac_secrets` were refused (reported by `build()`).
-    pub mac_keys_error: Option<String>,
-    /// How long cached entries are served while invalidations cannot be heard.
-    pub unsynced_grace: Duration,
-    /// Sentinel / Cluster, leases, invalidation channel (scale-out).
-    pub topology: Topology,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            l1_max_bytes: 256 << 20,
-            l1_ttl: Duration::from_secs(600),
-            l2_ttl: Duration::from_secs(24 * 3600),
-            key_prefix: "ai:cache".into(),
-            redis_url: None,
-            l2_deadline: Duration::from_millis(50),
-            breaker_threshold: 5,
-            breaker_cooldown: Duration::from_secs(2),
-            max_entry_bytes: 4 << 20,
-            compression_threshold: 1024,
-            waiter_deadline: Duration::from_secs(300),
-            l2_write_concurrency: 256,
-            mac_keys: MacKeys::none(),
-            mac_keys_error: None,
-            unsynced_grace: Duration::from_secs(5),
-            topology: Topology::default(),
-        }
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("l1_max_bytes", &self.l1_max_bytes)
-            .field("l1_ttl", &self.l1_ttl)
-            .field("l2_ttl", &self.l2_ttl)
-            .field("key_prefix", &self.key_prefix)
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
-            .field("l2_deadline", &self.l2_deadline)
-            .field("breaker_threshold", &self.breaker_threshold)
-            .field("breaker_cooldown", &self.breaker_cooldown)
-            .field("max_entry_bytes", &self.max_entry_bytes)
-            .field("compression_threshold", &self.compression_threshold)
-            .field("waiter_deadline", &self.waiter_deadline)
-            .field("l2_write_concurrency", &self.l2_write_concurrency)
-            .field("mac_keys", &self.mac_keys)
-            .field("unsynced_grace", &self.unsynced_grace)
-            .field("topology", &self.topology)
-            .finish()
-    }
-}
-
-fn positive(knob: &str, d: Duration) -> Result<()> {
-    if d.is_zero() {
-        return Err(Error::config(knob, "must be greater than zero"));
-    }
-    Ok(())
-}
-
-impl Config {
-    pub(crate) fn validate(&self) -> Result<()> {
-        positive("l1_ttl", self.l1_ttl)?;
-        positive("l2_ttl", self.l2_ttl)?;
-        if self.l2_ttl < Duration::from_millis(1) {
-            return Err(Error::config("l2_ttl", "must be at least 1 ms"));
-        }
-        positive("l2_deadline", self.l2_deadline)?;
-        if self.l2_deadline > Duration::from_secs(60) {
-            return Err(Error::config(
-                "l2_deadline",
-                format!(
-                    "{:?} is too long: Redis is an optimisation, keep it in the tens of milliseconds",
-                    self.l2_deadline
-                ),
-            ));
-        }
-        positive("breaker_cooldown", self.breaker_cooldown)?;
-        positive("waiter_deadline", self.waiter_deadline)?;
-        positive("unsynced_grace", self.unsynced_grace)?;
-        if self.breaker_threshold == 0 {
-            return Err(Error::config("breaker_threshold", "must be at least 1"));
-        }
-        if self.l2_write_concurrency == 0 {
-            return Err(Error::config("l2_write_concurrency", "must be at least 1"));
-        }
-        if self.max_entry_bytes == 0 || self.max_entry_bytes > REDIS_MAX_VALUE {
-            return Err(Error::config(
-                "max_entry_bytes",
-                format!(
-                    "{} is out of range: 1 ..= {REDIS_MAX_VALUE}",
-                    self.max_entry_bytes
-                ),
-            ));
-        }
-        if self.l1_max_bytes != 0 && self.l1_max_bytes < 4096 {
-            return Err(Error::config(
-                "l1_max_bytes",
-                format!(
-                    "{} is too small: 0 disables L1, otherwise give at least 4096",
-                    self.l1_max_bytes
-                ),
-            ));
-        }
-        if let Some(why) = &self.mac_keys_error {
-            return Err(Error::config("mac_secrets", why.clone()));
-        }
-        crate::keyspace::validate_prefix(&self.key_prefix)
-            .map_err(|why| Error::config("key_prefix", why))?;
-        crate::l2::validate_topology(self)?;
-        Ok(())
-    }
-
-    /// Open the Redis store when a URL is set; the connection is made in the background.
-    pub(crate) async fn open_l2(&self, counters: &Arc<Counters>) -> Result<Option<Arc<Guarded>>> {
-        // One server, a Sentinel master or a Cluster; connected in the background, with a
-        // moment's wait so the first requests find a connection.
-        let Some(store) = crate::l2::open_store(self).await? else {
-            return Ok(None);
-        };
-        let l2 = Arc::new(Guarded::new(
-            store,
-            self.l2_deadline,
-            self.breaker_threshold,
-            self.breaker_cooldown,
-            Arc::clone(counters),
-        ));
-        // Warn (in the background) when Redis would refuse cache writes once full.
-        crate::redis_stats::check_config_in_background(&l2);
-        Ok(Some(l2))
-    }
-}
-
-/// The knobs shared by [`TieredCacheBuilder`] and `LlmCacheBuilder`, written once.
+/// The knobs of the tiers, written once for [`TieredCacheBuilder`] and every builder of a
+/// layer on the engine (whose struct has a `config: Config` field).
 macro_rules! config_setters {
     () => {
         /// L1 bound in bytes (encoded size of each value plus a fixed overhead); 0 disables L1.
@@ -238,7 +78,7 @@ macro_rules! config_setters {
             I: IntoIterator<Item = S>,
             S: AsRef<[u8]>,
         {
-            match crate::envelope::MacKeys::new(secrets) {
+            match crate::tiered::envelope::MacKeys::new(secrets) {
                 Ok(keys) => {
                     self.config.mac_keys = keys;
                     self.config.mac_keys_error = None;
@@ -397,6 +237,8 @@ macro_rules! config_setters {
         }
     };
 }
+pub(crate) use config_setters;
+
 /// Configures a [`TieredCache`]. Every setter takes and returns the builder; nothing is
 /// checked until [`build`](Self::build), which names the first bad knob.
 #[must_use]
@@ -444,143 +286,5 @@ where
         let cache = TieredCache::from_parts(self.config, l2, counters);
         cache.settle().await;
         Ok(cache)
-    }
-}
-
-/// Configures an [`LlmCache`]: the upstream, the tiers (the same knobs as
-/// [`TieredCacheBuilder`]), the key rules, prices and the temperature rule.
-#[must_use]
-pub struct LlmCacheBuilder {
-    pub(crate) config: Config,
-    upstream: Option<Arc<dyn Upstream>>,
-    key_options: KeyOptions,
-    prices: PriceTable,
-    max_cacheable_temperature: Option<f64>,
-    streaming: StreamSettings,
-}
-
-impl fmt::Debug for LlmCacheBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LlmCacheBuilder")
-            .field("config", &self.config)
-            .field("upstream", &self.upstream.as_ref().map(|_| "set"))
-            .field("key_options", &self.key_options)
-            .field("max_cacheable_temperature", &self.max_cacheable_temperature)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for LlmCacheBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl LlmCacheBuilder {
-    /// A builder with the README's defaults and no upstream yet.
-    pub fn new() -> Self {
-        LlmCacheBuilder {
-            config: Config::default(),
-            upstream: None,
-            key_options: KeyOptions::default(),
-            prices: PriceTable::default(),
-            max_cacheable_temperature: None,
-            streaming: StreamSettings {
-                chunk_chars: 16,
-                abort_abandoned: false,
-                deadline: DEFAULT_STREAM_DEADLINE,
-            },
-        }
-    }
-
-    /// The provider to ask on a miss: [`OpenAiCompatible`](crate::OpenAiCompatible) or any
-    /// [`Upstream`] of your own. Required.
-    pub fn upstream(mut self, upstream: impl Upstream) -> Self {
-        self.upstream = Some(Arc::new(upstream));
-        self
-    }
-
-    /// An upstream already shared elsewhere.
-    pub fn upstream_arc(mut self, upstream: Arc<dyn Upstream>) -> Self {
-        self.upstream = Some(upstream);
-        self
-    }
-
-    /// How requests become keys: ignored transport fields, opt-in text normalization.
-    pub fn key_options(mut self, options: KeyOptions) -> Self {
-        self.key_options = options;
-        self
-    }
-
-    /// Prices used to report dollars saved. Default: the built-in 2026 table.
-    pub fn prices(mut self, prices: PriceTable) -> Self {
-        self.prices = prices;
-        self
-    }
-
-    /// Do not cache requests whose temperature is above `max` (they go straight to the
-    /// upstream). Default: cache every temperature.
-    pub fn max_cacheable_temperature(mut self, max: f64) -> Self {
-        self.max_cacheable_temperature = Some(max);
-        self
-    }
-
-    /// Characters of text per chunk when a cached answer is replayed as a stream; 0 sends
-    /// each text in one chunk. Default 16.
-    pub fn stream_chunk_chars(mut self, chars: usize) -> Self {
-        self.streaming.chunk_chars = chars;
-        self
-    }
-
-    /// When every consumer of a live upstream stream goes away, stop reading it (nothing
-    /// is stored). Default false: the stream is read to the end and stored, because its
-    /// tokens are paid for either way.
-    pub fn abort_abandoned_streams(mut self, yes: bool) -> Self {
-        self.streaming.abort_abandoned = yes;
-        self
-    }
-
-    /// The longest a streamed flight may take, from its start to the stream's last chunk;
-    /// default [`DEFAULT_STREAM_DEADLINE`] (30 min). A stream outlives the
-    /// `waiter_deadline` (which bounds callers waiting on a flight for a whole answer):
-    /// its consumers get chunks as they come, for as long as this allows. When it is
-    /// reached, the upstream stream is dropped, every consumer of the flight gets a
-    /// `Timeout` error after the chunks it already has, and nothing is stored.
-    pub fn stream_deadline(mut self, deadline: Duration) -> Self {
-        self.streaming.deadline = deadline;
-        self
-    }
-
-    config_setters!();
-
-    /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
-    /// then runs L1-only and starts using Redis when it answers. Needs a Tokio runtime.
-    pub async fn build(self) -> Result<LlmCache> {
-        let upstream = self.upstream.ok_or_else(|| {
-            Error::config("upstream", "required: give the provider to call on a miss")
-        })?;
-        upstream.validate()?;
-        if let Some(t) = self.max_cacheable_temperature
-            && !(t.is_finite() && t >= 0.0)
-        {
-            return Err(Error::config(
-                "max_cacheable_temperature",
-                format!("{t} is not a temperature (give a finite number >= 0)"),
-            ));
-        }
-        positive("stream_deadline", self.streaming.deadline)?;
-        self.config.validate()?;
-        let counters = Arc::new(Counters::default());
-        let l2 = self.config.open_l2(&counters).await?;
-        let tiers = TieredCache::<ChatResponse>::from_parts(self.config, l2, counters);
-        tiers.settle().await;
-        Ok(LlmCache::from_parts(
-            tiers,
-            upstream,
-            self.key_options,
-            self.prices,
-            self.max_cacheable_temperature,
-            self.streaming,
-        ))
     }
 }

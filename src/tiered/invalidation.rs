@@ -37,9 +37,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::digest::Digest;
-use crate::keyspace::Keyspace;
-use crate::l2::Guarded;
+use crate::tiered::digest::Digest;
+use crate::tiered::keyspace::Keyspace;
+use crate::tiered::l2::Guarded;
 
 /// How long connecting and subscribing may take before the subscriber tries again.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);

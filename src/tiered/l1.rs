@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::future::Cache;
 
-use crate::digest::{Digest, DigestHasherBuilder};
+use crate::tiered::digest::{Digest, DigestHasherBuilder};
 
 /// What every entry costs beyond its encoded value: the key, the moka node, the `Arc`.
 const ENTRY_OVERHEAD: u32 = 160;

@@ -126,7 +126,7 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
     /// The store's address with any password redacted, for logs and errors.
     fn describe(&self) -> &str;
 
-    // --- observability: health(), redis_stats() (issue 6); helpers in inspect.rs ---
+    // What health() and redis_stats() read; the Redis commands are in inspect.rs.
     /// `PING` (for `health()`). The default reads a key nobody writes.
     fn ping(&self) -> BoxFuture<'_, Result<(), L2Error>> {
         Box::pin(async move { self.get("llm-cache:ping").await.map(|_| ()) })
@@ -160,7 +160,7 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
         })
     }
 
-    // --- scale-out: leases, invalidation, namespace generations (issue 5) ---
+    // Leases, invalidation and namespace generations: what lets instances act as one.
     /// `SET key token NX PX ttl`: true when this call took the key.
     fn set_nx<'a>(
         &'a self,

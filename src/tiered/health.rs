@@ -8,10 +8,9 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::LlmCache;
 use crate::error::redact_url;
-use crate::metrics::BreakerState;
 use crate::tiered::TieredCache;
+use crate::tiered::stats::BreakerState;
 
 /// The state of the Redis tier, as [`health()`](TieredCache::health) found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -184,13 +183,6 @@ where
             last_error: last.as_ref().map(|e| format!("{}: {}", e.op, e.message)),
             last_error_at: last.map(|e| e.at),
         }
-    }
-}
-
-impl LlmCache {
-    /// Check the Redis tier now; see [`TieredCache::health`].
-    pub async fn health(&self) -> Health {
-        self.tiers().health().await
     }
 }
 

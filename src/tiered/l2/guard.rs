@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{L2Error, Link, RemoteStore};
-use crate::metrics::{BreakerState, Counters};
+use crate::tiered::stats::{BreakerState, Counters};
 
 /// One WARN per cause of refusal (OOM, NOPERM...) this often at most.
 const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(60);
@@ -420,7 +420,7 @@ impl Guarded {
             .is_some()
     }
 
-    // --- scale-out (issue 5): every operation under the same deadline and breaker ---
+    // Leases, invalidation and namespace generations, under the same deadline and breaker.
 
     /// Take `key` with `token` for `ttl`: `Some(true)` taken, `Some(false)` held by
     /// someone else, `None` when Redis could not say. A lease the server refused (OOM under

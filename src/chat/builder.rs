@@ -1,0 +1,159 @@
+//! `LlmCacheBuilder`: the upstream, the key rules, prices, the temperature rule and the
+//! streaming knobs, on top of the tiers' own knobs (`config_setters!`). `build()` validates
+//! every knob and names the bad one; it never makes a network call of its own.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::chat::LlmCache;
+use crate::chat::key::KeyOptions;
+use crate::chat::pricing::PriceTable;
+use crate::chat::stream_flight::StreamSettings;
+use crate::error::{Error, Result};
+use crate::request::ChatResponse;
+use crate::tiered::TieredCache;
+use crate::tiered::builder::config_setters;
+use crate::tiered::config::{Config, positive};
+use crate::tiered::stats::Counters;
+use crate::upstream::Upstream;
+
+/// The default of [`LlmCacheBuilder::stream_deadline`]: how long a streamed flight may last.
+pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(30 * 60);
+/// Configures an [`LlmCache`]: the upstream, the tiers (the same knobs as
+/// [`TieredCacheBuilder`](crate::TieredCacheBuilder)), the key rules, prices and the temperature rule.
+#[must_use]
+pub struct LlmCacheBuilder {
+    pub(crate) config: Config,
+    upstream: Option<Arc<dyn Upstream>>,
+    key_options: KeyOptions,
+    prices: PriceTable,
+    max_cacheable_temperature: Option<f64>,
+    streaming: StreamSettings,
+}
+
+impl fmt::Debug for LlmCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmCacheBuilder")
+            .field("config", &self.config)
+            .field("upstream", &self.upstream.as_ref().map(|_| "set"))
+            .field("key_options", &self.key_options)
+            .field("max_cacheable_temperature", &self.max_cacheable_temperature)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LlmCacheBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LlmCacheBuilder {
+    /// A builder with the README's defaults and no upstream yet.
+    pub fn new() -> Self {
+        LlmCacheBuilder {
+            config: Config::default(),
+            upstream: None,
+            key_options: KeyOptions::default(),
+            prices: PriceTable::default(),
+            max_cacheable_temperature: None,
+            streaming: StreamSettings {
+                chunk_chars: 16,
+                abort_abandoned: false,
+                deadline: DEFAULT_STREAM_DEADLINE,
+            },
+        }
+    }
+
+    /// The provider to ask on a miss: [`OpenAiCompatible`](crate::OpenAiCompatible) or any
+    /// [`Upstream`] of your own. Required.
+    pub fn upstream(mut self, upstream: impl Upstream) -> Self {
+        self.upstream = Some(Arc::new(upstream));
+        self
+    }
+
+    /// An upstream already shared elsewhere.
+    pub fn upstream_arc(mut self, upstream: Arc<dyn Upstream>) -> Self {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// How requests become keys: ignored transport fields, opt-in text normalization.
+    pub fn key_options(mut self, options: KeyOptions) -> Self {
+        self.key_options = options;
+        self
+    }
+
+    /// Prices used to report dollars saved. Default: the built-in 2026 table.
+    pub fn prices(mut self, prices: PriceTable) -> Self {
+        self.prices = prices;
+        self
+    }
+
+    /// Do not cache requests whose temperature is above `max` (they go straight to the
+    /// upstream). Default: cache every temperature.
+    pub fn max_cacheable_temperature(mut self, max: f64) -> Self {
+        self.max_cacheable_temperature = Some(max);
+        self
+    }
+
+    /// Characters of text per chunk when a cached answer is replayed as a stream; 0 sends
+    /// each text in one chunk. Default 16.
+    pub fn stream_chunk_chars(mut self, chars: usize) -> Self {
+        self.streaming.chunk_chars = chars;
+        self
+    }
+
+    /// When every consumer of a live upstream stream goes away, stop reading it (nothing
+    /// is stored). Default false: the stream is read to the end and stored, because its
+    /// tokens are paid for either way.
+    pub fn abort_abandoned_streams(mut self, yes: bool) -> Self {
+        self.streaming.abort_abandoned = yes;
+        self
+    }
+
+    /// The longest a streamed flight may take, from its start to the stream's last chunk;
+    /// default [`DEFAULT_STREAM_DEADLINE`] (30 min). A stream outlives the
+    /// `waiter_deadline` (which bounds callers waiting on a flight for a whole answer):
+    /// its consumers get chunks as they come, for as long as this allows. When it is
+    /// reached, the upstream stream is dropped, every consumer of the flight gets a
+    /// `Timeout` error after the chunks it already has, and nothing is stored.
+    pub fn stream_deadline(mut self, deadline: Duration) -> Self {
+        self.streaming.deadline = deadline;
+        self
+    }
+
+    config_setters!();
+
+    /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
+    /// then runs L1-only and starts using Redis when it answers. Needs a Tokio runtime.
+    pub async fn build(self) -> Result<LlmCache> {
+        let upstream = self.upstream.ok_or_else(|| {
+            Error::config("upstream", "required: give the provider to call on a miss")
+        })?;
+        upstream.validate()?;
+        if let Some(t) = self.max_cacheable_temperature
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return Err(Error::config(
+                "max_cacheable_temperature",
+                format!("{t} is not a temperature (give a finite number >= 0)"),
+            ));
+        }
+        positive("stream_deadline", self.streaming.deadline)?;
+        self.config.validate()?;
+        let counters = Arc::new(Counters::default());
+        let l2 = self.config.open_l2(&counters).await?;
+        let tiers = TieredCache::<ChatResponse>::from_parts(self.config, l2, counters);
+        tiers.settle().await;
+        Ok(LlmCache::from_parts(
+            tiers,
+            upstream,
+            self.key_options,
+            self.prices,
+            self.max_cacheable_temperature,
+            self.streaming,
+        ))
+    }
+}

@@ -1,0 +1,337 @@
+//! `LlmCache`: what users came for. It turns a chat request into a key, answers from the
+//! tiers, and calls the upstream only on a miss (once per key, however many callers). It
+//! owns the LLM layer on the engine: keys, per-request policy, pricing and savings, and
+//! the fan-out of streams; the wire types it speaks sit below it, in `request.rs`. It must
+//! never alter the provider's JSON nor store an error.
+
+mod builder;
+pub mod key;
+mod policy;
+mod pricing;
+mod savings;
+mod stream_flight;
+mod trace;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures_util::StreamExt;
+
+pub use self::builder::{DEFAULT_STREAM_DEADLINE, LlmCacheBuilder};
+pub use self::policy::CacheControl;
+pub use self::pricing::{ModelPrice, PriceTable};
+use self::savings::ModelCounters;
+pub use self::savings::{LlmStats, ModelSavings};
+pub use self::stream_flight::CachedStream;
+use self::stream_flight::{StreamFlight, StreamSettings};
+use crate::chat::key::KeyOptions;
+use crate::error::Result;
+use crate::request::{ChatRequest, ChatResponse};
+use crate::tiered::digest::{Digest, DigestHasherBuilder};
+use crate::tiered::health::Health;
+use crate::tiered::redis_stats::RedisStats;
+use crate::tiered::stats::Timer;
+use crate::tiered::{CacheStatus, Cached, TieredCache, now_ms};
+use crate::upstream::Upstream;
+
+/// An OpenAI-compatible chat client that answers repeats from cache. Cheap to clone.
+#[derive(Clone)]
+pub struct LlmCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tiers: TieredCache<ChatResponse>,
+    upstream: Arc<dyn Upstream>,
+    key_options: KeyOptions,
+    prices: PriceTable,
+    max_cacheable_temperature: Option<f64>,
+    models: DashMap<String, Arc<ModelCounters>>,
+    bypassed: AtomicU64,
+    upstream_calls: Arc<AtomicU64>,
+    /// Streamed flights in progress, so concurrent streams of one key share one upstream
+    /// stream (the tiered flight underneath carries the assembled answer).
+    streams: DashMap<Digest, Arc<StreamFlight>, DigestHasherBuilder>,
+    stream_chunk_chars: usize,
+    abort_abandoned_streams: bool,
+    stream_deadline: Duration,
+}
+
+impl fmt::Debug for LlmCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmCache")
+            .field("tiers", &self.inner.tiers)
+            .field("key_options", &self.inner.key_options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlmCache {
+    /// Start configuring a cache.
+    pub fn builder() -> LlmCacheBuilder {
+        LlmCacheBuilder::new()
+    }
+
+    pub(crate) fn from_parts(
+        tiers: TieredCache<ChatResponse>,
+        upstream: Arc<dyn Upstream>,
+        key_options: KeyOptions,
+        prices: PriceTable,
+        max_cacheable_temperature: Option<f64>,
+        streaming: StreamSettings,
+    ) -> Self {
+        savings::describe();
+        LlmCache {
+            inner: Arc::new(Inner {
+                tiers,
+                upstream,
+                key_options,
+                prices,
+                max_cacheable_temperature,
+                models: DashMap::new(),
+                bypassed: AtomicU64::new(0),
+                upstream_calls: Arc::new(AtomicU64::new(0)),
+                streams: DashMap::with_hasher(DigestHasherBuilder),
+                stream_chunk_chars: streaming.chunk_chars,
+                abort_abandoned_streams: streaming.abort_abandoned,
+                stream_deadline: streaming.deadline,
+            }),
+        }
+    }
+
+    /// Answer `request` from cache, or from the upstream on a miss.
+    pub async fn chat(&self, request: &ChatRequest) -> Result<Cached<ChatResponse>> {
+        self.chat_with(request, &CacheControl::default()).await
+    }
+
+    /// [`chat`](Self::chat) with per-request control: namespace, TTL, refresh, no-store,
+    /// bypass.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidRequest`, before anything else (no key, no copy, no upstream call), when
+    /// `request` fails [`ChatRequest::validate`], e.g. nests deeper than
+    /// [`MAX_REQUEST_DEPTH`](crate::MAX_REQUEST_DEPTH). The same holds for every method
+    /// that takes a request.
+    pub async fn chat_with(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<Cached<ChatResponse>> {
+        // First of all: nothing below (the key, the trace, a copy) may see a request that
+        // nests too deep to walk.
+        request.validate()?;
+        let span = trace::request_span(false, &request.model);
+        if span.is_disabled() {
+            return self.answer(request, control).await;
+        }
+        let traced = trace::Traced::start(&span, self.digest_with(request, control));
+        let out =
+            tracing::Instrument::instrument(self.answer(request, control), span.clone()).await;
+        traced.finish(out.as_ref().map(|c| c.status()));
+        out
+    }
+
+    async fn answer(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<Cached<ChatResponse>> {
+        let inner = &self.inner;
+        if control.bypass || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
+        {
+            return self.bypass(request, control).await;
+        }
+        let digest = self.digest_with(request, control);
+        let counters = inner.model(&request.model);
+        if !control.fetch.refresh
+            && let Some(hit) = inner.tiers.get(&digest).await
+        {
+            counters.saved(CacheStatus::HitL1, hit.value());
+            return Ok(hit);
+        }
+        // A streamed flight of this key must not be aborted while this caller waits on it.
+        let _hold = if inner.abort_abandoned_streams {
+            inner.streams.get(&digest).map(|f| f.hold())
+        } else {
+            None
+        };
+        // The fetch owns a copy of the request, made only when this caller's flight misses.
+        let make_fetch = || {
+            let upstream = Arc::clone(&inner.upstream);
+            let calls = Arc::clone(&inner.upstream_calls);
+            let owned = request.clone();
+            move || async move {
+                calls.fetch_add(1, Relaxed);
+                let response = upstream.chat(&owned).await?;
+                policy::check_response(&response)?;
+                Ok(response)
+            }
+        };
+        let out = inner
+            .tiers
+            .get_or_fetch_lazy(digest, &control.fetch, make_fetch)
+            .await?;
+        if out.status().is_hit() {
+            counters.saved(out.status(), out.value());
+        } else {
+            counters.missed();
+        }
+        Ok(out)
+    }
+
+    async fn bypass(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<Cached<ChatResponse>> {
+        let inner = &self.inner;
+        inner.bypassed.fetch_add(1, Relaxed);
+        inner.upstream_calls.fetch_add(1, Relaxed);
+        let exported = &inner.tiers.counters().exported;
+        let _total = Timer::start(&exported.total);
+        let upstream = Timer::start(&exported.upstream);
+        let response = inner.upstream.chat(request).await;
+        drop(upstream);
+        let response = response?;
+        policy::check_response(&response)?;
+        let digest = self.digest_with(request, control);
+        Ok(Cached::new(
+            Arc::new(response),
+            CacheStatus::Bypass,
+            now_ms(),
+            digest,
+        ))
+    }
+
+    /// Answer many requests, at most `concurrency` upstream calls at a time. Results keep
+    /// the input order, one per request; identical requests cost one call.
+    pub async fn batch(
+        &self,
+        requests: &[ChatRequest],
+        concurrency: usize,
+    ) -> Vec<Result<Cached<ChatResponse>>> {
+        self.batch_with(requests, &CacheControl::default(), concurrency)
+            .await
+    }
+
+    /// [`batch`](Self::batch) with one control for every request.
+    pub async fn batch_with(
+        &self,
+        requests: &[ChatRequest],
+        control: &CacheControl,
+        concurrency: usize,
+    ) -> Vec<Result<Cached<ChatResponse>>> {
+        // Duplicates are grouped by digest so they cost one call even with L1 disabled. An
+        // invalid request is answered with its error here, before it is keyed.
+        let mut first_of: std::collections::HashMap<Digest, usize> = Default::default();
+        let mut leader_of = Vec::with_capacity(requests.len());
+        let mut answers: Vec<Option<Result<Cached<ChatResponse>>>> =
+            (0..requests.len()).map(|_| None).collect();
+        for (i, r) in requests.iter().enumerate() {
+            let lead = match r.validate() {
+                Ok(()) => *first_of.entry(self.digest_with(r, control)).or_insert(i),
+                Err(e) => {
+                    answers[i] = Some(Err(e));
+                    i
+                }
+            };
+            leader_of.push(lead);
+        }
+        let unique: Vec<usize> = (0..requests.len())
+            .filter(|&i| leader_of[i] == i && answers[i].is_none())
+            .collect();
+        let mut done = futures_util::stream::iter(unique)
+            .map(|i| async move { (i, self.chat_with(&requests[i], control).await) })
+            .buffer_unordered(concurrency.max(1));
+        while let Some((i, answer)) = done.next().await {
+            answers[i] = Some(answer);
+        }
+        drop(done);
+        (0..requests.len())
+            .map(|i| {
+                let lead = leader_of[i];
+                let answer = answers[lead]
+                    .as_ref()
+                    .expect("every unique request answered");
+                match answer {
+                    Ok(c) if lead != i => {
+                        self.inner
+                            .model(&requests[i].model)
+                            .saved(CacheStatus::Coalesced, c.value());
+                        Ok(Cached::new(
+                            c.clone().into_arc(),
+                            CacheStatus::Coalesced,
+                            c.created_at_ms(),
+                            c.digest(),
+                        ))
+                    }
+                    other => other.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Remove the cached answer of `request` (global namespace) from both tiers.
+    pub async fn invalidate(&self, request: &ChatRequest) -> Result<()> {
+        self.invalidate_with(request, &CacheControl::default())
+            .await
+    }
+
+    /// Remove the cached answer of `request` in the control's namespace from both tiers.
+    pub async fn invalidate_with(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+    ) -> Result<()> {
+        request.validate()?;
+        let digest = self.digest_with(request, control);
+        self.inner.tiers.invalidate(&digest).await
+    }
+
+    /// Invalidate every answer of `namespace` (a tenant) at once, in every tier of every
+    /// instance, in O(1): the namespace's generation in Redis, which is part of each of its
+    /// keys, moves on, so its old entries are never read again (they expire by their TTL),
+    /// and the new generation is published to the other instances. Without Redis it applies
+    /// to this instance only. With Redis unreachable this instance clears its L1 and the
+    /// error says the other instances were not reached.
+    pub async fn invalidate_namespace(&self, namespace: &str) -> Result<()> {
+        self.inner.tiers.bump_generation(namespace).await
+    }
+
+    /// The digest `request` is cached under in the control's namespace (and the namespace's
+    /// current generation, see [`invalidate_namespace`](Self::invalidate_namespace)).
+    pub fn digest_with(&self, request: &ChatRequest, control: &CacheControl) -> Digest {
+        let digest = key::derive(request, &control.namespace, &self.inner.key_options);
+        crate::tiered::invalidation::scoped(digest, self.inner.tiers.generation(&control.namespace))
+    }
+
+    /// The generic tiers underneath, for inspection (`inflight()`, `l2_key()`...).
+    pub fn tiers(&self) -> &TieredCache<ChatResponse> {
+        &self.inner.tiers
+    }
+
+    /// The price table in use.
+    pub fn prices(&self) -> &PriceTable {
+        &self.inner.prices
+    }
+
+    /// Check the Redis tier now; see [`TieredCache::health`].
+    pub async fn health(&self) -> Health {
+        self.tiers().health().await
+    }
+
+    /// What Redis says about itself and how many keys the cache has there; see
+    /// [`TieredCache::redis_stats`].
+    pub async fn redis_stats(&self) -> Result<RedisStats> {
+        self.tiers().redis_stats().await
+    }
+
+    /// See [`TieredCache::redis_stats_scanning`].
+    pub async fn redis_stats_scanning(&self, limit: u64) -> Result<RedisStats> {
+        self.tiers().redis_stats_scanning(limit).await
+    }
+}

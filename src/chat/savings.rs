@@ -1,0 +1,256 @@
+//! What the cache saved, per model: hits, misses, tokens and dollars, as the `LlmStats`
+//! snapshot and as `metrics` series. Counting is a relaxed atomic add on handles registered
+//! when a model is first seen: it must never take a lock on the hit path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use metrics::{Counter, Gauge, Unit};
+
+use super::{Inner, LlmCache};
+use crate::chat::pricing::ModelPrice;
+use crate::request::ChatResponse;
+use crate::tiered::CacheStatus;
+use crate::tiered::stats::Stats;
+
+/// Answers served without a call, by model and tier (`l1`, `l2`, `coalesced`).
+pub(crate) const HITS: &str = "ai_cache_hits_total";
+/// Answers that cost an upstream call, by model.
+pub(crate) const MISSES: &str = "ai_cache_misses_total";
+/// Dollars the hits would have cost, by model: a running total.
+pub(crate) const COST_SAVED: &str = "ai_api_cost_saved_dollars";
+/// Tokens of the answers served from cache, by model.
+pub(crate) const TOKENS_SAVED: &str = "ai_cache_tokens_saved_total";
+
+/// Describe the series of the LLM layer (and those of the upstream it calls) to the
+/// recorder installed now.
+pub(crate) fn describe() {
+    metrics::describe_counter!(
+        HITS,
+        Unit::Count,
+        "Answers served without an upstream call, by model and tier (l1, l2, coalesced)"
+    );
+    metrics::describe_counter!(
+        MISSES,
+        Unit::Count,
+        "Answers that cost an upstream call, by model"
+    );
+    metrics::describe_gauge!(
+        COST_SAVED,
+        "Dollars the answers served from cache would have cost, by model (running total)"
+    );
+    metrics::describe_counter!(
+        TOKENS_SAVED,
+        Unit::Count,
+        "Tokens (prompt + completion) of the answers served from cache, by model"
+    );
+    crate::upstream::describe_series();
+}
+
+/// Dollars are counted in nano-dollars so that a relaxed atomic add can do it.
+const NANOS_PER_DOLLAR: f64 = 1e9;
+
+/// What the cache saved for one model.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ModelSavings {
+    /// Answers served without paying for a call (L1, L2, coalesced).
+    pub hits: u64,
+    /// Requests that went to the upstream for this model.
+    pub misses: u64,
+    /// Tokens (prompt + completion) of the answers served from cache.
+    pub tokens_saved: u64,
+    /// Dollars those tokens would have cost, by the price table.
+    pub cost_saved_usd: f64,
+}
+
+/// A snapshot of an [`LlmCache`]'s counters.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LlmStats {
+    /// The tiers' counters (hits per tier, misses, coalesced, L2 trouble...).
+    pub cache: Stats,
+    /// Requests that did not use the cache (bypass, or above the temperature rule).
+    pub bypassed: u64,
+    /// Calls made to the upstream (misses, refreshes, bypasses).
+    pub upstream_calls: u64,
+    /// Tokens of all answers served from cache.
+    pub tokens_saved: u64,
+    /// Dollars those answers would have cost.
+    pub cost_saved_usd: f64,
+    /// The same, per requested model.
+    pub per_model: BTreeMap<String, ModelSavings>,
+}
+
+#[derive(Default)]
+pub(super) struct ModelCounters {
+    price: Option<ModelPrice>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    tokens: AtomicU64,
+    nano_dollars: AtomicU64,
+    /// The same, through the `metrics` facade.
+    exported: ModelExported,
+}
+
+impl LlmCache {
+    /// A snapshot of the counters, with tokens and dollars saved overall and per model.
+    pub fn stats(&self) -> LlmStats {
+        let inner = &self.inner;
+        let mut per_model = BTreeMap::new();
+        let (mut tokens, mut nanos) = (0u64, 0u64);
+        for entry in inner.models.iter() {
+            let c = entry.value();
+            let t = c.tokens.load(Relaxed);
+            let n = c.nano_dollars.load(Relaxed);
+            tokens += t;
+            nanos += n;
+            per_model.insert(
+                entry.key().clone(),
+                ModelSavings {
+                    hits: c.hits.load(Relaxed),
+                    misses: c.misses.load(Relaxed),
+                    tokens_saved: t,
+                    cost_saved_usd: n as f64 / NANOS_PER_DOLLAR,
+                },
+            );
+        }
+        LlmStats {
+            cache: inner.tiers.stats(),
+            bypassed: inner.bypassed.load(Relaxed),
+            upstream_calls: inner.upstream_calls.load(Relaxed),
+            tokens_saved: tokens,
+            cost_saved_usd: nanos as f64 / NANOS_PER_DOLLAR,
+            per_model,
+        }
+    }
+}
+
+impl Inner {
+    pub(super) fn model(&self, model: &str) -> Arc<ModelCounters> {
+        if let Some(c) = self.models.get(model) {
+            return Arc::clone(&c);
+        }
+        Arc::clone(
+            self.models
+                .entry(model.to_string())
+                .or_insert_with(|| {
+                    Arc::new(ModelCounters {
+                        price: self.prices.price(model),
+                        exported: ModelExported::register(model),
+                        ..Default::default()
+                    })
+                })
+                .value(),
+        )
+    }
+}
+
+impl ModelCounters {
+    /// An answer served without a call (`status`: from where), and what it saved.
+    pub(super) fn saved(&self, status: CacheStatus, response: &ChatResponse) {
+        self.hits.fetch_add(1, Relaxed);
+        self.exported.hit(status);
+        let Some(usage) = &response.usage else {
+            return;
+        };
+        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        self.tokens.fetch_add(tokens, Relaxed);
+        let mut nanos = 0;
+        if let Some(price) = &self.price {
+            let dollars = price.cost(usage);
+            if dollars.is_finite() && dollars > 0.0 {
+                nanos = (dollars * NANOS_PER_DOLLAR).round() as u64;
+                self.nano_dollars.fetch_add(nanos, Relaxed);
+            }
+        }
+        self.exported.saved(tokens, nanos);
+    }
+
+    /// An answer that cost an upstream call.
+    pub(super) fn missed(&self) {
+        self.misses.fetch_add(1, Relaxed);
+        self.exported.miss();
+    }
+}
+
+/// The series of one model, registered when the model is first seen.
+pub(crate) struct ModelExported {
+    hits: [Counter; 3],
+    misses: Counter,
+    tokens: Counter,
+    cost: Gauge,
+    /// Nano-dollars saved for this model by every cache in the process, so the gauge can
+    /// be set to an exact total (`stats()` divides the same integer the same way).
+    cost_nanos: Arc<AtomicU64>,
+}
+
+impl Default for ModelExported {
+    fn default() -> Self {
+        ModelExported {
+            hits: [Counter::noop(), Counter::noop(), Counter::noop()],
+            misses: Counter::noop(),
+            tokens: Counter::noop(),
+            cost: Gauge::noop(),
+            cost_nanos: Arc::default(),
+        }
+    }
+}
+
+/// Nano-dollars saved per model, process-wide (one cell per model name ever seen).
+fn cost_cell(model: &str) -> Arc<AtomicU64> {
+    static CELLS: OnceLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = OnceLock::new();
+    let mut cells = CELLS
+        .get_or_init(Default::default)
+        .lock()
+        .expect("lock poisoned");
+    Arc::clone(cells.entry(model.to_string()).or_default())
+}
+
+impl ModelExported {
+    pub(crate) fn register(model: &str) -> Self {
+        let hits = |tier: &'static str| metrics::counter!(HITS, "model" => model.to_string(), "tier" => tier);
+        ModelExported {
+            hits: [hits("l1"), hits("l2"), hits("coalesced")],
+            misses: metrics::counter!(MISSES, "model" => model.to_string()),
+            tokens: metrics::counter!(TOKENS_SAVED, "model" => model.to_string()),
+            cost: metrics::gauge!(COST_SAVED, "model" => model.to_string()),
+            cost_nanos: cost_cell(model),
+        }
+    }
+
+    /// An answer served without a call: `status` says from where.
+    #[inline]
+    pub(crate) fn hit(&self, status: CacheStatus) {
+        let tier = match status {
+            CacheStatus::HitL2 => 1,
+            CacheStatus::Coalesced => 2,
+            _ => 0,
+        };
+        self.hits[tier].increment(1);
+    }
+
+    /// An answer that cost an upstream call.
+    pub(crate) fn miss(&self) {
+        self.misses.increment(1);
+    }
+
+    /// Tokens and nano-dollars a hit saved.
+    #[inline]
+    pub(crate) fn saved(&self, tokens: u64, nano_dollars: u64) {
+        self.tokens.increment(tokens);
+        if nano_dollars == 0 {
+            return;
+        }
+        self.cost_nanos.fetch_add(nano_dollars, SeqCst);
+        // Set, then check nobody added meanwhile: whoever sets last has seen the final total.
+        loop {
+            let total = self.cost_nanos.load(SeqCst);
+            self.cost.set(total as f64 / 1e9);
+            if self.cost_nanos.load(SeqCst) == total {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Filling the tiers once a value is fetched: L1 now, L2 in the background, bounded in
+//! concurrency. A write must never block the caller's answer; a write that cannot run is
+//! dropped and counted, and the lease held for it is still released.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Inner, Writing, duration_ms};
+use crate::error::{Error, Result};
+use crate::tiered::digest::Digest;
+use crate::tiered::envelope;
+use crate::tiered::l1::{L1, L1Entry};
+use crate::tiered::l2::Guarded;
+use crate::tiered::lease::{self, Lease};
+use crate::tiered::stats::Counters;
+
+impl<V> Inner<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Fill L1 now and L2 in the background. `Ok(false)` when the value is too large.
+    pub(super) async fn store(
+        self: &Arc<Self>,
+        digest: Digest,
+        value: &Arc<V>,
+        created_at_ms: u64,
+        ttl: Option<Duration>,
+        lease: &mut Option<Lease>,
+    ) -> Result<bool> {
+        let payload = serde_json::to_vec(&**value)
+            .map_err(|e| Error::codec(format!("value does not serialize: {e}")))?;
+        if payload.len() > self.config.max_entry_bytes {
+            Counters::incr(&self.counters.oversized);
+            tracing::debug!(
+                bytes = payload.len(),
+                max = self.config.max_entry_bytes,
+                "value larger than max_entry_bytes: served, not stored"
+            );
+            return Ok(false);
+        }
+        let l2_ttl = ttl.unwrap_or(self.config.l2_ttl);
+        let l1_ttl = self.config.l1_ttl.min(l2_ttl);
+        self.invalidation.note_l1_store();
+        self.l1
+            .insert(
+                digest,
+                L1Entry {
+                    value: Arc::clone(value),
+                    created_at_ms,
+                    ttl: l1_ttl,
+                    weight: L1::<V>::weight_of(payload.len()),
+                    stored_at_ms: 0,
+                },
+            )
+            .await;
+        if let Some(l2) = &self.l2 {
+            let bytes = envelope::encode(
+                &payload,
+                &digest,
+                created_at_ms,
+                duration_ms(l2_ttl),
+                self.config.compression_threshold,
+                &self.config.mac_keys,
+            );
+            let lease = lease.take();
+            if lease.is_some() {
+                self.writing.insert(
+                    digest,
+                    Writing {
+                        value: Arc::clone(value),
+                        created_at_ms,
+                        expires_at_ms: created_at_ms.saturating_add(duration_ms(l1_ttl)),
+                    },
+                );
+            }
+            self.write_behind(l2, digest, value, bytes, l2_ttl, lease);
+        }
+        Ok(true)
+    }
+
+    /// Write to L2 off the caller's path, bounded in concurrency; a full bound drops the
+    /// write and counts it.
+    /// A lease held for this value is released after the write (waiters on other instances
+    /// look for the value once the lease is gone).
+    /// While the lease is held, [`writing`](Self::writing) answers for the value; it lets
+    /// go once the value is in L2 or the lease is released (a failed write, its release
+    /// retried in the background, must not make this instance's next flight wait on it).
+    fn write_behind(
+        self: &Arc<Self>,
+        l2: &Arc<Guarded>,
+        digest: Digest,
+        value: &Arc<V>,
+        bytes: Vec<u8>,
+        ttl: Duration,
+        lease: Option<Lease>,
+    ) {
+        let (this, value) = (Arc::downgrade(self), Arc::downgrade(value));
+        // Only this write's entry: a newer one (a refresh) stays.
+        let done = move || {
+            if let Some(this) = this.upgrade() {
+                this.writing.remove_if(&digest, |_, w| {
+                    std::ptr::eq(Arc::as_ptr(&w.value), value.as_ptr())
+                });
+            }
+        };
+        let Ok(permit) = Arc::clone(&self.writes).try_acquire_owned() else {
+            Counters::incr(&self.counters.dropped_writes);
+            self.counters.exported.l2_dropped_write.increment(1);
+            if let Some(lease) = lease {
+                tokio::spawn(async move {
+                    lease::release_until_done(lease).await;
+                    done();
+                });
+            }
+            return;
+        };
+        let l2 = Arc::clone(l2);
+        let counters = Arc::clone(&self.counters);
+        let key = self.l2_key(&digest);
+        tokio::spawn(async move {
+            let wrote = l2.set(&key, bytes, ttl).await;
+            drop(permit);
+            if wrote {
+                Counters::incr(&counters.l2_writes);
+                done();
+                if let Some(lease) = lease {
+                    lease::release(lease).await;
+                }
+            } else if let Some(lease) = lease {
+                lease::release_until_done(lease).await;
+                done();
+            }
+        });
+    }
+}
