@@ -722,3 +722,31 @@ async fn oversized_values_are_served_not_stored() {
     assert_eq!(c.stats().oversized, 1);
     assert_eq!(c.stats().breaker, BreakerState::Disabled);
 }
+
+/// An invalidation that overtakes the background write of the value it invalidates (the
+/// write task runs on another worker while the invalidation's UNLINK is out) must not leave
+/// the entry in Redis: the write is skipped, or undone when it landed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_overtaking_a_background_write_leaves_no_entry() {
+    let server = RedisServer::start();
+    let c = cache(&server).await;
+    let mut conn = server.conn().await;
+    const ROUNDS: u32 = 300;
+    for i in 0..ROUNDS {
+        let k = key(5_000 + i);
+        let calls = Arc::new(AtomicUsize::new(0));
+        c.get_or_fetch(k, counted(&calls, "value")).await.unwrap();
+        c.invalidate(&k).await.unwrap();
+    }
+    eventually("every write landed or was cancelled", WAIT, || {
+        let s = c.stats();
+        s.l2_writes + s.l2_writes_cancelled == u64::from(ROUNDS)
+    })
+    .await;
+    for i in 0..ROUNDS {
+        let redis_key = c.l2_key(&key(5_000 + i));
+        let exists: bool = conn.exists(&redis_key).await.unwrap();
+        assert!(!exists, "round {i}: the invalidated entry came back");
+    }
+    eprintln!("writes overtaken by their invalidation: {}", c.stats().l2_writes_cancelled);
+}

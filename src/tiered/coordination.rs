@@ -114,6 +114,7 @@ impl<V: Send + Sync + 'static> invalidation::Sink for Inner<V> {
         Box::pin(async move {
             self.l1.remove(digest).await;
             self.writing.remove(digest);
+            self.pending_writes.cancel(digest);
             self.inflight.detach(digest);
         })
     }

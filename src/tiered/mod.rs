@@ -124,6 +124,9 @@ struct Inner<V> {
     /// lands or the lease is released: a later flight of this instance is answered from
     /// here (L1 may have evicted the value already) instead of waiting on its own lease.
     writing: DashMap<Digest, Writing<V>, DigestHasherBuilder>,
+    /// The background L2 writes under way, per key: an invalidation cancels them, so a
+    /// write that lands after the invalidation's UNLINK cannot bring the entry back.
+    pending_writes: write_behind::PendingWrites,
     /// Leases this instance may still hold while it releases them.
     unreleased: Arc<lease::Unreleased>,
 }
@@ -177,6 +180,7 @@ where
                 keyspace,
                 subscriber: std::sync::OnceLock::new(),
                 writing: DashMap::with_hasher(DigestHasherBuilder),
+                pending_writes: write_behind::PendingWrites::default(),
                 unreleased: Arc::default(),
                 config,
             }),
@@ -380,6 +384,7 @@ where
         self.inner.invalidation.note_invalidation();
         self.inner.l1.remove(digest).await;
         self.inner.writing.remove(digest);
+        self.inner.pending_writes.cancel(digest);
         self.inner.inflight.detach(digest);
         if let Some(l2) = &self.inner.l2 {
             let key = self.inner.l2_key(digest);

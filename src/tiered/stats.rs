@@ -60,6 +60,9 @@ pub struct Stats {
     pub leases_refused: u64,
     /// L2 writes dropped because the background-write bound was full.
     pub dropped_writes: u64,
+    /// Background L2 writes that an invalidation of their key overtook: skipped before
+    /// they ran, or undone (the key removed again) when they landed after it.
+    pub l2_writes_cancelled: u64,
     /// Values not stored because they exceeded the maximum entry size.
     pub oversized: u64,
     /// Waiters that gave up at the waiter deadline.
@@ -110,6 +113,7 @@ pub(crate) struct Counters {
     pub l2_writes_refused: AtomicU64,
     pub leases_refused: AtomicU64,
     pub dropped_writes: AtomicU64,
+    pub l2_writes_cancelled: AtomicU64,
     pub oversized: AtomicU64,
     pub waiter_timeouts: AtomicU64,
     pub unsynced_skips: AtomicU64,
@@ -159,6 +163,7 @@ impl Counters {
             l2_writes_refused: self.l2_writes_refused.load(Relaxed),
             leases_refused: self.leases_refused.load(Relaxed),
             dropped_writes: self.dropped_writes.load(Relaxed),
+            l2_writes_cancelled: self.l2_writes_cancelled.load(Relaxed),
             oversized: self.oversized.load(Relaxed),
             waiter_timeouts: self.waiter_timeouts.load(Relaxed),
             unsynced_skips: self.unsynced_skips.load(Relaxed),

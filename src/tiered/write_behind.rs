@@ -3,19 +3,52 @@
 //! dropped and counted, and the lease held for it is still released.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use dashmap::DashMap;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Inner, Writing, duration_ms};
 use crate::error::{Error, Result};
-use crate::tiered::digest::Digest;
+use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::envelope;
 use crate::tiered::l1::{L1, L1Entry};
 use crate::tiered::l2::Guarded;
 use crate::tiered::lease::{self, Lease};
 use crate::tiered::stats::Counters;
+
+/// The background writes under way, per key, each with the flag an invalidation raises.
+#[derive(Default)]
+pub(super) struct PendingWrites(DashMap<Digest, Vec<Arc<AtomicBool>>, DigestHasherBuilder>);
+
+impl PendingWrites {
+    /// A write of `digest` starts: its cancel flag.
+    fn start(&self, digest: Digest) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.0.entry(digest).or_default().push(Arc::clone(&flag));
+        flag
+    }
+
+    /// The write with `flag` is over.
+    fn finish(&self, digest: &Digest, flag: &Arc<AtomicBool>) {
+        self.0.remove_if_mut(digest, |_, flags| {
+            flags.retain(|f| !Arc::ptr_eq(f, flag));
+            flags.is_empty()
+        });
+    }
+
+    /// `digest` was invalidated: every write of it under way must not leave it in L2.
+    pub(super) fn cancel(&self, digest: &Digest) {
+        if let Some((_, flags)) = self.0.remove(digest) {
+            for f in flags {
+                f.store(true, Ordering::Release);
+            }
+        }
+    }
+}
 
 impl<V> Inner<V>
 where
@@ -120,11 +153,27 @@ where
         let l2 = Arc::clone(l2);
         let counters = Arc::clone(&self.counters);
         let key = self.l2_key(&digest);
+        let cancelled = self.pending_writes.start(digest);
+        let this = Arc::downgrade(self);
         tokio::spawn(async move {
-            let wrote = l2.set(&key, bytes, ttl).await;
+            // An invalidation may overtake this write at any point: before it (skip it) or
+            // while it is out (its UNLINK may have run first: remove the key again).
+            let wrote = !cancelled.load(Ordering::Acquire) && l2.set(&key, bytes, ttl).await;
+            let overtaken = cancelled.load(Ordering::Acquire);
+            if overtaken && wrote {
+                l2.unlink(&key).await;
+            }
+            if let Some(this) = this.upgrade() {
+                this.pending_writes.finish(&digest, &cancelled);
+            }
             drop(permit);
-            if wrote {
+            // Each write is counted once: cancelled, written, or (in the guard) failed.
+            if overtaken {
+                Counters::incr(&counters.l2_writes_cancelled);
+            } else if wrote {
                 Counters::incr(&counters.l2_writes);
+            }
+            if wrote {
                 done();
                 if let Some(lease) = lease {
                     lease::release(lease).await;
