@@ -62,14 +62,14 @@ section "load benchmark (short)"
 LOAD_BENCH_SHORT=1 cargo bench --bench load
 
 section "demo"
-if [ -f examples/demo.rs ]; then
+if [ -f examples/demo/main.rs ]; then
     if [ -f scripts/demo-check.sh ]; then
         bash scripts/demo-check.sh
     else
-        echo "skipped: examples/demo.rs exists but scripts/demo-check.sh does not"
+        echo "skipped: examples/demo/main.rs exists but scripts/demo-check.sh does not"
     fi
 else
-    echo "skipped: examples/demo.rs not present"
+    echo "skipped: examples/demo/main.rs not present"
 fi
 
 section "all checks passed"
