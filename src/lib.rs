@@ -26,6 +26,7 @@ pub use tiered::redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
 pub use tiered::stats::{BreakerState, Stats};
 pub use tiered::{CacheStatus, Cached, FetchOptions, TieredCache, TieredCacheBuilder};
 
+pub use stream::ChatChunk;
 pub use upstream::ChunkStream;
 pub use upstream::{BoxFuture, Upstream};
 #[cfg(feature = "openai")]

@@ -52,7 +52,7 @@ pub(crate) fn describe() {
 const NANOS_PER_DOLLAR: f64 = 1e9;
 
 /// What the cache saved for one model.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ModelSavings {
     /// Answers served without paying for a call (L1, L2, coalesced).
@@ -65,8 +65,9 @@ pub struct ModelSavings {
     pub cost_saved_usd: f64,
 }
 
-/// A snapshot of an [`LlmCache`]'s counters.
-#[derive(Debug, Clone, PartialEq)]
+/// A snapshot of an [`LlmCache`]'s counters. Serialises (serde) as an object of its
+/// fields, `per_model` as an object keyed by model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct LlmStats {
     /// The tiers' counters (hits per tier, misses, coalesced, L2 trouble...).
@@ -252,5 +253,51 @@ impl ModelExported {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::request::{ChatMessage, ChatRequest, ChatResponse, Choice, Usage};
+    use crate::upstream::{BoxFuture, Upstream};
+    use crate::{LlmCache, Result};
+
+    struct Fixed;
+
+    impl Upstream for Fixed {
+        fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse>> {
+            Box::pin(async move {
+                Ok(ChatResponse {
+                    model: request.model.clone(),
+                    choices: vec![Choice {
+                        message: ChatMessage::assistant("hi"),
+                        finish_reason: Some("stop".into()),
+                        ..Default::default()
+                    }],
+                    usage: Some(Usage {
+                        prompt_tokens: 3,
+                        completion_tokens: 4,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_serialize_to_json() {
+        let cache = LlmCache::builder().upstream(Fixed).build().await.unwrap();
+        let request = ChatRequest::new("m").message(ChatMessage::user("hello"));
+        cache.chat(&request).await.unwrap();
+        cache.chat(&request).await.unwrap();
+        let json = serde_json::to_value(cache.stats()).unwrap();
+        assert_eq!(json["cache"]["misses"], 1);
+        assert_eq!(json["cache"]["l1_hits"], 1);
+        assert_eq!(json["cache"]["breaker"], "disabled");
+        assert_eq!(json["upstream_calls"], 1);
+        assert_eq!(json["tokens_saved"], 7);
+        assert_eq!(json["per_model"]["m"]["hits"], 1);
+        assert_eq!(json["per_model"]["m"]["misses"], 1);
     }
 }

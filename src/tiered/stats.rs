@@ -12,8 +12,10 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 
 use crate::tiered::digest::Digest;
 
-/// The state of the circuit breaker in front of Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The state of the circuit breaker in front of Redis. Serialises as its
+/// [`as_str`](Self::as_str) name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Redis is used.
     Closed,
@@ -25,8 +27,8 @@ pub enum BreakerState {
     Disabled,
 }
 
-/// A snapshot of the cache's counters.
-#[derive(Debug, Clone, PartialEq)]
+/// A snapshot of the cache's counters. Serialises (serde) as an object of its fields.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Answers served from L1.
@@ -79,6 +81,20 @@ pub struct Stats {
     pub l1_entries: u64,
     /// Weighted size of L1 in bytes now.
     pub l1_bytes: u64,
+}
+
+impl BreakerState {
+    /// A short lower-case name (`closed`, `open`, `half_open`, `disabled`), the same as the
+    /// `state` label of `ai_cache_breaker_state`.
+    pub fn as_str(self) -> &'static str {
+        BREAKER_LABELS[breaker_index(self)]
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Stats {
@@ -473,4 +489,23 @@ pub(crate) fn spawn_gauge_upkeep<T: Send + Sync + 'static>(
             exported.publish(&readings);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BreakerState;
+
+    #[test]
+    fn breaker_state_names_match_display_and_serde() {
+        for (state, name) in [
+            (BreakerState::Closed, "closed"),
+            (BreakerState::Open, "open"),
+            (BreakerState::HalfOpen, "half_open"),
+            (BreakerState::Disabled, "disabled"),
+        ] {
+            assert_eq!(state.as_str(), name);
+            assert_eq!(state.to_string(), name);
+            assert_eq!(serde_json::to_value(state).unwrap(), name);
+        }
+    }
 }
