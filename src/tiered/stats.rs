@@ -35,7 +35,14 @@ pub struct Stats {
     pub l1_hits: u64,
     /// Answers served from L2 (Redis).
     pub l2_hits: u64,
-    /// Lookups that found nothing in any tier and led a fetch.
+    /// Flights that found nothing in L1 or L2 (or were refreshes) and ran the fetch: one
+    /// per flight, not per caller, counted when the fetch starts and together with
+    /// `fetches`, whatever the fetch's outcome. A fetch that fails or panics counts here
+    /// (and in `fetch_errors`), and so does one whose callers all went away or timed out
+    /// (it runs on). Callers that joined the flight count in `coalesced`.
+    ///
+    /// `LlmStats::per_model[m].misses` (`ai_cache_misses_total`) counts answers instead,
+    /// and leaves failed fetches out: with an upstream that fails, this is the larger.
     pub misses: u64,
     /// Callers that joined a flight already running instead of fetching.
     pub coalesced: u64,
