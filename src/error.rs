@@ -51,6 +51,7 @@ impl ErrorKind {
 
 type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
+#[derive(Clone)]
 struct Inner {
     kind: ErrorKind,
     message: String,
@@ -103,18 +104,32 @@ impl Error {
         Self::new(ErrorKind::Codec, why.to_string())
     }
 
-    #[cfg_attr(not(feature = "openai"), allow(dead_code))]
-    pub(crate) fn upstream_status(status: u16, message: impl Into<String>) -> Self {
+    /// An upstream error with the HTTP status it answered with, for an
+    /// [`Upstream`](crate::Upstream) of your own: [`status`](Self::status) reports it,
+    /// [`is_rate_limited`](Self::is_rate_limited) is true for 429. Add the delay of a
+    /// `Retry-After` with [`with_retry_after`](Self::with_retry_after).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use llm_cache::{Error, ErrorKind};
+    ///
+    /// let e = Error::upstream_status(429, "slow down").with_retry_after(Duration::from_secs(3));
+    /// assert_eq!(e.kind(), ErrorKind::Upstream);
+    /// assert_eq!((e.status(), e.retry_after()), (Some(429), Some(Duration::from_secs(3))));
+    /// assert!(e.is_rate_limited());
+    /// assert_eq!(e.to_string(), "upstream error (HTTP 429): slow down");
+    /// ```
+    pub fn upstream_status(status: u16, message: impl Into<String>) -> Self {
         let mut e = Self::new(ErrorKind::Upstream, message);
-        Arc::get_mut(&mut e.0).expect("fresh error").status = Some(status);
+        Arc::make_mut(&mut e.0).status = Some(status);
         e
     }
 
-    #[cfg_attr(not(feature = "openai"), allow(dead_code))]
-    pub(crate) fn with_retry_after(mut self, after: Option<Duration>) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.0) {
-            inner.retry_after = after;
-        }
+    /// The same error, saying the upstream asked to be called again after `after` (its
+    /// `Retry-After`), as [`retry_after`](Self::retry_after) reports. The cache does not
+    /// wait on it: it is for the caller (or the upstream's own retry loop).
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        Arc::make_mut(&mut self.0).retry_after = Some(after);
         self
     }
 
@@ -146,6 +161,12 @@ impl Error {
     /// The delay the upstream asked for with `Retry-After`, when it did.
     pub fn retry_after(&self) -> Option<Duration> {
         self.0.retry_after
+    }
+
+    /// The upstream answered 429 Too Many Requests; [`retry_after`](Self::retry_after)
+    /// says how long it asked to be left alone, when it did.
+    pub fn is_rate_limited(&self) -> bool {
+        self.0.status == Some(429)
     }
 
     /// A builder knob was invalid.

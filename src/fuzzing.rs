@@ -1,6 +1,10 @@
 //! The checks behind each cargo-fuzz target, in one place: the targets in `fuzz/` call
 //! them on libFuzzer's inputs and `tests/fuzz_regressions.rs` replays saved crashes through
-//! them, so the two can never drift apart. Not a public API: hidden from the docs.
+//! them, so the two can never drift apart.
+//!
+//! **Not a public API, and not covered by semver**: `#[doc(hidden)]`, public only so that
+//! the fuzz crate and the tests can reach it. Anything here may change or go in any
+//! release.
 
 use crate::ChatRequest;
 use crate::chat::key::{KeyOptions, canonical_json, canonical_value, derive};

@@ -6,6 +6,7 @@
 // stream, request; stream -> request. See the README's "Architecture" and tests/layering.rs.
 mod chat;
 mod error;
+// The fuzz targets' checks: public for `fuzz/` and tests/fuzz_regressions.rs only.
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "prometheus")]
@@ -18,14 +19,17 @@ mod upstream;
 pub use error::{Error, ErrorKind, Result};
 
 pub use tiered::digest::Digest;
+// The Redis storage format: public for the fuzz crate and the tests, not semver-stable API.
+#[doc(hidden)]
 pub use tiered::envelope;
-#[doc(no_inline)]
+#[doc(hidden)]
 pub use tiered::envelope::{Envelope, EnvelopeError};
 pub use tiered::health::{Health, L2Health};
 pub use tiered::redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
 pub use tiered::stats::{BreakerState, Stats};
 pub use tiered::{CacheStatus, Cached, FetchOptions, TieredCache, TieredCacheBuilder};
 
+pub use stream::ChatChunk;
 pub use upstream::ChunkStream;
 pub use upstream::{BoxFuture, Upstream};
 #[cfg(feature = "openai")]

@@ -103,6 +103,20 @@ impl LlmCache {
     }
 
     /// Answer `request` from cache, or from the upstream on a miss.
+    ///
+    /// Concurrent callers with the same key share one flight: one leads it (status `Miss`,
+    /// or `HitL2` when Redis had the answer) and the others wait for its result (status
+    /// `Coalesced`), so the upstream is called at most once per key at a time.
+    ///
+    /// # Errors
+    ///
+    /// As [`chat_with`](Self::chat_with): the request's validation error, or the flight's
+    /// error, the same for every caller of the flight and never cached.
+    ///
+    /// # Cancellation
+    ///
+    /// As [`chat_with`](Self::chat_with): dropping the future never cancels an upstream
+    /// call already made; its answer still fills the cache.
     pub async fn chat(&self, request: &ChatRequest) -> Result<Cached<ChatResponse>> {
         self.chat_with(request, &CacheControl::default()).await
     }
@@ -115,7 +129,30 @@ impl LlmCache {
     /// `InvalidRequest`, before anything else (no key, no copy, no upstream call), when
     /// `request` fails [`ChatRequest::validate`], e.g. nests deeper than
     /// [`MAX_REQUEST_DEPTH`](crate::MAX_REQUEST_DEPTH). The same holds for every method
-    /// that takes a request.
+    /// that takes a request. Otherwise:
+    ///
+    /// - The upstream's error, unchanged: from the built-in client kind `Upstream` (with
+    ///   [`status`](crate::Error::status) and [`retry_after`](crate::Error::retry_after)),
+    ///   `Connect` or `Timeout`; from an [`Upstream`] of your own whatever it returns. An
+    ///   answer without any choices is an `Upstream` error too. Every caller of the flight
+    ///   gets the same error (a clone), and errors are never cached: the next call asks the
+    ///   upstream again.
+    /// - `FetchAborted` for every caller of the flight when the upstream call panicked; no
+    ///   flight is left stuck.
+    /// - `Timeout` for this caller alone when it waited longer than the builder's
+    ///   `waiter_deadline` (default 300 s): the flight goes on, and its answer still fills
+    ///   the cache.
+    ///
+    /// Redis trouble is never an error here: the Redis tier fails open.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the returned future never cancels an upstream call that has started: the
+    /// fetch runs in a task of its own, other callers keep waiting on it, and its answer
+    /// fills L1 and (in the background) Redis. Dropped while its flight was still looking
+    /// in the tiers, the flight is given up and a waiting caller leads one anew. A bypassed
+    /// request (`bypass`, or above `max_cacheable_temperature`) has no flight: its upstream
+    /// call runs in the caller's future and is dropped with it.
     pub async fn chat_with(
         &self,
         request: &ChatRequest,
@@ -209,6 +246,18 @@ impl LlmCache {
 
     /// Answer many requests, at most `concurrency` upstream calls at a time. Results keep
     /// the input order, one per request; identical requests cost one call.
+    ///
+    /// # Errors
+    ///
+    /// Never fails as a whole: each result is what [`chat_with`](Self::chat_with) returns
+    /// for its request, and a duplicate gets a clone of its first occurrence's result
+    /// (error included, which is not cached).
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future drops the calls not yet answered; as with
+    /// [`chat_with`](Self::chat_with), an upstream call already made runs on and fills the
+    /// cache.
     pub async fn batch(
         &self,
         requests: &[ChatRequest],
@@ -218,7 +267,8 @@ impl LlmCache {
             .await
     }
 
-    /// [`batch`](Self::batch) with one control for every request.
+    /// [`batch`](Self::batch) with one control for every request. Errors and cancellation
+    /// as [`batch`](Self::batch).
     pub async fn batch_with(
         &self,
         requests: &[ChatRequest],
@@ -276,12 +326,29 @@ impl LlmCache {
     }
 
     /// Remove the cached answer of `request` (global namespace) from both tiers.
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate_with`](Self::invalidate_with).
     pub async fn invalidate(&self, request: &ChatRequest) -> Result<()> {
         self.invalidate_with(request, &CacheControl::default())
             .await
     }
 
-    /// Remove the cached answer of `request` in the control's namespace from both tiers.
+    /// Remove the cached answer of `request` in the control's namespace from both tiers,
+    /// and tell the other instances to drop it from their L1. A flight of the key running
+    /// now is detached: it still answers its callers but no longer joins new ones.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidRequest` as for [`chat_with`](Self::chat_with). `Redis` when Redis could not
+    /// confirm the removal, or removed it but could not tell the other instances; the L1
+    /// removal has happened either way. See [`TieredCache::invalidate`].
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future may leave the Redis removal or the announcement undone: call it
+    /// again.
     pub async fn invalidate_with(
         &self,
         request: &ChatRequest,
@@ -298,6 +365,15 @@ impl LlmCache {
     /// and the new generation is published to the other instances. Without Redis it applies
     /// to this instance only. With Redis unreachable this instance clears its L1 and the
     /// error says the other instances were not reached.
+    ///
+    /// # Errors
+    ///
+    /// `Redis` when Redis did not take the new generation (down, slow, breaker open): this
+    /// instance's L1 is cleared, the other instances may still serve the namespace; retry.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future may leave the bump undone or unannounced: call it again.
     pub async fn invalidate_namespace(&self, namespace: &str) -> Result<()> {
         self.inner.tiers.bump_generation(namespace).await
     }
@@ -326,6 +402,10 @@ impl LlmCache {
 
     /// What Redis says about itself and how many keys the cache has there; see
     /// [`TieredCache::redis_stats`].
+    ///
+    /// # Errors
+    ///
+    /// As [`TieredCache::redis_stats`].
     pub async fn redis_stats(&self) -> Result<RedisStats> {
         self.tiers().redis_stats().await
     }

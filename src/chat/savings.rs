@@ -16,7 +16,8 @@ use crate::tiered::stats::Stats;
 
 /// Answers served without a call, by model and tier (`l1`, `l2`, `coalesced`).
 pub(crate) const HITS: &str = "ai_cache_hits_total";
-/// Answers that cost an upstream call, by model.
+/// Answers that cost an upstream call, by model (failed fetches are not answers: see
+/// `ModelSavings::misses`).
 pub(crate) const MISSES: &str = "ai_cache_misses_total";
 /// Dollars the hits would have cost, by model: a running total.
 pub(crate) const COST_SAVED: &str = "ai_api_cost_saved_dollars";
@@ -34,7 +35,7 @@ pub(crate) fn describe() {
     metrics::describe_counter!(
         MISSES,
         Unit::Count,
-        "Answers that cost an upstream call, by model"
+        "Answers that cost an upstream call, by model (failed fetches are not counted)"
     );
     metrics::describe_gauge!(
         COST_SAVED,
@@ -52,12 +53,20 @@ pub(crate) fn describe() {
 const NANOS_PER_DOLLAR: f64 = 1e9;
 
 /// What the cache saved for one model.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ModelSavings {
     /// Answers served without paying for a call (L1, L2, coalesced).
     pub hits: u64,
-    /// Requests that went to the upstream for this model.
+    /// Answers for this model that cost an upstream call of the caller's own flight: one
+    /// per `chat`/`batch` call that returned [`CacheStatus::Miss`], and one per
+    /// `chat_stream` whose own flight started streaming (a stream cut later still counts).
+    /// Exported as `ai_cache_misses_total{model}`.
+    ///
+    /// Not counted: a fetch that failed (the caller got an error), or whose caller was
+    /// cancelled or gave up at the waiter deadline first, although the engine's
+    /// `LlmStats::cache.misses` counts those flights; and bypassed requests (in
+    /// `LlmStats::bypassed`). So the sum over models is at most `cache.misses`.
     pub misses: u64,
     /// Tokens (prompt + completion) of the answers served from cache.
     pub tokens_saved: u64,
@@ -65,8 +74,9 @@ pub struct ModelSavings {
     pub cost_saved_usd: f64,
 }
 
-/// A snapshot of an [`LlmCache`]'s counters.
-#[derive(Debug, Clone, PartialEq)]
+/// A snapshot of an [`LlmCache`]'s counters. Serialises (serde) as an object of its
+/// fields, `per_model` as an object keyed by model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct LlmStats {
     /// The tiers' counters (hits per tier, misses, coalesced, L2 trouble...).
@@ -252,5 +262,71 @@ impl ModelExported {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::request::{ChatMessage, ChatRequest, ChatResponse, Choice, Usage};
+    use crate::upstream::{BoxFuture, Upstream};
+    use crate::{LlmCache, Result};
+
+    struct Fixed;
+
+    impl Upstream for Fixed {
+        fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse>> {
+            Box::pin(async move {
+                Ok(ChatResponse {
+                    model: request.model.clone(),
+                    choices: vec![Choice {
+                        message: ChatMessage::assistant("hi"),
+                        finish_reason: Some("stop".into()),
+                        ..Default::default()
+                    }],
+                    usage: Some(Usage {
+                        prompt_tokens: 3,
+                        completion_tokens: 4,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_serialize_to_json() {
+        let cache = LlmCache::builder().upstream(Fixed).build().await.unwrap();
+        let request = ChatRequest::new("m").message(ChatMessage::user("hello"));
+        cache.chat(&request).await.unwrap();
+        cache.chat(&request).await.unwrap();
+        let json = serde_json::to_value(cache.stats()).unwrap();
+        assert_eq!(json["cache"]["misses"], 1);
+        assert_eq!(json["cache"]["l1_hits"], 1);
+        assert_eq!(json["cache"]["breaker"], "disabled");
+        assert_eq!(json["upstream_calls"], 1);
+        assert_eq!(json["tokens_saved"], 7);
+        assert_eq!(json["per_model"]["m"]["hits"], 1);
+        assert_eq!(json["per_model"]["m"]["misses"], 1);
+    }
+
+    struct Failing;
+
+    impl Upstream for Failing {
+        fn chat<'a>(&'a self, _: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse>> {
+            Box::pin(async { Err(crate::Error::fetch_msg("down")) })
+        }
+    }
+
+    /// What the fields document: the engine counts the flight that fetched, the model's
+    /// `misses` only answers.
+    #[tokio::test]
+    async fn a_failed_fetch_is_an_engine_miss_but_not_a_model_miss() {
+        let cache = LlmCache::builder().upstream(Failing).build().await.unwrap();
+        let request = ChatRequest::new("m").message(ChatMessage::user("hello"));
+        assert!(cache.chat(&request).await.is_err());
+        let stats = cache.stats();
+        assert_eq!((stats.cache.misses, stats.cache.fetch_errors), (1, 1));
+        assert_eq!(stats.per_model["m"].misses, 0);
     }
 }

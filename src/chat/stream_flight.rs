@@ -88,12 +88,26 @@ impl LlmCache {
     /// there (or with the error that came before any). A live stream may last up to the
     /// builder's `stream_deadline` (30 min by default), however short the waiter deadline;
     /// past it every consumer gets a `Timeout` error and nothing is stored.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidRequest` as for [`chat_with`](Self::chat_with); the upstream's error when
+    /// the stream fails before its first chunk, the same for every consumer of the flight;
+    /// a failure after that is the stream's last item instead. Errors are never cached.
+    ///
+    /// # Cancellation
+    ///
+    /// The upstream stream is read by a task of its own: dropping this future or the
+    /// returned stream does not stop it, and the assembled answer still fills the cache,
+    /// unless the builder's `abort_abandoned_streams` is set, in which case the upstream
+    /// stream is dropped once no consumer is left and nothing is stored.
     pub async fn chat_stream(&self, request: &ChatRequest) -> Result<CachedStream> {
         self.chat_stream_with(request, &CacheControl::default())
             .await
     }
 
-    /// [`chat_stream`](Self::chat_stream) with per-request control.
+    /// [`chat_stream`](Self::chat_stream) with per-request control. Errors and cancellation
+    /// as [`chat_stream`](Self::chat_stream).
     pub async fn chat_stream_with(
         &self,
         request: &ChatRequest,

@@ -25,6 +25,11 @@
 //! misplaced under another key, but anyone who can write to Redis can compute both. With
 //! [`MacKeys`] they cannot forge an entry; they can still write back an older genuine
 //! entry under its own key.
+//!
+//! **Not a public API, and not covered by semver**: reachable as `llm_cache::envelope`
+//! only for the fuzz crate and the tests, and `#[doc(hidden)]`. The format itself is
+//! versioned (an entry of another version is a miss); the Rust items may change in any
+//! release.
 
 use std::borrow::Cow;
 use std::fmt;

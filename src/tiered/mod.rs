@@ -198,7 +198,28 @@ where
     }
 
     /// The value for `digest` from L1 or L2, or else the value `fetch` produces. Concurrent
-    /// callers for one digest share one L2 read and at most one fetch.
+    /// callers for one digest share one L2 read and at most one fetch: the first leads the
+    /// flight (status `HitL2` or `Miss`), the others wait for its outcome (`Coalesced`).
+    /// With Redis, a lease makes it one fetch per key across instances too.
+    ///
+    /// # Errors
+    ///
+    /// - `fetch`'s own error, unchanged, for every caller of the flight (each gets a
+    ///   clone). Errors are never cached: the next call fetches again.
+    /// - `FetchAborted` for every caller of the flight when `fetch` panicked; the flight
+    ///   is removed, never left stuck.
+    /// - `Timeout` for this caller alone when it waited longer than the `waiter_deadline`
+    ///   (default 300 s); the flight goes on and its value still fills the tiers.
+    ///
+    /// Redis trouble is never an error: L2 fails open, and a corrupt entry is a miss.
+    ///
+    /// # Cancellation
+    ///
+    /// Once `fetch` has started it runs in a task of its own: dropping this future does not
+    /// cancel it, other callers keep waiting on it, and its value fills L1 and, in the
+    /// background, L2. A caller dropped while its flight was still looking in L1 and L2
+    /// gives the flight up, and a waiting caller leads one anew. Dropping a waiter does
+    /// nothing to the flight.
     pub async fn get_or_fetch<F, Fut>(&self, digest: Digest, fetch: F) -> Result<Cached<V>>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -208,7 +229,8 @@ where
             .await
     }
 
-    /// [`get_or_fetch`](Self::get_or_fetch) with per-call options.
+    /// [`get_or_fetch`](Self::get_or_fetch) with per-call options (refresh, no-store,
+    /// TTL). Errors and cancellation as [`get_or_fetch`](Self::get_or_fetch).
     pub async fn get_or_fetch_with<F, Fut>(
         &self,
         digest: Digest,
@@ -335,7 +357,8 @@ where
         }
     }
 
-    /// The value in L1, if any. Never goes to the network.
+    /// The value in L1, if any. Never goes to the network, never fails; dropping the future
+    /// changes nothing.
     #[inline]
     pub async fn get(&self, digest: &Digest) -> Option<Cached<V>> {
         // One lookup in 64 is timed (stats.rs says why and how it picks).
@@ -356,7 +379,8 @@ where
         ))
     }
 
-    /// The value in L1, else in L2 (promoting it to L1). Never calls a fetch function.
+    /// The value in L1, else in L2 (promoting it to L1). Never calls a fetch function, and
+    /// joins no flight. Never fails: Redis trouble or a corrupt entry is `None`.
     pub async fn fetch_stored(&self, digest: &Digest) -> Option<Cached<V>> {
         if let Some(hit) = self.get(digest).await {
             return Some(hit);
@@ -372,14 +396,35 @@ where
 
     /// Store `value` under `digest` in L1 now and in L2 in the background. Returns false
     /// when the value was too large to store.
+    ///
+    /// # Errors
+    ///
+    /// `Codec` when `value` cannot be serialised; nothing is stored then. A failed L2
+    /// write is counted, not returned.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future before it returns may leave the value out of L1 or L2; once it
+    /// has returned, the L2 write goes on in the background.
     pub async fn insert(&self, digest: Digest, value: V, options: &FetchOptions) -> Result<bool> {
         self.inner
             .store(digest, &Arc::new(value), now_ms(), options.ttl, &mut None)
             .await
     }
 
-    /// Remove `digest` from L1 and from L2. The L1 removal always happens; the error says
-    /// when Redis could not confirm the removal.
+    /// Remove `digest` from L1 and from L2, and tell the other instances to drop it from
+    /// their L1. A flight of `digest` running now is detached: its callers still get its
+    /// outcome, later callers start a new flight.
+    ///
+    /// # Errors
+    ///
+    /// `Redis` when Redis could not confirm the removal (down, slow, breaker open), or
+    /// removed it but could not tell the other instances. The L1 removal happens either way.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future may leave the Redis removal or the announcement undone: call it
+    /// again.
     pub async fn invalidate(&self, digest: &Digest) -> Result<()> {
         self.inner.invalidation.note_invalidation();
         self.inner.l1.remove(digest).await;

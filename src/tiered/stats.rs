@@ -12,8 +12,10 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 
 use crate::tiered::digest::Digest;
 
-/// The state of the circuit breaker in front of Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The state of the circuit breaker in front of Redis. Serialises as its
+/// [`as_str`](Self::as_str) name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Redis is used.
     Closed,
@@ -25,15 +27,22 @@ pub enum BreakerState {
     Disabled,
 }
 
-/// A snapshot of the cache's counters.
-#[derive(Debug, Clone, PartialEq)]
+/// A snapshot of the cache's counters. Serialises (serde) as an object of its fields.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Answers served from L1.
     pub l1_hits: u64,
     /// Answers served from L2 (Redis).
     pub l2_hits: u64,
-    /// Lookups that found nothing in any tier and led a fetch.
+    /// Flights that found nothing in L1 or L2 (or were refreshes) and ran the fetch: one
+    /// per flight, not per caller, counted when the fetch starts and together with
+    /// `fetches`, whatever the fetch's outcome. A fetch that fails or panics counts here
+    /// (and in `fetch_errors`), and so does one whose callers all went away or timed out
+    /// (it runs on). Callers that joined the flight count in `coalesced`.
+    ///
+    /// `LlmStats::per_model[m].misses` (`ai_cache_misses_total`) counts answers instead,
+    /// and leaves failed fetches out: with an upstream that fails, this is the larger.
     pub misses: u64,
     /// Callers that joined a flight already running instead of fetching.
     pub coalesced: u64,
@@ -82,6 +91,20 @@ pub struct Stats {
     pub l1_entries: u64,
     /// Weighted size of L1 in bytes now.
     pub l1_bytes: u64,
+}
+
+impl BreakerState {
+    /// A short lower-case name (`closed`, `open`, `half_open`, `disabled`), the same as the
+    /// `state` label of `ai_cache_breaker_state`.
+    pub fn as_str(self) -> &'static str {
+        BREAKER_LABELS[breaker_index(self)]
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Stats {
@@ -478,4 +501,23 @@ pub(crate) fn spawn_gauge_upkeep<T: Send + Sync + 'static>(
             exported.publish(&readings);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BreakerState;
+
+    #[test]
+    fn breaker_state_names_match_display_and_serde() {
+        for (state, name) in [
+            (BreakerState::Closed, "closed"),
+            (BreakerState::Open, "open"),
+            (BreakerState::HalfOpen, "half_open"),
+            (BreakerState::Disabled, "disabled"),
+        ] {
+            assert_eq!(state.as_str(), name);
+            assert_eq!(state.to_string(), name);
+            assert_eq!(serde_json::to_value(state).unwrap(), name);
+        }
+    }
 }

@@ -40,7 +40,9 @@ pub type ChunkStream = futures_util::stream::BoxStream<'static, Result<ChatChunk
 ///
 /// [`OpenAiCompatible`] is the built-in implementation. Bring your own client (a vendor
 /// SDK, a router, a test double) by implementing `chat`; errors should use the crate's
-/// [`Error`](crate::Error) so they reach every waiter of a flight unchanged.
+/// [`Error`](crate::Error) so they reach every waiter of a flight unchanged: an HTTP error
+/// as [`Error::upstream_status`](crate::Error::upstream_status), with
+/// [`with_retry_after`](crate::Error::with_retry_after) for a `Retry-After`.
 ///
 /// ```
 /// use llm_cache::{BoxFuture, ChatMessage, ChatRequest, ChatResponse, Choice, Result, Upstream};

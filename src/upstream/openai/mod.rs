@@ -404,7 +404,10 @@ impl OpenAiCompatible {
         let _ = tokio::time::timeout(self.request_timeout, read).await;
         let message = quote_body(&bytes, &ready.mask)
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
-        let error = Error::upstream_status(status.as_u16(), message).with_retry_after(retry_after);
+        let mut error = Error::upstream_status(status.as_u16(), message);
+        if let Some(after) = retry_after {
+            error = error.with_retry_after(after);
+        }
         Failure {
             error,
             retryable: retryable_status(status),
