@@ -748,5 +748,8 @@ async fn an_invalidation_overtaking_a_background_write_leaves_no_entry() {
         let exists: bool = conn.exists(&redis_key).await.unwrap();
         assert!(!exists, "round {i}: the invalidated entry came back");
     }
-    eprintln!("writes overtaken by their invalidation: {}", c.stats().l2_writes_cancelled);
+    eprintln!(
+        "writes overtaken by their invalidation: {}",
+        c.stats().l2_writes_cancelled
+    );
 }
