@@ -123,7 +123,7 @@ impl Invalidation {
             return false;
         }
         let since = self.unsynced_since_ms.load(Ordering::Acquire);
-        crate::tiered::now_ms().saturating_sub(since) < self.grace_ms || !reachable()
+        crate::tiered::now_ms().saturating_sub(since) < self.grace_ms || self.wholly_away(reachable)
     }
 
     /// Whether an L1 entry stored at `stored_at_ms` may be served now.
@@ -132,13 +132,20 @@ impl Invalidation {
         if self.current.load(Ordering::Acquire) {
             return true;
         }
-        if !reachable() {
+        if self.wholly_away(reachable) {
             return true;
         }
         // Unknown generations: what L1 holds was fetched here (L2 is not read), so it is as
         // fresh as its storing; the grace runs from then.
         let since = self.unsynced_since_ms.load(Ordering::Acquire);
         crate::tiered::now_ms().saturating_sub(stored_at_ms.max(since)) < self.grace_ms
+    }
+
+    /// Whether nobody can invalidate now: no subscription listens (a live one means some
+    /// node answers, whatever the last data operation saw) and Redis did not answer the
+    /// last operation.
+    fn wholly_away(&self, reachable: impl FnOnce() -> bool) -> bool {
+        !self.listening.load(Ordering::Acquire) && !reachable()
     }
 
     /// An entry is going into L1: note it when no subscription listens.
