@@ -116,7 +116,20 @@ async fn fails_open(cache: &TieredCache<String>, why: &str) -> String {
     assert_eq!(calls.load(Ordering::SeqCst), 3, "{why}");
     assert_eq!(cache.stats().l2_writes, 0, "{why}: nothing reached Redis");
     assert_eq!(cache.stats().l2_hits, 0, "{why}");
-    let health = cache.health().await;
+    // Operations never wait for a connect: until the background attempt has failed, the
+    // last error only says "not connected". Wait for the attempt's own error.
+    let started = std::time::Instant::now();
+    let health = loop {
+        let health = cache.health().await;
+        let known = health
+            .last_error
+            .as_deref()
+            .is_some_and(|e| !e.contains("not connected"));
+        if known || started.elapsed() > Duration::from_secs(10) {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(
         matches!(health.l2, L2Health::Down | L2Health::BreakerOpen),
         "{why}: {health}"
