@@ -39,8 +39,8 @@ pub use chat::key;
 #[doc(no_inline)]
 pub use chat::key::{KEY_FORMAT_VERSION, KeyOptions};
 pub use chat::{
-    CacheControl, CachedStream, DEFAULT_STREAM_DEADLINE, LlmCache, LlmCacheBuilder, LlmStats,
-    ModelPrice, ModelSavings, PriceTable,
+    CacheControl, CachedStream, DEFAULT_MAX_MODEL_LABELS, DEFAULT_STREAM_DEADLINE, LlmCache,
+    LlmCacheBuilder, LlmStats, ModelPrice, ModelSavings, OTHER_MODELS, PriceTable,
 };
 pub use request::{
     ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall,
