@@ -27,7 +27,10 @@ pub use tiered::envelope::{Envelope, EnvelopeError};
 pub use tiered::health::{Health, L2Health};
 pub use tiered::redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
 pub use tiered::stats::{BreakerState, Stats};
-pub use tiered::{CacheStatus, Cached, FetchOptions, TieredCache, TieredCacheBuilder};
+pub use tiered::{
+    CacheStatus, Cached, Codec, FetchOptions, JsonCodec, TieredCache, TieredCacheBuilder, Weigher,
+    default_weight,
+};
 
 pub use stream::ChatChunk;
 pub use upstream::ChunkStream;
