@@ -56,7 +56,7 @@ async fn models_past_the_cap_are_counted_as_other() {
         .build()
         .await
         .unwrap();
-    for model in ["gpt-4.1", "gpt-4.1-mini", "model-three", "model-four"] {
+    for model in ["gpt-4.1", "gpt-4.1-mini", "claude-sonnet-4.5", "model-four"] {
         assert_eq!(
             cache.chat(&request(model)).await.unwrap().status(),
             CacheStatus::Miss
@@ -81,12 +81,14 @@ async fn models_past_the_cap_are_counted_as_other() {
     );
     let other = &stats.per_model[OTHER_MODELS];
     assert_eq!((other.hits, other.misses, other.tokens_saved), (2, 2, 30));
+    // A model past the cap keeps its own price: claude-sonnet-4.5 is in the default table.
+    assert!(other.cost_saved_usd > 0.0, "{other:?}");
 
     let text = handle.render();
     assert!(text.contains(r#"model="gpt-4.1""#), "{text}");
     assert!(text.contains(r#"model="gpt-4.1-mini""#), "{text}");
     assert!(text.contains(r#"model="other""#), "{text}");
-    for absent in ["model-three", "model-four"] {
+    for absent in ["claude-sonnet-4.5", "model-four"] {
         assert!(
             !text.contains(absent),
             "{absent} has series of its own:\n{text}"

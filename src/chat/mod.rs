@@ -13,8 +13,8 @@ mod stream_flight;
 mod trace;
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -54,6 +54,8 @@ struct Inner {
     /// Models with counters of their own, at most `max_model_labels` (see `savings`).
     model_labels: AtomicUsize,
     max_model_labels: usize,
+    /// The counters of the models past the cap (also in `models`, under `other`).
+    other_models: OnceLock<Arc<ModelCounters>>,
     bypassed: AtomicU64,
     upstream_calls: Arc<AtomicU64>,
     /// Streamed flights in progress, so concurrent streams of one key share one upstream
@@ -99,6 +101,7 @@ impl LlmCache {
                 models: DashMap::new(),
                 model_labels: AtomicUsize::new(0),
                 max_model_labels,
+                other_models: OnceLock::new(),
                 bypassed: AtomicU64::new(0),
                 upstream_calls: Arc::new(AtomicU64::new(0)),
                 streams: DashMap::with_hasher(DigestHasherBuilder),

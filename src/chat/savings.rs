@@ -105,6 +105,8 @@ pub const DEFAULT_MAX_MODEL_LABELS: usize = 64;
 
 #[derive(Default)]
 pub(super) struct ModelCounters {
+    /// The model's price (`None` for [`OTHER_MODELS`], whose models keep their own).
+    price: Option<ModelPrice>,
     hits: AtomicU64,
     misses: AtomicU64,
     tokens: AtomicU64,
@@ -158,16 +160,17 @@ impl Inner {
     /// The counters of `model`: its own while fewer than `max_model_labels` models have
     /// some, else those of [`OTHER_MODELS`], so callers cannot grow the series without bound.
     pub(super) fn model(&self, model: &str) -> ModelHandle {
-        let price = self.prices.price(model);
+        // The common case: a model already counted, priced when it was first seen.
         if let Some(c) = self.models.get(model) {
-            let counters = Arc::clone(&c);
+            let (counters, price) = (Arc::clone(&c), c.price);
             return ModelHandle { counters, price };
         }
-        let counters = if model == OTHER_MODELS {
-            self.other_models()
-        } else {
+        if model != OTHER_MODELS && self.model_labels.load(Relaxed) < self.max_model_labels {
             match self.models.entry(model.to_string()) {
-                Entry::Occupied(e) => Arc::clone(e.get()),
+                Entry::Occupied(e) => {
+                    let (counters, price) = (Arc::clone(e.get()), e.get().price);
+                    return ModelHandle { counters, price };
+                }
                 Entry::Vacant(e) => {
                     // Reserved under the shard's lock, so the cap is never passed.
                     let reserved = self
@@ -177,33 +180,35 @@ impl Inner {
                         })
                         .is_ok();
                     if reserved {
+                        let price = self.prices.price(model);
                         let counters = Arc::new(ModelCounters {
+                            price,
                             exported: ModelExported::register(model),
                             ..Default::default()
                         });
-                        Arc::clone(e.insert(counters).value())
-                    } else {
-                        drop(e);
-                        self.other_models()
+                        let counters = Arc::clone(e.insert(counters).value());
+                        return ModelHandle { counters, price };
                     }
                 }
             }
-        };
-        ModelHandle { counters, price }
+        }
+        // Past the cap: shared counters (no lock), the model's own price (a lookup).
+        ModelHandle {
+            counters: self.other_models(),
+            price: self.prices.price(model),
+        }
     }
 
     fn other_models(&self) -> Arc<ModelCounters> {
-        Arc::clone(
+        Arc::clone(self.other_models.get_or_init(|| {
+            let counters = Arc::new(ModelCounters {
+                exported: ModelExported::register(OTHER_MODELS),
+                ..Default::default()
+            });
             self.models
-                .entry(OTHER_MODELS.to_string())
-                .or_insert_with(|| {
-                    Arc::new(ModelCounters {
-                        exported: ModelExported::register(OTHER_MODELS),
-                        ..Default::default()
-                    })
-                })
-                .value(),
-        )
+                .insert(OTHER_MODELS.to_string(), Arc::clone(&counters));
+            counters
+        }))
     }
 }
 
