@@ -27,7 +27,10 @@ pub use tiered::envelope::{Envelope, EnvelopeError};
 pub use tiered::health::{Health, L2Health};
 pub use tiered::redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
 pub use tiered::stats::{BreakerState, Stats};
-pub use tiered::{CacheStatus, Cached, FetchOptions, TieredCache, TieredCacheBuilder};
+pub use tiered::{
+    CacheStatus, Cached, Codec, FetchOptions, JsonCodec, TieredCache, TieredCacheBuilder, Weigher,
+    default_weight,
+};
 
 pub use stream::ChatChunk;
 pub use upstream::ChunkStream;
@@ -39,8 +42,8 @@ pub use chat::key;
 #[doc(no_inline)]
 pub use chat::key::{KEY_FORMAT_VERSION, KeyOptions};
 pub use chat::{
-    CacheControl, CachedStream, DEFAULT_STREAM_DEADLINE, LlmCache, LlmCacheBuilder, LlmStats,
-    ModelPrice, ModelSavings, PriceTable,
+    CacheControl, CachedStream, DEFAULT_MAX_MODEL_LABELS, DEFAULT_STREAM_DEADLINE, LlmCache,
+    LlmCacheBuilder, LlmStats, ModelPrice, ModelSavings, OTHER_MODELS, PriceTable,
 };
 pub use request::{
     ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall,

@@ -288,3 +288,63 @@ async fn the_mock_fault_mode_is_repeatable() {
     let count = |s| outcomes.iter().filter(|&&o| o == s).count();
     assert_eq!((count(500), count(429), count(200)), (10, 5, 35));
 }
+
+#[tokio::test]
+async fn a_callers_http_client_is_used_with_its_default_headers() {
+    let mock = MockUpstream::start().await;
+    let mut defaults = reqwest::header::HeaderMap::new();
+    defaults.insert("x-shared-client", "pool-7".parse().unwrap());
+    // Ours wins over the client's default header of the same name.
+    defaults.insert("openai-organization", "org-client".parse().unwrap());
+    let shared = reqwest::Client::builder()
+        .default_headers(defaults)
+        .user_agent("shared-client/1")
+        .build()
+        .unwrap();
+    let client = client(&mock)
+        .header("OpenAI-Organization", "org-ours")
+        .http_client(shared.clone());
+
+    let answer = client.chat(&request("shared pool")).await.unwrap();
+    assert_eq!(
+        answer.text(),
+        Some(expected_content(&request("shared pool")))
+    );
+    let mut chunks = client.chat_stream(&request("shared stream")).await.unwrap();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut chunks).await {
+        chunk.unwrap();
+    }
+
+    let sent = mock.requests();
+    assert_eq!(sent.len(), 2);
+    for (sent, accept) in sent.iter().zip(["application/json", "text/event-stream"]) {
+        assert_eq!(sent.header("x-shared-client"), Some("pool-7"));
+        assert_eq!(sent.header("user-agent"), Some("shared-client/1"));
+        assert_eq!(sent.header("openai-organization"), Some("org-ours"));
+        assert_eq!(sent.headers.get_all("accept").iter().count(), 1);
+        assert_eq!(sent.header("accept"), Some(accept));
+        assert_eq!(
+            sent.header("authorization"),
+            Some(format!("Bearer {KEY}").as_str())
+        );
+    }
+    assert!(format!("{client:?}").contains("http_client: Some"));
+    assert_no_key(&format!("{client:?}"));
+}
+
+#[tokio::test]
+async fn our_request_timeout_wins_over_a_callers_client_timeout() {
+    let mock = MockUpstream::start().await;
+    mock.set_delay(Duration::from_millis(400));
+    // The client alone would give up after 100 ms; ours allows 5 s.
+    let shared = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let client = client(&mock)
+        .http_client(shared)
+        .request_timeout(Duration::from_secs(5))
+        .retry(fast_retry().max_attempts(1));
+
+    client.chat(&request("patience")).await.unwrap();
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::chat::LlmCache;
 use crate::chat::key::KeyOptions;
 use crate::chat::pricing::PriceTable;
+use crate::chat::savings::DEFAULT_MAX_MODEL_LABELS;
 use crate::chat::stream_flight::StreamSettings;
 use crate::error::{Error, Result};
 use crate::request::ChatResponse;
@@ -30,6 +31,7 @@ pub struct LlmCacheBuilder {
     prices: PriceTable,
     max_cacheable_temperature: Option<f64>,
     streaming: StreamSettings,
+    max_model_labels: usize,
 }
 
 impl fmt::Debug for LlmCacheBuilder {
@@ -39,6 +41,7 @@ impl fmt::Debug for LlmCacheBuilder {
             .field("upstream", &self.upstream.as_ref().map(|_| "set"))
             .field("key_options", &self.key_options)
             .field("max_cacheable_temperature", &self.max_cacheable_temperature)
+            .field("max_model_labels", &self.max_model_labels)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +66,7 @@ impl LlmCacheBuilder {
                 abort_abandoned: false,
                 deadline: DEFAULT_STREAM_DEADLINE,
             },
+            max_model_labels: DEFAULT_MAX_MODEL_LABELS,
         }
     }
 
@@ -124,6 +128,18 @@ impl LlmCacheBuilder {
         self
     }
 
+    /// How many models get counters and series of their own (default
+    /// [`DEFAULT_MAX_MODEL_LABELS`], 64): every new `model` string a caller sends would
+    /// otherwise add series and memory that are never freed. Past the cap, further models
+    /// are counted under `model="other"` ([`OTHER_MODELS`](crate::OTHER_MODELS)), in
+    /// [`LlmStats::per_model`](crate::LlmStats::per_model) and in the exported series;
+    /// their dollars saved still use their own price. A model named `other` is counted
+    /// there too. Models keep their place once seen: the first ones seen win.
+    pub fn max_model_labels(mut self, n: usize) -> Self {
+        self.max_model_labels = n;
+        self
+    }
+
     config_setters!();
 
     /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
@@ -142,6 +158,12 @@ impl LlmCacheBuilder {
             ));
         }
         positive("stream_deadline", self.streaming.deadline)?;
+        if self.max_model_labels == 0 {
+            return Err(Error::config(
+                "max_model_labels",
+                "must be at least 1 (further models are counted as \"other\")",
+            ));
+        }
         self.config.validate()?;
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
@@ -154,6 +176,7 @@ impl LlmCacheBuilder {
             self.prices,
             self.max_cacheable_temperature,
             self.streaming,
+            self.max_model_labels,
         ))
     }
 }

@@ -13,8 +13,8 @@ mod stream_flight;
 mod trace;
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -24,6 +24,7 @@ pub use self::builder::{DEFAULT_STREAM_DEADLINE, LlmCacheBuilder};
 pub use self::policy::CacheControl;
 pub use self::pricing::{ModelPrice, PriceTable};
 use self::savings::ModelCounters;
+pub use self::savings::{DEFAULT_MAX_MODEL_LABELS, OTHER_MODELS};
 pub use self::savings::{LlmStats, ModelSavings};
 pub use self::stream_flight::CachedStream;
 use self::stream_flight::{StreamFlight, StreamSettings};
@@ -50,6 +51,11 @@ struct Inner {
     prices: PriceTable,
     max_cacheable_temperature: Option<f64>,
     models: DashMap<String, Arc<ModelCounters>>,
+    /// Models with counters of their own, at most `max_model_labels` (see `savings`).
+    model_labels: AtomicUsize,
+    max_model_labels: usize,
+    /// The counters of the models past the cap (also in `models`, under `other`).
+    other_models: OnceLock<Arc<ModelCounters>>,
     bypassed: AtomicU64,
     upstream_calls: Arc<AtomicU64>,
     /// Streamed flights in progress, so concurrent streams of one key share one upstream
@@ -82,6 +88,7 @@ impl LlmCache {
         prices: PriceTable,
         max_cacheable_temperature: Option<f64>,
         streaming: StreamSettings,
+        max_model_labels: usize,
     ) -> Self {
         savings::describe();
         LlmCache {
@@ -92,6 +99,9 @@ impl LlmCache {
                 prices,
                 max_cacheable_temperature,
                 models: DashMap::new(),
+                model_labels: AtomicUsize::new(0),
+                max_model_labels,
+                other_models: OnceLock::new(),
                 bypassed: AtomicU64::new(0),
                 upstream_calls: Arc::new(AtomicU64::new(0)),
                 streams: DashMap::with_hasher(DigestHasherBuilder),

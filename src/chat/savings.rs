@@ -3,6 +3,8 @@
 //! when a model is first seen: it must never take a lock on the hit path.
 
 use std::collections::{BTreeMap, HashMap};
+
+use dashmap::mapref::entry::Entry;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -93,8 +95,17 @@ pub struct LlmStats {
     pub per_model: BTreeMap<String, ModelSavings>,
 }
 
+/// The label under which models past [`max_model_labels`] are counted.
+///
+/// [`max_model_labels`]: crate::LlmCacheBuilder::max_model_labels
+pub const OTHER_MODELS: &str = "other";
+
+/// The default of [`LlmCacheBuilder::max_model_labels`](crate::LlmCacheBuilder::max_model_labels).
+pub const DEFAULT_MAX_MODEL_LABELS: usize = 64;
+
 #[derive(Default)]
 pub(super) struct ModelCounters {
+    /// The model's price (`None` for [`OTHER_MODELS`], whose models keep their own).
     price: Option<ModelPrice>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -137,29 +148,85 @@ impl LlmCache {
     }
 }
 
+/// The counters a request's answer is accounted on, and the price of its own model (a
+/// model counted under [`OTHER_MODELS`] keeps its price).
+#[derive(Clone)]
+pub(super) struct ModelHandle {
+    counters: Arc<ModelCounters>,
+    price: Option<ModelPrice>,
+}
+
 impl Inner {
-    pub(super) fn model(&self, model: &str) -> Arc<ModelCounters> {
+    /// The counters of `model`: its own while fewer than `max_model_labels` models have
+    /// some, else those of [`OTHER_MODELS`], so callers cannot grow the series without bound.
+    pub(super) fn model(&self, model: &str) -> ModelHandle {
+        // The common case: a model already counted, priced when it was first seen.
         if let Some(c) = self.models.get(model) {
-            return Arc::clone(&c);
+            let (counters, price) = (Arc::clone(&c), c.price);
+            return ModelHandle { counters, price };
         }
-        Arc::clone(
+        if model != OTHER_MODELS && self.model_labels.load(Relaxed) < self.max_model_labels {
+            match self.models.entry(model.to_string()) {
+                Entry::Occupied(e) => {
+                    let (counters, price) = (Arc::clone(e.get()), e.get().price);
+                    return ModelHandle { counters, price };
+                }
+                Entry::Vacant(e) => {
+                    // Reserved under the shard's lock, so the cap is never passed.
+                    let reserved = self
+                        .model_labels
+                        .fetch_update(Relaxed, Relaxed, |n| {
+                            (n < self.max_model_labels).then_some(n + 1)
+                        })
+                        .is_ok();
+                    if reserved {
+                        let price = self.prices.price(model);
+                        let counters = Arc::new(ModelCounters {
+                            price,
+                            exported: ModelExported::register(model),
+                            ..Default::default()
+                        });
+                        let counters = Arc::clone(e.insert(counters).value());
+                        return ModelHandle { counters, price };
+                    }
+                }
+            }
+        }
+        // Past the cap: shared counters (no lock), the model's own price (a lookup).
+        ModelHandle {
+            counters: self.other_models(),
+            price: self.prices.price(model),
+        }
+    }
+
+    fn other_models(&self) -> Arc<ModelCounters> {
+        Arc::clone(self.other_models.get_or_init(|| {
+            let counters = Arc::new(ModelCounters {
+                exported: ModelExported::register(OTHER_MODELS),
+                ..Default::default()
+            });
             self.models
-                .entry(model.to_string())
-                .or_insert_with(|| {
-                    Arc::new(ModelCounters {
-                        price: self.prices.price(model),
-                        exported: ModelExported::register(model),
-                        ..Default::default()
-                    })
-                })
-                .value(),
-        )
+                .insert(OTHER_MODELS.to_string(), Arc::clone(&counters));
+            counters
+        }))
+    }
+}
+
+impl ModelHandle {
+    /// An answer served without a call (`status`: from where), and what it saved.
+    pub(super) fn saved(&self, status: CacheStatus, response: &ChatResponse) {
+        self.counters.saved(status, response, self.price.as_ref());
+    }
+
+    /// An answer that cost an upstream call.
+    pub(super) fn missed(&self) {
+        self.counters.missed();
     }
 }
 
 impl ModelCounters {
-    /// An answer served without a call (`status`: from where), and what it saved.
-    pub(super) fn saved(&self, status: CacheStatus, response: &ChatResponse) {
+    /// An answer served without a call (`status`: from where), and what it saved at `price`.
+    fn saved(&self, status: CacheStatus, response: &ChatResponse, price: Option<&ModelPrice>) {
         self.hits.fetch_add(1, Relaxed);
         self.exported.hit(status);
         let Some(usage) = &response.usage else {
@@ -168,7 +235,7 @@ impl ModelCounters {
         let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
         self.tokens.fetch_add(tokens, Relaxed);
         let mut nanos = 0;
-        if let Some(price) = &self.price {
+        if let Some(price) = price {
             let dollars = price.cost(usage);
             if dollars.is_finite() && dollars > 0.0 {
                 nanos = (dollars * NANOS_PER_DOLLAR).round() as u64;
@@ -179,7 +246,7 @@ impl ModelCounters {
     }
 
     /// An answer that cost an upstream call.
-    pub(super) fn missed(&self) {
+    fn missed(&self) {
         self.misses.fetch_add(1, Relaxed);
         self.exported.miss();
     }

@@ -173,7 +173,7 @@ impl LlmCache {
         // Subscribe before waiting, so the flight counts this consumer from the start.
         let hit = Arc::new(std::sync::OnceLock::<CacheStatus>::new());
         let on_end = {
-            let (hit, counters) = (Arc::clone(&hit), Arc::clone(&counters));
+            let (hit, counters) = (Arc::clone(&hit), counters.clone());
             move |answer: &ChatResponse| {
                 if let Some(&status) = hit.get() {
                     counters.saved(status, answer);

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Result;
 use crate::tiered::TieredCache;
+use crate::tiered::codec::{Codec, Hooks, JsonCodec, Weigher};
 use crate::tiered::config::Config;
 use crate::tiered::stats::Counters;
 
@@ -244,13 +245,18 @@ pub(crate) use config_setters;
 #[must_use]
 pub struct TieredCacheBuilder<V> {
     pub(crate) config: Config,
+    codec: Option<Arc<dyn Codec<V>>>,
+    weigher: Option<Weigher<V>>,
     _value: PhantomData<fn() -> V>,
 }
 
 impl<V> fmt::Debug for TieredCacheBuilder<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |yes: bool| if yes { "custom" } else { "default" };
         f.debug_struct("TieredCacheBuilder")
             .field("config", &self.config)
+            .field("codec", &set(self.codec.is_some()))
+            .field("weigher", &set(self.weigher.is_some()))
             .finish()
     }
 }
@@ -266,8 +272,33 @@ impl<V> TieredCacheBuilder<V> {
     pub fn new() -> Self {
         TieredCacheBuilder {
             config: Config::default(),
+            codec: None,
+            weigher: None,
             _value: PhantomData,
         }
+    }
+
+    /// How values are encoded into their L2 payload and decoded back. Default
+    /// [`JsonCodec`](crate::JsonCodec) (serde_json). Called only on fills and L2 reads, never
+    /// on an L1 hit. Every instance sharing a key prefix must use the same codec: an entry
+    /// that does not decode is a miss, removed from Redis (see [`Codec`]).
+    pub fn codec(mut self, codec: impl Codec<V>) -> Self {
+        self.codec = Some(Arc::new(codec));
+        self
+    }
+
+    /// What an L1 entry weighs against [`l1_max_bytes`](Self::l1_max_bytes), from the value
+    /// and the length of its encoded payload (uncompressed). Default
+    /// [`default_weight`](crate::default_weight): that length plus a fixed overhead. Use it
+    /// when the encoded length is a poor measure of the memory a value holds. Called when a
+    /// value enters L1 (a fill or an L2 hit), never on an L1 hit; it should be cheap and
+    /// must not panic.
+    pub fn weigher<F>(mut self, weigher: F) -> Self
+    where
+        F: Fn(&V, usize) -> u32 + Send + Sync + 'static,
+    {
+        self.weigher = Some(Arc::new(weigher));
+        self
     }
 
     config_setters!();
@@ -283,7 +314,11 @@ where
         self.config.validate()?;
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
-        let cache = TieredCache::from_parts(self.config, l2, counters);
+        let hooks = Hooks {
+            codec: self.codec.unwrap_or_else(|| Arc::new(JsonCodec)),
+            weigher: self.weigher,
+        };
+        let cache = TieredCache::from_parts_with(self.config, l2, counters, hooks);
         cache.settle().await;
         Ok(cache)
     }

@@ -9,6 +9,7 @@
 
 pub(crate) mod builder;
 pub(crate) mod cached;
+pub(crate) mod codec;
 pub(crate) mod config;
 mod coordination;
 pub(crate) mod digest;
@@ -38,7 +39,9 @@ use tokio::sync::Semaphore;
 
 pub use self::builder::TieredCacheBuilder;
 pub use self::cached::{CacheStatus, Cached, FetchOptions};
+pub use self::codec::{Codec, JsonCodec, Weigher, default_weight};
 use crate::error::{Error, ErrorKind, Result};
+use crate::tiered::codec::Hooks;
 use crate::tiered::config::Config;
 use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::inflight::{Inflight, Join, Leader};
@@ -112,6 +115,8 @@ struct Inner<V> {
     /// The names of this cache's keys and channel in Redis.
     keyspace: Keyspace,
     l1: L1<V>,
+    /// How values become L2 payloads and what they weigh in L1 (L2 reads and fills only).
+    hooks: Hooks<V>,
     l2: Option<Arc<Guarded>>,
     inflight: Arc<Inflight<Landed<V>>>,
     writes: Arc<Semaphore>,
@@ -162,12 +167,22 @@ where
         l2: Option<Arc<Guarded>>,
         counters: Arc<Counters>,
     ) -> Self {
+        Self::from_parts_with(config, l2, counters, Hooks::default())
+    }
+
+    pub(crate) fn from_parts_with(
+        config: Config,
+        l2: Option<Arc<Guarded>>,
+        counters: Arc<Counters>,
+        hooks: Hooks<V>,
+    ) -> Self {
         let writes = Arc::new(Semaphore::new(config.l2_write_concurrency));
         let keyspace = Keyspace::new(&config.key_prefix);
         let subscriber = l2.is_some() && config.topology.invalidation;
         let cache = TieredCache {
             inner: Arc::new(Inner {
                 l1: L1::new(config.l1_max_bytes),
+                hooks,
                 l2,
                 inflight: Inflight::new(),
                 writes,
@@ -676,21 +691,23 @@ where
         )
         .map_err(|e| e.to_string())
         .and_then(|env| {
-            serde_json::from_slice::<V>(&env.payload)
+            self.hooks
+                .codec
+                .decode(&env.payload)
                 .map(|v| {
                     let remaining = env.remaining_ttl_ms(now_ms());
                     (v, env.created_at_ms, remaining, env.payload.len())
                 })
-                .map_err(|e| format!("payload does not decode: {e}"))
+                .map_err(|e| format!("payload does not decode: {}", e.message()))
         });
         match decoded {
             Ok((_, _, 0, _)) => None,
             Ok((value, created_at_ms, remaining_ms, payload_len)) => {
                 Counters::incr(&self.counters.l2_hits);
+                // Weighed like a fetched value: from its encoded (uncompressed) size.
+                let weight = self.hooks.weigh(&value, payload_len);
                 let value = Arc::new(value);
                 let ttl = self.config.l1_ttl.min(Duration::from_millis(remaining_ms));
-                // Weighed like a fetched value: by its encoded (uncompressed) size.
-                let weight = L1::<V>::weight_of(payload_len);
                 if self.invalidation.epoch() == epoch {
                     self.invalidation.note_l1_store();
                     self.l1

@@ -12,10 +12,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Inner, Writing, duration_ms};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::envelope;
-use crate::tiered::l1::{L1, L1Entry};
+use crate::tiered::l1::L1Entry;
 use crate::tiered::l2::Guarded;
 use crate::tiered::lease::{self, Lease};
 use crate::tiered::stats::Counters;
@@ -63,8 +63,7 @@ where
         ttl: Option<Duration>,
         lease: &mut Option<Lease>,
     ) -> Result<bool> {
-        let payload = serde_json::to_vec(&**value)
-            .map_err(|e| Error::codec(format!("value does not serialize: {e}")))?;
+        let payload = self.hooks.codec.encode(value)?;
         if payload.len() > self.config.max_entry_bytes {
             Counters::incr(&self.counters.oversized);
             tracing::debug!(
@@ -84,7 +83,7 @@ where
                     value: Arc::clone(value),
                     created_at_ms,
                     ttl: l1_ttl,
-                    weight: L1::<V>::weight_of(payload.len()),
+                    weight: self.hooks.weigh(value, payload.len()),
                     stored_at_ms: 0,
                 },
             )

@@ -16,13 +16,12 @@ impl Ready {
         // reqwest errors print the URL, whose query may hold a secret: drop it.
         let e = e.without_url();
         let (kind, what) = if e.is_timeout() && e.is_connect() {
-            (
-                ErrorKind::Timeout,
-                format!(
-                    "no connection within connect_timeout {:?}",
-                    client.connect_timeout
-                ),
-            )
+            // A caller's client applies its own connect_timeout, which we cannot read.
+            let within = match client.http_client {
+                Some(_) => "the HTTP client's connect_timeout".to_string(),
+                None => format!("connect_timeout {:?}", client.connect_timeout),
+            };
+            (ErrorKind::Timeout, format!("no connection within {within}"))
         } else if e.is_timeout() {
             (
                 ErrorKind::Timeout,

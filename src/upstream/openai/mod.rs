@@ -89,6 +89,8 @@ pub struct OpenAiCompatible {
     connect_timeout: Duration,
     request_timeout: Duration,
     retry: RetryPolicy,
+    /// The caller's own HTTP client, if any (see [`OpenAiCompatible::http_client`]).
+    http_client: Option<reqwest::Client>,
     stats: Arc<UpstreamStats>,
     ready: OnceLock<Arc<Ready>>,
 }
@@ -96,11 +98,30 @@ pub struct OpenAiCompatible {
 /// What the configuration turns into once checked.
 struct Ready {
     client: reqwest::Client,
+    /// The headers sent with each request when the client is the caller's (ours carries
+    /// them as its default headers).
+    per_request_headers: Option<HeaderMap>,
     endpoint: Url,
     /// The endpoint without credentials or query, for messages.
     shown: String,
     /// The credentials this client sends: what every error and log line is masked with.
     mask: Mask,
+}
+
+impl Ready {
+    /// A POST to the endpoint with this client's headers, asking for `accept` when given.
+    fn post(&self, accept: Option<HeaderValue>) -> reqwest::RequestBuilder {
+        let mut headers = self.per_request_headers.clone().unwrap_or_default();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(accept) = accept {
+            headers.insert(header::ACCEPT, accept);
+        }
+        // `headers` replaces values of the same name, where `header` would add a second.
+        self.client.post(self.endpoint.clone()).headers(headers)
+    }
 }
 
 /// Answer bodies read for an error message stop here.
@@ -121,6 +142,7 @@ impl OpenAiCompatible {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            http_client: None,
             stats: Arc::default(),
             ready: OnceLock::new(),
         }
@@ -178,6 +200,52 @@ impl OpenAiCompatible {
         self.reconfigured()
     }
 
+    /// Send through `client`, the caller's own reqwest client, instead of one built here:
+    /// services share its connection pool, proxy, TLS and DNS settings.
+    ///
+    /// ## Behavior
+    ///
+    /// - **Timeouts.** [`request_timeout`](OpenAiCompatible::request_timeout) is set on each
+    ///   request, which overrides the client's own `timeout` (a stream lifts it, as with the
+    ///   built-in client, and bounds its headers and each read instead). The client's
+    ///   `connect_timeout` applies in place of ours, which is not used, though a connection
+    ///   still has to open within `request_timeout`; its `read_timeout`, if set, applies in
+    ///   addition and can cut a slow stream.
+    /// - **Redirects.** The client's redirect policy applies. reqwest's default follows up
+    ///   to 10, and drops only `Authorization`, `Cookie` and `Proxy-Authorization` when one
+    ///   leaves the host: the API key is then not sent on, but `api-key` or another header
+    ///   set here is. Give a client built with `redirect(Policy::none())` to keep
+    ///   this client's rule (a 3xx is an upstream error).
+    /// - **Headers.** The API key and every [`header`](OpenAiCompatible::header) are sent on
+    ///   each request and win over a default header of the client with the same name; the
+    ///   client's other default headers and its user agent are sent as they are.
+    /// - **Credentials.** A credential the client carries in its default headers (say an
+    ///   `Authorization` set with `default_headers`) cannot be seen from here, so it is
+    ///   **not masked** when the upstream echoes it in an error. Give it with
+    ///   [`api_key`](OpenAiCompatible::api_key) or
+    ///   [`credential_header`](OpenAiCompatible::credential_header) instead (or as well)
+    ///   to have it masked.
+    ///
+    /// ```no_run
+    /// # fn demo() -> llm_cache::Result<()> {
+    /// use llm_cache::OpenAiCompatible;
+    ///
+    /// let shared = reqwest::Client::builder()
+    ///     .redirect(reqwest::redirect::Policy::none())
+    ///     .build()
+    ///     .expect("a client");
+    /// let upstream = OpenAiCompatible::new("https://api.openai.com/v1")
+    ///     .http_client(shared.clone())
+    ///     .api_key(std::env::var("OPENAI_API_KEY").unwrap_or_default());
+    /// upstream.validate()?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self.reconfigured()
+    }
+
     /// A handle on this client's counters; it stays valid after the client is moved.
     pub fn stats(&self) -> Arc<UpstreamStats> {
         Arc::clone(&self.stats)
@@ -222,6 +290,15 @@ impl OpenAiCompatible {
         }
 
         let (headers, mask) = self.default_headers()?;
+        if let Some(client) = &self.http_client {
+            return Ok(Ready {
+                client: client.clone(),
+                per_request_headers: Some(headers),
+                endpoint,
+                shown,
+                mask,
+            });
+        }
         let client = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
@@ -234,6 +311,7 @@ impl OpenAiCompatible {
             })?;
         Ok(Ready {
             client,
+            per_request_headers: None,
             endpoint,
             shown,
             mask,
@@ -332,9 +410,9 @@ impl OpenAiCompatible {
     async fn attempt(&self, ready: &Ready, body: Bytes) -> Result<ChatResponse, Failure> {
         let transport = |e| ready.transport_error(e, self);
         let response = ready
-            .client
-            .post(ready.endpoint.clone())
-            .header(header::CONTENT_TYPE, "application/json")
+            .post(None)
+            // Set on the request too, so that it wins over a caller's client's timeout.
+            .timeout(self.request_timeout)
             .body(body)
             .send()
             .await
@@ -351,10 +429,7 @@ impl OpenAiCompatible {
     async fn attempt_stream(&self, ready: &Ready, body: Bytes) -> Result<Opened, Failure> {
         let transport = |e| ready.transport_error(e, self);
         let send = ready
-            .client
-            .post(ready.endpoint.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "text/event-stream")
+            .post(Some(HeaderValue::from_static("text/event-stream")))
             // The client-wide deadline would cut a long stream: lift it (tokio clamps the
             // sleep) and bound the headers here, then each read in `ChunkReader`.
             .timeout(Duration::MAX)
@@ -443,6 +518,10 @@ impl fmt::Debug for OpenAiCompatible {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
+            .field(
+                "http_client",
+                &self.http_client.as_ref().map(|_| "caller's"),
+            )
             .field("stats", &self.stats)
             .finish()
     }
