@@ -139,8 +139,9 @@ where
         let Some(l2) = self.l2.as_ref().filter(|_| self.config.topology.leases) else {
             return Err(None);
         };
-        // Waiting for another instance's value is pointless when L2 cannot be read.
-        if !self.l2_readable() {
+        // Waiting for another instance's value is pointless when L2 cannot be read (the
+        // lookup just before counted the refusal).
+        if !self.invalidation.serves_l2(|| self.l2_reachable()) {
             return Err(None);
         }
         let key = self.keyspace.lease(digest);

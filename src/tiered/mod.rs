@@ -571,6 +571,28 @@ where
         self.l2.as_ref().is_some_and(|l2| l2.reachable())
     }
 
+    /// Put `value` in L1, noting the store for the invalidation state (an entry stored
+    /// while nobody listens is cleared when the instance becomes current).
+    async fn fill_l1(
+        &self,
+        digest: Digest,
+        value: Arc<V>,
+        created_at_ms: u64,
+        ttl: Duration,
+        weight: u32,
+    ) {
+        self.invalidation.note_l1_store();
+        let entry = L1Entry {
+            value,
+            created_at_ms,
+            ttl,
+            weight,
+            // Set by `L1::insert`.
+            stored_at_ms: 0,
+        };
+        self.l1.insert(digest, entry).await;
+    }
+
     /// Whether L2 may be read now (see invalidation.rs); counts a refusal.
     fn l2_readable(&self) -> bool {
         if self.invalidation.serves_l2(|| self.l2_reachable()) {
@@ -709,18 +731,7 @@ where
                 let value = Arc::new(value);
                 let ttl = self.config.l1_ttl.min(Duration::from_millis(remaining_ms));
                 if self.invalidation.epoch() == epoch {
-                    self.invalidation.note_l1_store();
-                    self.l1
-                        .insert(
-                            *digest,
-                            L1Entry {
-                                value: Arc::clone(&value),
-                                created_at_ms,
-                                ttl,
-                                weight,
-                                stored_at_ms: 0,
-                            },
-                        )
+                    self.fill_l1(*digest, Arc::clone(&value), created_at_ms, ttl, weight)
                         .await;
                 }
                 Some(Landed {

@@ -15,7 +15,6 @@ use super::{Inner, Writing, duration_ms};
 use crate::error::Result;
 use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::envelope;
-use crate::tiered::l1::L1Entry;
 use crate::tiered::l2::Guarded;
 use crate::tiered::lease::{self, Lease};
 use crate::tiered::stats::Counters;
@@ -75,18 +74,8 @@ where
         }
         let l2_ttl = ttl.unwrap_or(self.config.l2_ttl);
         let l1_ttl = self.config.l1_ttl.min(l2_ttl);
-        self.invalidation.note_l1_store();
-        self.l1
-            .insert(
-                digest,
-                L1Entry {
-                    value: Arc::clone(value),
-                    created_at_ms,
-                    ttl: l1_ttl,
-                    weight: self.hooks.weigh(value, payload.len()),
-                    stored_at_ms: 0,
-                },
-            )
+        let weight = self.hooks.weigh(value, payload.len());
+        self.fill_l1(digest, Arc::clone(value), created_at_ms, l1_ttl, weight)
             .await;
         if let Some(l2) = &self.l2 {
             let bytes = envelope::encode(
