@@ -360,3 +360,60 @@ async fn a_full_cluster_refuses_writes_but_keeps_serving_reads() {
     assert_eq!(s.breaker, BreakerState::Closed);
     assert_eq!(s.leases_refused - before.leases_refused, 10, "{s:?}");
 }
+
+/// On a Cluster the miss path is the same one command before the fetch (the lookup that
+/// takes the lease lives in the entry's key, so in its slot), and two instances with
+/// concurrent callers make one upstream call for a cold key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_key_costs_one_command_before_the_fetch_and_one_call_across_instances() {
+    let cluster = RedisCluster::start();
+    let mock = MockUpstream::start().await;
+    let (a, b) = (
+        instance(&mock, &cluster, true).await,
+        instance(&mock, &cluster, true).await,
+    );
+    let data = || -> Vec<String> {
+        let mut all = Vec::new();
+        for n in &cluster.nodes {
+            all.extend(n.data_commands());
+        }
+        all
+    };
+    for n in &cluster.nodes {
+        n.redis_cli(&["CONFIG", "RESETSTAT"]);
+    }
+    let req = request(1_000);
+    mock.hold_answers();
+    let first = tokio::spawn({
+        let (a, req) = (a.clone(), req.clone());
+        async move { a.chat(&req).await }
+    });
+    mock.wait_for_calls(1).await;
+    assert_eq!(data(), ["set=1"], "before the fetch");
+    // Meanwhile 20 callers on each instance ask for the same cold key.
+    let mut others = Vec::new();
+    for c in [&a, &b] {
+        for _ in 0..20 {
+            let (c, req) = (c.clone(), req.clone());
+            others.push(tokio::spawn(async move { c.chat(&req).await }));
+        }
+    }
+    mock.release_all();
+    assert_eq!(first.await.unwrap().unwrap().status(), CacheStatus::Miss);
+    for o in others {
+        let out = o.await.unwrap().unwrap();
+        assert!(out.status().is_hit(), "{:?}", out.status());
+        assert_eq!(out.text(), Some(expected_content(&req)));
+    }
+    assert_eq!(mock.calls(), 1, "one upstream call across both instances");
+    eventually("the value is written", WAIT, || {
+        a.stats().cache.l2_writes == 1
+    })
+    .await;
+    let key = a.tiers().l2_key(&a.digest_with(&req, &Default::default()));
+    let stored: usize = cluster.nodes[cluster.owner(&key)]
+        .redis_cli(&["STRLEN", &key])
+        .parse()
+        .unwrap();
+    assert!(stored > 21, "the value replaced the lease ({stored} bytes)");
+}

@@ -97,9 +97,9 @@ async fn four_instances_with_a_hundred_concurrent_requests_each_make_one_upstrea
         l2_hits, 3,
         "the other three instances got the value from L2"
     );
-    // The lease is gone once the value is written.
+    // The lease is gone once the value is written (the value replaced it).
     eventually("the lease to be released", WAIT, || {
-        redis.redis_cli(&["KEYS", "ai:cache:*.lease"]).is_empty()
+        redis.leases_held("ai:cache") == 0
     })
     .await;
 }
@@ -350,4 +350,77 @@ async fn refresh_and_no_store_never_wait_on_another_instances_lease() {
     for call in normal {
         assert_eq!(call.await.unwrap().unwrap().status(), CacheStatus::Miss);
     }
+}
+
+/// A miss with leases costs one Redis command before the fetch (the lookup that takes the
+/// lease in the entry's key) and one after it, off the caller's path (the value's `SET`,
+/// which replaces the lease: no release script). An L2 hit from another instance is one
+/// command too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_costs_one_redis_command_before_the_fetch_and_one_after() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    // A long lease: no renewal may run while the fetch is held.
+    let build = || {
+        LlmCache::builder()
+            .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+            .redis(redis.url())
+            .lease_ttl(Duration::from_secs(60))
+            .build()
+    };
+    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    let req = request("what does a miss cost");
+    redis.redis_cli(&["CONFIG", "RESETSTAT"]);
+    mock.hold_answers();
+    let first = tokio::spawn({
+        let (a, req) = (a.clone(), req.clone());
+        async move { a.chat(&req).await }
+    });
+    mock.wait_for_calls(1).await;
+    assert_eq!(redis.data_commands(), ["set=1"], "before the fetch");
+    assert_eq!(redis.leases_held("ai:cache"), 1);
+    mock.release_all();
+    assert_eq!(first.await.unwrap().unwrap().status(), CacheStatus::Miss);
+    eventually("the value is written", WAIT, || {
+        a.stats().cache.l2_writes == 1
+    })
+    .await;
+    assert_eq!(
+        redis.data_commands(),
+        ["set=2"],
+        "the write released the lease"
+    );
+    assert_eq!(redis.leases_held("ai:cache"), 0);
+
+    let hit = b.chat(&req).await.unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitL2);
+    assert_eq!(redis.data_commands(), ["set=3"], "an L2 hit is one command");
+    assert_eq!(mock.calls(), 1);
+}
+
+/// A failed fetch stores nothing and frees the lease at once (compare-and-delete), so the
+/// next flight on another instance leads without waiting out the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fetch_frees_its_lease_for_the_next_flight() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let build = || {
+        LlmCache::builder()
+            .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+            .redis(redis.url())
+            .lease_ttl(Duration::from_secs(60))
+            .build()
+    };
+    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    let req = request("this one fails first");
+    mock.push_reply(support::upstream::MockReply::status(500));
+    assert!(a.chat(&req).await.is_err());
+    eventually("the lease is freed", WAIT, || {
+        redis.leases_held("ai:cache") == 0
+    })
+    .await;
+    assert_eq!(a.stats().cache.l2_writes, 0, "nothing stored");
+    let out = b.chat(&req).await.unwrap();
+    assert_eq!(out.status(), CacheStatus::Miss);
+    assert_eq!(mock.calls(), 2);
 }

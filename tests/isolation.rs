@@ -250,25 +250,31 @@ async fn a_prefix_that_extends_another_shares_no_key_with_it() {
     let p_lease = cache_with(&mock, &redis, "p:lease", &[]).await;
     let x = request("shared question");
 
-    // p fetches X and holds its lease while the upstream answers slowly; p:lease looks X
-    // up meanwhile and must neither take p's lease for a corrupt entry nor delete it.
+    // p fetches X and holds its lease (a marker in X's entry key) while the upstream answers
+    // slowly; p:lease looks X up meanwhile and must neither take p's lease for a corrupt
+    // entry nor delete it.
     mock.hold_answers();
     let leader = tokio::spawn({
         let (p, x) = (p.clone(), x.clone());
         async move { p.chat(&x).await }
     });
     mock.wait_for_calls(1).await;
-    let lease = format!("{}.lease", redis_key(&p, &x, &CacheControl::new()));
+    let lease = redis_key(&p, &x, &CacheControl::new());
     let mut conn = redis.conn().await;
-    assert!(conn.exists::<_, bool>(&lease).await.unwrap());
+    let marker: Vec<u8> = conn.get(&lease).await.unwrap();
+    assert!(
+        marker.starts_with(b"LLMC\xfe") && marker.len() == 21,
+        "{marker:?}"
+    );
     let other = tokio::spawn({
         let (c, x) = (p_lease.clone(), x.clone());
         async move { c.chat(&x).await }
     });
     mock.wait_for_calls(2).await;
     assert_eq!(p_lease.stats().cache.corrupt_entries, 0);
-    assert!(
-        conn.exists::<_, bool>(&lease).await.unwrap(),
+    assert_eq!(
+        conn.get::<_, Vec<u8>>(&lease).await.unwrap(),
+        marker,
         "p's lease survived p:lease's lookup"
     );
     mock.release_all();

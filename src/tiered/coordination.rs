@@ -5,16 +5,19 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{FetchOptions, Inner, Landed, TieredCache};
+use super::{FetchOptions, Inner, Landed, TieredCache, now_ms};
 use crate::error::{Error, ErrorKind, Result};
 use crate::tiered::digest::Digest;
 use crate::tiered::invalidation;
+use crate::tiered::l2::L2Read;
 use crate::tiered::lease::{self, Lease};
+use crate::tiered::stats::Counters;
 
 impl<V> TieredCache<V>
 where
@@ -125,72 +128,176 @@ impl<V: Send + Sync + 'static> invalidation::Sink for Inner<V> {
     }
 }
 
+/// How a flight goes on after its lookup missed.
+pub(crate) enum Next {
+    /// This flight holds the lease (its lookup took it): fetch.
+    Held(Lease),
+    /// Another flight's lease is there: wait for its value, taking over if it goes away.
+    Wait,
+    /// Fetch without a lease (leases off, Redis away or refusing, a no-store miss).
+    Alone,
+    /// Look again, taking the lease if the key is empty (a refresh, which never looked, and
+    /// a lookup that found a corrupt entry and removed it).
+    Probe,
+}
+
+/// How long after a refused lookup-and-lease the lookups use a plain `GET` (one refusal a
+/// second at most, so a full or older Redis costs hits no second round trip).
+const REFUSED_FOR_MS: u64 = 1_000;
+
 impl<V> Inner<V>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// After an L2 miss: `Ok` with the value another instance's flight wrote while this one
-    /// waited on its lease, or `Err` to fetch (holding the lease when there is one).
+    /// Whether this flight's lookup may take the lease in the same round trip.
+    fn leases_on(&self, options: &FetchOptions) -> bool {
+        self.config.topology.leases && !options.no_store && !self.leases_refused_now()
+    }
+
+    /// Whether the server refused the lookup that takes a lease within the last second.
+    fn leases_refused_now(&self) -> bool {
+        let until = self.lease_refused_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    /// A flight goes on without the lease it wanted, because Redis refuses to take leases.
+    fn count_lease_refused(&self) {
+        Counters::incr(&self.counters.leases_refused);
+        self.counters.exported.lease_refused.increment(1);
+    }
+
+    /// The L2 part of a flight's lookup: one round trip. With leases, the lookup is the
+    /// command that takes the lease when the entry is missing (see lease.rs).
+    pub(super) async fn look_in_l2(
+        &self,
+        digest: &Digest,
+        options: &FetchOptions,
+    ) -> Result<Landed<V>, Next> {
+        let Some(l2) = &self.l2 else {
+            return Err(Next::Alone);
+        };
+        if !self.l2_readable() {
+            return Err(Next::Alone);
+        }
+        let key = self.l2_key(digest);
+        // An invalidation that lands while this read is out must not be undone by it.
+        let epoch = self.invalidation.epoch();
+        if self.leases_on(options) {
+            let ttl = self.config.topology.lease_ttl;
+            match lease::probe(l2, &self.unreleased, &key, ttl).await {
+                lease::Probe::Found(bytes) => {
+                    return self
+                        .accept(digest, &key, &bytes, epoch)
+                        .await
+                        .ok_or(Next::Probe);
+                }
+                lease::Probe::Held(held) => return Err(Next::Held(held)),
+                // Taken by this instance itself, its release not confirmed yet: nobody to
+                // wait for.
+                lease::Probe::Taken if self.unreleased.holds(&key) => return Err(Next::Alone),
+                lease::Probe::Taken => return Err(Next::Wait),
+                lease::Probe::Unavailable => return Err(Next::Alone),
+                lease::Probe::Refused => {
+                    self.lease_refused_until_ms
+                        .store(now_ms() + REFUSED_FOR_MS, Ordering::Relaxed);
+                }
+            }
+        }
+        // Leases wanted but refused: a miss fetches without one, and says so.
+        let refused = self.config.topology.leases && !options.no_store;
+        let alone = || {
+            if refused {
+                self.count_lease_refused();
+            }
+            Next::Alone
+        };
+        match l2.get(&key).await {
+            // A no-store flight waits for another's value, but never leads with a lease.
+            L2Read::Hit(bytes) if lease::is_marker(&bytes) => {
+                if self.config.topology.leases && options.no_store && !self.unreleased.holds(&key) {
+                    Err(Next::Wait)
+                } else {
+                    Err(alone())
+                }
+            }
+            L2Read::Hit(bytes) => self
+                .accept(digest, &key, &bytes, epoch)
+                .await
+                .ok_or_else(alone),
+            L2Read::Miss => Err(alone()),
+            L2Read::Unavailable => Err(Next::Alone),
+        }
+    }
+
+    /// After the lookup missed: `Ok` with the value another instance's flight wrote while
+    /// this one waited on its lease, or `Err` to fetch (holding the lease when there is one).
     pub(super) async fn coordinate(
         &self,
         digest: &Digest,
         options: &FetchOptions,
+        next: Next,
     ) -> std::result::Result<Landed<V>, Option<Lease>> {
-        let Some(l2) = self.l2.as_ref().filter(|_| self.config.topology.leases) else {
-            return Err(None);
+        let next = match next {
+            Next::Probe => match self.probe_again(digest, options).await {
+                Ok(landed) => return Ok(landed),
+                Err(next) => next,
+            },
+            next => next,
         };
-        // Waiting for another instance's value is pointless when L2 cannot be read (the
-        // lookup just before counted the refusal).
-        if !self.invalidation.serves_l2(|| self.l2_reachable()) {
-            return Err(None);
-        }
-        let key = self.keyspace.lease(digest);
-        let ttl = self.config.topology.lease_ttl;
-        if options.no_store {
-            // Never leads with a lease (it stores nothing for the waiters), but waits for one.
-            if l2.exists(&key).await != Some(true) {
-                return Err(None);
-            }
-        } else {
-            match lease::take(l2, &self.unreleased, &key, ttl).await {
-                // The lease may be free because its last holder just wrote the value.
-                lease::Take::Held(held) if !options.refresh => {
-                    return match self.read_l2(digest).await {
-                        Some(landed) => {
-                            lease::release_later(held);
-                            Ok(landed)
-                        }
-                        None => Err(Some(held)),
-                    };
-                }
-                lease::Take::Held(held) => return Err(Some(held)),
-                lease::Take::Unavailable => return Err(None),
-                // A refresh never takes an answer looked up before it asked.
-                lease::Take::Taken if options.refresh => return Err(None),
-                lease::Take::Taken => {}
-            }
-        }
-        // Taken by this instance itself, its release not confirmed yet: nobody to wait for.
-        if self.unreleased.holds(&key) {
-            return Err(None);
-        }
+        let l2 = match (next, &self.l2) {
+            (Next::Held(held), _) => return Err(Some(held)),
+            (Next::Wait, Some(l2)) => l2,
+            _ => return Err(None),
+        };
+        let key = self.l2_key(digest);
+        let epoch = self.invalidation.epoch();
         let waited = lease::wait(
             l2,
             &self.unreleased,
             &key,
-            ttl,
+            self.config.topology.lease_ttl,
             self.config.waiter_deadline,
-            || self.read_l2(digest),
+            !options.no_store,
+            |bytes| {
+                let key = &key;
+                async move { self.accept(digest, key, &bytes, epoch).await }
+            },
         )
         .await;
         match waited {
             lease::Waited::Value(landed) => Ok(landed),
-            lease::Waited::Lead(held) if options.no_store => {
-                lease::release_later(held);
-                Err(None)
-            }
             lease::Waited::Lead(held) => Err(Some(held)),
             lease::Waited::Alone => Err(None),
+        }
+    }
+
+    /// A second look that may take the lease: for a refresh (which ignores what is there)
+    /// and after a corrupt entry was removed. Never waits on a refresh's behalf.
+    async fn probe_again(
+        &self,
+        digest: &Digest,
+        options: &FetchOptions,
+    ) -> Result<Landed<V>, Next> {
+        let Some(l2) = &self.l2 else {
+            return Err(Next::Alone);
+        };
+        if !self.leases_on(options) || !self.invalidation.serves_l2(|| self.l2_reachable()) {
+            return Err(Next::Alone);
+        }
+        let key = self.l2_key(digest);
+        let epoch = self.invalidation.epoch();
+        let ttl = self.config.topology.lease_ttl;
+        match lease::probe(l2, &self.unreleased, &key, ttl).await {
+            lease::Probe::Held(held) => Err(Next::Held(held)),
+            // Written between the two looks.
+            lease::Probe::Found(bytes) if !options.refresh => self
+                .accept(digest, &key, &bytes, epoch)
+                .await
+                .ok_or(Next::Alone),
+            lease::Probe::Taken if !options.refresh && !self.unreleased.holds(&key) => {
+                Err(Next::Wait)
+            }
+            _ => Err(Next::Alone),
         }
     }
 

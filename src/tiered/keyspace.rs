@@ -1,12 +1,12 @@
-//! The names the cache uses in Redis, in one place: entries, leases, the namespace
-//! generations and the invalidation channel, and the `SCAN` patterns that count them.
+//! The names the cache uses in Redis, in one place: entries (which also hold the lease
+//! while a flight fetches them: see lease.rs), the namespace generations and the
+//! invalidation channel, and the `SCAN` pattern that counts entries.
 //! It must never hand out a name that another cache's prefix could also produce.
 //!
 //! Layout, for a prefix `P` (`ai:cache` by default) and a digest's 64 hex digits `H`:
 //!
 //! ```text
-//! P:{H}            an entry
-//! P:{H}.lease      the lease of that entry (same {hash tag}: same Cluster slot)
+//! P:{H}            an entry, or the lease marker of the flight fetching it
 //! P:generations    the namespace generations (a hash)
 //! P:invalidate     the invalidation channel
 //! ```
@@ -14,14 +14,11 @@
 //! Why no two prefixes can meet: every suffix after the prefix's `:` is free of `:`, so a
 //! name splits at its last `:` into exactly one (prefix, suffix) pair, whatever colons the
 //! prefix holds. Prefixes may not contain `{` or `}`: the entry's `{H}` must be the first
-//! hash tag of the name (so that an entry and its lease share a slot, and entries spread
-//! over the Cluster), and a brace-free prefix also keeps the `SCAN` patterns of one prefix
+//! hash tag of the name (so that entries spread over the Cluster, and any name derived from
+//! an entry's stays in its slot), and a brace-free prefix also keeps the `SCAN` patterns of one prefix
 //! from matching another's names.
 
 use crate::tiered::digest::Digest;
-
-/// The suffix of a lease after the entry's name.
-const LEASE_SUFFIX: &str = ".lease";
 
 /// The names of one cache's keys and channel in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,18 +36,11 @@ impl Keyspace {
 
     /// `P:{H}`: where the entry of `digest` lives.
     pub fn entry(&self, digest: &Digest) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 3 + 64 + LEASE_SUFFIX.len());
+        let mut key = String::with_capacity(self.prefix.len() + 3 + 64);
         key.push_str(&self.prefix);
         key.push_str(":{");
         digest.write_hex(&mut key);
         key.push('}');
-        key
-    }
-
-    /// `P:{H}.lease`: the lease of the entry of `digest`, in the entry's slot.
-    pub fn lease(&self, digest: &Digest) -> String {
-        let mut key = self.entry(digest);
-        key.push_str(LEASE_SUFFIX);
         key
     }
 
@@ -70,13 +60,6 @@ impl Keyspace {
         p.push_str(":{");
         p.extend(std::iter::repeat_n('?', 64));
         p.push('}');
-        p
-    }
-
-    /// A `SCAN MATCH` pattern that matches this cache's leases and nothing else.
-    pub fn lease_pattern(&self) -> String {
-        let mut p = self.entry_pattern();
-        p.push_str(LEASE_SUFFIX);
         p
     }
 
@@ -106,7 +89,7 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), String> {
     }
     if prefix.contains(['{', '}']) {
         return Err(format!(
-            "{prefix:?} contains a brace: the cache puts each entry's digest in braces (a Cluster hash tag, so that an entry and its lease share a slot and entries spread over the nodes); a brace in the prefix would change the tag"
+            "{prefix:?} contains a brace: the cache puts each entry's digest in braces (a Cluster hash tag, so that entries spread over the nodes); a brace in the prefix would change the tag"
         ));
     }
     Ok(())
@@ -189,20 +172,16 @@ mod tests {
         let d = Digest::of("abc");
         let hex = d.to_hex();
         assert_eq!(ks.entry(&d), format!("ai:cache:{{{hex}}}"));
-        assert_eq!(ks.lease(&d), format!("ai:cache:{{{hex}}}.lease"));
         assert_eq!(ks.generations(), "ai:cache:generations");
         assert_eq!(ks.channel(), "ai:cache:invalidate");
         assert!(glob_matches(
             ks.entry_pattern().as_bytes(),
             ks.entry(&d).as_bytes()
         ));
+        // An earlier release's lease keys are not entries.
         assert!(!glob_matches(
             ks.entry_pattern().as_bytes(),
-            ks.lease(&d).as_bytes()
-        ));
-        assert!(glob_matches(
-            ks.lease_pattern().as_bytes(),
-            ks.lease(&d).as_bytes()
+            format!("{}.lease", ks.entry(&d)).as_bytes()
         ));
     }
 
@@ -277,7 +256,6 @@ mod tests {
         let mut out = vec![ks.generations(), ks.channel()];
         for d in digests {
             out.push(ks.entry(d));
-            out.push(ks.lease(d));
         }
         out
     }
@@ -285,7 +263,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
-        /// No entry, lease, generations key or channel of one prefix is a name of another,
+        /// No entry, generations key or channel of one prefix is a name of another,
         /// and no SCAN pattern of one matches a name of the other.
         #[test]
         fn distinct_prefixes_never_share_a_name(
@@ -305,7 +283,7 @@ mod tests {
                 prop_assert!(!nb.contains(x), "{a:?} and {b:?} share {x:?}");
             }
             for (ks, theirs) in [(&ka, &nb), (&kb, &na)] {
-                for pattern in [ks.entry_pattern(), ks.lease_pattern()] {
+                for pattern in [ks.entry_pattern()] {
                     for name in theirs {
                         prop_assert!(
                             !glob_matches(pattern.as_bytes(), name.as_bytes()),
@@ -320,14 +298,10 @@ mod tests {
         #[test]
         fn patterns_count_each_kind_apart(p in prefix(), d in digest()) {
             let ks = Keyspace::new(&p);
-            let (e, l) = (ks.entry(&d), ks.lease(&d));
+            let e = ks.entry(&d);
             prop_assert!(glob_matches(ks.entry_pattern().as_bytes(), e.as_bytes()));
-            prop_assert!(!glob_matches(ks.entry_pattern().as_bytes(), l.as_bytes()));
-            prop_assert!(glob_matches(ks.lease_pattern().as_bytes(), l.as_bytes()));
-            prop_assert!(!glob_matches(ks.lease_pattern().as_bytes(), e.as_bytes()));
-            for other in [ks.generations(), ks.channel()] {
+            for other in [ks.generations(), ks.channel(), format!("{e}.lease")] {
                 prop_assert!(!glob_matches(ks.entry_pattern().as_bytes(), other.as_bytes()));
-                prop_assert!(!glob_matches(ks.lease_pattern().as_bytes(), other.as_bytes()));
             }
         }
     }

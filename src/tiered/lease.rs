@@ -1,10 +1,13 @@
-//! Single-flight across instances. On an L2 miss the flight's leader takes a lease in
-//! Redis (`SET {prefix}:{<hex>}.lease token NX PX ttl`, in the entry's Cluster slot) and renews it while it fetches; a
-//! flight that finds the lease taken polls L2 with a backoff until the value lands or the
-//! lease is gone (released, or expired because its holder died), and then takes the lease
-//! itself. A flight that takes a lease looks in L2 once more before it fetches: the lease
-//! may be free because its last holder has just written the value. Only the holder releases
-//! it (compare-and-delete), after its value is written.
+//! Single-flight across instances. The lease lives in the entry's own key: the flight's
+//! lookup is `SET {prefix}:{<hex>} <marker> NX PX ttl GET`, one command that returns the
+//! entry when there is one and otherwise stores this flight's marker (a short value no
+//! envelope can be) in its place. So a miss has taken the lease in the same round trip as
+//! the lookup, an L2 hit costs the server about what a `GET` does, and the holder's write of
+//! the value replaces the marker: writing and releasing are one plain `SET`. The holder
+//! renews the marker every third of its life while it fetches; only the holder deletes it
+//! (compare-and-delete) when it stores nothing. A flight that finds another's marker polls
+//! the key with a backoff (the same command: it takes the lease when the marker is gone
+//! without a value, because its holder died or failed) until the value lands.
 //! With Redis unreachable every step answers "unavailable" at once (guard, breaker) and the
 //! flight fetches on its own: single-flight falls back to one per instance, never a stall.
 
@@ -16,7 +19,26 @@ use dashmap::DashMap;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::tiered::l2::Guarded;
+use crate::tiered::l2::{Guarded, L2Read, LeaseRead};
+
+/// What a lease marker starts with: the envelope's magic and a version byte no envelope
+/// uses, so no entry can be read as a marker nor a marker as an entry.
+const MARKER_PREFIX: [u8; 5] = *b"LLMC\xfe";
+/// A marker: the prefix and 16 random bytes, the holder's token.
+pub(crate) const MARKER_LEN: usize = MARKER_PREFIX.len() + 16;
+
+/// A new marker, unique to the flight that stores it.
+fn new_marker() -> [u8; MARKER_LEN] {
+    let mut marker = [0u8; MARKER_LEN];
+    marker[..MARKER_PREFIX.len()].copy_from_slice(&MARKER_PREFIX);
+    rand::rng().fill(&mut marker[MARKER_PREFIX.len()..]);
+    marker
+}
+
+/// Whether `bytes`, read from an entry's key, are a lease marker (a flight is fetching it).
+pub(crate) fn is_marker(bytes: &[u8]) -> bool {
+    bytes.len() == MARKER_LEN && bytes.starts_with(&MARKER_PREFIX)
+}
 
 /// First and longest pause between two looks at L2 while another instance fetches.
 const POLL_MIN: Duration = Duration::from_millis(5);
@@ -27,7 +49,7 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 /// instance waiting out its TTL.
 pub(crate) struct Lease {
     key: String,
-    token: String,
+    token: [u8; MARKER_LEN],
     own: Arc<Unreleased>,
     l2: Arc<Guarded>,
     /// False once a release has taken the lease over.
@@ -44,7 +66,7 @@ impl Drop for Lease {
         }
         release_later(Lease {
             key: std::mem::take(&mut self.key),
-            token: std::mem::take(&mut self.token),
+            token: self.token,
             own: Arc::clone(&self.own),
             l2: Arc::clone(&self.l2),
             armed: false,
@@ -98,11 +120,17 @@ impl Drop for Mark {
     }
 }
 
-/// The outcome of trying to take a lease.
-pub(crate) enum Take {
+/// The outcome of a flight's lookup in L2 (see the module docs).
+pub(crate) enum Probe {
+    /// The key holds an entry's bytes (to decode: they may be corrupt).
+    Found(Vec<u8>),
+    /// The key was empty: this flight holds its lease now.
     Held(Lease),
-    /// Another flight holds it.
+    /// Another flight's marker is there: it is fetching.
     Taken,
+    /// The server refused the command (full under `noeviction`, no permission, older than
+    /// 7.0): read with a plain `GET`, fetch without a lease.
+    Refused,
     /// Redis could not say (down, slow, breaker open).
     Unavailable,
 }
@@ -117,28 +145,31 @@ pub(crate) enum Waited<T> {
     Alone,
 }
 
-pub(crate) async fn take(
+/// Look `key` up, taking its lease when it is empty (one round trip).
+pub(crate) async fn probe(
     l2: &Arc<Guarded>,
     own: &Arc<Unreleased>,
     key: &str,
     ttl: Duration,
-) -> Take {
-    let token = format!("{:032x}", rand::rng().random::<u128>());
-    let lease = |token| Lease {
+) -> Probe {
+    let token = new_marker();
+    let lease = || Lease {
         key: key.to_owned(),
         token,
         own: Arc::clone(own),
         l2: Arc::clone(l2),
         armed: true,
     };
-    match l2.set_nx(key, &token, ttl).await {
-        Some(true) => Take::Held(lease(token)),
-        Some(false) => Take::Taken,
-        None => {
-            // The SET may have landed after the deadline: remove our token, if it is there,
+    match l2.get_or_lease(key, &token, ttl).await {
+        LeaseRead::Found(bytes) if is_marker(&bytes) => Probe::Taken,
+        LeaseRead::Found(bytes) => Probe::Found(bytes),
+        LeaseRead::Leased => Probe::Held(lease()),
+        LeaseRead::Refused => Probe::Refused,
+        LeaseRead::Unavailable => {
+            // The SET may have landed after the deadline: remove our marker, if it is there,
             // so other instances do not wait out a lease nobody holds.
-            release_later(lease(token));
-            Take::Unavailable
+            release_later(lease());
+            Probe::Unavailable
         }
     }
 }
@@ -180,14 +211,9 @@ pub(crate) fn release_later(mut lease: Lease) {
     });
 }
 
-/// Release now; if Redis could not say (down, slow, breaker open), keep trying in the
-/// background, so a lease nobody holds does not make other flights wait out its TTL.
-pub(crate) async fn release(mut lease: Lease) {
-    if lease.l2.release(&lease.key, &lease.token).await.is_none() {
-        release_later(lease);
-    } else {
-        lease.armed = false;
-    }
+/// The value was written over the lease's marker: nothing is left to release.
+pub(crate) fn replaced(mut lease: Lease) {
+    lease.armed = false;
 }
 
 /// How long a background release keeps trying; past it the lease has expired anyway for
@@ -213,18 +239,23 @@ async fn retry_release(lease: &Lease) {
     }
 }
 
-/// Wait for the flight holding the lease at `key`: poll `read` (L2) with a backoff; when
-/// the lease is free, take it and look once more. Gives up after `limit`.
-pub(crate) async fn wait<T, R, Fut>(
+/// Wait for the flight whose marker is at `key`, polling with a backoff. With `take`, each
+/// poll is the lookup that takes the lease when the key is empty (its holder died or stored
+/// nothing): this flight then leads. Without (a no-store flight, which never leads with a
+/// lease), a poll is a plain `GET` and an empty key ends the wait. `decode` turns an entry's
+/// bytes into a value (`None` when they are corrupt: they were removed, keep polling).
+/// Gives up after `limit`.
+pub(crate) async fn wait<T, D, Fut>(
     l2: &Arc<Guarded>,
     own: &Arc<Unreleased>,
     key: &str,
     ttl: Duration,
     limit: Duration,
-    mut read: R,
+    take: bool,
+    mut decode: D,
 ) -> Waited<T>
 where
-    R: FnMut() -> Fut,
+    D: FnMut(Vec<u8>) -> Fut,
     Fut: Future<Output = Option<T>>,
 {
     let give_up = Instant::now() + limit;
@@ -237,24 +268,24 @@ where
         let jitter = rand::rng().random_range(0..=pause.as_micros() as u64 / 4);
         tokio::time::sleep_until((now + pause + Duration::from_micros(jitter)).min(give_up)).await;
         pause = (pause * 2).min(POLL_MAX);
-        if let Some(v) = read().await {
-            return Waited::Value(v);
-        }
-        match take(l2, own, key, ttl).await {
-            // Ours, from a release not confirmed yet: nothing to wait for.
-            Take::Taken if own.holds(key) => return Waited::Alone,
-            Take::Taken => {}
-            Take::Unavailable => return Waited::Alone,
-            Take::Held(lease) => {
-                // The holder writes its value before it releases: look once more.
-                return match read().await {
-                    Some(v) => {
-                        release_later(lease);
-                        Waited::Value(v)
-                    }
-                    None => Waited::Lead(lease),
-                };
+        let bytes = if take {
+            match probe(l2, own, key, ttl).await {
+                Probe::Found(bytes) => bytes,
+                Probe::Held(lease) => return Waited::Lead(lease),
+                // Ours, from a release not confirmed yet: nothing to wait for.
+                Probe::Taken if own.holds(key) => return Waited::Alone,
+                Probe::Taken => continue,
+                Probe::Refused | Probe::Unavailable => return Waited::Alone,
             }
+        } else {
+            match l2.get(key).await {
+                L2Read::Hit(bytes) if is_marker(&bytes) => continue,
+                L2Read::Hit(bytes) => bytes,
+                L2Read::Miss | L2Read::Unavailable => return Waited::Alone,
+            }
+        };
+        if let Some(v) = decode(bytes).await {
+            return Waited::Value(v);
         }
     }
 }
@@ -275,5 +306,29 @@ mod tests {
         drop(second);
         assert!(!own.holds("p:lease:a"));
         assert!(own.0.is_empty(), "nothing is left behind");
+    }
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+    use crate::tiered::envelope;
+
+    #[test]
+    fn markers_are_unique_and_never_entries() {
+        let (a, b) = (new_marker(), new_marker());
+        assert_ne!(a, b);
+        assert!(is_marker(&a) && is_marker(&b));
+        // An envelope is longer than a marker and has another version byte.
+        const { assert!(MARKER_LEN < envelope::HEADER_LEN) };
+        assert_ne!(MARKER_PREFIX[4], envelope::VERSION);
+        assert_eq!(MARKER_PREFIX[..4], envelope::MAGIC);
+        let d = crate::tiered::digest::Digest::from_bytes([7; 32]);
+        let entry = envelope::encode(b"{}", &d, 1, 1000, usize::MAX, &envelope::MacKeys::none());
+        assert!(!is_marker(&entry));
+        assert!(envelope::decode(&a, &d, &envelope::MacKeys::none()).is_err());
+        let mut longer = a.to_vec();
+        longer.push(0);
+        assert!(!is_marker(&longer) && !is_marker(&a[..MARKER_LEN - 1]));
     }
 }

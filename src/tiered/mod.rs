@@ -12,6 +12,7 @@ pub(crate) mod cached;
 pub(crate) mod codec;
 pub(crate) mod config;
 mod coordination;
+use self::coordination::Next;
 pub(crate) mod digest;
 pub mod envelope;
 pub(crate) mod health;
@@ -134,6 +135,9 @@ struct Inner<V> {
     pending_writes: write_behind::PendingWrites,
     /// Leases this instance may still hold while it releases them.
     unreleased: Arc<lease::Unreleased>,
+    /// Unix ms until which lookups use a plain `GET`: the server refused the lookup that
+    /// takes a lease (0: never refused).
+    lease_refused_until_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A value [`Inner::writing`] holds.
@@ -197,6 +201,7 @@ where
                 writing: DashMap::with_hasher(DigestHasherBuilder),
                 pending_writes: write_behind::PendingWrites::default(),
                 unreleased: Arc::default(),
+                lease_refused_until_ms: std::sync::atomic::AtomicU64::new(0),
                 config,
             }),
         };
@@ -329,13 +334,19 @@ where
         Fut: Future<Output = Result<V>> + Send + 'static,
     {
         let inner = &self.inner;
-        if !options.refresh
-            && let Some(landed) = inner.lookup(&digest).await
-        {
-            let out = landed.cached(digest);
-            leader.complete(Ok(landed));
-            return Ok(out);
-        }
+        // A refresh never answers from a tier; it still takes the lease when it can.
+        let next = if options.refresh {
+            Next::Probe
+        } else {
+            match inner.lookup(&digest, options).await {
+                Ok(landed) => {
+                    let out = landed.cached(digest);
+                    leader.complete(Ok(landed));
+                    return Ok(out);
+                }
+                Err(next) => next,
+            }
+        };
         let waiter = leader.waiter();
         let fetch = make();
         let task_inner = Arc::clone(inner);
@@ -347,7 +358,7 @@ where
             upstream_attempts = tracing::field::Empty,
         );
         tokio::spawn(async move {
-            let work = Arc::clone(&task_inner).fill(digest, options, fetch);
+            let work = Arc::clone(&task_inner).fill(digest, options, next, fetch);
             let work = tracing::Instrument::instrument(work, flight_span);
             let outcome = match AssertUnwindSafe(work).catch_unwind().await {
                 Ok(outcome) => outcome,
@@ -614,20 +625,21 @@ where
     }
 
     /// A flight's lookup: L1 again (a flight may have just landed), a value this instance
-    /// is still writing to L2, then L2.
-    async fn lookup(&self, digest: &Digest) -> Option<Landed<V>> {
+    /// is still writing to L2, then L2 (taking the lease when the entry is missing, in the
+    /// same round trip). `Err` says how the fill goes on.
+    async fn lookup(&self, digest: &Digest, options: &FetchOptions) -> Result<Landed<V>, Next> {
         if let Some(entry) = self.l1_get(digest).await {
             Counters::incr(&self.counters.l1_hits);
-            return Some(Landed {
+            return Ok(Landed {
                 value: entry.value,
                 created_at_ms: entry.created_at_ms,
                 origin: Origin::L1,
             });
         }
         if let Some(landed) = self.still_writing(digest) {
-            return Some(landed);
+            return Ok(landed);
         }
-        self.read_l2(digest).await
+        self.look_in_l2(digest, options).await
     }
 
     /// The value this instance is writing to L2 under `digest`, if any and not expired.
@@ -651,14 +663,15 @@ where
         self: Arc<Self>,
         digest: Digest,
         options: FetchOptions,
+        next: Next,
         fetch: F,
     ) -> Result<Landed<V>>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V>> + Send + 'static,
     {
-        // Across instances: take the lease, or wait for the instance that holds it.
-        let mut lease = match self.coordinate(&digest, &options).await {
+        // Across instances: fetch holding the lease, or wait for the instance that holds it.
+        let mut lease = match self.coordinate(&digest, &options, next).await {
             Ok(landed) => return Ok(landed),
             Err(lease) => lease,
         };
@@ -692,8 +705,8 @@ where
         })
     }
 
-    /// Read and decode from L2, promoting a hit to L1. A corrupt entry is counted, removed
-    /// and reported as a miss.
+    /// Read and decode from L2 with a plain `GET`, promoting a hit to L1. Another flight's
+    /// lease marker is a miss; a corrupt entry is counted, removed and a miss.
     async fn read_l2(&self, digest: &Digest) -> Option<Landed<V>> {
         let l2 = self.l2.as_ref()?;
         if !self.l2_readable() {
@@ -702,11 +715,25 @@ where
         let key = self.l2_key(digest);
         // An invalidation that lands while this read is out must not be undone by it.
         let epoch = self.invalidation.epoch();
-        let L2Read::Hit(bytes) = l2.get(&key).await else {
-            return None;
-        };
+        match l2.get(&key).await {
+            L2Read::Hit(bytes) if !lease::is_marker(&bytes) => {
+                self.accept(digest, &key, &bytes, epoch).await
+            }
+            _ => None,
+        }
+    }
+
+    /// Decode the entry bytes read at `key` (not a marker), promoting a hit to L1 unless an
+    /// invalidation came after `epoch`. A corrupt entry is counted, removed and `None`.
+    async fn accept(
+        &self,
+        digest: &Digest,
+        key: &str,
+        bytes: &[u8],
+        epoch: u64,
+    ) -> Option<Landed<V>> {
         let decoded = envelope::decode_with_limit(
-            &bytes,
+            bytes,
             digest,
             &self.config.mac_keys,
             self.config.max_entry_bytes,
@@ -745,8 +772,10 @@ where
                 self.counters.exported.l2_corrupt.increment(1);
                 tracing::warn!(key = %&key[..key.len().min(self.config.key_prefix.len() + 17)], error = %why,
                     "corrupt cache entry in redis: removing it and fetching anew");
-                // Awaited, not in the background: a late UNLINK must not delete the fresh value.
-                l2.unlink(&key).await;
+                if let Some(l2) = &self.l2 {
+                    // Awaited, not in the background: a late UNLINK must not delete the fresh value.
+                    l2.unlink(key).await;
+                }
                 None
             }
         }

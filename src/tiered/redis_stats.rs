@@ -32,8 +32,8 @@ const CHECK_ATTEMPTS: u32 = 15;
 pub struct RedisStats {
     /// Cache entries (`{key_prefix}:{<digest>}`), leases and the generations hash not included.
     pub keys: u64,
-    /// Leases held right now (`{key_prefix}:{<digest>}.lease`): fetches under way, across
-    /// instances.
+    /// Leases held right now: fetches under way, across instances. A lease lives in its
+    /// entry's key (a short marker value) until the fetched value replaces it.
     pub leases: u64,
     /// Whether the namespace generations hash (`{key_prefix}:generations`) exists: it does
     /// once a namespace has been invalidated.
@@ -196,10 +196,9 @@ where
         // Each kind with its own exact pattern: a pattern of this prefix never matches a
         // name of another cache's prefix (see keyspace.rs).
         let entries = count(l2, &keyspace.entry_pattern(), limit).await?;
-        let leases = count(l2, &keyspace.lease_pattern(), limit).await?;
-        stats.keys = entries.keys;
-        stats.leases = leases.keys;
-        stats.keys_exact = entries.complete && leases.complete;
+        stats.keys = entries.keys - entries.markers;
+        stats.leases = entries.markers;
+        stats.keys_exact = entries.complete;
         let generations = keyspace.generations();
         stats.generations_key =
             match tokio::time::timeout(STATS_DEADLINE, l2.store().exists(&generations)).await {
@@ -213,7 +212,13 @@ where
 
 /// Count the keys matching `pattern` with a bounded `SCAN`, under the stats deadline.
 async fn count(l2: &Guarded, pattern: &str, limit: u64) -> Result<KeyCount> {
-    match tokio::time::timeout(STATS_DEADLINE, l2.store().count_keys(pattern, limit)).await {
+    let marker_len = Some(crate::tiered::lease::MARKER_LEN);
+    match tokio::time::timeout(
+        STATS_DEADLINE,
+        l2.store().count_keys(pattern, limit, marker_len),
+    )
+    .await
+    {
         Ok(Ok(count)) => Ok(count),
         Ok(Err(e)) => Err(stats_error(l2, "SCAN", e)),
         Err(_) => Err(stats_error(l2, "SCAN", "no answer within 5 s")),

@@ -64,8 +64,10 @@ pub struct Stats {
     /// L2 writes the server refused with an error reply (e.g. `OOM` when Redis is full under
     /// `noeviction`): the entry stays in L1 only. Redis is up: the breaker stays closed.
     pub l2_writes_refused: u64,
-    /// Leases the server refused (e.g. `OOM`): the flight fetched without one, so for that
-    /// key single-flight held per instance, not across instances.
+    /// Flights that fetched without a lease because the server refuses the lookup that
+    /// takes one (`OOM` under `noeviction`, which refuses every `SET`; `NOPERM`; a Redis
+    /// older than 7.0): for that key single-flight held per instance, not across instances.
+    /// After a refusal, lookups use a plain `GET` for a second before they try again.
     pub leases_refused: u64,
     /// L2 writes dropped because the background-write bound was full.
     pub dropped_writes: u64,

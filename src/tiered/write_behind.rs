@@ -1,6 +1,7 @@
 //! Filling the tiers once a value is fetched: L1 now, L2 in the background, bounded in
 //! concurrency. A write must never block the caller's answer; a write that cannot run is
-//! dropped and counted, and the lease held for it is still released.
+//! dropped and counted, and the lease held for it is still released. The value's `SET`
+//! replaces the lease marker in the same key: one round trip writes and releases.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,8 +105,8 @@ where
 
     /// Write to L2 off the caller's path, bounded in concurrency; a full bound drops the
     /// write and counts it.
-    /// A lease held for this value is released after the write (waiters on other instances
-    /// look for the value once the lease is gone).
+    /// A lease held for this value lives in the same key: the write replaces its marker,
+    /// so writing and releasing are one command; a write that fails releases it.
     /// While the lease is held, [`writing`](Self::writing) answers for the value; it lets
     /// go once the value is in L2 or the lease is released (a failed write, its release
     /// retried in the background, must not make this instance's next flight wait on it).
@@ -162,10 +163,11 @@ where
                 Counters::incr(&counters.l2_writes);
             }
             if wrote {
-                done();
+                // The value replaced the lease's marker: written and released in one SET.
                 if let Some(lease) = lease {
-                    lease::release(lease).await;
+                    lease::replaced(lease);
                 }
+                done();
             } else if let Some(lease) = lease {
                 lease::release_until_done(lease).await;
                 done();

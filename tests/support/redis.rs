@@ -185,6 +185,23 @@ impl RedisServer {
 
     /// Runs `redis-cli -h 127.0.0.1 -p <port> <args...>` and returns its stdout, trimmed.
     /// Panics if redis-cli cannot be run or exits non-zero.
+    /// Keys under `prefix` that hold a lease marker now (a fetch under way): a lease lives
+    /// in its entry's key as a 21-byte value starting `LLMC\xfe` until the value replaces it.
+    pub fn leases_held(&self, prefix: &str) -> usize {
+        let keys = self.redis_cli(&["--scan", "--pattern", &format!("{prefix}:*")]);
+        keys.lines()
+            .filter(|k| !k.is_empty())
+            .filter(|k| self.redis_cli(&["STRLEN", k]) == "21")
+            .count()
+    }
+
+    /// Calls of the commands that touch cache keys (`get`, `set`, `evalsha`, `eval`,
+    /// `exists`, `unlink`, `del`) since the last `CONFIG RESETSTAT`, from `INFO
+    /// commandstats`, as `"name=calls"` sorted by name.
+    pub fn data_commands(&self) -> Vec<String> {
+        data_commands(&self.redis_cli(&["INFO", "commandstats"]))
+    }
+
     pub fn redis_cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
@@ -357,4 +374,19 @@ fn wait_for_state(pid: u32, want: impl Fn(bool) -> bool) {
         }
         sleep(Duration::from_millis(1));
     }
+}
+
+/// The data-command calls in an `INFO commandstats` text; see [`RedisServer::data_commands`].
+pub fn data_commands(info: &str) -> Vec<String> {
+    const DATA: [&str; 7] = ["get", "set", "evalsha", "eval", "exists", "unlink", "del"];
+    let mut out: Vec<String> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?;
+            DATA.contains(&name).then(|| format!("{name}={calls}"))
+        })
+        .collect();
+    out.sort();
+    out
 }

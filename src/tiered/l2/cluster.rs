@@ -486,36 +486,37 @@ impl RemoteStore for ClusterStore {
         &'a self,
         pattern: &'a str,
         limit: u64,
+        marker_len: Option<usize>,
     ) -> BoxFuture<'a, Result<inspect::KeyCount, L2Error>> {
         Box::pin(async move {
             let (all, every) = self
                 .shared
-                .on_each_master(
-                    |mut c| async move { inspect::count_keys(&mut c, pattern, limit).await },
-                )
+                .on_each_master(|mut c| async move {
+                    inspect::count_keys(&mut c, pattern, limit, marker_len).await
+                })
                 .await?;
             let total = all.into_iter().fold(
                 inspect::KeyCount {
-                    keys: 0,
                     complete: true,
+                    ..Default::default()
                 },
                 inspect::KeyCount::add,
             );
             Ok(inspect::KeyCount {
-                keys: total.keys,
                 complete: total.complete && every,
+                ..total
             })
         })
     }
 
-    fn set_nx<'a>(
+    fn get_or_lease<'a>(
         &'a self,
         key: &'a str,
-        token: &'a str,
+        marker: &'a [u8],
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, L2Error>> {
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
-            commands::set_nx(&mut c, key, token, ttl).await
+            commands::get_or_lease(&mut c, key, marker, ttl).await
         }))
     }
 
@@ -525,7 +526,11 @@ impl RemoteStore for ClusterStore {
         }))
     }
 
-    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool, L2Error>> {
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
             commands::release(&mut c, key, token).await
         }))
@@ -534,7 +539,7 @@ impl RemoteStore for ClusterStore {
     fn renew<'a>(
         &'a self,
         key: &'a str,
-        token: &'a str,
+        token: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {

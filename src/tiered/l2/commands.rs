@@ -1,6 +1,7 @@
 //! The exact commands the cache sends, written once for every store (one server, a
-//! Sentinel master, a Cluster): entries (GET, SET PX, UNLINK), lease take/renew/release,
-//! namespace generations, publish. Each runs on any async connection; none of them retries.
+//! Sentinel master, a Cluster): entries (GET, SET PX, UNLINK), the lookup that takes a
+//! lease when the entry is missing (`SET NX PX GET`), lease renew/release, namespace
+//! generations, publish. Each runs on any async connection; none of them retries.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 
-/// Delete the lease only if it still holds our token: a late release must never free a
-/// lease that expired and was taken by another instance.
+/// Delete the lease only if the key still holds our marker: a late release must never free
+/// a lease that expired and was taken by another instance, nor delete a value written since.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
@@ -61,22 +62,25 @@ pub(crate) async fn unlink<C: ConnectionLike>(c: &mut C, key: &str) -> RedisResu
     redis::cmd("UNLINK").arg(key).query_async(c).await
 }
 
-/// `SET key token NX PX ttl`: true when this call took the key.
-pub(crate) async fn set_nx<C: ConnectionLike>(
+/// `SET key marker NX PX ttl GET` (Redis 7.0 or later): the value at `key` when there is
+/// one (set nothing then), or `None` when this call stored `marker` there. One command, so
+/// a lookup that misses has taken the lease in the same round trip, and a hit costs the
+/// server about what a `GET` does (no script).
+pub(crate) async fn get_or_lease<C: ConnectionLike>(
     c: &mut C,
     key: &str,
-    token: &str,
+    marker: &[u8],
     ttl: Duration,
-) -> RedisResult<bool> {
-    let reply: Option<String> = redis::cmd("SET")
+) -> RedisResult<Option<Vec<u8>>> {
+    redis::cmd("SET")
         .arg(key)
-        .arg(token)
+        .arg(marker)
         .arg("NX")
         .arg("PX")
         .arg(millis(ttl))
+        .arg("GET")
         .query_async(c)
-        .await?;
-    Ok(reply.is_some())
+        .await
 }
 
 pub(crate) async fn exists<C: ConnectionLike>(c: &mut C, key: &str) -> RedisResult<bool> {
@@ -88,7 +92,7 @@ pub(crate) async fn exists<C: ConnectionLike>(c: &mut C, key: &str) -> RedisResu
 pub(crate) async fn release<C: ConnectionLike>(
     c: &mut C,
     key: &str,
-    token: &str,
+    token: &[u8],
 ) -> RedisResult<bool> {
     let n: u64 = RELEASE.key(key).arg(token).invoke_async(c).await?;
     Ok(n == 1)
@@ -98,7 +102,7 @@ pub(crate) async fn release<C: ConnectionLike>(
 pub(crate) async fn renew<C: ConnectionLike>(
     c: &mut C,
     key: &str,
-    token: &str,
+    token: &[u8],
     ttl: Duration,
 ) -> RedisResult<bool> {
     let n: u64 = RENEW

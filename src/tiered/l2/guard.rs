@@ -24,6 +24,19 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
+/// The outcome of a lookup that takes the lease when the entry is missing.
+#[derive(Debug)]
+pub(crate) enum LeaseRead {
+    /// The key holds this (an entry, or another flight's lease marker); nothing was set.
+    Found(Vec<u8>),
+    /// The key was empty: this call's marker is there now (the lease is held).
+    Leased,
+    /// The server refused the command (it is up): read with a plain `GET` instead.
+    Refused,
+    /// Failed, timed out, or skipped by the breaker.
+    Unavailable,
+}
+
 /// The outcome of a guarded read.
 #[derive(Debug)]
 pub(crate) enum L2Read {
@@ -422,35 +435,31 @@ impl Guarded {
 
     // Leases, invalidation and namespace generations, under the same deadline and breaker.
 
-    /// Take `key` with `token` for `ttl`: `Some(true)` taken, `Some(false)` held by
-    /// someone else, `None` when Redis could not say. A lease the server refused (OOM under
-    /// `noeviction`...) is counted in `leases_refused`: the flight then fetches without one,
-    /// so for that key single-flight holds per instance, not across instances.
-    pub async fn set_nx(&self, key: &str, token: &str, ttl: Duration) -> Option<bool> {
+    /// The lookup that takes the lease when the entry is missing (`SET key marker NX PX ttl
+    /// GET`, in the entry's own key). After a lookup the server refused (OOM under
+    /// `noeviction`, which refuses every `SET`; NOPERM; a server older than 7.0, which does
+    /// not know `NX` with `GET`) the caller reads with a plain
+    /// `GET` and fetches without a lease (counted in `leases_refused`), so for that key
+    /// single-flight holds per instance, not across instances.
+    pub async fn get_or_lease(&self, key: &str, marker: &[u8], ttl: Duration) -> LeaseRead {
         match self
-            .attempt("set_nx", self.store.set_nx(key, token, ttl))
+            .attempt("get", self.store.get_or_lease(key, marker, ttl))
             .await
         {
-            Ok(taken) => Some(taken),
-            Err(NoAnswer::Refused) => {
-                Counters::incr(&self.counters.leases_refused);
-                self.counters.exported.lease_refused.increment(1);
-                None
-            }
-            Err(NoAnswer::Skipped | NoAnswer::Failed) => None,
+            Ok(Some(bytes)) => LeaseRead::Found(bytes),
+            Ok(None) => LeaseRead::Leased,
+            // Counted by the caller, once per flight that goes on without a lease.
+            Err(NoAnswer::Refused) => LeaseRead::Refused,
+            Err(NoAnswer::Skipped | NoAnswer::Failed) => LeaseRead::Unavailable,
         }
     }
 
-    pub async fn exists(&self, key: &str) -> Option<bool> {
-        self.guarded("exists", self.store.exists(key)).await
-    }
-
-    pub async fn release(&self, key: &str, token: &str) -> Option<bool> {
+    pub async fn release(&self, key: &str, token: &[u8]) -> Option<bool> {
         self.guarded("release", self.store.release(key, token))
             .await
     }
 
-    pub async fn renew(&self, key: &str, token: &str, ttl: Duration) -> Option<bool> {
+    pub async fn renew(&self, key: &str, token: &[u8], ttl: Duration) -> Option<bool> {
         self.guarded("renew", self.store.renew(key, token, ttl))
             .await
     }

@@ -14,6 +14,9 @@ pub(crate) const SCAN_COUNT: u64 = 1000;
 pub(crate) struct KeyCount {
     /// Keys that matched.
     pub keys: u64,
+    /// Of those, keys whose value is exactly as long as a lease marker (counted only when
+    /// asked: one `STRLEN` per matched key, pipelined per `SCAN` step).
+    pub markers: u64,
     /// True when the scan went round the whole keyspace; false when it stopped at the bound
     /// (then `keys` is a lower bound).
     pub complete: bool,
@@ -25,6 +28,7 @@ impl KeyCount {
     pub(crate) fn add(self, other: KeyCount) -> KeyCount {
         KeyCount {
             keys: self.keys + other.keys,
+            markers: self.markers + other.markers,
             complete: self.complete && other.complete,
         }
     }
@@ -41,17 +45,19 @@ pub(crate) async fn info<C: ConnectionLike>(c: &mut C) -> RedisResult<String> {
 }
 
 /// Count the keys matching `pattern`, looking at about `limit` keys at most (`limit /
-/// SCAN_COUNT` steps, at least one).
+/// SCAN_COUNT` steps, at least one); with `marker_len`, also those whose value has that
+/// length (lease markers among entries: an entry is always longer).
 pub(crate) async fn count_keys<C: ConnectionLike>(
     c: &mut C,
     pattern: &str,
     limit: u64,
+    marker_len: Option<usize>,
 ) -> RedisResult<KeyCount> {
     let steps = limit.div_ceil(SCAN_COUNT).max(1);
     let mut cursor: u64 = 0;
-    let mut keys: u64 = 0;
+    let mut count = KeyCount::default();
     for _ in 0..steps {
-        let (next, batch): (u64, Vec<redis::Value>) = redis::cmd("SCAN")
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(pattern)
@@ -59,17 +65,20 @@ pub(crate) async fn count_keys<C: ConnectionLike>(
             .arg(SCAN_COUNT)
             .query_async(c)
             .await?;
-        keys += batch.len() as u64;
+        count.keys += batch.len() as u64;
+        if let Some(len) = marker_len.filter(|_| !batch.is_empty()) {
+            let mut pipe = redis::pipe();
+            for key in &batch {
+                pipe.cmd("STRLEN").arg(key);
+            }
+            let lengths: Vec<usize> = pipe.query_async(c).await?;
+            count.markers += lengths.iter().filter(|&&l| l == len).count() as u64;
+        }
         if next == 0 {
-            return Ok(KeyCount {
-                keys,
-                complete: true,
-            });
+            count.complete = true;
+            return Ok(count);
         }
         cursor = next;
     }
-    Ok(KeyCount {
-        keys,
-        complete: false,
-    })
+    Ok(count)
 }

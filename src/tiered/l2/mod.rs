@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-pub(crate) use self::guard::{Guarded, L2Read};
+pub(crate) use self::guard::{Guarded, L2Read, LeaseRead};
 pub(crate) use self::pubsub::Subscription;
 pub(crate) use self::topology::{Topology, open_store, validate as validate_topology};
 
@@ -146,13 +146,15 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
         })
     }
     /// Keys matching `pattern`, counted with `SCAN MATCH pattern COUNT 1000`, looking at
-    /// about `limit` keys at most (per primary); never `KEYS`.
+    /// about `limit` keys at most (per primary); never `KEYS`. With `marker_len`, also how
+    /// many of them hold a value of that length (`STRLEN`, pipelined).
     fn count_keys<'a>(
         &'a self,
         pattern: &'a str,
         limit: u64,
+        marker_len: Option<usize>,
     ) -> BoxFuture<'a, Result<inspect::KeyCount, L2Error>> {
-        let _ = (pattern, limit);
+        let _ = (pattern, limit, marker_len);
         Box::pin(async {
             Err(L2Error::Command(
                 "SCAN is not supported by this store".into(),
@@ -161,22 +163,24 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
     }
 
     // Leases, invalidation and namespace generations: what lets instances act as one.
-    /// `SET key token NX PX ttl`: true when this call took the key.
-    fn set_nx<'a>(
+    /// `SET key marker NX PX ttl GET`: the value at `key` if there is one, else `None`, and
+    /// then this call has stored `marker` there (a lease in the entry's own key).
+    fn get_or_lease<'a>(
         &'a self,
         key: &'a str,
-        token: &'a str,
+        marker: &'a [u8],
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, L2Error>>;
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, L2Error>>;
     /// Whether `key` exists.
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, L2Error>>;
     /// Delete `key` only if it holds `token`; true when it did.
-    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool, L2Error>>;
+    fn release<'a>(&'a self, key: &'a str, token: &'a [u8])
+    -> BoxFuture<'a, Result<bool, L2Error>>;
     /// Extend `key`'s life to `ttl` only if it holds `token`; true when it did.
     fn renew<'a>(
         &'a self,
         key: &'a str,
-        token: &'a str,
+        token: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, L2Error>>;
     fn publish<'a>(

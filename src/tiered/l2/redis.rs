@@ -244,36 +244,41 @@ impl RemoteStore for RedisStore {
         &'a self,
         pattern: &'a str,
         limit: u64,
+        marker_len: Option<usize>,
     ) -> BoxFuture<'a, Result<inspect::KeyCount, L2Error>> {
-        Box::pin(
-            self.run(move |mut c| async move { inspect::count_keys(&mut c, pattern, limit).await }),
-        )
+        Box::pin(self.run(move |mut c| async move {
+            inspect::count_keys(&mut c, pattern, limit, marker_len).await
+        }))
     }
 
     // Leases, invalidation and namespace generations: what lets instances act as one.
-    fn set_nx<'a>(
+    fn get_or_lease<'a>(
         &'a self,
         key: &'a str,
-        token: &'a str,
+        marker: &'a [u8],
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, L2Error>> {
-        Box::pin(
-            self.run(move |mut c| async move { commands::set_nx(&mut c, key, token, ttl).await }),
-        )
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, L2Error>> {
+        Box::pin(self.run(move |mut c| async move {
+            commands::get_or_lease(&mut c, key, marker, ttl).await
+        }))
     }
 
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, L2Error>> {
         Box::pin(self.run(move |mut c| async move { commands::exists(&mut c, key).await }))
     }
 
-    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool, L2Error>> {
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, L2Error>> {
         Box::pin(self.run(move |mut c| async move { commands::release(&mut c, key, token).await }))
     }
 
     fn renew<'a>(
         &'a self,
         key: &'a str,
-        token: &'a str,
+        token: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, L2Error>> {
         Box::pin(
