@@ -213,3 +213,45 @@ async fn a_script_error_does_not_open_the_breaker() {
         "each error is counted: {s:?}"
     );
 }
+
+/// A user that may read but not `SET` (an ACL like many shared Redis setups hand out): the
+/// lookup that takes a lease is refused with `NOPERM`, so the cache reads with a plain
+/// `GET` (hits go on), its misses fetch without a lease (counted), and the breaker stays
+/// closed.
+#[tokio::test]
+async fn a_user_who_may_not_set_still_reads_and_fetches_without_leases() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let writer = cache(&redis.url(), &mock).await;
+    let old: Vec<String> = (0..5)
+        .map(|i| format!("written by the owner {i}"))
+        .collect();
+    for prompt in &old {
+        ask(&writer, prompt).await;
+    }
+    eventually("the entries are in redis", WAIT, || {
+        writer.stats().cache.l2_writes >= 5
+    })
+    .await;
+    redis.redis_cli(&[
+        "ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@all", "-set",
+    ]);
+    let url = format!("redis://reader:pw@127.0.0.1:{}", redis.port());
+    let reader = cache(&url, &mock).await;
+    for prompt in &old {
+        assert_eq!(ask(&reader, prompt).await, CacheStatus::HitL2, "{prompt}");
+    }
+    let calls = mock.calls();
+    for i in 0..3 {
+        assert_eq!(
+            ask(&reader, &format!("new to the reader {i}")).await,
+            CacheStatus::Miss
+        );
+    }
+    assert_eq!(mock.calls() - calls, 3);
+    let s = reader.stats().cache;
+    assert_eq!(s.leases_refused, 3, "each miss went without a lease: {s:?}");
+    assert_eq!(s.breaker_openings, 0, "{s:?}");
+    assert_eq!(s.breaker, BreakerState::Closed);
+    assert_eq!(s.l2_hits, 5, "{s:?}");
+}
