@@ -958,51 +958,52 @@ fn main() {
         let run = |name: &str| only.is_empty() || named(name);
         let redis = RedisServer::start();
         eprintln!("load: redis-server on port {}", redis.port());
-        let skipped = || Value::Null;
-        eprintln!("load: L1 memory per entry ({} entries)", budget.entries);
-        let memory = if run("memory") {
+        // Progress to stderr for each figure that runs.
+        let run = |name: &str, what: &str| {
+            let yes = run(name);
+            if yes {
+                eprintln!("load: {what}");
+            }
+            yes
+        };
+        let memory = if run("memory", "L1 memory per entry (child processes)") {
             json!({
                 "answer": l1_memory_in_child(budget, ANSWER_CHARS),
                 "small_answer": l1_memory_in_child(budget, SMALL_ANSWER_CHARS),
             })
         } else {
-            skipped()
+            Value::Null
         };
-        eprintln!("load: L1 hits");
-        let (l1_c1, l1_c64) = if run("l1") {
+        let (l1_c1, l1_c64) = if run("l1", "L1 hits") {
             l1_hits(budget, &redis.url()).await
         } else {
-            (skipped(), skipped())
+            (Value::Null, Value::Null)
         };
-        eprintln!("load: L2 hits vs the hand-written cache vs raw GET");
-        let l2 = if run("l2") {
+        let l2 = if run("l2", "L2 hits vs the hand-written cache vs raw GET") {
             Some(l2_comparison(budget, &redis).await)
         } else {
             None
         };
-        eprintln!("load: stampede");
-        let stampede = if run("stampede") {
+        let stampede = if run("stampede", "stampede") {
             stampede(&redis.url()).await
         } else {
-            skipped()
+            Value::Null
         };
-        eprintln!("load: miss overhead");
-        let miss = if run("miss") {
+        let miss = if run("miss", "miss overhead, leases on and off") {
             miss_overhead(budget, &redis.url()).await
         } else {
-            skipped()
+            Value::Null
         };
-        eprintln!("load: batch");
-        let batch = if run("batch") {
+        let batch = if run("batch", "batch of 1,000, half cached") {
             batch_half_cached(budget, &redis.url()).await
         } else {
-            skipped()
+            Value::Null
         };
-        let scale = if (!budget.short && run("scale")) || named("scale") {
-            eprintln!("load: L1 hits at scale");
+        // The million-entry figure takes about half a minute: full run only, unless named.
+        let scale = if (!budget.short || named("scale")) && run("scale", "L1 hits at scale") {
             scale::l1_scale(budget).await
         } else {
-            skipped()
+            Value::Null
         };
 
         let request_bytes = serde_json::to_vec(&request(0)).map_or(0, |b| b.len());
