@@ -25,8 +25,9 @@
 //!   and how much of it lies beyond the answer's JSON length, for the ~2 KB answers and for
 //!   small (~100-character) ones; each fill runs in its own child process;
 //! - `scale` (full run only, unless named in `LOAD_BENCH_ONLY`): L1-hit p50/p99 and
-//!   throughput at concurrency 1 and 64 with 20,000 and then 1,000,000 entries held in one
-//!   cache, each hit drawn uniformly over all held keys.
+//!   throughput at concurrency 1 and 64 on a cache holding 20,000 entries and one holding
+//!   1,000,000, in alternating rounds, each hit drawn uniformly over all held keys, and the
+//!   median-of-rounds ratios large / small (`load/scale.rs`).
 //!
 //! Requests are about 1 KB, responses about 2 KB. `cargo bench --bench load` for the full
 //! run; `LOAD_BENCH_SHORT=1` (or `-- --short`) for the quick one `scripts/test.sh` runs;
@@ -320,6 +321,12 @@ impl Sample {
     fn redis_cpu_us_per_op(&self) -> f64 {
         self.redis_cpu_ns as f64 / 1000.0 / self.latencies.len().max(1) as f64
     }
+}
+
+/// The median of `v` (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn round3(x: f64) -> f64 {
@@ -685,10 +692,6 @@ async fn l2_comparison(budget: Budget, redis: &RedisServer) -> L2Figures {
             all.push(s);
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let [mut l2, mut hand, mut raw] = sides.map(Sample::merge);
     let s = cache.stats().cache;
     assert_eq!(
