@@ -22,8 +22,10 @@
 //! - `batch`: `LlmCache::batch` of 1,000 requests of which 500 are cached, at concurrency 64:
 //!   throughput and upstream calls (must be 500: fails the run otherwise);
 //! - `memory`: L1 memory per entry, resident-set growth over N entries held divided by N,
-//!   and how much of it lies beyond the answer's JSON length, for the ~2 KB answers and for
-//!   small (~100-character) ones; each fill runs in its own child process;
+//!   and how much of it lies beyond the answer's JSON length (`beyond_json_bytes`), for the
+//!   ~2 KB answers and for small (~100-character) ones, with the second half's growth per
+//!   entry beside it; each fill runs in its own child process, on one thread
+//!   (`LOAD_BENCH_ENTRIES=N` changes N);
 //! - `scale` (full run only, unless named in `LOAD_BENCH_ONLY`): L1-hit p50/p99 and
 //!   throughput at concurrency 1 and 64 on a cache holding 20,000 entries and one holding
 //!   1,000,000, in alternating rounds, each hit drawn uniformly over all held keys, and the
@@ -91,6 +93,18 @@ impl Budget {
     fn from_env() -> Budget {
         let short = std::env::var("LOAD_BENCH_SHORT").is_ok_and(|v| !v.is_empty() && v != "0")
             || std::env::args().any(|a| a == "--short");
+        let mut budget = Budget::of(short);
+        // `LOAD_BENCH_ENTRIES=N`: hold N entries for the memory figure instead.
+        if let Some(n) = std::env::var("LOAD_BENCH_ENTRIES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+        {
+            budget.entries = n;
+        }
+        budget
+    }
+
+    fn of(short: bool) -> Budget {
         if short {
             Budget {
                 short,
@@ -481,7 +495,13 @@ async fn l1_memory(budget: Budget, chars: usize) -> Value {
         cache.chat(&request(1_000_000 + i)).await.expect("warm-up");
     }
     let before = rss_bytes();
-    for i in 0..budget.entries {
+    let half = budget.entries / 2;
+    for i in 0..half {
+        cache.chat(&request(i)).await.expect("fill");
+    }
+    cache.tiers().run_pending_tasks().await;
+    let middle = rss_bytes();
+    for i in half..budget.entries {
         cache.chat(&request(i)).await.expect("fill");
     }
     cache.tiers().run_pending_tasks().await;
@@ -495,12 +515,16 @@ async fn l1_memory(budget: Budget, chars: usize) -> Value {
         .map(|n| serde_json::to_vec(&response("gpt-4.1", n as u64, chars)).map_or(0, |b| b.len()))
         .sum();
     let json_per_entry = json_bytes as u64 / budget.entries.max(1) as u64;
+    // The second half's growth alone: what one more entry costs once the fill's transient
+    // allocations have settled (for small answers the first thousands cost far more).
+    let marginal = after.saturating_sub(middle) / (budget.entries - half).max(1) as u64;
     json!({
         "entries": held,
         "answer_json_bytes": json_per_entry,
         "rss_growth_bytes": growth,
         "bytes_per_entry": per_entry,
         "beyond_json_bytes": per_entry as i64 - json_per_entry as i64,
+        "second_half_bytes_per_entry": marginal,
         "weight_per_entry": stats.l1_bytes / stats.l1_entries.max(1),
     })
 }
@@ -941,17 +965,24 @@ fn cpu_model() -> String {
 
 fn main() {
     let budget = Budget::from_env();
+    if let Ok(chars) = std::env::var(MEMORY_CHILD) {
+        // One thread: on the multi-thread runtime the fill's allocations land in whichever
+        // worker's malloc arena runs them, and the growth for small answers varied from run
+        // to run by 60%; on one thread it is the same every run.
+        let chars = chars.parse().expect("answer characters");
+        let one_thread = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        println!("{}", one_thread.block_on(l1_memory(budget, chars)));
+        return;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .enable_all()
         .build()
         .expect("runtime");
-    if let Ok(chars) = std::env::var(MEMORY_CHILD) {
-        let chars = chars.parse().expect("answer characters");
-        println!("{}", runtime.block_on(l1_memory(budget, chars)));
-        return;
-    }
     let started = Instant::now();
     let report = runtime.block_on(async {
         // `LOAD_BENCH_ONLY=l2,miss` (of memory, l1, l2, stampede, miss, batch, scale) runs
