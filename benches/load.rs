@@ -759,8 +759,8 @@ fn necessary_work(cache: &LlmCache, requests: &[ChatRequest], stored: &[u8]) -> 
     let none = llm_cache::envelope::MacKeys::none();
     // Wall time on one thread, so the best of several batches: a batch that another
     // process preempted (the machine is shared) would count time this work did not take.
-    const BATCHES: usize = 10;
-    const N: usize = 2_000;
+    const BATCHES: usize = 50;
+    const N: usize = 400;
     let time = |f: &mut dyn FnMut(usize)| {
         (0..BATCHES)
             .map(|b| {
