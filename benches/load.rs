@@ -14,7 +14,12 @@
 //!   and redis CPU per op; the median-of-rounds ratios L2 hit / hand-written and
 //!   L2 hit / raw GET; `necessary_cpu_per_hit` (the key, envelope and JSON work no L2 hit
 //!   can skip, timed on one core), the CPU-bound ceiling it implies on this machine, and
-//!   `l2_bookkeeping_us_per_hit` = L2 hit client CPU per op - raw GET's - necessary;
+//!   `l2_bookkeeping_us_per_hit` = L2 hit client CPU per op - raw GET's - necessary, with
+//!   `l2_bookkeeping_detail`: the same measure for the hand-written cache (which keeps no
+//!   books: it shows what doing the necessary work amid 64 tasks costs beyond doing it alone
+//!   in a loop) and ours beyond it; and `l2_lookup_commands`: `GET` against the two lookups
+//!   that take a lease in the same round trip, `SET NX PX GET` (the cache's) and a Lua
+//!   get-or-lease script, all on keys that hold an entry (the cost every hit would pay);
 //! - `stampede`: 1,000 concurrent identical cold requests, and the upstream calls they cost
 //!   (must be 1: fails the run otherwise);
 //! - `miss`: p50 of a miss through the cache minus p50 of the same client calling the mock
@@ -589,6 +594,10 @@ struct L2Figures {
     vs_hand: Value,
     vs_raw: Value,
     bookkeeping_us: f64,
+    /// The same excess for the hand-written cache, and ours beyond it.
+    bookkeeping_detail: Value,
+    /// GET against the two one-round-trip lookups that take a lease on a miss.
+    lookups: Value,
     stored_bytes: usize,
 }
 
@@ -610,11 +619,13 @@ async fn l2_comparison(budget: Budget, redis: &RedisServer) -> L2Figures {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let connect = || client.get_multiplexed_async_connection_with_config(&config);
     let conn = connect().await.expect("raw connection");
-    let hand = HandWrittenCache::new(
+    let conn_for_lookups = conn.clone();
+    let hand_cache = HandWrittenCache::new(
         connect().await.expect("hand-written connection"),
         "hand:",
         L2_TTL_SECS,
     );
+    let hand = hand_cache.clone();
 
     // Fill: the cache's answers go to L2 through the cache; the hand-written cache stores the
     // same answers under its own keys.
@@ -731,6 +742,19 @@ async fn l2_comparison(budget: Budget, redis: &RedisServer) -> L2Figures {
     let raw_cpu = raw.client_cpu_us_per_op() + raw.redis_cpu_us_per_op();
     let ceiling = raw_cpu / (raw_cpu + necessary);
     let bookkeeping = l2.client_cpu_us_per_op() - raw.client_cpu_us_per_op() - necessary;
+    // The same measure for the hand-written cache, which keeps no books at all: what it
+    // shows is the price of doing the necessary work amid 64 tasks (cold caches, other
+    // allocations) rather than alone in a loop, the floor of this figure on this machine.
+    let plain = serde_json::to_vec(cache.chat(&requests[0]).await.expect("hit").value())
+        .expect("an answer serializes");
+    let hand_necessary = hand_written_work(&hand_cache, &requests, &plain);
+    let hand_excess = hand.client_cpu_us_per_op() - raw.client_cpu_us_per_op() - hand_necessary;
+    let bookkeeping_detail = json!({
+        "hand_written_necessary_us": round3(hand_necessary),
+        "hand_written_excess_us_per_hit": round3(hand_excess),
+        "beyond_hand_written_us": round3(bookkeeping - hand_excess),
+    });
+    let lookups = lookup_commands(budget, pid, conn_for_lookups, Arc::clone(&redis_keys)).await;
     L2Figures {
         vs_hand: json!({
             "median_of_rounds": round3(median(vs_hand)),
@@ -745,6 +769,8 @@ async fn l2_comparison(budget: Budget, redis: &RedisServer) -> L2Figures {
             "cpu_bound_ceiling": round3(ceiling),
         }),
         bookkeeping_us: round3(bookkeeping),
+        bookkeeping_detail,
+        lookups,
         l2: l2.report(),
         hand: hand.report(),
         raw: raw.report(),
@@ -794,6 +820,103 @@ fn necessary_work(cache: &LlmCache, requests: &[ChatRequest], stored: &[u8]) -> 
         "envelope_us": round3(decode),
         "json_us": round3(parse),
         "total_us": round3(key + decode + parse),
+    })
+}
+
+/// Single-core time per hit (best batch mean) of what the hand-written cache does besides
+/// the GET: its key (`serde_json::to_vec`, SHA-256, hex) and `from_slice` of the answer.
+fn hand_written_work(hand: &HandWrittenCache, requests: &[ChatRequest], plain: &[u8]) -> f64 {
+    const BATCHES: usize = 50;
+    const N: usize = 400;
+    let time = |f: &mut dyn FnMut(usize)| {
+        (0..BATCHES)
+            .map(|b| {
+                let start = Instant::now();
+                for i in b * N..(b + 1) * N {
+                    f(i);
+                }
+                start.elapsed().as_nanos() as f64 / N as f64 / 1000.0
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let key = time(&mut |i| {
+        std::hint::black_box(hand.key(&requests[i % requests.len()]));
+    });
+    let parse = time(&mut |_| {
+        let r: ChatResponse = serde_json::from_slice(std::hint::black_box(plain)).expect("json");
+        std::hint::black_box(r);
+    });
+    key + parse
+}
+
+/// The lookup an L2 read can be, in the same rounds: a plain `GET` (what the hand-written
+/// cache sends), `SET key marker NX PX ttl GET` (what the cache sends: it takes the lease in
+/// the same round trip when the key is empty), and a Lua script that does `GET` and, on a
+/// miss, `SET NX` of a separate lease key (the other way to look up and lease in one round
+/// trip). Every key holds an entry, so all three are hits and set nothing.
+async fn lookup_commands(
+    budget: Budget,
+    pid: u32,
+    conn: redis::aio::MultiplexedConnection,
+    keys: Arc<Vec<String>>,
+) -> Value {
+    static SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) if v then return v end \
+        if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end return 0";
+    let script = redis::Script::new(SCRIPT);
+    let marker = [
+        b'L', b'L', b'M', b'C', 0xfe, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+    ];
+    let op = move |kind: usize| {
+        let (conn, keys, script) = (conn.clone(), Arc::clone(&keys), script.clone());
+        move |i: usize, n: usize| {
+            let (mut conn, keys, script) = (conn.clone(), Arc::clone(&keys), script.clone());
+            async move {
+                let key = &keys[i * KEYS_PER_CALLER + n % KEYS_PER_CALLER];
+                let bytes: Option<Vec<u8>> = match kind {
+                    0 => redis::cmd("GET").arg(key).query_async(&mut conn).await,
+                    1 => {
+                        redis::cmd("SET")
+                            .arg(key)
+                            .arg(&marker[..])
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(10_000)
+                            .arg("GET")
+                            .query_async(&mut conn)
+                            .await
+                    }
+                    _ => {
+                        script
+                            .key(key)
+                            .key(format!("{key}.lease"))
+                            .arg(&marker[..])
+                            .arg(10_000)
+                            .invoke_async(&mut conn)
+                            .await
+                    }
+                }
+                .expect("lookup");
+                std::hint::black_box(bytes.expect("the key holds an entry"));
+            }
+        }
+    };
+    let rounds = (budget.rounds as usize).max(3);
+    let round = budget.run / 2 / rounds as u32;
+    let mut sides: [Vec<Sample>; 3] = Default::default();
+    for r in 0..rounds {
+        for k in 0..3 {
+            let side = (r + k) % 3;
+            sides[side].push(drive_charged(pid, CONCURRENCY, round, op(side)).await);
+        }
+    }
+    let [mut get, mut set_nx_get, mut script] = sides.map(Sample::merge);
+    let base = get.ops_per_sec();
+    json!({
+        "get": get.report(),
+        "set_nx_get": set_nx_get.report(),
+        "lua_get_or_lease": script.report(),
+        "set_nx_get_vs_get_throughput": round3(set_nx_get.ops_per_sec() / base),
+        "lua_vs_get_throughput": round3(script.ops_per_sec() / base),
     })
 }
 
@@ -1043,16 +1166,21 @@ fn main() {
         let request_bytes = serde_json::to_vec(&request(0)).map_or(0, |b| b.len());
         let response_bytes =
             serde_json::to_vec(&response("gpt-4.1", 0, ANSWER_CHARS)).map_or(0, |b| b.len());
-        let (l2, hand, raw, vs_hand, vs_raw, bookkeeping, stored_bytes) = match l2 {
+        let figures = l2;
+        let (l2, hand, raw, vs_hand, vs_raw, bookkeeping, stored_bytes) = match &figures {
             Some(f) => (
-                f.l2,
-                f.hand,
-                f.raw,
-                f.vs_hand,
-                f.vs_raw,
+                f.l2.clone(),
+                f.hand.clone(),
+                f.raw.clone(),
+                f.vs_hand.clone(),
+                f.vs_raw.clone(),
                 json!(f.bookkeeping_us),
                 f.stored_bytes,
             ),
+            None => Default::default(),
+        };
+        let (bookkeeping_detail, lookups) = match figures {
+            Some(f) => (f.bookkeeping_detail, f.lookups),
             None => Default::default(),
         };
         // Each target is true or false, or null when its figure did not run.
@@ -1085,6 +1213,8 @@ fn main() {
             "l2_hit_vs_hand_written_throughput": vs_hand,
             "l2_hit_vs_raw_get_throughput": vs_raw,
             "l2_bookkeeping_us_per_hit": bookkeeping,
+            "l2_bookkeeping_detail": bookkeeping_detail,
+            "l2_lookup_commands": lookups,
             "stampede": stampede,
             "miss_overhead": miss,
             "batch": batch,

@@ -424,3 +424,67 @@ async fn a_failed_fetch_frees_its_lease_for_the_next_flight() {
     assert_eq!(out.status(), CacheStatus::Miss);
     assert_eq!(mock.calls(), 2);
 }
+
+/// While nearly every L2 lookup hits, lookups send a plain `GET` first (hits cost what a
+/// `GET` does) and a miss then costs two commands before its fetch; once misses are common
+/// again, the lookup takes the lease in the same round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_follow_the_hit_ratio() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let cache = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(redis.url())
+        .l1_max_bytes(0)
+        .lease_ttl(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    assert!(!cache.tiers().lookups_get_first(), "a fresh instance");
+    let warm: Vec<ChatRequest> = (0..10).map(|i| request(&format!("warm {i}"))).collect();
+    for r in &warm {
+        cache.chat(r).await.unwrap();
+    }
+    eventually("the entries are written", WAIT, || {
+        cache.stats().cache.l2_writes == 10
+    })
+    .await;
+    // Hits only, until the next retuning has seen them.
+    let mut n = 0;
+    while !cache.tiers().lookups_get_first() {
+        assert_eq!(
+            cache.chat(&warm[n % 10]).await.unwrap().status(),
+            CacheStatus::HitL2
+        );
+        n += 1;
+        assert!(n < 1_000_000, "lookups never switched to GET first");
+        if n.is_multiple_of(100) {
+            tokio::task::yield_now().await;
+        }
+    }
+    redis.redis_cli(&["CONFIG", "RESETSTAT"]);
+    mock.hold_answers();
+    let miss = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.chat(&request("a rare miss")).await }
+    });
+    mock.wait_for_calls(11).await;
+    assert_eq!(
+        redis.data_commands(),
+        ["get=1", "set=1"],
+        "GET first, then the lookup that takes the lease"
+    );
+    mock.release_all();
+    assert_eq!(miss.await.unwrap().unwrap().status(), CacheStatus::Miss);
+
+    // Misses only: lookups take the lease in one round trip again.
+    let mut i = 0;
+    while cache.tiers().lookups_get_first() {
+        let batch: Vec<ChatRequest> = (0..20).map(|k| request(&format!("new {i} {k}"))).collect();
+        for out in cache.batch(&batch, 20).await {
+            assert_eq!(out.unwrap().status(), CacheStatus::Miss);
+        }
+        i += 1;
+        assert!(i < 100_000, "lookups never went back to taking the lease");
+    }
+}

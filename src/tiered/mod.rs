@@ -138,6 +138,8 @@ struct Inner<V> {
     /// Unix ms until which lookups use a plain `GET`: the server refused the lookup that
     /// takes a lease (0: never refused).
     lease_refused_until_ms: std::sync::atomic::AtomicU64,
+    /// How lookups go while L2 hits dominate; see coordination.rs.
+    lookup_mode: coordination::LookupMode,
 }
 
 /// A value [`Inner::writing`] holds.
@@ -202,6 +204,7 @@ where
                 pending_writes: write_behind::PendingWrites::default(),
                 unreleased: Arc::default(),
                 lease_refused_until_ms: std::sync::atomic::AtomicU64::new(0),
+                lookup_mode: coordination::LookupMode::default(),
                 config,
             }),
         };
@@ -212,6 +215,7 @@ where
             .exported
             .publish(&cache.inner.readings());
         crate::tiered::stats::spawn_gauge_upkeep(Arc::downgrade(&cache.inner), |inner| {
+            inner.retune_lookups();
             (&inner.counters.exported, inner.readings())
         });
         cache

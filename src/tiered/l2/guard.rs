@@ -144,7 +144,11 @@ impl Breaker {
 
     /// Returns true when this success closed an open breaker.
     fn on_success(&self, probe: bool) -> bool {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        // Read first: every operation succeeds here, and a store on every one would move
+        // this cache line between cores for nothing.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
         probe
             && self
                 .state
@@ -217,6 +221,14 @@ impl Guarded {
         }
     }
 
+    /// Note an answer from Redis (read first: a store on every operation would move the
+    /// cache line between cores).
+    fn mark_reachable(&self) {
+        if !self.reachable.load(Ordering::Relaxed) {
+            self.reachable.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Whether Redis answered the last operation (a value, an error reply, or one Cluster
     /// node down while others answer); false while the breaker is open, without a
     /// connection, or after a timeout or a broken connection.
@@ -268,7 +280,7 @@ impl Guarded {
         permit.settled = true;
         match outcome {
             Ok(Ok(v)) => {
-                self.reachable.store(true, Ordering::Relaxed);
+                self.mark_reachable();
                 if self.breaker.on_success(permit.probe) {
                     self.counters.exported.publish_breaker(self.breaker_state());
                     tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
