@@ -224,7 +224,10 @@ async fn losing_the_generations_node_never_stops_invalidation() {
     let tenant = llm_cache::CacheControl::new().namespace("t");
     let plain = llm_cache::CacheControl::new();
     let x = requests_off(&a, &cluster, gen_node, &plain, 1).remove(0);
-    let load: Vec<ChatRequest> = requests_off(&a, &cluster, gen_node, &plain, 8);
+    // The load never asks for X: a loader refetching X after its invalidation would put a
+    // fresh answer in L1, which the check below would take for the invalidated one.
+    let load: Vec<ChatRequest> = requests_off(&a, &cluster, gen_node, &plain, 9).split_off(1);
+    assert!(!load.contains(&x));
 
     // Tenant t's answer at generation 0, then retired by a namespace bump: its old entry
     // stays in L2 on a live node.
