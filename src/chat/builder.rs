@@ -11,10 +11,12 @@ use crate::chat::key::KeyOptions;
 use crate::chat::pricing::PriceTable;
 use crate::chat::savings::DEFAULT_MAX_MODEL_LABELS;
 use crate::chat::stream_flight::StreamSettings;
+use crate::chat::weight::{self, ChatCodec};
 use crate::error::{Error, Result};
 use crate::request::ChatResponse;
 use crate::tiered::TieredCache;
 use crate::tiered::builder::config_setters;
+use crate::tiered::codec::Hooks;
 use crate::tiered::config::{Config, positive};
 use crate::tiered::stats::Counters;
 use crate::upstream::Upstream;
@@ -167,7 +169,12 @@ impl LlmCacheBuilder {
         self.config.validate()?;
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
-        let tiers = TieredCache::<ChatResponse>::from_parts(self.config, l2, counters);
+        // Answers are weighed by what they hold in memory, and compacted once decoded.
+        let hooks = Hooks {
+            codec: Arc::new(ChatCodec),
+            weigher: Some(Arc::new(weight::weigh)),
+        };
+        let tiers = TieredCache::<ChatResponse>::from_parts_with(self.config, l2, counters, hooks);
         tiers.settle().await;
         Ok(LlmCache::from_parts(
             tiers,
