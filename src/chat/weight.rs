@@ -230,3 +230,96 @@ impl<'a> Tally<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decoded(body: &Value) -> ChatResponse {
+        serde_json::from_slice(&serde_json::to_vec(body).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn compact_keeps_the_answer_and_drops_spare_capacity() {
+        let body = json!({"id": "c1", "choices": [{"message": {"role": "assistant",
+            "content": "hi", "annotations": [1, 2, 3, 4, 5]}}], "x": ["a", "b"]});
+        let loose = || {
+            let mut r = decoded(&body);
+            r.choices[0].finish_reason = Some(String::with_capacity(64));
+            r
+        };
+        let mut r = loose();
+        assert!(
+            r.choices.capacity() > 1,
+            "serde leaves room: the case this is for"
+        );
+        let before = r.clone();
+        compact(&mut r);
+        assert_eq!(r, before);
+        assert_eq!(r.choices.capacity(), 1);
+        assert_eq!(r.choices[0].finish_reason.as_ref().unwrap().capacity(), 0);
+        let Value::Array(a) = &r.choices[0].message.extra["annotations"] else {
+            panic!("annotations")
+        };
+        assert_eq!(a.capacity(), 5);
+        // The finish reason's 64 spare bytes, and at least one spare choice.
+        let saved = weigh(&loose(), 0) - weigh(&r, 0);
+        assert!(
+            saved >= heap_bytes(64) + size_of::<Choice>() as u32,
+            "{saved}"
+        );
+    }
+
+    #[test]
+    fn weigh_counts_structs_capacities_and_map_nodes() {
+        let empty = ChatResponse::default();
+        assert_eq!(weigh(&empty, 0), heap_bytes(16 + size_of::<ChatResponse>()));
+        let mut text = decoded(&json!({"choices": [{"message": {"content": "x"}}]}));
+        compact(&mut text);
+        let plain = weigh(&text, 0);
+        assert_eq!(
+            plain,
+            weigh(&empty, 0) + heap_bytes(size_of::<Choice>()) + heap_bytes(1)
+        );
+        // One extra field costs a map node (about 640 bytes), its key and its value.
+        text.extra.insert("service_tier".into(), json!("default"));
+        assert_eq!(
+            weigh(&text, 0),
+            plain + heap_bytes(MAP_LEAF) + heap_bytes(12) + heap_bytes(7)
+        );
+        // Many fields: more nodes, each key and value counted.
+        for i in 0..100 {
+            text.extra.insert(format!("k{i:03}"), json!(i));
+        }
+        assert!(weigh(&text, 0) > plain + 15 * heap_bytes(MAP_LEAF) + 100 * 32);
+    }
+
+    #[test]
+    fn deep_values_neither_overflow_nor_abort() {
+        let mut deep = Value::from(1);
+        for _ in 0..100_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        let mut r = ChatResponse::default();
+        r.extra.insert("deep".into(), deep);
+        compact(&mut r);
+        assert!(weigh(&r, 0) > 100_000 * heap_bytes(size_of::<Value>()));
+        // Dropped one level at a time: the recursive drop would overflow the stack.
+        let mut v = r.extra.remove("deep").unwrap();
+        while let Value::Array(mut items) = v {
+            v = items.pop().unwrap_or(Value::Null);
+        }
+    }
+
+    #[test]
+    fn the_codec_writes_plain_json_and_reads_it_compacted() {
+        let body = json!({"id": "c", "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": "a"}}]});
+        let bytes = ChatCodec.encode(&decoded(&body)).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), body);
+        let back = ChatCodec.decode(&bytes).unwrap();
+        assert_eq!(back.choices.capacity(), 1);
+        assert!(ChatCodec.decode(b"[1]").is_err());
+    }
+}
