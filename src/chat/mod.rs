@@ -11,6 +11,7 @@ mod pricing;
 mod savings;
 mod stream_flight;
 mod trace;
+mod weight;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -213,8 +214,9 @@ impl LlmCache {
             let owned = request.clone();
             move || async move {
                 calls.fetch_add(1, Relaxed);
-                let response = upstream.chat(&owned).await?;
+                let mut response = upstream.chat(&owned).await?;
                 policy::check_response(&response)?;
+                weight::compact(&mut response);
                 Ok(response)
             }
         };

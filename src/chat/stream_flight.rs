@@ -311,8 +311,9 @@ impl LlmCache {
                 ));
             }
         }
-        let answer = assembler.finish()?;
+        let mut answer = assembler.finish()?;
         policy::check_response(&answer)?;
+        super::weight::compact(&mut answer);
         Ok(answer)
     }
 }

@@ -20,8 +20,16 @@ use crate::tiered::stats::Counters;
 /// layer on the engine (whose struct has a `config: Config` field).
 macro_rules! config_setters {
     () => {
-        /// L1 bound in bytes (encoded size of each value plus a fixed overhead); 0 disables L1.
-        /// Default 256 MiB.
+        /// L1 bound in bytes of process memory; 0 disables L1. Default 256 MiB.
+        ///
+        /// L1 holds each value decoded, behind an `Arc`, so that a hit hands it out
+        /// without decoding (holding only its encoded bytes would make every hit decode).
+        /// Each entry is charged what it holds: the value as the weigher counts it (the LLM
+        /// cache counts an answer's structs, every string and vector at its capacity, each
+        /// JSON map's nodes and each allocation's rounding), plus the entry's own cost (key
+        /// and moka's per-entry structures, about 380 bytes). Filled
+        /// far past the bound, with glibc's allocator, the process grows by about 1.05 times
+        /// the bound (tests/l1_memory.rs checks 1.2, for answers of 60 bytes to 50 KB).
         pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
             self.config.l1_max_bytes = bytes;
             self
@@ -287,12 +295,14 @@ impl<V> TieredCacheBuilder<V> {
         self
     }
 
-    /// What an L1 entry weighs against [`l1_max_bytes`](Self::l1_max_bytes), from the value
-    /// and the length of its encoded payload (uncompressed). Default
-    /// [`default_weight`](crate::default_weight): that length plus a fixed overhead. Use it
-    /// when the encoded length is a poor measure of the memory a value holds. Called when a
-    /// value enters L1 (a fill or an L2 hit), never on an L1 hit; it should be cheap and
-    /// must not panic.
+    /// What a value costs in memory while L1 holds it, from the value and the length of its
+    /// encoded payload (uncompressed): its `Arc` allocation and everything it owns on the
+    /// heap (see [`Weigher`](crate::Weigher)); the engine adds the entry's own cost and
+    /// charges the sum against [`l1_max_bytes`](Self::l1_max_bytes). Default
+    /// [`default_weight`](crate::default_weight): the `Arc` allocation plus the encoded
+    /// length. Use it when the encoded length is a poor measure of the heap a value holds
+    /// (structs with many fields, maps, spare capacity). Called when a value enters L1 (a
+    /// fill or an L2 hit), never on an L1 hit; it should be cheap and must not panic.
     pub fn weigher<F>(mut self, weigher: F) -> Self
     where
         F: Fn(&V, usize) -> u32 + Send + Sync + 'static,

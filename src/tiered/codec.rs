@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::tiered::l1::ENTRY_OVERHEAD;
 
 /// Encodes a value into the payload of its L2 entry, and decodes it back.
 ///
@@ -15,8 +16,8 @@ use crate::error::{Error, Result};
 /// compression), so a codec only has to round-trip the value: `decode(encode(v)) == v`.
 /// Every instance sharing a key prefix must use the same codec; an entry another codec
 /// wrote is a payload that does not decode, counted as corrupt, removed and fetched anew.
-/// Its length also bounds what is stored (`max_entry_bytes`) and, by default, weighs the
-/// L1 entry.
+/// Its length also bounds what is stored (`max_entry_bytes`) and, by default, stands for
+/// the heap the value holds in L1 (see [`Weigher`]).
 ///
 /// ## Behavior
 ///
@@ -87,16 +88,34 @@ where
     }
 }
 
-/// What an L1 entry weighs against [`l1_max_bytes`](crate::TieredCacheBuilder::l1_max_bytes),
-/// from the value and the length of its encoded payload. Set with
+/// What a value costs the process while L1 holds it, in bytes, from the value and the
+/// length of its encoded payload: the value's own allocation behind its `Arc`
+/// (`size_of::<V>()` plus 16) and everything it owns on the heap, each allocation as the
+/// allocator holds it (glibc's malloc: the capacity plus 8, rounded up to 16, at least 32
+/// bytes). The engine adds what the entry itself costs (key,
+/// moka's per-entry structures: about 380 bytes) and charges the sum against
+/// [`l1_max_bytes`](crate::TieredCacheBuilder::l1_max_bytes), so the bound holds as a bound
+/// on memory only as far as the weigher is honest. Set with
 /// [`TieredCacheBuilder::weigher`](crate::TieredCacheBuilder::weigher); by default
 /// [`default_weight`].
 pub type Weigher<V> = Arc<dyn Fn(&V, usize) -> u32 + Send + Sync>;
 
-/// The default weight of an L1 entry: its encoded length plus a fixed overhead for the
-/// entry itself (about 160 bytes), saturating at `u32::MAX`.
-pub fn default_weight(encoded_len: usize) -> u32 {
-    crate::tiered::l1::L1::<()>::weight_of(encoded_len)
+/// The default [`Weigher`]: the value's `Arc` allocation plus its encoded length, a fair
+/// measure of the heap a value holds when its encoding is about as long as its contents (a
+/// string, a vector of numbers). Saturates at `u32::MAX`.
+pub fn default_weight<V>(_value: &V, encoded_len: usize) -> u32 {
+    heap_bytes(16 + size_of::<V>()).saturating_add(u32::try_from(encoded_len).unwrap_or(u32::MAX))
+}
+
+/// What an allocation of `len` bytes costs the process: none for 0; otherwise `len` plus
+/// an 8-byte header, rounded up to 16 and at least 32 (glibc's malloc, which other
+/// general-purpose allocators' size classes approach). Saturates at `u32::MAX`.
+pub(crate) fn heap_bytes(len: usize) -> u32 {
+    if len == 0 {
+        return 0;
+    }
+    let chunk = len.saturating_add(8 + 15) & !15;
+    u32::try_from(chunk.max(32)).unwrap_or(u32::MAX)
 }
 
 /// The codec and weigher a cache uses.
@@ -107,12 +126,14 @@ pub(crate) struct Hooks<V> {
 }
 
 impl<V> Hooks<V> {
-    /// The weight of an L1 entry holding `value`, encoded in `encoded_len` bytes.
+    /// The weight of an L1 entry holding `value`, encoded in `encoded_len` bytes: what the
+    /// value costs, and what the entry costs beside it.
     pub fn weigh(&self, value: &V, encoded_len: usize) -> u32 {
-        match &self.weigher {
+        let value_bytes = match &self.weigher {
             Some(w) => w(value, encoded_len),
-            None => default_weight(encoded_len),
-        }
+            None => default_weight(value, encoded_len),
+        };
+        value_bytes.saturating_add(ENTRY_OVERHEAD)
     }
 }
 

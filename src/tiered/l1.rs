@@ -1,29 +1,61 @@
-//! The in-process tier: a moka `future::Cache` bounded in bytes. Each entry carries its
-//! own time to live, which the caller caps at the entry's remaining L2 life, so L1 never
-//! serves an answer longer than Redis would. It must never block or touch the network.
+//! The in-process tier: a moka `future::Cache` bounded in bytes of process memory. It holds
+//! each value decoded, behind an `Arc`, so a hit is a reference-count increment and never a
+//! decode. Each entry carries its own deadline, which the caller caps at the entry's
+//! remaining L2 life, so L1 never serves an answer longer than Redis would. It must never
+//! block or touch the network.
+//!
+//! Expiry is checked when an entry is read rather than by moka: moka's per-entry expiry
+//! keeps a timer-wheel node per entry (and a cache-wide TTL a write-order node), about 64
+//! bytes an entry in all. An expired entry is a miss and is removed; one never read again
+//! waits for the bound to need its room.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::Expiry;
 use moka::future::Cache;
 
 use crate::tiered::digest::{Digest, DigestHasherBuilder};
 
-/// What every entry costs beyond its encoded value: the key, the moka node, the `Arc`.
-const ENTRY_OVERHEAD: u32 = 160;
+/// What one L1 entry costs the process beyond its value (the value's `Arc` allocation and
+/// what it owns, which the weigher counts): the key, moka's per-entry structures (hash
+/// table bucket and slot, the entry and its bookkeeping, the LRU node, the key's `Arc`) and
+/// the `L1Entry`, measured with glibc's allocator (see tests/l1_memory.rs).
+pub(crate) const ENTRY_OVERHEAD: u32 = 384;
 
-/// One L1 entry. Cloning is one reference-count increment.
+/// One L1 entry: 32 bytes beside the value. Cloning is one reference-count increment.
 pub(crate) struct L1Entry<V> {
     pub value: Arc<V>,
     /// Unix milliseconds at which the answer was first fetched (carried over from L2).
     pub created_at_ms: u64,
-    /// How long this entry may stay in L1 from its insertion.
-    pub ttl: Duration,
-    /// Bytes this entry is charged against the bound.
-    pub weight: u32,
     /// Unix ms at which it was stored in L1 (set by [`L1::insert`]).
     pub stored_at_ms: u64,
+    /// How long it may be served from `stored_at_ms`, in ms (at most about 49 days).
+    ttl_ms: u32,
+    /// Bytes this entry is charged against the bound.
+    weight: u32,
+}
+
+impl<V> L1Entry<V> {
+    /// An entry for `value` that may be served for `ttl` from its insertion (a longer `ttl`
+    /// than `u32::MAX` ms, about 49 days, is cut to that: L2 answers after it).
+    pub fn new(value: Arc<V>, created_at_ms: u64, ttl: Duration, weight: u32) -> Self {
+        L1Entry {
+            value,
+            created_at_ms,
+            stored_at_ms: 0,
+            ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+            weight,
+        }
+    }
+
+    /// Whether the entry may still be served at `now_ms`. A clock that went back past the
+    /// entry's storing makes it expired: it is refetched rather than served too long.
+    #[inline]
+    fn is_live(&self, now_ms: u64) -> bool {
+        now_ms
+            .checked_sub(self.stored_at_ms)
+            .is_some_and(|age| age < u64::from(self.ttl_ms))
+    }
 }
 
 impl<V> Clone for L1Entry<V> {
@@ -31,28 +63,10 @@ impl<V> Clone for L1Entry<V> {
         L1Entry {
             value: Arc::clone(&self.value),
             created_at_ms: self.created_at_ms,
-            ttl: self.ttl,
-            weight: self.weight,
             stored_at_ms: self.stored_at_ms,
+            ttl_ms: self.ttl_ms,
+            weight: self.weight,
         }
-    }
-}
-
-struct PerEntryTtl;
-
-impl<V> Expiry<Digest, L1Entry<V>> for PerEntryTtl {
-    fn expire_after_create(&self, _: &Digest, entry: &L1Entry<V>, _: Instant) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Digest,
-        entry: &L1Entry<V>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
     }
 }
 
@@ -69,28 +83,25 @@ impl<V: Send + Sync + 'static> L1<V> {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_: &Digest, e: &L1Entry<V>| e.weight)
-            .expire_after(PerEntryTtl)
             .build_with_hasher(DigestHasherBuilder);
         L1 { cache: Some(cache) }
     }
 
-    /// The weight charged for a value whose encoded form is `encoded_len` bytes.
-    pub fn weight_of(encoded_len: usize) -> u32 {
-        u32::try_from(encoded_len)
-            .unwrap_or(u32::MAX)
-            .saturating_add(ENTRY_OVERHEAD)
-    }
-
+    /// The live entry of `digest`. An expired one is removed (should a fresh value land
+    /// between the read and the removal, it is removed too: a later read goes to L2).
     #[inline]
     pub async fn get(&self, digest: &Digest) -> Option<L1Entry<V>> {
-        match &self.cache {
-            Some(c) => c.get(digest).await,
-            None => None,
+        let cache = self.cache.as_ref()?;
+        let entry = cache.get(digest).await?;
+        if entry.is_live(crate::tiered::now_ms()) {
+            return Some(entry);
         }
+        cache.invalidate(digest).await;
+        None
     }
 
     pub async fn insert(&self, digest: Digest, mut entry: L1Entry<V>) {
-        if entry.ttl.is_zero() {
+        if entry.ttl_ms == 0 {
             return;
         }
         if let Some(c) = &self.cache {
@@ -111,7 +122,7 @@ impl<V: Send + Sync + 'static> L1<V> {
         }
     }
 
-    /// Let moka apply pending evictions and expirations now (tests and stats use it).
+    /// Let moka apply pending evictions now (tests and stats use it).
     pub async fn run_pending_tasks(&self) {
         if let Some(c) = &self.cache {
             c.run_pending_tasks().await;
@@ -124,5 +135,22 @@ impl<V: Send + Sync + 'static> L1<V> {
 
     pub fn weighted_size(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| c.weighted_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_small_and_lives_for_its_ttl_only() {
+        assert_eq!(size_of::<L1Entry<()>>(), 32);
+        let mut e = L1Entry::new(Arc::new(()), 1, Duration::from_millis(100), 0);
+        e.stored_at_ms = 1_000;
+        assert!(e.is_live(1_000) && e.is_live(1_099));
+        assert!(!e.is_live(1_100), "expired at its deadline");
+        assert!(!e.is_live(999), "a clock gone back expires it");
+        let long = L1Entry::new(Arc::new(()), 1, Duration::from_secs(1 << 40), 0);
+        assert_eq!(long.ttl_ms, u32::MAX);
     }
 }

@@ -168,14 +168,6 @@ where
         TieredCacheBuilder::new()
     }
 
-    pub(crate) fn from_parts(
-        config: Config,
-        l2: Option<Arc<Guarded>>,
-        counters: Arc<Counters>,
-    ) -> Self {
-        Self::from_parts_with(config, l2, counters, Hooks::default())
-    }
-
     pub(crate) fn from_parts_with(
         config: Config,
         l2: Option<Arc<Guarded>>,
@@ -597,14 +589,7 @@ where
         weight: u32,
     ) {
         self.invalidation.note_l1_store();
-        let entry = L1Entry {
-            value,
-            created_at_ms,
-            ttl,
-            weight,
-            // Set by `L1::insert`.
-            stored_at_ms: 0,
-        };
+        let entry = L1Entry::new(value, created_at_ms, ttl, weight);
         self.l1.insert(digest, entry).await;
     }
 
