@@ -1,12 +1,14 @@
 //! `l1_max_bytes` bounds the process's memory, not only a count of bytes: an `LlmCache`
 //! filled far past its bound grows the process by at most 1.2 times the bound, for answers
-//! from about 60 bytes to 50 KB, and in OpenAI's own shape (whose extra fields each cost a
+//! from about 70 bytes to 50 KB, and in OpenAI's own shape (whose extra fields each cost a
 //! map node in memory).
 //!
 //! Each fill runs in a child process of its own (this test binary again, running only
 //! `fill_child`), so that nothing else allocates beside it and each starts from a fresh
 //! heap. The child reports its growth; the parent checks it. Memory is what the kernel says
-//! the process holds (resident set, and its peak), with the allocator as a user gets it.
+//! the process holds (resident set, and its peak), with the allocator as a user gets it
+//! (read from /proc: Linux only).
+#![cfg(target_os = "linux")]
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,7 +24,7 @@ const FILL_ENV: &str = "LLM_CACHE_L1_MEMORY_FILL";
 /// The answers of one fill.
 #[derive(Clone, Copy, Debug)]
 enum Shape {
-    /// Only a short text: about 60 bytes of JSON.
+    /// Only a short text: about 70 bytes of JSON.
     Tiny,
     /// The fields a provider sends, and `text_len` bytes of text.
     Plain { text_len: usize },

@@ -29,7 +29,7 @@ macro_rules! config_setters {
         /// JSON map's nodes and each allocation's rounding), plus the entry's own cost (key
         /// and moka's per-entry structures, about 380 bytes). Filled
         /// far past the bound, with glibc's allocator, the process grows by about 1.05 times
-        /// the bound (tests/l1_memory.rs checks 1.2, for answers of 60 bytes to 50 KB).
+        /// the bound (tests/l1_memory.rs checks 1.2, for answers of 70 bytes to 50 KB).
         pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
             self.config.l1_max_bytes = bytes;
             self
