@@ -92,8 +92,8 @@ where
 /// length of its encoded payload: the value's own allocation behind its `Arc`
 /// (`size_of::<V>()` plus 16) and everything it owns on the heap, each allocation as the
 /// allocator holds it (glibc's malloc: the capacity plus 8, rounded up to 16, at least 32
-/// bytes). The engine adds what the entry itself costs (key,
-/// moka's per-entry structures: about 380 bytes) and charges the sum against
+/// bytes). The engine adds what the entry itself costs (key, moka's per-entry structures:
+/// about 380 bytes) and charges the sum against
 /// [`l1_max_bytes`](crate::TieredCacheBuilder::l1_max_bytes), so the bound holds as a bound
 /// on memory only as far as the weigher is honest. Set with
 /// [`TieredCacheBuilder::weigher`](crate::TieredCacheBuilder::weigher); by default
