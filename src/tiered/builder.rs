@@ -27,9 +27,11 @@ macro_rules! config_setters {
         /// Each entry is charged what it holds: the value as the weigher counts it (the LLM
         /// cache counts an answer's structs, every string and vector at its capacity, each
         /// JSON map's nodes and each allocation's rounding), plus the entry's own cost (key
-        /// and moka's per-entry structures, about 380 bytes). Filled
-        /// far past the bound, with glibc's allocator, the process grows by about 1.05 times
-        /// the bound (tests/l1_memory.rs checks 1.2, for answers of 60 bytes to 50 KB).
+        /// and moka's per-entry structures, about 380 bytes), plus 1/16 for what the
+        /// allocator keeps but cannot reuse while L1 evicts and fills. Filled far past the
+        /// bound, with glibc's allocator, the process grows by about the bound
+        /// (tests/l1_memory.rs checks 1.2, for answers of 70 bytes to 50 KB); with many
+        /// threads filling at once, by up to 1.1 to 1.3 times, as the threads interleave.
         pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
             self.config.l1_max_bytes = bytes;
             self

@@ -10,6 +10,7 @@
 //! waits for the bound to need its room.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -73,18 +74,25 @@ impl<V> Clone for L1Entry<V> {
 /// The L1 tier; `None` inside when L1 is disabled (max bytes = 0).
 pub(crate) struct L1<V> {
     cache: Option<Cache<Digest, L1Entry<V>, DigestHasherBuilder>>,
+    /// Weight inserted since L1 last made moka evict (see [`L1::insert`]).
+    unsettled: AtomicU64,
+    /// How much weight may wait for moka's eviction: 1/32 of the bound.
+    max_unsettled: u64,
 }
 
 impl<V: Send + Sync + 'static> L1<V> {
     pub fn new(max_bytes: u64) -> Self {
-        if max_bytes == 0 {
-            return L1 { cache: None };
+        let cache = (max_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_: &Digest, e: &L1Entry<V>| e.weight)
+                .build_with_hasher(DigestHasherBuilder)
+        });
+        L1 {
+            cache,
+            unsettled: AtomicU64::new(0),
+            max_unsettled: max_bytes / 32,
         }
-        let cache = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_: &Digest, e: &L1Entry<V>| e.weight)
-            .build_with_hasher(DigestHasherBuilder);
-        L1 { cache: Some(cache) }
     }
 
     /// The live entry of `digest`. An expired one is removed (should a fresh value land
@@ -100,13 +108,23 @@ impl<V: Send + Sync + 'static> L1<V> {
         None
     }
 
+    /// Store `entry`. Moka evicts in batches, once some 64 writes wait; with large
+    /// entries that let the cache hold a fifth more than its bound for a while (and the
+    /// process keep that memory). So once the weight inserted since the last eviction
+    /// passes 1/32 of the bound, this insert makes moka evict now.
     pub async fn insert(&self, digest: Digest, mut entry: L1Entry<V>) {
         if entry.ttl_ms == 0 {
             return;
         }
         if let Some(c) = &self.cache {
             entry.stored_at_ms = crate::tiered::now_ms();
+            let weight = u64::from(entry.weight);
             c.insert(digest, entry).await;
+            let unsettled = self.unsettled.fetch_add(weight, Ordering::Relaxed) + weight;
+            if unsettled > self.max_unsettled {
+                self.unsettled.store(0, Ordering::Relaxed);
+                c.run_pending_tasks().await;
+            }
         }
     }
 
