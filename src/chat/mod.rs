@@ -38,6 +38,16 @@ use crate::tiered::stats::Timer;
 use crate::tiered::{CacheStatus, Cached, TieredCache, now_ms};
 use crate::upstream::Upstream;
 
+/// Where a request's answer comes from on a miss, and what its key holds beyond the body and
+/// namespace: the cache's own upstream and plain keys, or (for an HTTP-level layer) the
+/// layer's upstream for this request and a scope (upstream host, path, query, credentials)
+/// that puts its keys in a space of their own.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) scope: Option<Arc<[u8]>>,
+    pub(crate) upstream: Arc<dyn Upstream>,
+}
+
 /// An OpenAI-compatible chat client that answers repeats from cache. Cheap to clone.
 #[derive(Clone)]
 pub struct LlmCache {
@@ -171,13 +181,46 @@ impl LlmCache {
         // First of all: nothing below (the key, the trace, a copy) may see a request that
         // nests too deep to walk.
         request.validate()?;
+        self.answer_traced(request, control, &self.own_route())
+            .await
+    }
+
+    /// The cache's own upstream, and keys as [`digest_with`](Self::digest_with) makes them.
+    fn own_route(&self) -> Route {
+        Route {
+            scope: None,
+            upstream: Arc::clone(&self.inner.upstream),
+        }
+    }
+
+    /// [`chat_with`](Self::chat_with) for an HTTP-level layer: the answer comes from the
+    /// route's upstream on a miss and the key holds the route's scope too (see
+    /// [`Route`]). Same tiers, flights, stats and prices as `chat_with`.
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) async fn chat_routed(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Result<Cached<ChatResponse>> {
+        request.validate()?;
+        self.answer_traced(request, control, route).await
+    }
+
+    async fn answer_traced(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Result<Cached<ChatResponse>> {
         let span = trace::request_span(false, &request.model);
         if span.is_disabled() {
-            return self.answer(request, control).await;
+            return self.answer(request, control, route).await;
         }
-        let traced = trace::Traced::start(&span, self.digest_with(request, control));
+        let traced = trace::Traced::start(&span, self.route_digest(request, control, route));
         let out =
-            tracing::Instrument::instrument(self.answer(request, control), span.clone()).await;
+            tracing::Instrument::instrument(self.answer(request, control, route), span.clone())
+                .await;
         traced.finish(out.as_ref().map(|c| c.status()));
         out
     }
@@ -186,13 +229,14 @@ impl LlmCache {
         &self,
         request: &ChatRequest,
         control: &CacheControl,
+        route: &Route,
     ) -> Result<Cached<ChatResponse>> {
         let inner = &self.inner;
         if control.bypass || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
         {
-            return self.bypass(request, control).await;
+            return self.bypass(request, control, route).await;
         }
-        let digest = self.digest_with(request, control);
+        let digest = self.route_digest(request, control, route);
         let counters = inner.model(&request.model);
         if !control.fetch.refresh
             && let Some(hit) = inner.tiers.get(&digest).await
@@ -208,7 +252,7 @@ impl LlmCache {
         };
         // The fetch owns a copy of the request, made only when this caller's flight misses.
         let make_fetch = || {
-            let upstream = Arc::clone(&inner.upstream);
+            let upstream = Arc::clone(&route.upstream);
             let calls = Arc::clone(&inner.upstream_calls);
             let owned = request.clone();
             move || async move {
@@ -234,6 +278,7 @@ impl LlmCache {
         &self,
         request: &ChatRequest,
         control: &CacheControl,
+        route: &Route,
     ) -> Result<Cached<ChatResponse>> {
         let inner = &self.inner;
         inner.bypassed.fetch_add(1, Relaxed);
@@ -241,11 +286,11 @@ impl LlmCache {
         let exported = &inner.tiers.counters().exported;
         let _total = Timer::start(&exported.total);
         let upstream = Timer::start(&exported.upstream);
-        let response = inner.upstream.chat(request).await;
+        let response = route.upstream.chat(request).await;
         drop(upstream);
         let response = response?;
         policy::check_response(&response)?;
-        let digest = self.digest_with(request, control);
+        let digest = self.route_digest(request, control, route);
         Ok(Cached::new(
             Arc::new(response),
             CacheStatus::Bypass,
@@ -393,6 +438,50 @@ impl LlmCache {
     pub fn digest_with(&self, request: &ChatRequest, control: &CacheControl) -> Digest {
         let digest = key::derive(request, &control.namespace, &self.inner.key_options);
         crate::tiered::invalidation::scoped(digest, self.inner.tiers.generation(&control.namespace))
+    }
+
+    /// The digest of `request` on `route`: [`digest_with`](Self::digest_with) for the
+    /// cache's own route, else a scoped digest (a key space of its own).
+    pub(crate) fn route_digest(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Digest {
+        match &route.scope {
+            None => self.digest_with(request, control),
+            Some(scope) => {
+                let canonical = key::canonical_json(request, &self.inner.key_options);
+                self.scoped_digest(&canonical, control, scope)
+            }
+        }
+    }
+
+    /// The digest of a canonical body with `scope` in `control`'s namespace and its current
+    /// generation (see [`key::derive_scoped`]).
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) fn scoped_digest(
+        &self,
+        canonical: &[u8],
+        control: &CacheControl,
+        scope: &[u8],
+    ) -> Digest {
+        let digest = key::derive_scoped(canonical, &control.namespace, scope);
+        crate::tiered::invalidation::scoped(digest, self.inner.tiers.generation(&control.namespace))
+    }
+
+    /// The key options in use.
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) fn key_options(&self) -> &KeyOptions {
+        &self.inner.key_options
+    }
+
+    /// Count a request that went past the cache on its caller's wish (an HTTP layer's
+    /// `bypass`), as [`chat_with`](Self::chat_with) counts its own.
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) fn count_bypassed(&self) {
+        self.inner.bypassed.fetch_add(1, Relaxed);
+        self.inner.upstream_calls.fetch_add(1, Relaxed);
     }
 
     /// The generic tiers underneath, for inspection (`inflight()`, `l2_key()`...).

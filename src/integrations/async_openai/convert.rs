@@ -1,0 +1,1 @@
+//! Conversions between async-openai's chat types and the crate's.
