@@ -422,6 +422,55 @@ async fn request_headers_steer_the_cache_and_are_not_forwarded() {
     assert_eq!(mock.calls(), 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn responses_streams_share_one_upstream_stream_and_incomplete_ones_are_not_stored() {
+    use async_openai::types::responses::CreateResponse;
+    let mock = MockUpstream::start().await;
+    let layer = layer(None).await;
+    let (client, seen) = client(&layer, &mock);
+    let events = |input: &'static str| {
+        let client = client.clone();
+        async move {
+            let request: CreateResponse = serde_json::from_value(
+                json!({"model": "gpt-4.1-mini", "input": input, "stream": true}),
+            )
+            .unwrap();
+            let mut stream = client.responses().create_stream(request).await.unwrap();
+            let mut out = Vec::new();
+            while let Some(event) = stream.next().await {
+                out.push(serde_json::to_value(event.expect("an event")).unwrap());
+            }
+            out
+        }
+    };
+    mock.hold_answers();
+    let streams: Vec<_> = (0..20).map(|_| tokio::spawn(events("together"))).collect();
+    mock.wait_for_calls(1).await;
+    mock.release_all();
+    let mut all = Vec::new();
+    for s in streams {
+        all.push(s.await.unwrap());
+    }
+    assert_eq!(all[0].len(), 2);
+    all.dedup();
+    assert_eq!(all.len(), 1, "every stream got the same events");
+    assert_eq!(mock.calls_to("/v1/responses"), 1, "20 streams, one upstream stream");
+
+    // A stream that ends with `response.failed` reaches the caller as it came, unstored.
+    let failed = json!({"type": "response.failed", "sequence_number": 0, "response":
+        {"id": "resp_f", "object": "response", "created_at": 0, "model": "gpt-4.1-mini",
+         "status": "failed", "output": []}});
+    mock.push_reply(MockReply::Sse(format!(
+        "event: response.failed\ndata: {failed}\n\n"
+    )));
+    let got = events("fails").await;
+    assert_eq!(got, vec![failed]);
+    assert_eq!(last(&seen), "miss");
+    let again = events("fails").await;
+    assert_eq!(again.len(), 2, "the next call reached the upstream: {again:?}");
+    assert_eq!(mock.calls_to("/v1/responses"), 3);
+}
+
 /// The child side of [`a_second_process_sharing_redis_gets_an_l2_hit`].
 #[test]
 fn child_process_client() {

@@ -849,8 +849,9 @@ async fn not_found(uri: Uri) -> Response {
 }
 
 /// The routes beyond chat (embeddings, responses, files, models): recorded like chat calls
-/// (method and raw bytes too), answered deterministically, or by the next scripted
-/// [`MockReply::Status`] / [`MockReply::Sse`] / [`MockReply::Body`] when one is queued.
+/// (method and raw bytes too), held by [`MockUpstream::hold_answers`] like them, answered
+/// deterministically, or by the next scripted [`MockReply::Status`] / [`MockReply::Sse`] /
+/// [`MockReply::Body`] when one is queued.
 async fn other(
     State(shared): State<Arc<Shared>>,
     method: axum::http::Method,
@@ -872,7 +873,16 @@ async fn other(
         requests.len()
     };
     shared.arrived.notify_waiters();
-    match shared.plan() {
+    let reply = shared.plan();
+    let gate = shared.gate.lock().unwrap().clone();
+    if let Some(gate) = gate {
+        shared.held.fetch_add(1, Ordering::SeqCst);
+        if let Ok(permit) = gate.acquire().await {
+            permit.forget();
+        }
+        shared.held.fetch_sub(1, Ordering::SeqCst);
+    }
+    match reply {
         MockReply::Status {
             code,
             body,

@@ -24,17 +24,17 @@ use super::upstream::{HttpService, inner_error, send};
 /// upstream sent it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StoredBody {
-    content_type: String,
-    body: String,
+    pub(super) content_type: String,
+    pub(super) body: String,
 }
 
-/// Answer a cacheable non-chat request from the tiers, or from the inner service on a miss.
+/// Answer a cacheable non-chat request that does not stream from the tiers, or from the
+/// inner service on a miss (streamed ones: `body_flight`).
 pub(super) async fn answer<S>(
     bodies: &TieredCache<StoredBody>,
     digest: crate::Digest,
     control: &CacheControl,
     endpoint: Endpoint,
-    stream: bool,
     service: S,
     factory: HttpRequestFactory,
 ) -> std::result::Result<reqwest::Response, OpenAIError>
@@ -59,11 +59,7 @@ where
                 format!("the answer was cut off: {}", e.without_url()),
             )
         })?;
-        let complete = if stream {
-            stream_is_complete(endpoint, &body)
-        } else {
-            json_is_complete(endpoint, &body)
-        };
+        let complete = json_is_complete(endpoint, &body);
         match String::from_utf8(body.to_vec()) {
             Ok(text) if complete => Ok(StoredBody {
                 content_type,
@@ -112,7 +108,7 @@ fn json_is_complete(endpoint: Endpoint, body: &[u8]) -> bool {
 
 /// An event stream worth storing: it reached its end (`response.completed` for the
 /// Responses API, `[DONE]` otherwise) with no error event on the way.
-fn stream_is_complete(endpoint: Endpoint, body: &[u8]) -> bool {
+pub(super) fn stream_is_complete(endpoint: Endpoint, body: &[u8]) -> bool {
     let mut parser = SseParser::new();
     let Ok(mut events) = parser.push(body) else {
         return false;

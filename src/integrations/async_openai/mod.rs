@@ -28,7 +28,8 @@
 //! answer (same text, tool calls, finish reason and usage; chunk boundaries may differ),
 //! concurrent identical streams sharing one upstream stream. The other endpoints store the
 //! upstream's answer as it came (JSON, or the Responses API's typed event stream) and
-//! replay it byte for byte; [`AsyncOpenAiLayer::body_stats`] counts them.
+//! replay it byte for byte (concurrent identical streams share one live upstream stream
+//! there too); [`AsyncOpenAiLayer::body_stats`] counts them.
 //!
 //! Everything else goes to the inner service unchanged and is never stored: other methods
 //! and paths (`GET /models`, `DELETE`, file uploads...), non-JSON and multipart bodies,
@@ -75,6 +76,7 @@
 //! `OpenAIError::Boxed` holding an [`Error`](crate::Error). Nothing that failed is stored.
 
 mod bodies;
+mod body_flight;
 pub mod convert;
 mod reply;
 mod request;
@@ -121,6 +123,8 @@ pub struct AsyncOpenAiLayer {
 struct Shared {
     cache: LlmCache,
     bodies: TieredCache<StoredBody>,
+    /// Streamed non-chat flights in progress.
+    streams: Arc<body_flight::Flights>,
     share_across_credentials: bool,
 }
 
@@ -165,6 +169,7 @@ impl AsyncOpenAiLayerBuilder {
             shared: Arc::new(Shared {
                 cache,
                 bodies,
+                streams: Arc::default(),
                 share_across_credentials: self.share_across_credentials,
             }),
         })
@@ -343,16 +348,19 @@ where
             let canonical = crate::key::canonical_value(&body, shared.cache.key_options());
             let digest = shared.cache.scoped_digest(&canonical, &control, &scope);
             let forward = request::forward(factory, request);
-            bodies::answer(
-                &shared.bodies,
-                digest,
-                &control,
-                endpoint,
-                stream,
-                inner,
-                forward,
-            )
-            .await
+            if stream {
+                return body_flight::answer(
+                    &shared.streams,
+                    &shared.bodies,
+                    digest,
+                    &control,
+                    endpoint,
+                    inner,
+                    forward,
+                )
+                .await;
+            }
+            bodies::answer(&shared.bodies, digest, &control, endpoint, inner, forward).await
         }
     }
 }
