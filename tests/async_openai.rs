@@ -471,6 +471,39 @@ async fn responses_streams_share_one_upstream_stream_and_incomplete_ones_are_not
     assert_eq!(mock.calls_to("/v1/responses"), 3);
 }
 
+/// The layer builds the caller's request once to look at it and hands that build to the
+/// inner service: an upload is not built twice; a retry inside still rebuilds.
+#[tokio::test]
+async fn the_request_is_built_once_unless_an_inner_retry_rebuilds_it() {
+    use async_openai::middleware::HttpRequestFactory;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use tower::{Layer, ServiceExt};
+    let mock = MockUpstream::start().await;
+    let layer = layer(None).await;
+    let builds = Arc::new(AtomicUsize::new(0));
+    let factory = |url: String| {
+        let builds = Arc::clone(&builds);
+        HttpRequestFactory::new(move || {
+            builds.fetch_add(1, SeqCst);
+            let url = url.clone();
+            async move { Ok(reqwest::Client::new().get(url).build()?) }
+        })
+    };
+    let plain = layer.layer(ReqwestService::new(reqwest::Client::new()));
+    let models = format!("{}/models", mock.base_url());
+    let response = plain.clone().oneshot(factory(models.clone())).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(builds.load(SeqCst), 1, "built once, not once to look and once to send");
+
+    let retrying = layer.layer(OpenAIRetryLayer::new(1).layer(ReqwestService::new(
+        reqwest::Client::new(),
+    )));
+    mock.push_reply(MockReply::status(500));
+    let response = retrying.oneshot(factory(models)).await.unwrap();
+    assert_eq!(response.status(), 200, "the retry got the second answer");
+    assert_eq!(builds.load(SeqCst), 3, "the retry rebuilt the request");
+}
+
 /// The child side of [`a_second_process_sharing_redis_gets_an_l2_hit`].
 #[test]
 fn child_process_client() {
