@@ -454,7 +454,11 @@ async fn responses_streams_share_one_upstream_stream_and_incomplete_ones_are_not
     assert_eq!(all[0].len(), 2);
     all.dedup();
     assert_eq!(all.len(), 1, "every stream got the same events");
-    assert_eq!(mock.calls_to("/v1/responses"), 1, "20 streams, one upstream stream");
+    assert_eq!(
+        mock.calls_to("/v1/responses"),
+        1,
+        "20 streams, one upstream stream"
+    );
 
     // A stream that ends with `response.failed` reaches the caller as it came, unstored.
     let failed = json!({"type": "response.failed", "sequence_number": 0, "response":
@@ -467,7 +471,11 @@ async fn responses_streams_share_one_upstream_stream_and_incomplete_ones_are_not
     assert_eq!(got, vec![failed]);
     assert_eq!(last(&seen), "miss");
     let again = events("fails").await;
-    assert_eq!(again.len(), 2, "the next call reached the upstream: {again:?}");
+    assert_eq!(
+        again.len(),
+        2,
+        "the next call reached the upstream: {again:?}"
+    );
     assert_eq!(mock.calls_to("/v1/responses"), 3);
 }
 
@@ -491,13 +499,20 @@ async fn the_request_is_built_once_unless_an_inner_retry_rebuilds_it() {
     };
     let plain = layer.layer(ReqwestService::new(reqwest::Client::new()));
     let models = format!("{}/models", mock.base_url());
-    let response = plain.clone().oneshot(factory(models.clone())).await.unwrap();
+    let response = plain
+        .clone()
+        .oneshot(factory(models.clone()))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(builds.load(SeqCst), 1, "built once, not once to look and once to send");
+    assert_eq!(
+        builds.load(SeqCst),
+        1,
+        "built once, not once to look and once to send"
+    );
 
-    let retrying = layer.layer(OpenAIRetryLayer::new(1).layer(ReqwestService::new(
-        reqwest::Client::new(),
-    )));
+    let retrying =
+        layer.layer(OpenAIRetryLayer::new(1).layer(ReqwestService::new(reqwest::Client::new())));
     mock.push_reply(MockReply::status(500));
     let response = retrying.oneshot(factory(models)).await.unwrap();
     assert_eq!(response.status(), 200, "the retry got the second answer");

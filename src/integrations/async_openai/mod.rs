@@ -126,6 +126,8 @@ struct Shared {
     /// Streamed non-chat flights in progress.
     streams: Arc<body_flight::Flights>,
     share_across_credentials: bool,
+    /// The namespace this layer's requests are bound to; headers nest inside it.
+    namespace: String,
 }
 
 impl fmt::Debug for AsyncOpenAiLayer {
@@ -146,6 +148,7 @@ impl fmt::Debug for AsyncOpenAiLayer {
 pub struct AsyncOpenAiLayerBuilder {
     cache: LlmCacheBuilder,
     share_across_credentials: bool,
+    namespace: String,
 }
 
 impl AsyncOpenAiLayerBuilder {
@@ -154,6 +157,14 @@ impl AsyncOpenAiLayerBuilder {
     /// when every credential the client may carry belongs to one party.
     pub fn share_across_credentials(mut self, yes: bool) -> Self {
         self.share_across_credentials = yes;
+        self
+    }
+
+    /// The namespace every request of this layer is bound to (default: the global one). A
+    /// request's `x-llm-cache-namespace` nests inside it, so no header can reach another
+    /// binding's answers.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
         self
     }
 
@@ -171,6 +182,7 @@ impl AsyncOpenAiLayerBuilder {
                 bodies,
                 streams: Arc::default(),
                 share_across_credentials: self.share_across_credentials,
+                namespace: self.namespace,
             }),
         })
     }
@@ -200,6 +212,7 @@ impl AsyncOpenAiLayer {
         AsyncOpenAiLayerBuilder {
             cache,
             share_across_credentials: false,
+            namespace: String::new(),
         }
     }
 
@@ -284,6 +297,7 @@ where
     let mut request = factory.build().await?;
     let control =
         request::take_controls(request.headers_mut()).map_err(OpenAIError::InvalidArgument)?;
+    let control = request::bind(control, &shared.namespace);
     let plan = request::plan(&request);
     let share = shared.share_across_credentials;
     match plan {

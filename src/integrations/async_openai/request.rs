@@ -118,6 +118,21 @@ pub(super) fn take_controls(headers: &mut HeaderMap) -> Result<CacheControl, Str
     Ok(control)
 }
 
+/// `control` with its namespace nested inside `bound` (the layer's own): the bound one
+/// alone when the request names none, else both, joined by a byte no header value can
+/// hold (header namespaces are visible ASCII), so no header reaches another binding.
+pub(super) fn bind(control: CacheControl, bound: &str) -> CacheControl {
+    let asked = control.namespace_str();
+    match (bound.is_empty(), asked.is_empty()) {
+        (true, _) => control,
+        (false, true) => control.namespace(bound),
+        (false, false) => {
+            let nested = format!("{bound}\u{1f}{asked}");
+            control.namespace(nested)
+        }
+    }
+}
+
 fn one_value(headers: &HeaderMap, name: &str) -> Result<Option<String>, String> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
@@ -321,6 +336,20 @@ mod tests {
             let e = take_controls(&mut headers(&[bad])).unwrap_err();
             assert!(e.contains(bad.0), "{e}");
         }
+    }
+
+    #[test]
+    fn header_namespaces_nest_inside_the_bound_one() {
+        let asked = |ns: &str| CacheControl::new().namespace(ns);
+        assert_eq!(bind(asked("t"), "").namespace_str(), "t");
+        assert_eq!(bind(CacheControl::new(), "svc").namespace_str(), "svc");
+        let nested = bind(asked("t"), "svc");
+        assert_ne!(nested.namespace_str(), "t");
+        assert_ne!(nested.namespace_str(), "svc");
+        assert_ne!(
+            nested.namespace_str(),
+            bind(asked("t"), "svc2").namespace_str()
+        );
     }
 
     #[test]
