@@ -42,10 +42,25 @@ use crate::upstream::Upstream;
 /// namespace: the cache's own upstream and plain keys, or (for an HTTP-level layer) the
 /// layer's upstream for this request and a scope (upstream host, path, query, credentials)
 /// that puts its keys in a space of their own.
+/// `Route::OWN` (both `None`) costs nothing on the hot path.
 #[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) scope: Option<Arc<[u8]>>,
-    pub(crate) upstream: Arc<dyn Upstream>,
+    /// `None`: the cache's own upstream.
+    pub(crate) upstream: Option<Arc<dyn Upstream>>,
+}
+
+impl Route {
+    /// The cache's own upstream, and keys as [`LlmCache::digest_with`] makes them.
+    pub(crate) const OWN: Route = Route {
+        scope: None,
+        upstream: None,
+    };
+
+    /// The upstream a miss asks.
+    pub(crate) fn upstream<'a>(&'a self, own: &'a Arc<dyn Upstream>) -> &'a Arc<dyn Upstream> {
+        self.upstream.as_ref().unwrap_or(own)
+    }
 }
 
 /// An OpenAI-compatible chat client that answers repeats from cache. Cheap to clone.
@@ -181,16 +196,7 @@ impl LlmCache {
         // First of all: nothing below (the key, the trace, a copy) may see a request that
         // nests too deep to walk.
         request.validate()?;
-        self.answer_traced(request, control, &self.own_route())
-            .await
-    }
-
-    /// The cache's own upstream, and keys as [`digest_with`](Self::digest_with) makes them.
-    fn own_route(&self) -> Route {
-        Route {
-            scope: None,
-            upstream: Arc::clone(&self.inner.upstream),
-        }
+        self.answer_traced(request, control, &Route::OWN).await
     }
 
     /// [`chat_with`](Self::chat_with) for an HTTP-level layer: the answer comes from the
@@ -252,7 +258,7 @@ impl LlmCache {
         };
         // The fetch owns a copy of the request, made only when this caller's flight misses.
         let make_fetch = || {
-            let upstream = Arc::clone(&route.upstream);
+            let upstream = Arc::clone(route.upstream(&inner.upstream));
             let calls = Arc::clone(&inner.upstream_calls);
             let owned = request.clone();
             move || async move {
@@ -286,7 +292,7 @@ impl LlmCache {
         let exported = &inner.tiers.counters().exported;
         let _total = Timer::start(&exported.total);
         let upstream = Timer::start(&exported.upstream);
-        let response = route.upstream.chat(request).await;
+        let response = route.upstream(&inner.upstream).chat(request).await;
         drop(upstream);
         let response = response?;
         policy::check_response(&response)?;

@@ -115,7 +115,7 @@ impl LlmCache {
     ) -> Result<CachedStream> {
         // Before the key, the trace or a copy: see `chat_with`.
         request.validate()?;
-        self.answer_stream_traced(request, control, &self.own_route())
+        self.answer_stream_traced(request, control, &Route::OWN)
             .await
     }
 
@@ -167,7 +167,7 @@ impl LlmCache {
         {
             inner.bypassed.fetch_add(1, Relaxed);
             inner.upstream_calls.fetch_add(1, Relaxed);
-            let live = route.upstream.chat_stream(request).await?;
+            let live = route.upstream(&inner.upstream).chat_stream(request).await?;
             let chunks = if usage {
                 live
             } else {
@@ -271,7 +271,7 @@ impl LlmCache {
         tokio::spawn(async move {
             let fetch = {
                 let flight = Arc::clone(&flight);
-                let upstream = Arc::clone(&route.upstream);
+                let upstream = Arc::clone(route.upstream(&inner.upstream));
                 let calls = Arc::clone(&inner.upstream_calls);
                 let abort = inner.abort_abandoned_streams;
                 move || async move {

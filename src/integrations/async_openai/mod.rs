@@ -320,7 +320,7 @@ where
                 };
                 let route = Route {
                     scope: Some(scope),
-                    upstream: Arc::new(upstream),
+                    upstream: Some(Arc::new(upstream)),
                 };
                 return chat_stream(&shared.cache, &chat, &control, &route).await;
             }
@@ -330,7 +330,7 @@ where
             };
             let route = Route {
                 scope: Some(scope),
-                upstream: Arc::new(upstream),
+                upstream: Some(Arc::new(upstream)),
             };
             match shared.cache.chat_routed(&chat, &control, &route).await {
                 Ok(cached) => {
