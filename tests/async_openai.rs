@@ -262,6 +262,30 @@ async fn upstream_errors_reach_the_caller_as_async_openai_errors_and_are_not_cac
     assert_eq!(mock.calls(), 4, "one retry inside the cache layer");
     retrying.chat().create(chat("rate limited")).await.unwrap();
     assert_eq!(mock.calls(), 5, "the 429 was not cached");
+
+    // A stream refused before its first chunk: the caller's `create_stream` fails so.
+    let mut streamed = chat("streamed failure");
+    streamed.stream = Some(true);
+    mock.push_reply(MockReply::openai_error(500, "mock: no stream"));
+    match client.chat().create_stream(streamed.clone()).await {
+        Err(OpenAIError::ApiError(e)) => assert_eq!(e.status_code.as_u16(), 500),
+        Err(other) => panic!("expected the upstream's 500: {other:?}"),
+        Ok(_) => panic!("expected the upstream's 500, got a stream"),
+    }
+    // A stream cut in the middle: the caller sees the cut, nothing is stored.
+    mock.push_reply(MockReply::StreamCut { after: 2 });
+    let mut cut = client.chat().create_stream(streamed.clone()).await.unwrap();
+    let mut failed = false;
+    while let Some(chunk) = cut.next().await {
+        failed |= chunk.is_err();
+    }
+    assert!(failed, "the cut reached the caller");
+    let calls = mock.calls();
+    let mut whole = client.chat().create_stream(streamed).await.unwrap();
+    while let Some(chunk) = whole.next().await {
+        chunk.expect("the next stream is whole");
+    }
+    assert_eq!(mock.calls(), calls + 1, "the cut stream was not stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
