@@ -33,6 +33,9 @@
 //!   ~2 KB answers and for small (~100-character) ones, with the second half's growth per
 //!   entry beside it; each fill runs in its own child process, on one thread
 //!   (`LOAD_BENCH_ENTRIES=N` changes N);
+//! - `async_openai` (with `--features async-openai`): an L1 and an L2 hit through
+//!   async-openai's `Client` with the cache's layer, next to the same hit through
+//!   `LlmCache::chat`, one caller each (`async_openai_figures.rs`);
 //! - `scale` (full run only, unless named in `LOAD_BENCH_ONLY`): L1-hit p50/p99 and
 //!   throughput at concurrency 1 and 64 on a cache holding 20,000 entries and one holding
 //!   1,000,000, in alternating rounds, each hit drawn uniformly over all held keys, and the
@@ -46,6 +49,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[cfg(feature = "async-openai")]
+#[path = "async_openai_figures.rs"]
+mod async_openai_figures;
 #[path = "load/hand_written.rs"]
 mod hand_written;
 #[path = "load/scale.rs"]
@@ -1175,6 +1181,15 @@ fn main() {
         } else {
             Value::Null
         };
+        // With `--features async-openai`: hits through async-openai's Client and the layer.
+        #[cfg(feature = "async-openai")]
+        let async_openai = if run("async_openai", "hits through the async-openai layer") {
+            async_openai_figures::figures(budget.run, &redis.url()).await
+        } else {
+            Value::Null
+        };
+        #[cfg(not(feature = "async-openai"))]
+        let async_openai = Value::Null;
         let batch = if run("batch", "batch of 1,000, half cached") {
             batch_half_cached(budget, &redis.url()).await
         } else {
@@ -1242,6 +1257,7 @@ fn main() {
             "stampede": stampede,
             "miss_overhead": miss,
             "batch": batch,
+            "async_openai_layer": async_openai,
             "l1_memory": memory,
             "l1_scale": scale,
             "targets": targets,

@@ -6,6 +6,8 @@
 // stream, request; stream -> request. See the README's "Architecture" and tests/layering.rs.
 mod chat;
 mod error;
+#[cfg(any(feature = "tower", feature = "async-openai"))]
+mod integrations;
 // The fuzz targets' checks: public for `fuzz/` and tests/fuzz_regressions.rs only.
 #[doc(hidden)]
 pub mod fuzzing;
@@ -37,6 +39,11 @@ pub use upstream::ChunkStream;
 pub use upstream::{BoxFuture, Upstream};
 #[cfg(feature = "openai")]
 pub use upstream::{OpenAiCompatible, RetryPolicy, UpstreamStats};
+
+#[cfg(feature = "async-openai")]
+pub use integrations::async_openai;
+#[cfg(feature = "tower")]
+pub use integrations::tower::TowerUpstream;
 
 pub use chat::key;
 #[doc(no_inline)]

@@ -18,6 +18,7 @@ use crate::tiered::TieredCache;
 use crate::tiered::builder::config_setters;
 use crate::tiered::codec::Hooks;
 use crate::tiered::config::{Config, positive};
+use crate::tiered::l2::Guarded;
 use crate::tiered::stats::Counters;
 use crate::upstream::Upstream;
 
@@ -153,9 +154,41 @@ impl LlmCacheBuilder {
     /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
     /// then runs L1-only and starts using Redis when it answers. Needs a Tokio runtime.
     pub async fn build(self) -> Result<LlmCache> {
-        let upstream = self.upstream.ok_or_else(|| {
+        let upstream = self.upstream.clone().ok_or_else(|| {
             Error::config("upstream", "required: give the provider to call on a miss")
         })?;
+        Ok(self.build_parts(upstream).await?.0)
+    }
+
+    /// Build the cache and a sibling engine for values of another type `V` (an HTTP layer's
+    /// stored bodies): the same knobs, key prefix and Redis connection (so one breaker),
+    /// counters of its own. Without an upstream, `no_upstream` stands in for it: the
+    /// cache's own `chat` then answers its error, while the layer brings its upstream with
+    /// every request.
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) async fn build_with_sibling<V>(
+        self,
+        no_upstream: Arc<dyn Upstream>,
+    ) -> Result<(LlmCache, TieredCache<V>)>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        let upstream = self.upstream.clone().unwrap_or(no_upstream);
+        let (cache, config, l2) = self.build_parts(upstream).await?;
+        let sibling = TieredCache::<V>::from_parts_with(
+            config,
+            l2,
+            Arc::new(Counters::default()),
+            Hooks::default(),
+        );
+        sibling.settle().await;
+        Ok((cache, sibling))
+    }
+
+    async fn build_parts(
+        self,
+        upstream: Arc<dyn Upstream>,
+    ) -> Result<(LlmCache, Config, Option<Arc<Guarded>>)> {
         upstream.validate()?;
         if let Some(t) = self.max_cacheable_temperature
             && !(t.is_finite() && t >= 0.0)
@@ -175,14 +208,16 @@ impl LlmCacheBuilder {
         self.config.validate()?;
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
+        let config = self.config.clone();
         // Answers are weighed by what they hold in memory, and compacted once decoded.
         let hooks = Hooks {
             codec: Arc::new(ChatCodec),
             weigher: Some(Arc::new(weight::weigh)),
         };
-        let tiers = TieredCache::<ChatResponse>::from_parts_with(self.config, l2, counters, hooks);
+        let tiers =
+            TieredCache::<ChatResponse>::from_parts_with(self.config, l2.clone(), counters, hooks);
         tiers.settle().await;
-        Ok(LlmCache::from_parts(
+        let cache = LlmCache::from_parts(
             tiers,
             upstream,
             self.key_options,
@@ -190,6 +225,7 @@ impl LlmCacheBuilder {
             self.max_cacheable_temperature,
             self.streaming,
             self.max_model_labels,
-        ))
+        );
+        Ok((cache, config, l2))
     }
 }

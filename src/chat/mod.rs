@@ -39,6 +39,31 @@ use crate::tiered::stats::Timer;
 use crate::tiered::{CacheStatus, Cached, TieredCache, now_ms};
 use crate::upstream::Upstream;
 
+/// Where a request's answer comes from on a miss, and what its key holds beyond the body and
+/// namespace: the cache's own upstream and plain keys, or (for an HTTP-level layer) the
+/// layer's upstream for this request and a scope (upstream host, path, query, credentials)
+/// that puts its keys in a space of their own.
+/// `Route::OWN` (both `None`) costs nothing on the hot path.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) scope: Option<Arc<[u8]>>,
+    /// `None`: the cache's own upstream.
+    pub(crate) upstream: Option<Arc<dyn Upstream>>,
+}
+
+impl Route {
+    /// The cache's own upstream, and keys as [`LlmCache::digest_with`] makes them.
+    pub(crate) const OWN: Route = Route {
+        scope: None,
+        upstream: None,
+    };
+
+    /// The upstream a miss asks.
+    pub(crate) fn upstream<'a>(&'a self, own: &'a Arc<dyn Upstream>) -> &'a Arc<dyn Upstream> {
+        self.upstream.as_ref().unwrap_or(own)
+    }
+}
+
 /// An OpenAI-compatible chat client that answers repeats from cache. Cheap to clone.
 #[derive(Clone)]
 pub struct LlmCache {
@@ -172,13 +197,37 @@ impl LlmCache {
         // First of all: nothing below (the key, the trace, a copy) may see a request that
         // nests too deep to walk.
         request.validate()?;
+        self.answer_traced(request, control, &Route::OWN).await
+    }
+
+    /// [`chat_with`](Self::chat_with) for an HTTP-level layer: the answer comes from the
+    /// route's upstream on a miss and the key holds the route's scope too (see
+    /// [`Route`]). Same tiers, flights, stats and prices as `chat_with`.
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) async fn chat_routed(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Result<Cached<ChatResponse>> {
+        request.validate()?;
+        self.answer_traced(request, control, route).await
+    }
+
+    async fn answer_traced(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Result<Cached<ChatResponse>> {
         let span = trace::request_span(false, &request.model);
         if span.is_disabled() {
-            return self.answer(request, control).await;
+            return self.answer(request, control, route).await;
         }
-        let traced = trace::Traced::start(&span, self.digest_with(request, control));
+        let traced = trace::Traced::start(&span, self.route_digest(request, control, route));
         let out =
-            tracing::Instrument::instrument(self.answer(request, control), span.clone()).await;
+            tracing::Instrument::instrument(self.answer(request, control, route), span.clone())
+                .await;
         traced.finish(out.as_ref().map(|c| c.status()));
         out
     }
@@ -187,13 +236,14 @@ impl LlmCache {
         &self,
         request: &ChatRequest,
         control: &CacheControl,
+        route: &Route,
     ) -> Result<Cached<ChatResponse>> {
         let inner = &self.inner;
         if control.bypass || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
         {
-            return self.bypass(request, control).await;
+            return self.bypass(request, control, route).await;
         }
-        let digest = self.digest_with(request, control);
+        let digest = self.route_digest(request, control, route);
         let counters = inner.model(&request.model);
         if !control.fetch.refresh
             && let Some(hit) = inner.tiers.get(&digest).await
@@ -209,7 +259,7 @@ impl LlmCache {
         };
         // The fetch owns a copy of the request, made only when this caller's flight misses.
         let make_fetch = || {
-            let upstream = Arc::clone(&inner.upstream);
+            let upstream = Arc::clone(route.upstream(&inner.upstream));
             let calls = Arc::clone(&inner.upstream_calls);
             let owned = request.clone();
             move || async move {
@@ -236,6 +286,7 @@ impl LlmCache {
         &self,
         request: &ChatRequest,
         control: &CacheControl,
+        route: &Route,
     ) -> Result<Cached<ChatResponse>> {
         let inner = &self.inner;
         inner.bypassed.fetch_add(1, Relaxed);
@@ -243,11 +294,11 @@ impl LlmCache {
         let exported = &inner.tiers.counters().exported;
         let _total = Timer::start(&exported.total);
         let upstream = Timer::start(&exported.upstream);
-        let response = inner.upstream.chat(request).await;
+        let response = route.upstream(&inner.upstream).chat(request).await;
         drop(upstream);
         let response = response?;
         policy::check_response(&response)?;
-        let digest = self.digest_with(request, control);
+        let digest = self.route_digest(request, control, route);
         Ok(Cached::new(
             Arc::new(response),
             CacheStatus::Bypass,
@@ -395,6 +446,50 @@ impl LlmCache {
     pub fn digest_with(&self, request: &ChatRequest, control: &CacheControl) -> Digest {
         let digest = key::derive(request, &control.namespace, &self.inner.key_options);
         crate::tiered::invalidation::scoped(digest, self.inner.tiers.generation(&control.namespace))
+    }
+
+    /// The digest of `request` on `route`: [`digest_with`](Self::digest_with) for the
+    /// cache's own route, else a scoped digest (a key space of its own).
+    pub(crate) fn route_digest(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Digest {
+        match &route.scope {
+            None => self.digest_with(request, control),
+            Some(scope) => {
+                let canonical = key::canonical_json(request, &self.inner.key_options);
+                self.scoped_digest(&canonical, control, scope)
+            }
+        }
+    }
+
+    /// The digest of a canonical body with `scope` in `control`'s namespace and its current
+    /// generation (see [`key::derive_scoped`]).
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) fn scoped_digest(
+        &self,
+        canonical: &[u8],
+        control: &CacheControl,
+        scope: &[u8],
+    ) -> Digest {
+        let digest = key::derive_scoped(canonical, &control.namespace, scope);
+        crate::tiered::invalidation::scoped(digest, self.inner.tiers.generation(&control.namespace))
+    }
+
+    /// The key options in use.
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) fn key_options(&self) -> &KeyOptions {
+        &self.inner.key_options
+    }
+
+    /// Count a request that went past the cache on its caller's wish (an HTTP layer's
+    /// `bypass`), as [`chat_with`](Self::chat_with) counts its own.
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) fn count_bypassed(&self) {
+        self.inner.bypassed.fetch_add(1, Relaxed);
+        self.inner.upstream_calls.fetch_add(1, Relaxed);
     }
 
     /// The generic tiers underneath, for inspection (`inflight()`, `l2_key()`...).

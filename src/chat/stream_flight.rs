@@ -15,7 +15,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 
-use super::LlmCache;
+use super::{LlmCache, Route};
 use crate::chat::policy::{self, CacheControl};
 use crate::error::{Error, ErrorKind, Result};
 use crate::request::{ChatRequest, ChatResponse};
@@ -115,14 +115,39 @@ impl LlmCache {
     ) -> Result<CachedStream> {
         // Before the key, the trace or a copy: see `chat_with`.
         request.validate()?;
+        self.answer_stream_traced(request, control, &Route::OWN)
+            .await
+    }
+
+    /// [`chat_stream_with`](Self::chat_stream_with) on an HTTP-level layer's route (see
+    /// [`Route`]): same flights, fan-out, tiers and stats.
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) async fn chat_stream_routed(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Result<CachedStream> {
+        request.validate()?;
+        self.answer_stream_traced(request, control, route).await
+    }
+
+    async fn answer_stream_traced(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Result<CachedStream> {
         let span = super::trace::request_span(true, &request.model);
         if span.is_disabled() {
-            return self.answer_stream(request, control).await;
+            return self.answer_stream(request, control, route).await;
         }
-        let traced = super::trace::Traced::start(&span, self.digest_with(request, control));
-        let out =
-            tracing::Instrument::instrument(self.answer_stream(request, control), span.clone())
-                .await;
+        let traced = super::trace::Traced::start(&span, self.route_digest(request, control, route));
+        let out = tracing::Instrument::instrument(
+            self.answer_stream(request, control, route),
+            span.clone(),
+        )
+        .await;
         traced.finish(out.as_ref().map(|c| c.status()));
         out
     }
@@ -131,17 +156,18 @@ impl LlmCache {
         &self,
         request: &ChatRequest,
         control: &CacheControl,
+        route: &Route,
     ) -> Result<CachedStream> {
         let inner = &self.inner;
         let mut options = ReplayOptions::for_request(request);
         options.chunk_chars = inner.stream_chunk_chars;
         let usage = options.include_usage;
-        let digest = self.digest_with(request, control);
+        let digest = self.route_digest(request, control, route);
         if control.bypass || !policy::request_is_cacheable(request, inner.max_cacheable_temperature)
         {
             inner.bypassed.fetch_add(1, Relaxed);
             inner.upstream_calls.fetch_add(1, Relaxed);
-            let live = inner.upstream.chat_stream(request).await?;
+            let live = route.upstream(&inner.upstream).chat_stream(request).await?;
             let chunks = if usage {
                 live
             } else {
@@ -168,7 +194,7 @@ impl LlmCache {
         }
         let (flight, leads) = self.join_stream(digest, control.fetch.refresh);
         if leads {
-            self.drive_stream(Arc::clone(&flight), digest, request, &control.fetch);
+            self.drive_stream(Arc::clone(&flight), digest, request, &control.fetch, route);
         }
         // Subscribe before waiting, so the flight counts this consumer from the start.
         let hit = Arc::new(std::sync::OnceLock::<CacheStatus>::new());
@@ -233,9 +259,11 @@ impl LlmCache {
         digest: Digest,
         request: &ChatRequest,
         fetch_options: &FetchOptions,
+        route: &Route,
     ) {
         let inner = Arc::clone(&self.inner);
         let request = request.clone();
+        let route = route.clone();
         let mut fetch_options = fetch_options.clone();
         let stream_deadline = inner.stream_deadline;
         fetch_options.wait = Some(stream_deadline.saturating_add(STREAM_DRIVER_GRACE));
@@ -243,7 +271,7 @@ impl LlmCache {
         tokio::spawn(async move {
             let fetch = {
                 let flight = Arc::clone(&flight);
-                let upstream = Arc::clone(&inner.upstream);
+                let upstream = Arc::clone(route.upstream(&inner.upstream));
                 let calls = Arc::clone(&inner.upstream_calls);
                 let abort = inner.abort_abandoned_streams;
                 move || async move {

@@ -14,6 +14,8 @@ use crate::stream::{ChatChunk, ReplayOptions, replay};
 #[cfg(feature = "openai")]
 mod openai;
 #[cfg(feature = "openai")]
+pub(crate) use openai::CREDENTIAL_HEADERS;
+#[cfg(feature = "openai")]
 pub use openai::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 
 /// Upstream calls by outcome (`ok`, `error`, `retried`).

@@ -121,6 +121,10 @@ pub struct RecordedRequest {
     pub headers: HeaderMap,
     /// The JSON body; `Value::Null` when it was not JSON.
     pub body: Value,
+    /// The HTTP method.
+    pub method: String,
+    /// The body's bytes as they arrived.
+    pub raw: Bytes,
 }
 
 impl RecordedRequest {
@@ -188,6 +192,11 @@ impl MockUpstream {
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
+            .route("/v1/embeddings", post(other))
+            .route("/v1/responses", post(other))
+            .route("/v1/files", post(other))
+            .route("/v1/files/{id}", axum::routing::delete(other))
+            .route("/v1/models", axum::routing::get(other))
             .fallback(not_found)
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -209,7 +218,13 @@ impl MockUpstream {
         format!("http://{}/v1", self.addr)
     }
 
-    /// Requests received so far (on the chat route).
+    /// Requests received so far on `path` (e.g. `/v1/embeddings`).
+    pub fn calls_to(&self, path: &str) -> usize {
+        let requests = self.shared.requests.lock().unwrap();
+        requests.iter().filter(|r| r.path == path).count()
+    }
+
+    /// Requests received so far (every route).
     pub fn calls(&self) -> usize {
         self.shared.requests.lock().unwrap().len()
     }
@@ -463,7 +478,8 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let raw = body;
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let call = {
         let mut requests = shared.requests.lock().unwrap();
         requests.push(RecordedRequest {
@@ -471,6 +487,8 @@ async fn handle(
             path: uri.path().to_string(),
             headers: headers.clone(),
             body: body.clone(),
+            method: "POST".to_string(),
+            raw,
         });
         requests.len()
     };
@@ -828,4 +846,120 @@ async fn not_found(uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         openai_error_body(404, &format!("mock: no route for {}", uri.path())),
     )
+}
+
+/// The routes beyond chat (embeddings, responses, files, models): recorded like chat calls
+/// (method and raw bytes too), held by [`MockUpstream::hold_answers`] like them, answered
+/// deterministically, or by the next scripted [`MockReply::Status`] / [`MockReply::Sse`] /
+/// [`MockReply::Body`] when one is queued.
+async fn other(
+    State(shared): State<Arc<Shared>>,
+    method: axum::http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let call = {
+        let mut requests = shared.requests.lock().unwrap();
+        requests.push(RecordedRequest {
+            at: Instant::now(),
+            path: uri.path().to_string(),
+            headers: headers.clone(),
+            body: body.clone(),
+            method: method.to_string(),
+            raw: raw.clone(),
+        });
+        requests.len()
+    };
+    shared.arrived.notify_waiters();
+    let reply = shared.plan();
+    let gate = shared.gate.lock().unwrap().clone();
+    if let Some(gate) = gate {
+        shared.held.fetch_add(1, Ordering::SeqCst);
+        if let Ok(permit) = gate.acquire().await {
+            permit.forget();
+        }
+        shared.held.fetch_sub(1, Ordering::SeqCst);
+    }
+    match reply {
+        MockReply::Status {
+            code,
+            body,
+            retry_after,
+        } => {
+            let mut response = json_response(StatusCode::from_u16(code).unwrap(), body);
+            if let Some(after) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_str(&after).unwrap());
+            }
+            return response;
+        }
+        MockReply::Sse(text) => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/event-stream")],
+                text,
+            )
+                .into_response();
+        }
+        MockReply::Body(text) => return json_response(StatusCode::OK, text),
+        _ => {}
+    }
+    let path = uri.path();
+    let answer = if path == "/v1/embeddings" {
+        let inputs = match &body["input"] {
+            Value::Array(items) => items.clone(),
+            one => vec![one.clone()],
+        };
+        let data: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let h = xxhash_rust::xxh3::xxh3_64(input.to_string().as_bytes());
+                let v: Vec<f64> = (0..4)
+                    .map(|k| ((h >> (k * 8)) & 0xff) as f64 / 256.0)
+                    .collect();
+                json!({"object": "embedding", "index": i, "embedding": v})
+            })
+            .collect();
+        json!({"object": "list", "data": data, "model": body["model"],
+            "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}})
+    } else if path == "/v1/responses" {
+        let response = mock_response(&body, call);
+        if body["stream"] == true {
+            let mut in_progress = response.clone();
+            in_progress["status"] = json!("in_progress");
+            let text = format!(
+                "event: response.created\ndata: {}\n\nevent: response.completed\ndata: {}\n\n",
+                json!({"type": "response.created", "sequence_number": 0, "response": in_progress}),
+                json!({"type": "response.completed", "sequence_number": 1, "response": response}),
+            );
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/event-stream")],
+                text,
+            )
+                .into_response();
+        }
+        response
+    } else if path == "/v1/files" {
+        json!({"id": format!("file-{call}"), "object": "file", "bytes": raw.len(),
+            "created_at": 0, "filename": "upload.txt", "purpose": "assistants"})
+    } else if let Some(id) = path.strip_prefix("/v1/files/") {
+        json!({"id": id, "object": "file", "deleted": true})
+    } else {
+        json!({"object": "list", "data": [{"id": "mock-model", "object": "model",
+            "created": 0, "owned_by": "mock"}]})
+    };
+    json_response(StatusCode::OK, answer.to_string())
+}
+
+/// The Responses API answer to `body`: completed, with the answer text in `metadata`.
+fn mock_response(body: &Value, call: usize) -> Value {
+    let h = xxhash_rust::xxh3::xxh3_64(body["input"].to_string().as_bytes());
+    json!({"id": format!("resp_mock_{call}"), "object": "response", "created_at": 0,
+        "model": body["model"], "status": "completed", "output": [],
+        "metadata": {"answer": format!("answer:{h:016x}")}})
 }

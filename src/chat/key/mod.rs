@@ -195,7 +195,25 @@ pub fn derive(request: &ChatRequest, namespace: &str, options: &KeyOptions) -> D
     Digest::from_bytes(Sha256::digest(&buf).into())
 }
 
-fn put_framed(buf: &mut Vec<u8>, bytes: &[u8]) {
+/// Separates the digests of HTTP-level layers (the async-openai layer) from [`derive`]'s:
+/// their key holds more than the body, so the two never name one entry.
+const SCOPED_DOMAIN: &[u8] = b"llm-cache/http-layer-key";
+
+/// The digest of an HTTP-level request: SHA-256 over the length-prefixed
+/// [`SCOPED_DOMAIN`], [`KEY_FORMAT_VERSION`], the namespace, `scope` (what else the key
+/// holds: upstream host, path and query, credential scope, framed by the caller) and the
+/// body's canonical JSON (from [`canonical_json`] or [`canonical_value`]).
+pub(crate) fn derive_scoped(canonical: &[u8], namespace: &str, scope: &[u8]) -> Digest {
+    let mut buf = Vec::with_capacity(64 + namespace.len() + scope.len() + canonical.len());
+    put_framed(&mut buf, SCOPED_DOMAIN);
+    buf.extend_from_slice(&KEY_FORMAT_VERSION.to_be_bytes());
+    put_framed(&mut buf, namespace.as_bytes());
+    put_framed(&mut buf, scope);
+    put_framed(&mut buf, canonical);
+    Digest::from_bytes(Sha256::digest(&buf).into())
+}
+
+pub(crate) fn put_framed(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
     buf.extend_from_slice(bytes);
 }
@@ -376,6 +394,23 @@ mod tests {
         let hot = base_req.clone().temperature(0.9);
         let no_temp = KeyOptions::default().ignore_field("temperature");
         assert_eq!(derive(&hot, "", &no_temp), derive(&base_req, "", &no_temp));
+    }
+
+    #[test]
+    fn scoped_digests_are_their_own_space() {
+        let req = ChatRequest::new("m").message(ChatMessage::user("x"));
+        let o = KeyOptions::default();
+        let canon = canonical_json(&req, &o);
+        let a = derive_scoped(&canon, "", b"scope-a");
+        assert_ne!(a, derive(&req, "", &o));
+        assert_ne!(a, derive_scoped(&canon, "", b"scope-b"));
+        assert_ne!(a, derive_scoped(&canon, "t", b"scope-a"));
+        // Framing: bytes cannot move between the namespace and the scope.
+        assert_ne!(
+            derive_scoped(&canon, "ab", b"c"),
+            derive_scoped(&canon, "a", b"bc")
+        );
+        assert_eq!(a, derive_scoped(&canon, "", b"scope-a"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub(super) const MASKED: &str = "***";
 
 /// Headers that always carry a credential, compared case-insensitively (also the
 /// credential headers of the HTTP-level layers, see DESIGN.md).
-const CREDENTIAL_HEADERS: [&str; 6] = [
+pub(crate) const CREDENTIAL_HEADERS: [&str; 6] = [
     "authorization",
     "proxy-authorization",
     "api-key",

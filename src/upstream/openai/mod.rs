@@ -20,6 +20,7 @@ use reqwest::Url;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
+pub(crate) use self::credentials::CREDENTIAL_HEADERS;
 use self::credentials::{Mask, is_credential_header};
 use self::errors::{parse_answer, quote_body};
 use self::reader::{ChunkReader, Opened};
