@@ -163,8 +163,12 @@ async fn chats(cache: &LlmCache, from: u64, to: u64) {
 
 /// One fill, in this process: run only in a child (see `fill_child`).
 fn fill(shape: Shape) -> Report {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread, so that nothing allocates beside the fill: on the multi-thread runtime
+    // each worker's fetches land in that worker's malloc arena, and how much the arenas
+    // keep but cannot reuse depends on which worker ran what (50 KB answers grew the
+    // process by 1.0 to 1.4 times the bound from run to run). The docs of `l1_max_bytes`
+    // say what many threads cost.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
