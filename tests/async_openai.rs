@@ -665,3 +665,42 @@ async fn llm_cache_is_a_tower_service_and_takes_one_as_upstream() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     let _: Value = json!(null);
 }
+
+/// A replayed chat stream says how old its answer is (`age`), as a JSON answer does; a
+/// stream fetched now says 0.
+#[tokio::test]
+async fn a_replayed_stream_carries_its_age() {
+    let mock = MockUpstream::start().await;
+    let layer = layer(None).await;
+    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let service = ServiceBuilder::new()
+        .map_response(move |r: reqwest::Response| {
+            let header = |name: &str| {
+                r.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let status = header("x-llm-cache").unwrap_or_default();
+            record.lock().unwrap().push((status, header("age")));
+            r
+        })
+        .layer(layer.clone())
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let client = Client::with_config(config(&mock, "sk-test-one")).with_http_service(service);
+    for _ in 0..2 {
+        let mut request = chat("how old is this stream");
+        request.stream = Some(true);
+        let mut stream = client.chat().create_stream(request).await.unwrap();
+        while let Some(chunk) = stream.next().await {
+            chunk.expect("a chunk");
+        }
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0], ("miss".to_owned(), Some("0".to_owned())));
+    assert_eq!(seen[1].0, "hit-l1");
+    let age: u64 = seen[1].1.as_deref().expect("an age header").parse().unwrap();
+    assert!(age < 3_600, "{age}");
+    assert_eq!(mock.calls(), 1);
+}

@@ -44,6 +44,8 @@ const STREAM_DRIVER_GRACE: Duration = Duration::from_secs(1);
 pub struct CachedStream {
     status: CacheStatus,
     digest: Digest,
+    /// When the answer was first fetched, for a replay of a stored one (`None`: fetched now).
+    created_at_ms: Option<u64>,
     chunks: BoxStream<'static, Result<ChatChunk>>,
 }
 
@@ -57,6 +59,14 @@ impl CachedStream {
     /// The key's digest.
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+
+    /// How long ago the answer was first fetched (for a replay of a stored answer, possibly
+    /// by another process); zero for a stream fetched now.
+    pub fn age(&self) -> Duration {
+        self.created_at_ms.map_or(Duration::ZERO, |at| {
+            Duration::from_millis(crate::tiered::now_ms().saturating_sub(at))
+        })
     }
 }
 
@@ -177,6 +187,7 @@ impl LlmCache {
             return Ok(CachedStream {
                 status: CacheStatus::Bypass,
                 digest,
+                created_at_ms: None,
                 chunks,
             });
         }
@@ -189,6 +200,7 @@ impl LlmCache {
             return Ok(CachedStream {
                 status: CacheStatus::HitL1,
                 digest,
+                created_at_ms: Some(hit.created_at_ms()),
                 chunks: futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed(),
             });
         }
@@ -207,7 +219,7 @@ impl LlmCache {
             }
         };
         let chunks = flight.subscribe(usage, on_end);
-        let origin = flight.first().await?;
+        let (origin, created_at_ms) = flight.first().await?;
         let status = if leads {
             origin
         } else {
@@ -224,6 +236,7 @@ impl LlmCache {
         Ok(CachedStream {
             status,
             digest,
+            created_at_ms,
             chunks,
         })
     }
@@ -296,7 +309,11 @@ impl LlmCache {
                 Ok(cached) => {
                     if !flight.has_chunks() {
                         // Answered by a tier or by a non-streamed flight: replay it.
-                        flight.set_origin(cached.status());
+                        let fetched_now = cached.status() == CacheStatus::Miss;
+                        flight.set_origin(
+                            cached.status(),
+                            (!fetched_now).then(|| cached.created_at_ms()),
+                        );
                         let all = ReplayOptions {
                             chunk_chars: inner.stream_chunk_chars,
                             include_usage: true,
@@ -324,7 +341,7 @@ impl LlmCache {
         abort: bool,
         request: ChatRequest,
     ) -> Result<ChatResponse> {
-        flight.set_origin(CacheStatus::Miss);
+        flight.set_origin(CacheStatus::Miss, None);
         calls.fetch_add(1, Relaxed);
         let mut live = upstream.chat_stream(&request).await?;
         let mut assembler = Assembler::new();
@@ -361,8 +378,9 @@ struct FlightLog {
     /// `Some` once the flight ended: `Ok` after the last chunk, or the error every
     /// consumer gets after the chunks it saw.
     end: Option<Result<()>>,
-    /// The status consumers that start the flight report (miss, L2 hit...).
-    origin: Option<CacheStatus>,
+    /// The status consumers that start the flight report (miss, L2 hit...), and when a
+    /// stored answer was first fetched (`None` for one fetched by this flight).
+    origin: Option<(CacheStatus, Option<u64>)>,
     /// The assembled answer, once the flight ended well.
     answer: Option<Arc<ChatResponse>>,
 }
@@ -384,11 +402,12 @@ impl StreamFlight {
         self.progress.send_modify(|v| *v += 1);
     }
 
-    /// Record where the flight's chunks come from; the first caller wins.
-    pub(crate) fn set_origin(&self, origin: CacheStatus) {
+    /// Record where the flight's chunks come from (and, for a stored answer, when it was
+    /// first fetched); the first caller wins.
+    pub(crate) fn set_origin(&self, origin: CacheStatus, created_at_ms: Option<u64>) {
         let mut log = self.log();
         if log.origin.is_none() {
-            log.origin = Some(origin);
+            log.origin = Some((origin, created_at_ms));
         }
     }
 
@@ -444,15 +463,15 @@ impl StreamFlight {
         Hold(Arc::clone(self))
     }
 
-    /// Wait until the flight has a first chunk or has ended; returns its origin, or the
-    /// error when it ended before any chunk.
-    pub(crate) async fn first(&self) -> Result<CacheStatus> {
+    /// Wait until the flight has a first chunk or has ended; returns its origin (and when a
+    /// stored answer was first fetched), or the error when it ended before any chunk.
+    pub(crate) async fn first(&self) -> Result<(CacheStatus, Option<u64>)> {
         let mut rx = self.progress.subscribe();
         loop {
             {
                 let log = self.log();
                 if !log.chunks.is_empty() || matches!(log.end, Some(Ok(()))) {
-                    return Ok(log.origin.unwrap_or(CacheStatus::Miss));
+                    return Ok(log.origin.unwrap_or((CacheStatus::Miss, None)));
                 }
                 if let Some(Err(e)) = &log.end {
                     return Err(e.clone());

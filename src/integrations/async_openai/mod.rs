@@ -411,7 +411,7 @@ async fn chat_stream(
         Ok(live) => live,
         Err(e) => return error_reply(e),
     };
-    let status = live.status();
+    let (status, age) = (live.status(), live.age());
     let events = live
         .map(|chunk| {
             let chunk = chunk?;
@@ -424,6 +424,5 @@ async fn chat_stream(
         .chain(futures_util::stream::once(async {
             Ok(Bytes::from_static(b"data: [DONE]\n\n"))
         }));
-    let age = (!status.is_hit()).then_some(std::time::Duration::ZERO);
-    Ok(reply::event_stream(events, status, age))
+    Ok(reply::event_stream(events, status, Some(age)))
 }
