@@ -672,7 +672,9 @@ async fn llm_cache_is_a_tower_service_and_takes_one_as_upstream() {
 async fn a_replayed_stream_carries_its_age() {
     let mock = MockUpstream::start().await;
     let layer = layer(None).await;
-    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    /// `x-llm-cache` and `age` of each response.
+    type Headers = Vec<(String, Option<String>)>;
+    let seen: Arc<Mutex<Headers>> = Arc::default();
     let record = Arc::clone(&seen);
     let service = ServiceBuilder::new()
         .map_response(move |r: reqwest::Response| {
@@ -700,7 +702,12 @@ async fn a_replayed_stream_carries_its_age() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen[0], ("miss".to_owned(), Some("0".to_owned())));
     assert_eq!(seen[1].0, "hit-l1");
-    let age: u64 = seen[1].1.as_deref().expect("an age header").parse().unwrap();
+    let age: u64 = seen[1]
+        .1
+        .as_deref()
+        .expect("an age header")
+        .parse()
+        .unwrap();
     assert!(age < 3_600, "{age}");
     assert_eq!(mock.calls(), 1);
 }
