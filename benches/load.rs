@@ -786,26 +786,29 @@ async fn l2_comparison(budget: Budget, redis: &RedisServer) -> L2Figures {
     }
 }
 
+/// Microseconds per call of `f` (called with 0, 1, 2...), the best mean of 50 batches of
+/// 400. Wall time on one thread, so the best of several batches: a batch that another
+/// process preempted (the machine is shared) would count time this work did not take.
+fn best_batch_mean_us(f: &mut dyn FnMut(usize)) -> f64 {
+    const BATCHES: usize = 50;
+    const N: usize = 400;
+    (0..BATCHES)
+        .map(|b| {
+            let start = Instant::now();
+            for i in b * N..(b + 1) * N {
+                f(i);
+            }
+            start.elapsed().as_nanos() as f64 / N as f64 / 1000.0
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// Single-core time per hit (best batch mean) of the work every L2 hit must do besides the GET.
 fn necessary_work(cache: &LlmCache, requests: &[ChatRequest], stored: &[u8]) -> Value {
     // `stored` is the entry of the first request.
     let first = cache.digest_with(&requests[0], &Default::default());
     let none = llm_cache::envelope::MacKeys::none();
-    // Wall time on one thread, so the best of several batches: a batch that another
-    // process preempted (the machine is shared) would count time this work did not take.
-    const BATCHES: usize = 50;
-    const N: usize = 400;
-    let time = |f: &mut dyn FnMut(usize)| {
-        (0..BATCHES)
-            .map(|b| {
-                let start = Instant::now();
-                for i in b * N..(b + 1) * N {
-                    f(i);
-                }
-                start.elapsed().as_nanos() as f64 / N as f64 / 1000.0
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+    let time = best_batch_mean_us;
     let key = time(&mut |i| {
         let r = &requests[i % requests.len()];
         std::hint::black_box(cache.digest_with(r, &Default::default()));
@@ -834,19 +837,7 @@ fn necessary_work(cache: &LlmCache, requests: &[ChatRequest], stored: &[u8]) -> 
 /// Single-core time per hit (best batch mean) of what the hand-written cache does besides
 /// the GET: its key (`serde_json::to_vec`, SHA-256, hex) and `from_slice` of the answer.
 fn hand_written_work(hand: &HandWrittenCache, requests: &[ChatRequest], plain: &[u8]) -> f64 {
-    const BATCHES: usize = 50;
-    const N: usize = 400;
-    let time = |f: &mut dyn FnMut(usize)| {
-        (0..BATCHES)
-            .map(|b| {
-                let start = Instant::now();
-                for i in b * N..(b + 1) * N {
-                    f(i);
-                }
-                start.elapsed().as_nanos() as f64 / N as f64 / 1000.0
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+    let time = best_batch_mean_us;
     let key = time(&mut |i| {
         std::hint::black_box(hand.key(&requests[i % requests.len()]));
     });
