@@ -35,6 +35,18 @@ async fn instance(upstream_url: &str, redis_url: &str) -> LlmCache {
         .expect("build")
 }
 
+/// An instance whose lease lives a minute: no renewal runs while a test holds a fetch, so
+/// the commands it counts are the lookup's and the write's only.
+async fn long_lease_instance(mock: &MockUpstream, redis: &RedisServer) -> LlmCache {
+    LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(redis.url())
+        .lease_ttl(Duration::from_secs(60))
+        .build()
+        .await
+        .expect("build")
+}
+
 /// `n` concurrent identical requests on `cache`, spawned now.
 fn burst(
     cache: &LlmCache,
@@ -360,15 +372,10 @@ async fn refresh_and_no_store_never_wait_on_another_instances_lease() {
 async fn a_miss_costs_one_redis_command_before_the_fetch_and_one_after() {
     let redis = RedisServer::start();
     let mock = MockUpstream::start().await;
-    // A long lease: no renewal may run while the fetch is held.
-    let build = || {
-        LlmCache::builder()
-            .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
-            .redis(redis.url())
-            .lease_ttl(Duration::from_secs(60))
-            .build()
-    };
-    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    let (a, b) = (
+        long_lease_instance(&mock, &redis).await,
+        long_lease_instance(&mock, &redis).await,
+    );
     let req = request("what does a miss cost");
     redis.redis_cli(&["CONFIG", "RESETSTAT"]);
     mock.hold_answers();
@@ -404,14 +411,10 @@ async fn a_miss_costs_one_redis_command_before_the_fetch_and_one_after() {
 async fn a_failed_fetch_frees_its_lease_for_the_next_flight() {
     let redis = RedisServer::start();
     let mock = MockUpstream::start().await;
-    let build = || {
-        LlmCache::builder()
-            .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
-            .redis(redis.url())
-            .lease_ttl(Duration::from_secs(60))
-            .build()
-    };
-    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    let (a, b) = (
+        long_lease_instance(&mock, &redis).await,
+        long_lease_instance(&mock, &redis).await,
+    );
     let req = request("this one fails first");
     mock.push_reply(support::upstream::MockReply::status(500));
     assert!(a.chat(&req).await.is_err());

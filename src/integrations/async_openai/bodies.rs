@@ -18,7 +18,7 @@ use crate::tiered::{CacheStatus, TieredCache};
 
 use super::reply::{self, Failure, error_reply};
 use super::request::Endpoint;
-use super::upstream::{HttpService, inner_error, send};
+use super::upstream::{HttpService, send_ok};
 
 /// One stored answer: its content type and body text (JSON, or the event stream as the
 /// upstream sent it).
@@ -43,16 +43,8 @@ where
     S::Error: Into<OpenAIError>,
 {
     let fetch = move || async move {
-        let response = send(service, factory).await.map_err(inner_error)?;
-        if !response.status().is_success() {
-            return Err(reply::failure(response).await);
-        }
-        let headers = response.headers().clone();
-        let content_type = headers
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_string();
+        let (response, headers, content_type) =
+            send_ok(service, factory, "application/json").await?;
         let body = response.bytes().await.map_err(|e| {
             Error::new(
                 ErrorKind::Connect,

@@ -23,7 +23,7 @@ use crate::tiered::{CacheStatus, TieredCache};
 use super::bodies::{StoredBody, stream_is_complete};
 use super::reply::{self, Failure, error_reply};
 use super::request::Endpoint;
-use super::upstream::{HttpService, inner_error, send};
+use super::upstream::{HttpService, send_ok};
 
 /// How long a streamed flight may wait on the tiers (the upstream stream included).
 const STREAM_WAIT: Duration = Duration::from_secs(30 * 60);
@@ -243,16 +243,8 @@ fn drive<S>(
             let flight = Arc::clone(&flight);
             move || async move {
                 flight.set_origin(CacheStatus::Miss);
-                let response = send(service, factory).await.map_err(inner_error)?;
-                if !response.status().is_success() {
-                    return Err(reply::failure(response).await);
-                }
-                let headers = response.headers().clone();
-                let content_type = headers
-                    .get(reqwest::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("text/event-stream")
-                    .to_string();
+                let (response, headers, content_type) =
+                    send_ok(service, factory, "text/event-stream").await?;
                 let mut body = response.bytes_stream();
                 let mut all = BytesMut::new();
                 while let Some(part) = body.next().await {

@@ -56,6 +56,27 @@ where
     service.call(factory).await.map_err(Into::into)
 }
 
+/// [`send`], for a fetch that stores: a 2xx answer with its headers and its content type
+/// (`default_type` when it names none), or the upstream's failure (never stored).
+pub(super) async fn send_ok<S>(
+    service: S,
+    factory: HttpRequestFactory,
+    default_type: &str,
+) -> Result<(reqwest::Response, reqwest::header::HeaderMap, String)>
+where
+    S: HttpService,
+    S::Error: Into<OpenAIError>,
+{
+    let response = call_ok(service, factory).await?;
+    let headers = response.headers().clone();
+    let content_type = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(default_type)
+        .to_string();
+    Ok((response, headers, content_type))
+}
+
 /// The inner service's error as the crate's, keeping an API error for every waiter.
 pub(super) fn inner_error(e: OpenAIError) -> Error {
     match e {
@@ -81,14 +102,12 @@ pub(super) fn inner_error(e: OpenAIError) -> Error {
 }
 
 /// The 2xx answer of `factory`, or the failure the caller must see.
-async fn call_ok<S>(service: &S, factory: &HttpRequestFactory) -> Result<reqwest::Response>
+async fn call_ok<S>(service: S, factory: HttpRequestFactory) -> Result<reqwest::Response>
 where
     S: HttpService,
     S::Error: Into<OpenAIError>,
 {
-    let response = send(service.clone(), factory.clone())
-        .await
-        .map_err(inner_error)?;
+    let response = send(service, factory).await.map_err(inner_error)?;
     if !response.status().is_success() {
         return Err(failure(response).await);
     }
@@ -119,7 +138,7 @@ where
 {
     fn chat<'a>(&'a self, _request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse>> {
         Box::pin(async move {
-            let response = call_ok(&self.service, &self.factory).await?;
+            let response = call_ok(self.service.clone(), self.factory.clone()).await?;
             let headers = response.headers().clone();
             let body = response.bytes().await.map_err(|e| {
                 Error::new(
@@ -136,7 +155,7 @@ where
 
     fn chat_stream<'a>(&'a self, _request: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream>> {
         Box::pin(async move {
-            let response = call_ok(&self.service, &self.factory).await?;
+            let response = call_ok(self.service.clone(), self.factory.clone()).await?;
             let is_json = response
                 .headers()
                 .get(CONTENT_TYPE)
