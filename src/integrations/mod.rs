@@ -6,5 +6,7 @@
 
 #[cfg(feature = "async-openai")]
 pub mod async_openai;
+#[cfg(feature = "async-openai")]
+pub(crate) mod headers;
 #[cfg(feature = "tower")]
 pub(crate) mod tower;

@@ -98,20 +98,15 @@ use self::upstream::FactoryUpstream;
 pub use self::upstream::HttpService;
 use crate::chat::{CacheControl, LlmCache, LlmCacheBuilder, Route};
 use crate::error::{Error, ErrorKind, Result};
+use crate::integrations::headers;
 use crate::request::{ChatRequest, ChatResponse};
 use crate::tiered::stats::Stats;
 use crate::tiered::{CacheStatus, TieredCache};
 use crate::upstream::{BoxFuture, Upstream};
 
-/// Request header: the namespace (tenant) of this request.
-pub const HEADER_NAMESPACE: &str = "x-llm-cache-namespace";
-/// Request header: how long to keep this request's answer, in seconds.
-pub const HEADER_TTL: &str = "x-llm-cache-ttl";
-/// Request header: `no-store`, `refresh`, `bypass` (comma-separated).
-pub const HEADER_CONTROL: &str = "x-llm-cache-control";
-/// Response header: where the answer came from (`hit-l1`, `hit-l2`, `coalesced`, `miss`,
-/// `bypass`).
-pub const HEADER_STATUS: &str = "x-llm-cache";
+pub use crate::integrations::headers::{
+    HEADER_CONTROL, HEADER_NAMESPACE, HEADER_STATUS, HEADER_TTL,
+};
 
 /// A tower `Layer` for async-openai's `Client::with_http_service`; see the [module
 /// docs](self). Cheap to clone: clones share one cache.
@@ -296,8 +291,8 @@ where
 {
     let mut request = factory.build().await?;
     let control =
-        request::take_controls(request.headers_mut()).map_err(OpenAIError::InvalidArgument)?;
-    let control = request::bind(control, &shared.namespace);
+        headers::take_controls(request.headers_mut()).map_err(OpenAIError::InvalidArgument)?;
+    let control = headers::bind(control, &shared.namespace);
     let plan = request::plan(&request);
     let share = shared.share_across_credentials;
     match plan {
@@ -307,7 +302,8 @@ where
         }
         Plan::Chat(chat) => {
             let stream = chat.stream == Some(true);
-            let scope: Arc<[u8]> = request::scope(&request, "chat", share).into();
+            let scope: Arc<[u8]> =
+                headers::scope(request.url(), request.headers(), "chat", share).into();
             if stream {
                 let body =
                     Bytes::from(serde_json::to_vec(&with_usage(&chat)).map_err(|e| {
@@ -352,7 +348,7 @@ where
             stream,
         } => {
             let shape = if stream { "sse" } else { "json" };
-            let scope = request::scope(&request, shape, share);
+            let scope = headers::scope(request.url(), request.headers(), shape, share);
             if control.bypass {
                 shared.cache.count_bypassed();
                 let forward = request::forward(factory, request);
