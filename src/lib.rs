@@ -6,7 +6,7 @@
 // stream, request; stream -> request. See the README's "Architecture" and tests/layering.rs.
 mod chat;
 mod error;
-#[cfg(any(feature = "tower", feature = "async-openai"))]
+#[cfg(any(feature = "tower", feature = "async-openai", feature = "axum"))]
 mod integrations;
 // The fuzz targets' checks: public for `fuzz/` and tests/fuzz_regressions.rs only.
 #[doc(hidden)]
@@ -14,6 +14,8 @@ pub mod fuzzing;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 mod request;
+#[cfg(feature = "axum")]
+pub mod serve;
 pub mod stream;
 mod tiered;
 mod upstream;

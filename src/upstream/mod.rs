@@ -16,6 +16,9 @@ mod openai;
 #[cfg(feature = "openai")]
 pub(crate) use openai::CREDENTIAL_HEADERS;
 #[cfg(feature = "openai")]
+#[cfg_attr(not(feature = "axum"), allow(unused_imports))]
+pub(crate) use openai::ProviderError;
+#[cfg(feature = "openai")]
 pub use openai::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 
 /// Upstream calls by outcome (`ok`, `error`, `retried`).
