@@ -2,6 +2,8 @@
 //! and a mock OpenAI-compatible upstream over real HTTP. Each test file uses some of it.
 #![allow(dead_code, unused_imports)]
 
+#[cfg(feature = "axum")]
+pub mod front;
 pub mod proxy;
 pub mod redis;
 #[cfg(feature = "tls")]
