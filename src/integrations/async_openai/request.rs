@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::chat::CacheControl;
 use crate::chat::key::put_framed;
-use crate::request::ChatRequest;
+use crate::request::{ChatRequest, EmbeddingRequest};
 use crate::upstream::CREDENTIAL_HEADERS;
 
 use super::{HEADER_CONTROL, HEADER_NAMESPACE, HEADER_TTL};
@@ -55,6 +55,8 @@ pub(super) enum Plan {
     PassThrough,
     /// A chat completion: through [`LlmCache`](crate::LlmCache)'s own path.
     Chat(Box<ChatRequest>),
+    /// An embeddings request: through [`LlmCache`](crate::LlmCache)'s per-input path.
+    Embeddings(Box<EmbeddingRequest>),
     /// Another cacheable endpoint: its whole JSON body is the question.
     Body {
         endpoint: Endpoint,
@@ -182,6 +184,12 @@ pub(super) fn plan(request: &reqwest::Request) -> Plan {
         return match ChatRequest::from_json(bytes) {
             Ok(chat) => Plan::Chat(Box::new(chat)),
             // Not a request we understand: the upstream says what is wrong with it.
+            Err(_) => Plan::PassThrough,
+        };
+    }
+    if endpoint == Endpoint::Embeddings {
+        return match EmbeddingRequest::from_json(bytes) {
+            Ok(embed) => Plan::Embeddings(Box::new(embed)),
             Err(_) => Plan::PassThrough,
         };
     }
