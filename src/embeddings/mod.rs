@@ -26,14 +26,12 @@ use crate::tiered::digest::Digest;
 use crate::tiered::{CacheStatus, Cached, FetchOptions, TieredCache, now_ms};
 use crate::upstream::Upstream;
 
-/// The default of
-/// [`max_embedding_inputs_per_call`](crate::LlmCacheBuilder::max_embedding_inputs_per_call):
-/// OpenAI's limit on inputs per `/embeddings` request.
+/// The default of the builder's `max_embedding_inputs_per_call`: OpenAI's limit on inputs
+/// per `/embeddings` request.
 pub const DEFAULT_MAX_INPUTS_PER_CALL: usize = 2048;
 
-/// The default of
-/// [`embeddings_l1_max_bytes`](crate::LlmCacheBuilder::embeddings_l1_max_bytes): 64 MiB,
-/// about 10,000 vectors of 1,536 dimensions.
+/// The default of the builder's `embeddings_l1_max_bytes`: 64 MiB, about 10,000 vectors of
+/// 1,536 dimensions.
 pub const DEFAULT_L1_MAX_BYTES: u64 = 64 << 20;
 
 /// How the per-input path calls the upstream.
