@@ -47,6 +47,31 @@ const ABOVE_STREAM_AND_UPSTREAM: [&str; 7] = [
     "fuzzing",
 ];
 
+/// The rooms `embeddings/` must never name: it sits below `chat/`, which hands it the key
+/// scope, the upstream and the options, and beside the engine, which it uses.
+const ABOVE_EMBEDDINGS: [&str; 6] = [
+    "chat",
+    "semantic",
+    "integrations",
+    "serve",
+    "prometheus",
+    "fuzzing",
+];
+
+/// The rooms the wire types (`request/`) must never name: they are the bottom layer.
+const ABOVE_REQUEST: [&str; 10] = [
+    "chat",
+    "tiered",
+    "stream",
+    "upstream",
+    "embeddings",
+    "semantic",
+    "integrations",
+    "serve",
+    "prometheus",
+    "fuzzing",
+];
+
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -199,6 +224,19 @@ fn stream_and_upstream_do_not_reach_up() {
     assert!(
         found.is_empty(),
         "src/stream/ and src/upstream/ sit below chat/ and beside tiered/:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn embeddings_sit_below_chat_and_the_wire_types_below_everything() {
+    let chat_names = reexports_from(&["chat"]);
+    assert!(chat_names.iter().any(|n| n == "LlmCache"), "{chat_names:?}");
+    let mut found = violations("embeddings", &ABOVE_EMBEDDINGS, &chat_names);
+    found.extend(violations("request", &ABOVE_REQUEST, &[]));
+    assert!(
+        found.is_empty(),
+        "src/embeddings/ sits below chat/; src/request/ below every room:\n{}",
         found.join("\n")
     );
 }

@@ -15,6 +15,7 @@ use async_openai::types::chat::CreateChatCompletionRequest;
 use futures_util::StreamExt;
 use llm_cache::{ChatRequest, LlmCache};
 use serde_json::{Value, json};
+use support::embeddings::{DEFAULT_DIMS, expected_embedding};
 use support::front::{self, CALLER_KEYS, PROVIDER_KEY, Served};
 use support::upstream::{MockReply, MockUpstream, expected_content};
 use tracing_subscriber::fmt::MakeWriter;
@@ -636,4 +637,43 @@ async fn the_async_openai_client_works_through_the_front() {
         Err(OpenAIError::ApiError(e)) => assert_eq!(e.status_code.as_u16(), 401),
         other => panic!("expected a 401, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn embeddings_go_input_by_input() {
+    let mock = MockUpstream::start().await;
+    let (_cache, front) = front::keyed(&mock, None).await;
+    let embed = |input: Value, key: &'static str| {
+        reqwest::Client::new()
+            .post(format!("{}/embeddings", front.v1()))
+            .bearer_auth(key)
+            .json(&json!({"model": "text-embedding-3-small", "input": input}))
+            .send()
+    };
+    let first = embed(json!(["alpha", "beta"]), KEY_A1).await.unwrap();
+    assert_eq!(cache_status(&first), "miss");
+    let body: Value = first.json().await.unwrap();
+    let alpha = body["data"][0]["embedding"].clone();
+    assert_eq!(
+        serde_json::from_value::<Vec<f32>>(alpha.clone()).unwrap(),
+        expected_embedding(&json!("alpha"), DEFAULT_DIMS)
+    );
+    let partial = embed(json!(["gamma", "alpha"]), KEY_A2).await.unwrap();
+    assert_eq!(cache_status(&partial), "partial");
+    assert_eq!(
+        support::embeddings::inputs_of(&mock.last_request().unwrap().body),
+        vec![json!("gamma")],
+        "only the missing input went upstream"
+    );
+    let body: Value = partial.json().await.unwrap();
+    assert_eq!(body["data"][1]["embedding"], alpha);
+    assert_eq!(body["data"][1]["index"], 1);
+    let hit = embed(json!("beta"), KEY_A1).await.unwrap();
+    assert_eq!(cache_status(&hit), "hit-l1");
+    // Another namespace's key shares nothing.
+    assert_eq!(
+        cache_status(&embed(json!("beta"), KEY_B1).await.unwrap()),
+        "miss"
+    );
+    assert_eq!(mock.calls_to("/v1/embeddings"), 3);
 }

@@ -21,7 +21,7 @@ pub const HEADER_TTL: &str = "x-llm-cache-ttl";
 /// Request header: `no-store`, `refresh`, `bypass` (comma-separated).
 pub const HEADER_CONTROL: &str = "x-llm-cache-control";
 /// Response header: where the answer came from (`hit-l1`, `hit-l2`, `coalesced`, `miss`,
-/// `bypass`).
+/// `bypass`, and `partial` for embeddings with some inputs fetched).
 pub const HEADER_STATUS: &str = "x-llm-cache";
 
 /// The request headers that steer the cache; removed before the request goes upstream.
@@ -35,6 +35,7 @@ pub(crate) fn status_label(status: CacheStatus) -> &'static str {
         CacheStatus::Coalesced => "coalesced",
         CacheStatus::Miss => "miss",
         CacheStatus::Bypass => "bypass",
+        CacheStatus::Partial => "partial",
     }
 }
 

@@ -16,7 +16,8 @@ use serde::Serialize;
 use super::Front;
 use super::access;
 use super::errors::ApiError;
-use crate::chat::{CachedStream, Route};
+use super::provider::Endpoint;
+use crate::chat::{CacheControl, CachedStream, Route};
 use crate::error::Error;
 use crate::integrations::headers::{HEADER_STATUS, status_label};
 use crate::request::ChatRequest;
@@ -30,17 +31,7 @@ pub(super) async fn completions(State(front): State<Arc<Front>>, request: Reques
 }
 
 async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {
-    let headers = request.headers().clone();
-    let caller = match &front.callers {
-        Some(callers) => Some(callers.authenticate(&headers)?),
-        None => None,
-    };
-    let bound = caller.map_or(front.namespace.as_str(), |c| c.namespace());
-    let control = access::control(&headers, bound, caller)?;
-    let route = match &front.provider {
-        Some(provider) => provider.route(front.pass_through, &headers)?,
-        None => Route::OWN,
-    };
+    let (control, route) = admit(front, request.headers(), Endpoint::Chat)?;
     let body = read_body(request, front.body_limit).await?;
     let chat = ChatRequest::from_json(&body).map_err(|e| ApiError::from(&e))?;
     tracing::debug!(model = %chat.model, stream = chat.stream == Some(true), "chat request");
@@ -53,9 +44,30 @@ async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {
     Ok(cached.map_err(|e| ApiError::from(&e))?.into_response())
 }
 
+/// Who is calling and what they may do: the caller's key checked (or the caller's
+/// credentials taken, in pass-through mode), the control headers read inside the caller's
+/// namespace, and where a miss goes. Before the body is read.
+pub(super) fn admit(
+    front: &Front,
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+) -> Result<(CacheControl, Route), ApiError> {
+    let caller = match &front.callers {
+        Some(callers) => Some(callers.authenticate(headers)?),
+        None => None,
+    };
+    let bound = caller.map_or(front.namespace.as_str(), |c| c.namespace());
+    let control = access::control(headers, bound, caller)?;
+    let route = match &front.provider {
+        Some(provider) => provider.route(endpoint, front.pass_through, headers)?,
+        None => Route::OWN,
+    };
+    Ok((control, route))
+}
+
 /// The body, at most `limit` bytes (the router's `DefaultBodyLimit`): a longer one is
 /// refused (413) without reading it all.
-async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,7 +101,7 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// The `x-llm-cache` and `age` headers of an answer from `status`, `age` old.
-fn cache_headers(headers: &mut HeaderMap, status: CacheStatus, age: Duration) {
+pub(super) fn cache_headers(headers: &mut HeaderMap, status: CacheStatus, age: Duration) {
     headers.insert(
         HEADER_STATUS,
         HeaderValue::from_static(status_label(status)),

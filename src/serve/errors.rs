@@ -108,6 +108,11 @@ impl From<&Error> for ApiError {
             ),
             (ErrorKind::Config, _) => (StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
             (ErrorKind::Redis, _) => (StatusCode::SERVICE_UNAVAILABLE, None, e.to_string()),
+            (ErrorKind::Unsupported, _) => (
+                StatusCode::NOT_IMPLEMENTED,
+                Some("not_implemented"),
+                e.to_string(),
+            ),
             // An upstream answer that is not a completion, a fetch that failed or panicked.
             _ => (
                 StatusCode::BAD_GATEWAY,
@@ -161,8 +166,8 @@ pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no route {}: this front serves POST /v1/chat/completions, GET /v1/models, \
-             /health, /stats and /metrics",
+            "no route {}: this front serves POST /v1/chat/completions, POST /v1/embeddings, \
+             GET /v1/models, /health, /stats and /metrics",
             uri.path()
         ),
     )

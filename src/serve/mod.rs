@@ -23,6 +23,9 @@
 //!   chunk boundaries may differ; the usage chunk only when `stream_options.include_usage`
 //!   asks for it), then `data: [DONE]`. Concurrent identical requests, streamed or not,
 //!   cost one upstream call.
+//! - `POST /v1/embeddings`: input by input (only the missing inputs go upstream, in one
+//!   call; `x-llm-cache: partial` when some inputs were cached and some fetched), vectors
+//!   in the request's `encoding_format`.
 //! - `GET /v1/models`: passed through to the upstream (needs
 //!   [`upstream_url`](ServeBuilder::upstream_url)); never cached.
 //! - `GET /health` (JSON: the Redis tier's state; always 200, Redis is optional),
@@ -35,7 +38,7 @@
 //! The request headers of the async-openai layer: `x-llm-cache-namespace` (a tenant,
 //! nested inside the namespace the caller is bound to), `x-llm-cache-ttl` (seconds),
 //! `x-llm-cache-control` (`no-store`, `refresh`, `bypass`). Answers carry `x-llm-cache`
-//! (`hit-l1`, `hit-l2`, `coalesced`, `miss`, `bypass`) and `age` (seconds).
+//! (`hit-l1`, `hit-l2`, `coalesced`, `miss`, `bypass`, `partial`) and `age` (seconds).
 //!
 //! # Credentials
 //!
@@ -86,6 +89,7 @@
 mod access;
 mod admin;
 mod chat;
+mod embeddings;
 mod errors;
 mod provider;
 
@@ -304,6 +308,7 @@ impl ServeBuilder {
         });
         Ok(Router::new()
             .route("/v1/chat/completions", post(chat::completions))
+            .route("/v1/embeddings", post(embeddings::embeddings))
             .route("/v1/models", get(provider::models))
             .route("/health", get(admin::health))
             .route("/stats", get(admin::stats))

@@ -18,7 +18,7 @@ use super::errors::ApiError;
 use crate::chat::Route;
 use crate::error::{Error, Result, redact_url};
 use crate::integrations::headers;
-use crate::request::{ChatRequest, ChatResponse};
+use crate::request::{ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
 use crate::upstream::{
     BoxFuture, CREDENTIAL_HEADERS, ChunkStream, OpenAiCompatible, RetryPolicy, Upstream,
 };
@@ -31,17 +31,31 @@ pub(super) struct Provider {
     client: reqwest::Client,
     retry: RetryPolicy,
     request_timeout: Duration,
-    /// `{base}/chat/completions`: its scheme, host, port, path and query go in every key.
+    /// `{base}/chat/completions` and `{base}/embeddings`: their scheme, host, port, path
+    /// and query go in every key of their endpoint.
     chat_url: Url,
+    embeddings_url: Url,
     models_url: Url,
-    /// The held key's client and scope (`None` in pass-through mode... or without a key).
-    held: Held,
+    /// The client with the held key (or none), and its scopes; unused in pass-through mode.
+    held: Arc<dyn Upstream>,
+    held_scopes: [Arc<[u8]>; 2],
     held_key: Option<String>,
 }
 
-struct Held {
-    upstream: Arc<dyn Upstream>,
-    scope: Arc<[u8]>,
+/// The endpoints whose answers the front caches; each has a key space of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Endpoint {
+    Chat,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn shape(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
 }
 
 impl Provider {
@@ -86,19 +100,22 @@ impl Provider {
         }
         upstream.validate()?;
         let chat_url = joined(&base, "chat/completions")?;
+        let embeddings_url = joined(&base, "embeddings")?;
         let models_url = joined(&base, "models")?;
-        let scope = headers::scope(&chat_url, &held_headers, "chat", false).into();
+        let held_scopes = [
+            headers::scope(&chat_url, &held_headers, "chat", false).into(),
+            headers::scope(&embeddings_url, &held_headers, "embeddings", false).into(),
+        ];
         Ok(Provider {
             base_url: base_url.into(),
             client,
             retry,
             request_timeout,
             chat_url,
+            embeddings_url,
             models_url,
-            held: Held {
-                upstream: Arc::new(upstream),
-                scope,
-            },
+            held: Arc::new(upstream),
+            held_scopes,
             held_key: key.map(str::to_string),
         })
     }
@@ -107,17 +124,22 @@ impl Provider {
     /// through) a client carrying the caller's credential headers, scoped by their digest.
     pub(super) fn route(
         &self,
+        endpoint: Endpoint,
         pass_through: bool,
         request: &HeaderMap,
     ) -> std::result::Result<Route, ApiError> {
         if !pass_through {
             return Ok(Route {
-                scope: Some(Arc::clone(&self.held.scope)),
-                upstream: Some(Arc::clone(&self.held.upstream)),
+                scope: Some(Arc::clone(&self.held_scopes[endpoint as usize])),
+                upstream: Some(Arc::clone(&self.held)),
             });
         }
         let credentials = credentials(request)?;
-        let scope = headers::scope(&self.chat_url, &credentials, "chat", false).into();
+        let url = match endpoint {
+            Endpoint::Chat => &self.chat_url,
+            Endpoint::Embeddings => &self.embeddings_url,
+        };
+        let scope = headers::scope(url, &credentials, endpoint.shape(), false).into();
         let mut sent = Vec::new();
         for (name, value) in &credentials {
             // `credentials` only holds values that are text.
@@ -219,6 +241,13 @@ impl Upstream for PassThrough {
 
     fn chat_stream<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream>> {
         Box::pin(async move { self.client().chat_stream(request).await })
+    }
+
+    fn embeddings<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse>> {
+        Box::pin(async move { self.client().embeddings(request).await })
     }
 }
 

@@ -146,6 +146,27 @@ def scenario_errors():
     return out
 
 
+def scenario_embeddings():
+    """The SDK asks for base64 vectors unless told otherwise; it decodes them itself."""
+    c = client()
+    first = c.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["python alpha", "python beta"]
+    )
+    second = c.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["python beta", "python gamma"]
+    )
+    floats = c.embeddings.create(
+        model="text-embedding-3-small", input="python beta", encoding_format="float"
+    )
+    beta = first.parse().data[1].embedding
+    assert second.parse().data[0].embedding == beta
+    assert floats.data[0].embedding == beta
+    return {
+        "statuses": [first.headers.get("x-llm-cache"), second.headers.get("x-llm-cache")],
+        "dims": len(beta),
+    }
+
+
 if __name__ == "__main__":
     result = globals()["scenario_" + sys.argv[1]]()
     print(json.dumps(result))

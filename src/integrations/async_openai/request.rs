@@ -12,7 +12,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use serde_json::Value;
 
 use crate::integrations::headers::strip_controls;
-use crate::request::ChatRequest;
+use crate::request::{ChatRequest, EmbeddingRequest};
 
 /// The endpoints whose JSON answers the layer caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,8 @@ pub(super) enum Plan {
     PassThrough,
     /// A chat completion: through [`LlmCache`](crate::LlmCache)'s own path.
     Chat(Box<ChatRequest>),
+    /// An embeddings request: through [`LlmCache`](crate::LlmCache)'s per-input path.
+    Embeddings(Box<EmbeddingRequest>),
     /// Another cacheable endpoint: its whole JSON body is the question.
     Body {
         endpoint: Endpoint,
@@ -82,6 +84,12 @@ pub(super) fn plan(request: &reqwest::Request) -> Plan {
         return match ChatRequest::from_json(bytes) {
             Ok(chat) => Plan::Chat(Box::new(chat)),
             // Not a request we understand: the upstream says what is wrong with it.
+            Err(_) => Plan::PassThrough,
+        };
+    }
+    if endpoint == Endpoint::Embeddings {
+        return match EmbeddingRequest::from_json(bytes) {
+            Ok(embed) => Plan::Embeddings(Box::new(embed)),
             Err(_) => Plan::PassThrough,
         };
     }
