@@ -133,7 +133,15 @@ async fn the_openai_python_sdk_through_the_front() {
     assert_eq!(mock.calls(), 8, "the refused key reached nothing");
 
     let embeddings = scenario(&python, &front, "embeddings", &[]).await;
-    assert_eq!(embeddings["statuses"], json!(["miss", "partial"]), "{embeddings}");
+    assert_eq!(
+        embeddings["statuses"],
+        json!(["miss", "partial"]),
+        "{embeddings}"
+    );
     assert_eq!(embeddings["dims"], 8, "{embeddings}");
-    assert_eq!(mock.calls_to("/v1/embeddings"), 2, "the float request was a hit");
+    assert_eq!(
+        mock.calls_to("/v1/embeddings"),
+        2,
+        "the float request was a hit"
+    );
 }
