@@ -13,9 +13,10 @@ use llm_cache::{LlmCache, OpenAiCompatible, RetryPolicy};
 use tracing_subscriber::filter::LevelFilter;
 
 /// An OpenAI-compatible caching proxy: POST /v1/chat/completions (JSON and streamed),
-/// GET /v1/models, /health, /stats, /metrics. Callers authenticate with caller keys bound
-/// to namespaces (--caller-keys-file, --caller-key), or forward their own provider key
-/// (--pass-through), or nobody authenticates (--open, for a private network).
+/// POST /v1/embeddings, GET /v1/models, /health, /stats, /metrics. Callers authenticate
+/// with caller keys bound to namespaces (--caller-keys-file, --caller-key), or forward their
+/// own provider key (--pass-through), or nobody authenticates (--open, for a private
+/// network).
 #[derive(Debug, Parser)]
 #[command(name = "llm-cache-proxy", version)]
 struct Args {
