@@ -677,3 +677,30 @@ async fn embeddings_go_input_by_input() {
     );
     assert_eq!(mock.calls_to("/v1/embeddings"), 3);
 }
+
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn metrics_are_served_from_the_handle() {
+    // Before the cache is built: its series register with the recorder installed then.
+    let handle = llm_cache::prometheus::install().unwrap();
+    let mock = MockUpstream::start().await;
+    let cache = LlmCache::builder()
+        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
+        .build()
+        .await
+        .unwrap();
+    let front = Served::start(
+        llm_cache::serve::builder(cache)
+            .metrics(handle)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    post(&front, None, &chat("measured"), &[]).await;
+    let metrics = reqwest::get(format!("{}/metrics", front.url()))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("ai_cache_"), "{text}");
+}

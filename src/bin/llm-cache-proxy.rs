@@ -24,8 +24,9 @@ struct Args {
     #[arg(long, env = "LLM_CACHE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// The provider's OpenAI-compatible base URL (chat misses go to <URL>/chat/completions,
-    /// GET /v1/models to <URL>/models). Its host, path and query are part of every key.
+    /// The provider's OpenAI-compatible base URL (chat misses go to its /chat/completions,
+    /// embeddings to its /embeddings, GET /v1/models to its /models). Its host, path and
+    /// query are part of every key.
     #[arg(
         long,
         env = "LLM_CACHE_UPSTREAM_URL",
