@@ -293,12 +293,26 @@ async fn upstream_errors_keep_their_status_type_code_and_retry_after() {
         json!({"error": {"message": "`temperature` must be at most 2", "type": "invalid_request_error",
             "param": "temperature", "code": "invalid_value"}})
     );
+    // A provider quoting the key it was sent: the caller never sees the held key.
+    mock.push_reply(MockReply::EchoCredential {
+        code: 401,
+        header: "authorization".into(),
+        plain: false,
+    });
+    let echoed = post(&front, Some(KEY_A1), &chat("echo"), &[]).await;
+    assert_eq!(echoed.status(), 401);
+    let text = echoed.text().await.unwrap();
+    assert!(
+        !text.contains(PROVIDER_KEY) && text.contains("***"),
+        "{text}"
+    );
+
     // Errors are never stored: the same questions are asked again.
     assert_eq!(
         cache_status(&post(&front, Some(KEY_A1), &chat("limited"), &[]).await),
         "miss"
     );
-    assert_eq!(cache.stats().cache.misses, 3);
+    assert_eq!(cache.stats().cache.misses, 4);
 }
 
 #[tokio::test]
