@@ -730,7 +730,11 @@ async fn embeddings_go_input_by_input_through_the_layer() {
     let embed = |inputs: Value| -> CreateEmbeddingRequest {
         serde_json::from_value(json!({"model": "text-embedding-3-small", "input": inputs})).unwrap()
     };
-    client.embeddings().create(embed(json!(["a", "b"]))).await.unwrap();
+    client
+        .embeddings()
+        .create(embed(json!(["a", "b"])))
+        .await
+        .unwrap();
     assert_eq!(last(&seen), "miss");
     let out = client
         .embeddings()
@@ -740,7 +744,11 @@ async fn embeddings_go_input_by_input_through_the_layer() {
     assert_eq!(last(&seen), "partial");
     let calls = mock.embedding_calls();
     assert_eq!(calls.len(), 2);
-    assert_eq!(calls[1], vec![json!("c")], "only the new input went upstream");
+    assert_eq!(
+        calls[1],
+        vec![json!("c")],
+        "only the new input went upstream"
+    );
     for (i, text) in ["c", "b", "a", "c"].iter().enumerate() {
         assert_eq!(out.data[i].index as usize, i);
         assert_eq!(
@@ -753,8 +761,7 @@ async fn embeddings_go_input_by_input_through_the_layer() {
     // caller gets the same values from the same entries.
     assert_eq!(mock.requests()[1].body["encoding_format"], "base64");
     let mut base64_request = embed(json!(["a", "b"]));
-    base64_request.encoding_format =
-        Some(async_openai::types::embeddings::EncodingFormat::Base64);
+    base64_request.encoding_format = Some(async_openai::types::embeddings::EncodingFormat::Base64);
     let b64 = client
         .embeddings()
         .create_base64(base64_request)
@@ -765,7 +772,11 @@ async fn embeddings_go_input_by_input_through_the_layer() {
     assert_eq!(decoded, expected_embedding(&json!("a"), DEFAULT_DIMS));
     // Another API key is another credential scope: nothing shared.
     let (other, other_seen) = client_with(&layer, config(&mock, "sk-test-two"), 0);
-    other.embeddings().create(embed(json!(["a"]))).await.unwrap();
+    other
+        .embeddings()
+        .create(embed(json!(["a"])))
+        .await
+        .unwrap();
     assert_eq!(last(&other_seen), "miss");
     assert_eq!(mock.embedding_calls().len(), 3);
     let stats = layer.cache().embedding_stats();
