@@ -255,6 +255,8 @@ impl LlmCacheBuilder {
         // bound and compact codec); their keys use the chat tier's namespace generations.
         let mut vectors_config = self.config.clone();
         vectors_config.l1_max_bytes = self.embeddings_l1_max_bytes;
+        // f32 vectors barely compress (lz4 saves a few percent): never spend the CPU.
+        vectors_config.compression_threshold = usize::MAX;
         let vectors = TieredCache::<StoredEmbedding>::from_parts_with(
             vectors_config,
             l2.clone(),

@@ -23,6 +23,7 @@ use crate::request::{
     InputItem, Vector,
 };
 use crate::tiered::digest::Digest;
+use crate::tiered::stats::Stats;
 use crate::tiered::{CacheStatus, Cached, FetchOptions, TieredCache, now_ms};
 use crate::upstream::Upstream;
 
@@ -89,9 +90,12 @@ pub(crate) fn input_digest(scope: &Scope, item: InputItem<'_>) -> Digest {
 
 /// What the embeddings path has done since the cache was built. Inputs are counted one by
 /// one: a request of 100 inputs, 80 of them cached, is 80 hits and 20 fetched.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct EmbeddingStats {
+    /// The vectors' tier: L1 entries and bytes, L2 reads, writes and errors, leases.
+    /// (Its `misses` and `fetches` count inputs, one per missing input.)
+    pub cache: Stats,
     /// Requests answered or failed (bypassed ones included).
     pub requests: u64,
     /// Inputs in those requests.
@@ -373,6 +377,7 @@ impl Embeddings {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Relaxed);
         EmbeddingStats {
+            cache: self.tiers.stats(),
             requests: l(&c.requests),
             inputs: l(&c.inputs),
             hits_l1: l(&c.hits_l1),
