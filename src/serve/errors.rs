@@ -174,6 +174,18 @@ pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
     .code("unknown_url")
 }
 
+/// A known path with another method.
+pub(super) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not served on {}", uri.path()),
+    )
+    .code("method_not_allowed")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,25 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Handlers of your own take a few lines: the crate's [`Error`](crate::Error),
+//! [`Cached`](crate::Cached), [`CachedStream`](crate::CachedStream) and
+//! [`CachedEmbeddings`](crate::CachedEmbeddings) are axum responses (OpenAI-shaped errors;
+//! JSON or server-sent events with `x-llm-cache` and `age`).
+//!
+//! ```no_run
+//! use axum::body::Bytes;
+//! use axum::extract::State;
+//! use llm_cache::{Cached, ChatRequest, ChatResponse, Error, LlmCache};
+//!
+//! async fn ask(State(cache): State<LlmCache>, body: Bytes) -> Result<Cached<ChatResponse>, Error> {
+//!     let request = ChatRequest::from_json(&body)?;
+//!     cache.chat(&request).await
+//! }
+//! # fn app(cache: LlmCache) -> axum::Router {
+//! axum::Router::new().route("/ask", axum::routing::post(ask)).with_state(cache)
+//! # }
+//! ```
+//!
 //! # Routes
 //!
 //! - `POST /v1/chat/completions`: JSON, or with `"stream": true` server-sent events (a
@@ -314,6 +333,7 @@ impl ServeBuilder {
             .route("/stats", get(admin::stats))
             .route("/metrics", get(admin::metrics))
             .fallback(errors::not_found)
+            .method_not_allowed_fallback(errors::method_not_allowed)
             .layer(DefaultBodyLimit::max(body_limit))
             .with_state(front))
     }
