@@ -1,17 +1,20 @@
 """The official `openai` Python SDK against the llm-cache HTTP front (tests/serve_python.rs).
 
-    python sdk_check.py <scenario>
+    python sdk_check.py <scenario> [args...]     # one scenario
+    python sdk_check.py --serve                  # scenarios read from stdin, one a line
 
 with LLM_CACHE_BASE_URL (the front's /v1 URL) and OPENAI_API_KEY (a caller key) set. Each
-scenario checks what the SDK sees and prints one JSON object; the Rust test checks the mock
-upstream (how many calls reached it) around it. The SDK's own retries are off
-(max_retries=0) so a 429 reaches the script at once.
+scenario checks what the SDK sees and prints one JSON object on one line (`{"failed":
+<traceback>}` when a check fails); the Rust test checks the mock upstream (how many calls
+reached it) around it. `--serve` pays for Python and the SDK's import once. The SDK's own
+retries are off (max_retries=0) so a 429 reaches the script at once.
 """
 
 import json
 import os
 import sys
 import threading
+import traceback
 
 import openai
 
@@ -107,8 +110,7 @@ def scenario_concurrent():
     return {"answers": len(texts), "distinct": distinct}
 
 
-def scenario_tenants():
-    a1, a2, b1 = sys.argv[2:5]
+def scenario_tenants(a1, a2, b1):
     statuses = [
         create(client(a1), "python tenant")[1],
         create(client(b1), "python tenant")[1],
@@ -167,6 +169,17 @@ def scenario_embeddings():
     }
 
 
+def run(name, *args):
+    try:
+        return globals()["scenario_" + name](*args)
+    except Exception:  # reported to the test, which fails with it
+        return {"failed": traceback.format_exc()}
+
+
 if __name__ == "__main__":
-    result = globals()["scenario_" + sys.argv[1]]()
-    print(json.dumps(result))
+    if sys.argv[1] == "--serve":
+        for line in sys.stdin:
+            if line.strip():
+                print(json.dumps(run(*line.split())), flush=True)
+    else:
+        print(json.dumps(run(*sys.argv[1:])))
