@@ -241,6 +241,15 @@ impl LlmCacheBuilder {
                 "must be at least 1 (further models are counted as \"other\")",
             ));
         }
+        if self.embeddings_l1_max_bytes != 0 && self.embeddings_l1_max_bytes < 4096 {
+            return Err(Error::config(
+                "embeddings_l1_max_bytes",
+                format!(
+                    "{} is too small: 0 keeps no vector in process, otherwise give at least 4096",
+                    self.embeddings_l1_max_bytes
+                ),
+            ));
+        }
         if self.embeddings.max_inputs_per_call == 0 {
             return Err(Error::config(
                 "max_embedding_inputs_per_call",
