@@ -16,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Handlers of your own take a few lines: the crate's [`Error`](crate::Error),
+//! Handlers of your own take a few lines: the crate's [`Error`],
 //! [`Cached`](crate::Cached), [`CachedStream`](crate::CachedStream) and
 //! [`CachedEmbeddings`](crate::CachedEmbeddings) are axum responses (OpenAI-shaped errors;
 //! JSON or server-sent events with `x-llm-cache` and `age`).
