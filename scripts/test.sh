@@ -66,10 +66,6 @@ fi
 section "load benchmark (short)"
 LOAD_BENCH_SHORT=1 cargo bench --bench load
 
-# The HTTP front's hits over HTTP next to the same hits in process (short; a few seconds).
-section "proxy benchmark (short)"
-cargo bench --features axum --bench proxy -- --short
-
 section "demo"
 if [ -f examples/demo/main.rs ]; then
     if [ -f scripts/demo-check.sh ]; then
