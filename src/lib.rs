@@ -14,6 +14,7 @@ pub mod fuzzing;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 mod request;
+mod semantic;
 pub mod stream;
 mod tiered;
 mod upstream;
@@ -34,6 +35,9 @@ pub use tiered::{
     default_weight,
 };
 
+pub use semantic::{
+    Canonical, DEFAULT_SEMANTIC_THRESHOLD, GuardVerdict, LexicalGuard, Refusal,
+};
 pub use stream::ChatChunk;
 pub use upstream::ChunkStream;
 pub use upstream::{BoxFuture, Upstream};
