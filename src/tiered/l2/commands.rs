@@ -161,3 +161,107 @@ pub(crate) async fn hgetall<C: ConnectionLike>(
         })
         .collect())
 }
+
+/// Add `field` to the hash at `key`, whose values all start with a 13-digit deadline in
+/// Unix milliseconds: keep at most `ARGV[3]` fields (dropping those past their deadline
+/// first, then those with the earliest), and keep the hash alive as long as its
+/// latest deadline (`PEXPIRE NX`, then `GT`: Redis 7.0; no per-field expiry needed).
+static HSET_CAPPED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+local cap = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+if redis.call('hlen', KEYS[1]) > cap then
+  local all = redis.call('hgetall', KEYS[1])
+  local live = {}
+  for i = 1, #all, 2 do
+    local deadline = tonumber(string.sub(all[i + 1], 1, 13)) or 0
+    if deadline <= now then
+      redis.call('hdel', KEYS[1], all[i])
+    else
+      live[#live + 1] = {all[i], deadline}
+    end
+  end
+  if #live > cap then
+    table.sort(live, function(a, b) return a[2] < b[2] end)
+    for i = 1, #live - cap do
+      redis.call('hdel', KEYS[1], live[i][1])
+    end
+  end
+end
+redis.call('pexpire', KEYS[1], ARGV[5], 'NX')
+redis.call('pexpire', KEYS[1], ARGV[5], 'GT')
+return 1",
+    )
+});
+
+/// The deadline prefix of the values [`hset_capped`] keeps: 13 decimal digits.
+pub(crate) fn deadline_prefix(deadline_ms: u64) -> [u8; 13] {
+    let mut out = [b'0'; 13];
+    let mut n = deadline_ms.min(9_999_999_999_999);
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out
+}
+
+/// See [`HSET_CAPPED`]: `value` must start with [`deadline_prefix`].
+pub(crate) async fn hset_capped<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+    field: &[u8],
+    value: &[u8],
+    cap: usize,
+    now_ms: u64,
+    ttl: Duration,
+) -> RedisResult<()> {
+    let _: i64 = HSET_CAPPED
+        .key(key)
+        .arg(field)
+        .arg(value)
+        .arg(cap)
+        .arg(now_ms)
+        .arg(millis(ttl))
+        .invoke_async(c)
+        .await?;
+    Ok(())
+}
+
+/// `HGETALL` of each key, in one pipeline (one round trip; in a Cluster the keys must
+/// share a slot).
+pub(crate) async fn hgetall_many<C: ConnectionLike>(
+    c: &mut C,
+    keys: &[String],
+) -> RedisResult<Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("HGETALL").arg(key);
+    }
+    pipe.query_async(c).await
+}
+
+/// `MGET keys` (in a Cluster the keys must share a slot).
+pub(crate) async fn mget<C: ConnectionLike>(
+    c: &mut C,
+    keys: &[String],
+) -> RedisResult<Vec<Option<Vec<u8>>>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    redis::cmd("MGET").arg(keys).query_async(c).await
+}
+
+/// `HDEL key fields...`.
+pub(crate) async fn hdel<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+    fields: &[Vec<u8>],
+) -> RedisResult<()> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let _: i64 = redis::cmd("HDEL").arg(key).arg(fields).query_async(c).await?;
+    Ok(())
+}

@@ -498,6 +498,39 @@ impl Guarded {
         self.guarded("hgetall", self.store.hgetall(key)).await
     }
 
+    // Capped hashes and multi-key reads, under the same deadline and breaker.
+
+    /// See `RemoteStore::hset_capped`; false when it was not written.
+    pub async fn hset_capped(
+        &self,
+        key: &str,
+        field: &[u8],
+        value: &[u8],
+        cap: usize,
+        ttl: Duration,
+    ) -> bool {
+        let now = crate::tiered::now_ms();
+        let op = self.store.hset_capped(key, field, value, cap, now, ttl);
+        self.guarded("hset_capped", op).await.is_some()
+    }
+
+    /// `HGETALL` of each key in one round trip; `None` when Redis did not answer.
+    pub async fn hgetall_many(&self, keys: &[String]) -> Option<super::Hashes> {
+        self.guarded("hgetall", self.store.hgetall_many(keys)).await
+    }
+
+    /// `MGET keys`; `None` when Redis did not answer.
+    pub async fn mget(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
+        self.guarded("mget", self.store.mget(keys)).await
+    }
+
+    /// `HDEL key fields...`; false when Redis did not answer.
+    pub async fn hdel(&self, key: &str, fields: &[Vec<u8>]) -> bool {
+        self.guarded("hdel", self.store.hdel(key, fields))
+            .await
+            .is_some()
+    }
+
     /// Subscribe to `channel`; bounded by `timeout`, outside the breaker (it is one
     /// long-lived connection, retried by its owner with a backoff).
     pub async fn subscribe(
