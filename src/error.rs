@@ -31,6 +31,9 @@ pub enum ErrorKind {
     /// An explicit Redis operation (such as `invalidate`) failed. Reads and writes on the
     /// cache path never return this: they fail open.
     Redis,
+    /// The upstream does not offer what was asked (an [`Upstream`](crate::Upstream) of
+    /// your own without embeddings).
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -45,6 +48,7 @@ impl ErrorKind {
             ErrorKind::FetchAborted => "fetch aborted",
             ErrorKind::Codec => "codec error",
             ErrorKind::Redis => "redis error",
+            ErrorKind::Unsupported => "not supported",
         }
     }
 }

@@ -5,6 +5,7 @@
 // The rooms; arrows point down only: chat -> tiered, stream, upstream, request; upstream ->
 // stream, request; stream -> request. See the README's "Architecture" and tests/layering.rs.
 mod chat;
+mod embeddings;
 mod error;
 #[cfg(any(feature = "tower", feature = "async-openai"))]
 mod integrations;
@@ -56,7 +57,12 @@ pub use chat::{
     CacheControl, CachedStream, DEFAULT_MAX_MODEL_LABELS, DEFAULT_STREAM_DEADLINE, LlmCache,
     LlmCacheBuilder, LlmStats, ModelPrice, ModelSavings, OTHER_MODELS, PriceTable,
 };
+pub use embeddings::{
+    CachedEmbeddings, DEFAULT_L1_MAX_BYTES as DEFAULT_EMBEDDINGS_L1_MAX_BYTES,
+    DEFAULT_MAX_INPUTS_PER_CALL as DEFAULT_MAX_EMBEDDING_INPUTS_PER_CALL, EmbeddingStats,
+};
 pub use request::{
-    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Extra, FunctionCall,
-    MAX_REQUEST_DEPTH, ToolCall, Usage,
+    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Embedding, EmbeddingInput,
+    EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat, Extra, FunctionCall,
+    InputItem, MAX_REQUEST_DEPTH, ToolCall, Usage, Vector,
 };

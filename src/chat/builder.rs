@@ -12,8 +12,9 @@ use crate::chat::pricing::PriceTable;
 use crate::chat::savings::DEFAULT_MAX_MODEL_LABELS;
 use crate::chat::stream_flight::StreamSettings;
 use crate::chat::weight::{self, ChatCodec};
+use crate::embeddings::{self, Embeddings, StoredEmbedding};
 use crate::error::{Error, Result};
-use crate::request::ChatResponse;
+use crate::request::{ChatResponse, EncodingFormat};
 use crate::tiered::TieredCache;
 use crate::tiered::builder::config_setters;
 use crate::tiered::codec::Hooks;
@@ -41,6 +42,8 @@ pub struct LlmCacheBuilder {
     max_cacheable_temperature: Option<f64>,
     streaming: StreamSettings,
     max_model_labels: usize,
+    embeddings: embeddings::Settings,
+    embeddings_l1_max_bytes: u64,
 }
 
 impl fmt::Debug for LlmCacheBuilder {
@@ -51,6 +54,8 @@ impl fmt::Debug for LlmCacheBuilder {
             .field("key_options", &self.key_options)
             .field("max_cacheable_temperature", &self.max_cacheable_temperature)
             .field("max_model_labels", &self.max_model_labels)
+            .field("embeddings", &self.embeddings)
+            .field("embeddings_l1_max_bytes", &self.embeddings_l1_max_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +81,8 @@ impl LlmCacheBuilder {
                 deadline: DEFAULT_STREAM_DEADLINE,
             },
             max_model_labels: DEFAULT_MAX_MODEL_LABELS,
+            embeddings: embeddings::Settings::default(),
+            embeddings_l1_max_bytes: embeddings::DEFAULT_L1_MAX_BYTES,
         }
     }
 
@@ -149,6 +156,35 @@ impl LlmCacheBuilder {
         self
     }
 
+    /// The most inputs one upstream `/embeddings` call carries (default
+    /// [`DEFAULT_MAX_EMBEDDING_INPUTS_PER_CALL`](crate::DEFAULT_MAX_EMBEDDING_INPUTS_PER_CALL),
+    /// 2,048, OpenAI's limit): a request's missing inputs are split into calls of at most
+    /// this many, made at once.
+    pub fn max_embedding_inputs_per_call(mut self, n: usize) -> Self {
+        self.embeddings.max_inputs_per_call = n;
+        self
+    }
+
+    /// The `encoding_format` the cache asks the upstream for when it fetches embeddings,
+    /// whatever format the caller asked for (each caller gets its own). Default
+    /// [`EncodingFormat::Base64`]: exact f32 values in a quarter of the bytes of their
+    /// text. Set [`EncodingFormat::Float`] for an upstream that refuses `base64`; numbers
+    /// that are not exactly f32 are then kept as f64 (8 bytes each).
+    pub fn embeddings_upstream_format(mut self, format: EncodingFormat) -> Self {
+        self.embeddings.upstream_format = format;
+        self
+    }
+
+    /// The most process memory the in-process tier of embedding vectors may hold, bounded
+    /// like [`l1_max_bytes`](Self::l1_max_bytes) and in addition to it (default
+    /// [`DEFAULT_EMBEDDINGS_L1_MAX_BYTES`](crate::DEFAULT_EMBEDDINGS_L1_MAX_BYTES), 64 MiB,
+    /// about 10,000 vectors of 1,536 dimensions); 0 keeps no vector in process (Redis
+    /// only).
+    pub fn embeddings_l1_max_bytes(mut self, bytes: u64) -> Self {
+        self.embeddings_l1_max_bytes = bytes;
+        self
+    }
+
     config_setters!();
 
     /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
@@ -205,10 +241,31 @@ impl LlmCacheBuilder {
                 "must be at least 1 (further models are counted as \"other\")",
             ));
         }
+        if self.embeddings.max_inputs_per_call == 0 {
+            return Err(Error::config(
+                "max_embedding_inputs_per_call",
+                "must be at least 1",
+            ));
+        }
         self.config.validate()?;
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
         let config = self.config.clone();
+        // Vectors have a tier of their own (same Redis, prefix and breaker; their own L1
+        // bound and compact codec); their keys use the chat tier's namespace generations.
+        let mut vectors_config = self.config.clone();
+        vectors_config.l1_max_bytes = self.embeddings_l1_max_bytes;
+        let vectors = TieredCache::<StoredEmbedding>::from_parts_with(
+            vectors_config,
+            l2.clone(),
+            Arc::new(Counters::default()),
+            Hooks {
+                codec: Arc::new(embeddings::EmbeddingCodec),
+                weigher: Some(Arc::new(embeddings::weigh)),
+            },
+        );
+        vectors.settle().await;
+        let embeddings = Embeddings::new(vectors, self.embeddings);
         // Answers are weighed by what they hold in memory, and compacted once decoded.
         let hooks = Hooks {
             codec: Arc::new(ChatCodec),
@@ -218,7 +275,7 @@ impl LlmCacheBuilder {
             TieredCache::<ChatResponse>::from_parts_with(self.config, l2.clone(), counters, hooks);
         tiers.settle().await;
         let cache = LlmCache::from_parts(
-            tiers,
+            (tiers, embeddings),
             upstream,
             self.key_options,
             self.prices,

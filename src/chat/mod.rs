@@ -5,6 +5,7 @@
 //! never alter the provider's JSON nor store an error.
 
 mod builder;
+mod embeddings;
 pub mod key;
 mod policy;
 mod pricing;
@@ -90,6 +91,8 @@ struct Inner {
     stream_chunk_chars: usize,
     abort_abandoned_streams: bool,
     stream_deadline: Duration,
+    /// The per-input embeddings path and its tier.
+    embeddings: crate::embeddings::Embeddings,
 }
 
 impl fmt::Debug for LlmCache {
@@ -107,8 +110,9 @@ impl LlmCache {
         LlmCacheBuilder::new()
     }
 
+    /// `tiers`: the answers' tier and the vectors' (the embeddings path).
     pub(crate) fn from_parts(
-        tiers: TieredCache<ChatResponse>,
+        (tiers, embeddings): (TieredCache<ChatResponse>, crate::embeddings::Embeddings),
         upstream: Arc<dyn Upstream>,
         key_options: KeyOptions,
         prices: PriceTable,
@@ -134,6 +138,7 @@ impl LlmCache {
                 stream_chunk_chars: streaming.chunk_chars,
                 abort_abandoned_streams: streaming.abort_abandoned,
                 stream_deadline: streaming.deadline,
+                embeddings,
             }),
         }
     }

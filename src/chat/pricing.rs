@@ -50,6 +50,15 @@ impl ModelPrice {
 /// | `gemini-2.5-flash` | 2.50 |
 /// | `deepseek-v3.2` | 0.42 |
 ///
+/// and for embeddings (input tokens only; served inputs are counted at their share of the
+/// call that fetched them):
+///
+/// | model | $ per million input tokens |
+/// |---|---|
+/// | `text-embedding-3-small` | 0.02 |
+/// | `text-embedding-3-large` | 0.13 |
+/// | `text-embedding-ada-002` | 0.10 |
+///
 /// A listed name also prices the models that extend it after a separator (`-`, `_`, `:`,
 /// `@`, `/`): `gpt-4.1` prices the snapshot `gpt-4.1-2025-04-14`, but not `gpt-4.10`. The
 /// longest listed name wins, so list `gpt-4.1-mini` to stop it being priced as `gpt-4.1`.
@@ -76,6 +85,9 @@ impl Default for PriceTable {
             .with("claude-sonnet-4.5", ModelPrice::flat(15.00))
             .with("gemini-2.5-flash", ModelPrice::flat(2.50))
             .with("deepseek-v3.2", ModelPrice::flat(0.42))
+            .with("text-embedding-3-small", ModelPrice::new(0.02, 0.0))
+            .with("text-embedding-3-large", ModelPrice::new(0.13, 0.0))
+            .with("text-embedding-ada-002", ModelPrice::new(0.10, 0.0))
     }
 }
 

@@ -12,7 +12,7 @@ use metrics::{Counter, Gauge, Unit};
 
 use super::{Inner, LlmCache};
 use crate::chat::pricing::ModelPrice;
-use crate::request::ChatResponse;
+use crate::request::{ChatResponse, Usage};
 use crate::tiered::CacheStatus;
 use crate::tiered::stats::Stats;
 
@@ -140,7 +140,7 @@ impl LlmCache {
         LlmStats {
             cache: inner.tiers.stats(),
             bypassed: inner.bypassed.load(Relaxed),
-            upstream_calls: inner.upstream_calls.load(Relaxed),
+            upstream_calls: inner.upstream_calls.load(Relaxed) + self.embedding_upstream_calls(),
             tokens_saved: tokens,
             cost_saved_usd: nanos as f64 / NANOS_PER_DOLLAR,
             per_model,
@@ -215,7 +215,14 @@ impl Inner {
 impl ModelHandle {
     /// An answer served without a call (`status`: from where), and what it saved.
     pub(super) fn saved(&self, status: CacheStatus, response: &ChatResponse) {
-        self.counters.saved(status, response, self.price.as_ref());
+        self.counters
+            .saved(status, response.usage.as_ref(), self.price.as_ref());
+    }
+
+    /// An answer (or one input of an embeddings request) served without a call, worth
+    /// `usage`.
+    pub(super) fn saved_usage(&self, status: CacheStatus, usage: Option<&Usage>) {
+        self.counters.saved(status, usage, self.price.as_ref());
     }
 
     /// An answer that cost an upstream call.
@@ -226,10 +233,10 @@ impl ModelHandle {
 
 impl ModelCounters {
     /// An answer served without a call (`status`: from where), and what it saved at `price`.
-    fn saved(&self, status: CacheStatus, response: &ChatResponse, price: Option<&ModelPrice>) {
+    fn saved(&self, status: CacheStatus, usage: Option<&Usage>, price: Option<&ModelPrice>) {
         self.hits.fetch_add(1, Relaxed);
         self.exported.hit(status);
-        let Some(usage) = &response.usage else {
+        let Some(usage) = usage else {
             return;
         };
         let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);

@@ -55,6 +55,7 @@ impl<'a> Traced<'a> {
             Ok(CacheStatus::Coalesced) => ("coalesced", "flight"),
             Ok(CacheStatus::Miss) => ("miss", "upstream"),
             Ok(CacheStatus::Bypass) => ("bypass", "upstream"),
+            Ok(CacheStatus::Partial) => ("partial", "upstream"),
             Err(_) => ("error", "none"),
         };
         let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);

@@ -24,6 +24,9 @@ pub enum CacheStatus {
     Coalesced,
     /// The cache was bypassed on request.
     Bypass,
+    /// An answer made of many entries (one per input of a batch), some of them found in
+    /// the tiers or in other callers' flights and some fetched by this caller.
+    Partial,
 }
 
 impl CacheStatus {
@@ -35,7 +38,7 @@ impl CacheStatus {
         )
     }
 
-    /// A short lower-case name (`l1`, `l2`, `miss`, `coalesced`, `bypass`).
+    /// A short lower-case name (`l1`, `l2`, `miss`, `coalesced`, `bypass`, `partial`).
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::HitL1 => "l1",
@@ -43,6 +46,7 @@ impl CacheStatus {
             CacheStatus::Miss => "miss",
             CacheStatus::Coalesced => "coalesced",
             CacheStatus::Bypass => "bypass",
+            CacheStatus::Partial => "partial",
         }
     }
 }

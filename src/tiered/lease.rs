@@ -200,6 +200,41 @@ pub(crate) async fn hold<F: Future>(
     }
 }
 
+/// [`hold`] for many leases at once: `work` runs while every lease in `leases` is renewed
+/// every third of its life (all in one step, concurrently); a lease found gone stops being
+/// renewed, the others go on.
+pub(crate) async fn hold_all<F: Future>(
+    l2: &Guarded,
+    leases: &[&Lease],
+    ttl: Duration,
+    work: F,
+) -> F::Output {
+    if leases.is_empty() {
+        return work.await;
+    }
+    tokio::pin!(work);
+    let every = ttl / 3;
+    let mut next = Instant::now() + every;
+    let mut renewing: Vec<bool> = vec![true; leases.len()];
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            () = tokio::time::sleep_until(next), if renewing.iter().any(|r| *r) => {
+                next = Instant::now() + every;
+                let renewals = leases.iter().zip(&renewing).map(|(lease, on)| async move {
+                    if *on { l2.renew(&lease.key, &lease.token, ttl).await } else { None }
+                });
+                let outcomes = futures_util::future::join_all(renewals).await;
+                for (on, outcome) in renewing.iter_mut().zip(outcomes) {
+                    if outcome == Some(false) {
+                        *on = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Release `lease` in the background (compare-and-delete: never someone else's).
 pub(crate) fn release_later(mut lease: Lease) {
     lease.armed = false;

@@ -22,6 +22,7 @@ pub(crate) mod keyspace;
 pub(crate) mod l1;
 pub(crate) mod l2;
 pub(crate) mod lease;
+mod many;
 pub(crate) mod redis_stats;
 pub(crate) mod stats;
 mod write_behind;

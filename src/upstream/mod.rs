@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
-use crate::error::Result;
-use crate::request::{ChatRequest, ChatResponse};
+use crate::error::{Error, ErrorKind, Result};
+use crate::request::{ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
 use crate::stream::{ChatChunk, ReplayOptions, replay};
 
 #[cfg(feature = "openai")]
@@ -99,6 +99,28 @@ pub trait Upstream: Send + Sync + 'static {
         })
     }
 
+    /// The vectors of `request`'s inputs (an OpenAI-compatible `/embeddings` call). The
+    /// cache calls it on a miss with only the inputs it lacks, at most
+    /// [`max_embedding_inputs_per_call`](crate::LlmCacheBuilder::max_embedding_inputs_per_call)
+    /// of them, and checks the answer: exactly one non-empty vector per input, each at its
+    /// input's `index`. Vectors may come as numbers or as base64 (little-endian f32),
+    /// whatever `encoding_format` asked.
+    ///
+    /// The default answers an [`Unsupported`](crate::ErrorKind::Unsupported) error: an
+    /// upstream of your own that only chats need not implement it.
+    fn embeddings<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse>> {
+        let _ = request;
+        Box::pin(async {
+            Err(Error::new(
+                ErrorKind::Unsupported,
+                "this upstream does not implement embeddings (Upstream::embeddings)",
+            ))
+        })
+    }
+
     /// Check the configuration without any network call, so a builder can report a bad
     /// knob from `build()` instead of from the first request. The default accepts.
     fn validate(&self) -> Result<()> {
@@ -113,6 +135,13 @@ impl<U: Upstream + ?Sized> Upstream for Arc<U> {
 
     fn chat_stream<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream>> {
         (**self).chat_stream(request)
+    }
+
+    fn embeddings<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse>> {
+        (**self).embeddings(request)
     }
 
     fn validate(&self) -> Result<()> {

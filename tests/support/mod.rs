@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bow;
+pub mod embeddings;
 pub mod proxy;
 pub mod redis;
 #[cfg(feature = "tls")]

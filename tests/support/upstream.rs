@@ -157,6 +157,8 @@ struct Shared {
     /// Chunks sent by every stream so far (`[DONE]` not counted).
     streamed: AtomicUsize,
     chunk_sent: Notify,
+    /// Replaces the default embedder for texts (`set_embedder`).
+    embedder: Mutex<Option<super::embeddings::Embedder>>,
 }
 
 struct StreamGate {
@@ -189,6 +191,7 @@ impl MockUpstream {
             chunk_interval: Mutex::new(Duration::ZERO),
             streamed: AtomicUsize::new(0),
             chunk_sent: Notify::new(),
+            embedder: Mutex::new(None),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
@@ -222,6 +225,20 @@ impl MockUpstream {
     pub fn calls_to(&self, path: &str) -> usize {
         let requests = self.shared.requests.lock().unwrap();
         requests.iter().filter(|r| r.path == path).count()
+    }
+
+    /// Answer `/v1/embeddings` texts with `f(text)` instead of the default vectors.
+    pub fn set_embedder(&self, f: impl Fn(&str) -> Vec<f32> + Send + Sync + 'static) {
+        *self.shared.embedder.lock().unwrap() = Some(Arc::new(f));
+    }
+
+    /// The inputs of every `/v1/embeddings` call so far, call by call.
+    pub fn embedding_calls(&self) -> Vec<Vec<Value>> {
+        self.requests()
+            .iter()
+            .filter(|r| r.path == "/v1/embeddings")
+            .map(|r| super::embeddings::inputs_of(&r.body))
+            .collect()
     }
 
     /// Requests received so far (every route).
@@ -909,23 +926,8 @@ async fn other(
     }
     let path = uri.path();
     let answer = if path == "/v1/embeddings" {
-        let inputs = match &body["input"] {
-            Value::Array(items) => items.clone(),
-            one => vec![one.clone()],
-        };
-        let data: Vec<Value> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| {
-                let h = xxhash_rust::xxh3::xxh3_64(input.to_string().as_bytes());
-                let v: Vec<f64> = (0..4)
-                    .map(|k| ((h >> (k * 8)) & 0xff) as f64 / 256.0)
-                    .collect();
-                json!({"object": "embedding", "index": i, "embedding": v})
-            })
-            .collect();
-        json!({"object": "list", "data": data, "model": body["model"],
-            "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}})
+        let embedder = shared.embedder.lock().unwrap().clone();
+        super::embeddings::answer(&body, embedder.as_ref())
     } else if path == "/v1/responses" {
         let response = mock_response(&body, call);
         if body["stream"] == true {

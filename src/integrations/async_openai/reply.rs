@@ -25,6 +25,7 @@ pub(super) fn status_label(status: CacheStatus) -> &'static str {
         CacheStatus::Coalesced => "coalesced",
         CacheStatus::Miss => "miss",
         CacheStatus::Bypass => "bypass",
+        CacheStatus::Partial => "partial",
     }
 }
 

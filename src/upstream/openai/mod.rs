@@ -4,6 +4,7 @@
 //! from the upstream goes through the one mask of `credentials.rs` before it is shortened.
 
 mod credentials;
+mod embeddings;
 mod errors;
 mod reader;
 mod retry;
@@ -28,7 +29,7 @@ use self::retry::{Failure, retry_after, retryable_status};
 pub use self::retry::{RetryPolicy, UpstreamStats};
 use super::{BoxFuture, ChunkStream, Upstream};
 use crate::error::{Error, ErrorKind, Result, redact_url};
-use crate::request::{ChatRequest, ChatResponse};
+use crate::request::{ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
 use crate::stream::{ReplayOptions, SseParser, replay};
 
 /// An [`Upstream`] for any OpenAI-compatible API, over reqwest (rustls, HTTP/2 when the
@@ -103,6 +104,8 @@ struct Ready {
     /// them as its default headers).
     per_request_headers: Option<HeaderMap>,
     endpoint: Url,
+    /// `{base}/embeddings`, with the same query.
+    embeddings_endpoint: Url,
     /// The endpoint without credentials or query, for messages.
     shown: String,
     /// The credentials this client sends: what every error and log line is masked with.
@@ -112,6 +115,11 @@ struct Ready {
 impl Ready {
     /// A POST to the endpoint with this client's headers, asking for `accept` when given.
     fn post(&self, accept: Option<HeaderValue>) -> reqwest::RequestBuilder {
+        self.post_to(&self.endpoint, accept)
+    }
+
+    /// A POST to `url` (one of this client's endpoints) with this client's headers.
+    fn post_to(&self, url: &Url, accept: Option<HeaderValue>) -> reqwest::RequestBuilder {
         let mut headers = self.per_request_headers.clone().unwrap_or_default();
         headers.insert(
             header::CONTENT_TYPE,
@@ -121,7 +129,7 @@ impl Ready {
             headers.insert(header::ACCEPT, accept);
         }
         // `headers` replaces values of the same name, where `header` would add a second.
-        self.client.post(self.endpoint.clone()).headers(headers)
+        self.client.post(url.clone()).headers(headers)
     }
 }
 
@@ -273,6 +281,7 @@ impl OpenAiCompatible {
 
     fn prepare(&self) -> Result<Ready> {
         let endpoint = endpoint(&self.base_url)?;
+        let embeddings_endpoint = embeddings::endpoint(&endpoint);
         let shown = shown_url(&endpoint);
         if self.connect_timeout.is_zero() {
             return Err(Error::config(
@@ -296,6 +305,7 @@ impl OpenAiCompatible {
                 client: client.clone(),
                 per_request_headers: Some(headers),
                 endpoint,
+                embeddings_endpoint,
                 shown,
                 mask,
             });
@@ -314,6 +324,7 @@ impl OpenAiCompatible {
             client,
             per_request_headers: None,
             endpoint,
+            embeddings_endpoint,
             shown,
             mask,
         })
@@ -499,6 +510,13 @@ impl Upstream for OpenAiCompatible {
 
     fn chat_stream<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream>> {
         Box::pin(self.open_stream(request))
+    }
+
+    fn embeddings<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse>> {
+        Box::pin(self.send_embeddings(request))
     }
 
     fn validate(&self) -> Result<()> {

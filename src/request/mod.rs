@@ -12,6 +12,12 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+pub(crate) mod embeddings;
+pub use embeddings::{
+    Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat,
+    InputItem, Vector,
+};
+
 /// Unknown JSON fields, kept as they came.
 pub type Extra = Map<String, Value>;
 
@@ -139,7 +145,7 @@ impl ChatRequest {
 
 /// [`check_value`] for each member of `extra`, whose values sit at level `depth`; `prefix`
 /// is the path of the object holding them (with its trailing dot).
-fn check_extra(extra: &Extra, depth: usize, prefix: impl Fn() -> String) -> Result<()> {
+pub(crate) fn check_extra(extra: &Extra, depth: usize, prefix: impl Fn() -> String) -> Result<()> {
     for (name, value) in extra {
         check_value(value, depth, || format!("{}{name}", prefix()))?;
     }
