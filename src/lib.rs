@@ -37,7 +37,9 @@ pub use tiered::{
 };
 
 pub use semantic::{
-    Canonical, DEFAULT_SEMANTIC_THRESHOLD, GuardVerdict, LexicalGuard, Refusal,
+    Canonical, DEFAULT_BUCKET_CAP, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_TYPOS,
+    DEFAULT_SEMANTIC_L1_BYTES, DEFAULT_SEMANTIC_THRESHOLD, DEFAULT_TYPO_MIN_LEN, GuardVerdict,
+    LexicalGuard, Refusal, SemanticConfig, SemanticStats,
 };
 pub use stream::ChatChunk;
 pub use upstream::ChunkStream;

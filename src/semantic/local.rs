@@ -154,7 +154,8 @@ impl LocalIndex {
         self.records.invalidate_all();
     }
 
-    /// Let moka apply pending evictions (stats and tests).
+    /// Let moka apply pending evictions.
+    #[cfg(test)]
     pub(crate) async fn run_pending_tasks(&self) {
         self.records.run_pending_tasks().await;
     }

@@ -59,7 +59,8 @@ impl RemoteIndex {
         all
     }
 
-    /// At most `max` candidates of `scope`, nearest by sketch first, with their records;
+    /// At most `max` candidates of `scope`, nearest by sketch first, with their records
+    /// and deadlines;
     /// `None` when Redis did not answer. Expired or orphaned bucket fields are removed in
     /// the background.
     pub(crate) async fn lookup(
@@ -67,31 +68,31 @@ impl RemoteIndex {
         scope: Digest,
         sketch: &Sketch,
         max: usize,
-    ) -> Option<Vec<(Digest, Record)>> {
+    ) -> Option<Vec<(Digest, Record, u64)>> {
         let keys: Vec<String> = (0..TABLES)
             .map(|t| self.keyspace.index_bucket(&scope, t, sketch.signature(t)))
             .collect();
         let hashes = self.l2.hgetall_many(&keys).await?;
         let now = now_ms();
         let mut stale: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut ranked: Vec<(u32, Digest)> = Vec::new();
+        let mut ranked: Vec<(u32, Digest, u64)> = Vec::new();
         for (key, fields) in keys.iter().zip(hashes) {
             for (field, value) in fields {
                 match parse_bucket(&field, &value) {
                     Some((d, deadline, s)) if deadline > now => {
-                        if !ranked.iter().any(|(_, seen)| *seen == d) {
-                            ranked.push((s.distance(sketch), d));
+                        if !ranked.iter().any(|(_, seen, _)| *seen == d) {
+                            ranked.push((s.distance(sketch), d, deadline));
                         }
                     }
                     _ => stale.push((key.clone(), field)),
                 }
             }
         }
-        ranked.sort_by_key(|(dist, _)| *dist);
+        ranked.sort_by_key(|(dist, _, _)| *dist);
         ranked.truncate(max);
         let record_keys: Vec<String> = ranked
             .iter()
-            .map(|(_, d)| self.keyspace.index_record(&scope, d))
+            .map(|(_, d, _)| self.keyspace.index_record(&scope, d))
             .collect();
         let records = if record_keys.is_empty() {
             Vec::new()
@@ -99,9 +100,9 @@ impl RemoteIndex {
             self.l2.mget(&record_keys).await?
         };
         let mut out = Vec::with_capacity(records.len());
-        for ((_, d), bytes) in ranked.iter().zip(records) {
+        for ((_, d, deadline), bytes) in ranked.iter().zip(records) {
             match bytes.as_deref().and_then(Record::decode) {
-                Some(r) => out.push((*d, r)),
+                Some(r) => out.push((*d, r, *deadline)),
                 // The record expired or was dropped: so goes its bucket field.
                 None => {
                     for key in &keys {

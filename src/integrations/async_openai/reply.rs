@@ -26,6 +26,7 @@ pub(super) fn status_label(status: CacheStatus) -> &'static str {
         CacheStatus::Miss => "miss",
         CacheStatus::Bypass => "bypass",
         CacheStatus::Partial => "partial",
+        CacheStatus::HitSemantic => "hit-semantic",
     }
 }
 
