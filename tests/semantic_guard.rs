@@ -143,7 +143,10 @@ fn default_configuration_serves_no_must_refuse_pair() {
         println!("{w}");
     }
     let false_hits: Vec<&String> = wrong.iter().filter(|w| w.contains("SERVED")).collect();
-    assert!(false_hits.is_empty(), "must-refuse pairs served: {false_hits:#?}");
+    assert!(
+        false_hits.is_empty(),
+        "must-refuse pairs served: {false_hits:#?}"
+    );
     for class in ALWAYS_SERVED {
         let t = &by_class[class];
         assert_eq!(t.served, t.pairs, "every {class} variant must be served");

@@ -264,7 +264,10 @@ impl LlmCache {
         if let Some(semantic) = inner.semantic.as_ref().filter(|_| control.semantic)
             && !control.fetch.refresh
         {
-            match self.semantic_before(semantic, request, control, route, digest).await {
+            match self
+                .semantic_before(semantic, request, control, route, digest)
+                .await
+            {
                 semantic::Before::Served(hit) => {
                     counters.saved(hit.status(), hit.value());
                     return Ok(hit);
@@ -300,7 +303,9 @@ impl LlmCache {
         } else {
             counters.missed();
         }
-        if let Some(p) = pending.filter(|_| out.status() == CacheStatus::Miss && !control.fetch.no_store) {
+        if let Some(p) =
+            pending.filter(|_| out.status() == CacheStatus::Miss && !control.fetch.no_store)
+        {
             self.semantic_index(p, digest, control.fetch.ttl);
         }
         Ok(out)

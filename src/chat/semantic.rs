@@ -103,7 +103,9 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         }
-        let Some(vector) = self.semantic_embedding(semantic, &canonical.text(), control).await
+        let Some(vector) = self
+            .semantic_embedding(semantic, &canonical.text(), control)
+            .await
         else {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);

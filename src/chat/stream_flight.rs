@@ -224,7 +224,10 @@ impl LlmCache {
         if let Some(semantic) = inner.semantic.as_ref().filter(|_| control.semantic)
             && !control.fetch.refresh
         {
-            match self.semantic_before(semantic, request, control, route, digest).await {
+            match self
+                .semantic_before(semantic, request, control, route, digest)
+                .await
+            {
                 Before::Served(hit) => {
                     counters.saved(hit.status(), hit.value());
                     let chunks = replay(hit.value(), &options);
@@ -251,13 +254,11 @@ impl LlmCache {
             .map(|p| self.semantic_later(p, digest, control.fetch.ttl));
         let on_end = {
             let (hit, counters) = (Arc::clone(&hit), counters.clone());
-            move |answer: &ChatResponse| {
-                match hit.get() {
-                    Some(&status) => counters.saved(status, answer),
-                    None => {
-                        if let Some(index) = index {
-                            index();
-                        }
+            move |answer: &ChatResponse| match hit.get() {
+                Some(&status) => counters.saved(status, answer),
+                None => {
+                    if let Some(index) = index {
+                        index();
                     }
                 }
             }

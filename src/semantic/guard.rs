@@ -284,8 +284,7 @@ impl LexicalGuard {
             for w in &mut words {
                 if let Some((_, to)) = self.extra_synonyms.iter().find(|(f, _)| *f == w.text) {
                     w.text = to.clone();
-                } else if let Some(group) = SYNONYMS.iter().find(|g| g.contains(&w.text.as_str()))
-                {
+                } else if let Some(group) = SYNONYMS.iter().find(|g| g.contains(&w.text.as_str())) {
                     w.text = group[0].to_owned();
                 }
             }
@@ -399,9 +398,10 @@ fn place_not_after_auxiliary(words: &mut Vec<Word>) {
         return;
     };
     let between = &words[aux + 1..at];
-    if between.iter().any(|w| {
-        w.text == "or" || w.text == "not" || AUXILIARIES.contains(&w.text.as_str())
-    }) || words[aux + 1].text == "not"
+    if between
+        .iter()
+        .any(|w| w.text == "or" || w.text == "not" || AUXILIARIES.contains(&w.text.as_str()))
+        || words[aux + 1].text == "not"
     {
         return;
     }
@@ -645,14 +645,22 @@ fn word_at(chars: &[char], start: usize) -> (String, usize) {
             token.push(c);
         } else if c == ','
             && prev.is_ascii_digit()
-            && chars[j + 1..].iter().take_while(|d| d.is_ascii_digit()).count() == 3
+            && chars[j + 1..]
+                .iter()
+                .take_while(|d| d.is_ascii_digit())
+                .count()
+                == 3
         {
             // A thousands separator: dropped, so "1,000" is "1000".
-        } else if matches!(c, '.' | ':' | '/') && prev.is_ascii_digit() && next_is(|n| n.is_ascii_digit()) {
+        } else if matches!(c, '.' | ':' | '/')
+            && prev.is_ascii_digit()
+            && next_is(|n| n.is_ascii_digit())
+        {
             token.push(c);
         } else if matches!(c, '.' | '-' | '/') && is_word_char(prev) && next_is(is_word_char) {
             token.push(c);
-        } else if matches!(c, '\'' | '’') && prev.is_alphabetic() && next_is(char::is_alphabetic) {
+        } else if matches!(c, '\'' | '’') && prev.is_alphabetic() && next_is(char::is_alphabetic)
+        {
             token.push('\'');
         } else if matches!(c, '+' | '#')
             && (prev.is_alphabetic() || prev == '+')
@@ -696,8 +704,14 @@ mod tests {
         let g = LexicalGuard::default();
         for (a, b) in [
             ("How do I turn on dark mode", "How do I turn off dark mode"),
-            ("Is it safe to eat raw eggs", "Is it not safe to eat raw eggs"),
-            ("Is it safe to eat raw eggs", "Isn't it safe to eat raw eggs"),
+            (
+                "Is it safe to eat raw eggs",
+                "Is it not safe to eat raw eggs",
+            ),
+            (
+                "Is it safe to eat raw eggs",
+                "Isn't it safe to eat raw eggs",
+            ),
             ("What is 2+2?", "What is 2+3?"),
             ("What is 2+2?", "What is 2*2?"),
             ("Convert 5 km to miles", "Convert 5 miles to km"),
@@ -718,9 +732,11 @@ mod tests {
             g.check("how to reverse a string", "how to reevrse a string"),
             GuardVerdict::Typos(1)
         );
-        assert!(!LexicalGuard::strict()
-            .check("how to reverse a string", "how to reevrse a string")
-            .passes());
+        assert!(
+            !LexicalGuard::strict()
+                .check("how to reverse a string", "how to reevrse a string")
+                .passes()
+        );
         assert!(!g.check("Who is Johnson", "Who is Johnston").passes());
     }
 

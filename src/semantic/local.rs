@@ -73,7 +73,13 @@ impl LocalIndex {
     }
 
     /// Index `entry` of `scope` until `deadline_ms`.
-    pub(crate) async fn insert(&self, scope: Digest, entry: Digest, record: Record, deadline_ms: u64) {
+    pub(crate) async fn insert(
+        &self,
+        scope: Digest,
+        entry: Digest,
+        record: Record,
+        deadline_ms: u64,
+    ) {
         let sketch = Sketch::of(&record.vector);
         let fresh = !self.records.contains_key(&(scope, entry));
         self.records
@@ -213,7 +219,9 @@ mod tests {
         assert!(index.lookup(s1, &v, &sk, 4, 0.9).await.is_empty());
         assert!(index.buckets.is_empty(), "buckets emptied on removal");
         // Past its deadline: not a candidate.
-        index.insert(s1, e, record(v.clone(), "q"), now_ms() - 1).await;
+        index
+            .insert(s1, e, record(v.clone(), "q"), now_ms() - 1)
+            .await;
         assert!(index.lookup(s1, &v, &sk, 4, 0.9).await.is_empty());
     }
 
@@ -224,7 +232,12 @@ mod tests {
         for i in 0..500u32 {
             let v: Vec<f32> = (0..64).map(|k| ((i * 64 + k) as f32).sin()).collect();
             index
-                .insert(s, Digest::of(i.to_le_bytes()), record(v, "text"), now_ms() + 60_000)
+                .insert(
+                    s,
+                    Digest::of(i.to_le_bytes()),
+                    record(v, "text"),
+                    now_ms() + 60_000,
+                )
                 .await;
         }
         index.run_pending_tasks().await;

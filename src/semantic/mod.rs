@@ -135,6 +135,8 @@ pub struct SemanticStats {
     pub hits: u64,
     /// Candidates above the threshold that the lexical guard refused.
     pub guard_refusals: u64,
+    /// Answers indexed after a miss (in process, and in Redis when it took them).
+    pub indexed: u64,
     /// Matches whose entry was gone (dropped from the index, then a miss).
     pub stale: u64,
     /// Lookups that could not ask Redis (down, slow, breaker open): in-process only.
@@ -153,6 +155,7 @@ pub(crate) struct Counters {
     pub(crate) lookups: AtomicU64,
     pub(crate) hits: AtomicU64,
     pub(crate) guard_refusals: AtomicU64,
+    pub(crate) indexed: AtomicU64,
     pub(crate) stale: AtomicU64,
     pub(crate) redis_skipped: AtomicU64,
     pub(crate) ineligible: AtomicU64,
@@ -280,14 +283,13 @@ impl Semantic {
         };
         if let Some(remote) = &self.remote {
             let sketch = Sketch::of(&record.vector);
-            remote
-                .insert(scope, entry, &record, &sketch, l2_ttl)
-                .await;
+            remote.insert(scope, entry, &record, &sketch, l2_ttl).await;
         }
         if let Some(local) = &self.local {
             let deadline = now_ms().saturating_add(millis(l1_ttl));
             local.insert(scope, entry, record, deadline).await;
         }
+        Counters::incr(&self.counters.indexed);
     }
 
     /// Drop a match whose entry is gone, from both indexes.
@@ -315,6 +317,7 @@ impl Semantic {
             lookups: c.lookups.load(Relaxed),
             hits: c.hits.load(Relaxed),
             guard_refusals: c.guard_refusals.load(Relaxed),
+            indexed: c.indexed.load(Relaxed),
             stale: c.stale.load(Relaxed),
             redis_skipped: c.redis_skipped.load(Relaxed),
             ineligible: c.ineligible.load(Relaxed),

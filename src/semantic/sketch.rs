@@ -93,7 +93,11 @@ fn hyperplanes(dims: usize) -> Arc<[f32]> {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             bits = z ^ (z >> 31);
         }
-        out.push(if (bits >> (i % 64)) & 1 == 1 { 1.0 } else { -1.0 });
+        out.push(if (bits >> (i % 64)) & 1 == 1 {
+            1.0
+        } else {
+            -1.0
+        });
     }
     let planes: Arc<[f32]> = out.into();
     // A handful of models in one process at most: a few MB.
@@ -205,7 +209,10 @@ mod tests {
         let d = Digest::of("x");
         let s = Sketch::of(&[1.0, 2.0, 3.0]);
         let v = bucket_value(1_700_000_000_000, &s);
-        assert_eq!(parse_bucket(d.as_bytes(), &v), Some((d, 1_700_000_000_000, s)));
+        assert_eq!(
+            parse_bucket(d.as_bytes(), &v),
+            Some((d, 1_700_000_000_000, s))
+        );
     }
 
     #[test]

@@ -204,8 +204,14 @@ mod tests {
         assert_eq!(ks.entry(&d), format!("ai:cache:{{{hex}}}"));
         assert_eq!(ks.generations(), "ai:cache:generations");
         assert_eq!(ks.channel(), "ai:cache:invalidate");
-        assert_eq!(ks.index_record(&d, &d), format!("ai:cache:v{{{hex}}}r{hex}"));
-        assert_eq!(ks.index_bucket(&d, 3, 0xabc), format!("ai:cache:v{{{hex}}}b3.abc"));
+        assert_eq!(
+            ks.index_record(&d, &d),
+            format!("ai:cache:v{{{hex}}}r{hex}")
+        );
+        assert_eq!(
+            ks.index_bucket(&d, 3, 0xabc),
+            format!("ai:cache:v{{{hex}}}b3.abc")
+        );
         assert!(!glob_matches(
             ks.entry_pattern().as_bytes(),
             ks.index_record(&d, &d).as_bytes()

@@ -262,6 +262,10 @@ pub(crate) async fn hdel<C: ConnectionLike>(
     if fields.is_empty() {
         return Ok(());
     }
-    let _: i64 = redis::cmd("HDEL").arg(key).arg(fields).query_async(c).await?;
+    let _: i64 = redis::cmd("HDEL")
+        .arg(key)
+        .arg(fields)
+        .query_async(c)
+        .await?;
     Ok(())
 }

@@ -216,12 +216,20 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), L2Error>> {
         let _ = (key, field, value, cap, now_ms, ttl);
-        Box::pin(async { Err(L2Error::Command("HSET is not supported by this store".into())) })
+        Box::pin(async {
+            Err(L2Error::Command(
+                "HSET is not supported by this store".into(),
+            ))
+        })
     }
     /// `HGETALL` of each key, pipelined.
     fn hgetall_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Hashes, L2Error>> {
         let _ = keys;
-        Box::pin(async { Err(L2Error::Command("HGETALL is not supported by this store".into())) })
+        Box::pin(async {
+            Err(L2Error::Command(
+                "HGETALL is not supported by this store".into(),
+            ))
+        })
     }
     /// `MGET keys`.
     fn mget<'a>(
@@ -229,12 +237,24 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, L2Error>> {
         let _ = keys;
-        Box::pin(async { Err(L2Error::Command("MGET is not supported by this store".into())) })
+        Box::pin(async {
+            Err(L2Error::Command(
+                "MGET is not supported by this store".into(),
+            ))
+        })
     }
     /// `HDEL key fields...`.
-    fn hdel<'a>(&'a self, key: &'a str, fields: &'a [Vec<u8>]) -> BoxFuture<'a, Result<(), L2Error>> {
+    fn hdel<'a>(
+        &'a self,
+        key: &'a str,
+        fields: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
         let _ = (key, fields);
-        Box::pin(async { Err(L2Error::Command("HDEL is not supported by this store".into())) })
+        Box::pin(async {
+            Err(L2Error::Command(
+                "HDEL is not supported by this store".into(),
+            ))
+        })
     }
     /// Subscribe to `channel` on a node of the store, bounded by `timeout`. Not guarded:
     /// the subscription lives until its connection goes away.

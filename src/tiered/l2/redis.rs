@@ -327,10 +327,11 @@ impl RemoteStore for RedisStore {
         }))
     }
 
-    fn hgetall_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<super::Hashes, L2Error>> {
-        Box::pin(self.run(move |mut c| async move {
-            commands::hgetall_many(&mut c, keys).await
-        }))
+    fn hgetall_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<super::Hashes, L2Error>> {
+        Box::pin(self.run(move |mut c| async move { commands::hgetall_many(&mut c, keys).await }))
     }
 
     fn mget<'a>(
@@ -340,7 +341,11 @@ impl RemoteStore for RedisStore {
         Box::pin(self.run(move |mut c| async move { commands::mget(&mut c, keys).await }))
     }
 
-    fn hdel<'a>(&'a self, key: &'a str, fields: &'a [Vec<u8>]) -> BoxFuture<'a, Result<(), L2Error>> {
+    fn hdel<'a>(
+        &'a self,
+        key: &'a str,
+        fields: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
         Box::pin(self.run(move |mut c| async move { commands::hdel(&mut c, key, fields).await }))
     }
 
