@@ -240,7 +240,7 @@ impl LexicalGuard {
             w.fuzzy
                 && w.text.len() >= self.typo_min_len
                 && !PROTECTED.contains(&w.text.as_str())
-                && !self.extra_protected.iter().any(|p| *p == w.text)
+                && !self.extra_protected.contains(&w.text)
                 && !PROTECTED_STEMS.iter().any(|s| w.text.starts_with(s))
         };
         self.max_typos > 0
@@ -266,7 +266,7 @@ impl LexicalGuard {
         }
         words.retain(|w| {
             !FUNCTION_WORDS.contains(&w.text.as_str())
-                && !self.extra_function_words.iter().any(|f| *f == w.text)
+                && !self.extra_function_words.contains(&w.text)
         });
         if self.politeness {
             strip_politeness(&mut words);
@@ -652,12 +652,12 @@ fn word_at(chars: &[char], start: usize) -> (String, usize) {
                 == 3
         {
             // A thousands separator: dropped, so "1,000" is "1000".
-        } else if matches!(c, '.' | ':' | '/')
+        } else if (matches!(c, '.' | ':' | '/')
             && prev.is_ascii_digit()
-            && next_is(|n| n.is_ascii_digit())
+            && next_is(|n| n.is_ascii_digit()))
+            || (matches!(c, '.' | '-' | '/') && is_word_char(prev) && next_is(is_word_char))
         {
-            token.push(c);
-        } else if matches!(c, '.' | '-' | '/') && is_word_char(prev) && next_is(is_word_char) {
+            // `3.5`, `10:30`, `1/2`; `gpt-4`, `os.path`.
             token.push(c);
         } else if matches!(c, '\'' | '’') && prev.is_alphabetic() && next_is(char::is_alphabetic)
         {

@@ -6,11 +6,12 @@
 //! (the buckets, then the best `max` records). Any Redis trouble is `None`: the caller
 //! skips the semantic lookup.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::sketch::{Record, Sketch, TABLES, bucket_value, parse_bucket};
-use crate::tiered::digest::Digest;
+use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::keyspace::Keyspace;
 use crate::tiered::l2::Guarded;
 use crate::tiered::now_ms;
@@ -76,11 +77,13 @@ impl RemoteIndex {
         let now = now_ms();
         let mut stale: Vec<(String, Vec<u8>)> = Vec::new();
         let mut ranked: Vec<(u32, Digest, u64)> = Vec::new();
+        let mut seen: HashSet<Digest, DigestHasherBuilder> =
+            HashSet::with_hasher(DigestHasherBuilder);
         for (key, fields) in keys.iter().zip(hashes) {
             for (field, value) in fields {
                 match parse_bucket(&field, &value) {
                     Some((d, deadline, s)) if deadline > now => {
-                        if !ranked.iter().any(|(_, seen, _)| *seen == d) {
+                        if seen.insert(d) {
                             ranked.push((s.distance(sketch), d, deadline));
                         }
                     }
