@@ -2,8 +2,9 @@
 //! bucket hashes (`P:v{S}bT.X`, field = entry digest, value = deadline + sketch, at most
 //! `bucket_cap` fields, alive as long as their latest deadline) and one record per entry
 //! (`P:v{S}rH`: vector + prompt text, expiring with the answer). All keys of a scope share
-//! the hash tag `{S}`: one node, one pipeline. A lookup is two round trips of bounded size
-//! (the buckets, then the best `max` records). Any Redis trouble is `None`: the caller
+//! the hash tag `{S}`: one node, one pipeline. An insert is two round trips (the record,
+//! then one script for every bucket); a lookup is two of bounded size (the buckets, then
+//! the best `max` records). Any Redis trouble is `None`: the caller
 //! skips the semantic lookup.
 
 use std::collections::HashSet;
@@ -49,15 +50,12 @@ impl RemoteIndex {
         }
         let deadline = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let value = bucket_value(deadline, sketch);
-        let mut all = true;
-        for t in 0..TABLES {
-            let bucket = self.keyspace.index_bucket(&scope, t, sketch.signature(t));
-            all &= self
-                .l2
-                .hset_capped(&bucket, entry.as_bytes(), &value, self.bucket_cap, ttl)
-                .await;
-        }
-        all
+        let buckets: Vec<String> = (0..TABLES)
+            .map(|t| self.keyspace.index_bucket(&scope, t, sketch.signature(t)))
+            .collect();
+        self.l2
+            .hset_capped(&buckets, entry.as_bytes(), &value, self.bucket_cap, ttl)
+            .await
     }
 
     /// At most `max` candidates of `scope`, nearest by sketch first, with their records

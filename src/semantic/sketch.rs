@@ -27,8 +27,7 @@ impl Sketch {
         let planes = hyperplanes(v.len());
         let mut words = [0u64; SKETCH_BITS / 64];
         for (bit, plane) in planes.chunks_exact(v.len().max(1)).enumerate() {
-            let dot: f32 = plane.iter().zip(v).map(|(p, x)| p * x).sum();
-            if dot >= 0.0 {
+            if dot(plane, v) >= 0.0 {
                 words[bit / 64] |= 1 << (bit % 64);
             }
         }
@@ -107,21 +106,35 @@ fn hyperplanes(dims: usize) -> Arc<[f32]> {
     planes
 }
 
+/// The dot product, in eight lanes the compiler can keep in vector registers (a plain
+/// iterator sum must add in order, one float at a time).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// The cosine of two vectors (0 when either is zero or their lengths differ).
 pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() || a.is_empty() {
         return 0.0;
     }
-    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
-    for (x, y) in a.iter().zip(b) {
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
+    let (ab, na, nb) = (dot(a, b), dot(a, a), dot(b, b));
     if na == 0.0 || nb == 0.0 {
         0.0
     } else {
-        dot / (na.sqrt() * nb.sqrt())
+        ab / (na.sqrt() * nb.sqrt())
     }
 }
 

@@ -579,15 +579,15 @@ impl RemoteStore for ClusterStore {
 
     fn hset_capped<'a>(
         &'a self,
-        key: &'a str,
+        keys: &'a [String],
         field: &'a [u8],
         value: &'a [u8],
         cap: usize,
         now_ms: u64,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), L2Error>> {
-        Box::pin(self.run(Some(key), move |mut c| async move {
-            commands::hset_capped(&mut c, key, field, value, cap, now_ms, ttl).await
+        Box::pin(self.run(keys.first().map(String::as_str), move |mut c| async move {
+            commands::hset_capped(&mut c, keys, field, value, cap, now_ms, ttl).await
         }))
     }
 

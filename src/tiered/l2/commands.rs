@@ -162,36 +162,39 @@ pub(crate) async fn hgetall<C: ConnectionLike>(
         .collect())
 }
 
-/// Add `field` to the hash at `key`, whose values all start with a 13-digit deadline in
-/// Unix milliseconds: keep at most `ARGV[3]` fields (dropping those past their deadline
-/// first, then those with the earliest), and keep the hash alive as long as its
-/// latest deadline (`PEXPIRE NX`, then `GT`: Redis 7.0; no per-field expiry needed).
+/// Add `field` to each hash of `KEYS` (one script: the keys must share a Cluster slot),
+/// whose values all start with a 13-digit deadline in Unix milliseconds: keep at most
+/// `ARGV[3]` fields per hash (dropping those past their deadline first, then those with
+/// the earliest), and keep each hash alive as long as its latest deadline (`PEXPIRE NX`,
+/// then `GT`: Redis 7.0; no per-field expiry needed).
 static HSET_CAPPED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 local cap = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
-if redis.call('hlen', KEYS[1]) > cap then
-  local all = redis.call('hgetall', KEYS[1])
-  local live = {}
-  for i = 1, #all, 2 do
-    local deadline = tonumber(string.sub(all[i + 1], 1, 13)) or 0
-    if deadline <= now then
-      redis.call('hdel', KEYS[1], all[i])
-    else
-      live[#live + 1] = {all[i], deadline}
+for _, key in ipairs(KEYS) do
+  redis.call('hset', key, ARGV[1], ARGV[2])
+  if redis.call('hlen', key) > cap then
+    local all = redis.call('hgetall', key)
+    local live = {}
+    for i = 1, #all, 2 do
+      local deadline = tonumber(string.sub(all[i + 1], 1, 13)) or 0
+      if deadline <= now then
+        redis.call('hdel', key, all[i])
+      else
+        live[#live + 1] = {all[i], deadline}
+      end
+    end
+    if #live > cap then
+      table.sort(live, function(a, b) return a[2] < b[2] end)
+      for i = 1, #live - cap do
+        redis.call('hdel', key, live[i][1])
+      end
     end
   end
-  if #live > cap then
-    table.sort(live, function(a, b) return a[2] < b[2] end)
-    for i = 1, #live - cap do
-      redis.call('hdel', KEYS[1], live[i][1])
-    end
-  end
+  redis.call('pexpire', key, ARGV[5], 'NX')
+  redis.call('pexpire', key, ARGV[5], 'GT')
 end
-redis.call('pexpire', KEYS[1], ARGV[5], 'NX')
-redis.call('pexpire', KEYS[1], ARGV[5], 'GT')
 return 1",
     )
 });
@@ -210,15 +213,18 @@ pub(crate) fn deadline_prefix(deadline_ms: u64) -> [u8; 13] {
 /// See [`HSET_CAPPED`]: `value` must start with [`deadline_prefix`].
 pub(crate) async fn hset_capped<C: ConnectionLike>(
     c: &mut C,
-    key: &str,
+    keys: &[String],
     field: &[u8],
     value: &[u8],
     cap: usize,
     now_ms: u64,
     ttl: Duration,
 ) -> RedisResult<()> {
-    let _: i64 = HSET_CAPPED
-        .key(key)
+    let mut invocation = HSET_CAPPED.prepare_invoke();
+    for key in keys {
+        invocation.key(key);
+    }
+    let _: i64 = invocation
         .arg(field)
         .arg(value)
         .arg(cap)

@@ -503,14 +503,14 @@ impl Guarded {
     /// See `RemoteStore::hset_capped`; false when it was not written.
     pub async fn hset_capped(
         &self,
-        key: &str,
+        keys: &[String],
         field: &[u8],
         value: &[u8],
         cap: usize,
         ttl: Duration,
     ) -> bool {
         let now = crate::tiered::now_ms();
-        let op = self.store.hset_capped(key, field, value, cap, now, ttl);
+        let op = self.store.hset_capped(keys, field, value, cap, now, ttl);
         self.guarded("hset_capped", op).await.is_some()
     }
 

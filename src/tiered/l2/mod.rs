@@ -208,14 +208,14 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
     /// See `commands::hset_capped`.
     fn hset_capped<'a>(
         &'a self,
-        key: &'a str,
+        keys: &'a [String],
         field: &'a [u8],
         value: &'a [u8],
         cap: usize,
         now_ms: u64,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), L2Error>> {
-        let _ = (key, field, value, cap, now_ms, ttl);
+        let _ = (keys, field, value, cap, now_ms, ttl);
         Box::pin(async {
             Err(L2Error::Command(
                 "HSET is not supported by this store".into(),

@@ -315,7 +315,7 @@ impl RemoteStore for RedisStore {
 
     fn hset_capped<'a>(
         &'a self,
-        key: &'a str,
+        keys: &'a [String],
         field: &'a [u8],
         value: &'a [u8],
         cap: usize,
@@ -323,7 +323,7 @@ impl RemoteStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), L2Error>> {
         Box::pin(self.run(move |mut c| async move {
-            commands::hset_capped(&mut c, key, field, value, cap, now_ms, ttl).await
+            commands::hset_capped(&mut c, keys, field, value, cap, now_ms, ttl).await
         }))
     }
 
