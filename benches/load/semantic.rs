@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use llm_cache::{
-    BoxFuture, CacheControl, CacheStatus, ChatMessage, ChatRequest, ChatResponse,
-    EmbeddingRequest, EmbeddingResponse, LlmCache, Result, SemanticConfig, Upstream,
+    BoxFuture, CacheControl, CacheStatus, ChatMessage, ChatRequest, ChatResponse, EmbeddingRequest,
+    EmbeddingResponse, LlmCache, Result, SemanticConfig, Upstream,
 };
 use serde_json::{Value, json};
 
@@ -96,12 +96,17 @@ fn question(i: u64) -> String {
 
 /// A variant the guard serves: politeness, case and punctuation.
 fn variant(i: u64) -> String {
-    format!("Hi! Could you please tell me {}", question(i).to_lowercase())
+    format!(
+        "Hi! Could you please tell me {}",
+        question(i).to_lowercase()
+    )
 }
 
 fn request(prompt: &str) -> ChatRequest {
     ChatRequest::new("gpt-4.1")
-        .message(ChatMessage::system("You answer questions about the catalogue."))
+        .message(ChatMessage::system(
+            "You answer questions about the catalogue.",
+        ))
         .message(ChatMessage::user(prompt))
 }
 
@@ -179,8 +184,14 @@ async fn redis_bytes(url: &str, pattern: &str) -> (u64, u64) {
 
 async fn one_size(url: &str, entries: u64, dims: usize, probes: u64) -> Value {
     let flush = redis::Client::open(url).expect("url");
-    let mut c = flush.get_multiplexed_async_connection().await.expect("redis");
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.expect("flush");
+    let mut c = flush
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut c)
+        .await
+        .expect("flush");
     let upstream = Arc::new(InProcess {
         dims,
         calls: AtomicU64::new(0),
@@ -207,9 +218,21 @@ async fn one_size(url: &str, entries: u64, dims: usize, probes: u64) -> Value {
     let step = (entries / probes).max(1);
     let probe = |offset: u64| (0..probes).map(move |k| (k * step + offset) % entries);
 
-    let hit_l1 = timed(&a, probe(0).map(variant), &semantic, CacheStatus::HitSemantic).await;
+    let hit_l1 = timed(
+        &a,
+        probe(0).map(variant),
+        &semantic,
+        CacheStatus::HitSemantic,
+    )
+    .await;
     let b = instance(url, dims, Arc::clone(&upstream)).await;
-    let hit_redis = timed(&b, probe(1).map(variant), &semantic, CacheStatus::HitSemantic).await;
+    let hit_redis = timed(
+        &b,
+        probe(1).map(variant),
+        &semantic,
+        CacheStatus::HitSemantic,
+    )
+    .await;
     let plain = CacheControl::new();
     let miss_plain = timed(
         &a,

@@ -264,6 +264,13 @@ impl LexicalGuard {
                 }),
             }
         }
+        // "a few" / "a little" are not "few" / "little": keep the article with them.
+        for k in (0..words.len().saturating_sub(1)).rev() {
+            if words[k].text == "a" && matches!(words[k + 1].text.as_str(), "few" | "little") {
+                let next = words.remove(k + 1);
+                words[k] = plain(&format!("a {}", next.text));
+            }
+        }
         words.retain(|w| {
             !FUNCTION_WORDS.contains(&w.text.as_str())
                 && !self.extra_function_words.contains(&w.text)
@@ -296,15 +303,10 @@ impl LexicalGuard {
     /// turned to digits.
     fn push_word(&self, token: &Raw, caps: bool, out: &mut Vec<Word>) {
         let lower = token.text.to_lowercase().replace('’', "'");
-        // A capital inside the word, or at its start anywhere but a sentence's start, marks a
-        // name: compared exactly. A prompt in capitals says nothing about names.
-        let named = !caps && {
-            let mut chars = token.text.chars();
-            let first_upper = chars.next().is_some_and(char::is_uppercase);
-            (first_upper && !token.sentence_start) || chars.any(char::is_uppercase)
-        };
-        let has_digit = lower.chars().any(|c| c.is_ascii_digit());
-        let fuzzy = !named && !has_digit && lower.chars().all(|c| c.is_ascii_lowercase());
+        // Only a word written all in lower case may be forgiven a typo: a capital marks a
+        // name ("Boston" / "Bolton"), even at a sentence's start, and a prompt in capitals
+        // says nothing either way.
+        let fuzzy = !caps && token.text.chars().all(|c| c.is_ascii_lowercase());
         let lower = match MISSPELLINGS.iter().find(|(m, _)| *m == lower) {
             Some((_, fixed)) => (*fixed).to_owned(),
             None => lower,
@@ -719,6 +721,8 @@ mod tests {
             ("Capital of France", "Capital of Spain"),
             ("Tips for C++", "Tips for C#"),
             ("How to use Python 2", "How to use Python 3"),
+            ("I have a few friends", "I have few friends"),
+            ("Boston weather today", "Bolton weather today"),
             ("Is the decimeter bigger", "Is the decameter bigger"),
         ] {
             assert!(!g.check(a, b).passes(), "{a} / {b}");

@@ -586,9 +586,11 @@ impl RemoteStore for ClusterStore {
         now_ms: u64,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), L2Error>> {
-        Box::pin(self.run(keys.first().map(String::as_str), move |mut c| async move {
-            commands::hset_capped(&mut c, keys, field, value, cap, now_ms, ttl).await
-        }))
+        Box::pin(
+            self.run(keys.first().map(String::as_str), move |mut c| async move {
+                commands::hset_capped(&mut c, keys, field, value, cap, now_ms, ttl).await
+            }),
+        )
     }
 
     fn hgetall_many<'a>(
