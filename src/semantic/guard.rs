@@ -511,7 +511,6 @@ enum Kind {
 struct Raw {
     text: String,
     kind: Kind,
-    sentence_start: bool,
 }
 
 /// Punctuation that carries no content between words.
@@ -540,10 +539,6 @@ fn is_sentence_punct(c: char) -> bool {
     )
 }
 
-fn ends_sentence(c: char) -> bool {
-    matches!(c, '.' | '!' | '?' | ';' | ':' | '…')
-}
-
 /// Operators: a prompt holding one keeps its brackets (`(x+1)*2` is not `x+1*2`).
 fn is_operator(text: &str) -> bool {
     matches!(
@@ -557,11 +552,10 @@ fn is_word_char(c: char) -> bool {
 }
 
 /// Split a prompt into words, numbers, symbols, dashes and brackets; sentence punctuation
-/// is dropped (it only marks where sentences start).
+/// is dropped.
 fn lex(text: &str) -> Vec<Raw> {
     let chars: Vec<char> = text.chars().collect();
     let mut out: Vec<Raw> = Vec::new();
-    let mut sentence_start = true;
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
@@ -577,12 +571,7 @@ fn lex(text: &str) -> Vec<Raw> {
             } else {
                 Kind::Word
             };
-            out.push(Raw {
-                text: token,
-                kind,
-                sentence_start,
-            });
-            sentence_start = false;
+            out.push(Raw { text: token, kind });
             i = end;
             continue;
         }
@@ -591,7 +580,6 @@ fn lex(text: &str) -> Vec<Raw> {
             continue;
         }
         if is_sentence_punct(c) {
-            sentence_start |= ends_sentence(c);
             continue;
         }
         let kind = match c {
@@ -607,7 +595,6 @@ fn lex(text: &str) -> Vec<Raw> {
         out.push(Raw {
             text,
             kind: if c == '&' { Kind::Word } else { kind },
-            sentence_start: false,
         });
     }
     // A dash counts next to a number ("5 - 3"); elsewhere it is punctuation.
