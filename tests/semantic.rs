@@ -345,3 +345,32 @@ async fn the_labelled_pairs_through_the_cache() {
         assert_eq!(served, pairs, "every {class} variant served");
     }
 }
+
+/// In a Cluster, a scope's index keys share one slot: the second instance (no in-process
+/// index: `l1_index_bytes(0)`) finds the first one's entries through one node's pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_the_redis_index_from_one_slot() {
+    let cluster = support::topology::RedisCluster::start();
+    let mock = mock().await;
+    let build = |index_bytes: u64| {
+        LlmCache::builder()
+            .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+            .cluster(cluster.addrs())
+            .l2_deadline(Duration::from_millis(250))
+            .semantic(SemanticConfig::new(EMBEDDER).l1_index_bytes(index_bytes))
+            .build()
+    };
+    let a = build(1 << 20).await.expect("build");
+    let b = build(0).await.expect("build");
+    for i in 0..5 {
+        let q = format!("What is the tallest mountain in range {i}?");
+        ask_and_index(&a, &request(&q), &semantic()).await;
+    }
+    eventually("answers in Redis", WAIT, || a.stats().cache.l2_writes >= 5).await;
+    for i in 0..5 {
+        let para = format!("what's the tallest mountain in range {i}");
+        let out = b.chat_with(&request(&para), &semantic()).await.unwrap();
+        assert_eq!(out.status(), CacheStatus::HitSemantic, "{para}");
+    }
+    assert_eq!(b.stats().semantic.redis_skipped, 0);
+}
