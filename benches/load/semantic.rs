@@ -80,8 +80,9 @@ impl Upstream for InProcess {
     }
 }
 
-/// A question of six words drawn from a 5,000-word vocabulary (so that questions spread
-/// over the space as real ones do), numbered so that every one is distinct.
+/// A question of six words drawn from a 5,000-word vocabulary and a number (so that every
+/// one is distinct and they spread over the space; a shared template would put every
+/// vector in the same few buckets, see the README).
 fn question(i: u64) -> String {
     let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut words = Vec::new();
@@ -91,7 +92,7 @@ fn question(i: u64) -> String {
         x ^= x << 17;
         words.push(format!("w{}", x % 5000));
     }
-    format!("What is {} for case {i}?", words.join(" "))
+    format!("{} {i}?", words.join(" "))
 }
 
 /// A variant the guard serves: politeness, case and punctuation.
@@ -291,7 +292,9 @@ fn main() {
     let mut out = Vec::new();
     for &(entries, dims) in sizes {
         eprintln!("semantic bench: {entries} entries at {dims} dimensions");
-        out.push(runtime.block_on(one_size(&url, entries, dims, 500)));
+        let figures = runtime.block_on(one_size(&url, entries, dims, 500));
+        eprintln!("{figures}");
+        out.push(figures);
     }
     println!("{}", json!({"semantic": out, "short": short}));
 }

@@ -43,6 +43,9 @@ impl std::fmt::Debug for LocalIndex {
     }
 }
 
+/// The most candidates a lookup ranks by sketch (the exact buckets' first).
+const MAX_EXAMINED: usize = 1024;
+
 /// What a record costs in process besides its own bytes: its key, moka's structures and
 /// its digest in each table's bucket.
 const OVERHEAD: usize = 200 + TABLES * 40;
@@ -121,18 +124,26 @@ impl LocalIndex {
         let mut seen: Vec<Digest> = Vec::new();
         let mut dedup: HashSet<Digest, DigestHasherBuilder> =
             HashSet::with_hasher(DigestHasherBuilder);
-        for t in 0..TABLES {
-            // Multi-probe: the signature and its one-bit neighbours (in process it is
-            // cheap, and it finds most vectors within a cosine of 0.9 that one bucket misses).
-            let sig = sketch.signature(t);
-            let probes = std::iter::once(sig).chain((0..TABLE_BITS).map(|i| sig ^ (1 << i)));
-            for probe in probes {
-                if let Some(bucket) = self.buckets.get(&(scope, t as u8, probe)) {
-                    for d in bucket.iter() {
-                        if dedup.insert(*d) {
-                            seen.push(*d);
-                        }
+        let mut take = |probe: (Digest, u8, u32), seen: &mut Vec<Digest>| {
+            if let Some(bucket) = self.buckets.get(&probe) {
+                for d in bucket.iter() {
+                    if seen.len() < MAX_EXAMINED && dedup.insert(*d) {
+                        seen.push(*d);
                     }
+                }
+            }
+        };
+        for t in 0..TABLES {
+            take((scope, t as u8, sketch.signature(t)), &mut seen);
+        }
+        // Multi-probe, when the signatures' own buckets hold too few: their one-bit
+        // neighbours (cheap in process; finds most vectors within a cosine of 0.9 that the
+        // exact buckets miss).
+        if seen.len() < max {
+            for t in 0..TABLES {
+                let sig = sketch.signature(t);
+                for i in 0..TABLE_BITS {
+                    take((scope, t as u8, sig ^ (1 << i)), &mut seen);
                 }
             }
         }
