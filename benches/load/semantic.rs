@@ -221,11 +221,21 @@ async fn one_size(url: &str, entries: u64, dims: usize, probes: u64) -> Value {
     let step = (entries / probes).max(1);
     let probe = |offset: u64| (0..probes).map(move |k| (k * step + offset) % entries);
 
-    let (hit_l1, hits_l1) =
-        timed(&a, probe(0).map(variant), &semantic, CacheStatus::HitSemantic).await;
+    let (hit_l1, hits_l1) = timed(
+        &a,
+        probe(0).map(variant),
+        &semantic,
+        CacheStatus::HitSemantic,
+    )
+    .await;
     let b = instance(url, dims, Arc::clone(&upstream)).await;
-    let (hit_redis, hits_redis) =
-        timed(&b, probe(1).map(variant), &semantic, CacheStatus::HitSemantic).await;
+    let (hit_redis, hits_redis) = timed(
+        &b,
+        probe(1).map(variant),
+        &semantic,
+        CacheStatus::HitSemantic,
+    )
+    .await;
     let plain = CacheControl::new();
     let (miss_plain, _) = timed(
         &a,

@@ -448,7 +448,9 @@ impl LlmCache {
     ) -> Result<()> {
         request.validate()?;
         let digest = self.digest_with(request, control);
-        self.inner.tiers.invalidate(&digest).await
+        let out = self.inner.tiers.invalidate(&digest).await;
+        self.semantic_unindex(request, control, digest).await;
+        out
     }
 
     /// Invalidate every answer of `namespace` (a tenant) at once, in every tier of every

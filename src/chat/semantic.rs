@@ -184,4 +184,19 @@ impl LlmCache {
             });
         }
     }
+
+    /// After `invalidate`: drop the request's index record here and in Redis (other
+    /// instances drop theirs at their next match, which finds the entry gone).
+    pub(crate) async fn semantic_unindex(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        digest: Digest,
+    ) {
+        if let Some(semantic) = &self.inner.semantic
+            && let Some((scope, _)) = self.semantic_scope(request, control, &Route::OWN)
+        {
+            semantic.remove(scope, digest).await;
+        }
+    }
 }

@@ -215,11 +215,13 @@ impl Semantic {
         let cfg = &self.config;
         let sketch = Sketch::of(vector);
         let mut out = Vec::new();
+        let mut checked: Vec<Digest> = Vec::new();
         if let Some(local) = &self.local {
             let found = local
                 .lookup(scope, vector, &sketch, cfg.max_candidates, cfg.threshold)
                 .await;
             for (entry, r, similarity) in found {
+                checked.push(entry);
                 if self.passes(canonical, &r.record.text) {
                     out.push(Match { entry, similarity });
                 }
@@ -241,7 +243,7 @@ impl Semantic {
                 let cos = sketch::cosine(vector, &r.vector);
                 (d, r, deadline, cos)
             })
-            .filter(|(_, _, _, cos)| *cos >= cfg.threshold)
+            .filter(|(d, _, _, cos)| *cos >= cfg.threshold && !checked.contains(d))
             .collect();
         ranked.sort_by(|a, b| b.3.total_cmp(&a.3));
         for (entry, record, deadline, similarity) in ranked {
@@ -295,6 +297,12 @@ impl Semantic {
     /// Drop a match whose entry is gone, from both indexes.
     pub(crate) async fn forget(&self, scope: Digest, entry: Digest) {
         Counters::incr(&self.counters.stale);
+        self.remove(scope, entry).await;
+    }
+
+    /// Drop `entry` of `scope` from both indexes (its record; its Redis bucket fields go at
+    /// their next read).
+    pub(crate) async fn remove(&self, scope: Digest, entry: Digest) {
         if let Some(local) = &self.local {
             local.remove(scope, entry).await;
         }
