@@ -36,6 +36,9 @@
 //! - `async_openai` (with `--features async-openai`): an L1 and an L2 hit through
 //!   async-openai's `Client` with the cache's layer, next to the same hit through
 //!   `LlmCache::chat`, one caller each (`async_openai_figures.rs`);
+//! - `embeddings`: a 256-input batch with 80% of its inputs cached (L1, and Redis), the
+//!   per-input cost of a fully cached batch next to a raw `MGET`, and a stored vector's
+//!   bytes against its JSON text, at 1,536 dimensions (`load/embeddings.rs`);
 //! - `scale` (full run only, unless named in `LOAD_BENCH_ONLY`): L1-hit p50/p99 and
 //!   throughput at concurrency 1 and 64 on a cache holding 20,000 entries and one holding
 //!   1,000,000, in alternating rounds, each hit drawn uniformly over all held keys, and the
@@ -52,6 +55,8 @@ mod support;
 #[cfg(feature = "async-openai")]
 #[path = "async_openai_figures.rs"]
 mod async_openai_figures;
+#[path = "load/embeddings.rs"]
+mod embeddings;
 #[path = "load/hand_written.rs"]
 mod hand_written;
 #[path = "load/scale.rs"]
@@ -1151,7 +1156,8 @@ fn main() {
         .expect("runtime");
     let started = Instant::now();
     let report = runtime.block_on(async {
-        // `LOAD_BENCH_ONLY=l2,miss` (of memory, l1, l2, stampede, miss, batch, scale) runs
+        // `LOAD_BENCH_ONLY=l2,miss` (of memory, l1, l2, stampede, miss, batch, embeddings,
+        // scale) runs
         // only those figures, for profiling; `scale` runs only in the full run unless named.
         let only = std::env::var("LOAD_BENCH_ONLY").unwrap_or_default();
         let named = |name: &str| only.split(',').any(|n| n.trim() == name);
@@ -1205,6 +1211,11 @@ fn main() {
         let async_openai = Value::Null;
         let batch = if run("batch", "batch of 1,000, half cached") {
             batch_half_cached(budget, &redis.url()).await
+        } else {
+            Value::Null
+        };
+        let embeddings = if run("embeddings", "embeddings: a 256-input batch, 80% cached") {
+            embeddings::figures(budget.short, &redis).await
         } else {
             Value::Null
         };
@@ -1270,6 +1281,7 @@ fn main() {
             "stampede": stampede,
             "miss_overhead": miss,
             "batch": batch,
+            "embeddings": embeddings,
             "async_openai_layer": async_openai,
             "l1_memory": memory,
             "l1_scale": scale,

@@ -16,3 +16,12 @@ case "$report" in
     *'"errors":0,'* | *'"errors":0}'*) ;;
     *) echo "demo-check: the demo reported failed requests" >&2; exit 1 ;;
 esac
+
+# The embeddings mode: a short re-indexing workload; every vector is checked against the
+# stub's, and only edited chunks may reach the upstream after the first pass.
+report="$(cargo run --quiet --release --example demo -- --embeddings --documents 10 --chunks 20 --passes 3 --json)"
+printf '%s\n' "$report"
+case "$report" in
+    *'"vector_mismatches":0'*'"errors":0'* | *'"errors":0'*'"vector_mismatches":0'*) ;;
+    *) echo "demo-check: the embeddings demo reported wrong vectors or failed requests" >&2; exit 1 ;;
+esac

@@ -31,6 +31,11 @@ fi
 redis-server --version
 command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli is missing" >&2; exit 1; }
 
+# The official `openai` Python SDK in a virtualenv under target/ (tests/serve_python.rs);
+# fails loudly when it cannot be installed, never skips.
+section "python-sdk (the openai SDK for tests/serve_python.rs)"
+bash scripts/python-sdk.sh
+
 section "cargo fmt --all --check"
 cargo fmt --all --check
 
@@ -60,6 +65,10 @@ fi
 # are reported in the JSON's "targets", since a shared CI machine makes them noise.
 section "load benchmark (short)"
 LOAD_BENCH_SHORT=1 cargo bench --bench load
+
+# The HTTP front's hits over HTTP next to the same hits in process (short; a few seconds).
+section "proxy benchmark (short)"
+cargo bench --features axum --bench proxy -- --short
 
 section "demo"
 if [ -f examples/demo/main.rs ]; then

@@ -324,3 +324,48 @@ impl Speller {
         self.out.push(b'"');
     }
 }
+
+/// The checks of the `embeddings_decode` fuzz target: panics on a violated property. The
+/// first byte picks the decoder, the rest is its input:
+///
+/// - even: a stored vector's payload (from Redis): decoding never panics, and an accepted
+///   payload encodes back to the same bytes;
+/// - odd: an `/embeddings` request body and, read as a response to it, an upstream's
+///   answer: neither panics, an accepted request serialises and reads back equal, and an
+///   accepted answer's ordered vectors are exactly one per input, at their own index.
+pub fn embeddings_decode(data: &[u8]) {
+    use crate::Codec;
+    use crate::embeddings::EmbeddingCodec;
+    use crate::request::{EmbeddingRequest, EmbeddingResponse};
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    if selector % 2 == 0 {
+        if let Ok(entry) = EmbeddingCodec.decode(rest) {
+            let again = EmbeddingCodec
+                .encode(&entry)
+                .expect("a decoded entry encodes");
+            assert_eq!(again, rest, "payload did not re-encode to the same bytes");
+        }
+        return;
+    }
+    if let Ok(request) = EmbeddingRequest::from_json(rest) {
+        let text = serde_json::to_vec(&request).expect("an accepted request serialises");
+        let back = EmbeddingRequest::from_json(&text).expect("and reads back");
+        assert_eq!(back, request);
+        if let Ok(response) = serde_json::from_slice::<EmbeddingResponse>(rest) {
+            let n = request.input.len();
+            if let Ok(ordered) = response.into_ordered(n) {
+                assert_eq!(ordered.data.len(), n);
+                for (i, e) in ordered.data.iter().enumerate() {
+                    assert_eq!(e.index, i);
+                    assert!(!e.embedding.is_empty());
+                }
+            }
+        }
+    }
+    if let Ok(response) = serde_json::from_slice::<EmbeddingResponse>(rest) {
+        let _ = response.clone().into_ordered(response.data.len());
+        let _ = serde_json::to_vec(&response).expect("a read response serialises");
+    }
+}

@@ -7,7 +7,7 @@
 mod chat;
 mod embeddings;
 mod error;
-#[cfg(any(feature = "tower", feature = "async-openai"))]
+#[cfg(any(feature = "tower", feature = "async-openai", feature = "axum"))]
 mod integrations;
 // The fuzz targets' checks: public for `fuzz/` and tests/fuzz_regressions.rs only.
 #[doc(hidden)]
@@ -16,6 +16,8 @@ pub mod fuzzing;
 pub mod prometheus;
 mod request;
 mod semantic;
+#[cfg(feature = "axum")]
+pub mod serve;
 pub mod stream;
 mod tiered;
 mod upstream;

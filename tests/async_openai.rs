@@ -352,10 +352,15 @@ async fn embeddings_and_responses_are_cached_and_replayed() {
     let second = client.embeddings().create(embed).await.unwrap();
     assert_eq!(last(&seen), "hit-l1");
     assert_eq!(first.data.len(), 2);
-    assert_eq!(
+    let (first, second) = (
         serde_json::to_value(&first).unwrap(),
-        serde_json::to_value(&second).unwrap()
+        serde_json::to_value(&second).unwrap(),
     );
+    assert_eq!(first["data"], second["data"]);
+    assert_eq!(first["model"], second["model"]);
+    // usage says what each call was charged: nothing for the second.
+    assert_eq!(first["usage"]["prompt_tokens"], 2);
+    assert_eq!(second["usage"]["prompt_tokens"], 0);
     assert_eq!(mock.calls_to("/v1/embeddings"), 1);
 
     let ask: CreateResponse =
@@ -400,7 +405,9 @@ async fn embeddings_and_responses_are_cached_and_replayed() {
     assert_eq!(live, replayed);
     assert_eq!(mock.calls_to("/v1/responses"), 5);
     assert_eq!(last(&seen), "hit-l1");
-    assert!(layer.body_stats().l1_hits >= 3, "{:?}", layer.body_stats());
+    // Responses only: embeddings are counted by `embedding_stats`.
+    assert!(layer.body_stats().l1_hits >= 2, "{:?}", layer.body_stats());
+    assert_eq!(layer.cache().embedding_stats().hits_l1, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,4 +717,68 @@ async fn a_replayed_stream_carries_its_age() {
         .unwrap();
     assert!(age < 3_600, "{age}");
     assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_go_input_by_input_through_the_layer() {
+    use async_openai::types::embeddings::CreateEmbeddingRequest;
+    use support::embeddings::{DEFAULT_DIMS, expected_embedding};
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let layer = layer(Some(&redis)).await;
+    let (client, seen) = client(&layer, &mock);
+    let embed = |inputs: Value| -> CreateEmbeddingRequest {
+        serde_json::from_value(json!({"model": "text-embedding-3-small", "input": inputs})).unwrap()
+    };
+    client
+        .embeddings()
+        .create(embed(json!(["a", "b"])))
+        .await
+        .unwrap();
+    assert_eq!(last(&seen), "miss");
+    let out = client
+        .embeddings()
+        .create(embed(json!(["c", "b", "a", "c"])))
+        .await
+        .unwrap();
+    assert_eq!(last(&seen), "partial");
+    let calls = mock.embedding_calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[1],
+        vec![json!("c")],
+        "only the new input went upstream"
+    );
+    for (i, text) in ["c", "b", "a", "c"].iter().enumerate() {
+        assert_eq!(out.data[i].index as usize, i);
+        assert_eq!(
+            out.data[i].embedding,
+            expected_embedding(&json!(text), DEFAULT_DIMS),
+            "input {i}"
+        );
+    }
+    // The layer asked the upstream for base64 and the caller still got floats; a base64
+    // caller gets the same values from the same entries.
+    assert_eq!(mock.requests()[1].body["encoding_format"], "base64");
+    let mut base64_request = embed(json!(["a", "b"]));
+    base64_request.encoding_format = Some(async_openai::types::embeddings::EncodingFormat::Base64);
+    let b64 = client
+        .embeddings()
+        .create_base64(base64_request)
+        .await
+        .unwrap();
+    assert_eq!(last(&seen), "hit-l1");
+    let decoded: Vec<f32> = b64.data[0].embedding.clone().into();
+    assert_eq!(decoded, expected_embedding(&json!("a"), DEFAULT_DIMS));
+    // Another API key is another credential scope: nothing shared.
+    let (other, other_seen) = client_with(&layer, config(&mock, "sk-test-two"), 0);
+    other
+        .embeddings()
+        .create(embed(json!(["a"])))
+        .await
+        .unwrap();
+    assert_eq!(last(&other_seen), "miss");
+    assert_eq!(mock.embedding_calls().len(), 3);
+    let stats = layer.cache().embedding_stats();
+    assert_eq!((stats.upstream_calls, stats.upstream_inputs), (3, 4));
 }

@@ -420,3 +420,79 @@ async fn a_cold_key_costs_one_command_before_the_fetch_and_one_call_across_insta
         .unwrap();
     assert!(stored > 21, "the value replaced the lease ({stored} bytes)");
 }
+
+/// Embeddings on a Cluster: a batch's inputs live on all three masters (each key in its
+/// own slot, every command sent to its key's node), an instance without an in-process tier
+/// reads them all from Redis, and a cold batch asked of two instances at once costs one
+/// upstream call per input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_of_embeddings_spreads_over_the_masters_and_is_fetched_once() {
+    use llm_cache::EmbeddingRequest;
+    let cluster = RedisCluster::start();
+    let mock = MockUpstream::start().await;
+    let vectors_instance = |l1: bool| {
+        LlmCache::builder()
+            .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+            .cluster(cluster.addrs())
+            .embeddings_l1_max_bytes(if l1 { 64 << 20 } else { 0 })
+            .l2_deadline(Duration::from_millis(250))
+            .build()
+    };
+    let (writer, reader) = (
+        vectors_instance(true).await.unwrap(),
+        vectors_instance(false).await.unwrap(),
+    );
+    let inputs: Vec<String> = (0..ENTRIES).map(|i| format!("cluster chunk {i}")).collect();
+    let req = EmbeddingRequest::new("text-embedding-3-small", inputs.clone());
+    assert_eq!(
+        writer.embeddings(&req).await.unwrap().status(),
+        CacheStatus::Miss
+    );
+    eventually("every vector written", WAIT, || {
+        writer.embedding_stats().cache.l2_writes == ENTRIES as u64
+    })
+    .await;
+    let out = reader.embeddings(&req).await.unwrap();
+    assert_eq!(out.status(), CacheStatus::HitL2);
+    assert_eq!(mock.embedding_calls().len(), 1);
+    let masters: std::collections::BTreeSet<usize> = writer
+        .embedding_digests_with(&req, &Default::default())
+        .unwrap()
+        .iter()
+        .map(|d| cluster.owner(&writer.tiers().l2_key(d)))
+        .collect();
+    assert_eq!(
+        masters.len(),
+        3,
+        "the inputs' keys spread over every master"
+    );
+
+    // A cold batch at both instances at once: one call per input in all.
+    mock.hold_answers();
+    let cold = EmbeddingRequest::new(
+        "text-embedding-3-small",
+        (0..ENTRIES)
+            .map(|i| format!("cold chunk {i}"))
+            .collect::<Vec<_>>(),
+    );
+    let (a, b) = (writer.clone(), reader.clone());
+    let (ra, rb) = (cold.clone(), cold.clone());
+    let first = tokio::spawn(async move { a.embeddings(&ra).await });
+    mock.wait_for_calls(2).await;
+    let second = tokio::spawn(async move { b.embeddings(&rb).await });
+    support::eventually("the second instance finds the leases", WAIT, || {
+        reader.embedding_stats().cache.inflight == ENTRIES as u64
+    })
+    .await;
+    mock.release_all();
+    let (first, second) = (
+        first.await.unwrap().unwrap(),
+        second.await.unwrap().unwrap(),
+    );
+    assert_eq!(first.data, second.data);
+    let sent: usize = mock.embedding_calls()[1..].iter().map(Vec::len).sum();
+    assert_eq!(
+        sent, ENTRIES,
+        "each cold input fetched once across both instances"
+    );
+}

@@ -6,7 +6,9 @@ use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
-use llm_cache::fuzzing::{envelope_decode, key_canonical, sse_parse, stream_assemble};
+use llm_cache::fuzzing::{
+    embeddings_decode, envelope_decode, key_canonical, sse_parse, stream_assemble,
+};
 
 /// The replay for each fuzz target; a new target adds an arm here.
 fn replay_for(target: &str) -> Option<fn(&[u8])> {
@@ -15,6 +17,7 @@ fn replay_for(target: &str) -> Option<fn(&[u8])> {
         "sse_parse" => Some(sse_parse),
         "stream_assemble" => Some(stream_assemble),
         "key_canonical" => Some(key_canonical),
+        "embeddings_decode" => Some(embeddings_decode),
         _ => None,
     }
 }

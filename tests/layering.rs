@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 const MAX_LINES: usize = 800;
 
 /// The rooms the engine must never name.
-const ABOVE_THE_ENGINE: [&str; 9] = [
+const ABOVE_THE_ENGINE: [&str; 10] = [
+    "serve",
     "chat",
     "stream",
     "upstream",
@@ -37,12 +38,38 @@ const ABOVE_THE_ENGINE: [&str; 9] = [
 
 /// The rooms `stream/` and `upstream/` must never name (besides each other, in the case of
 /// `stream/`, which sits below `upstream/`).
-const ABOVE_STREAM_AND_UPSTREAM: [&str; 7] = [
+const ABOVE_STREAM_AND_UPSTREAM: [&str; 8] = [
+    "serve",
     "chat",
     "tiered",
     "embeddings",
     "semantic",
     "integrations",
+    "prometheus",
+    "fuzzing",
+];
+
+/// The rooms `embeddings/` must never name: it sits below `chat/`, which hands it the key
+/// scope, the upstream and the options, and beside the engine, which it uses.
+const ABOVE_EMBEDDINGS: [&str; 6] = [
+    "chat",
+    "semantic",
+    "integrations",
+    "serve",
+    "prometheus",
+    "fuzzing",
+];
+
+/// The rooms the wire types (`request/`) must never name: they are the bottom layer.
+const ABOVE_REQUEST: [&str; 10] = [
+    "chat",
+    "tiered",
+    "stream",
+    "upstream",
+    "embeddings",
+    "semantic",
+    "integrations",
+    "serve",
     "prometheus",
     "fuzzing",
 ];
@@ -199,6 +226,25 @@ fn stream_and_upstream_do_not_reach_up() {
     assert!(
         found.is_empty(),
         "src/stream/ and src/upstream/ sit below chat/ and beside tiered/:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn embeddings_sit_below_chat_and_the_wire_types_below_everything() {
+    let chat_names = reexports_from(&["chat"]);
+    assert!(chat_names.iter().any(|n| n == "LlmCache"), "{chat_names:?}");
+    let mut found = violations("embeddings", &ABOVE_EMBEDDINGS, &chat_names);
+    found.extend(violations("request", &ABOVE_REQUEST, &[]));
+    // The HTTP-level parts sit on top: chat/ never names them.
+    found.extend(violations(
+        "chat",
+        &["serve", "integrations"],
+        &reexports_from(&["serve", "integrations"]),
+    ));
+    assert!(
+        found.is_empty(),
+        "src/embeddings/ sits below chat/, chat/ below serve/ and integrations/, src/request/ below every room:\n{}",
         found.join("\n")
     );
 }

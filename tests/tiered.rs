@@ -753,3 +753,99 @@ async fn an_invalidation_overtaking_a_background_write_leaves_no_entry() {
         c.stats().l2_writes_cancelled
     );
 }
+
+/// `get_or_fetch_many`: the misses of a call are fetched by one call of the fetch function,
+/// repeats answered once, hits (L1, L2, another flight) never fetched, and each key's
+/// outcome its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_fetch_their_misses_together_and_answer_each_key_alone() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server).await, cache(&server).await);
+    let calls = Arc::new(std::sync::Mutex::new(Vec::<Vec<usize>>::new()));
+    let fetch = |calls: &Arc<std::sync::Mutex<Vec<Vec<usize>>>>| {
+        let calls = Arc::clone(calls);
+        move |positions: Vec<usize>| {
+            calls.lock().unwrap().push(positions.clone());
+            async move {
+                positions
+                    .iter()
+                    .map(|p| {
+                        if *p == 4 {
+                            Err(Error::fetch_msg("no value for position 4"))
+                        } else {
+                            Ok(format!("v{p}"))
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }
+        }
+    };
+    a.get_or_fetch(key(100), counted(&Arc::default(), "v0"))
+        .await
+        .unwrap();
+    let keys = [key(100), key(101), key(102), key(101), key(104)];
+    let out = a
+        .get_or_fetch_many(&keys, &FetchOptions::new(), fetch(&calls))
+        .await;
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![vec![1, 2, 4]],
+        "one call, misses only"
+    );
+    let statuses: Vec<_> = out.iter().map(|r| r.as_ref().map(|c| c.status())).collect();
+    assert!(matches!(statuses[0], Ok(CacheStatus::HitL1)));
+    assert!(matches!(statuses[1], Ok(CacheStatus::Miss)));
+    assert!(matches!(statuses[3], Ok(CacheStatus::Coalesced)));
+    assert_eq!(out[2].as_ref().unwrap().value(), "v2");
+    assert_eq!(out[3].as_ref().unwrap().value(), "v1");
+    assert!(
+        out[4]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("position 4")
+    );
+    // The other instance: the stored keys from Redis, the failed one fetched again.
+    wait_l2_writes(&a, 3).await;
+    let out = b
+        .get_or_fetch_many(&keys, &FetchOptions::new(), fetch(&calls))
+        .await;
+    assert_eq!(calls.lock().unwrap()[1], vec![4]);
+    assert!(matches!(
+        out[1].as_ref().map(|c| c.status()),
+        Ok(CacheStatus::HitL2)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_many_key_fetch_that_panics_or_miscounts_fails_every_key_and_stores_nothing() {
+    let c = TieredCache::<String>::builder().build().await.unwrap();
+    let keys = [key(110), key(111)];
+    let out = c
+        .get_or_fetch_many(
+            &keys,
+            &FetchOptions::new(),
+            |_positions: Vec<usize>| async { panic!("the fetch broke") },
+        )
+        .await;
+    for r in &out {
+        let e = r.as_ref().unwrap_err();
+        assert_eq!(e.kind(), llm_cache::ErrorKind::FetchAborted);
+        assert!(e.to_string().contains("the fetch broke"), "{e}");
+    }
+    let out = c
+        .get_or_fetch_many(
+            &keys,
+            &FetchOptions::new(),
+            |_positions: Vec<usize>| async { vec![Ok("only one".to_string())] },
+        )
+        .await;
+    assert!(out.iter().all(|r| {
+        r.as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("1 values for 2 keys")
+    }));
+    assert_eq!(c.inflight(), 0, "no flight left behind");
+    assert!(c.get(&key(110)).await.is_none());
+}

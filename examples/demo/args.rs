@@ -12,7 +12,8 @@ Options:
   --requests N         requests to send (default 2000)
   --distinct D         distinct prompts to draw from (default 200)
   --concurrency C      requests in flight at most (default 64)
-  --model NAME         model to ask for (default gpt-4.1)
+  --model NAME         model to ask for (default gpt-4.1; with --embeddings
+                       text-embedding-3-small)
   --seed S             seed of the workload; the same seed sends the same requests (default 42)
   --zipf S             exponent of the Zipf popularity of prompts (default 1.1)
   --latency-ms MIN:MAX how long the stub upstream takes per answer (default 300:1500)
@@ -22,6 +23,15 @@ Options:
                        the report adds time to first token per status, and checks each
                        assembled answer against the non-streamed one (the stub streams
                        SSE: first chunk after 30% of its latency, the content over the rest)
+  --embeddings         run a re-indexing workload through LlmCache::embeddings instead:
+                       every document re-embedded on each pass, ~20% of its chunks edited
+                       between passes; reports inputs requested vs sent upstream, tokens and
+                       dollars saved, and checks every vector against the stub's
+  --documents N        (--embeddings) documents in the corpus (default 40)
+  --chunks N           (--embeddings) chunks per document (default 50)
+  --passes N           (--embeddings) indexing passes (default 5)
+  --change-rate R      (--embeddings) share of chunks edited between passes (default 0.2)
+  --dims N             (--embeddings) dimensions of each vector (default 1536)
   --json               print the report as one JSON object on stdout (no progress bar)
   --metrics-addr ADDR  serve Prometheus metrics on http://ADDR/metrics while the demo runs
                        (build with --features prometheus)
@@ -51,6 +61,25 @@ pub(crate) struct Args {
     pub(crate) stream: bool,
     pub(crate) metrics_addr: Option<SocketAddr>,
     pub(crate) metrics_linger: Duration,
+    pub(crate) embeddings: bool,
+    /// Whether `--model` was given (else `--embeddings` uses an embedding model).
+    pub(crate) model_set: bool,
+    pub(crate) documents: usize,
+    pub(crate) chunks: usize,
+    pub(crate) passes: usize,
+    pub(crate) change_rate: f64,
+    pub(crate) dims: usize,
+}
+
+impl Args {
+    /// The model of `--embeddings` requests.
+    pub(crate) fn embedding_model(&self) -> String {
+        if self.model_set {
+            self.model.clone()
+        } else {
+            "text-embedding-3-small".into()
+        }
+    }
 }
 
 impl Default for Args {
@@ -69,6 +98,13 @@ impl Default for Args {
             stream: false,
             metrics_addr: None,
             metrics_linger: Duration::ZERO,
+            embeddings: false,
+            model_set: false,
+            documents: 40,
+            chunks: 50,
+            passes: 5,
+            change_rate: 0.2,
+            dims: 1536,
         }
     }
 }
@@ -101,6 +137,19 @@ pub(crate) fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args,
             "-h" | "--help" => return Err(ArgError::Help),
             "--json" if inline.is_none() => args.json = true,
             "--stream" if inline.is_none() => args.stream = true,
+            "--embeddings" if inline.is_none() => args.embeddings = true,
+            "--documents" => args.documents = positive("--documents", &value("--documents")?)?,
+            "--chunks" => args.chunks = positive("--chunks", &value("--chunks")?)?,
+            "--passes" => args.passes = positive("--passes", &value("--passes")?)?,
+            "--dims" => args.dims = positive("--dims", &value("--dims")?)?,
+            "--change-rate" => {
+                let s = value("--change-rate")?;
+                args.change_rate = s
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| bad("--change-rate", &s, "is not a share in 0..=1"))?;
+            }
             "--requests" => args.requests = positive("--requests", &value("--requests")?)?,
             "--distinct" => args.distinct = positive("--distinct", &value("--distinct")?)?,
             "--concurrency" => {
@@ -112,6 +161,7 @@ pub(crate) fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args,
                     return Err(bad("--model", &m, "must not be empty"));
                 }
                 args.model = m;
+                args.model_set = true;
             }
             "--seed" => {
                 let s = value("--seed")?;

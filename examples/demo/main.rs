@@ -6,6 +6,7 @@
 //! cargo run --release --example demo                        # local stub upstream, L1 only
 //! REDIS_URL=redis://127.0.0.1:6390 cargo run --release --example demo   # + Redis (L2)
 //! cargo run --release --example demo -- --stream             # every request streamed
+//! cargo run --release --example demo -- --embeddings         # a re-indexing workload
 //! cargo run --release --example demo -- --help
 //! ```
 //!
@@ -23,6 +24,7 @@
 //! the rest, then the finish chunk, the usage chunk and `data: [DONE]`.
 
 mod args;
+mod embeddings;
 mod report;
 mod stub;
 mod workload;
@@ -109,10 +111,19 @@ async fn ask(
 /// Background Redis writes still running would be lost when the process exits; wait until
 /// every fetched answer is written (or dropped, or failed), for at most `L2_SETTLE_LIMIT`.
 async fn settle_l2_writes(cache: &LlmCache) {
+    settle(|| cache.stats().cache).await;
+}
+
+/// [`settle_l2_writes`] for the embeddings tier.
+async fn settle_vector_writes(cache: &LlmCache) {
+    settle(|| cache.embedding_stats().cache).await;
+}
+
+async fn settle(stats: impl Fn() -> llm_cache::Stats) {
     let start = Instant::now();
     let (mut last, mut last_change) = (None, Instant::now());
     loop {
-        let s = cache.stats().cache;
+        let s = stats();
         let stored = s.fetches.saturating_sub(s.fetch_errors);
         let settled = s.l2_writes + s.dropped_writes + s.oversized;
         if settled >= stored || start.elapsed() >= L2_SETTLE_LIMIT {
@@ -196,6 +207,13 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("could not build the cache: {e}"))?;
 
+    if args.embeddings {
+        let out = embeddings::run(&args, &cache, stub.as_ref()).await;
+        if args.redis.is_some() {
+            settle_vector_writes(&cache).await;
+        }
+        return out;
+    }
     let work = workload(&args);
     if !args.json {
         let price = cache.prices().price(&args.model).map_or_else(

@@ -1,5 +1,6 @@
 //! The stub upstream: an OpenAI-compatible `/chat/completions` on loopback that answers
-//! each prompt after a latency fixed per prompt, whole or as SSE. It never leaves loopback.
+//! each prompt after a latency fixed per prompt, whole or as SSE (and `/embeddings`, in
+//! embeddings.rs). It never leaves loopback.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,9 @@ pub(crate) const STUB_WORDS_PER_CHUNK: usize = 3;
 pub(crate) struct Stub {
     pub(crate) latency_ms: (u64, u64),
     pub(crate) calls: AtomicU64,
+    /// `/v1/embeddings` calls, and the inputs they carried.
+    pub(crate) embedding_calls: AtomicU64,
+    pub(crate) embedding_inputs: AtomicU64,
 }
 
 /// FNV-1a: stable across runs and Rust versions, so a prompt always takes as long.
@@ -219,9 +223,12 @@ pub(crate) async fn start_stub(latency_ms: (u64, u64)) -> std::io::Result<(Socke
     let stub = Arc::new(Stub {
         latency_ms,
         calls: AtomicU64::new(0),
+        embedding_calls: AtomicU64::new(0),
+        embedding_inputs: AtomicU64::new(0),
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(stub_completions))
+        .route("/v1/embeddings", post(crate::embeddings::stub_embeddings))
         .with_state(Arc::clone(&stub));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -255,6 +255,15 @@ impl LlmCacheBuilder {
                 "must be at least 1 (further models are counted as \"other\")",
             ));
         }
+        if self.embeddings_l1_max_bytes != 0 && self.embeddings_l1_max_bytes < 4096 {
+            return Err(Error::config(
+                "embeddings_l1_max_bytes",
+                format!(
+                    "{} is too small: 0 keeps no vector in process, otherwise give at least 4096",
+                    self.embeddings_l1_max_bytes
+                ),
+            ));
+        }
         if self.embeddings.max_inputs_per_call == 0 {
             return Err(Error::config(
                 "max_embedding_inputs_per_call",
@@ -272,6 +281,8 @@ impl LlmCacheBuilder {
         // bound and compact codec); their keys use the chat tier's namespace generations.
         let mut vectors_config = self.config.clone();
         vectors_config.l1_max_bytes = self.embeddings_l1_max_bytes;
+        // f32 vectors barely compress (lz4 saves a few percent): never spend the CPU.
+        vectors_config.compression_threshold = usize::MAX;
         let vectors = TieredCache::<StoredEmbedding>::from_parts_with(
             vectors_config,
             l2.clone(),

@@ -23,17 +23,16 @@ use crate::request::{
     InputItem, Vector,
 };
 use crate::tiered::digest::Digest;
+use crate::tiered::stats::Stats;
 use crate::tiered::{CacheStatus, Cached, FetchOptions, TieredCache, now_ms};
 use crate::upstream::Upstream;
 
-/// The default of
-/// [`max_embedding_inputs_per_call`](crate::LlmCacheBuilder::max_embedding_inputs_per_call):
-/// OpenAI's limit on inputs per `/embeddings` request.
+/// The default of the builder's `max_embedding_inputs_per_call`: OpenAI's limit on inputs
+/// per `/embeddings` request.
 pub const DEFAULT_MAX_INPUTS_PER_CALL: usize = 2048;
 
-/// The default of
-/// [`embeddings_l1_max_bytes`](crate::LlmCacheBuilder::embeddings_l1_max_bytes): 64 MiB,
-/// about 10,000 vectors of 1,536 dimensions.
+/// The default of the builder's `embeddings_l1_max_bytes`: 64 MiB, about 10,000 vectors of
+/// 1,536 dimensions.
 pub const DEFAULT_L1_MAX_BYTES: u64 = 64 << 20;
 
 /// How the per-input path calls the upstream.
@@ -91,9 +90,12 @@ pub(crate) fn input_digest(scope: &Scope, item: InputItem<'_>) -> Digest {
 
 /// What the embeddings path has done since the cache was built. Inputs are counted one by
 /// one: a request of 100 inputs, 80 of them cached, is 80 hits and 20 fetched.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct EmbeddingStats {
+    /// The vectors' tier: L1 entries and bytes, L2 reads, writes and errors, leases.
+    /// (Its `misses` and `fetches` count inputs, one per missing input.)
+    pub cache: Stats,
     /// Requests answered or failed (bypassed ones included).
     pub requests: u64,
     /// Inputs in those requests.
@@ -375,6 +377,7 @@ impl Embeddings {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Relaxed);
         EmbeddingStats {
+            cache: self.tiers.stats(),
             requests: l(&c.requests),
             inputs: l(&c.inputs),
             hits_l1: l(&c.hits_l1),

@@ -6,5 +6,7 @@
 
 #[cfg(feature = "async-openai")]
 pub mod async_openai;
+#[cfg(any(feature = "async-openai", feature = "axum"))]
+pub(crate) mod headers;
 #[cfg(feature = "tower")]
 pub(crate) mod tower;

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::coordination::Next;
+use super::write_behind::Stage;
 use super::{Inner, Landed, Origin, TieredCache, now_ms, panic_message};
 use crate::error::{Error, ErrorKind, Result};
 use crate::tiered::cached::{CacheStatus, Cached, FetchOptions};
@@ -23,6 +24,14 @@ use crate::tiered::digest::Digest;
 use crate::tiered::inflight::{Join, Leader, Waiter};
 use crate::tiered::lease::{self, Lease};
 use crate::tiered::stats::{Counters, Timer};
+
+/// How many lookups of one call go out together.
+const WAVE: usize = 64;
+
+/// How many lookups of all `get_or_fetch_many` calls are in flight at once: past it a
+/// wave waits here, in the process, rather than in the connection's queue, where its time
+/// would count against the L2 deadline (and trip the breaker under a burst of batches).
+pub(super) const BULK_READS: usize = 256;
 
 /// A flight this call leads, once its lookup missed.
 struct Missed<V> {
@@ -162,16 +171,25 @@ where
                 }
             }
         }
-        // The lookups go out together: the connection pipelines them (in a Cluster each
-        // goes to its own key's node).
-        let lookups = led.iter().map(|(i, _)| async move {
-            if options.refresh {
-                Err(Next::Probe)
-            } else {
-                inner.lookup(&digests[*i], options).await
-            }
-        });
-        let looked = join_all(lookups).await;
+        // The lookups go out [`WAVE`] at a time: the connection pipelines each wave (in a
+        // Cluster each command goes to its own key's node), and no wave is so large that
+        // its last command waits past the L2 deadline behind the others.
+        let mut looked = Vec::with_capacity(led.len());
+        for wave in led.chunks(WAVE) {
+            let _in_flight = inner
+                .bulk_reads
+                .acquire_many(wave.len() as u32)
+                .await
+                .expect("never closed");
+            let lookups = wave.iter().map(|(i, _)| async move {
+                if options.refresh {
+                    Err(Next::Probe)
+                } else {
+                    inner.lookup(&digests[*i], options).await
+                }
+            });
+            looked.extend(join_all(lookups).await);
+        }
         let mut missed = Vec::new();
         for ((i, leader), found) in led.into_iter().zip(looked) {
             match found {
@@ -326,6 +344,8 @@ where
             }
         };
         let created_at_ms = now_ms();
+        let mut writes = Vec::new();
+        let mut answered = Vec::with_capacity(results.len());
         for (ToFetch { missed, mut lease }, result) in group.into_iter().zip(results) {
             let value = match result {
                 Ok(v) => Arc::new(v),
@@ -336,9 +356,9 @@ where
                     continue;
                 }
             };
-            if !options.no_store
-                && let Err(e) = self
-                    .store(
+            if !options.no_store {
+                match self
+                    .stage(
                         missed.digest,
                         &value,
                         created_at_ms,
@@ -346,11 +366,22 @@ where
                         &mut lease,
                     )
                     .await
-            {
-                tracing::warn!(error = %e, "fetched value could not be encoded; served, not stored");
+                {
+                    Ok(Stage::Write(write)) => writes.push(write),
+                    Ok(Stage::TooLarge | Stage::InMemory) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fetched value could not be encoded; served, not stored")
+                    }
+                }
             }
+            // Not handed to a write (no-store, too large, no L2): free it for the waiters.
             self.release_lease(lease.take());
-            missed.leader.complete(Ok(Landed {
+            answered.push((missed.leader, value));
+        }
+        // One permit and one task for the whole group's writes.
+        self.write_behind(writes);
+        for (leader, value) in answered {
+            leader.complete(Ok(Landed {
                 value,
                 created_at_ms,
                 origin: Origin::Fetched,

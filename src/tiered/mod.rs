@@ -122,6 +122,8 @@ struct Inner<V> {
     l2: Option<Arc<Guarded>>,
     inflight: Arc<Inflight<Landed<V>>>,
     writes: Arc<Semaphore>,
+    /// Bounds the L2 lookups of `get_or_fetch_many` in flight at once (see many.rs).
+    bulk_reads: Semaphore,
     counters: Arc<Counters>,
     /// The invalidation channel's state and the namespace generations (scale-out).
     invalidation: Arc<Invalidation>,
@@ -185,6 +187,7 @@ where
                 l2,
                 inflight: Inflight::new(),
                 writes,
+                bulk_reads: Semaphore::new(many::BULK_READS),
                 counters,
                 invalidation: Arc::new(Invalidation::new(
                     &keyspace,

@@ -14,7 +14,11 @@ use crate::stream::{ChatChunk, ReplayOptions, replay};
 #[cfg(feature = "openai")]
 mod openai;
 #[cfg(feature = "openai")]
+#[cfg_attr(not(feature = "async-openai"), allow(unused_imports))]
 pub(crate) use openai::CREDENTIAL_HEADERS;
+#[cfg(feature = "openai")]
+#[cfg_attr(not(feature = "axum"), allow(unused_imports))]
+pub(crate) use openai::ProviderError;
 #[cfg(feature = "openai")]
 pub use openai::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 

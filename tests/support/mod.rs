@@ -4,6 +4,8 @@
 
 pub mod bow;
 pub mod embeddings;
+#[cfg(feature = "axum")]
+pub mod front;
 pub mod proxy;
 pub mod redis;
 #[cfg(feature = "tls")]

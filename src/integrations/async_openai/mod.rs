@@ -26,9 +26,13 @@
 //! [`LlmCache`]'s own path: the same single-flight, tiers, stats, metrics and price table
 //! as [`LlmCache::chat`], and `"stream": true` is answered with a replay of the stored
 //! answer (same text, tool calls, finish reason and usage; chunk boundaries may differ),
-//! concurrent identical streams sharing one upstream stream. The other endpoints store the
-//! upstream's answer as it came (JSON, or the Responses API's typed event stream) and
-//! replay it byte for byte (concurrent identical streams share one live upstream stream
+//! concurrent identical streams sharing one upstream stream. Embeddings requests take
+//! [`LlmCache::embeddings_with`]'s per-input path: each input is its own entry (with the
+//! credential scope below in its key), only the missing inputs are sent upstream (the
+//! caller's request with those inputs, asking for `base64`), and `x-llm-cache` says
+//! `partial` when some inputs were fetched; [`LlmCache::embedding_stats`] counts them. The
+//! other endpoints store the upstream's answer as it came (JSON, or the Responses API's
+//! typed event stream) and replay it byte for byte (concurrent identical streams share one live upstream stream
 //! there too); [`AsyncOpenAiLayer::body_stats`] counts them.
 //!
 //! Everything else goes to the inner service unchanged and is never stored: other methods
@@ -64,7 +68,8 @@
 //! `semantic` is refused so (exact matches only in this version). Set them with
 //! async-openai's `RequestOptions` headers (e.g. `client.chat().headers(..)`).
 //!
-//! Response headers: `x-llm-cache` (`hit-l1`, `hit-l2`, `coalesced`, `miss`, `bypass`) and
+//! Response headers: `x-llm-cache` (`hit-l1`, `hit-l2`, `coalesced`, `miss`, `bypass`,
+//! `partial`) and
 //! `age` (seconds since the answer was stored; not on replayed chat streams). A cached
 //! answer carries only these and `content-type`, not the upstream's other headers.
 //!
@@ -98,20 +103,15 @@ use self::upstream::FactoryUpstream;
 pub use self::upstream::HttpService;
 use crate::chat::{CacheControl, LlmCache, LlmCacheBuilder, Route};
 use crate::error::{Error, ErrorKind, Result};
+use crate::integrations::headers;
 use crate::request::{ChatRequest, ChatResponse};
 use crate::tiered::stats::Stats;
 use crate::tiered::{CacheStatus, TieredCache};
 use crate::upstream::{BoxFuture, Upstream};
 
-/// Request header: the namespace (tenant) of this request.
-pub const HEADER_NAMESPACE: &str = "x-llm-cache-namespace";
-/// Request header: how long to keep this request's answer, in seconds.
-pub const HEADER_TTL: &str = "x-llm-cache-ttl";
-/// Request header: `no-store`, `refresh`, `bypass` (comma-separated).
-pub const HEADER_CONTROL: &str = "x-llm-cache-control";
-/// Response header: where the answer came from (`hit-l1`, `hit-l2`, `coalesced`, `miss`,
-/// `bypass`).
-pub const HEADER_STATUS: &str = "x-llm-cache";
+pub use crate::integrations::headers::{
+    HEADER_CONTROL, HEADER_NAMESPACE, HEADER_STATUS, HEADER_TTL,
+};
 
 /// A tower `Layer` for async-openai's `Client::with_http_service`; see the [module
 /// docs](self). Cheap to clone: clones share one cache.
@@ -230,7 +230,8 @@ impl AsyncOpenAiLayer {
         &self.shared.cache
     }
 
-    /// The counters of the non-chat endpoints (embeddings, responses, completions).
+    /// The counters of the endpoints stored whole (responses, completions); embeddings are
+    /// in [`LlmCache::embedding_stats`].
     pub fn body_stats(&self) -> Stats {
         self.shared.bodies.stats()
     }
@@ -296,8 +297,8 @@ where
 {
     let mut request = factory.build().await?;
     let control =
-        request::take_controls(request.headers_mut()).map_err(OpenAIError::InvalidArgument)?;
-    let control = request::bind(control, &shared.namespace);
+        headers::take_controls(request.headers_mut()).map_err(OpenAIError::InvalidArgument)?;
+    let control = headers::bind(control, &shared.namespace);
     let plan = request::plan(&request);
     let share = shared.share_across_credentials;
     match plan {
@@ -307,7 +308,8 @@ where
         }
         Plan::Chat(chat) => {
             let stream = chat.stream == Some(true);
-            let scope: Arc<[u8]> = request::scope(&request, "chat", share).into();
+            let scope: Arc<[u8]> =
+                headers::scope(request.url(), request.headers(), "chat", share).into();
             if stream {
                 let body =
                     Bytes::from(serde_json::to_vec(&with_usage(&chat)).map_err(|e| {
@@ -346,13 +348,44 @@ where
                 Err(e) => error_reply(e),
             }
         }
+        Plan::Embeddings(embed) => {
+            let scope: Arc<[u8]> =
+                headers::scope(request.url(), request.headers(), "embeddings", share).into();
+            drop(request);
+            // Each miss sends the caller's request with only the missing inputs.
+            let upstream = FactoryUpstream {
+                service: inner,
+                factory,
+            };
+            let route = Route {
+                scope: Some(scope),
+                upstream: Some(Arc::new(upstream)),
+            };
+            match shared
+                .cache
+                .embeddings_routed(&embed, &control, &route)
+                .await
+            {
+                Ok(out) => {
+                    let body = serde_json::to_vec(out.response())
+                        .map_err(|e| OpenAIError::Boxed(Box::new(Error::codec(e))))?;
+                    Ok(reply::answer(
+                        "application/json",
+                        body.into(),
+                        out.status(),
+                        Some(age_of(out.status(), out.age())),
+                    ))
+                }
+                Err(e) => error_reply(e),
+            }
+        }
         Plan::Body {
             endpoint,
             body,
             stream,
         } => {
             let shape = if stream { "sse" } else { "json" };
-            let scope = request::scope(&request, shape, share);
+            let scope = headers::scope(request.url(), request.headers(), shape, share);
             if control.bypass {
                 shared.cache.count_bypassed();
                 let forward = request::forward(factory, request);

@@ -15,20 +15,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use crate::error::{Error, ErrorKind};
 use crate::tiered::CacheStatus;
 
-use super::HEADER_STATUS;
-
-/// The value of the `x-llm-cache` response header for `status`.
-pub(super) fn status_label(status: CacheStatus) -> &'static str {
-    match status {
-        CacheStatus::HitL1 => "hit-l1",
-        CacheStatus::HitL2 => "hit-l2",
-        CacheStatus::Coalesced => "coalesced",
-        CacheStatus::Miss => "miss",
-        CacheStatus::Bypass => "bypass",
-        CacheStatus::Partial => "partial",
-        CacheStatus::HitSemantic => "hit-semantic",
-    }
-}
+use crate::integrations::headers::{HEADER_STATUS, status_label};
 
 /// How an upstream call failed, kept as the source of the crate's [`Error`] so every
 /// waiter of a flight can hand its caller the same failure async-openai would have seen.

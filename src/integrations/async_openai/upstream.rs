@@ -14,7 +14,7 @@ use futures_util::stream::BoxStream;
 use reqwest::header::CONTENT_TYPE;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::request::{ChatRequest, ChatResponse};
+use crate::request::{ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
 use crate::stream::{ChatChunk, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
 use crate::upstream::{BoxFuture, ChunkStream, Upstream};
 
@@ -179,6 +179,26 @@ where
                 return Ok(futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed());
             }
             Ok(chunks(response.bytes_stream().boxed()))
+        })
+    }
+
+    /// The caller's request with `request` (the inputs the cache lacks) as its body.
+    fn embeddings<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(request).map_err(Error::codec)?;
+            let factory = super::request::with_body(self.factory.clone(), body.into());
+            let response = call_ok(self.service.clone(), factory).await?;
+            let headers = response.headers().clone();
+            let body = response.bytes().await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Connect,
+                    format!("the answer was cut off: {}", e.without_url()),
+                )
+            })?;
+            serde_json::from_slice::<EmbeddingResponse>(&body).map_err(|_| unusable(headers, body))
         })
     }
 }

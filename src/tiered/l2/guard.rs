@@ -259,6 +259,16 @@ impl Guarded {
         op: &'static str,
         fut: impl Future<Output = Result<T, L2Error>>,
     ) -> Result<T, NoAnswer> {
+        self.attempt_within(op, fut, self.deadline).await
+    }
+
+    /// [`attempt`](Self::attempt) with a deadline of its own.
+    async fn attempt_within<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, L2Error>>,
+        deadline: Duration,
+    ) -> Result<T, NoAnswer> {
         let mut permit = match self.breaker.acquire(&*self.store) {
             Ok(permit) => permit,
             Err(skip) => {
@@ -275,7 +285,7 @@ impl Guarded {
             }
         };
         let timer = self.counters.exported.l2_timer(op);
-        let outcome = tokio::time::timeout(self.deadline, fut).await;
+        let outcome = tokio::time::timeout(deadline, fut).await;
         drop(timer);
         permit.settled = true;
         match outcome {
@@ -414,10 +424,26 @@ impl Guarded {
         }
     }
 
+    /// Write an entry under the configured deadline; false when it was not written.
+    pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {
+        self.set_within(key, value, ttl, self.deadline).await
+    }
+
     /// Write an entry; false when it was not written. A write the server refused (OOM
     /// under `noeviction`...) is counted in `l2_writes_refused`.
-    pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {
-        match self.attempt("set", self.store.set(key, value, ttl)).await {
+    /// [`set`](Self::set) under `deadline` instead of the configured one (a batch's
+    /// background writes, which wait behind each other in the connection).
+    pub async fn set_within(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        deadline: Duration,
+    ) -> bool {
+        match self
+            .attempt_within("set", self.store.set(key, value, ttl), deadline)
+            .await
+        {
             Ok(()) => true,
             Err(NoAnswer::Refused) => {
                 Counters::incr(&self.counters.l2_writes_refused);

@@ -108,6 +108,51 @@ pub(super) fn quote_body(bytes: &[u8], mask: &Mask) -> Option<String> {
         .or_else(|| (!bytes.is_empty()).then(|| quote(bytes, mask, SNIPPET_BYTES)))
 }
 
+/// What an OpenAI error body says besides its message (`error.type`, `error.code`,
+/// `error.param`), masked: kept as the source of the upstream's error, so an HTTP front can
+/// answer its own callers with the provider's own fields.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(crate) struct ProviderError {
+    pub(crate) kind: Option<String>,
+    pub(crate) code: Option<serde_json::Value>,
+    pub(crate) param: Option<serde_json::Value>,
+}
+
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the provider's error type {:?}", self.kind)
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+/// The `type`, `code` and `param` of an OpenAI error body, when it is one; each string
+/// masked (a provider may quote a credential anywhere).
+pub(super) fn provider_error(bytes: &[u8], mask: &Mask) -> Option<ProviderError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let error = value.get("error")?.as_object()?;
+    let masked = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(serde_json::Value::String(quote(
+            s.as_bytes(),
+            mask,
+            SNIPPET_BYTES,
+        ))),
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Some(v.clone()),
+        _ => None,
+    };
+    let kind = error
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(|t| quote(t.as_bytes(), mask, SNIPPET_BYTES));
+    Some(ProviderError {
+        kind,
+        code: error.get("code").and_then(masked),
+        param: error.get("param").and_then(masked),
+    })
+}
+
 /// `error.message` of an OpenAI error body (also `error` as a string, or a top-level
 /// `message`), masked and shortened.
 fn provider_message(bytes: &[u8], mask: &Mask) -> Option<String> {
@@ -216,6 +261,17 @@ mod tests {
         assert!(e.message().contains("no choices"), "{e}");
         assert!(parse_answer(b"", &Mask::default()).is_err());
         assert!(parse_answer(&[0xff, 0xfe, 0x00], &Mask::default()).is_err());
+    }
+
+    #[test]
+    fn provider_fields_are_kept_masked() {
+        let body = br#"{"error":{"message":"m","type":"rate_limit_error","code":"rate_limit_exceeded","param":null}}"#;
+        let p = provider_error(body, &Mask::default()).unwrap();
+        assert_eq!(p.kind.as_deref(), Some("rate_limit_error"));
+        assert_eq!(p.code, Some(serde_json::json!("rate_limit_exceeded")));
+        assert_eq!(p.param, None);
+        assert_eq!(provider_error(br#"{"error":"x"}"#, &Mask::default()), None);
+        assert_eq!(provider_error(b"<html>", &Mask::default()), None);
     }
 
     #[test]

@@ -23,7 +23,8 @@ use serde_json::{Map, Value};
 
 pub(crate) use self::credentials::CREDENTIAL_HEADERS;
 use self::credentials::{Mask, is_credential_header};
-use self::errors::{parse_answer, quote_body};
+pub(crate) use self::errors::ProviderError;
+use self::errors::{parse_answer, provider_error, quote_body};
 use self::reader::{ChunkReader, Opened};
 use self::retry::{Failure, retry_after, retryable_status};
 pub use self::retry::{RetryPolicy, UpstreamStats};
@@ -492,6 +493,9 @@ impl OpenAiCompatible {
         let message = quote_body(&bytes, &ready.mask)
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
         let mut error = Error::upstream_status(status.as_u16(), message);
+        if let Some(provider) = provider_error(&bytes, &ready.mask) {
+            error = error.with_source(provider);
+        }
         if let Some(after) = retry_after {
             error = error.with_retry_after(after);
         }

@@ -1,0 +1,55 @@
+//! `GET /health`, `/stats` and `/metrics`: what an operator reads. Counts and states only:
+//! never a key, a credential, a prompt or a Redis password.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::Front;
+use super::errors::ApiError;
+
+/// The Redis tier's state; 200 whatever it is (Redis is an optimisation), `"ok"` says
+/// whether an operator has something to look at.
+pub(super) async fn health(State(front): State<Arc<Front>>) -> Response {
+    let health = front.cache.health().await;
+    Json(json!({
+        "ok": health.is_ok(),
+        "l2": health.l2.as_str(),
+        "redis": health.redis,
+        "nodes_down": health.nodes_down,
+        "last_error": health.last_error,
+    }))
+    .into_response()
+}
+
+/// [`LlmStats`](crate::LlmStats) as JSON.
+pub(super) async fn stats(State(front): State<Arc<Front>>) -> Response {
+    Json(front.cache.stats()).into_response()
+}
+
+/// The Prometheus exposition text, when the router was given a handle.
+pub(super) async fn metrics(State(front): State<Arc<Front>>) -> Response {
+    #[cfg(feature = "prometheus")]
+    if let Some(handle) = &front.metrics {
+        return (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            handle.render(),
+        )
+            .into_response();
+    }
+    let _ = &front;
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "metrics are not served here (build with the `prometheus` feature and give the \
+         router a Prometheus handle; the proxy: --metrics)",
+    )
+    .code("unknown_url")
+    .into_response()
+}

@@ -1,0 +1,57 @@
+//! `POST /v1/embeddings`: input by input, only the missing inputs sent upstream (in one
+//! call), `x-llm-cache: partial` when some inputs came from cache and some were fetched.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::Front;
+use super::chat::{admit, cache_headers, read_body};
+use super::errors::ApiError;
+use super::provider::Endpoint;
+use crate::embeddings::CachedEmbeddings;
+use crate::error::Error;
+use crate::request::EmbeddingRequest;
+
+pub(super) async fn embeddings(State(front): State<Arc<Front>>, request: Request) -> Response {
+    match answer(&front, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {
+    let (control, route) = admit(front, request.headers(), Endpoint::Embeddings)?;
+    let body = read_body(request, front.body_limit).await?;
+    let embed = EmbeddingRequest::from_json(&body).map_err(|e| ApiError::from(&e))?;
+    embed.validate().map_err(|e| ApiError::from(&e))?;
+    let out = front
+        .cache
+        .embeddings_routed(&embed, &control, &route)
+        .await;
+    let out = out.map_err(|e| ApiError::from(&e))?;
+    Ok(IntoResponse::into_response(out))
+}
+
+/// An embeddings answer as a 200 JSON body (the OpenAI shape, vectors in the request's
+/// `encoding_format`), with `x-llm-cache` (`partial` when only some inputs were cached)
+/// and `age`.
+impl IntoResponse for CachedEmbeddings {
+    fn into_response(self) -> Response {
+        let body = match serde_json::to_vec(self.response()) {
+            Ok(body) => body,
+            Err(e) => return Error::codec(e).into_response(),
+        };
+        let mut response = Response::new(Body::from(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        cache_headers(headers, self.status(), self.age());
+        response
+    }
+}
