@@ -228,7 +228,7 @@ impl LlmCacheBuilder {
         let sibling = TieredCache::<V>::from_parts_with(
             config,
             l2,
-            Arc::new(Counters::default()),
+            Arc::new(Counters::sibling()),
             Hooks::default(),
         );
         sibling.settle().await;
@@ -286,7 +286,7 @@ impl LlmCacheBuilder {
         let vectors = TieredCache::<StoredEmbedding>::from_parts_with(
             vectors_config,
             l2.clone(),
-            Arc::new(Counters::default()),
+            Arc::new(Counters::sibling()),
             Hooks {
                 codec: Arc::new(embeddings::EmbeddingCodec),
                 weigher: Some(Arc::new(embeddings::weigh)),

@@ -358,6 +358,9 @@ pub(crate) struct Exported {
     published_bytes: AtomicU64,
     published_entries: AtomicU64,
     published_inflight: AtomicU64,
+    /// False for a tier that shares another's L2 (and so its breaker): the breaker gauge
+    /// counts each breaker once.
+    owns_breaker: bool,
 }
 
 impl Default for Exported {
@@ -369,6 +372,17 @@ impl Default for Exported {
 impl fmt::Debug for Exported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Exported").finish_non_exhaustive()
+    }
+}
+
+impl Counters {
+    /// The counters of a tier built beside another on the same L2 connection (the
+    /// embeddings' vectors, the async-openai layer's bodies): its own counts, and its L1
+    /// sizes added to the process's gauges, but not a second count of the shared breaker.
+    pub(crate) fn sibling() -> Self {
+        let mut counters = Counters::default();
+        counters.exported.owns_breaker = false;
+        counters
     }
 }
 
@@ -396,6 +410,7 @@ impl Exported {
             size_bytes: metrics::gauge!(SIZE_BYTES),
             l1_entries: metrics::gauge!(L1_ENTRIES),
             inflight: metrics::gauge!(INFLIGHT),
+            owns_breaker: true,
             published_breaker: AtomicU8::new(0),
             published_bytes: AtomicU64::new(0),
             published_entries: AtomicU64::new(0),
@@ -432,6 +447,9 @@ impl Exported {
     /// Publish the breaker's state; each change moves one unit from the old state's gauge
     /// to the new one's, exactly once however many threads see it.
     pub(crate) fn publish_breaker(&self, state: BreakerState) {
+        if !self.owns_breaker {
+            return;
+        }
         let now = breaker_index(state);
         let before = self.published_breaker.swap(now as u8 + 1, SeqCst);
         if before != now as u8 + 1 {
