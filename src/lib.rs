@@ -15,6 +15,7 @@ pub mod fuzzing;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 mod request;
+mod semantic;
 #[cfg(feature = "axum")]
 pub mod serve;
 pub mod stream;
@@ -37,6 +38,11 @@ pub use tiered::{
     default_weight,
 };
 
+pub use semantic::{
+    Canonical, DEFAULT_BUCKET_CAP, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_TYPOS,
+    DEFAULT_SEMANTIC_L1_BYTES, DEFAULT_SEMANTIC_THRESHOLD, DEFAULT_TYPO_MIN_LEN, GuardVerdict,
+    LexicalGuard, Refusal, SemanticConfig, SemanticStats,
+};
 pub use stream::ChatChunk;
 pub use upstream::ChunkStream;
 pub use upstream::{BoxFuture, Upstream};

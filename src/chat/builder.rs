@@ -15,6 +15,7 @@ use crate::chat::weight::{self, ChatCodec};
 use crate::embeddings::{self, Embeddings, StoredEmbedding};
 use crate::error::{Error, Result};
 use crate::request::{ChatResponse, EncodingFormat};
+use crate::semantic::{Semantic, SemanticConfig};
 use crate::tiered::TieredCache;
 use crate::tiered::builder::config_setters;
 use crate::tiered::codec::Hooks;
@@ -44,6 +45,7 @@ pub struct LlmCacheBuilder {
     max_model_labels: usize,
     embeddings: embeddings::Settings,
     embeddings_l1_max_bytes: u64,
+    semantic: Option<SemanticConfig>,
 }
 
 impl fmt::Debug for LlmCacheBuilder {
@@ -56,6 +58,7 @@ impl fmt::Debug for LlmCacheBuilder {
             .field("max_model_labels", &self.max_model_labels)
             .field("embeddings", &self.embeddings)
             .field("embeddings_l1_max_bytes", &self.embeddings_l1_max_bytes)
+            .field("semantic", &self.semantic)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +86,7 @@ impl LlmCacheBuilder {
             max_model_labels: DEFAULT_MAX_MODEL_LABELS,
             embeddings: embeddings::Settings::default(),
             embeddings_l1_max_bytes: embeddings::DEFAULT_L1_MAX_BYTES,
+            semantic: None,
         }
     }
 
@@ -185,6 +189,16 @@ impl LlmCacheBuilder {
         self
     }
 
+    /// Enable the semantic cache (off by default): after an exact miss, a request that
+    /// opts in with [`CacheControl::semantic`](crate::CacheControl::semantic) may be
+    /// answered with the entry of an earlier request of the same exact scope whose last
+    /// user message means the same, as the embedding model and the lexical guard judge
+    /// it. See the README's "Semantic cache (opt-in)".
+    pub fn semantic(mut self, config: SemanticConfig) -> Self {
+        self.semantic = Some(config);
+        self
+    }
+
     config_setters!();
 
     /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
@@ -256,6 +270,9 @@ impl LlmCacheBuilder {
                 "must be at least 1",
             ));
         }
+        if let Some(Err((knob, why))) = self.semantic.as_ref().map(SemanticConfig::check) {
+            return Err(Error::config(knob, why));
+        }
         self.config.validate()?;
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
@@ -294,6 +311,17 @@ impl LlmCacheBuilder {
             self.streaming,
             self.max_model_labels,
         );
+        let semantic = self.semantic.map(|c| {
+            let (guarded, keyspace) = tiers_l2(&cache);
+            Semantic::new(c, guarded.map(|g| (g, keyspace)))
+        });
+        let cache = cache.with_semantic(semantic);
         Ok((cache, config, l2))
     }
+}
+
+/// The chat tier's Redis (if any) and keyspace, which the semantic index shares.
+fn tiers_l2(cache: &LlmCache) -> (Option<Arc<Guarded>>, crate::tiered::keyspace::Keyspace) {
+    let (l2, keyspace) = cache.tiers().l2_parts();
+    (l2.cloned(), keyspace.clone())
 }

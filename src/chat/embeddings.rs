@@ -150,11 +150,14 @@ impl LlmCache {
         self.inner.embeddings.stats()
     }
 
-    /// Drop every answer and every vector this instance holds in memory (Redis is left
-    /// alone).
+    /// Drop every answer and every vector this instance holds in memory, and the
+    /// in-process semantic index (Redis is left alone).
     pub fn clear_l1(&self) {
         self.inner.tiers.clear_l1();
         self.inner.embeddings.tiers().clear_l1();
+        if let Some(semantic) = &self.inner.semantic {
+            semantic.clear_local();
+        }
     }
 
     /// Upstream `/embeddings` calls made so far (for [`stats`](Self::stats)).

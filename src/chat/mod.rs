@@ -10,6 +10,7 @@ pub mod key;
 mod policy;
 mod pricing;
 mod savings;
+mod semantic;
 mod stream_flight;
 mod trace;
 mod weight;
@@ -93,6 +94,8 @@ struct Inner {
     stream_deadline: Duration,
     /// The per-input embeddings path and its tier.
     embeddings: crate::embeddings::Embeddings,
+    /// The opt-in semantic index (`None` unless the builder enabled it).
+    semantic: Option<Arc<crate::semantic::Semantic>>,
 }
 
 impl fmt::Debug for LlmCache {
@@ -139,6 +142,7 @@ impl LlmCache {
                 abort_abandoned_streams: streaming.abort_abandoned,
                 stream_deadline: streaming.deadline,
                 embeddings,
+                semantic: None,
             }),
         }
     }
@@ -256,6 +260,21 @@ impl LlmCache {
             counters.saved(CacheStatus::HitL1, hit.value());
             return Ok(hit);
         }
+        let mut pending = None;
+        if let Some(semantic) = inner.semantic.as_ref().filter(|_| control.semantic)
+            && !control.fetch.refresh
+        {
+            match self
+                .semantic_before(semantic, request, control, route, digest)
+                .await
+            {
+                semantic::Before::Served(hit) => {
+                    counters.saved(hit.status(), hit.value());
+                    return Ok(hit);
+                }
+                semantic::Before::Miss(p) => pending = p,
+            }
+        }
         // A streamed flight of this key must not be aborted while this caller waits on it.
         let _hold = if inner.abort_abandoned_streams {
             inner.streams.get(&digest).map(|f| f.hold())
@@ -283,6 +302,11 @@ impl LlmCache {
             counters.saved(out.status(), out.value());
         } else {
             counters.missed();
+        }
+        if let Some(p) =
+            pending.filter(|_| out.status() == CacheStatus::Miss && !control.fetch.no_store)
+        {
+            self.semantic_index(p, digest, control.fetch.ttl);
         }
         Ok(out)
     }
@@ -424,7 +448,9 @@ impl LlmCache {
     ) -> Result<()> {
         request.validate()?;
         let digest = self.digest_with(request, control);
-        self.inner.tiers.invalidate(&digest).await
+        let out = self.inner.tiers.invalidate(&digest).await;
+        self.semantic_unindex(request, control, digest).await;
+        out
     }
 
     /// Invalidate every answer of `namespace` (a tenant) at once, in every tier of every

@@ -16,6 +16,7 @@ pub struct CacheControl {
     pub(crate) namespace: String,
     pub(crate) fetch: FetchOptions,
     pub(crate) bypass: bool,
+    pub(crate) semantic: bool,
 }
 
 impl CacheControl {
@@ -53,6 +54,15 @@ impl CacheControl {
     /// Do not touch the cache at all: call the upstream directly, store nothing.
     pub fn bypass(mut self, yes: bool) -> Self {
         self.bypass = yes;
+        self
+    }
+
+    /// Allow a semantic match for this request (when the builder enabled the semantic
+    /// cache): after an exact miss, the answer of an earlier request of the same scope
+    /// whose last user message means the same may be served (status `HitSemantic`). The
+    /// request pays one embedding call (itself cached) on an exact miss. Default false.
+    pub fn semantic(mut self, yes: bool) -> Self {
+        self.semantic = yes;
         self
     }
 

@@ -13,10 +13,11 @@ use metrics::{Counter, Gauge, Unit};
 use super::{Inner, LlmCache};
 use crate::chat::pricing::ModelPrice;
 use crate::request::{ChatResponse, Usage};
+use crate::semantic::SemanticStats;
 use crate::tiered::CacheStatus;
 use crate::tiered::stats::Stats;
 
-/// Answers served without a call, by model and tier (`l1`, `l2`, `coalesced`).
+/// Answers served without a call, by model and tier (`l1`, `l2`, `coalesced`, `semantic`).
 pub(crate) const HITS: &str = "ai_cache_hits_total";
 /// Answers that cost an upstream call, by model (failed fetches are not answers: see
 /// `ModelSavings::misses`).
@@ -32,7 +33,7 @@ pub(crate) fn describe() {
     metrics::describe_counter!(
         HITS,
         Unit::Count,
-        "Answers served without an upstream call, by model and tier (l1, l2, coalesced)"
+        "Answers served without an upstream call, by model and tier (l1, l2, coalesced, semantic)"
     );
     metrics::describe_counter!(
         MISSES,
@@ -93,6 +94,8 @@ pub struct LlmStats {
     pub cost_saved_usd: f64,
     /// The same, per requested model.
     pub per_model: BTreeMap<String, ModelSavings>,
+    /// The semantic cache's counters (all zero unless the builder enabled it).
+    pub semantic: SemanticStats,
 }
 
 /// The label under which models past [`max_model_labels`] are counted.
@@ -144,6 +147,11 @@ impl LlmCache {
             tokens_saved: tokens,
             cost_saved_usd: nanos as f64 / NANOS_PER_DOLLAR,
             per_model,
+            semantic: inner
+                .semantic
+                .as_ref()
+                .map(|s| s.stats())
+                .unwrap_or_default(),
         }
     }
 }
@@ -261,7 +269,7 @@ impl ModelCounters {
 
 /// The series of one model, registered when the model is first seen.
 pub(crate) struct ModelExported {
-    hits: [Counter; 3],
+    hits: [Counter; 4],
     misses: Counter,
     tokens: Counter,
     cost: Gauge,
@@ -273,7 +281,12 @@ pub(crate) struct ModelExported {
 impl Default for ModelExported {
     fn default() -> Self {
         ModelExported {
-            hits: [Counter::noop(), Counter::noop(), Counter::noop()],
+            hits: [
+                Counter::noop(),
+                Counter::noop(),
+                Counter::noop(),
+                Counter::noop(),
+            ],
             misses: Counter::noop(),
             tokens: Counter::noop(),
             cost: Gauge::noop(),
@@ -296,7 +309,7 @@ impl ModelExported {
     pub(crate) fn register(model: &str) -> Self {
         let hits = |tier: &'static str| metrics::counter!(HITS, "model" => model.to_string(), "tier" => tier);
         ModelExported {
-            hits: [hits("l1"), hits("l2"), hits("coalesced")],
+            hits: [hits("l1"), hits("l2"), hits("coalesced"), hits("semantic")],
             misses: metrics::counter!(MISSES, "model" => model.to_string()),
             tokens: metrics::counter!(TOKENS_SAVED, "model" => model.to_string()),
             cost: metrics::gauge!(COST_SAVED, "model" => model.to_string()),
@@ -310,6 +323,7 @@ impl ModelExported {
         let tier = match status {
             CacheStatus::HitL2 => 1,
             CacheStatus::Coalesced => 2,
+            CacheStatus::HitSemantic => 3,
             _ => 0,
         };
         self.hits[tier].increment(1);

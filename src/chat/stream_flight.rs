@@ -15,6 +15,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 
+use super::semantic::Before;
 use super::{LlmCache, Route};
 use crate::chat::policy::{self, CacheControl};
 use crate::error::{Error, ErrorKind, Result};
@@ -46,6 +47,8 @@ pub struct CachedStream {
     digest: Digest,
     /// When the answer was first fetched, for a replay of a stored one (`None`: fetched now).
     created_at_ms: Option<u64>,
+    /// For a semantic hit: the similarity and the digest of the entry replayed.
+    matched: Option<(f32, Digest)>,
     chunks: BoxStream<'static, Result<ChatChunk>>,
 }
 
@@ -59,6 +62,17 @@ impl CachedStream {
     /// The key's digest.
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+
+    /// For a [`CacheStatus::HitSemantic`] replay: the cosine between the request's
+    /// embedding and the matched entry's; `None` otherwise.
+    pub fn similarity(&self) -> Option<f32> {
+        self.matched.map(|(s, _)| s)
+    }
+
+    /// For a [`CacheStatus::HitSemantic`] replay: the digest of the entry replayed.
+    pub fn matched_digest(&self) -> Option<Digest> {
+        self.matched.map(|(_, d)| d)
     }
 
     /// How long ago the answer was first fetched (for a replay of a stored answer, possibly
@@ -188,6 +202,7 @@ impl LlmCache {
                 status: CacheStatus::Bypass,
                 digest,
                 created_at_ms: None,
+                matched: None,
                 chunks,
             });
         }
@@ -201,8 +216,31 @@ impl LlmCache {
                 status: CacheStatus::HitL1,
                 digest,
                 created_at_ms: Some(hit.created_at_ms()),
+                matched: None,
                 chunks: futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed(),
             });
+        }
+        let mut pending = None;
+        if let Some(semantic) = inner.semantic.as_ref().filter(|_| control.semantic)
+            && !control.fetch.refresh
+        {
+            match self
+                .semantic_before(semantic, request, control, route, digest)
+                .await
+            {
+                Before::Served(hit) => {
+                    counters.saved(hit.status(), hit.value());
+                    let chunks = replay(hit.value(), &options);
+                    return Ok(CachedStream {
+                        status: hit.status(),
+                        digest,
+                        created_at_ms: Some(hit.created_at_ms()),
+                        matched: hit.similarity().zip(hit.matched_digest()),
+                        chunks: futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed(),
+                    });
+                }
+                Before::Miss(p) => pending = p,
+            }
         }
         let (flight, leads) = self.join_stream(digest, control.fetch.refresh);
         if leads {
@@ -210,11 +248,18 @@ impl LlmCache {
         }
         // Subscribe before waiting, so the flight counts this consumer from the start.
         let hit = Arc::new(std::sync::OnceLock::<CacheStatus>::new());
+        // A leader's miss that completes is indexed for semantic lookups (if it asked).
+        let index = pending
+            .filter(|_| leads && !control.fetch.no_store)
+            .map(|p| self.semantic_later(p, digest, control.fetch.ttl));
         let on_end = {
             let (hit, counters) = (Arc::clone(&hit), counters.clone());
-            move |answer: &ChatResponse| {
-                if let Some(&status) = hit.get() {
-                    counters.saved(status, answer);
+            move |answer: &ChatResponse| match hit.get() {
+                Some(&status) => counters.saved(status, answer),
+                None => {
+                    if let Some(index) = index {
+                        index();
+                    }
                 }
             }
         };
@@ -237,6 +282,7 @@ impl LlmCache {
             status,
             digest,
             created_at_ms,
+            matched: None,
             chunks,
         })
     }

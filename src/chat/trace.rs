@@ -56,6 +56,7 @@ impl<'a> Traced<'a> {
             Ok(CacheStatus::Miss) => ("miss", "upstream"),
             Ok(CacheStatus::Bypass) => ("bypass", "upstream"),
             Ok(CacheStatus::Partial) => ("partial", "upstream"),
+            Ok(CacheStatus::HitSemantic) => ("hit", "semantic"),
             Err(_) => ("error", "none"),
         };
         let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);

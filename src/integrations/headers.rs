@@ -36,6 +36,7 @@ pub(crate) fn status_label(status: CacheStatus) -> &'static str {
         CacheStatus::Miss => "miss",
         CacheStatus::Bypass => "bypass",
         CacheStatus::Partial => "partial",
+        CacheStatus::HitSemantic => "hit-semantic",
     }
 }
 

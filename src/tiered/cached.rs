@@ -27,6 +27,9 @@ pub enum CacheStatus {
     /// An answer made of many entries (one per input of a batch), some of them found in
     /// the tiers or in other callers' flights and some fetched by this caller.
     Partial,
+    /// The answer of an earlier request that asks the same in other words (the opt-in
+    /// semantic cache): see [`Cached::similarity`] and [`Cached::matched_digest`].
+    HitSemantic,
 }
 
 impl CacheStatus {
@@ -34,11 +37,15 @@ impl CacheStatus {
     pub fn is_hit(self) -> bool {
         matches!(
             self,
-            CacheStatus::HitL1 | CacheStatus::HitL2 | CacheStatus::Coalesced
+            CacheStatus::HitL1
+                | CacheStatus::HitL2
+                | CacheStatus::Coalesced
+                | CacheStatus::HitSemantic
         )
     }
 
-    /// A short lower-case name (`l1`, `l2`, `miss`, `coalesced`, `bypass`, `partial`).
+    /// A short lower-case name (`l1`, `l2`, `miss`, `coalesced`, `bypass`, `partial`,
+    /// `semantic`).
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::HitL1 => "l1",
@@ -47,6 +54,7 @@ impl CacheStatus {
             CacheStatus::Coalesced => "coalesced",
             CacheStatus::Bypass => "bypass",
             CacheStatus::Partial => "partial",
+            CacheStatus::HitSemantic => "semantic",
         }
     }
 }
@@ -64,6 +72,8 @@ pub struct Cached<V> {
     status: CacheStatus,
     created_at_ms: u64,
     digest: Digest,
+    /// For a semantic hit: the similarity and the digest of the entry served.
+    matched: Option<(f32, Digest)>,
 }
 
 impl<V> Clone for Cached<V> {
@@ -73,6 +83,7 @@ impl<V> Clone for Cached<V> {
             status: self.status,
             created_at_ms: self.created_at_ms,
             digest: self.digest,
+            matched: self.matched,
         }
     }
 }
@@ -89,7 +100,31 @@ impl<V> Cached<V> {
             status,
             created_at_ms,
             digest,
+            matched: None,
         }
+    }
+
+    /// `entry`'s value served for the request of `digest` as a semantic hit.
+    pub(crate) fn matched(entry: Cached<V>, digest: Digest, similarity: f32) -> Self {
+        Cached {
+            value: entry.value,
+            status: CacheStatus::HitSemantic,
+            created_at_ms: entry.created_at_ms,
+            digest,
+            matched: Some((similarity, entry.digest)),
+        }
+    }
+
+    /// For a [`CacheStatus::HitSemantic`]: the cosine between the request's embedding and
+    /// the matched entry's; `None` otherwise.
+    pub fn similarity(&self) -> Option<f32> {
+        self.matched.map(|(s, _)| s)
+    }
+
+    /// For a [`CacheStatus::HitSemantic`]: the digest of the entry served (the request's
+    /// own is [`digest`](Self::digest)); `None` otherwise.
+    pub fn matched_digest(&self) -> Option<Digest> {
+        self.matched.map(|(_, d)| d)
     }
 
     /// The value.

@@ -9,7 +9,12 @@
 //! P:{H}            an entry, or the lease marker of the flight fetching it
 //! P:generations    the namespace generations (a hash)
 //! P:invalidate     the invalidation channel
+//! P:v{S}rH         a record of the vector index of scope S: entry H's vector and text
+//! P:v{S}bT.X       a bucket of the vector index of scope S: table T, signature X (hex)
 //! ```
+//!
+//! The index keys of one scope share the hash tag `{S}` (one Cluster slot, so one lookup
+//! is one pipeline on one node); their suffixes start with `v`, which no other kind's does.
 //!
 //! Why no two prefixes can meet: every suffix after the prefix's `:` is free of `:`, so a
 //! name splits at its last `:` into exactly one (prefix, suffix) pair, whatever colons the
@@ -40,6 +45,31 @@ impl Keyspace {
         key.push_str(&self.prefix);
         key.push_str(":{");
         digest.write_hex(&mut key);
+        key.push('}');
+        key
+    }
+
+    /// `P:v{S}rH`: the index record of entry `entry` in scope `scope`.
+    pub fn index_record(&self, scope: &Digest, entry: &Digest) -> String {
+        let mut key = self.index_head(scope, 64);
+        key.push('r');
+        entry.write_hex(&mut key);
+        key
+    }
+
+    /// `P:v{S}bT.X`: bucket `signature` of table `table` of scope `scope`'s index.
+    pub fn index_bucket(&self, scope: &Digest, table: usize, signature: u32) -> String {
+        use std::fmt::Write;
+        let mut key = self.index_head(scope, 16);
+        let _ = write!(key, "b{table}.{signature:x}");
+        key
+    }
+
+    fn index_head(&self, scope: &Digest, extra: usize) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 5 + 64 + extra);
+        key.push_str(&self.prefix);
+        key.push_str(":v{");
+        scope.write_hex(&mut key);
         key.push('}');
         key
     }
@@ -174,6 +204,18 @@ mod tests {
         assert_eq!(ks.entry(&d), format!("ai:cache:{{{hex}}}"));
         assert_eq!(ks.generations(), "ai:cache:generations");
         assert_eq!(ks.channel(), "ai:cache:invalidate");
+        assert_eq!(
+            ks.index_record(&d, &d),
+            format!("ai:cache:v{{{hex}}}r{hex}")
+        );
+        assert_eq!(
+            ks.index_bucket(&d, 3, 0xabc),
+            format!("ai:cache:v{{{hex}}}b3.abc")
+        );
+        assert!(!glob_matches(
+            ks.entry_pattern().as_bytes(),
+            ks.index_record(&d, &d).as_bytes()
+        ));
         assert!(glob_matches(
             ks.entry_pattern().as_bytes(),
             ks.entry(&d).as_bytes()
@@ -256,6 +298,11 @@ mod tests {
         let mut out = vec![ks.generations(), ks.channel()];
         for d in digests {
             out.push(ks.entry(d));
+            for e in digests {
+                out.push(ks.index_record(d, e));
+            }
+            out.push(ks.index_bucket(d, 0, 0));
+            out.push(ks.index_bucket(d, 7, 0xfff));
         }
         out
     }
@@ -300,7 +347,7 @@ mod tests {
             let ks = Keyspace::new(&p);
             let e = ks.entry(&d);
             prop_assert!(glob_matches(ks.entry_pattern().as_bytes(), e.as_bytes()));
-            for other in [ks.generations(), ks.channel(), format!("{e}.lease")] {
+            for other in [ks.generations(), ks.channel(), format!("{e}.lease"), ks.index_record(&d, &d), ks.index_bucket(&d, 1, 2)] {
                 prop_assert!(!glob_matches(ks.entry_pattern().as_bytes(), other.as_bytes()));
             }
         }

@@ -534,6 +534,11 @@ where
     }
 
     /// The guarded remote tier and the key prefix, for `health()` and `redis_stats()`.
+    /// The configured L1 and L2 lifetimes.
+    pub(crate) fn ttls(&self) -> (Duration, Duration) {
+        (self.inner.config.l1_ttl, self.inner.config.l2_ttl)
+    }
+
     pub(crate) fn l2_parts(&self) -> (Option<&Arc<Guarded>>, &Keyspace) {
         (self.inner.l2.as_ref(), &self.inner.keyspace)
     }

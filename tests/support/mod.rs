@@ -2,6 +2,7 @@
 //! and a mock OpenAI-compatible upstream over real HTTP. Each test file uses some of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod bow;
 pub mod embeddings;
 #[cfg(feature = "axum")]
 pub mod front;

@@ -161,3 +161,117 @@ pub(crate) async fn hgetall<C: ConnectionLike>(
         })
         .collect())
 }
+
+/// Add `field` to each hash of `KEYS` (one script: the keys must share a Cluster slot),
+/// whose values all start with a 13-digit deadline in Unix milliseconds: keep at most
+/// `ARGV[3]` fields per hash (dropping those past their deadline first, then those with
+/// the earliest), and keep each hash alive as long as its latest deadline (`PEXPIRE NX`,
+/// then `GT`: Redis 7.0; no per-field expiry needed).
+static HSET_CAPPED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cap = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+for _, key in ipairs(KEYS) do
+  redis.call('hset', key, ARGV[1], ARGV[2])
+  if redis.call('hlen', key) > cap then
+    local all = redis.call('hgetall', key)
+    local live = {}
+    for i = 1, #all, 2 do
+      local deadline = tonumber(string.sub(all[i + 1], 1, 13)) or 0
+      if deadline <= now then
+        redis.call('hdel', key, all[i])
+      else
+        live[#live + 1] = {all[i], deadline}
+      end
+    end
+    if #live > cap then
+      table.sort(live, function(a, b) return a[2] < b[2] end)
+      for i = 1, #live - cap do
+        redis.call('hdel', key, live[i][1])
+      end
+    end
+  end
+  redis.call('pexpire', key, ARGV[5], 'NX')
+  redis.call('pexpire', key, ARGV[5], 'GT')
+end
+return 1",
+    )
+});
+
+/// The deadline prefix of the values [`hset_capped`] keeps: 13 decimal digits.
+pub(crate) fn deadline_prefix(deadline_ms: u64) -> [u8; 13] {
+    let mut out = [b'0'; 13];
+    let mut n = deadline_ms.min(9_999_999_999_999);
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out
+}
+
+/// See [`HSET_CAPPED`]: `value` must start with [`deadline_prefix`].
+pub(crate) async fn hset_capped<C: ConnectionLike>(
+    c: &mut C,
+    keys: &[String],
+    field: &[u8],
+    value: &[u8],
+    cap: usize,
+    now_ms: u64,
+    ttl: Duration,
+) -> RedisResult<()> {
+    let mut invocation = HSET_CAPPED.prepare_invoke();
+    for key in keys {
+        invocation.key(key);
+    }
+    let _: i64 = invocation
+        .arg(field)
+        .arg(value)
+        .arg(cap)
+        .arg(now_ms)
+        .arg(millis(ttl))
+        .invoke_async(c)
+        .await?;
+    Ok(())
+}
+
+/// `HGETALL` of each key, in one pipeline (one round trip; in a Cluster the keys must
+/// share a slot).
+pub(crate) async fn hgetall_many<C: ConnectionLike>(
+    c: &mut C,
+    keys: &[String],
+) -> RedisResult<Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("HGETALL").arg(key);
+    }
+    pipe.query_async(c).await
+}
+
+/// `MGET keys` (in a Cluster the keys must share a slot).
+pub(crate) async fn mget<C: ConnectionLike>(
+    c: &mut C,
+    keys: &[String],
+) -> RedisResult<Vec<Option<Vec<u8>>>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    redis::cmd("MGET").arg(keys).query_async(c).await
+}
+
+/// `HDEL key fields...`.
+pub(crate) async fn hdel<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+    fields: &[Vec<u8>],
+) -> RedisResult<()> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let _: i64 = redis::cmd("HDEL")
+        .arg(key)
+        .arg(fields)
+        .query_async(c)
+        .await?;
+    Ok(())
+}

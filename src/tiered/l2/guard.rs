@@ -424,6 +424,11 @@ impl Guarded {
         }
     }
 
+    /// Write an entry under the configured deadline; false when it was not written.
+    pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {
+        self.set_within(key, value, ttl, self.deadline).await
+    }
+
     /// Write an entry; false when it was not written. A write the server refused (OOM
     /// under `noeviction`...) is counted in `l2_writes_refused`.
     /// [`set`](Self::set) under `deadline` instead of the configured one (a batch's
@@ -517,6 +522,39 @@ impl Guarded {
 
     pub async fn hgetall(&self, key: &str) -> Option<Vec<(Vec<u8>, u64)>> {
         self.guarded("hgetall", self.store.hgetall(key)).await
+    }
+
+    // Capped hashes and multi-key reads, under the same deadline and breaker.
+
+    /// See `RemoteStore::hset_capped`; false when it was not written.
+    pub async fn hset_capped(
+        &self,
+        keys: &[String],
+        field: &[u8],
+        value: &[u8],
+        cap: usize,
+        ttl: Duration,
+    ) -> bool {
+        let now = crate::tiered::now_ms();
+        let op = self.store.hset_capped(keys, field, value, cap, now, ttl);
+        self.guarded("hset_capped", op).await.is_some()
+    }
+
+    /// `HGETALL` of each key in one round trip; `None` when Redis did not answer.
+    pub async fn hgetall_many(&self, keys: &[String]) -> Option<super::Hashes> {
+        self.guarded("hgetall", self.store.hgetall_many(keys)).await
+    }
+
+    /// `MGET keys`; `None` when Redis did not answer.
+    pub async fn mget(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
+        self.guarded("mget", self.store.mget(keys)).await
+    }
+
+    /// `HDEL key fields...`; false when Redis did not answer.
+    pub async fn hdel(&self, key: &str, fields: &[Vec<u8>]) -> bool {
+        self.guarded("hdel", self.store.hdel(key, fields))
+            .await
+            .is_some()
     }
 
     /// Subscribe to `channel`; bounded by `timeout`, outside the breaker (it is one

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+pub(crate) use self::commands::deadline_prefix;
 pub(crate) use self::guard::{Guarded, L2Read, LeaseRead};
 pub(crate) use self::pubsub::Subscription;
 pub(crate) use self::topology::{Topology, open_store, validate as validate_topology};
@@ -102,6 +103,9 @@ impl From<Link> for L2Error {
         }
     }
 }
+
+/// The fields and values of several hashes, one list per key.
+pub(crate) type Hashes = Vec<Vec<(Vec<u8>, Vec<u8>)>>;
 
 /// The fields of a hash of counters and their values (namespace generations).
 pub(crate) type Counts = Vec<(Vec<u8>, u64)>;
@@ -199,6 +203,59 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), L2Error>>;
     /// Every counter in the hash at `key`.
     fn hgetall<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Counts, L2Error>>;
+    // Capped hashes of deadline-prefixed values, and multi-key reads (keys of one call share
+    // a Cluster slot): what an index kept beside the entries needs.
+    /// See `commands::hset_capped`.
+    fn hset_capped<'a>(
+        &'a self,
+        keys: &'a [String],
+        field: &'a [u8],
+        value: &'a [u8],
+        cap: usize,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        let _ = (keys, field, value, cap, now_ms, ttl);
+        Box::pin(async {
+            Err(L2Error::Command(
+                "HSET is not supported by this store".into(),
+            ))
+        })
+    }
+    /// `HGETALL` of each key, pipelined.
+    fn hgetall_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Hashes, L2Error>> {
+        let _ = keys;
+        Box::pin(async {
+            Err(L2Error::Command(
+                "HGETALL is not supported by this store".into(),
+            ))
+        })
+    }
+    /// `MGET keys`.
+    fn mget<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, L2Error>> {
+        let _ = keys;
+        Box::pin(async {
+            Err(L2Error::Command(
+                "MGET is not supported by this store".into(),
+            ))
+        })
+    }
+    /// `HDEL key fields...`.
+    fn hdel<'a>(
+        &'a self,
+        key: &'a str,
+        fields: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        let _ = (key, fields);
+        Box::pin(async {
+            Err(L2Error::Command(
+                "HDEL is not supported by this store".into(),
+            ))
+        })
+    }
     /// Subscribe to `channel` on a node of the store, bounded by `timeout`. Not guarded:
     /// the subscription lives until its connection goes away.
     fn subscribe<'a>(

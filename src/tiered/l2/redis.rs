@@ -313,6 +313,42 @@ impl RemoteStore for RedisStore {
         Box::pin(self.run(move |mut c| async move { commands::hgetall(&mut c, key).await }))
     }
 
+    fn hset_capped<'a>(
+        &'a self,
+        keys: &'a [String],
+        field: &'a [u8],
+        value: &'a [u8],
+        cap: usize,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        Box::pin(self.run(move |mut c| async move {
+            commands::hset_capped(&mut c, keys, field, value, cap, now_ms, ttl).await
+        }))
+    }
+
+    fn hgetall_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<super::Hashes, L2Error>> {
+        Box::pin(self.run(move |mut c| async move { commands::hgetall_many(&mut c, keys).await }))
+    }
+
+    fn mget<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, L2Error>> {
+        Box::pin(self.run(move |mut c| async move { commands::mget(&mut c, keys).await }))
+    }
+
+    fn hdel<'a>(
+        &'a self,
+        key: &'a str,
+        fields: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        Box::pin(self.run(move |mut c| async move { commands::hdel(&mut c, key, fields).await }))
+    }
+
     fn subscribe<'a>(
         &'a self,
         channel: &'a str,

@@ -1,0 +1,202 @@
+//! `LlmCache`'s side of the opt-in semantic cache: which requests qualify (the last
+//! message a plain-text user message, cacheable), their exact scope digest (everything but
+//! that text, namespace and generation, a layer's route scope), the embedding through the
+//! cache's own embeddings path, and serving a match from the tiers by its entry's digest.
+//! The index and the guard are `semantic/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+use super::key::{self, put_framed};
+use super::{CacheControl, LlmCache, Route};
+use crate::request::{ChatRequest, ChatResponse, Content, EmbeddingRequest};
+use crate::semantic::{Counters, Semantic};
+use crate::tiered::Cached;
+use crate::tiered::digest::Digest;
+
+/// Separates semantic scope digests from every other digest.
+const SCOPE_DOMAIN: &[u8] = b"llm-cache/semantic-scope";
+
+/// What a semantic lookup that found nothing leaves for the miss to index.
+pub(crate) struct Pending {
+    pub(crate) semantic: Arc<Semantic>,
+    pub(crate) scope: Digest,
+    pub(crate) text: String,
+    pub(crate) vector: Vec<f32>,
+}
+
+/// The outcome of the semantic step before a flight.
+pub(crate) enum Before {
+    /// Serve this (an exact L2 hit, or a semantic hit).
+    Served(Cached<ChatResponse>),
+    /// Go on to the flight; index its answer if it is fetched.
+    Miss(Option<Pending>),
+}
+
+impl LlmCache {
+    /// Attach the semantic index to a cache just built.
+    pub(crate) fn with_semantic(mut self, semantic: Option<Semantic>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("a cache just built has no other handle")
+            .semantic = semantic.map(Arc::new);
+        self
+    }
+
+    /// The semantic scope of `request` and its last user text, when it qualifies: the last
+    /// message is a user message of plain text. Everything else (model, system prompt,
+    /// earlier turns, tools, every parameter, the last message's other fields) is in the
+    /// scope, with the namespace, its generation and the route's scope.
+    pub(crate) fn semantic_scope<'r>(
+        &self,
+        request: &'r ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Option<(Digest, &'r str)> {
+        let last = request.messages.last()?;
+        let Some(Content::Text(text)) = &last.content else {
+            return None;
+        };
+        if last.role != "user" {
+            return None;
+        }
+        let mut scoped = request.clone();
+        scoped.messages.last_mut()?.content = None;
+        let canonical = key::canonical_json(&scoped, self.key_options());
+        let mut frame = Vec::with_capacity(64);
+        put_framed(&mut frame, SCOPE_DOMAIN);
+        put_framed(&mut frame, route.scope.as_deref().unwrap_or_default());
+        let digest = key::derive_scoped(&canonical, &control.namespace, &frame);
+        let mut h = Sha256::new();
+        h.update(SCOPE_DOMAIN);
+        h.update(digest.as_bytes());
+        let digest = Digest::from_bytes(h.finalize().into());
+        let generation = self.inner.tiers.generation(&control.namespace);
+        Some((
+            crate::tiered::invalidation::scoped(digest, generation),
+            text,
+        ))
+    }
+
+    /// After an exact L1 miss of a request that opted in: the exact entry in Redis, else a
+    /// semantic match served from the tiers by its entry's digest (a match whose entry is
+    /// gone is dropped from the index and the next one is tried). Anything that fails
+    /// (no embedding, Redis down) is a miss: the request goes on as usual.
+    pub(crate) async fn semantic_before(
+        &self,
+        semantic: &Arc<Semantic>,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+        digest: Digest,
+    ) -> Before {
+        let Some((scope, text)) = self.semantic_scope(request, control, route) else {
+            Counters::incr(&semantic.counters.ineligible);
+            return Before::Miss(None);
+        };
+        if let Some(hit) = self.inner.tiers.fetch_stored(&digest).await {
+            return Before::Served(hit);
+        }
+        let canonical = semantic.canonical(text);
+        if canonical.is_empty() {
+            Counters::incr(&semantic.counters.ineligible);
+            return Before::Miss(None);
+        }
+        let Some(vector) = self
+            .semantic_embedding(semantic, &canonical.text(), control)
+            .await
+        else {
+            Counters::incr(&semantic.counters.ineligible);
+            return Before::Miss(None);
+        };
+        for m in semantic.find(scope, &canonical, &vector).await {
+            if m.entry == digest {
+                continue;
+            }
+            match self.inner.tiers.fetch_stored(&m.entry).await {
+                Some(entry) => {
+                    Counters::incr(&semantic.counters.hits);
+                    return Before::Served(Cached::matched(entry, digest, m.similarity));
+                }
+                None => semantic.forget(scope, m.entry).await,
+            }
+        }
+        Before::Miss(Some(Pending {
+            semantic: Arc::clone(semantic),
+            scope,
+            text: text.to_owned(),
+            vector,
+        }))
+    }
+
+    /// The vector of `canonical` through the cache's embeddings path (cached per input,
+    /// single-flight), in the request's namespace; `None` when the call fails.
+    async fn semantic_embedding(
+        &self,
+        semantic: &Semantic,
+        canonical: &str,
+        control: &CacheControl,
+    ) -> Option<Vec<f32>> {
+        let config = &semantic.config;
+        let mut request = EmbeddingRequest::new(config.model.clone(), canonical);
+        if let Some(d) = config.dimensions {
+            request = request.dimensions(d);
+        }
+        let embed_control = CacheControl::new().namespace(control.namespace.clone());
+        match self.embeddings_with(&request, &embed_control).await {
+            Ok(out) => out.data.first().map(|e| e.embedding.to_f32_vec()),
+            Err(e) => {
+                // The kind only: the error text may quote the prompt.
+                tracing::debug!(error_kind = ?e.kind(), "semantic embedding failed; exact cache only");
+                None
+            }
+        }
+    }
+
+    /// Index the answer a miss fetched under `digest`, in the background.
+    pub(crate) fn semantic_index(&self, pending: Pending, digest: Digest, ttl: Option<Duration>) {
+        (self.semantic_later(pending, digest, ttl))();
+    }
+
+    /// [`semantic_index`](Self::semantic_index), to run when the answer has landed (a
+    /// streamed miss, once its stream is complete).
+    pub(crate) fn semantic_later(
+        &self,
+        pending: Pending,
+        digest: Digest,
+        ttl: Option<Duration>,
+    ) -> impl FnOnce() + Send + 'static {
+        let (l1_ttl, l2_ttl) = self.inner.tiers.ttls();
+        let l2_ttl = ttl.unwrap_or(l2_ttl);
+        let l1_ttl = l1_ttl.min(l2_ttl);
+        move || {
+            tokio::spawn(async move {
+                let Pending {
+                    semantic,
+                    scope,
+                    text,
+                    vector,
+                } = pending;
+                semantic
+                    .insert(scope, digest, &text, vector, l1_ttl, l2_ttl)
+                    .await;
+            });
+        }
+    }
+
+    /// After `invalidate`: drop the request's index record here and in Redis (other
+    /// instances drop theirs at their next match, which finds the entry gone).
+    pub(crate) async fn semantic_unindex(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        digest: Digest,
+    ) {
+        if let Some(semantic) = &self.inner.semantic
+            && let Some((scope, _)) = self.semantic_scope(request, control, &Route::OWN)
+        {
+            semantic.remove(scope, digest).await;
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The opt-in semantic cache: after an exact miss, a request whose last message is a plain
+//! user text may be answered with the entry of an earlier request of the same exact scope
+//! whose last user text means the same. It owns the lexical guard, the configuration and
+//! the candidate indexes (in process and in Redis). It must never serve a candidate on its
+//! cosine alone: the guard decides. It knows nothing of chat requests: the layer above
+//! gives it a scope digest, a text and a vector.
+
+mod guard;
+mod local;
+mod remote;
+mod sketch;
+mod words;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+pub use self::guard::{
+    Canonical, DEFAULT_MAX_TYPOS, DEFAULT_TYPO_MIN_LEN, GuardVerdict, LexicalGuard, Refusal,
+};
+use self::local::LocalIndex;
+use self::remote::RemoteIndex;
+use self::sketch::{Record, Sketch};
+use crate::tiered::digest::Digest;
+use crate::tiered::keyspace::Keyspace;
+use crate::tiered::l2::Guarded;
+use crate::tiered::now_ms;
+
+/// The default cosine a candidate needs before the guard looks at it. Low on purpose: the
+/// guard decides what is served, the threshold only spares it candidates that cannot be the
+/// same question. The cache embeds the guard's canonical text, so variants the guard
+/// serves score close to 1.
+pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.7;
+/// The default most candidates re-ranked and guarded per lookup.
+pub const DEFAULT_MAX_CANDIDATES: usize = 8;
+/// The default bytes of process memory the in-process index may hold (vectors, texts).
+pub const DEFAULT_SEMANTIC_L1_BYTES: u64 = 64 << 20;
+/// The default most entries per bucket (in process and in Redis): bounds a lookup's
+/// bytes at 8 tables × 64 fields × 77 B from Redis, then `max_candidates` records.
+pub const DEFAULT_BUCKET_CAP: usize = 64;
+
+/// The semantic cache's settings, given to
+/// [`LlmCacheBuilder::semantic`](crate::LlmCacheBuilder::semantic). Requests opt in with
+/// [`CacheControl::semantic`](crate::CacheControl::semantic).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SemanticConfig {
+    pub(crate) model: String,
+    pub(crate) dimensions: Option<u32>,
+    pub(crate) threshold: f32,
+    pub(crate) max_candidates: usize,
+    pub(crate) l1_index_bytes: u64,
+    pub(crate) bucket_cap: usize,
+    pub(crate) guard: LexicalGuard,
+}
+
+impl SemanticConfig {
+    /// Embed with `model` (through the cache's own embeddings path: cached, single-flight,
+    /// from the configured upstream).
+    pub fn new(model: impl Into<String>) -> Self {
+        SemanticConfig {
+            model: model.into(),
+            dimensions: None,
+            threshold: DEFAULT_SEMANTIC_THRESHOLD,
+            max_candidates: DEFAULT_MAX_CANDIDATES,
+            l1_index_bytes: DEFAULT_SEMANTIC_L1_BYTES,
+            bucket_cap: DEFAULT_BUCKET_CAP,
+            guard: LexicalGuard::default(),
+        }
+    }
+
+    /// Ask the model for this many dimensions (models that support it: smaller vectors,
+    /// smaller index).
+    pub fn dimensions(mut self, n: u32) -> Self {
+        self.dimensions = Some(n);
+        self
+    }
+
+    /// The cosine a candidate needs before the guard looks at it, in (0, 1]. Default
+    /// [`DEFAULT_SEMANTIC_THRESHOLD`].
+    pub fn threshold(mut self, cosine: f32) -> Self {
+        self.threshold = cosine;
+        self
+    }
+
+    /// The most candidates re-ranked by exact cosine and guarded per lookup (at least 1).
+    pub fn max_candidates(mut self, n: usize) -> Self {
+        self.max_candidates = n;
+        self
+    }
+
+    /// The bytes of process memory the in-process index may hold; 0 keeps none (Redis only).
+    pub fn l1_index_bytes(mut self, bytes: u64) -> Self {
+        self.l1_index_bytes = bytes;
+        self
+    }
+
+    /// The most entries one bucket holds (at least 1): bounds each lookup's bytes.
+    pub fn bucket_cap(mut self, n: usize) -> Self {
+        self.bucket_cap = n;
+        self
+    }
+
+    /// The lexical guard (tighten with [`LexicalGuard::strict`], or tune its knobs).
+    pub fn guard(mut self, guard: LexicalGuard) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// The knob that is wrong, and why.
+    pub(crate) fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.model.is_empty() {
+            return Err(("semantic.model", "must name an embedding model"));
+        }
+        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
+            return Err(("semantic.threshold", "must be in (0, 1]"));
+        }
+        if self.max_candidates == 0 {
+            return Err(("semantic.max_candidates", "must be at least 1"));
+        }
+        if self.bucket_cap == 0 {
+            return Err(("semantic.bucket_cap", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// The semantic counters in [`LlmStats`](crate::LlmStats).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SemanticStats {
+    /// Lookups made (after an exact miss, for requests that opted in and qualify).
+    pub lookups: u64,
+    /// Requests answered by a semantic match.
+    pub hits: u64,
+    /// Candidates above the threshold that the lexical guard refused.
+    pub guard_refusals: u64,
+    /// Answers indexed after a miss (in process, and in Redis when it took them).
+    pub indexed: u64,
+    /// Matches whose entry was gone (dropped from the index, then a miss).
+    pub stale: u64,
+    /// Lookups that could not ask Redis (down, slow, breaker open): in-process only.
+    pub redis_skipped: u64,
+    /// Requests that opted in but could not be looked up (not a plain user text last, no
+    /// content words, or the embedding call failed).
+    pub ineligible: u64,
+    /// Entries in the in-process index.
+    pub l1_entries: u64,
+    /// Bytes of the in-process index.
+    pub l1_bytes: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) lookups: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) guard_refusals: AtomicU64,
+    pub(crate) indexed: AtomicU64,
+    pub(crate) stale: AtomicU64,
+    pub(crate) redis_skipped: AtomicU64,
+    pub(crate) ineligible: AtomicU64,
+}
+
+/// A candidate that passed the threshold and the guard.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Match {
+    pub(crate) entry: Digest,
+    pub(crate) similarity: f32,
+}
+
+/// The semantic index of one cache: the settings, both indexes, the counters.
+pub(crate) struct Semantic {
+    pub(crate) config: SemanticConfig,
+    local: Option<LocalIndex>,
+    remote: Option<RemoteIndex>,
+    pub(crate) counters: Counters,
+}
+
+impl std::fmt::Debug for Semantic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Semantic")
+            .field("config", &self.config)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Semantic {
+    pub(crate) fn new(config: SemanticConfig, l2: Option<(Arc<Guarded>, Keyspace)>) -> Self {
+        let local = (config.l1_index_bytes > 0)
+            .then(|| LocalIndex::new(config.l1_index_bytes, config.bucket_cap));
+        let remote = l2.map(|(l2, ks)| RemoteIndex::new(l2, ks, config.bucket_cap));
+        Semantic {
+            config,
+            local,
+            remote,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The prompt as the guard compares it (and as the cache embeds it).
+    pub(crate) fn canonical(&self, text: &str) -> Canonical {
+        self.config.guard.canonical(text)
+    }
+
+    /// The candidates of `scope` that pass the threshold and the guard against `canonical`,
+    /// best first: the in-process index's, else Redis's (then kept in process too).
+    pub(crate) async fn find(
+        &self,
+        scope: Digest,
+        canonical: &Canonical,
+        vector: &[f32],
+    ) -> Vec<Match> {
+        Counters::incr(&self.counters.lookups);
+        let cfg = &self.config;
+        let sketch = Sketch::of(vector);
+        let mut out = Vec::new();
+        let mut checked: Vec<Digest> = Vec::new();
+        if let Some(local) = &self.local {
+            let found = local
+                .lookup(scope, vector, &sketch, cfg.max_candidates, cfg.threshold)
+                .await;
+            for (entry, r, similarity) in found {
+                checked.push(entry);
+                if self.passes(canonical, &r.record.text) {
+                    out.push(Match { entry, similarity });
+                }
+            }
+            if !out.is_empty() {
+                return out;
+            }
+        }
+        let Some(remote) = &self.remote else {
+            return out;
+        };
+        let Some(found) = remote.lookup(scope, &sketch, cfg.max_candidates).await else {
+            Counters::incr(&self.counters.redis_skipped);
+            return out;
+        };
+        let mut ranked: Vec<(Digest, Record, u64, f32)> = found
+            .into_iter()
+            .map(|(d, r, deadline)| {
+                let cos = sketch::cosine(vector, &r.vector);
+                (d, r, deadline, cos)
+            })
+            .filter(|(d, _, _, cos)| *cos >= cfg.threshold && !checked.contains(d))
+            .collect();
+        ranked.sort_by(|a, b| b.3.total_cmp(&a.3));
+        for (entry, record, deadline, similarity) in ranked {
+            if self.passes(canonical, &record.text) {
+                out.push(Match { entry, similarity });
+                if let Some(local) = &self.local {
+                    // Kept in process as long as Redis keeps it.
+                    local.insert(scope, entry, record, deadline).await;
+                }
+            }
+        }
+        out
+    }
+
+    fn passes(&self, canonical: &Canonical, candidate_text: &str) -> bool {
+        let guard = &self.config.guard;
+        let verdict = guard.compare(canonical, &guard.canonical(candidate_text));
+        if !verdict.passes() {
+            Counters::incr(&self.counters.guard_refusals);
+        }
+        verdict.passes()
+    }
+
+    /// Index `entry` of `scope` (its last user text `text`, embedded as `vector`) in
+    /// process for `l1_ttl` and in Redis for `l2_ttl`. Redis trouble is skipped.
+    pub(crate) async fn insert(
+        &self,
+        scope: Digest,
+        entry: Digest,
+        text: &str,
+        vector: Vec<f32>,
+        l1_ttl: Duration,
+        l2_ttl: Duration,
+    ) {
+        let record = Record {
+            vector,
+            text: text.to_owned(),
+            created_ms: now_ms(),
+        };
+        if let Some(remote) = &self.remote {
+            let sketch = Sketch::of(&record.vector);
+            remote.insert(scope, entry, &record, &sketch, l2_ttl).await;
+        }
+        if let Some(local) = &self.local {
+            let deadline = now_ms().saturating_add(millis(l1_ttl));
+            local.insert(scope, entry, record, deadline).await;
+        }
+        Counters::incr(&self.counters.indexed);
+    }
+
+    /// Drop a match whose entry is gone, from both indexes.
+    pub(crate) async fn forget(&self, scope: Digest, entry: Digest) {
+        Counters::incr(&self.counters.stale);
+        self.remove(scope, entry).await;
+    }
+
+    /// Drop `entry` of `scope` from both indexes (its record; its Redis bucket fields go at
+    /// their next read).
+    pub(crate) async fn remove(&self, scope: Digest, entry: Digest) {
+        if let Some(local) = &self.local {
+            local.remove(scope, entry).await;
+        }
+        if let Some(remote) = &self.remote {
+            remote.remove(scope, entry).await;
+        }
+    }
+
+    /// Drop the in-process index (the cache's L1 was cleared).
+    pub(crate) fn clear_local(&self) {
+        if let Some(local) = &self.local {
+            local.clear();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> SemanticStats {
+        let c = &self.counters;
+        let (l1_entries, l1_bytes) = self.local.as_ref().map_or((0, 0), LocalIndex::size);
+        SemanticStats {
+            lookups: c.lookups.load(Relaxed),
+            hits: c.hits.load(Relaxed),
+            guard_refusals: c.guard_refusals.load(Relaxed),
+            indexed: c.indexed.load(Relaxed),
+            stale: c.stale.load(Relaxed),
+            redis_skipped: c.redis_skipped.load(Relaxed),
+            ineligible: c.ineligible.load(Relaxed),
+            l1_entries,
+            l1_bytes,
+        }
+    }
+}
+
+impl Counters {
+    pub(crate) fn incr(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

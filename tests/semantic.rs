@@ -1,0 +1,376 @@
+//! The opt-in semantic cache end to end: real redis-server, the mock upstream over HTTP
+//! embedding by hashed bag of words (blind to negation and order, so the lexical guard is
+//! what is tested). A paraphrase is a semantic hit; each must-refuse class is refused; the
+//! scope is exact; two instances share entries through Redis; invalidation reaches them;
+//! Redis down skips the lookup and requests still succeed; a streamed hit replays; and the
+//! labelled pairs through the whole cache.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use llm_cache::{
+    CacheControl, CacheStatus, ChatMessage, ChatRequest, LlmCache, OpenAiCompatible, RetryPolicy,
+    SemanticConfig,
+};
+use support::bow::bag_of_words;
+use support::eventually;
+use support::redis::RedisServer;
+use support::upstream::{MockUpstream, expected_content};
+
+const WAIT: Duration = Duration::from_secs(10);
+const DIMS: usize = 512;
+const EMBEDDER: &str = "text-embedding-test";
+
+fn request(prompt: &str) -> ChatRequest {
+    ChatRequest::new("gpt-4.1")
+        .message(ChatMessage::system("You are terse."))
+        .message(ChatMessage::user(prompt))
+}
+
+fn semantic() -> CacheControl {
+    CacheControl::new().semantic(true)
+}
+
+async fn mock() -> MockUpstream {
+    let mock = MockUpstream::start().await;
+    mock.set_embedder(|text| bag_of_words(text, DIMS));
+    mock
+}
+
+async fn cache(mock: &MockUpstream, redis: Option<&RedisServer>) -> LlmCache {
+    let mut b = LlmCache::builder()
+        .upstream(
+            OpenAiCompatible::new(mock.base_url())
+                .api_key("sk-test")
+                .retry(RetryPolicy::none()),
+        )
+        .l2_deadline(Duration::from_millis(250))
+        .semantic(SemanticConfig::new(EMBEDDER));
+    if let Some(r) = redis {
+        b = b.redis(r.url());
+    }
+    b.build().await.expect("build")
+}
+
+/// Ask `prompt` and wait until its answer is indexed (the index is written behind).
+async fn ask_and_index(cache: &LlmCache, req: &ChatRequest, control: &CacheControl) {
+    let before = cache.stats().semantic.indexed;
+    let out = cache.chat_with(req, control).await.expect("first ask");
+    assert_eq!(out.status(), CacheStatus::Miss);
+    eventually("indexed", WAIT, || cache.stats().semantic.indexed > before).await;
+}
+
+/// Poll an async condition (another instance's state has no signal of its own here).
+async fn until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paraphrase_hits_and_changed_questions_refuse() {
+    let (mock, redis) = (mock().await, RedisServer::start());
+    let a = cache(&mock, Some(&redis)).await;
+    let original = request("What is the capital of France?");
+    ask_and_index(&a, &original, &semantic()).await;
+    let first = a.chat(&original).await.unwrap();
+    let calls = mock.calls();
+
+    let para = request("Could you please tell me what the capital of France is?");
+    // Not opted in: an exact miss.
+    let plain = a
+        .chat_with(&para, &CacheControl::new().no_store(true))
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), CacheStatus::Miss);
+    let hit = a.chat_with(&para, &semantic()).await.unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitSemantic);
+    assert_eq!(hit.status().as_str(), "semantic");
+    assert_eq!(hit.matched_digest(), Some(first.digest()));
+    assert_ne!(hit.digest(), first.digest());
+    assert!(hit.similarity().unwrap() > 0.99, "{:?}", hit.similarity());
+    assert_eq!(hit.text().unwrap(), expected_content(&original));
+    assert_eq!(
+        mock.calls(),
+        calls + 1,
+        "only the non-opted-in request went upstream"
+    );
+
+    let refusals = a.stats().semantic.guard_refusals;
+    for (class, base, changed) in [
+        (
+            "negation",
+            "Is it safe to eat raw eggs?",
+            "Is it not safe to eat raw eggs?",
+        ),
+        (
+            "antonym",
+            "How do I turn on dark mode?",
+            "How do I turn off dark mode?",
+        ),
+        ("number", "What is 2+2?", "What is 2+3?"),
+        (
+            "entity",
+            "What is the capital of Austria?",
+            "What is the capital of Australia?",
+        ),
+        ("unit", "Convert 5 km to miles.", "Convert 5 km to meters."),
+        (
+            "word order",
+            "Convert Celsius to Fahrenheit.",
+            "Convert Fahrenheit to Celsius.",
+        ),
+    ] {
+        ask_and_index(&a, &request(base), &semantic()).await;
+        let out = a.chat_with(&request(changed), &semantic()).await.unwrap();
+        assert_eq!(out.status(), CacheStatus::Miss, "{class}: {changed}");
+        assert_eq!(out.text().unwrap(), expected_content(&request(changed)));
+    }
+    assert!(a.stats().semantic.guard_refusals >= refusals + 5);
+    assert!(a.stats().semantic.hits >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scope_is_everything_but_the_last_user_text() {
+    let mock = mock().await;
+    let a = cache(&mock, None).await;
+    let q = "What is the capital of France?";
+    let para = "what's the capital of france";
+    ask_and_index(&a, &request(q), &semantic()).await;
+    let hit = a.chat_with(&request(para), &semantic()).await.unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitSemantic);
+
+    let variants = [
+        (
+            "system prompt",
+            ChatRequest::new("gpt-4.1")
+                .message(ChatMessage::system("You are verbose."))
+                .message(ChatMessage::user(para)),
+            semantic(),
+        ),
+        (
+            "model",
+            ChatRequest::new("gpt-4.1-mini")
+                .message(ChatMessage::system("You are terse."))
+                .message(ChatMessage::user(para)),
+            semantic(),
+        ),
+        ("temperature", request(para).temperature(0.3), semantic()),
+        (
+            "earlier turn",
+            ChatRequest::new("gpt-4.1")
+                .message(ChatMessage::system("You are terse."))
+                .message(ChatMessage::user("Hi"))
+                .message(ChatMessage::new("assistant", "Hello"))
+                .message(ChatMessage::user(para)),
+            semantic(),
+        ),
+        ("namespace", request(para), semantic().namespace("tenant-2")),
+    ];
+    for (what, req, control) in variants {
+        let out = a.chat_with(&req, &control).await.unwrap();
+        assert_eq!(out.status(), CacheStatus::Miss, "another {what} never hits");
+    }
+    // The last message is not a user text: never looked up.
+    let ineligible = a.stats().semantic.ineligible;
+    let assistant_last = request(q).message(ChatMessage::new("assistant", "Paris"));
+    let out = a.chat_with(&assistant_last, &semantic()).await.unwrap();
+    assert_eq!(out.status(), CacheStatus::Miss);
+    assert_eq!(a.stats().semantic.ineligible, ineligible + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_entries_and_invalidation_reaches_both() {
+    let (mock, redis) = (mock().await, RedisServer::start());
+    let (a, b) = (
+        cache(&mock, Some(&redis)).await,
+        cache(&mock, Some(&redis)).await,
+    );
+    let original = request("How many legs does a spider have?");
+    let para = request("how many legs does a spider have");
+    ask_and_index(&a, &original, &semantic()).await;
+    eventually("answer in Redis", WAIT, || a.stats().cache.l2_writes >= 1).await;
+    let hit = b
+        .chat_with(&para, &semantic().no_store(true))
+        .await
+        .unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitSemantic, "through Redis");
+    let digest = hit.matched_digest().unwrap();
+
+    a.invalidate(&original).await.unwrap();
+    until("b dropped the entry from its L1", || async {
+        b.tiers().get(&digest).await.is_none()
+    })
+    .await;
+    for (name, c) in [("a", &a), ("b", &b)] {
+        let out = c
+            .chat_with(&para, &semantic().no_store(true))
+            .await
+            .unwrap();
+        assert_eq!(out.status(), CacheStatus::Miss, "{name} after invalidate");
+    }
+
+    // A namespace: its generation is in the scope, so invalidating it orphans every
+    // candidate at once.
+    let ns = semantic().namespace("tenant-7");
+    ask_and_index(&a, &original, &ns).await;
+    eventually("answer in Redis", WAIT, || a.stats().cache.l2_writes >= 2).await;
+    let hit = b
+        .chat_with(&para, &ns.clone().no_store(true))
+        .await
+        .unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitSemantic);
+    let before = b.digest_with(&para, &ns);
+    a.invalidate_namespace("tenant-7").await.unwrap();
+    eventually("b saw the new generation", WAIT, || {
+        b.digest_with(&para, &ns) != before
+    })
+    .await;
+    for (name, c) in [("a", &a), ("b", &b)] {
+        let out = c
+            .chat_with(&para, &ns.clone().no_store(true))
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status(),
+            CacheStatus::Miss,
+            "{name} after invalidate_namespace"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_skips_the_redis_index_and_requests_succeed() {
+    let (mock, mut redis) = (mock().await, RedisServer::start());
+    let a = cache(&mock, Some(&redis)).await;
+    let original = request("Why is the sky blue?");
+    ask_and_index(&a, &original, &semantic()).await;
+    redis.kill();
+    // The in-process index still serves this instance.
+    let hit = a
+        .chat_with(&request("Why is the sky blue"), &semantic())
+        .await
+        .unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitSemantic);
+    // A new question: the Redis index is skipped, the answer comes from upstream.
+    let out = a
+        .chat_with(&request("What causes rainbows?"), &semantic())
+        .await
+        .unwrap();
+    assert_eq!(out.status(), CacheStatus::Miss);
+    assert!(a.stats().semantic.redis_skipped >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_request_replays_a_semantic_hit_and_a_streamed_miss_is_indexed() {
+    let mock = mock().await;
+    let a = cache(&mock, None).await;
+    let original = request("Explain how photosynthesis works.");
+    let mut live = a.chat_stream_with(&original, &semantic()).await.unwrap();
+    assert_eq!(live.status(), CacheStatus::Miss);
+    while let Some(chunk) = live.next().await {
+        chunk.unwrap();
+    }
+    eventually("streamed miss indexed", WAIT, || {
+        a.stats().semantic.indexed == 1
+    })
+    .await;
+    let para = request("Could you explain how photosynthesis works, please?");
+    let mut replay = a.chat_stream_with(&para, &semantic()).await.unwrap();
+    assert_eq!(replay.status(), CacheStatus::HitSemantic);
+    assert!(replay.matched_digest().is_some());
+    let mut text = String::new();
+    while let Some(chunk) = replay.next().await {
+        let chunk = chunk.unwrap();
+        for choice in &chunk.choices {
+            if let Some(t) = choice.delta.content.as_deref() {
+                text.push_str(t);
+            }
+        }
+    }
+    assert_eq!(text, expected_content(&original));
+}
+
+/// The labelled pairs through the whole cache (embeddings path, index, guard), one
+/// namespace per pair: no must-refuse pair served, every case, punctuation, whitespace
+/// and politeness variant served. Prints served/pairs per class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labelled_pairs_through_the_cache() {
+    let mock = mock().await;
+    let a = cache(&mock, None).await;
+    let text = include_str!("data/semantic_pairs.tsv");
+    let mut by_class: BTreeMap<String, (usize, usize, bool)> = BTreeMap::new();
+    let mut false_hits = Vec::new();
+    for (i, line) in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("class\t"))
+        .enumerate()
+    {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (class, serve) = (cols[0], cols[1] == "serve");
+        let unescape = |s: &str| s.replace("\\t", "\t").replace("\\n", "\n");
+        let control = semantic().namespace(format!("pair-{i}"));
+        ask_and_index(&a, &request(&unescape(cols[2])), &control).await;
+        let out = a
+            .chat_with(&request(&unescape(cols[3])), &control)
+            .await
+            .unwrap();
+        let served = out.status() == CacheStatus::HitSemantic;
+        let t = by_class.entry(class.to_owned()).or_insert((0, 0, serve));
+        t.0 += 1;
+        t.1 += usize::from(served);
+        if served && !serve {
+            false_hits.push(line.to_owned());
+        }
+    }
+    for (class, (pairs, served, _)) in &by_class {
+        println!("{class:>15}: {served}/{pairs} served");
+    }
+    assert!(
+        false_hits.is_empty(),
+        "must-refuse pairs served: {false_hits:#?}"
+    );
+    for class in ["case", "punctuation", "whitespace", "politeness"] {
+        let (pairs, served, _) = by_class[class];
+        assert_eq!(served, pairs, "every {class} variant served");
+    }
+}
+
+/// In a Cluster, a scope's index keys share one slot: the second instance (no in-process
+/// index: `l1_index_bytes(0)`) finds the first one's entries through one node's pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_the_redis_index_from_one_slot() {
+    let cluster = support::topology::RedisCluster::start();
+    let mock = mock().await;
+    let build = |index_bytes: u64| {
+        LlmCache::builder()
+            .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+            .cluster(cluster.addrs())
+            .l2_deadline(Duration::from_millis(250))
+            .semantic(SemanticConfig::new(EMBEDDER).l1_index_bytes(index_bytes))
+            .build()
+    };
+    let a = build(1 << 20).await.expect("build");
+    let b = build(0).await.expect("build");
+    for i in 0..5 {
+        let q = format!("What is the tallest mountain in range {i}?");
+        ask_and_index(&a, &request(&q), &semantic()).await;
+    }
+    eventually("answers in Redis", WAIT, || a.stats().cache.l2_writes >= 5).await;
+    for i in 0..5 {
+        let para = format!("what's the tallest mountain in range {i}");
+        let out = b.chat_with(&request(&para), &semantic()).await.unwrap();
+        assert_eq!(out.status(), CacheStatus::HitSemantic, "{para}");
+    }
+    assert_eq!(b.stats().semantic.redis_skipped, 0);
+}
