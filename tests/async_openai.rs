@@ -782,3 +782,54 @@ async fn embeddings_go_input_by_input_through_the_layer() {
     let stats = layer.cache().embedding_stats();
     assert_eq!((stats.upstream_calls, stats.upstream_inputs), (3, 4));
 }
+
+/// `x-llm-cache-control: semantic` through the layer: a paraphrase of an answered question
+/// is a semantic hit (`hit-semantic`), and without the directive it is an exact miss. The
+/// embeddings come from the builder's own upstream (the mock, with a bag-of-words
+/// embedder that is blind to case and punctuation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_semantic_directive_reaches_the_cache() {
+    use llm_cache::{OpenAiCompatible, RetryPolicy, SemanticConfig};
+    let mock = MockUpstream::start().await;
+    mock.set_embedder(|text| support::bow::bag_of_words(text, 512));
+    let builder = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .semantic(SemanticConfig::new("text-embedding-test"));
+    let layer = AsyncOpenAiLayer::build(builder).await.unwrap();
+    let (client, seen) = client(&layer, &mock);
+    let mut semantic = reqwest::header::HeaderMap::new();
+    semantic.insert("x-llm-cache-control", "semantic".parse().unwrap());
+    client
+        .chat()
+        .headers(semantic.clone())
+        .create(chat("How do I reset my password?"))
+        .await
+        .unwrap();
+    assert_eq!(last(&seen), "miss");
+    support::eventually("the answer indexed", WAIT, || {
+        layer.cache().stats().semantic.indexed == 1
+    })
+    .await;
+    let out = client
+        .chat()
+        .headers(semantic)
+        .create(chat("how do i reset my password"))
+        .await
+        .unwrap();
+    assert_eq!(last(&seen), "hit-semantic");
+    assert!(
+        out.choices[0]
+            .message
+            .content
+            .as_deref()
+            .unwrap()
+            .contains("How do I reset my password?"),
+        "the first question's answer"
+    );
+    client
+        .chat()
+        .create(chat("how do i reset my password"))
+        .await
+        .unwrap();
+    assert_eq!(last(&seen), "miss", "no directive: exact only");
+}

@@ -45,8 +45,9 @@ pub(crate) fn status_label(status: CacheStatus) -> &'static str {
 /// # Errors
 ///
 /// A message naming the header when a value is not understood (an unknown directive, a
-/// TTL that is not a positive number of seconds, a namespace that is not visible ASCII),
-/// and for `semantic`, which this version does not offer.
+/// TTL that is not a positive number of seconds, a namespace that is not visible ASCII).
+/// `semantic` asks for the semantic cache ([`CacheControl::semantic`]): it changes nothing
+/// unless the cache was built with one.
 pub(crate) fn take_controls(headers: &mut HeaderMap) -> Result<CacheControl, String> {
     let mut control = CacheControl::new();
     if let Some(ns) = one_value(headers, HEADER_NAMESPACE)? {
@@ -76,16 +77,11 @@ pub(crate) fn take_controls(headers: &mut HeaderMap) -> Result<CacheControl, Str
                 "no-store" => control.no_store(true),
                 "refresh" => control.refresh(true),
                 "bypass" => control.bypass(true),
-                "semantic" => {
-                    return Err(format!(
-                        "`{HEADER_CONTROL}`: `semantic` is not offered by this version of \
-                         llm-cache (exact matches only); remove it"
-                    ));
-                }
+                "semantic" => control.semantic(true),
                 other => {
                     return Err(format!(
                         "`{HEADER_CONTROL}`: unknown directive {other:?} (known: no-store, \
-                         refresh, bypass)"
+                         refresh, bypass, semantic)"
                     ));
                 }
             };
@@ -197,6 +193,7 @@ mod tests {
             (HEADER_NAMESPACE, "tenant-1"),
             (HEADER_TTL, "60"),
             (HEADER_CONTROL, "no-store, Refresh"),
+            (HEADER_CONTROL, "semantic"),
             ("authorization", "Bearer k"),
         ]);
         let c = take_controls(&mut h).unwrap();
@@ -207,12 +204,12 @@ mod tests {
                 .ttl(Duration::from_secs(60))
                 .no_store(true)
                 .refresh(true)
+                .semantic(true)
         );
         assert_eq!(h.len(), 1);
         for bad in [
             (HEADER_TTL, "0"),
             (HEADER_TTL, "soon"),
-            (HEADER_CONTROL, "semantic"),
             (HEADER_CONTROL, "cache-everything"),
             (HEADER_NAMESPACE, "a b"),
         ] {

@@ -63,10 +63,12 @@
 //!
 //! Request headers (removed before the request goes upstream): `x-llm-cache-namespace` (a
 //! tenant), `x-llm-cache-ttl` (seconds), `x-llm-cache-control` (`no-store`, `refresh`,
-//! `bypass`, comma-separated). A value the layer does not understand fails the request
-//! with `OpenAIError::InvalidArgument` naming the header, before any upstream call;
-//! `semantic` is refused so (exact matches only in this version). Set them with
-//! async-openai's `RequestOptions` headers (e.g. `client.chat().headers(..)`).
+//! `bypass`, `semantic`, comma-separated). A value the layer does not understand fails the
+//! request with `OpenAIError::InvalidArgument` naming the header, before any upstream
+//! call. `semantic` asks a chat request for the semantic cache when the cache was built
+//! with one (`LlmCacheBuilder::semantic`; its embeddings come from the builder's own
+//! `upstream`, which the layer's cache then needs); a semantic hit says `hit-semantic`.
+//! Set them with async-openai's `RequestOptions` headers (e.g. `client.chat().headers(..)`).
 //!
 //! Response headers: `x-llm-cache` (`hit-l1`, `hit-l2`, `coalesced`, `miss`, `bypass`,
 //! `partial`) and
