@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A virtualenv with the official `openai` Python SDK, for tests/serve_python.rs (the HTTP
+# A virtualenv with the official `openai` Python SDK, for tests/serve/python.rs (the HTTP
 # front checked with the SDK its users call it with). Idempotent: a venv that already
 # imports `openai` is left as it is. Fails loudly when it cannot be made; never skips.
 #

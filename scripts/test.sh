@@ -31,9 +31,9 @@ fi
 redis-server --version
 command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli is missing" >&2; exit 1; }
 
-# The official `openai` Python SDK in a virtualenv under target/ (tests/serve_python.rs);
+# The official `openai` Python SDK in a virtualenv under target/ (tests/serve/python.rs);
 # fails loudly when it cannot be installed, never skips.
-section "python-sdk (the openai SDK for tests/serve_python.rs)"
+section "python-sdk (the openai SDK for tests/serve/python.rs)"
 bash scripts/python-sdk.sh
 
 section "cargo fmt --all --check"
@@ -55,7 +55,7 @@ cargo test --no-default-features --lib
 
 section "fuzz"
 if [ -f fuzz/Cargo.toml ] && [ -f scripts/fuzz.sh ]; then
-    bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+    bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 else
     echo "skipped: fuzz/Cargo.toml or scripts/fuzz.sh not present"
 fi

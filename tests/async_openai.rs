@@ -442,9 +442,15 @@ async fn request_headers_steer_the_cache_and_are_not_forwarded() {
             .all(|k| !k.as_str().starts_with("x-llm-cache"))),
         "control headers are stripped"
     );
-    match with("x-llm-cache-control", "semantic").await {
-        Err(OpenAIError::InvalidArgument(why)) => assert!(why.contains("semantic"), "{why}"),
-        other => panic!("semantic must be refused: {other:?}"),
+    // `semantic` is understood; on a cache built without a semantic index it changes
+    // nothing (the exact entry answers). An unknown directive is refused, named.
+    with("x-llm-cache-control", "semantic").await.unwrap();
+    assert_eq!((mock.calls(), last(&seen).as_str()), (4, "hit-l1"));
+    match with("x-llm-cache-control", "cache-everything").await {
+        Err(OpenAIError::InvalidArgument(why)) => {
+            assert!(why.contains("cache-everything"), "{why}")
+        }
+        other => panic!("an unknown directive must be refused: {other:?}"),
     }
     assert!(matches!(
         with("x-llm-cache-ttl", "soon").await,

@@ -1,4 +1,4 @@
-"""The official `openai` Python SDK against the llm-cache HTTP front (tests/serve_python.rs).
+"""The official `openai` Python SDK against the llm-cache HTTP front (tests/serve/python.rs).
 
     python sdk_check.py <scenario> [args...]     # one scenario
     python sdk_check.py --serve                  # scenarios read from stdin, one a line

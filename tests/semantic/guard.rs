@@ -4,12 +4,10 @@
 //! per class; fails on any served must-refuse pair, and on any case, punctuation,
 //! whitespace or politeness variant refused.
 
-mod support;
-
 use std::collections::BTreeMap;
 
+use crate::support::bow::{bag_of_words, cosine};
 use llm_cache::{DEFAULT_SEMANTIC_THRESHOLD, LexicalGuard};
-use support::bow::{bag_of_words, cosine};
 
 const DIMS: usize = 512;
 /// Classes whose every pair must be served by the default configuration.
@@ -41,7 +39,7 @@ fn unescape(s: &str) -> String {
 }
 
 fn pairs() -> Vec<Pair> {
-    let text = include_str!("data/semantic_pairs.tsv");
+    let text = include_str!("../data/semantic_pairs.tsv");
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.starts_with("class\t") && !l.is_empty())
         .map(|l| {

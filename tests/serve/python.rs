@@ -4,14 +4,12 @@
 //! process against a router served in-process on a loopback port, with `OPENAI_API_KEY` a
 //! caller key, and the mock upstream counts the calls.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use crate::support::front::{self, Served};
+use crate::support::upstream::{MockReply, MockUpstream};
 use serde_json::{Value, json};
-use support::front::{self, Served};
-use support::upstream::{MockReply, MockUpstream};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 

@@ -3,6 +3,9 @@
 //! credentials, the upstream's errors, bad input at the edge, graceful shutdown, the admin
 //! routes, and the real async-openai client pointed at it.
 
+mod processes;
+mod python;
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::sync::{Arc, Mutex, OnceLock};

@@ -5,6 +5,8 @@
 //! Redis down skips the lookup and requests still succeed; a streamed hit replays; and the
 //! labelled pairs through the whole cache.
 
+mod guard;
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;
@@ -308,7 +310,7 @@ async fn a_streamed_request_replays_a_semantic_hit_and_a_streamed_miss_is_indexe
 async fn the_labelled_pairs_through_the_cache() {
     let mock = mock().await;
     let a = cache(&mock, None).await;
-    let text = include_str!("data/semantic_pairs.tsv");
+    let text = include_str!("../data/semantic_pairs.tsv");
     let mut by_class: BTreeMap<String, (usize, usize, bool)> = BTreeMap::new();
     let mut false_hits = Vec::new();
     for (i, line) in text
