@@ -286,12 +286,14 @@ impl Embeddings {
         let mut found: Vec<Option<Cached<StoredEmbedding>>> = vec![None; items.len()];
         let mut missing = Vec::new();
         for (i, digest) in digests.iter().enumerate() {
-            match options_allow_read(options) {
-                true => match self.tiers.get(digest).await {
-                    Some(hit) => found[i] = Some(hit),
-                    None => missing.push(i),
-                },
-                false => missing.push(i),
+            // A refresh reads no tier.
+            let hit = match options.refresh {
+                false => self.tiers.get(digest).await,
+                true => None,
+            };
+            match hit {
+                Some(hit) => found[i] = Some(hit),
+                None => missing.push(i),
             }
         }
         if !missing.is_empty() {
@@ -390,10 +392,6 @@ impl Embeddings {
             failed: l(&c.failed),
         }
     }
-}
-
-fn options_allow_read(options: &FetchOptions) -> bool {
-    !options.refresh
 }
 
 /// The response for inputs answered by `found` (in input order), vectors in `format`.

@@ -111,21 +111,26 @@ pub(super) fn cache_headers(headers: &mut HeaderMap, status: CacheStatus, age: D
     headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
 }
 
+/// `value` as a 200 JSON body, with `x-llm-cache` and `age` from `status` and `age`.
+pub(super) fn json_answer(value: &impl Serialize, status: CacheStatus, age: Duration) -> Response {
+    let body = match serde_json::to_vec(value) {
+        Ok(body) => body,
+        Err(e) => return Error::codec(e).into_response(),
+    };
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    cache_headers(headers, status, age);
+    response
+}
+
 /// A cached answer as a 200 JSON body, with `x-llm-cache` and `age`.
 impl<V: Serialize> IntoResponse for Cached<V> {
     fn into_response(self) -> Response {
-        let body = match serde_json::to_vec(self.value()) {
-            Ok(body) => body,
-            Err(e) => return Error::codec(e).into_response(),
-        };
-        let mut response = Response::new(Body::from(body));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        cache_headers(headers, self.status(), self.age());
-        response
+        json_answer(self.value(), self.status(), self.age())
     }
 }
 

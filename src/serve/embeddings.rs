@@ -3,17 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Front;
-use super::chat::{admit, cache_headers, read_body};
+use super::chat::{admit, json_answer, read_body};
 use super::errors::ApiError;
 use super::provider::Endpoint;
 use crate::embeddings::CachedEmbeddings;
-use crate::error::Error;
 use crate::request::EmbeddingRequest;
 
 pub(super) async fn embeddings(State(front): State<Arc<Front>>, request: Request) -> Response {
@@ -41,17 +38,6 @@ async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {
 /// and `age`.
 impl IntoResponse for CachedEmbeddings {
     fn into_response(self) -> Response {
-        let body = match serde_json::to_vec(self.response()) {
-            Ok(body) => body,
-            Err(e) => return Error::codec(e).into_response(),
-        };
-        let mut response = Response::new(Body::from(body));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        cache_headers(headers, self.status(), self.age());
-        response
+        json_answer(self.response(), self.status(), self.age())
     }
 }
