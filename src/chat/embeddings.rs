@@ -162,7 +162,7 @@ impl LlmCache {
 
     /// Upstream `/embeddings` calls made so far (for [`stats`](Self::stats)).
     pub(super) fn embedding_upstream_calls(&self) -> u64 {
-        self.inner.embeddings.stats().upstream_calls
+        self.inner.embeddings.upstream_calls()
     }
 
     /// What every input key of `request` holds besides the input: SHA-256 over the framed

@@ -375,6 +375,11 @@ impl Embeddings {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Upstream `/embeddings` calls so far (without a snapshot of the whole tier).
+    pub(crate) fn upstream_calls(&self) -> u64 {
+        self.counters.upstream_calls.load(Relaxed)
+    }
+
     pub(crate) fn stats(&self) -> EmbeddingStats {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Relaxed);
