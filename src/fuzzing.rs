@@ -9,24 +9,24 @@
 use crate::ChatRequest;
 use crate::chat::key::{KeyOptions, canonical_json, canonical_value, derive};
 use crate::stream::{Assembler, ReplayOptions, SseEvent, SseParser, parse_chunk, replay};
-use crate::tiered::digest::Digest;
-use crate::tiered::envelope::{self, MacKeys};
+use crate::tiered::envelope::{self, Binding, MacKeys};
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The checks of the `envelope_decode` fuzz target: panics on a violated property.
 pub fn envelope_decode(data: &[u8]) {
     fn check(bytes: &[u8]) {
-        // The key the bytes claim, so the fuzzer can reach past the digest check; and a
+        // The key the bytes claim, so the fuzzer can reach past the key check; and a
         // key they do not claim, which must never decode.
         let Some(claimed) = bytes.get(22..54) else {
-            assert!(envelope::decode(bytes, &Digest::of(bytes), &MacKeys::none()).is_err());
+            let name = String::from_utf8_lossy(bytes);
+            assert!(envelope::decode(bytes, &Binding::of_key(&name), &MacKeys::none()).is_err());
             return;
         };
-        let claimed = Digest::from_bytes(claimed.try_into().expect("32 bytes"));
+        let claimed = Binding::from_bytes(claimed.try_into().expect("32 bytes"));
         let mut other = *claimed.as_bytes();
         other[0] ^= 1;
-        let other = Digest::from_bytes(other);
+        let other = Binding::from_bytes(other);
         let none = MacKeys::none();
         assert!(envelope::decode(bytes, &other, &none).is_err());
         let Ok(env) = envelope::decode(bytes, &claimed, &none) else {

@@ -1,14 +1,15 @@
 //! Properties of the Redis envelope: what goes in comes out, and no corruption, truncation
 //! or garbage gets past the decoder or makes it panic.
 
-use llm_cache::Digest;
-use llm_cache::envelope::{self, EnvelopeError, Flags, HEADER_LEN, MAC_LEN, MacKeys, TRAILER_LEN};
+use llm_cache::envelope::{
+    self, Binding, EnvelopeError, Flags, HEADER_LEN, MAC_LEN, MacKeys, TRAILER_LEN,
+};
 use proptest::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The key every envelope here is written for.
-fn key() -> Digest {
-    Digest::of("the key")
+fn key() -> Binding {
+    Binding::of_key("ai:cache:{the key}")
 }
 
 fn decode(bytes: &[u8]) -> Result<envelope::Envelope<'_>, EnvelopeError> {
@@ -112,7 +113,7 @@ proptest! {
     ) {
         // Never the signed flag: a MAC cannot be made up, and is tested below.
         let flags = flags & !Flags::SIGNED.bits();
-        let mut bytes = b"LLMC\x02".to_vec();
+        let mut bytes = b"LLMC\x03".to_vec();
         bytes.push(flags);
         bytes.extend_from_slice(&created.to_le_bytes());
         bytes.extend_from_slice(&ttl.to_le_bytes());
@@ -142,7 +143,7 @@ proptest! {
         other in any::<[u8; 32]>(),
         signed in any::<bool>(),
     ) {
-        let other = Digest::from_bytes(other);
+        let other = Binding::from_bytes(other);
         prop_assume!(other != key());
         let keys = if signed {
             MacKeys::new([b"a secret of 16+ bytes".as_slice()]).unwrap()
@@ -152,6 +153,30 @@ proptest! {
         let bytes = envelope::encode(&payload, &key(), 1, 2, threshold, &keys);
         prop_assert!(envelope::decode(&bytes, &key(), &keys).is_ok());
         prop_assert_eq!(envelope::decode(&bytes, &other, &keys), Err(EnvelopeError::WrongKey));
+    }
+
+    /// The same digest under two distinct key prefixes: the entry of one is a miss under
+    /// the other, signed (one secret for both) or not.
+    #[test]
+    fn an_entry_never_answers_under_another_prefix(
+        a in "[a-z:_-]{0,12}",
+        b in "[a-z:_-]{0,12}",
+        hex in "[0-9a-f]{64}",
+        signed in any::<bool>(),
+    ) {
+        prop_assume!(a != b);
+        let keys = if signed {
+            MacKeys::new([b"one secret for both".as_slice()]).unwrap()
+        } else {
+            MacKeys::none()
+        };
+        let (in_a, in_b) = (format!("{a}:{{{hex}}}"), format!("{b}:{{{hex}}}"));
+        let bytes = envelope::encode(b"answer", &Binding::of_key(&in_a), 1, 2, usize::MAX, &keys);
+        prop_assert!(envelope::decode(&bytes, &Binding::of_key(&in_a), &keys).is_ok());
+        prop_assert_eq!(
+            envelope::decode(&bytes, &Binding::of_key(&in_b), &keys),
+            Err(EnvelopeError::WrongKey)
+        );
     }
 
     /// With secrets, any change to a signed entry that keeps its checksum valid (a

@@ -147,12 +147,12 @@ fn llm_cache_now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A forged answer for `request`, sealed as this crate would (checksum and digest right),
+/// A forged answer for `request`, sealed as this crate would (checksum and key right),
 /// signed with `keys` (none: unsigned).
 fn forged(cache: &LlmCache, request: &ChatRequest, keys: &MacKeys) -> Vec<u8> {
     let payload = br#"{"id":"forged","object":"chat.completion","created":1,"model":"gpt-4.1","choices":[{"index":0,"message":{"role":"assistant","content":"FORGED"},"finish_reason":"stop"}]}"#;
-    let digest = cache.digest_with(request, &CacheControl::new());
-    envelope::encode(payload, &digest, llm_cache_now_ms(), 86_400_000, 1024, keys)
+    let key = envelope::Binding::of_key(&redis_key(cache, request, &CacheControl::new()));
+    envelope::encode(payload, &key, llm_cache_now_ms(), 86_400_000, 1024, keys)
 }
 
 #[tokio::test]
@@ -356,5 +356,67 @@ async fn a_prefix_with_braces_is_refused_naming_the_knob() {
         assert_eq!(e.kind(), ErrorKind::Config, "{prefix}");
         assert!(e.to_string().contains("key_prefix"), "{e}");
         assert!(e.to_string().contains("brace"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn an_entry_copied_to_another_prefix_is_a_miss_and_removed() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let mut conn = redis.conn().await;
+    // Unsigned, and both caches signing with the same secret: the MAC alone cannot tell
+    // svc-a's entries from svc-b's, so the key space must be inside what it covers.
+    for (what, secrets) in [("no secret", &[][..]), ("same secret", &[SECRET_A][..])] {
+        let a = cache_with(&mock, &redis, "svc-a", secrets).await;
+        let b = cache_with(&mock, &redis, "svc-b", secrets).await;
+        let req = request(&format!("copied across prefixes, {what}"));
+        a.chat(&req).await.unwrap();
+        eventually("svc-a's entry is written", WAIT, || {
+            a.stats().cache.l2_writes == 1
+        })
+        .await;
+        let (from, to) = (
+            redis_key(&a, &req, &CacheControl::new()),
+            redis_key(&b, &req, &CacheControl::new()),
+        );
+        assert_ne!(from, to);
+        let copied: bool = redis::cmd("COPY")
+            .arg(&from)
+            .arg(&to)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(copied, "{what}");
+        let calls = mock.calls();
+        let got = b.chat(&req).await.unwrap();
+        assert_eq!(
+            got.status(),
+            CacheStatus::Miss,
+            "{what}: served across prefixes"
+        );
+        assert_eq!(mock.calls(), calls + 1, "{what}: refetched");
+        assert_eq!(
+            b.stats().cache.corrupt_entries,
+            1,
+            "{what}: counted as corrupt"
+        );
+        // Removed, then replaced by svc-b's own answer, which svc-b then serves.
+        eventually("svc-b's own entry is written", WAIT, || {
+            b.stats().cache.l2_writes == 1
+        })
+        .await;
+        let fresh_b = cache_with(&mock, &redis, "svc-b", secrets).await;
+        assert_eq!(
+            fresh_b.chat(&req).await.unwrap().status(),
+            CacheStatus::HitL2,
+            "{what}"
+        );
+        // And the original still answers under svc-a.
+        let fresh_a = cache_with(&mock, &redis, "svc-a", secrets).await;
+        assert_eq!(
+            fresh_a.chat(&req).await.unwrap().status(),
+            CacheStatus::HitL2,
+            "{what}"
+        );
     }
 }

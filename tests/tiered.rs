@@ -490,7 +490,7 @@ async fn corrupt_entries_are_misses_that_get_overwritten() {
     let none = llm_cache::envelope::MacKeys::none();
     let good = llm_cache::envelope::encode(
         &serde_json::to_vec("real").unwrap(),
-        &key(200),
+        &llm_cache::envelope::Binding::of_key(&c.l2_key(&key(200))),
         1,
         u64::MAX / 2,
         usize::MAX,
@@ -526,7 +526,9 @@ async fn corrupt_entries_are_misses_that_get_overwritten() {
         })
         .await;
         let stored: Vec<u8> = conn.get(&redis_key).await.unwrap();
-        let env = llm_cache::envelope::decode(&stored, &k, &none).expect("a valid envelope now");
+        let bound = llm_cache::envelope::Binding::of_key(&redis_key);
+        let env =
+            llm_cache::envelope::decode(&stored, &bound, &none).expect("a valid envelope now");
         assert_eq!(&*env.payload, br#""refetched""#, "{what}");
     }
 }

@@ -1,30 +1,37 @@
 //! The bytes stored in Redis for one cache entry: a versioned header that names the key
-//! (digest) the entry answers for, the (optionally lz4-compressed) payload, an optional
-//! HMAC-SHA256, and an xxh3 checksum over everything before it. Decoding must never panic,
-//! never allocate (nor hash) more than a caller-chosen bound, and never accept an entry
-//! for another key than the one it was read under.
+//! the entry answers for (a hash of its full Redis key name), the (optionally
+//! lz4-compressed) payload, an optional HMAC-SHA256, and an xxh3 checksum over everything
+//! before it. Decoding must never panic, never allocate (nor hash) more than a
+//! caller-chosen bound, and never accept an entry for another key than the one it was read
+//! under: another digest, or the same digest under another prefix.
 //!
-//! Layout, version 2, little-endian:
+//! Layout, version 3, little-endian:
 //!
 //! ```text
 //! offset  size  field
 //!      0     4  magic b"LLMC"
-//!      4     1  version = 2
+//!      4     1  version = 3
 //!      5     1  flags (bit 0: payload is an lz4 block with a u32 size prefix;
 //!                      bit 1: a 32-byte HMAC-SHA256 follows the payload; others must be 0)
 //!      6     8  created_at, unix ms
 //!     14     8  ttl, ms (the L2 lifetime given at write)
-//!     22    32  digest: the key this entry answers for
+//!     22    32  key: the entry's [`Binding`], SHA-256 of the full Redis key name it is
+//!               stored under (the key prefix and the digest both in it)
 //!     54     4  payload length (as stored, i.e. compressed length when bit 0 is set)
 //!     58     n  payload
 //!   58+n    32  HMAC-SHA256 of bytes 0..58+n under the signing secret (bit 1 only)
 //!    end-8   8  xxh3-64 of every byte before it
 //! ```
 //!
-//! Trust: the checksum catches corruption and the digest catches an entry copied or
-//! misplaced under another key, but anyone who can write to Redis can compute both. With
-//! [`MacKeys`] they cannot forge an entry; they can still write back an older genuine
-//! entry under its own key.
+//! Version 2 had the same layout with the bare digest at offset 22: its entries did not
+//! say which prefix they belonged to, so one copied to another prefix's key was served
+//! there. They are misses now, like version 1's.
+//!
+//! Trust: the checksum catches corruption and the key catches an entry copied or
+//! misplaced under another key (of this cache or of another prefix's), but anyone who can
+//! write to Redis can compute both. With [`MacKeys`] they cannot forge an entry, and since
+//! the key is under the MAC, caches that share a secret still cannot be fed each other's
+//! entries; an attacker can still write back an older genuine entry under its own key.
 //!
 //! **Not a public API, and not covered by semver**: reachable as `llm_cache::envelope`
 //! only for the fuzz crate and the tests, and `#[doc(hidden)]`. The format itself is
@@ -36,16 +43,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use hmac::{Hmac, KeyInit, Mac};
+use sha2::Digest as _;
 use sha2::Sha256;
 use xxhash_rust::xxh3::xxh3_64;
-
-use crate::tiered::digest::Digest;
 
 /// The first four bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"LLMC";
 /// The layout version this build writes and reads.
-pub const VERSION: u8 = 2;
-/// Bytes before the payload: magic, version, flags, `created_at`, `ttl`, digest, length.
+pub const VERSION: u8 = 3;
+/// Bytes before the payload: magic, version, flags, `created_at`, `ttl`, key, length.
 pub const HEADER_LEN: usize = 58;
 /// Bytes of the HMAC-SHA256 that follows the payload of a signed entry.
 pub const MAC_LEN: usize = 32;
@@ -61,9 +67,9 @@ const VERSION_AT: usize = 4;
 const FLAGS_AT: usize = 5;
 const CREATED_AT: usize = 6;
 const TTL_AT: usize = 14;
-const DIGEST_AT: usize = 22;
+const KEY_AT: usize = 22;
 const LEN_AT: usize = 54;
-const _: () = assert!(DIGEST_AT + 32 == LEN_AT && LEN_AT + 4 == HEADER_LEN);
+const _: () = assert!(KEY_AT + 32 == LEN_AT && LEN_AT + 4 == HEADER_LEN);
 /// `lz4_flex`'s size-prepended block format starts with the decompressed length as u32 LE.
 const LZ4_SIZE_PREFIX: usize = 4;
 /// An lz4 block cannot expand more than 255x (one extension byte adds at most 255 to a
@@ -99,6 +105,49 @@ impl Flags {
     #[must_use]
     pub const fn is_signed(self) -> bool {
         self.0 & Self::SIGNED.0 != 0
+    }
+}
+
+/// What an entry is bound to: the SHA-256 of the full Redis key name it is stored and read
+/// under. The name holds the key prefix and the digest (and whatever else the key space
+/// puts in it), so an entry copied to any other name, in this cache's key space or
+/// another prefix's, does not decode there.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Binding([u8; 32]);
+
+/// Separates entry bindings from every other SHA-256 the crate makes.
+const BINDING_DOMAIN: &[u8] = b"llm-cache/envelope-key\0";
+
+impl Binding {
+    /// The binding of the entry stored at the Redis key `name`.
+    #[must_use]
+    pub fn of_key(name: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(BINDING_DOMAIN);
+        h.update(name.as_bytes());
+        Binding(h.finalize().into())
+    }
+
+    /// Binding bytes as they appear in an envelope (for the fuzz checks and tests).
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Binding(bytes)
+    }
+
+    /// The bytes written at offset 22.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Binding(")?;
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "..)")
     }
 }
 
@@ -255,7 +304,7 @@ pub enum EnvelopeError {
     TooLarge,
 }
 
-/// Encode `payload` as the entry of `digest`. The payload is lz4-compressed when it is at
+/// Encode `payload` as the entry stored under the key `key` binds. The payload is lz4-compressed when it is at
 /// least `compress_threshold` bytes long and compression makes it smaller; otherwise it is
 /// stored raw. Signed with the first of `keys`, if any. Uses a single allocation.
 ///
@@ -265,7 +314,7 @@ pub enum EnvelopeError {
 #[must_use]
 pub fn encode(
     payload: &[u8],
-    digest: &Digest,
+    key: &Binding,
     created_at_ms: u64,
     ttl_ms: u64,
     compress_threshold: usize,
@@ -292,7 +341,7 @@ pub fn encode(
             out[HEADER_LEN..block_at].copy_from_slice(&len.to_le_bytes());
             out.truncate(block_at + n);
             flags = Flags(flags.0 | Flags::LZ4.0);
-            write_header(&mut out, flags, digest, created_at_ms, ttl_ms);
+            write_header(&mut out, flags, key, created_at_ms, ttl_ms);
             seal(&mut out, keys);
             return out;
         }
@@ -302,21 +351,21 @@ pub fn encode(
         out.resize(HEADER_LEN, 0);
     }
     out.extend_from_slice(payload);
-    write_header(&mut out, flags, digest, created_at_ms, ttl_ms);
+    write_header(&mut out, flags, key, created_at_ms, ttl_ms);
     seal(&mut out, keys);
     out
 }
 
 /// `out` holds the header space then the stored payload; fill in the header.
-fn write_header(out: &mut [u8], flags: Flags, digest: &Digest, created_at_ms: u64, ttl_ms: u64) {
+fn write_header(out: &mut [u8], flags: Flags, key: &Binding, created_at_ms: u64, ttl_ms: u64) {
     // `encode` checked that the original payload fits in u32; a compressed one is shorter.
     let stored_len = (out.len() - HEADER_LEN) as u32;
     out[MAGIC_AT..VERSION_AT].copy_from_slice(&MAGIC);
     out[VERSION_AT] = VERSION;
     out[FLAGS_AT] = flags.bits();
     out[CREATED_AT..TTL_AT].copy_from_slice(&created_at_ms.to_le_bytes());
-    out[TTL_AT..DIGEST_AT].copy_from_slice(&ttl_ms.to_le_bytes());
-    out[DIGEST_AT..LEN_AT].copy_from_slice(digest.as_bytes());
+    out[TTL_AT..KEY_AT].copy_from_slice(&ttl_ms.to_le_bytes());
+    out[KEY_AT..LEN_AT].copy_from_slice(key.as_bytes());
     out[LEN_AT..HEADER_LEN].copy_from_slice(&stored_len.to_le_bytes());
 }
 
@@ -329,20 +378,21 @@ fn seal(out: &mut Vec<u8>, keys: &MacKeys) {
     out.extend_from_slice(&sum.to_le_bytes());
 }
 
-/// Decode the entry of `digest`, refusing payloads larger than [`DEFAULT_MAX_DECOMPRESSED`].
+/// Decode the entry read under the key `key` binds, refusing payloads larger than
+/// [`DEFAULT_MAX_DECOMPRESSED`].
 ///
 /// # Errors
 ///
 /// See [`decode_with_limit`].
 pub fn decode<'a>(
     bytes: &'a [u8],
-    digest: &Digest,
+    key: &Binding,
     keys: &MacKeys,
 ) -> Result<Envelope<'a>, EnvelopeError> {
-    decode_with_limit(bytes, digest, keys, DEFAULT_MAX_DECOMPRESSED)
+    decode_with_limit(bytes, key, keys, DEFAULT_MAX_DECOMPRESSED)
 }
 
-/// Decode the entry of `digest`, refusing payloads (after decompression) larger than
+/// Decode the entry read under the key `key` binds, refusing payloads (after decompression) larger than
 /// `max_payload` bytes. Never panics; whatever the input, hashes at most `max_payload`
 /// bytes (plus the header) and allocates at most `max_payload` bytes. With `keys`, only
 /// an entry signed by one of them decodes; without, only an unsigned one.
@@ -350,10 +400,10 @@ pub fn decode<'a>(
 /// # Errors
 ///
 /// An [`EnvelopeError`] naming the first problem found: any error means the bytes are not
-/// a usable entry for `digest` and should be treated as a miss.
+/// a usable entry for that key and should be treated as a miss.
 pub fn decode_with_limit<'a>(
     bytes: &'a [u8],
-    digest: &Digest,
+    key: &Binding,
     keys: &MacKeys,
     max_payload: usize,
 ) -> Result<Envelope<'a>, EnvelopeError> {
@@ -397,7 +447,7 @@ pub fn decode_with_limit<'a>(
     if flags.0 & !Flags::KNOWN != 0 {
         return Err(EnvelopeError::UnknownFlags(flags.0));
     }
-    if header[DIGEST_AT..LEN_AT] != digest.as_bytes()[..] {
+    if header[KEY_AT..LEN_AT] != key.as_bytes()[..] {
         return Err(EnvelopeError::WrongKey);
     }
     let (body, tag) = checked.split_at(body_len);
@@ -460,8 +510,8 @@ mod tests {
     const T0: u64 = 1_700_000_000_000;
     const DAY: u64 = 86_400_000;
 
-    fn d() -> Digest {
-        Digest::of("the key")
+    fn d() -> Binding {
+        Binding::of_key("ai:cache:{the key}")
     }
 
     fn none() -> MacKeys {
@@ -495,10 +545,10 @@ mod tests {
     #[test]
     fn layout_is_pinned() {
         // A storage format: changing these bytes breaks every entry already in Redis.
-        let digest = Digest::from_bytes([0xab; 32]);
+        let key = Binding::from_bytes([0xab; 32]);
         let bytes = encode(
             b"hi",
-            &digest,
+            &key,
             0x0102_0304_0506_0708,
             0x1112_1314_1516_1718,
             usize::MAX,
@@ -506,7 +556,7 @@ mod tests {
         );
         let mut expected = Vec::new();
         expected.extend_from_slice(b"LLMC");
-        expected.push(2);
+        expected.push(3);
         expected.push(0);
         expected.extend_from_slice(&[0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01]);
         expected.extend_from_slice(&[0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11]);
@@ -522,8 +572,8 @@ mod tests {
     #[test]
     fn signed_layout_is_pinned() {
         let keys = MacKeys::new([b"0123456789abcdef0123456789abcdef"]).unwrap();
-        let digest = Digest::from_bytes([0xab; 32]);
-        let bytes = encode(b"hi", &digest, 1, 2, usize::MAX, &keys);
+        let key = Binding::from_bytes([0xab; 32]);
+        let bytes = encode(b"hi", &key, 1, 2, usize::MAX, &keys);
         let body = &bytes[..HEADER_LEN + 2];
         assert_eq!(body[FLAGS_AT], Flags::SIGNED.bits());
         let mut mac =
@@ -545,15 +595,40 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_answers_only_for_its_own_digest() {
+    fn an_entry_answers_only_for_its_own_key_name() {
         for threshold in [0, usize::MAX] {
             let bytes = enc(&compressible(2048), T0, DAY, threshold);
             assert!(dec(&bytes).is_ok());
-            assert_eq!(
-                decode(&bytes, &Digest::of("another key"), &none()),
-                Err(EnvelopeError::WrongKey)
-            );
+            // Another digest, and the same digest under another prefix.
+            for other in [
+                "ai:cache:{another key}",
+                "svc-b:{the key}",
+                "ai:cache:{the key}:",
+            ] {
+                assert_eq!(
+                    decode(&bytes, &Binding::of_key(other), &none()),
+                    Err(EnvelopeError::WrongKey),
+                    "{other}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_signed_entry_is_bound_to_its_prefix_under_the_mac() {
+        // Two caches sharing a secret: the MAC alone would accept each other's entries.
+        let keys = MacKeys::new([b"shared secret, 16+ bytes"]).unwrap();
+        let (a, b) = (Binding::of_key("svc-a:{h}"), Binding::of_key("svc-b:{h}"));
+        let bytes = encode(b"answer", &a, T0, DAY, usize::MAX, &keys);
+        assert!(decode(&bytes, &a, &keys).is_ok());
+        assert_eq!(decode(&bytes, &b, &keys), Err(EnvelopeError::WrongKey));
+        // Rewriting the key field (and the checksum) to svc-b's breaks the MAC.
+        let mut moved = bytes.clone();
+        moved[KEY_AT..LEN_AT].copy_from_slice(b.as_bytes());
+        moved.truncate(moved.len() - TRAILER_LEN);
+        let sum = xxh3_64(&moved);
+        moved.extend_from_slice(&sum.to_le_bytes());
+        assert_eq!(decode(&moved, &b, &keys), Err(EnvelopeError::Mac));
     }
 
     #[test]
@@ -588,7 +663,7 @@ mod tests {
             assert_eq!(decode(&forged, &d(), &old), Err(EnvelopeError::Mac));
             // Nor move a signed entry to another key.
             assert_eq!(
-                decode(&by_old, &Digest::of("other"), &old),
+                decode(&by_old, &Binding::of_key("other"), &old),
                 Err(EnvelopeError::WrongKey)
             );
         }
@@ -663,19 +738,21 @@ mod tests {
         magic[0] = b'X';
         assert_eq!(dec(&magic), Err(EnvelopeError::BadMagic));
 
-        // The previous layout (version 1) is a miss, whatever follows.
-        let mut version = good.clone();
-        version[VERSION_AT] = 1;
-        assert_eq!(dec(&version), Err(EnvelopeError::UnsupportedVersion(1)));
+        // The previous layouts (versions 1 and 2) are misses, whatever follows.
+        for old in [1, 2] {
+            let mut version = good.clone();
+            version[VERSION_AT] = old;
+            assert_eq!(dec(&version), Err(EnvelopeError::UnsupportedVersion(old)));
+        }
 
         let mut body = good.clone();
         body[HEADER_LEN] ^= 0x20;
         assert_eq!(dec(&body), Err(EnvelopeError::Checksum));
 
-        // The digest is inside the checksum: editing it is corruption.
-        let mut digest = good.clone();
-        digest[DIGEST_AT] ^= 1;
-        assert_eq!(dec(&digest), Err(EnvelopeError::Checksum));
+        // The key is inside the checksum: editing it is corruption.
+        let mut key = good.clone();
+        key[KEY_AT] ^= 1;
+        assert_eq!(dec(&key), Err(EnvelopeError::Checksum));
 
         // A newer writer's flag, correctly sealed.
         let mut flags = good.clone();

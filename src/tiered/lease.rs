@@ -358,7 +358,7 @@ mod marker_tests {
         const { assert!(MARKER_LEN < envelope::HEADER_LEN) };
         assert_ne!(MARKER_PREFIX[4], envelope::VERSION);
         assert_eq!(MARKER_PREFIX[..4], envelope::MAGIC);
-        let d = crate::tiered::digest::Digest::from_bytes([7; 32]);
+        let d = envelope::Binding::from_bytes([7; 32]);
         let entry = envelope::encode(b"{}", &d, 1, 1000, usize::MAX, &envelope::MacKeys::none());
         assert!(!is_marker(&entry));
         assert!(envelope::decode(&a, &d, &envelope::MacKeys::none()).is_err());

@@ -732,7 +732,7 @@ where
     ) -> Option<Landed<V>> {
         let decoded = envelope::decode_with_limit(
             bytes,
-            digest,
+            &envelope::Binding::of_key(key),
             &self.config.mac_keys,
             self.config.max_entry_bytes,
         )

@@ -147,7 +147,7 @@ where
         }
         let bytes = envelope::encode(
             &payload,
-            &digest,
+            &envelope::Binding::of_key(&self.l2_key(&digest)),
             created_at_ms,
             duration_ms(l2_ttl),
             self.config.compression_threshold,
