@@ -110,6 +110,72 @@ async fn a_partly_cached_shuffled_batch_with_repeats_sends_only_its_new_inputs_o
     assert_eq!((stats.upstream_calls, stats.upstream_inputs), (2, 6));
 }
 
+#[tokio::test]
+async fn a_batch_of_one_new_input_repeated_is_a_miss_charged_once() {
+    let mock = MockUpstream::start().await;
+    let cache = instance(&mock, None).await;
+    let out = cache.embeddings(&texts(&["q", "q", "q"])).await.unwrap();
+    assert_eq!(out.status(), CacheStatus::Miss, "nothing was cached");
+    use CacheStatus::*;
+    assert_eq!(out.input_statuses(), &[Miss, Coalesced, Coalesced]);
+    assert_eq!(out.usage.prompt_tokens, tokens_of(&json!("q")));
+    assert_eq!(mock.embedding_calls().len(), 1);
+    // A repeat of a cached input beside a new one is still partial.
+    let mixed = cache.embeddings(&texts(&["r", "q", "r"])).await.unwrap();
+    assert_eq!(mixed.status(), CacheStatus::Partial);
+    let again = cache.embeddings(&texts(&["q", "q"])).await.unwrap();
+    assert_eq!(again.status(), CacheStatus::HitL1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vectors_count_their_own_redis_timeouts_skips_and_openings() {
+    let (mock, redis) = (MockUpstream::start().await, RedisServer::start());
+    let cache = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(redis.url())
+        .l2_deadline(Duration::from_millis(100))
+        .breaker_threshold(2)
+        .breaker_cooldown(Duration::from_secs(600))
+        .waiter_deadline(Duration::from_secs(20))
+        .build()
+        .await
+        .expect("build");
+    cache.embeddings(&texts(&["warm"])).await.unwrap();
+    let before = cache.embedding_stats().cache;
+    let chat_before = cache.stats().cache;
+    redis.pause();
+    // Every request succeeds (L1 and upstream); its vectors' lookups time out until the
+    // breaker opens, then are skipped.
+    for i in 0..20 {
+        let req = texts(&[&format!("while paused {i}")]);
+        let out = cache.embeddings(&req).await.unwrap();
+        assert_vectors(&req, &out);
+        let now = cache.embedding_stats().cache;
+        if now.breaker_openings > before.breaker_openings && now.l2_skipped > before.l2_skipped {
+            break;
+        }
+    }
+    redis.resume();
+    let after = cache.embedding_stats().cache;
+    assert!(
+        after.l2_timeouts + after.l2_errors > before.l2_timeouts + before.l2_errors,
+        "the vectors' failed lookups are theirs: {after:?}"
+    );
+    assert!(after.l2_skipped > before.l2_skipped, "{after:?}");
+    // One breaker, opened once, counted once: by the vectors, unless a chat-tier
+    // operation of its own failed then too.
+    let chat = cache.stats().cache;
+    let opened = after.breaker_openings - before.breaker_openings;
+    assert_eq!(
+        opened + chat.breaker_openings - chat_before.breaker_openings,
+        1,
+        "vectors {after:?} chat {chat:?}"
+    );
+    if chat.l2_timeouts + chat.l2_errors == chat_before.l2_timeouts + chat_before.l2_errors {
+        assert_eq!(opened, 1, "the opening their failures caused: {after:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_overlapping_batches_fetch_each_input_once() {
     let (mock, redis) = (MockUpstream::start().await, RedisServer::start());

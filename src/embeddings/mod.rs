@@ -146,7 +146,9 @@ pub struct CachedEmbeddings {
 impl CachedEmbeddings {
     /// Where the answer came from as a whole: `HitL1` when every input was in memory,
     /// `HitL2` or `Coalesced` when none was fetched, `Miss` when every input was fetched,
-    /// `Partial` when some were, `Bypass` for a bypassed request.
+    /// `Partial` when some were, `Bypass` for a bypassed request. An input repeated in
+    /// the request counts once: two copies of one fetched input are a `Miss`, even though
+    /// [`input_statuses`](Self::input_statuses) shows the second as `Coalesced`.
     pub fn status(&self) -> CacheStatus {
         self.status
     }
@@ -325,7 +327,7 @@ impl Embeddings {
             .into_iter()
             .map(|f| f.expect("every input answered"))
             .collect();
-        Ok(assemble(request.format(), &found))
+        Ok(assemble(request.format(), &found, &digests))
     }
 
     /// A bypassed request: sent upstream as it is (the caller's format), stored nowhere.
@@ -399,9 +401,23 @@ impl Embeddings {
     }
 }
 
-/// The response for inputs answered by `found` (in input order), vectors in `format`.
-fn assemble(format: EncodingFormat, found: &[Cached<StoredEmbedding>]) -> CachedEmbeddings {
+/// The response for inputs answered by `found` (in input order, keyed by `digests`),
+/// vectors in `format`.
+fn assemble(
+    format: EncodingFormat,
+    found: &[Cached<StoredEmbedding>],
+    digests: &[Digest],
+) -> CachedEmbeddings {
     let statuses: Vec<CacheStatus> = found.iter().map(|c| c.status()).collect();
+    // A repeated input joins its first occurrence's flight (`Coalesced`, so that its
+    // tokens are charged once): the whole answer's status goes by each distinct input.
+    let mut seen = std::collections::HashSet::with_capacity(digests.len());
+    let distinct: Vec<CacheStatus> = statuses
+        .iter()
+        .zip(digests)
+        .filter(|(_, d)| seen.insert(**d))
+        .map(|(s, _)| *s)
+        .collect();
     let tokens: Vec<u32> = found.iter().map(|c| c.value().tokens).collect();
     let charged: u64 = statuses
         .iter()
@@ -438,7 +454,7 @@ fn assemble(format: EncodingFormat, found: &[Cached<StoredEmbedding>]) -> Cached
             },
             extra: Default::default(),
         },
-        status: summary(&statuses),
+        status: summary(&distinct),
         statuses,
         tokens,
         created_at_ms,

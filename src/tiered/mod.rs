@@ -180,6 +180,8 @@ where
         let writes = Arc::new(Semaphore::new(config.l2_write_concurrency));
         let keyspace = Keyspace::new(&config.key_prefix);
         let subscriber = l2.is_some() && config.topology.invalidation;
+        // A tier beside another on one connection counts its own Redis traffic.
+        let l2 = l2.map(|l2| l2.for_tier(&counters));
         let cache = TieredCache {
             inner: Arc::new(Inner {
                 l1: L1::new(config.l1_max_bytes),

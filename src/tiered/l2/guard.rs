@@ -46,16 +46,40 @@ pub(crate) enum L2Read {
     Unavailable,
 }
 
+/// One tier's handle on the guarded store. Tiers built beside each other on one
+/// connection (answers, vectors, a layer's bodies) share the store, the breaker and the
+/// reachability through [`for_tier`](Self::for_tier), and each counts its own
+/// operations' errors, timeouts, skips and the breaker openings they cause in its own
+/// [`Counters`]. The breaker gauge and the last error (for `health()`) describe the link,
+/// not one tier's traffic: they stay in the counters of the tier that opened the store.
 pub(crate) struct Guarded {
+    link: Arc<Shared>,
+    /// Where this tier's operations are counted.
+    counters: Arc<Counters>,
+}
+
+/// What every tier's [`Guarded`] shares: one store, one breaker.
+pub(crate) struct Shared {
     store: Box<dyn RemoteStore>,
     /// False after an operation found Redis unreachable or too slow, true again after one
     /// got an answer (a value or an error reply) from some node.
     reachable: std::sync::atomic::AtomicBool,
     deadline: Duration,
     breaker: Breaker,
-    counters: Arc<Counters>,
+    /// The counters of the tier that opened the store: the breaker gauge and the last
+    /// error, which describe the link rather than one tier's traffic.
+    owner: Arc<Counters>,
     /// When each cause of refusal was last logged at WARN.
     refusals_warned: Mutex<HashMap<String, Instant>>,
+}
+
+// The methods below were written against one struct: reaching the shared fields through
+// `Deref` keeps them unchanged.
+impl std::ops::Deref for Guarded {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.link
+    }
 }
 
 /// Why a guarded operation has no answer.
@@ -206,19 +230,34 @@ impl Guarded {
         counters: Arc<Counters>,
     ) -> Self {
         Guarded {
-            store,
-            reachable: std::sync::atomic::AtomicBool::new(true),
-            deadline,
-            breaker: Breaker {
-                threshold: breaker_threshold,
-                cooldown: breaker_cooldown,
-                state: AtomicU8::new(CLOSED),
-                consecutive_failures: AtomicU32::new(0),
-                open_until: Mutex::new(Instant::now()),
-            },
+            link: Arc::new(Shared {
+                store,
+                reachable: std::sync::atomic::AtomicBool::new(true),
+                deadline,
+                breaker: Breaker {
+                    threshold: breaker_threshold,
+                    cooldown: breaker_cooldown,
+                    state: AtomicU8::new(CLOSED),
+                    consecutive_failures: AtomicU32::new(0),
+                    open_until: Mutex::new(Instant::now()),
+                },
+                owner: Arc::clone(&counters),
+                refusals_warned: Mutex::new(HashMap::new()),
+            }),
             counters,
-            refusals_warned: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same store and breaker, counting into `counters` (another tier's). Itself when
+    /// it already counts there.
+    pub fn for_tier(self: &Arc<Self>, counters: &Arc<Counters>) -> Arc<Guarded> {
+        if Arc::ptr_eq(&self.counters, counters) {
+            return Arc::clone(self);
+        }
+        Arc::new(Guarded {
+            link: Arc::clone(&self.link),
+            counters: Arc::clone(counters),
+        })
     }
 
     /// Note an answer from Redis (read first: a store on every operation would move the
@@ -278,7 +317,7 @@ impl Guarded {
                     let e = L2Error::Connection(why);
                     Counters::incr(&self.counters.l2_errors);
                     self.counters.exported.l2_error(&e);
-                    self.counters.note_l2_error("connect", &e.to_string());
+                    self.owner.note_l2_error("connect", &e.to_string());
                     tracing::debug!(redis = %self.describe(), error = %e, "redis connect failed: breaker stays open");
                 }
                 return Err(NoAnswer::Skipped);
@@ -292,7 +331,7 @@ impl Guarded {
             Ok(Ok(v)) => {
                 self.mark_reachable();
                 if self.breaker.on_success(permit.probe) {
-                    self.counters.exported.publish_breaker(self.breaker_state());
+                    self.owner.exported.publish_breaker(self.breaker_state());
                     tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
                 }
                 Ok(v)
@@ -316,11 +355,11 @@ impl Guarded {
                 let why = e.to_string();
                 Counters::incr(&self.counters.l2_errors);
                 self.counters.exported.l2_error(&e);
-                self.counters.note_l2_error(op, &why);
+                self.owner.note_l2_error(op, &why);
                 tracing::debug!(redis = %self.describe(), op, error = %why, "redis refused a command");
                 self.warn_refused(op, &why);
                 if self.breaker.on_success(permit.probe) {
-                    self.counters.exported.publish_breaker(self.breaker_state());
+                    self.owner.exported.publish_breaker(self.breaker_state());
                     tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
                 }
                 Err(NoAnswer::Refused)
@@ -328,7 +367,7 @@ impl Guarded {
             Ok(Err(e)) => {
                 Counters::incr(&self.counters.l2_errors);
                 self.counters.exported.l2_error(&e);
-                self.counters.note_l2_error(op, &e.to_string());
+                self.owner.note_l2_error(op, &e.to_string());
                 tracing::debug!(redis = %self.describe(), op, error = %e, "redis operation failed");
                 // One Cluster node down: the others answer (partly reachable).
                 self.reachable
@@ -347,7 +386,7 @@ impl Guarded {
                 self.reachable.store(false, Ordering::Relaxed);
                 Counters::incr(&self.counters.l2_timeouts);
                 self.counters.exported.l2_timeout();
-                self.counters.note_l2_error(op, "deadline exceeded");
+                self.owner.note_l2_error(op, "deadline exceeded");
                 tracing::debug!(redis = %self.describe(), op, deadline = ?self.deadline, "redis operation timed out");
                 self.failed(permit.probe, "deadline exceeded");
                 Err(NoAnswer::Failed)
@@ -359,13 +398,13 @@ impl Guarded {
     /// (a connect that hangs reports no error for a while); never hides an error seen.
     fn note_not_connected(&self, op: &'static str) {
         let none_yet = self
-            .counters
+            .owner
             .last_l2_error
             .lock()
             .expect("lock poisoned")
             .is_none();
         if none_yet {
-            self.counters
+            self.owner
                 .note_l2_error(op, "not connected: connecting in the background");
         }
     }
@@ -404,7 +443,7 @@ impl Guarded {
         if self.breaker.on_failure(probe) {
             Counters::incr(&self.counters.breaker_openings);
             self.counters.exported.breaker_openings.increment(1);
-            self.counters.exported.publish_breaker(self.breaker_state());
+            self.owner.exported.publish_breaker(self.breaker_state());
             // A stalled or half-open connection must not be reused after the cool-down.
             self.store.reset();
             if !probe {
