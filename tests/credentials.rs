@@ -296,6 +296,82 @@ async fn the_decoded_basic_password_is_masked_too() {
     assert!(e.message().starts_with("wrong password ***"), "{e}");
 }
 
+/// A key in the base URL's query and a password in its userinfo (which reqwest sends as
+/// `Authorization: Basic`): echoed back by the upstream in every form, none is shown in
+/// the error, the client's `Debug` or the logs.
+#[tokio::test]
+async fn credentials_in_the_base_url_are_never_shown() {
+    use base64::Engine as _;
+    let logs = logs();
+    let mock = MockUpstream::start().await;
+    // Each with an escape, so that both its written and its decoded form are secrets.
+    let (key, key_decoded) = ("urlkey-Zq8W%2Bm3Rt6Yp1", "urlkey-Zq8W+m3Rt6Yp1");
+    let (password, password_decoded) = ("urlpw-Xk4L%2Fj9Vb2Nc7", "urlpw-Xk4L/j9Vb2Nc7");
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("svc-user:{password_decoded}"));
+    let base = mock.base_url();
+    let in_query = format!("{base}?key={key}&api-version=2024-06-01");
+    let in_userinfo = base.replacen("http://", &format!("http://svc-user:{password}@"), 1);
+    let cases = [
+        (
+            in_query,
+            format!("refused key {key} ({key_decoded})"),
+            vec![key, key_decoded],
+        ),
+        (
+            in_userinfo,
+            format!(
+                "refused svc-user:{password_decoded}, password {password} / \
+                 {password_decoded}, Authorization: Basic {basic}"
+            ),
+            vec![password, password_decoded, basic.as_str()],
+        ),
+    ];
+    for (url, echo, secrets) in cases {
+        let client = OpenAiCompatible::new(url.clone()).retry(
+            RetryPolicy::default()
+                .max_attempts(2)
+                .base_delay(Duration::ZERO)
+                .max_delay(Duration::ZERO),
+        );
+        let echo = format!("{echo}; url {url}");
+        // A retryable echo (logged before the retry), then a final one.
+        for code in [500, 401] {
+            mock.push_reply(MockReply::openai_error(code, &echo));
+        }
+        let e = client.chat(&request("url credentials")).await.unwrap_err();
+        assert_eq!(e.status(), Some(401), "{e}");
+        assert!(
+            e.message().starts_with("refused ") && e.message().contains("***"),
+            "{e}"
+        );
+        let mut shown = format!("{e} {e:?} {client:?}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            shown.push_str(&format!(" {cause} {cause:?}"));
+            source = cause.source();
+        }
+        for secret in secrets {
+            assert!(
+                !shown.contains(secret),
+                "{secret} leaked from {url}: {shown}"
+            );
+        }
+        if url.contains('@') {
+            let sent = mock.last_request().unwrap();
+            assert_eq!(
+                sent.header("authorization"),
+                Some(format!("Basic {basic}").as_str()),
+                "the userinfo is sent as Basic"
+            );
+        }
+    }
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    for secret in [key, key_decoded, password, password_decoded, basic.as_str()] {
+        assert!(!text.contains(secret), "{secret} logged: {text}");
+    }
+}
+
 /// The rule for short values: under 4 characters a value is no secret (local servers take
 /// any key, such as `x`) and is shown as is; under 8 it is masked only where it stands
 /// alone, so a common word inside a longer one is not garbled; from 8 on, everywhere.

@@ -73,6 +73,46 @@ impl Mask {
         }
     }
 
+    /// Add the credentials a base URL carries. Its userinfo: the password (as written
+    /// and percent-decoded), the `user:password` pair and its `Basic` base64 form (reqwest
+    /// sends the userinfo as `Authorization: Basic`), or the user name when there is no
+    /// password (a token given as the user). Its query: every value (as written and
+    /// decoded), since `?key=`, `?code=`, `?sig=` and the like are how many services take
+    /// a key, except [`PLAIN_QUERY_NAMES`].
+    pub(super) fn add_url_credentials(&mut self, url: &reqwest::Url) {
+        let user = percent_decoded(url.username());
+        let secret_user = match url.password() {
+            Some(password) => {
+                self.add(password);
+                self.add(&percent_decoded(password));
+                format!("{user}:{}", percent_decoded(password))
+            }
+            None if !user.is_empty() => {
+                self.add(url.username());
+                self.add(&user);
+                format!("{user}:")
+            }
+            None => String::new(),
+        };
+        if !secret_user.is_empty() {
+            use base64::Engine as _;
+            let basic = base64::engine::general_purpose::STANDARD.encode(&secret_user);
+            self.add_credential(&format!("Basic {basic}"));
+        }
+        for pair in url.query().unwrap_or_default().split('&') {
+            let (name, raw) = pair.split_once('=').unwrap_or(("", pair));
+            let name = percent_decoded(&name.replace('+', " "));
+            if PLAIN_QUERY_NAMES
+                .iter()
+                .any(|plain| name.eq_ignore_ascii_case(plain))
+            {
+                continue;
+            }
+            self.add(raw);
+            self.add(&percent_decoded(&raw.replace('+', " ")));
+        }
+    }
+
     fn add(&mut self, secret: &str) {
         if secret.chars().count() < MIN_SECRET_CHARS {
             return;
@@ -131,6 +171,31 @@ impl Mask {
         }
         merged
     }
+}
+
+/// Query parameters of a base URL that are no secret and are quoted in errors as they are
+/// (an Azure `api-version` such as `2024-06-01`): every other query value is masked.
+pub(super) const PLAIN_QUERY_NAMES: [&str; 2] = ["api-version", "api_version"];
+
+/// `%XX` escapes decoded (invalid ones kept as written), lossy UTF-8.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether `text[start..end]` is not part of a longer word.
@@ -265,6 +330,34 @@ mod tests {
             m.apply(r#"{"detail":"ab\/cd\"ef\\gh+ij"}"#),
             r#"{"detail":"***"}"#
         );
+    }
+
+    #[test]
+    fn a_base_url_masks_its_password_pair_basic_form_and_query_values() {
+        let url = reqwest::Url::parse(
+            "https://svc:pa%2Fss-0123456789@h/v1/chat/completions?key=k%2Bey-0123456789&api-version=2024-06-01",
+        )
+        .unwrap();
+        let mut m = Mask::default();
+        m.add_url_credentials(&url);
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode("svc:pa/ss-0123456789");
+        for secret in [
+            "pa%2Fss-0123456789",
+            "pa/ss-0123456789",
+            basic.as_str(),
+            "k%2Bey-0123456789",
+            "k+ey-0123456789",
+        ] {
+            assert_eq!(m.apply(&format!("[{secret}]")), "[***]", "{secret}");
+        }
+        // The user name alone and the api-version are no secrets.
+        assert_eq!(m.apply("svc 2024-06-01"), "svc 2024-06-01");
+        // A token given as the user (no password) is one.
+        let mut m = Mask::default();
+        m.add_url_credentials(&reqwest::Url::parse("https://tok-0123456789@h/v1").unwrap());
+        assert_eq!(m.apply("user tok-0123456789"), "user ***");
+        assert_eq!(percent_decoded("a%zz%4"), "a%zz%4");
     }
 
     #[test]

@@ -51,9 +51,13 @@ use crate::stream::{ReplayOptions, SseParser, replay};
 ///
 /// # Credentials
 ///
-/// The API key and every credential header are never shown: `Debug` prints
-/// `api_key: "***"` and header names without values, and errors and log lines carry
-/// neither them nor the URL's query or credentials. The credential headers are
+/// The API key, every credential header and the base URL's credentials are never shown:
+/// `Debug` prints `api_key: "***"`, header names without values and the base URL without
+/// its password or query, and errors and log lines carry none of them. A credential in
+/// the base URL (`https://user:password@host/v1`, sent as `Authorization: Basic`, or a
+/// `?key=...` query) is masked when the upstream echoes it: the password as written and
+/// percent-decoded, `user:password` and its base64 form, and every query value but
+/// `api-version` (as written and decoded). The credential headers are
 /// `Authorization`, `Proxy-Authorization`, `api-key`, `x-api-key`, `OpenAI-Organization`,
 /// `OpenAI-Project` (any case), any header whose name contains `auth`, `key`, `token`,
 /// `secret` or `cookie`, and any set with [`OpenAiCompatible::credential_header`]. When an
@@ -300,7 +304,9 @@ impl OpenAiCompatible {
             return Err(Error::config("retry.max_attempts", "must be at least 1"));
         }
 
-        let (headers, mask) = self.default_headers()?;
+        let (headers, mut mask) = self.default_headers()?;
+        // A key in the query or a password in the userinfo is sent with every request too.
+        mask.add_url_credentials(&endpoint);
         if let Some(client) = &self.http_client {
             return Ok(Ready {
                 client: client.clone(),
