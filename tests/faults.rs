@@ -67,6 +67,15 @@ impl Setup {
     /// A fresh redis-server (returned beside the setup, so a fault can own it), the proxy
     /// when asked for, the mock upstream and the cache.
     async fn new(through_proxy: bool, retry_after_secs: u64) -> (Setup, RedisServer) {
+        Self::with_l2_deadline(through_proxy, retry_after_secs, Duration::from_millis(50)).await
+    }
+
+    /// [`new`](Self::new) with another `l2_deadline`.
+    async fn with_l2_deadline(
+        through_proxy: bool,
+        retry_after_secs: u64,
+        l2_deadline: Duration,
+    ) -> (Setup, RedisServer) {
         panics();
         let redis = RedisServer::start();
         let proxy = if through_proxy {
@@ -92,7 +101,7 @@ impl Setup {
             .redis(url)
             // Small enough that the Zipf tail keeps reading from L2.
             .l1_max_bytes(16 << 10)
-            .l2_deadline(Duration::from_millis(50))
+            .l2_deadline(l2_deadline)
             .breaker_threshold(5)
             .breaker_cooldown(Duration::from_millis(250))
             .build()
@@ -499,22 +508,27 @@ async fn upstream_rate_limited_with_retry_after() {
 }
 
 /// A dropped connection is remade in the background while requests go on, even when a
-/// connect takes twice the 50 ms deadline (as on a loaded host). Counted with
-/// `breaker_openings`, not timed: the breaker opens at most once per drop, and not at all
-/// for a drop during which no operation missed its deadline (then only the drop itself could
-/// have opened it). It used to count every command in flight on the dropped connection (more
-/// than `breaker_threshold` under load), and a probe then paid the new connect under the
-/// deadline, timed out, and opened it again.
+/// connect takes twice the L2 deadline. Counted with `breaker_openings`, not timed: a drop
+/// and its reconnect never open the breaker by themselves; every opening must be paid for
+/// by deadline misses of its own. (It used to count every command in flight on the dropped
+/// connection, more than `breaker_threshold` under load, and a probe then paid the new
+/// connect under the deadline, timed out, and opened it again.)
+///
+/// A loaded machine misses deadlines for reasons of its own: at 50 ms a busy CPU opened
+/// the breaker 11 times in 6 drops (a probe that misses its deadline reopens it at once,
+/// one miss for one opening). So the deadline here is 500 ms, ten times the usual, which
+/// load does not reach, with connects twice as slow; and an opening that deadline misses
+/// did pay for is still allowed, as the breaker doing its job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_open_the_breaker_at_most_once_each() {
-    const DROPS: u64 = 6;
-    const THRESHOLD: u64 = 5; // `Setup`'s breaker_threshold
+    const DROPS: u64 = 4;
+    const DEADLINE: Duration = Duration::from_millis(500);
     let _one = one_at_a_time().await;
-    let (setup, _redis) = Setup::new(true, 0).await;
+    let (setup, _redis) = Setup::with_l2_deadline(true, 0, DEADLINE).await;
     // Only Redis misbehaves here.
     setup.mock.fail_ratio(0.0, 0.0, None);
     let (cache, proxy) = (&setup.cache, setup.proxy());
-    proxy.connect_delay(Duration::from_millis(100));
+    proxy.connect_delay(DEADLINE * 2);
     let load = Load::start(cache);
     tokio::time::sleep(WARM_UP).await;
     let before = cache.stats().cache;
@@ -539,7 +553,7 @@ async fn dropped_connections_open_the_breaker_at_most_once_each() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Steady load for several cool-downs: a flapping breaker would open again here.
+        // Steady load for a few cool-downs: a flapping breaker would open again here.
         tokio::time::sleep(Duration::from_millis(800)).await;
         let end = cache.stats().cache;
         windows.push((
@@ -550,14 +564,14 @@ async fn dropped_connections_open_the_breaker_at_most_once_each() {
     let (tally, elapsed, _) = load.stop().await;
     let after = cache.stats().cache;
     let openings = after.breaker_openings - before.breaker_openings;
+    let timeouts = after.l2_timeouts - before.l2_timeouts;
     println!(
         "faults: {DROPS} drops under load: {:.1}s requests={} breaker_openings={openings} \
-         (openings, timeouts) per drop={windows:?} l2_errors={} l2_timeouts={} l2_skipped={} \
-         proxy accepted={} dropped={}",
+         (openings, timeouts) per drop={windows:?} l2_errors={} l2_timeouts={timeouts} \
+         l2_skipped={} proxy accepted={} dropped={}",
         elapsed.as_secs_f64(),
         tally.requests.load(Relaxed),
         after.l2_errors - before.l2_errors,
-        after.l2_timeouts - before.l2_timeouts,
         after.l2_skipped - before.l2_skipped,
         proxy.accepted(),
         proxy.dropped(),
@@ -569,14 +583,24 @@ async fn dropped_connections_open_the_breaker_at_most_once_each() {
         tally.requests.load(Relaxed),
         "every request is answered"
     );
-    for (i, (opened, timeouts)) in windows.iter().enumerate() {
-        // Every opening needs its own run of deadline misses (a loaded machine has some):
-        // the drop and the reconnect alone never open the breaker, nor make it flap.
+    // Each opening is made by one failure, the last of a run (or a probe's); a drop's own
+    // failures are connection errors, never deadline misses. So openings beyond the
+    // deadline misses were opened by drops: none may be. Summed over the drops so far,
+    // not per window: a miss and the opening it causes may fall either side of a window's
+    // edge.
+    let (mut opened, mut missed) = (0, 0);
+    for (i, (o, t)) in windows.iter().enumerate() {
+        (opened, missed) = (opened + o, missed + t);
         assert!(
-            *opened == 0 || *timeouts >= THRESHOLD * *opened,
-            "drop {}: the breaker opened {opened} times with {timeouts} deadline misses: \
-             a dropped connection alone must not open it; (openings, timeouts) per drop: {windows:?}",
+            opened <= missed,
+            "by drop {}: the breaker opened {opened} times with {missed} deadline misses: \
+             a dropped connection alone must not open it; (openings, timeouts) per drop: \
+             {windows:?}",
             i + 1
         );
     }
+    assert!(
+        openings <= timeouts,
+        "{openings} openings, {timeouts} deadline misses"
+    );
 }
