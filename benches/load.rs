@@ -811,7 +811,9 @@ fn best_batch_mean_us(f: &mut dyn FnMut(usize)) -> f64 {
 /// Single-core time per hit (best batch mean) of the work every L2 hit must do besides the GET.
 fn necessary_work(cache: &LlmCache, requests: &[ChatRequest], stored: &[u8]) -> Value {
     // `stored` is the entry of the first request.
-    let first = cache.digest_with(&requests[0], &Default::default());
+    let first = cache
+        .tiers()
+        .l2_key(&cache.digest_with(&requests[0], &Default::default()));
     let none = llm_cache::envelope::MacKeys::none();
     let time = best_batch_mean_us;
     let key = time(&mut |i| {
@@ -819,14 +821,17 @@ fn necessary_work(cache: &LlmCache, requests: &[ChatRequest], stored: &[u8]) -> 
         std::hint::black_box(cache.digest_with(r, &Default::default()));
     });
     let decode = time(&mut |_| {
-        let env = llm_cache::envelope::decode(std::hint::black_box(stored), &first, &none)
+        // The key name's hash (the entry's binding) is part of every decode.
+        let bound = llm_cache::envelope::Binding::of_key(std::hint::black_box(&first));
+        let env = llm_cache::envelope::decode(std::hint::black_box(stored), &bound, &none)
             .expect("stored");
         std::hint::black_box(env.payload.len());
     });
-    let payload = llm_cache::envelope::decode(stored, &first, &none)
-        .expect("stored")
-        .payload
-        .into_owned();
+    let payload =
+        llm_cache::envelope::decode(stored, &llm_cache::envelope::Binding::of_key(&first), &none)
+            .expect("stored")
+            .payload
+            .into_owned();
     let parse = time(&mut |_| {
         let r: ChatResponse = serde_json::from_slice(std::hint::black_box(&payload)).expect("json");
         std::hint::black_box(r);
