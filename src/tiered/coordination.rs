@@ -94,10 +94,11 @@ where
         let generation = invalidation::new_generation();
         let message = invalidation::generation_message(namespace, generation);
         let (key, channel) = (state.generations_key(), state.channel());
-        if !l2
-            .hset_publish(key, namespace.as_bytes(), generation, channel, &message)
+        let fresh = invalidation::new_generation();
+        let Some(incarnation) = l2
+            .hset_publish(key, namespace.as_bytes(), generation, channel, &message, fresh)
             .await
-        {
+        else {
             inner.l1.clear();
             return Err(Error::new(
                 ErrorKind::Redis,
@@ -106,6 +107,11 @@ where
                     l2.describe()
                 ),
             ));
+        };
+        // The record was lost and recreated (by this bump or another instance): adopt its
+        // incarnation now, so this instance stops serving the old key space at once.
+        if state.after_bump(incarnation, namespace, generation) {
+            inner.l1.clear();
         }
         // Our own subscription applies it in order with any concurrent bump; wait briefly so
         // that this instance has switched when we return. Without one, apply it here.

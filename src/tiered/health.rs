@@ -18,8 +18,11 @@ use crate::tiered::stats::BreakerState;
 pub enum L2Health {
     /// Redis answered.
     Up,
-    /// Redis answered, but some of its nodes did not (a Cluster with masters down, named
-    /// in [`Health::nodes_down`]): their keys miss, the others' hit.
+    /// Redis answered, but not everything works: some of its nodes did not answer (a
+    /// Cluster with masters down, named in [`Health::nodes_down`]: their keys miss, the
+    /// others' hit), or it refuses the invalidation subscription (an ACL user without
+    /// SUBSCRIBE, said in [`Health::invalidation`]: L2 is not read and L1 entries are
+    /// served for at most `unsynced_grace`).
     Degraded,
     /// Redis did not answer (error or deadline); the breaker still lets operations through.
     Down,
@@ -68,6 +71,9 @@ pub struct Health {
     pub last_error: Option<String>,
     /// When that failure happened.
     pub last_error_at: Option<SystemTime>,
+    /// Why invalidations from other instances cannot reach this one now, when Redis says
+    /// so: the server's refusal of the subscription (`NOPERM ...`). `None` otherwise.
+    pub invalidation: Option<String>,
 }
 
 impl Health {
@@ -84,6 +90,7 @@ impl Health {
             nodes_down: Vec::new(),
             last_error: None,
             last_error_at: None,
+            invalidation: None,
         }
     }
 }
@@ -98,6 +105,9 @@ impl fmt::Display for Health {
         }
         if !self.nodes_down.is_empty() {
             write!(f, ": nodes down: {}", self.nodes_down.join(","))?;
+        }
+        if let Some(why) = &self.invalidation {
+            write!(f, ": invalidation subscription refused: {why}")?;
         }
         if let Some(error) = &self.last_error {
             let ago = self
@@ -163,8 +173,9 @@ where
         };
         let (answered, nodes_down) = tokio::join!(l2.ping(), l2.store().nodes_down());
         let breaker = l2.breaker_state();
+        let refused = self.inner.invalidation.refused();
         let state = match (answered, breaker) {
-            (true, _) if !nodes_down.is_empty() => L2Health::Degraded,
+            (true, _) if !nodes_down.is_empty() || refused.is_some() => L2Health::Degraded,
             (true, _) => L2Health::Up,
             (false, BreakerState::Closed) => L2Health::Down,
             (false, _) => L2Health::BreakerOpen,
@@ -182,6 +193,7 @@ where
             nodes_down,
             last_error: last.as_ref().map(|e| format!("{}: {}", e.op, e.message)),
             last_error_at: last.map(|e| e.at),
+            invalidation: refused,
         }
     }
 }

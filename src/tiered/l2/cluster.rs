@@ -565,15 +565,21 @@ impl RemoteStore for ClusterStore {
         value: u64,
         channel: &'a str,
         message: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        fresh: u64,
+    ) -> BoxFuture<'a, Result<u64, L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
-            commands::hset_publish(&mut c, key, field, value, channel, message).await
+            commands::hset_publish(&mut c, key, field, value, channel, message, fresh).await
         }))
     }
 
-    fn hgetall<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<super::Counts, L2Error>> {
+    fn load_generations<'a>(
+        &'a self,
+        key: &'a str,
+        fresh: u64,
+        all: bool,
+    ) -> BoxFuture<'a, Result<super::Counts, L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
-            commands::hgetall(&mut c, key).await
+            commands::load_generations(&mut c, key, fresh, all).await
         }))
     }
 
