@@ -85,8 +85,6 @@ pub(crate) struct Invalidation {
     reload: tokio::sync::Notify,
     /// Why the server refuses the subscription (NOPERM), while it does.
     refused: std::sync::Mutex<Option<String>>,
-    /// Whether that refusal was warned about (once per cause until it is lifted).
-    refusal_warned: AtomicBool,
     /// False until some namespace has a generation: the hot path then skips the lock.
     any_generation: AtomicBool,
     /// Bumped whenever a generation changes, for those waiting to see their own bump.
@@ -128,7 +126,6 @@ impl Invalidation {
             base: AtomicU64::new(0),
             reload: tokio::sync::Notify::new(),
             refused: std::sync::Mutex::new(None),
-            refusal_warned: AtomicBool::new(false),
             any_generation: AtomicBool::new(false),
             changes: watch::Sender::new(0),
             subscribed: watch::Sender::new(None),
@@ -298,12 +295,26 @@ impl Invalidation {
         self.refused.lock().expect("lock poisoned").clone()
     }
 
-    fn note_refused(&self, why: Option<String>) {
-        let lifted = why.is_none();
+    /// Note the server's refusal (or its end). True when this refusal is news to the
+    /// process: the first instance subscribing there to hear it (a cache's answers and its
+    /// vectors share one channel), so that one WARN is logged, not one per tier or retry.
+    fn note_refused(&self, server: &str, why: Option<String>) -> bool {
+        static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let place = format!("{server} {}", self.channel);
+        let mut warned = WARNED.lock().expect("lock poisoned");
+        let news = match &why {
+            Some(_) if !warned.contains(&place) => {
+                warned.push(place);
+                true
+            }
+            Some(_) => false,
+            None => {
+                warned.retain(|p| *p != place);
+                false
+            }
+        };
         *self.refused.lock().expect("lock poisoned") = why;
-        if lifted {
-            self.refusal_warned.store(false, Ordering::Release);
-        }
+        news
     }
 
     /// Move `namespace` to a new generation in this instance only (no Redis).
@@ -464,7 +475,7 @@ async fn subscribe_forever(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Wea
         match l2.subscribe(&state.channel, SUBSCRIBE_TIMEOUT).await {
             Ok(mut sub) => {
                 retry = RETRY_MIN;
-                state.note_refused(None);
+                state.note_refused(l2.describe(), None);
                 state.listening.store(true, Ordering::Release);
                 state.subscriptions.fetch_add(1, Ordering::Relaxed);
                 if listen(&state, &l2, &sink, &mut sub).await.is_break() {
@@ -479,13 +490,12 @@ async fn subscribe_forever(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Wea
             Err(L2Error::Command(why)) => {
                 // The server is up and says no (NOPERM): say so once, loudly, and keep
                 // trying (the ACL may be fixed); health() reports it meanwhile.
-                if !state.refusal_warned.swap(true, Ordering::AcqRel) {
+                if state.note_refused(l2.describe(), Some(why.clone())) {
                     tracing::warn!(
                         channel = %state.channel, error = %why,
                         "redis refuses the invalidation subscription (NOPERM: the ACL user needs SUBSCRIBE on this channel): invalidations from other instances cannot reach this one, so the cache serves entries for at most unsynced_grace after storing them and does not read L2; health() reports degraded"
                     );
                 }
-                state.note_refused(Some(why));
                 first_attempt_failed(&state);
             }
             Err(e) => {

@@ -390,7 +390,7 @@ impl Guarded {
         if cause == "OOM" {
             tracing::warn!(
                 redis = %self.describe(), op, cause, error = why,
-                "redis is full and refuses writes (maxmemory reached under noeviction): new entries stay in L1 only and leases are not taken (single-flight per instance); reads go on and the breaker stays closed. Set maxmemory-policy allkeys-lru"
+                "redis is full and refuses writes (maxmemory reached under noeviction): new entries stay in L1 only and leases are not taken (single-flight per instance); reads go on and the breaker stays closed. Set maxmemory-policy volatile-lru"
             );
         } else {
             tracing::warn!(
