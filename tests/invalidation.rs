@@ -458,3 +458,28 @@ async fn the_generations_load_over_a_slow_link() {
     assert_eq!(c.chat(&req).await.unwrap().status(), CacheStatus::HitL1);
     assert_eq!(mock.calls(), 1);
 }
+
+/// An instance that does not subscribe still reads the generations record, so it shares
+/// the fleet's keys (the record's incarnation is part of every key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_does_not_subscribe_shares_the_fleets_keys() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let a = instance(&mock, &redis).await;
+    let quiet = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(redis.url())
+        .l2_deadline(Duration::from_millis(250))
+        .subscribe_invalidations(false)
+        .build()
+        .await
+        .unwrap();
+    let req = request("shared with a quiet instance");
+    let plain = CacheControl::new();
+    eventually("the quiet instance to read the record", WAIT, || {
+        quiet.digest_with(&req, &plain) == a.digest_with(&req, &plain)
+    })
+    .await;
+    fill(&[a.clone(), quiet.clone()], &req, &plain).await;
+    assert_eq!(mock.calls(), 1);
+}

@@ -35,13 +35,15 @@ where
     pub(super) fn start_invalidation(&self) {
         let inner = &self.inner;
         let Some(l2) = &inner.l2 else { return };
-        if !inner.config.topology.invalidation {
-            return;
-        }
         let weak: std::sync::Weak<Inner<V>> = Arc::downgrade(inner);
         let sink: std::sync::Weak<dyn invalidation::Sink> = weak;
-        let task =
-            invalidation::spawn_subscriber(Arc::clone(&inner.invalidation), Arc::clone(l2), sink);
+        let (state, l2) = (Arc::clone(&inner.invalidation), Arc::clone(l2));
+        // Without a subscription the record is still read, so the keys are the fleet's.
+        let task = if inner.config.topology.invalidation {
+            invalidation::spawn_subscriber(state, l2, sink)
+        } else {
+            invalidation::spawn_poller(state, l2, sink)
+        };
         let _ = inner.subscriber.set(task);
     }
 

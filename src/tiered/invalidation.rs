@@ -460,6 +460,42 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// For an instance that does not subscribe: load the generations record (so its keys are
+/// the fleet's, in the record's incarnation) and check its incarnation once a second,
+/// reloading when it changed, for as long as `sink` lives. Bumps made elsewhere are not
+/// followed between changes (the instance chose not to hear them).
+pub(crate) fn spawn_poller(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Weak<dyn Sink>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut retry = RETRY_MIN;
+        let mut loaded = false;
+        while sink.strong_count() > 0 {
+            let key = &state.generations_key;
+            if loaded {
+                tokio::time::sleep(CHECK_EVERY).await;
+                let record = l2.load_generations(key, new_generation(), false, LOAD_TIMEOUT).await;
+                loaded = record.is_none_or(|r| r.first().map(|&(_, v)| v) == Some(state.incarnation()));
+                continue;
+            }
+            let record = l2.load_generations(key, new_generation(), true, LOAD_TIMEOUT).await;
+            match record.and_then(|all| state.replace_all(all)) {
+                Some(changed) => {
+                    if changed && let Some(sink) = sink.upgrade() {
+                        state.note_invalidation();
+                        sink.forget_all();
+                    }
+                    loaded = true;
+                    retry = RETRY_MIN;
+                }
+                None => {
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+            first_attempt_failed(&state);
+        }
+    }))
+}
+
 /// Listen on the channel for as long as `sink` lives, resubscribing with a backoff.
 pub(crate) fn spawn_subscriber(
     state: Arc<Invalidation>,
