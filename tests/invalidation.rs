@@ -381,7 +381,10 @@ async fn a_lost_record_never_brings_purged_answers_back(loss: Loss) {
             .iter()
             .filter(|k| redis.redis_cli(&["EXISTS", k]) == "1")
             .count();
-        assert!(kept > 0, "{loss:?}: the purged entries must still be in Redis");
+        assert!(
+            kept > 0,
+            "{loss:?}: the purged entries must still be in Redis"
+        );
     }
 
     // Every first ask after the loss, on a new instance and on both old ones, is fetched.

@@ -299,7 +299,16 @@ async fn health_goes_up_down_and_up_again_without_showing_the_password() {
     // harness can PING); the user is made again after the restart.
     let mut redis = RedisServer::start();
     let add_user = |redis: &RedisServer| {
-        redis.redis_cli(&["ACL", "SETUSER", "cache", "on", ">s3cret-pw", "~*", "&*", "+@all"]);
+        redis.redis_cli(&[
+            "ACL",
+            "SETUSER",
+            "cache",
+            "on",
+            ">s3cret-pw",
+            "~*",
+            "&*",
+            "+@all",
+        ]);
     };
     add_user(&redis);
     let url = format!("redis://cache:s3cret-pw@127.0.0.1:{}", redis.port());

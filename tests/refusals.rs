@@ -264,7 +264,15 @@ async fn a_user_who_may_not_subscribe_is_reported_degraded_and_warned_once() {
     let log = warnings();
     let redis = RedisServer::start();
     redis.redis_cli(&[
-        "ACL", "SETUSER", "nosub", "on", ">pw", "~*", "&*", "+@all", "-subscribe",
+        "ACL",
+        "SETUSER",
+        "nosub",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-subscribe",
     ]);
     let url = format!("redis://nosub:pw@127.0.0.1:{}", redis.port());
     let mock = MockUpstream::start().await;
@@ -300,11 +308,17 @@ async fn a_user_who_may_not_subscribe_is_reported_degraded_and_warned_once() {
 async fn a_wrong_password_is_named_at_start_up() {
     let log = warnings();
     let redis = RedisServer::start();
-    redis.redis_cli(&["ACL", "SETUSER", "cache", "on", ">right-pw", "~*", "&*", "+@all"]);
-    let url = format!(
-        "redis://cache:wrong-pw-7f3a@127.0.0.1:{}",
-        redis.port()
-    );
+    redis.redis_cli(&[
+        "ACL",
+        "SETUSER",
+        "cache",
+        "on",
+        ">right-pw",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let url = format!("redis://cache:wrong-pw-7f3a@127.0.0.1:{}", redis.port());
     let mock = MockUpstream::start().await;
     let cache = cache(&url, &mock).await;
     ask(&cache, "asked with a wrong password").await;
@@ -380,7 +394,10 @@ async fn the_readme_acl_user_can_do_everything_the_cache_does() {
 
     // Embeddings.
     let texts = EmbeddingRequest::new("text-embedding-3-small", vec!["one", "two"]);
-    assert_eq!(a.embeddings(&texts).await.unwrap().status(), CacheStatus::Miss);
+    assert_eq!(
+        a.embeddings(&texts).await.unwrap().status(),
+        CacheStatus::Miss
+    );
     support::topology::eventually_async("b reads the vectors from Redis", WAIT, || async {
         b.embeddings(&texts).await.unwrap().status() == CacheStatus::HitL2
     })
@@ -408,9 +425,15 @@ async fn the_readme_acl_user_can_do_everything_the_cache_does() {
     let tenant = CacheControl::new().namespace("t");
     let before = b.digest_with(&plain, &tenant);
     a.invalidate_namespace("t").await.unwrap();
-    eventually("the bump reaches b", WAIT, || b.digest_with(&plain, &tenant) != before).await;
+    eventually("the bump reaches b", WAIT, || {
+        b.digest_with(&plain, &tenant) != before
+    })
+    .await;
 
-    let stats = a.redis_stats().await.expect("redis_stats with the README's user");
+    let stats = a
+        .redis_stats()
+        .await
+        .expect("redis_stats with the README's user");
     assert!(stats.generations_key && stats.keys >= 2, "{stats:?}");
     for (name, c) in [("a", &a), ("b", &b)] {
         let health = c.health().await;

@@ -169,7 +169,10 @@ async fn round_trip_over_tls_between_two_instances() {
         .unwrap();
     // The entry, and the generations record the cache made when it first loaded it.
     assert_eq!(keys.len(), 2, "{keys:?}");
-    assert!(keys.contains(&"ai:cache:generations".to_owned()), "{keys:?}");
+    assert!(
+        keys.contains(&"ai:cache:generations".to_owned()),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +260,10 @@ async fn sentinel_and_its_master_over_tls() {
         .unwrap();
     // The entry, and the generations record the cache made when it first loaded it.
     assert_eq!(keys.len(), 2, "{keys:?}");
-    assert!(keys.contains(&"ai:cache:generations".to_owned()), "{keys:?}");
+    assert!(
+        keys.contains(&"ai:cache:generations".to_owned()),
+        "{keys:?}"
+    );
     // Invalidation subscribes on the master over TLS too.
     eventually("the invalidation subscription", WAIT, || {
         a.invalidation_subscribed()

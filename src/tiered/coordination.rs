@@ -98,7 +98,14 @@ where
         let (key, channel) = (state.generations_key(), state.channel());
         let fresh = invalidation::new_generation();
         let Some(incarnation) = l2
-            .hset_publish(key, namespace.as_bytes(), generation, channel, &message, fresh)
+            .hset_publish(
+                key,
+                namespace.as_bytes(),
+                generation,
+                channel,
+                &message,
+                fresh,
+            )
             .await
         else {
             inner.l1.clear();

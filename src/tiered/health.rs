@@ -166,6 +166,8 @@ where
     /// cool-down is over it is the probe that can close it). For a Cluster every master is
     /// also pinged on a connection of its own (not through the breaker): with some of them
     /// silent the tier is [`L2Health::Degraded`] and [`Health::nodes_down`] names them.
+    /// It is `Degraded` too while Redis refuses the invalidation subscription (an ACL user
+    /// without SUBSCRIBE): [`Health::invalidation`] holds the refusal.
     /// Never fails, never blocks longer than about the L2 deadline.
     pub async fn health(&self) -> Health {
         let (Some(l2), _) = self.l2_parts() else {

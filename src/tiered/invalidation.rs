@@ -26,7 +26,9 @@
 //! never a purged namespace's old entries read as "never invalidated". An instance notices
 //! a changed incarnation on each reload, on each (re)subscription, when a bump of its own
 //! finds it, and within a second from a periodic check; it then adopts the new one and
-//! clears its L1.
+//! clears its L1. An instance that does not subscribe still loads the record and checks it
+//! (so its keys are the fleet's); a subscription the server refuses (NOPERM) is warned about
+//! once and reported by `health()`.
 //!
 //! While it is not current and Redis is partly reachable (someone may be invalidating),
 //! it serves cached entries for at most `unsynced_grace`: an L1 entry no longer than that
@@ -249,8 +251,7 @@ impl Invalidation {
             .filter(|&value| value != 0)?;
         let mut map = self.generations.write().expect("lock poisoned");
         let before = self.incarnation.swap(incarnation, Ordering::AcqRel);
-        self.base
-            .store(mixed(incarnation, 0), Ordering::Release);
+        self.base.store(mixed(incarnation, 0), Ordering::Release);
         map.clear();
         for (namespace, generation) in all {
             if let Ok(ns) = String::from_utf8(namespace) {
@@ -464,7 +465,11 @@ impl Drop for AbortOnDrop {
 /// the fleet's, in the record's incarnation) and check its incarnation once a second,
 /// reloading when it changed, for as long as `sink` lives. Bumps made elsewhere are not
 /// followed between changes (the instance chose not to hear them).
-pub(crate) fn spawn_poller(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Weak<dyn Sink>) -> AbortOnDrop {
+pub(crate) fn spawn_poller(
+    state: Arc<Invalidation>,
+    l2: Arc<Guarded>,
+    sink: Weak<dyn Sink>,
+) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         let mut retry = RETRY_MIN;
         let mut loaded = false;
@@ -472,11 +477,16 @@ pub(crate) fn spawn_poller(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Wea
             let key = &state.generations_key;
             if loaded {
                 tokio::time::sleep(CHECK_EVERY).await;
-                let record = l2.load_generations(key, new_generation(), false, LOAD_TIMEOUT).await;
-                loaded = record.is_none_or(|r| r.first().map(|&(_, v)| v) == Some(state.incarnation()));
+                let record = l2
+                    .load_generations(key, new_generation(), false, LOAD_TIMEOUT)
+                    .await;
+                loaded =
+                    record.is_none_or(|r| r.first().map(|&(_, v)| v) == Some(state.incarnation()));
                 continue;
             }
-            let record = l2.load_generations(key, new_generation(), true, LOAD_TIMEOUT).await;
+            let record = l2
+                .load_generations(key, new_generation(), true, LOAD_TIMEOUT)
+                .await;
             match record.and_then(|all| state.replace_all(all)) {
                 Some(changed) => {
                     if changed && let Some(sink) = sink.upgrade() {
@@ -684,7 +694,11 @@ mod tests {
         assert_eq!(inv.generation("a"), 2);
         let local = inv.bump_locally("a");
         assert!(local != 0 && inv.generation("a") == local);
-        assert_eq!(inv.replace_all(vec![(b"b".to_vec(), 9)]), None, "no incarnation");
+        assert_eq!(
+            inv.replace_all(vec![(b"b".to_vec(), 9)]),
+            None,
+            "no incarnation"
+        );
         let first = vec![(b"b".to_vec(), 9), (INCARNATION_FIELD.to_vec(), 5)];
         assert_eq!(inv.replace_all(first.clone()), Some(false));
         let base = inv.generation("a");
@@ -692,13 +706,19 @@ mod tests {
         assert_eq!(inv.generation("b"), mixed(5, 9));
         assert_eq!(inv.replace_all(first), Some(false), "same incarnation");
         // A recreated record: every namespace starts again, under keys never used before.
-        assert_eq!(inv.replace_all(vec![(INCARNATION_FIELD.to_vec(), 6)]), Some(true));
+        assert_eq!(
+            inv.replace_all(vec![(INCARNATION_FIELD.to_vec(), 6)]),
+            Some(true)
+        );
         assert_ne!(inv.generation("a"), base);
         assert_ne!(inv.generation("b"), mixed(5, 9));
         assert_ne!(inv.generation("b"), mixed(5, 0));
         assert!(inv.after_bump(7, "a", 3));
         assert_eq!(inv.generation("a"), mixed(7, 3));
         assert_eq!(inv.generation("b"), mixed(7, 0));
-        assert!(!inv.after_bump(7, "a", 4), "known incarnation: nothing to adopt");
+        assert!(
+            !inv.after_bump(7, "a", 4),
+            "known incarnation: nothing to adopt"
+        );
     }
 }

@@ -43,7 +43,9 @@ impl Subscription {
             Ok(Ok(s)) => Ok(s),
             // The server answered with a refusal (NOPERM: the ACL user may not SUBSCRIBE, or
             // not on this channel): a command error, so the owner can say so.
-            Ok(Err(e)) if super::refused_by_server(&e) => Err(L2Error::Command(super::reply_text(&e))),
+            Ok(Err(e)) if super::refused_by_server(&e) => {
+                Err(L2Error::Command(super::reply_text(&e)))
+            }
             Ok(Err(e)) => Err(L2Error::Connection(e.to_string())),
             Err(_) => Err(L2Error::Connection(format!(
                 "subscribing took longer than {timeout:?}"

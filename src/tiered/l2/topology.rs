@@ -324,7 +324,13 @@ fn start_up_cause(error: Option<String>) -> String {
         return "no answer yet (connecting in the background)".into();
     };
     let error = crate::tiered::health::redact_urls_in(&error);
-    let auth = ["WRONGPASS", "NOAUTH", "invalid username-password", "AuthenticationFailed", "invalid password"];
+    let auth = [
+        "WRONGPASS",
+        "NOAUTH",
+        "invalid username-password",
+        "AuthenticationFailed",
+        "invalid password",
+    ];
     if auth.iter().any(|needle| error.contains(needle)) {
         format!("authentication failed (check the user name and password): {error}")
     } else {
@@ -343,6 +349,9 @@ mod cause_tests {
         ));
         assert!(said.starts_with("authentication failed"), "{said}");
         assert!(start_up_cause(None).contains("no answer yet"));
-        assert_eq!(start_up_cause(Some("Connection refused".into())), "Connection refused");
+        assert_eq!(
+            start_up_cause(Some("Connection refused".into())),
+            "Connection refused"
+        );
     }
 }
