@@ -430,6 +430,18 @@ async fn the_readme_acl_user_can_do_everything_the_cache_does() {
     })
     .await;
 
+    // Every key the cache wrote has a TTL except the generations record, so a volatile-*
+    // eviction policy (the README's advice) can never evict the record.
+    let keys = redis.redis_cli(&["KEYS", "*"]);
+    assert!(keys.lines().any(|k| k.starts_with("ai:cache:v{")), "{keys}");
+    for key in keys.lines() {
+        let ttl: i64 = redis.redis_cli(&["PTTL", key]).parse().unwrap();
+        if key == "ai:cache:generations" {
+            assert_eq!(ttl, -1, "the record never expires");
+        } else {
+            assert!(ttl > 0, "{key} has no TTL ({ttl})");
+        }
+    }
     let stats = a
         .redis_stats()
         .await
