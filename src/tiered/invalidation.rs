@@ -583,8 +583,9 @@ async fn listen(
     loop {
         let msg = if loaded {
             tokio::select! {
+                // The timers first: a busy channel must not starve the check (`next` is
+                // cancel-safe, so losing the race costs nothing).
                 biased;
-                msg = sub.next() => msg,
                 () = state.reload.notified() => {
                     loaded = false;
                     next_load = Instant::now();
@@ -605,11 +606,11 @@ async fn listen(
                     }
                     continue;
                 }
+                msg = sub.next() => msg,
             }
         } else {
             tokio::select! {
                 biased;
-                msg = sub.next() => msg,
                 () = tokio::time::sleep_until(next_load) => {
                     let loaded_now = l2
                         .load_generations(&state.generations_key, new_generation(), true, LOAD_TIMEOUT)
@@ -641,6 +642,7 @@ async fn listen(
                     }
                     continue;
                 }
+                msg = sub.next() => msg,
             }
         };
         let Some(msg) = msg else {

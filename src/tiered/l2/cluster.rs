@@ -156,6 +156,11 @@ impl ClusterStore {
             .unwrap_or(false)
     }
 
+    /// Why the last connection attempt failed, if it did (for the start-up WARN).
+    pub fn last_connect_error(&self) -> Option<String> {
+        self.shared.conn.last_error()
+    }
+
     /// Run `op` for `key` on the node that owns it, unless that node is marked down.
     async fn run<T, F, Fut>(&self, key: Option<&str>, op: F) -> Result<T, L2Error>
     where

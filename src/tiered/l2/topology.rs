@@ -307,7 +307,9 @@ pub(crate) async fn open_store(config: &Config) -> Result<Option<Box<dyn RemoteS
         )?;
         store.connect_in_background();
         if !store.wait_connected(wait).await {
+            let cause = start_up_cause(store.last_connect_error());
             tracing::warn!(
+                cause = %cause,
                 "the redis cluster is not reachable yet: running L1-only until it answers"
             );
         }
