@@ -272,3 +272,217 @@ async fn with_redis_wholly_away_l1_keeps_serving_past_the_grace() {
     assert_eq!(mock.calls(), calls);
     assert_eq!(c.stats().cache.unsynced_skips, 0);
 }
+
+/// How the generations record goes away.
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    /// `DEL`, then every subscription killed: the old instances reconnect and reload.
+    Del,
+    /// `FLUSHALL`: entries and record alike (a restart without persistence).
+    FlushAll,
+    /// Evicted under `allkeys-lfu` with a small `maxmemory`, the entries kept.
+    Eviction,
+}
+
+const GENERATIONS: &str = "ai:cache:generations";
+
+/// Keep the pre-purge entries hot and make the record the coldest key (as a record
+/// nobody read for a while is), then fill Redis past `maxmemory` until the record is
+/// evicted; then lift the limit so nothing else is evicted.
+async fn evict_the_record(redis: &RedisServer, keep: &[String]) {
+    let mut c = redis.conn().await;
+    let restore = async |c: &mut redis::aio::MultiplexedConnection, key: &str, freq: u32| {
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(c).await.unwrap();
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(key).query_async(c).await.unwrap();
+        redis::cmd("RESTORE")
+            .arg(key)
+            .arg(ttl.max(0))
+            .arg(dump)
+            .arg("REPLACE")
+            .arg("FREQ")
+            .arg(freq)
+            .query_async::<()>(c)
+            .await
+            .unwrap();
+    };
+    for key in keep {
+        restore(&mut c, key, 200).await;
+    }
+    let info = redis.redis_cli(&["INFO", "memory"]);
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let limit = (used + (1 << 20)).to_string();
+    redis.redis_cli(&["CONFIG", "SET", "maxmemory", &limit]);
+    let mut evicted = false;
+    for round in 0..50 {
+        if redis.redis_cli(&["HEXISTS", GENERATIONS, "tenant-a"]) == "0" {
+            evicted = true;
+            break;
+        }
+        restore(&mut c, GENERATIONS, 0).await;
+        let mut pipe = redis::pipe();
+        for i in 0..300 {
+            pipe.cmd("SET")
+                .arg(format!("filler:{round}:{i}"))
+                .arg(vec![b'x'; 8 << 10])
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut c).await.unwrap();
+    }
+    redis.redis_cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert!(evicted, "the generations record was never evicted");
+}
+
+/// After `invalidate_namespace`, the generations record is lost (`DEL`, `FLUSHALL`,
+/// eviction): no instance, new or old, serves a purged answer; they converge on one key
+/// space, and an invalidation on one reaches the others' L1 again.
+async fn a_lost_record_never_brings_purged_answers_back(loss: Loss) {
+    let redis = match loss {
+        Loss::Eviction => RedisServer::start_with_args(&["--maxmemory-policy", "allkeys-lfu"]),
+        _ => RedisServer::start(),
+    };
+    let mock = MockUpstream::start().await;
+    let (a, b) = (instance(&mock, &redis).await, instance(&mock, &redis).await);
+    let tenant = CacheControl::new().namespace("tenant-a");
+    let prompts: Vec<ChatRequest> = (0..6)
+        .map(|i| request(&format!("purged answer {i}")))
+        .collect();
+    for p in &prompts {
+        fill(&[a.clone(), b.clone()], p, &tenant).await;
+    }
+    let purged: Vec<String> = prompts
+        .iter()
+        .map(|p| a.tiers().l2_key(&a.digest_with(p, &tenant)))
+        .collect();
+    let before = b.digest_with(&prompts[0], &tenant);
+    a.invalidate_namespace("tenant-a").await.unwrap();
+    eventually("b to learn the new generation", WAIT, || {
+        b.digest_with(&prompts[0], &tenant) != before
+    })
+    .await;
+
+    match loss {
+        Loss::Del => {
+            redis.redis_cli(&["DEL", GENERATIONS]);
+            redis.redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+        Loss::FlushAll => {
+            redis.redis_cli(&["FLUSHALL"]);
+        }
+        Loss::Eviction => evict_the_record(&redis, &purged).await,
+    }
+    if !matches!(loss, Loss::FlushAll) {
+        let kept = purged
+            .iter()
+            .filter(|k| redis.redis_cli(&["EXISTS", k]) == "1")
+            .count();
+        assert!(
+            kept > 0,
+            "{loss:?}: the purged entries must still be in Redis"
+        );
+    }
+
+    // Every first ask after the loss, on a new instance and on both old ones, is fetched.
+    let c = instance(&mock, &redis).await;
+    let calls = mock.calls();
+    for (i, p) in prompts.iter().enumerate() {
+        let (name, who) = [("new", &c), ("a", &a), ("b", &b)][i % 3];
+        let got = who.chat_with(p, &tenant).await.unwrap();
+        assert_eq!(
+            got.status(),
+            CacheStatus::Miss,
+            "{loss:?}: instance {name} served purged answer {i}"
+        );
+    }
+    assert_eq!(mock.calls(), calls + prompts.len());
+
+    // One view again: the same keys on every instance, shared through L2, and an
+    // invalidation on one leaves the others' L1.
+    eventually("every instance to use one key space", WAIT, || {
+        let d = c.digest_with(&prompts[0], &tenant);
+        a.digest_with(&prompts[0], &tenant) == d && b.digest_with(&prompts[0], &tenant) == d
+    })
+    .await;
+    let shared = request(&format!("shared after {loss:?}"));
+    fill(&[c.clone(), a.clone(), b.clone()], &shared, &tenant).await;
+    c.invalidate_with(&shared, &tenant).await.unwrap();
+    for (name, who) in [("a", &a), ("b", &b)] {
+        eventually_async(&format!("{loss:?}: {name} drops the entry"), WAIT, || {
+            let (who, shared, tenant) = (who.clone(), shared.clone(), tenant.clone());
+            async move { !in_l1(&who, &shared, &tenant).await }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_generations_record_never_brings_purged_answers_back() {
+    a_lost_record_never_brings_purged_answers_back(Loss::Del).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flushed_generations_record_never_brings_purged_answers_back() {
+    a_lost_record_never_brings_purged_answers_back(Loss::FlushAll).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_evicted_generations_record_never_brings_purged_answers_back() {
+    a_lost_record_never_brings_purged_answers_back(Loss::Eviction).await;
+}
+
+/// At 60 ms round trip (past the 50 ms request deadline) the generations still load: the
+/// instance becomes current, and L1 keeps serving past `unsynced_grace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generations_load_over_a_slow_link() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(redis.addr().parse().unwrap());
+    proxy.latency(Duration::from_millis(30));
+    let grace = Duration::from_millis(200);
+    let c = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(proxy.url())
+        .unsynced_grace(grace)
+        .build()
+        .await
+        .unwrap();
+    eventually("the generations to load over a 60 ms link", WAIT, || {
+        c.tiers().invalidation_subscribed()
+    })
+    .await;
+    let req = request("asked over a slow link");
+    assert_eq!(c.chat(&req).await.unwrap().status(), CacheStatus::Miss);
+    tokio::time::sleep(grace * 2).await;
+    assert_eq!(c.chat(&req).await.unwrap().status(), CacheStatus::HitL1);
+    assert_eq!(mock.calls(), 1);
+}
+
+/// An instance that does not subscribe still reads the generations record, so it shares
+/// the fleet's keys (the record's incarnation is part of every key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_does_not_subscribe_shares_the_fleets_keys() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let a = instance(&mock, &redis).await;
+    let quiet = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+        .redis(redis.url())
+        .l2_deadline(Duration::from_millis(250))
+        .subscribe_invalidations(false)
+        .build()
+        .await
+        .unwrap();
+    let req = request("shared with a quiet instance");
+    let plain = CacheControl::new();
+    eventually("the quiet instance to read the record", WAIT, || {
+        quiet.digest_with(&req, &plain) == a.digest_with(&req, &plain)
+    })
+    .await;
+    fill(&[a.clone(), quiet.clone()], &req, &plain).await;
+    assert_eq!(mock.calls(), 1);
+}

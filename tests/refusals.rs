@@ -255,3 +255,206 @@ async fn a_user_who_may_not_set_still_reads_and_fetches_without_leases() {
     assert_eq!(s.breaker, BreakerState::Closed);
     assert_eq!(s.l2_hits, 5, "{s:?}");
 }
+
+/// An ACL user that may do everything but subscribe: invalidations from other instances
+/// cannot reach this one. `health()` says so (`degraded`, naming NOPERM), one WARN says
+/// what the cache does then, and requests still succeed.
+#[tokio::test]
+async fn a_user_who_may_not_subscribe_is_reported_degraded_and_warned_once() {
+    let log = warnings();
+    let redis = RedisServer::start();
+    redis.redis_cli(&[
+        "ACL",
+        "SETUSER",
+        "nosub",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-subscribe",
+    ]);
+    let url = format!("redis://nosub:pw@127.0.0.1:{}", redis.port());
+    let mock = MockUpstream::start().await;
+    let cache = cache(&url, &mock).await;
+    ask(&cache, "asked without a subscription").await;
+    let health = cache.health().await;
+    assert_eq!(health.l2, llm_cache::L2Health::Degraded, "{health}");
+    let why = health.invalidation.clone().unwrap_or_default();
+    assert!(why.starts_with("NOPERM"), "{health}");
+    assert!(health.to_string().contains("NOPERM"), "{health}");
+    assert!(!cache.tiers().invalidation_subscribed());
+    // The subscription is retried (the ACL may be fixed); the WARN is not repeated.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        lines_with(&log, "refuses the invalidation subscription (NOPERM"),
+        1,
+        "{}",
+        String::from_utf8_lossy(&log.lock().unwrap())
+    );
+    // Once the user may subscribe, the cache becomes current and is up again.
+    redis.redis_cli(&["ACL", "SETUSER", "nosub", "+subscribe"]);
+    eventually("the subscription once allowed", WAIT, || {
+        cache.tiers().invalidation_subscribed()
+    })
+    .await;
+    let health = cache.health().await;
+    assert_eq!(health.l2, llm_cache::L2Health::Up, "{health}");
+    assert_eq!(health.invalidation, None);
+}
+
+/// A wrong password: the start-up WARN names the cause, never the password.
+#[tokio::test]
+async fn a_wrong_password_is_named_at_start_up() {
+    let log = warnings();
+    let redis = RedisServer::start();
+    redis.redis_cli(&[
+        "ACL",
+        "SETUSER",
+        "cache",
+        "on",
+        ">right-pw",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let url = format!("redis://cache:wrong-pw-7f3a@127.0.0.1:{}", redis.port());
+    let mock = MockUpstream::start().await;
+    let cache = cache(&url, &mock).await;
+    ask(&cache, "asked with a wrong password").await;
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let port = format!(":{}", redis.port());
+    let line = text
+        .lines()
+        .find(|l| l.contains("not reachable yet") && l.contains(&port))
+        .unwrap_or_else(|| panic!("no start-up WARN for this server:\n{text}"));
+    assert!(line.contains("authentication failed"), "{line}");
+    assert!(!text.contains("wrong-pw-7f3a"), "{text}");
+}
+
+/// The README's ACL line, exactly as written (read out of README.md), with a password.
+fn readme_acl_user(password: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("`ACL SETUSER llm-cache")
+        .expect("the README's ACL line");
+    let rest = &readme[start + 1..];
+    let line = &rest[..rest.find('`').expect("the ACL line's closing backtick")];
+    line.split_whitespace()
+        .skip(1)
+        .map(|w| w.replace("PASSWORD", password))
+        .collect()
+}
+
+/// Two instances log in as the README's ACL user and use everything the cache does with
+/// Redis: chat, streams, embeddings, the semantic index, invalidation, namespace
+/// invalidation, `redis_stats` and `health`. Everything is shared through L2 and nothing
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_acl_user_can_do_everything_the_cache_does() {
+    use futures_util::StreamExt;
+    use llm_cache::{CacheControl, EmbeddingRequest, SemanticConfig};
+    let redis = RedisServer::start();
+    let mut acl = vec!["ACL".to_owned()];
+    acl.extend(readme_acl_user("readme-pw"));
+    let acl: Vec<&str> = acl.iter().map(String::as_str).collect();
+    assert_eq!(redis.redis_cli(&acl), "OK");
+    let url = format!("redis://llm-cache:readme-pw@127.0.0.1:{}", redis.port());
+    let mock = MockUpstream::start().await;
+    mock.set_embedder(|text| support::bow::bag_of_words(text, 64));
+    let instance = || {
+        LlmCache::builder()
+            .upstream(OpenAiCompatible::new(mock.base_url()).api_key("sk-test"))
+            .redis(&url)
+            .l2_deadline(Duration::from_millis(250))
+            .semantic(SemanticConfig::new("text-embedding-test"))
+            .build()
+    };
+    let (a, b) = (instance().await.unwrap(), instance().await.unwrap());
+    for c in [&a, &b] {
+        assert!(c.tiers().invalidation_subscribed());
+    }
+    let written = |c: &LlmCache, n: u64| {
+        let c = c.clone();
+        move || c.stats().cache.l2_writes >= n
+    };
+
+    // Chat, and a stream: fetched by one, read from Redis by the other.
+    assert_eq!(ask(&a, "plain chat").await, CacheStatus::Miss);
+    let streamed = request("streamed chat");
+    let mut s = a.chat_stream(&streamed).await.unwrap();
+    while let Some(chunk) = s.next().await {
+        chunk.unwrap();
+    }
+    eventually("both writes", WAIT, written(&a, 2)).await;
+    assert_eq!(ask(&b, "plain chat").await, CacheStatus::HitL2);
+    let replay = b.chat_stream(&streamed).await.unwrap();
+    assert_eq!(replay.status(), CacheStatus::HitL2);
+
+    // Embeddings.
+    let texts = EmbeddingRequest::new("text-embedding-3-small", vec!["one", "two"]);
+    assert_eq!(
+        a.embeddings(&texts).await.unwrap().status(),
+        CacheStatus::Miss
+    );
+    support::topology::eventually_async("b reads the vectors from Redis", WAIT, || async {
+        b.embeddings(&texts).await.unwrap().status() == CacheStatus::HitL2
+    })
+    .await;
+
+    // The semantic index in Redis: indexed by one, a paraphrase hits on the other.
+    let semantic = CacheControl::new().semantic(true);
+    let indexed = a.stats().semantic.indexed;
+    let original = request("What is the capital of France?");
+    a.chat_with(&original, &semantic).await.unwrap();
+    eventually("indexed", WAIT, || a.stats().semantic.indexed > indexed).await;
+    let para = request("Could you please tell me what the capital of France is?");
+    let hit = b.chat_with(&para, &semantic).await.unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitSemantic);
+
+    // Invalidation reaches the other's L1; a namespace bump reaches the other instance.
+    let plain = request("plain chat");
+    assert_eq!(b.chat(&plain).await.unwrap().status(), CacheStatus::HitL1);
+    a.invalidate(&plain).await.unwrap();
+    support::topology::eventually_async("b drops the invalidated entry", WAIT, || async {
+        let d = b.digest_with(&plain, &CacheControl::new());
+        b.tiers().get(&d).await.is_none()
+    })
+    .await;
+    let tenant = CacheControl::new().namespace("t");
+    let before = b.digest_with(&plain, &tenant);
+    a.invalidate_namespace("t").await.unwrap();
+    eventually("the bump reaches b", WAIT, || {
+        b.digest_with(&plain, &tenant) != before
+    })
+    .await;
+
+    // Every key the cache wrote has a TTL except the generations record, so a volatile-*
+    // eviction policy (the README's advice) can never evict the record.
+    let keys = redis.redis_cli(&["KEYS", "*"]);
+    assert!(keys.lines().any(|k| k.starts_with("ai:cache:v{")), "{keys}");
+    for key in keys.lines() {
+        let ttl: i64 = redis.redis_cli(&["PTTL", key]).parse().unwrap();
+        if key == "ai:cache:generations" {
+            assert_eq!(ttl, -1, "the record never expires");
+        } else {
+            assert!(ttl > 0, "{key} has no TTL ({ttl})");
+        }
+    }
+    let stats = a
+        .redis_stats()
+        .await
+        .expect("redis_stats with the README's user");
+    assert!(stats.generations_key && stats.keys >= 2, "{stats:?}");
+    for (name, c) in [("a", &a), ("b", &b)] {
+        let health = c.health().await;
+        assert_eq!(health.l2, llm_cache::L2Health::Up, "{name}: {health}");
+        let s = c.stats().cache;
+        assert_eq!(
+            (s.l2_errors, s.l2_writes_refused, s.leases_refused),
+            (0, 0, 0),
+            "{name}: refused with the README's user: {s:?} {health}"
+        );
+    }
+}

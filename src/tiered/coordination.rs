@@ -35,13 +35,15 @@ where
     pub(super) fn start_invalidation(&self) {
         let inner = &self.inner;
         let Some(l2) = &inner.l2 else { return };
-        if !inner.config.topology.invalidation {
-            return;
-        }
         let weak: std::sync::Weak<Inner<V>> = Arc::downgrade(inner);
         let sink: std::sync::Weak<dyn invalidation::Sink> = weak;
-        let task =
-            invalidation::spawn_subscriber(Arc::clone(&inner.invalidation), Arc::clone(l2), sink);
+        let (state, l2) = (Arc::clone(&inner.invalidation), Arc::clone(l2));
+        // Without a subscription the record is still read, so the keys are the fleet's.
+        let task = if inner.config.topology.invalidation {
+            invalidation::spawn_subscriber(state, l2, sink)
+        } else {
+            invalidation::spawn_poller(state, l2, sink)
+        };
         let _ = inner.subscriber.set(task);
     }
 
@@ -94,10 +96,18 @@ where
         let generation = invalidation::new_generation();
         let message = invalidation::generation_message(namespace, generation);
         let (key, channel) = (state.generations_key(), state.channel());
-        if !l2
-            .hset_publish(key, namespace.as_bytes(), generation, channel, &message)
+        let fresh = invalidation::new_generation();
+        let Some(incarnation) = l2
+            .hset_publish(
+                key,
+                namespace.as_bytes(),
+                generation,
+                channel,
+                &message,
+                fresh,
+            )
             .await
-        {
+        else {
             inner.l1.clear();
             return Err(Error::new(
                 ErrorKind::Redis,
@@ -106,6 +116,11 @@ where
                     l2.describe()
                 ),
             ));
+        };
+        // The record was lost and recreated (by this bump or another instance): adopt its
+        // incarnation now, so this instance stops serving the old key space at once.
+        if state.after_bump(incarnation, namespace, generation) {
+            inner.l1.clear();
         }
         // Our own subscription applies it in order with any concurrent bump; wait briefly so
         // that this instance has switched when we return. Without one, apply it here.

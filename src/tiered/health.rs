@@ -18,8 +18,11 @@ use crate::tiered::stats::BreakerState;
 pub enum L2Health {
     /// Redis answered.
     Up,
-    /// Redis answered, but some of its nodes did not (a Cluster with masters down, named
-    /// in [`Health::nodes_down`]): their keys miss, the others' hit.
+    /// Redis answered, but not everything works: some of its nodes did not answer (a
+    /// Cluster with masters down, named in [`Health::nodes_down`]: their keys miss, the
+    /// others' hit), or it refuses the invalidation subscription (an ACL user without
+    /// SUBSCRIBE, said in [`Health::invalidation`]: L2 is not read and L1 entries are
+    /// served for at most `unsynced_grace`).
     Degraded,
     /// Redis did not answer (error or deadline); the breaker still lets operations through.
     Down,
@@ -68,6 +71,9 @@ pub struct Health {
     pub last_error: Option<String>,
     /// When that failure happened.
     pub last_error_at: Option<SystemTime>,
+    /// Why invalidations from other instances cannot reach this one now, when Redis says
+    /// so: the server's refusal of the subscription (`NOPERM ...`). `None` otherwise.
+    pub invalidation: Option<String>,
 }
 
 impl Health {
@@ -84,6 +90,7 @@ impl Health {
             nodes_down: Vec::new(),
             last_error: None,
             last_error_at: None,
+            invalidation: None,
         }
     }
 }
@@ -98,6 +105,9 @@ impl fmt::Display for Health {
         }
         if !self.nodes_down.is_empty() {
             write!(f, ": nodes down: {}", self.nodes_down.join(","))?;
+        }
+        if let Some(why) = &self.invalidation {
+            write!(f, ": invalidation subscription refused: {why}")?;
         }
         if let Some(error) = &self.last_error {
             let ago = self
@@ -156,6 +166,8 @@ where
     /// cool-down is over it is the probe that can close it). For a Cluster every master is
     /// also pinged on a connection of its own (not through the breaker): with some of them
     /// silent the tier is [`L2Health::Degraded`] and [`Health::nodes_down`] names them.
+    /// It is `Degraded` too while Redis refuses the invalidation subscription (an ACL user
+    /// without SUBSCRIBE): [`Health::invalidation`] holds the refusal.
     /// Never fails, never blocks longer than about the L2 deadline.
     pub async fn health(&self) -> Health {
         let (Some(l2), _) = self.l2_parts() else {
@@ -163,8 +175,9 @@ where
         };
         let (answered, nodes_down) = tokio::join!(l2.ping(), l2.store().nodes_down());
         let breaker = l2.breaker_state();
+        let refused = self.inner.invalidation.refused();
         let state = match (answered, breaker) {
-            (true, _) if !nodes_down.is_empty() => L2Health::Degraded,
+            (true, _) if !nodes_down.is_empty() || refused.is_some() => L2Health::Degraded,
             (true, _) => L2Health::Up,
             (false, BreakerState::Closed) => L2Health::Down,
             (false, _) => L2Health::BreakerOpen,
@@ -182,6 +195,7 @@ where
             nodes_down,
             last_error: last.as_ref().map(|e| format!("{}: {}", e.op, e.message)),
             last_error_at: last.map(|e| e.at),
+            invalidation: refused,
         }
     }
 }

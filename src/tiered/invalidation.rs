@@ -18,6 +18,18 @@
 //! when the generations cannot be read (a Cluster node down): the read is retried on its
 //! own while messages keep arriving.
 //!
+//! The record has an *incarnation*: a random value stored in it (a field no namespace can
+//! name), created with the record (`HSETNX`, by whichever instance finds it missing first)
+//! and bound into every key beside the namespace's generation. A record that is lost (a
+//! `FLUSHALL`, a `DEL`, eviction, a restart without persistence, a failover that lost the
+//! write) is recreated with a new incarnation, so it starts a new key space: a cold cache,
+//! never a purged namespace's old entries read as "never invalidated". An instance notices
+//! a changed incarnation on each reload, on each (re)subscription, when a bump of its own
+//! finds it, and within a second from a periodic check; it then adopts the new one and
+//! clears its L1. An instance that does not subscribe still loads the record and checks it
+//! (so its keys are the fleet's); a subscription the server refuses (NOPERM) is warned about
+//! once and reported by `health()`.
+//!
 //! While it is not current and Redis is partly reachable (someone may be invalidating),
 //! it serves cached entries for at most `unsynced_grace`: an L1 entry no longer than that
 //! after it was stored or after the instance stopped being current, whichever is later,
@@ -38,14 +50,19 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::tiered::digest::Digest;
-use crate::tiered::keyspace::Keyspace;
-use crate::tiered::l2::Guarded;
+use crate::tiered::keyspace::{INCARNATION_FIELD, Keyspace};
+use crate::tiered::l2::{Guarded, L2Error};
 
 /// How long connecting and subscribing may take before the subscriber tries again.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Backoff between subscription attempts.
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long loading the generations may take: its own bound, not a request's deadline (a
+/// link of 60 ms round trip must still load them; nobody waits on it).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a current instance checks that the record still has its incarnation.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// What the subscriber does to the cache it serves.
 pub(crate) trait Sink: Send + Sync + 'static {
@@ -59,7 +76,17 @@ pub(crate) trait Sink: Send + Sync + 'static {
 pub(crate) struct Invalidation {
     channel: String,
     generations_key: String,
-    generations: RwLock<HashMap<String, u64>>,
+    /// Each bumped namespace's generation, and what keys use: it mixed with the incarnation.
+    generations: RwLock<HashMap<String, (u64, u64)>>,
+    /// The record's incarnation as last read (0: not read yet, or no Redis). Written under
+    /// the `generations` lock, with `base`.
+    incarnation: AtomicU64,
+    /// What keys of a namespace never bumped use: generation 0 mixed with the incarnation.
+    base: AtomicU64,
+    /// Asks the subscriber to reload the whole record (a bump found a new incarnation).
+    reload: tokio::sync::Notify,
+    /// Why the server refuses the subscription (NOPERM), while it does.
+    refused: std::sync::Mutex<Option<String>>,
     /// False until some namespace has a generation: the hot path then skips the lock.
     any_generation: AtomicBool,
     /// Bumped whenever a generation changes, for those waiting to see their own bump.
@@ -97,6 +124,10 @@ impl Invalidation {
             channel: keyspace.channel(),
             generations_key: keyspace.generations(),
             generations: RwLock::new(HashMap::new()),
+            incarnation: AtomicU64::new(0),
+            base: AtomicU64::new(0),
+            reload: tokio::sync::Notify::new(),
+            refused: std::sync::Mutex::new(None),
             any_generation: AtomicBool::new(false),
             changes: watch::Sender::new(0),
             subscribed: watch::Sender::new(None),
@@ -175,32 +206,56 @@ impl Invalidation {
         }
     }
 
-    /// The generation of `namespace` as this instance knows it (0 until one is bumped).
+    /// What the keys of `namespace` are scoped with, as this instance knows it: its
+    /// generation mixed with the record's incarnation (0 for a namespace never bumped
+    /// while the incarnation is unknown or there is no Redis: keys are the digests).
     #[inline]
     pub fn generation(&self, namespace: &str) -> u64 {
         if !self.any_generation.load(Ordering::Acquire) {
-            return 0;
+            return self.base.load(Ordering::Acquire);
         }
         let map = self.generations.read().expect("lock poisoned");
-        map.get(namespace).copied().unwrap_or(0)
+        match map.get(namespace) {
+            Some(&(_, scoped)) => scoped,
+            None => self.base.load(Ordering::Acquire),
+        }
+    }
+
+    /// The record's incarnation as last read (0 before).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation.load(Ordering::Acquire)
     }
 
     /// Learn that `namespace` is now at `generation`.
     pub fn observe(&self, namespace: &str, generation: u64) {
         let mut map = self.generations.write().expect("lock poisoned");
-        map.insert(namespace.to_owned(), generation);
+        let incarnation = self.incarnation.load(Ordering::Acquire);
+        map.insert(
+            namespace.to_owned(),
+            (generation, mixed(incarnation, generation)),
+        );
         self.any_generation.store(true, Ordering::Release);
         drop(map);
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// Take Redis's generations as the whole truth (after a (re)subscription).
-    fn replace_all(&self, all: Vec<(Vec<u8>, u64)>) {
+    /// Take Redis's record as the whole truth (after a (re)subscription, or when the
+    /// incarnation changed). `None` when it holds no incarnation (it vanished between
+    /// creation and read: load again); else whether it replaced a different one that was
+    /// known (L1 then holds the old key space's entries).
+    fn replace_all(&self, all: Vec<(Vec<u8>, u64)>) -> Option<bool> {
+        let incarnation = all
+            .iter()
+            .find(|(field, _)| field.as_slice() == INCARNATION_FIELD)
+            .map(|&(_, value)| value)
+            .filter(|&value| value != 0)?;
         let mut map = self.generations.write().expect("lock poisoned");
+        let before = self.incarnation.swap(incarnation, Ordering::AcqRel);
+        self.base.store(mixed(incarnation, 0), Ordering::Release);
         map.clear();
         for (namespace, generation) in all {
             if let Ok(ns) = String::from_utf8(namespace) {
-                map.insert(ns, generation);
+                map.insert(ns, (generation, mixed(incarnation, generation)));
             }
         }
         if !map.is_empty() {
@@ -209,6 +264,58 @@ impl Invalidation {
         drop(map);
         self.loaded.store(true, Ordering::Release);
         self.changes.send_modify(|n| *n += 1);
+        Some(before != 0 && before != incarnation)
+    }
+
+    /// A bump of ours set `namespace` to `generation` in a record of `incarnation`. When
+    /// that is not the incarnation known here (the record was lost and recreated), adopt it
+    /// at once (so this instance stops serving the purged namespace now), ask the
+    /// subscriber to reload the rest, and return true: the caller clears L1.
+    pub fn after_bump(&self, incarnation: u64, namespace: &str, generation: u64) -> bool {
+        if incarnation == 0 || incarnation == self.incarnation() {
+            return false;
+        }
+        let mut map = self.generations.write().expect("lock poisoned");
+        self.incarnation.store(incarnation, Ordering::Release);
+        self.base.store(mixed(incarnation, 0), Ordering::Release);
+        map.clear();
+        map.insert(
+            namespace.to_owned(),
+            (generation, mixed(incarnation, generation)),
+        );
+        self.any_generation.store(true, Ordering::Release);
+        drop(map);
+        self.note_invalidation();
+        self.changes.send_modify(|n| *n += 1);
+        self.reload.notify_one();
+        true
+    }
+
+    /// Why the server refuses this instance's subscription (NOPERM), while it does.
+    pub fn refused(&self) -> Option<String> {
+        self.refused.lock().expect("lock poisoned").clone()
+    }
+
+    /// Note the server's refusal (or its end). True when this refusal is news to the
+    /// process: the first instance subscribing there to hear it (a cache's answers and its
+    /// vectors share one channel), so that one WARN is logged, not one per tier or retry.
+    fn note_refused(&self, server: &str, why: Option<String>) -> bool {
+        static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let place = format!("{server} {}", self.channel);
+        let mut warned = WARNED.lock().expect("lock poisoned");
+        let news = match &why {
+            Some(_) if !warned.contains(&place) => {
+                warned.push(place);
+                true
+            }
+            Some(_) => false,
+            None => {
+                warned.retain(|p| *p != place);
+                false
+            }
+        };
+        *self.refused.lock().expect("lock poisoned") = why;
+        news
     }
 
     /// Move `namespace` to a new generation in this instance only (no Redis).
@@ -275,6 +382,23 @@ pub(crate) fn new_generation() -> u64 {
     rand::rng().random_range(1..=u64::MAX)
 }
 
+/// `generation` bound to the record's `incarnation`: itself while the incarnation is
+/// unknown (0), else 64 bits of the SHA-256 of both (never 0), so that a recreated record,
+/// whose namespaces all start again at 0, names none of the old record's keys.
+fn mixed(incarnation: u64, generation: u64) -> u64 {
+    if incarnation == 0 {
+        return generation;
+    }
+    let mut h = Sha256::new();
+    h.update(b"llm-cache/generations-incarnation\0");
+    h.update(incarnation.to_be_bytes());
+    h.update(generation.to_be_bytes());
+    let out: [u8; 32] = h.finalize().into();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(first).max(1)
+}
+
 /// `digest` in generation `generation` of its namespace. Generation 0 is the digest
 /// itself (keys of namespaces never invalidated do not change); a later one is the SHA-256
 /// of a fixed tag, the digest and the generation, which no request digest can equal.
@@ -337,6 +461,51 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// For an instance that does not subscribe: load the generations record (so its keys are
+/// the fleet's, in the record's incarnation) and check its incarnation once a second,
+/// reloading when it changed, for as long as `sink` lives. Bumps made elsewhere are not
+/// followed between changes (the instance chose not to hear them).
+pub(crate) fn spawn_poller(
+    state: Arc<Invalidation>,
+    l2: Arc<Guarded>,
+    sink: Weak<dyn Sink>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut retry = RETRY_MIN;
+        let mut loaded = false;
+        while sink.strong_count() > 0 {
+            let key = &state.generations_key;
+            if loaded {
+                tokio::time::sleep(CHECK_EVERY).await;
+                let record = l2
+                    .load_generations(key, new_generation(), false, LOAD_TIMEOUT)
+                    .await;
+                loaded =
+                    record.is_none_or(|r| r.first().map(|&(_, v)| v) == Some(state.incarnation()));
+                continue;
+            }
+            let record = l2
+                .load_generations(key, new_generation(), true, LOAD_TIMEOUT)
+                .await;
+            match record.and_then(|all| state.replace_all(all)) {
+                Some(changed) => {
+                    if changed && let Some(sink) = sink.upgrade() {
+                        state.note_invalidation();
+                        sink.forget_all();
+                    }
+                    loaded = true;
+                    retry = RETRY_MIN;
+                }
+                None => {
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+            first_attempt_failed(&state);
+        }
+    }))
+}
+
 /// Listen on the channel for as long as `sink` lives, resubscribing with a backoff.
 pub(crate) fn spawn_subscriber(
     state: Arc<Invalidation>,
@@ -352,6 +521,7 @@ async fn subscribe_forever(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Wea
         match l2.subscribe(&state.channel, SUBSCRIBE_TIMEOUT).await {
             Ok(mut sub) => {
                 retry = RETRY_MIN;
+                state.note_refused(l2.describe(), None);
                 state.listening.store(true, Ordering::Release);
                 state.subscriptions.fetch_add(1, Ordering::Relaxed);
                 if listen(&state, &l2, &sink, &mut sub).await.is_break() {
@@ -362,6 +532,17 @@ async fn subscribe_forever(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Wea
                 tracing::warn!(channel = %state.channel, "lost the invalidation subscription: resubscribing (L1 is cleared once it is back)");
                 // A killed connection is usually refused again at once: retry right away.
                 continue;
+            }
+            Err(L2Error::Command(why)) => {
+                // The server is up and says no (NOPERM): say so once, loudly, and keep
+                // trying (the ACL may be fixed); health() reports it meanwhile.
+                if state.note_refused(l2.describe(), Some(why.clone())) {
+                    tracing::warn!(
+                        channel = %state.channel, error = %why,
+                        "redis refuses the invalidation subscription (NOPERM: the ACL user needs SUBSCRIBE on this channel): invalidations from other instances cannot reach this one, so the cache serves entries for at most unsynced_grace after storing them and does not read L2; health() reports degraded"
+                    );
+                }
+                first_attempt_failed(&state);
             }
             Err(e) => {
                 tracing::debug!(error = %e, channel = %state.channel, "cannot subscribe to invalidations yet");
@@ -398,24 +579,61 @@ async fn listen(
     let mut loaded = false;
     let mut load_retry = RETRY_MIN;
     let mut next_load = Instant::now();
+    let mut next_check = Instant::now() + CHECK_EVERY;
     loop {
         let msg = if loaded {
-            sub.next().await
+            tokio::select! {
+                // The timers first: a busy channel must not starve the check (`next` is
+                // cancel-safe, so losing the race costs nothing).
+                biased;
+                () = state.reload.notified() => {
+                    loaded = false;
+                    next_load = Instant::now();
+                    continue;
+                }
+                () = tokio::time::sleep_until(next_check) => {
+                    next_check = Instant::now() + CHECK_EVERY;
+                    let key = &state.generations_key;
+                    let fresh = new_generation();
+                    if let Some(record) = l2.load_generations(key, fresh, false, LOAD_TIMEOUT).await {
+                        let now = record.first().map_or(0, |&(_, value)| value);
+                        if now != state.incarnation() {
+                            // Lost and recreated (by this check or another instance):
+                            // load the new record now.
+                            loaded = false;
+                            next_load = Instant::now();
+                        }
+                    }
+                    continue;
+                }
+                msg = sub.next() => msg,
+            }
         } else {
             tokio::select! {
                 biased;
-                msg = sub.next() => msg,
                 () = tokio::time::sleep_until(next_load) => {
-                    match l2.hgetall(&state.generations_key).await {
-                        Some(all) => {
-                            state.replace_all(all);
+                    let loaded_now = l2
+                        .load_generations(&state.generations_key, new_generation(), true, LOAD_TIMEOUT)
+                        .await;
+                    match loaded_now.map(|all| state.replace_all(all)) {
+                        Some(Some(changed)) => {
                             let Some(sink) = sink.upgrade() else { return Break(()) };
+                            if changed {
+                                state.note_invalidation();
+                                sink.forget_all();
+                                tracing::warn!(
+                                    key = %state.generations_key,
+                                    "the namespace generations record was lost and recreated (FLUSHALL, DEL, eviction, or a restart or failover that lost it): a new key space starts, L1 cleared; cached answers are fetched again, none invalidated comes back"
+                                );
+                            }
                             state.become_current(&*sink);
                             state.subscribed.send_replace(Some(true));
                             loaded = true;
+                            load_retry = RETRY_MIN;
+                            next_check = Instant::now() + CHECK_EVERY;
                             tracing::debug!(channel = %state.channel, "invalidations current: generations loaded");
                         }
-                        None => {
+                        Some(None) | None => {
                             first_attempt_failed(state);
                             tracing::debug!(key = %state.generations_key, "cannot read the namespace generations yet: retrying, subscription kept");
                             next_load = Instant::now() + load_retry;
@@ -424,6 +642,7 @@ async fn listen(
                     }
                     continue;
                 }
+                msg = sub.next() => msg,
             }
         };
         let Some(msg) = msg else {
@@ -477,8 +696,31 @@ mod tests {
         assert_eq!(inv.generation("a"), 2);
         let local = inv.bump_locally("a");
         assert!(local != 0 && inv.generation("a") == local);
-        inv.replace_all(vec![(b"b".to_vec(), 9)]);
-        assert_eq!(inv.generation("a"), 0);
-        assert_eq!(inv.generation("b"), 9);
+        assert_eq!(
+            inv.replace_all(vec![(b"b".to_vec(), 9)]),
+            None,
+            "no incarnation"
+        );
+        let first = vec![(b"b".to_vec(), 9), (INCARNATION_FIELD.to_vec(), 5)];
+        assert_eq!(inv.replace_all(first.clone()), Some(false));
+        let base = inv.generation("a");
+        assert!(base != 0 && base != inv.generation("b"));
+        assert_eq!(inv.generation("b"), mixed(5, 9));
+        assert_eq!(inv.replace_all(first), Some(false), "same incarnation");
+        // A recreated record: every namespace starts again, under keys never used before.
+        assert_eq!(
+            inv.replace_all(vec![(INCARNATION_FIELD.to_vec(), 6)]),
+            Some(true)
+        );
+        assert_ne!(inv.generation("a"), base);
+        assert_ne!(inv.generation("b"), mixed(5, 9));
+        assert_ne!(inv.generation("b"), mixed(5, 0));
+        assert!(inv.after_bump(7, "a", 3));
+        assert_eq!(inv.generation("a"), mixed(7, 3));
+        assert_eq!(inv.generation("b"), mixed(7, 0));
+        assert!(
+            !inv.after_bump(7, "a", 4),
+            "known incarnation: nothing to adopt"
+        );
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! P:{H}            an entry, or the lease marker of the flight fetching it
-//! P:generations    the namespace generations (a hash)
+//! P:generations    the namespace generations (a hash), and its incarnation (a field
+//!                  that no namespace can name: see INCARNATION_FIELD)
 //! P:invalidate     the invalidation channel
 //! P:v{S}rH         a record of the vector index of scope S: entry H's vector and text
 //! P:v{S}bT.X       a bucket of the vector index of scope S: table T, signature X (hex)
@@ -24,6 +25,10 @@
 //! from matching another's names.
 
 use crate::tiered::digest::Digest;
+
+/// The field of the generations hash that holds its incarnation: a random value set when
+/// the record is created, bound into every key. Not UTF-8, so no namespace can be named so.
+pub(crate) const INCARNATION_FIELD: &[u8] = b"\xffincarnation";
 
 /// The names of one cache's keys and channel in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -264,7 +264,7 @@ fn warn_if_unsafe(l2: &Guarded, stats: &RedisStats) {
         tracing::warn!(
             redis = %l2.describe(),
             "redis has no maxmemory: it grows until the host runs out of memory, or refuses \
-             cache writes under noeviction; for a cache set maxmemory and maxmemory-policy allkeys-lru"
+             cache writes under noeviction; for a cache set maxmemory and maxmemory-policy volatile-lru (the generations record has no TTL, so it is never evicted)"
         );
     }
     if stats.maxmemory_policy.contains("noeviction") {
@@ -273,7 +273,7 @@ fn warn_if_unsafe(l2: &Guarded, stats: &RedisStats) {
             maxmemory = stats.maxmemory,
             maxmemory_policy = %stats.maxmemory_policy,
             "redis maxmemory-policy is noeviction: once full it refuses every cache write \
-             (counted as l2 command errors); for a cache use allkeys-lru"
+             (counted as l2 command errors); for a cache use volatile-lru"
         );
     }
     tracing::debug!(

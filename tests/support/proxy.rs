@@ -33,6 +33,8 @@ struct Shared {
     slice: AtomicBool,
     /// Milliseconds a new connection waits before it is connected to the target.
     connect_delay_ms: AtomicU64,
+    /// Milliseconds each forwarded piece waits, either way (a round trip pays it twice).
+    latency_ms: AtomicU64,
     /// One handle per live connection, so `drop_all` can close them all.
     connections: Mutex<Vec<AbortHandle>>,
     accepted: AtomicU64,
@@ -64,6 +66,7 @@ impl Proxy {
             stalled: watch::channel(false).0,
             slice: AtomicBool::new(false),
             connect_delay_ms: AtomicU64::new(0),
+            latency_ms: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
             accepted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -118,6 +121,13 @@ impl Proxy {
     pub fn connect_delay(&self, delay: std::time::Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.shared.connect_delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Delay every forwarded piece by `one_way` in each direction, on live connections
+    /// too: a link of `2 * one_way` round trip, like a Redis in another region.
+    pub fn latency(&self, one_way: std::time::Duration) {
+        let ms = u64::try_from(one_way.as_millis()).unwrap_or(u64::MAX);
+        self.shared.latency_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Write replies (target to client) in pieces of 1 to 7 bytes, each its own write.
@@ -203,6 +213,10 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: Arc<Share
         };
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
+        }
+        let latency = shared.latency_ms.load(Ordering::Relaxed);
+        if latency > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
         }
         let data = &buf[..n];
         let written = if reply && shared.slice.load(Ordering::Relaxed) {

@@ -156,6 +156,11 @@ impl ClusterStore {
             .unwrap_or(false)
     }
 
+    /// Why the last connection attempt failed, if it did (for the start-up WARN).
+    pub fn last_connect_error(&self) -> Option<String> {
+        self.shared.conn.last_error()
+    }
+
     /// Run `op` for `key` on the node that owns it, unless that node is marked down.
     async fn run<T, F, Fut>(&self, key: Option<&str>, op: F) -> Result<T, L2Error>
     where
@@ -565,15 +570,21 @@ impl RemoteStore for ClusterStore {
         value: u64,
         channel: &'a str,
         message: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        fresh: u64,
+    ) -> BoxFuture<'a, Result<u64, L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
-            commands::hset_publish(&mut c, key, field, value, channel, message).await
+            commands::hset_publish(&mut c, key, field, value, channel, message, fresh).await
         }))
     }
 
-    fn hgetall<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<super::Counts, L2Error>> {
+    fn load_generations<'a>(
+        &'a self,
+        key: &'a str,
+        fresh: u64,
+        all: bool,
+    ) -> BoxFuture<'a, Result<super::Counts, L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
-            commands::hgetall(&mut c, key).await
+            commands::load_generations(&mut c, key, fresh, all).await
         }))
     }
 

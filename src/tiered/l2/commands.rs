@@ -9,6 +9,8 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 
+use crate::tiered::keyspace::INCARNATION_FIELD;
+
 /// Delete the lease only if the key still holds our marker: a late release must never free
 /// a lease that expired and was taken by another instance, nor delete a value written since.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
@@ -18,10 +20,12 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Set a namespace's generation and announce it in one step, so that the announcements
-/// reach every subscriber in the order the generations were set.
+/// reach every subscriber in the order the generations were set. A record that was lost
+/// gets a fresh incarnation in the same step (never the caller's old one: that would bring
+/// back the other namespaces' pre-purge entries); the reply is the record's incarnation.
 static SET_GENERATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) redis.call('publish', ARGV[3], ARGV[4]) return 1",
+        "redis.call('hsetnx', KEYS[1], ARGV[5], ARGV[6]) redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) redis.call('publish', ARGV[3], ARGV[4]) return redis.call('hget', KEYS[1], ARGV[5])",
     )
 });
 
@@ -127,7 +131,8 @@ pub(crate) async fn publish<C: ConnectionLike>(
         .map(drop)
 }
 
-/// `HSET key field value` and `PUBLISH channel message`, atomically (one script).
+/// `HSETNX key <incarnation> fresh`, `HSET key field value` and `PUBLISH channel message`,
+/// atomically (one script); the record's incarnation after it (0 if unreadable).
 pub(crate) async fn hset_publish<C: ConnectionLike>(
     c: &mut C,
     key: &str,
@@ -135,24 +140,49 @@ pub(crate) async fn hset_publish<C: ConnectionLike>(
     value: u64,
     channel: &str,
     message: &[u8],
-) -> RedisResult<()> {
-    SET_GENERATION
+    fresh: u64,
+) -> RedisResult<u64> {
+    let incarnation: Option<String> = SET_GENERATION
         .key(key)
         .arg(field)
         .arg(value)
         .arg(channel)
         .arg(message)
-        .invoke_async::<u64>(c)
-        .await
-        .map(drop)
+        .arg(INCARNATION_FIELD)
+        .arg(fresh)
+        .invoke_async(c)
+        .await?;
+    Ok(incarnation.and_then(|s| s.parse().ok()).unwrap_or(0))
 }
 
-/// Every field of a hash of counters; fields whose value is not a counter are skipped.
-pub(crate) async fn hgetall<C: ConnectionLike>(
+/// The generations record: `HSETNX key <incarnation> fresh` (so a missing record starts a
+/// new incarnation, and concurrent creators agree on the first), then in the same round
+/// trip every field (`all`) or only the incarnation. Fields whose value is not a counter
+/// are skipped. No script: a user without EVAL can still load.
+pub(crate) async fn load_generations<C: ConnectionLike>(
     c: &mut C,
     key: &str,
+    fresh: u64,
+    all: bool,
 ) -> RedisResult<Vec<(Vec<u8>, u64)>> {
-    let pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL").arg(key).query_async(c).await?;
+    let mut pipe = redis::pipe();
+    pipe.cmd("HSETNX")
+        .arg(key)
+        .arg(INCARNATION_FIELD)
+        .arg(fresh)
+        .ignore();
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = if all {
+        pipe.cmd("HGETALL").arg(key);
+        let (pairs,): (Vec<(Vec<u8>, Vec<u8>)>,) = pipe.query_async(c).await?;
+        pairs
+    } else {
+        pipe.cmd("HGET").arg(key).arg(INCARNATION_FIELD);
+        let (value,): (Option<Vec<u8>>,) = pipe.query_async(c).await?;
+        value
+            .map(|v| (INCARNATION_FIELD.to_vec(), v))
+            .into_iter()
+            .collect()
+    };
     Ok(pairs
         .into_iter()
         .filter_map(|(f, v)| {

@@ -429,7 +429,7 @@ impl Guarded {
         if cause == "OOM" {
             tracing::warn!(
                 redis = %self.describe(), op, cause, error = why,
-                "redis is full and refuses writes (maxmemory reached under noeviction): new entries stay in L1 only and leases are not taken (single-flight per instance); reads go on and the breaker stays closed. Set maxmemory-policy allkeys-lru"
+                "redis is full and refuses writes (maxmemory reached under noeviction): new entries stay in L1 only and leases are not taken (single-flight per instance); reads go on and the breaker stays closed. Set maxmemory-policy volatile-lru"
             );
         } else {
             tracing::warn!(
@@ -554,13 +554,47 @@ impl Guarded {
         value: u64,
         channel: &str,
         message: &[u8],
-    ) -> bool {
-        let op = self.store.hset_publish(key, field, value, channel, message);
-        self.guarded("hset_publish", op).await.is_some()
+        fresh: u64,
+    ) -> Option<u64> {
+        let op = self
+            .store
+            .hset_publish(key, field, value, channel, message, fresh);
+        self.guarded("hset_publish", op).await
     }
 
-    pub async fn hgetall(&self, key: &str) -> Option<Vec<(Vec<u8>, u64)>> {
-        self.guarded("hgetall", self.store.hgetall(key)).await
+    /// Read the generations record (see `RemoteStore::load_generations`) under `deadline`,
+    /// outside the breaker: it runs in the background, retried by its owner, and must not
+    /// starve behind request traffic that keeps the breaker open on a slow link. Failures
+    /// are noted for `health()` and refusals warned about, like any operation's.
+    pub async fn load_generations(
+        &self,
+        key: &str,
+        fresh: u64,
+        all: bool,
+        deadline: Duration,
+    ) -> Option<super::Counts> {
+        let op = "load_generations";
+        let outcome = tokio::time::timeout(deadline, self.store.load_generations(key, fresh, all));
+        match outcome.await {
+            Ok(Ok(v)) => {
+                self.mark_reachable();
+                Some(v)
+            }
+            Ok(Err(L2Error::NotConnected)) => None,
+            Ok(Err(e)) => {
+                let why = e.to_string();
+                self.counters.note_l2_error(op, &why);
+                if matches!(e, L2Error::Command(_)) {
+                    self.warn_refused(op, &why);
+                }
+                None
+            }
+            Err(_) => {
+                self.counters
+                    .note_l2_error(op, &format!("no answer within {deadline:?}"));
+                None
+            }
+        }
     }
 
     // Capped hashes and multi-key reads, under the same deadline and breaker.

@@ -66,6 +66,15 @@ impl<C: Clone> Lazy<C> {
         Err(failed.map_or(Link::Connecting, Link::Failed))
     }
 
+    /// Why the last attempt failed, if it did, without taking it from the next caller of
+    /// [`link`](Self::link) (for the start-up WARN).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Wait for a connection: call `start` (which should begin an attempt through
     /// [`begin`](Self::begin)) and wait for the attempt under way to end. For start-up only:
     /// operations use [`link`](Self::link), which never waits.

@@ -192,7 +192,8 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
         channel: &'a str,
         message: &'a [u8],
     ) -> BoxFuture<'a, Result<(), L2Error>>;
-    /// `HSET key field value` and `PUBLISH channel message` in one atomic step.
+    /// `HSET key field value` and `PUBLISH channel message` in one atomic step, creating
+    /// the record's incarnation (`fresh`) if it has none; the record's incarnation.
     fn hset_publish<'a>(
         &'a self,
         key: &'a str,
@@ -200,9 +201,16 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
         value: u64,
         channel: &'a str,
         message: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), L2Error>>;
-    /// Every counter in the hash at `key`.
-    fn hgetall<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Counts, L2Error>>;
+        fresh: u64,
+    ) -> BoxFuture<'a, Result<u64, L2Error>>;
+    /// The generations record at `key` (created with incarnation `fresh` if missing):
+    /// every counter (`all`), or only the incarnation's. See `commands::load_generations`.
+    fn load_generations<'a>(
+        &'a self,
+        key: &'a str,
+        fresh: u64,
+        all: bool,
+    ) -> BoxFuture<'a, Result<Counts, L2Error>>;
     // Capped hashes of deadline-prefixed values, and multi-key reads (keys of one call share
     // a Cluster slot): what an index kept beside the entries needs.
     /// See `commands::hset_capped`.

@@ -21,6 +21,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Subscription {
     sink: PubSubSink,
     stream: PubSubStream,
+    /// When the connection was last heard from: kept here rather than in a timer of
+    /// `next()`, so an owner that drops `next()` to do something else (a periodic check)
+    /// does not restart the quiet time and never pings.
+    heard_at: tokio::time::Instant,
 }
 
 impl Subscription {
@@ -29,10 +33,19 @@ impl Subscription {
         let subscribe = async {
             let (mut sink, stream) = client.get_async_pubsub().await?.split();
             sink.subscribe(channel).await?;
-            Ok::<_, redis::RedisError>(Subscription { sink, stream })
+            Ok::<_, redis::RedisError>(Subscription {
+                sink,
+                stream,
+                heard_at: tokio::time::Instant::now(),
+            })
         };
         match tokio::time::timeout(timeout, subscribe).await {
             Ok(Ok(s)) => Ok(s),
+            // The server answered with a refusal (NOPERM: the ACL user may not SUBSCRIBE, or
+            // not on this channel): a command error, so the owner can say so.
+            Ok(Err(e)) if super::refused_by_server(&e) => {
+                Err(L2Error::Command(super::reply_text(&e)))
+            }
             Ok(Err(e)) => Err(L2Error::Connection(e.to_string())),
             Err(_) => Err(L2Error::Connection(format!(
                 "subscribing took longer than {timeout:?}"
@@ -40,15 +53,19 @@ impl Subscription {
         }
     }
 
-    /// The next message's payload; `None` once the subscription is lost.
+    /// The next message's payload; `None` once the subscription is lost. Cancel-safe: a
+    /// dropped call loses no message and keeps the time since the connection was heard.
     pub async fn next(&mut self) -> Option<Vec<u8>> {
         loop {
             tokio::select! {
-                msg = self.stream.next() => return msg.map(|m| m.get_payload_bytes().to_vec()),
-                () = tokio::time::sleep(PING_INTERVAL) => {
+                msg = self.stream.next() => {
+                    self.heard_at = tokio::time::Instant::now();
+                    return msg.map(|m| m.get_payload_bytes().to_vec());
+                }
+                () = tokio::time::sleep_until(self.heard_at + PING_INTERVAL) => {
                     let ping = self.sink.ping::<redis::Value>();
                     match tokio::time::timeout(PING_TIMEOUT, ping).await {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(_)) => self.heard_at = tokio::time::Instant::now(),
                         _ => return None,
                     }
                 }

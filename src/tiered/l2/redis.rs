@@ -123,6 +123,11 @@ impl RedisStore {
             .unwrap_or(false)
     }
 
+    /// Why the last connection attempt failed, if it did (for the start-up WARN).
+    pub fn last_connect_error(&self) -> Option<String> {
+        self.shared.conn.last_error()
+    }
+
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, L2Error>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
@@ -303,14 +308,22 @@ impl RemoteStore for RedisStore {
         value: u64,
         channel: &'a str,
         message: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), L2Error>> {
+        fresh: u64,
+    ) -> BoxFuture<'a, Result<u64, L2Error>> {
         Box::pin(self.run(move |mut c| async move {
-            commands::hset_publish(&mut c, key, field, value, channel, message).await
+            commands::hset_publish(&mut c, key, field, value, channel, message, fresh).await
         }))
     }
 
-    fn hgetall<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<super::Counts, L2Error>> {
-        Box::pin(self.run(move |mut c| async move { commands::hgetall(&mut c, key).await }))
+    fn load_generations<'a>(
+        &'a self,
+        key: &'a str,
+        fresh: u64,
+        all: bool,
+    ) -> BoxFuture<'a, Result<super::Counts, L2Error>> {
+        Box::pin(self.run(move |mut c| async move {
+            commands::load_generations(&mut c, key, fresh, all).await
+        }))
     }
 
     fn hset_capped<'a>(

@@ -266,7 +266,8 @@ pub(crate) async fn open_store(config: &Config) -> Result<Option<Box<dyn RemoteS
         let store = RedisStore::open(url, &t.tls)?;
         store.connect_in_background();
         if !store.wait_connected(wait).await {
-            tracing::warn!(redis = %redact_url(url), "redis is not reachable yet: running L1-only until it answers");
+            let cause = start_up_cause(store.last_connect_error());
+            tracing::warn!(redis = %redact_url(url), cause = %cause, "redis is not reachable yet: running L1-only until it answers");
         }
         return Ok(Some(Box::new(store)));
     }
@@ -285,7 +286,8 @@ pub(crate) async fn open_store(config: &Config) -> Result<Option<Box<dyn RemoteS
         let store = RedisStore::open_sentinel(resolver, &t.sentinels);
         store.connect_in_background();
         if !store.wait_connected(wait).await {
-            tracing::warn!(master = %master, "the sentinels' master is not reachable yet: running L1-only until it answers");
+            let cause = start_up_cause(store.last_connect_error());
+            tracing::warn!(master = %master, cause = %cause, "the sentinels' master is not reachable yet: running L1-only until it answers");
         }
         return Ok(Some(Box::new(store)));
     }
@@ -305,11 +307,53 @@ pub(crate) async fn open_store(config: &Config) -> Result<Option<Box<dyn RemoteS
         )?;
         store.connect_in_background();
         if !store.wait_connected(wait).await {
+            let cause = start_up_cause(store.last_connect_error());
             tracing::warn!(
+                cause = %cause,
                 "the redis cluster is not reachable yet: running L1-only until it answers"
             );
         }
         return Ok(Some(Box::new(store)));
     }
     Ok(None)
+}
+
+/// What the start-up WARN says about why Redis is not usable yet: authentication failures
+/// named as such (the server's reply says which, never the password), any other error as
+/// the driver gave it (URLs redacted), or that no attempt has ended yet.
+fn start_up_cause(error: Option<String>) -> String {
+    let Some(error) = error else {
+        return "no answer yet (connecting in the background)".into();
+    };
+    let error = crate::tiered::health::redact_urls_in(&error);
+    let auth = [
+        "WRONGPASS",
+        "NOAUTH",
+        "invalid username-password",
+        "AuthenticationFailed",
+        "invalid password",
+    ];
+    if auth.iter().any(|needle| error.contains(needle)) {
+        format!("authentication failed (check the user name and password): {error}")
+    } else {
+        error
+    }
+}
+
+#[cfg(test)]
+mod cause_tests {
+    use super::start_up_cause;
+
+    #[test]
+    fn authentication_failures_are_named() {
+        let said = start_up_cause(Some(
+            "WRONGPASS: invalid username-password pair or user is disabled.".into(),
+        ));
+        assert!(said.starts_with("authentication failed"), "{said}");
+        assert!(start_up_cause(None).contains("no answer yet"));
+        assert_eq!(
+            start_up_cause(Some("Connection refused".into())),
+            "Connection refused"
+        );
+    }
 }
