@@ -103,9 +103,9 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         }
-        let Some(vector) = self
-            .semantic_embedding(semantic, &canonical.text(), control)
-            .await
+        // The prompt as written, not the canonical text: the model must see what the guard
+        // set aside too, or every pair the guard merges would score 1.0.
+        let Some(vector) = self.semantic_embedding(semantic, text, control).await
         else {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
@@ -130,16 +130,17 @@ impl LlmCache {
         }))
     }
 
-    /// The vector of `canonical` through the cache's embeddings path (cached per input,
-    /// single-flight), in the request's namespace; `None` when the call fails.
+    /// The vector of `text` (the prompt as written) through the cache's embeddings path
+    /// (cached per input, single-flight), in the request's namespace; `None` when the call
+    /// fails.
     async fn semantic_embedding(
         &self,
         semantic: &Semantic,
-        canonical: &str,
+        text: &str,
         control: &CacheControl,
     ) -> Option<Vec<f32>> {
         let config = &semantic.config;
-        let mut request = EmbeddingRequest::new(config.model.clone(), canonical);
+        let mut request = EmbeddingRequest::new(config.model.clone(), text);
         if let Some(d) = config.dimensions {
             request = request.dimensions(d);
         }

@@ -28,15 +28,15 @@ use crate::tiered::now_ms;
 
 /// The default cosine a candidate needs before the guard looks at it. Low on purpose: the
 /// guard decides what is served, the threshold only spares it candidates that cannot be the
-/// same question. The cache embeds the guard's canonical text, so variants the guard
-/// serves score close to 1.
+/// same question. The cache embeds the prompt as written.
 pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.7;
 /// The default most candidates re-ranked and guarded per lookup.
 pub const DEFAULT_MAX_CANDIDATES: usize = 8;
 /// The default bytes of process memory the in-process index may hold (vectors, texts).
 pub const DEFAULT_SEMANTIC_L1_BYTES: u64 = 64 << 20;
 /// The default most entries per bucket (in process and in Redis): bounds a lookup's
-/// bytes at 8 tables × 64 fields × 77 B from Redis, then `max_candidates` records.
+/// bytes at 104 buckets (8 tables, each signature and its one-bit neighbours) × 64 fields
+/// × 77 B from Redis, then `max_candidates` records.
 pub const DEFAULT_BUCKET_CAP: usize = 64;
 
 /// The semantic cache's settings, given to
@@ -198,7 +198,7 @@ impl Semantic {
         }
     }
 
-    /// The prompt as the guard compares it (and as the cache embeds it).
+    /// The prompt as the guard compares it.
     pub(crate) fn canonical(&self, text: &str) -> Canonical {
         self.config.guard.canonical(text)
     }
@@ -245,7 +245,7 @@ impl Semantic {
             })
             .filter(|(d, _, _, cos)| *cos >= cfg.threshold && !checked.contains(d))
             .collect();
-        ranked.sort_by(|a, b| b.3.total_cmp(&a.3));
+        ranked.sort_by(|a, b| b.3.total_cmp(&a.3).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())));
         for (entry, record, deadline, similarity) in ranked {
             if self.passes(canonical, &record.text) {
                 out.push(Match { entry, similarity });
