@@ -731,8 +731,15 @@ fn lex(text: &str) -> (Vec<Word>, bool) {
         if n > 0 && !indent.is_empty() && !line.trim().is_empty() {
             out.push(Word::new(format!("\n{indent}"), Kind::Symbol, false));
         }
-        for chunk in line.split_whitespace() {
-            starts = lex_chunk(chunk, starts, &mut out);
+        let chunks: Vec<&str> = line.split_whitespace().collect();
+        for (k, chunk) in chunks.iter().enumerate() {
+            let next = chunks.get(k + 1).copied().or_else(|| {
+                text.split('\n')
+                    .skip(n + 1)
+                    .flat_map(str::split_whitespace)
+                    .next()
+            });
+            starts = lex_chunk(chunk, next, starts, &mut out);
         }
     }
     // A comma, colon or semicolon that ends the prompt ends its last sentence.
@@ -750,8 +757,9 @@ fn lex(text: &str) -> (Vec<Word>, bool) {
     (out, no_lower && capital_words >= 2)
 }
 
-/// One whitespace-separated chunk; returns whether it ends a sentence.
-fn lex_chunk(chunk: &str, starts: bool, out: &mut Vec<Word>) -> bool {
+/// One whitespace-separated chunk (`next` the one after it); returns whether it ends a
+/// sentence.
+fn lex_chunk(chunk: &str, next: Option<&str>, starts: bool, out: &mut Vec<Word>) -> bool {
     let chars: Vec<char> = chunk.chars().collect();
     let mut lo = 0;
     while lo < chars.len() && QUOTES.contains(&chars[lo]) {
@@ -770,8 +778,10 @@ fn lex_chunk(chunk: &str, starts: bool, out: &mut Vec<Word>) -> bool {
         false
     };
     if lo >= hi {
-        // Punctuation alone: "?" after a space ends a sentence; "," stays a pause.
-        if chars.iter().all(|c| FINAL.contains(c)) {
+        // Punctuation alone ends a sentence only at the end or before a capital: "What
+        // does the ? operator do" names an operator.
+        let at_end = next.is_none_or(|n| n.chars().next().is_some_and(char::is_uppercase));
+        if at_end && chars.iter().all(|c| FINAL.contains(c)) {
             return true;
         }
         return verbatim(out);
@@ -898,6 +908,7 @@ mod tests {
             ("What does a[1:] return?", "What does a[:1] return?"),
             ("How do I quit vim with :q", "How do I quit vim with :q!"),
             ("What is 5!", "What is 5"),
+            ("What does the ? operator do in Rust?", "What does the ! operator do in Rust?"),
             ("What does x -> y mean", "What does x => y mean"),
             // Case that carries meaning.
             ("How fast is 100 Mbps?", "How fast is 100 MBps?"),
