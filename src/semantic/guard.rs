@@ -7,7 +7,7 @@
 //! rule a reader can check. Pure functions, no I/O.
 
 use super::words::{
-    CLOSING_ASIDES, CONTRACTIONS, INDIRECT_FRAMES, IS_BEFORE_S, MISSPELLINGS,
+    ABILITY_FRAMES, ABILITY_REQUESTS, CLOSING_ASIDES, CONTRACTIONS, INDIRECT_FRAMES, IS_BEFORE_S, MISSPELLINGS,
     MOVABLE_CLAUSE_STARTS, NEGATIONS, NUMBER_WORDS, OPENING_ASIDES, ORDERED_PAIRS, PROTECTED,
     PROTECTED_STEMS, REQUEST_FRAMES, REQUEST_VERBS, SPELLINGS, WH,
 };
@@ -275,10 +275,15 @@ impl LexicalGuard {
         if a.words.len() == b.words.len() {
             let mut typos = 0;
             let mut other = false;
-            for (x, y) in a.words.iter().zip(&b.words) {
+            for (k, (x, y)) in a.words.iter().zip(&b.words).enumerate() {
+                // An article may be omitted, never swapped, and never before a sentence's
+                // last word: "what is the time" / "what is time", "I have a cold" / "I
+                // have cold" ask other things.
+                let last = |w: &[Word]| w.get(k + 1).is_none_or(|n| n.starts);
                 let articles_agree = match (x.article, y.article) {
                     (Some(p), Some(q)) => p == q,
-                    _ => true,
+                    (None, None) => true,
+                    _ => !last(&a.words) && !last(&b.words),
                 };
                 if !articles_agree {
                     other = true;
@@ -493,6 +498,17 @@ fn strip_politeness(words: &mut Vec<Word>) {
         }
         for phrase in REQUEST_FRAMES {
             if starts_with(words, phrase) && words[phrase.len()].is_one_of(REQUEST_VERBS) {
+                words.drain(..phrase.len());
+                words[0].starts = true;
+                continue 'lead;
+            }
+        }
+        for phrase in ABILITY_FRAMES {
+            let request = |r: &&[&str]| {
+                words.len() > phrase.len() + r.len()
+                    && words[phrase.len()..].iter().zip(r.iter()).all(|(w, p)| w.is(p))
+            };
+            if starts_with(words, phrase) && ABILITY_REQUESTS.iter().any(request) {
                 words.drain(..phrase.len());
                 words[0].starts = true;
                 continue 'lead;
@@ -875,7 +891,9 @@ mod tests {
             ("HOW DO I SORT A LIST?", "How do I sort a list?"),
             ("What is the difference between TCP and UDP?", "What is the difference between UDP and TCP?"),
             ("Why isn't it working?", "Why is it not working?"),
-            ("Can you explain recursion?", "Explain recursion."),
+            ("Could you explain recursion?", "Explain recursion."),
+            ("Can you tell me who wrote Hamlet?", "Who wrote Hamlet?"),
+            ("Can you give me an example of a closure?", "Give me an example of a closure."),
             ("Do you know who wrote Hamlet?", "Who wrote Hamlet?"),
             ("What is os.path?", "What is os.path"),
             ("How do I use C++?", "How do I use C++"),
@@ -936,6 +954,11 @@ mod tests {
             ("What is abduction of the hip?", "What is adduction of the hip?"),
             // Articles swapped, idioms with an order.
             ("What is a number of planets", "What is the number of planets"),
+            ("What is the time?", "What is time?"),
+            ("I have a cold", "I have cold"),
+            ("Can you show emotions?", "Show emotions."),
+            ("Can you summarize PDFs?", "Summarize PDFs."),
+            ("Are you able to explain jokes?", "Explain jokes."),
             ("Is it more or less", "Is it less or more"),
             ("Compare salary in Berlin versus Munich.", "Compare salary in Munich versus Berlin."),
             ("Can you write Python code?", "Write Python code."),

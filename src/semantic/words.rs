@@ -98,26 +98,30 @@ pub(super) const CLOSING_ASIDES: &[&[&str]] = &[
 ];
 
 /// Frames that make a request of a command, dropped at the start only when one of
-/// [`REQUEST_VERBS`] follows: "could you please explain X" is "explain X", but "can you
-/// speak French?" asks whether, and keeps its frame.
+/// [`REQUEST_VERBS`] follows: "could you please explain X" is "explain X". "Can you"
+/// also asks whether ("can you speak French?", "can you summarize PDFs?"): it is a frame
+/// only in [`ABILITY_FRAMES`].
 pub(super) const REQUEST_FRAMES: &[&[&str]] = &[
     &["could", "you", "please"],
-    &["can", "you", "please"],
     &["would", "you", "please"],
     &["will", "you", "please"],
     &["could", "you", "kindly"],
     &["would", "you", "kindly"],
     &["could", "you"],
-    &["can", "you"],
     &["would", "you"],
     &["will", "you"],
-    &["would", "you", "be", "able", "to"],
-    &["are", "you", "able", "to"],
     &["I", "was", "wondering", "if", "you", "could"],
     &["I", "was", "hoping", "you", "could"],
     &["please"],
     &["kindly"],
 ];
+
+/// "Can you" frames: dropped only before "tell me", "show me" or "give me" (a request
+/// whatever the verb's object).
+pub(super) const ABILITY_FRAMES: &[&[&str]] = &[&["can", "you", "please"], &["can", "you"]];
+
+/// The words that make an [`ABILITY_FRAMES`] frame a request.
+pub(super) const ABILITY_REQUESTS: &[&[&str]] = &[&["tell", "me"], &["show", "me"], &["give", "me"]];
 
 /// The verbs a request frame may stand before: each asks for the same thing as a request
 /// and as a command.
