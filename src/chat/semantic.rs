@@ -12,7 +12,9 @@ use sha2::{Digest as _, Sha256};
 use super::key::{self, put_framed};
 use super::{CacheControl, LlmCache, Route};
 use crate::request::{ChatRequest, ChatResponse, Content, EmbeddingRequest};
-use crate::semantic::{Counters, Semantic};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::semantic::{AuditOutcome, Counters, Semantic, cosine};
 use crate::tiered::Cached;
 use crate::tiered::digest::Digest;
 
@@ -117,6 +119,9 @@ impl LlmCache {
             match self.inner.tiers.fetch_stored(&m.entry).await {
                 Some(entry) => {
                     Counters::incr(&semantic.counters.hits);
+                    if semantic.sample_audit() {
+                        self.semantic_audit(semantic, request, control, route, entry.value());
+                    }
                     return Before::Served(Cached::matched(entry, digest, m.similarity));
                 }
                 None => semantic.forget(scope, m.entry).await,
@@ -128,6 +133,59 @@ impl LlmCache {
             text: text.to_owned(),
             vector,
         }))
+    }
+
+    /// Audit a semantic hit in the background: ask the upstream `request` again (a paid
+    /// call, counted), and record whether its answer agrees with `served` (equal texts, or
+    /// embeddings at least `audit_agreement` apart by cosine). Never on the caller's path;
+    /// the fresh answer is not stored (the hit's entry still answers).
+    fn semantic_audit(
+        &self,
+        semantic: &Arc<Semantic>,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+        served: &ChatResponse,
+    ) {
+        let cache = self.clone();
+        let semantic = Arc::clone(semantic);
+        let upstream = Arc::clone(route.upstream(&self.inner.upstream));
+        let request = request.clone();
+        let control = CacheControl::new().namespace(control.namespace.clone());
+        let served = served.text();
+        tokio::spawn(async move {
+            cache.inner.upstream_calls.fetch_add(1, Relaxed);
+            let fresh = match upstream.chat(&request).await {
+                Ok(response) => response.text(),
+                Err(e) => {
+                    tracing::debug!(error_kind = ?e.kind(), "semantic audit: the upstream call failed");
+                    None
+                }
+            };
+            let outcome = match (served, fresh) {
+                (Some(a), Some(b)) if a.trim() == b.trim() => AuditOutcome::Agreed,
+                (Some(a), Some(b)) => {
+                    let (va, vb) = tokio::join!(
+                        cache.semantic_embedding(&semantic, &a, &control),
+                        cache.semantic_embedding(&semantic, &b, &control)
+                    );
+                    match (va, vb) {
+                        (Some(va), Some(vb)) => {
+                            let similarity = cosine(&va, &vb);
+                            if similarity >= semantic.config.audit_agreement {
+                                AuditOutcome::Agreed
+                            } else {
+                                tracing::debug!(similarity, "semantic audit: the fresh answer disagrees with the one served");
+                                AuditOutcome::Disagreed
+                            }
+                        }
+                        _ => AuditOutcome::Failed,
+                    }
+                }
+                _ => AuditOutcome::Failed,
+            };
+            semantic.record_audit(outcome);
+        });
     }
 
     /// The vector of `text` (the prompt as written) through the cache's embeddings path

@@ -21,7 +21,7 @@ use llm_cache::{
 use support::bow::bag_of_words;
 use support::eventually;
 use support::redis::RedisServer;
-use support::upstream::{MockUpstream, expected_content};
+use support::upstream::{MockReply, MockUpstream, expected_content};
 
 const WAIT: Duration = Duration::from_secs(10);
 const DIMS: usize = 512;
@@ -376,4 +376,83 @@ async fn a_cluster_serves_the_redis_index_from_one_slot() {
         assert_eq!(out.status(), CacheStatus::HitSemantic, "{para}");
     }
     assert_eq!(b.stats().semantic.redis_skipped, 0);
+}
+
+/// The opt-in audit against a real redis-server and the mock: every semantic hit (fraction
+/// 1.0) is served at once, and in the background asks the upstream again (a paid call,
+/// counted) and compares the answers: agreed (same words, cosine of their embeddings
+/// above the rule), disagreed (another answer), failed (the upstream errs). The counts
+/// are in `stats().semantic` and in `ai_cache_semantic_audits_total{outcome}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_compares_a_fresh_answer_with_the_one_served() {
+    #[cfg(feature = "prometheus")]
+    let metrics = llm_cache::prometheus::install().expect("the only recorder of this binary");
+    let (mock, redis) = (mock().await, RedisServer::start());
+    let audited = LlmCache::builder()
+        .upstream(
+            OpenAiCompatible::new(mock.base_url())
+                .api_key("sk-test")
+                .retry(RetryPolicy::none()),
+        )
+        .redis(redis.url())
+        .l2_deadline(Duration::from_millis(250))
+        .semantic(SemanticConfig::new(EMBEDDER).audit(1.0))
+        .build()
+        .await
+        .expect("build");
+    let original = request("What is the capital of France?");
+    ask_and_index(&audited, &original, &semantic()).await;
+    let served = expected_content(&original);
+    let answer = |content: &str| {
+        serde_json::json!({
+            "id": "chatcmpl-audit", "object": "chat.completion", "created": 1,
+            "model": "gpt-4.1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}],
+        })
+        .to_string()
+    };
+    let cases = [
+        // The same answer but for its last character: agreed by the embeddings' cosine.
+        ("What's the capital of France?", MockReply::Body(answer(served.trim_end_matches('?'))), (1, 0, 0)),
+        ("Hi, what is the capital of France?", MockReply::Body(answer("Bananas grow on large herbaceous plants.")), (1, 1, 0)),
+        ("What is the capital of France", MockReply::status(500), (1, 1, 1)),
+    ];
+    for (i, (prompt, reply, (agreed, disagreed, failed))) in cases.into_iter().enumerate() {
+        // The prompt's own embedding first, so that the scripted reply is the audit's.
+        audited
+            .embeddings(&llm_cache::EmbeddingRequest::new(EMBEDDER, prompt))
+            .await
+            .expect("embedding");
+        let (paid, chats) = (audited.stats().upstream_calls, mock.calls_to("/v1/chat/completions"));
+        mock.push_reply(reply);
+        let hit = audited.chat_with(&request(prompt), &semantic()).await.unwrap();
+        assert_eq!(hit.status(), CacheStatus::HitSemantic, "{prompt}");
+        assert_eq!(hit.text().unwrap(), served, "the hit is served as found");
+        eventually("audited", WAIT, || audited.stats().semantic.audited > i as u64).await;
+        let s = audited.stats();
+        assert_eq!(
+            (s.semantic.agreed, s.semantic.disagreed, s.semantic.audit_failed),
+            (agreed, disagreed, failed),
+            "{prompt}"
+        );
+        assert_eq!(mock.calls_to("/v1/chat/completions"), chats + 1, "one chat call per audit");
+        // Counted as paid, with the answers' embeddings when it compared them.
+        assert!(s.upstream_calls > paid, "an audit is a paid call");
+    }
+    assert_eq!(audited.stats().semantic.audited, 3);
+    #[cfg(feature = "prometheus")]
+    {
+        let text = metrics.render();
+        for outcome in ["agreed", "disagreed", "failed"] {
+            let series = format!("ai_cache_semantic_audits_total{{outcome=\"{outcome}\"}} 1");
+            assert!(text.contains(&series), "{series} in:\n{text}");
+        }
+    }
+    // Off by default: no audit, no extra call.
+    let quiet = cache(&mock, None).await;
+    ask_and_index(&quiet, &original, &semantic()).await;
+    let hit = quiet.chat_with(&request("What's the capital of France?"), &semantic()).await.unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitSemantic);
+    assert_eq!(quiet.stats().semantic.audited, 0);
 }
