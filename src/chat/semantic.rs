@@ -20,6 +20,8 @@ use crate::tiered::digest::Digest;
 
 /// Separates semantic scope digests from every other digest.
 const SCOPE_DOMAIN: &[u8] = b"llm-cache/semantic-scope";
+/// Separates the route scope of semantic embeddings from the route's own.
+const EMBED_DOMAIN: &[u8] = b"llm-cache/semantic-embeddings\0";
 
 /// What a semantic lookup that found nothing leaves for the miss to index.
 pub(crate) struct Pending {
@@ -107,7 +109,7 @@ impl LlmCache {
         }
         // The prompt as written, not the canonical text: the model must see what the guard
         // set aside too, or every pair the guard merges would score 1.0.
-        let Some(vector) = self.semantic_embedding(semantic, text, control).await
+        let Some(vector) = self.semantic_embedding(semantic, text, control, route).await
         else {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
@@ -152,6 +154,7 @@ impl LlmCache {
         let upstream = Arc::clone(route.upstream(&self.inner.upstream));
         let request = request.clone();
         let control = CacheControl::new().namespace(control.namespace.clone());
+        let route = route.clone();
         let served = served.text();
         tokio::spawn(async move {
             cache.inner.upstream_calls.fetch_add(1, Relaxed);
@@ -166,8 +169,8 @@ impl LlmCache {
                 (Some(a), Some(b)) if a.trim() == b.trim() => AuditOutcome::Agreed,
                 (Some(a), Some(b)) => {
                     let (va, vb) = tokio::join!(
-                        cache.semantic_embedding(&semantic, &a, &control),
-                        cache.semantic_embedding(&semantic, &b, &control)
+                        cache.semantic_embedding(&semantic, &a, &control, &route),
+                        cache.semantic_embedding(&semantic, &b, &control, &route)
                     );
                     match (va, vb) {
                         (Some(va), Some(vb)) => {
@@ -189,13 +192,14 @@ impl LlmCache {
     }
 
     /// The vector of `text` (the prompt as written) through the cache's embeddings path
-    /// (cached per input, single-flight), in the request's namespace; `None` when the call
-    /// fails.
+    /// (cached per input, single-flight), in the request's namespace, from the route's
+    /// embedder when the config says so and the route has one; `None` when the call fails.
     async fn semantic_embedding(
         &self,
         semantic: &Semantic,
         text: &str,
         control: &CacheControl,
+        route: &Route,
     ) -> Option<Vec<f32>> {
         let config = &semantic.config;
         let mut request = EmbeddingRequest::new(config.model.clone(), text);
@@ -203,7 +207,21 @@ impl LlmCache {
             request = request.dimensions(d);
         }
         let embed_control = CacheControl::new().namespace(control.namespace.clone());
-        match self.embeddings_with(&request, &embed_control).await {
+        let answer = match route.embedder.as_ref().filter(|_| config.embed_via_route) {
+            Some(embedder) => {
+                // Keyed in a space of the route's own (its upstream and credentials).
+                let mut scope = EMBED_DOMAIN.to_vec();
+                scope.extend_from_slice(route.scope.as_deref().unwrap_or_default());
+                let via = Route {
+                    scope: Some(scope.into()),
+                    upstream: Some(Arc::clone(embedder)),
+                    embedder: None,
+                };
+                self.embeddings_routed(&request, &embed_control, &via).await
+            }
+            None => self.embeddings_with(&request, &embed_control).await,
+        };
+        match answer {
             Ok(out) => out.data.first().map(|e| e.embedding.to_f32_vec()),
             Err(e) => {
                 // The kind only: the error text may quote the prompt.

@@ -61,6 +61,7 @@ pub struct SemanticConfig {
     pub(crate) guard: LexicalGuard,
     pub(crate) audit_fraction: f64,
     pub(crate) audit_agreement: f32,
+    pub(crate) embed_via_route: bool,
 }
 
 impl SemanticConfig {
@@ -77,6 +78,7 @@ impl SemanticConfig {
             guard: LexicalGuard::default(),
             audit_fraction: 0.0,
             audit_agreement: DEFAULT_AUDIT_AGREEMENT,
+            embed_via_route: false,
         }
     }
 
@@ -140,6 +142,19 @@ impl SemanticConfig {
     /// now and then, so read the rate against a baseline of exact repeats.
     pub fn audit_agreement(mut self, cosine: f32) -> Self {
         self.audit_agreement = cosine;
+        self
+    }
+
+    /// Embed through the route a request came by, when it came through the async-openai
+    /// layer or the HTTP front: the layer's inner service (the caller's base URL, headers,
+    /// credentials and retry stack, at the `embeddings` path beside `chat/completions`), or
+    /// the front's upstream client (its held key, or the caller's credentials when it
+    /// passes them through). No second `OpenAiCompatible` beside the layer: a cache built
+    /// without an upstream can then be semantic. Vectors fetched this way are keyed per
+    /// route (and credential scope). A request made on the cache itself still embeds
+    /// through the builder's upstream. Default false.
+    pub fn embed_via_route(mut self, yes: bool) -> Self {
+        self.embed_via_route = yes;
         self
     }
 
