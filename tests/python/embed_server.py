@@ -17,7 +17,6 @@ import argparse
 import base64
 import json
 import sys
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -47,7 +46,6 @@ class Model:
             model_path, sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.lock = threading.Lock()
 
     def embed(self, texts):
         """Unit vectors (n x 384, f32) of `texts` and the number of tokens they took.
@@ -69,8 +67,8 @@ class Model:
             feeds = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in self.input_names:
                 feeds["token_type_ids"] = np.zeros_like(ids)
-            with self.lock:
-                hidden = self.session.run(None, feeds)[0]
+            # InferenceSession.run is thread-safe: the server's threads share it.
+            hidden = self.session.run(None, feeds)[0]
             # Mean pooling over the attention mask, then L2 normalisation
             # (sentence-transformers' Pooling(mean) + Normalize for this model).
             weights = mask[..., None].astype(np.float32)
@@ -84,6 +82,9 @@ class Model:
 def handler_for(model):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: without this, Nagle's algorithm holds
+        # the body until the client's delayed ACK (tens of ms per call).
+        disable_nagle_algorithm = True
 
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             pass  # the tests read stderr for failures only
