@@ -343,9 +343,17 @@ async fn the_labelled_pairs_with_a_real_model_through_both_indexes() {
             neg += t.pairs;
         }
     }
+    let (fp_local, fp_redis): (usize, usize) = by_class
+        .values()
+        .filter(|t| !t.serve)
+        .fold((0, 0), |(l, r), t| (l + t.local, r + t.redis));
+    let precision = |tp: usize, fp: usize| 100.0 * tp as f64 / (tp + fp).max(1) as f64;
     eprintln!(
-        "recall: {tp_local}/{pos} in process, {tp_redis}/{pos} through Redis; \
-         must-refuse pairs served (either index): {}/{neg}; pairs decided differently: {}",
+        "in process: recall {tp_local}/{pos}, precision {:.1}%; through Redis: recall \
+         {tp_redis}/{pos}, precision {:.1}%; must-refuse pairs served (either index): {}/{neg}; \
+         pairs decided differently: {}",
+        precision(tp_local, fp_local),
+        precision(tp_redis, fp_redis),
         wrong.len(),
         disagree.len()
     );
