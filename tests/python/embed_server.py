@@ -50,10 +50,10 @@ class Model:
     def embed(self, texts):
         """Unit vectors (n x 384, f32) of `texts` and the number of tokens they took.
 
-        Texts are run in groups of one token count, so no run carries padding: a text's
-        vector is then the same computation whatever it was sent with (the int8 file
-        quantises activations at run time; padding-free runs leave no room for a batch
-        to change a vector), and short texts do not pay for a long one's length.
+        Texts are run in groups of one token count, so no run carries padding: short
+        texts do not pay for a long one's length, and a text's vector cannot depend on
+        what else was in the request (with this file a padded batch measured the same,
+        but this way it holds by construction).
         """
         encodings = self.tokenizer.encode_batch(texts)
         out = np.zeros((len(texts), DIMENSIONS), dtype=np.float32)
