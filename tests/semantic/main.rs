@@ -6,6 +6,7 @@
 //! labelled pairs through the whole cache.
 
 mod guard;
+mod model;
 #[path = "../support/mod.rs"]
 mod support;
 
