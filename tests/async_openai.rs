@@ -858,7 +858,14 @@ async fn the_semantic_lookup_embeds_through_the_layers_route() {
         let (client, seen) = client(&layer, &mock);
         let ask = |prompt: &'static str| {
             let (client, semantic) = (client.clone(), semantic.clone());
-            async move { client.chat().headers(semantic).create(chat(prompt)).await.unwrap() }
+            async move {
+                client
+                    .chat()
+                    .headers(semantic)
+                    .create(chat(prompt))
+                    .await
+                    .unwrap()
+            }
         };
         ask("How do I reset my password?").await;
         assert_eq!(last(&seen), "miss");
@@ -879,10 +886,18 @@ async fn the_semantic_lookup_embeds_through_the_layers_route() {
             .into_iter()
             .filter(|r| r.path == "/v1/embeddings")
             .collect();
-        assert_eq!(embeds.len(), 2, "each prompt embedded once, through the layer");
+        assert_eq!(
+            embeds.len(),
+            2,
+            "each prompt embedded once, through the layer"
+        );
         for r in &embeds {
             assert_eq!(r.header("authorization"), Some("Bearer sk-test-one"));
-            assert!(r.headers.keys().all(|k| !k.as_str().starts_with("x-llm-cache")));
+            assert!(
+                r.headers
+                    .keys()
+                    .all(|k| !k.as_str().starts_with("x-llm-cache"))
+            );
             assert_eq!(r.body["model"], "text-embedding-test");
         }
     }

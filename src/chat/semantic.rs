@@ -109,7 +109,9 @@ impl LlmCache {
         }
         // The prompt as written, not the canonical text: the model must see what the guard
         // set aside too, or every pair the guard merges would score 1.0.
-        let Some(vector) = self.semantic_embedding(semantic, text, control, route).await
+        let Some(vector) = self
+            .semantic_embedding(semantic, text, control, route)
+            .await
         else {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
@@ -178,7 +180,10 @@ impl LlmCache {
                             if similarity >= semantic.config.audit_agreement {
                                 AuditOutcome::Agreed
                             } else {
-                                tracing::debug!(similarity, "semantic audit: the fresh answer disagrees with the one served");
+                                tracing::debug!(
+                                    similarity,
+                                    "semantic audit: the fresh answer disagrees with the one served"
+                                );
                                 AuditOutcome::Disagreed
                             }
                         }

@@ -7,9 +7,9 @@
 //! rule a reader can check. Pure functions, no I/O.
 
 use super::words::{
-    ABILITY_FRAMES, ABILITY_REQUESTS, CLOSING_ASIDES, CONTRACTIONS, INDIRECT_FRAMES, IS_BEFORE_S, MISSPELLINGS,
-    MOVABLE_CLAUSE_STARTS, NEGATIONS, NUMBER_WORDS, OPENING_ASIDES, ORDERED_PAIRS, PROTECTED,
-    PROTECTED_STEMS, REQUEST_FRAMES, REQUEST_VERBS, SPELLINGS, WH,
+    ABILITY_FRAMES, ABILITY_REQUESTS, CLOSING_ASIDES, CONTRACTIONS, INDIRECT_FRAMES, IS_BEFORE_S,
+    MISSPELLINGS, MOVABLE_CLAUSE_STARTS, NEGATIONS, NUMBER_WORDS, OPENING_ASIDES, ORDERED_PAIRS,
+    PROTECTED, PROTECTED_STEMS, REQUEST_FRAMES, REQUEST_VERBS, SPELLINGS, WH,
 };
 
 /// The default `max_typos`: none. A one-letter change can turn a word into another real
@@ -379,15 +379,19 @@ impl LexicalGuard {
         let contracted = lower.contains('\'');
         for part in expand(&lower) {
             // "I'm" is "I am" (a plain "i" stays: the imaginary unit, a loop variable).
-            let part = if contracted && part == "i" { "I".to_owned() } else { part };
-            let (text, kind) = if let Some((_, digits)) = NUMBER_WORDS.iter().find(|(w, _)| *w == part)
-            {
-                ((*digits).to_owned(), Kind::Number)
-            } else if let Some((_, us)) = SPELLINGS.iter().find(|(w, _)| *w == part) {
-                ((*us).to_owned(), Kind::Plain)
+            let part = if contracted && part == "i" {
+                "I".to_owned()
             } else {
-                (part, Kind::Plain)
+                part
             };
+            let (text, kind) =
+                if let Some((_, digits)) = NUMBER_WORDS.iter().find(|(w, _)| *w == part) {
+                    ((*digits).to_owned(), Kind::Number)
+                } else if let Some((_, us)) = SPELLINGS.iter().find(|(w, _)| *w == part) {
+                    ((*us).to_owned(), Kind::Plain)
+                } else {
+                    (part, Kind::Plain)
+                };
             let fuzzy = fuzzy && kind == Kind::Plain && !text.contains('\'');
             out.push(Word {
                 text,
@@ -506,7 +510,10 @@ fn strip_politeness(words: &mut Vec<Word>) {
         for phrase in ABILITY_FRAMES {
             let request = |r: &&[&str]| {
                 words.len() > phrase.len() + r.len()
-                    && words[phrase.len()..].iter().zip(r.iter()).all(|(w, p)| w.is(p))
+                    && words[phrase.len()..]
+                        .iter()
+                        .zip(r.iter())
+                        .all(|(w, p)| w.is(p))
             };
             if starts_with(words, phrase) && ABILITY_REQUESTS.iter().any(request) {
                 words.drain(..phrase.len());
@@ -593,7 +600,11 @@ fn place_not_after_auxiliary(words: &mut Vec<Word>) {
 /// of one sentence, a leading clause opened by one of [`MOVABLE_CLAUSE_STARTS`] and closed
 /// by the first comma (two to six words, no symbol, no question word) moves to the end.
 fn move_leading_clause(words: &mut Vec<Word>) {
-    if words.iter().skip(1).any(|w| w.starts) || !words.first().is_some_and(|w| w.is_one_of(MOVABLE_CLAUSE_STARTS)) {
+    if words.iter().skip(1).any(|w| w.starts)
+        || !words
+            .first()
+            .is_some_and(|w| w.is_one_of(MOVABLE_CLAUSE_STARTS))
+    {
         return;
     }
     let Some(comma) = words.iter().position(|w| w.kind == Kind::Symbol) else {
@@ -622,9 +633,8 @@ fn move_leading_clause(words: &mut Vec<Word>) {
 /// "more or less", not a chain "X or Y or Z"). "X versus Y" keeps its order: "compare X
 /// versus Y" may ask for X's side first.
 fn order_alternatives(words: &mut [Word]) {
-    let swappable = |w: &Word| {
-        w.kind == Kind::Plain && !w.is_one_of(ORDERED_PAIRS) && !w.is_one_of(NEGATIONS)
-    };
+    let swappable =
+        |w: &Word| w.kind == Kind::Plain && !w.is_one_of(ORDERED_PAIRS) && !w.is_one_of(NEGATIONS);
     let joins = |w: &Word| w.is_one_of(&["or", "and", "nor", "either", "whether"]);
     for k in 1..words.len().saturating_sub(1) {
         let (x, y) = if words[k].is("or") {
@@ -743,7 +753,10 @@ fn lex(text: &str) -> (Vec<Word>, bool) {
     let mut out = Vec::new();
     let mut starts = true;
     for (n, line) in text.split('\n').enumerate() {
-        let indent: String = line.chars().take_while(|c| *c == ' ' || *c == '\t').collect();
+        let indent: String = line
+            .chars()
+            .take_while(|c| *c == ' ' || *c == '\t')
+            .collect();
         if n > 0 && !indent.is_empty() && !line.trim().is_empty() {
             out.push(Word::new(format!("\n{indent}"), Kind::Symbol, false));
         }
@@ -837,7 +850,8 @@ fn classify(stem: &str) -> Option<Kind> {
     }
     let number = chars[0].is_ascii_digit()
         && chars.iter().enumerate().all(|(i, &c)| {
-            c.is_ascii_digit() || (matches!(c, '.' | ',' | ':' | '/') && inner(i, |d| d.is_ascii_digit()))
+            c.is_ascii_digit()
+                || (matches!(c, '.' | ',' | ':' | '/') && inner(i, |d| d.is_ascii_digit()))
         });
     if number {
         return Some(Kind::Number);
@@ -883,23 +897,44 @@ mod tests {
             assert_eq!(g.check(base, v), GuardVerdict::Same, "{v} -> {}", text(v));
         }
         for (a, b) in [
-            ("In Python, how do I reverse a list?", "How do I reverse a list in Python?"),
+            (
+                "In Python, how do I reverse a list?",
+                "How do I reverse a list in Python?",
+            ),
             ("Should I learn Rust or Go?", "Should I learn Go or Rust?"),
             ("Is Python or Ruby faster?", "Is Ruby or Python faster?"),
-            ("Which is bigger, an elephant or a whale?", "Which is bigger, a whale or an elephant?"),
-            ("At sea level, what is the boiling point of water?", "What is the boiling point of water at sea level?"),
+            (
+                "Which is bigger, an elephant or a whale?",
+                "Which is bigger, a whale or an elephant?",
+            ),
+            (
+                "At sea level, what is the boiling point of water?",
+                "What is the boiling point of water at sea level?",
+            ),
             ("HOW DO I SORT A LIST?", "How do I sort a list?"),
-            ("What is the difference between TCP and UDP?", "What is the difference between UDP and TCP?"),
+            (
+                "What is the difference between TCP and UDP?",
+                "What is the difference between UDP and TCP?",
+            ),
             ("Why isn't it working?", "Why is it not working?"),
             ("Could you explain recursion?", "Explain recursion."),
             ("Can you tell me who wrote Hamlet?", "Who wrote Hamlet?"),
-            ("Can you give me an example of a closure?", "Give me an example of a closure."),
+            (
+                "Can you give me an example of a closure?",
+                "Give me an example of a closure.",
+            ),
             ("Do you know who wrote Hamlet?", "Who wrote Hamlet?"),
             ("What is os.path?", "What is os.path"),
             ("How do I use C++?", "How do I use C++"),
             ("def f():\n    return 1", "def f():\n    return 1"),
         ] {
-            assert_eq!(g.check(a, b), GuardVerdict::Same, "{a} [{}] / {b} [{}]", text(a), text(b));
+            assert_eq!(
+                g.check(a, b),
+                GuardVerdict::Same,
+                "{a} [{}] / {b} [{}]",
+                text(a),
+                text(b)
+            );
         }
     }
 
@@ -908,8 +943,14 @@ mod tests {
         let g = LexicalGuard::default();
         for (a, b) in [
             ("How do I turn on dark mode", "How do I turn off dark mode"),
-            ("Is it safe to eat raw eggs", "Is it not safe to eat raw eggs"),
-            ("Is it safe to eat raw eggs", "Isn't it safe to eat raw eggs"),
+            (
+                "Is it safe to eat raw eggs",
+                "Is it not safe to eat raw eggs",
+            ),
+            (
+                "Is it safe to eat raw eggs",
+                "Isn't it safe to eat raw eggs",
+            ),
             ("What is 2+2?", "What is 2+3?"),
             ("What is 2+2?", "What is 2*2?"),
             ("Convert 5 km to miles", "Convert 5 miles to km"),
@@ -921,12 +962,21 @@ mod tests {
             ("Boston weather today", "Bolton weather today"),
             ("Is the decimeter bigger", "Is the decameter bigger"),
             // Symbols and operators.
-            ("What does != mean in Python?", "What does = mean in Python?"),
-            ("What is the difference between --i and i--?", "What is the difference between i-- and --i?"),
+            (
+                "What does != mean in Python?",
+                "What does = mean in Python?",
+            ),
+            (
+                "What is the difference between --i and i--?",
+                "What is the difference between i-- and --i?",
+            ),
             ("What does a[1:] return?", "What does a[:1] return?"),
             ("How do I quit vim with :q", "How do I quit vim with :q!"),
             ("What is 5!", "What is 5"),
-            ("What does the ? operator do in Rust?", "What does the ! operator do in Rust?"),
+            (
+                "What does the ? operator do in Rust?",
+                "What does the ! operator do in Rust?",
+            ),
             ("What does x -> y mean", "What does x => y mean"),
             // Case that carries meaning.
             ("How fast is 100 Mbps?", "How fast is 100 MBps?"),
@@ -941,9 +991,15 @@ mod tests {
             ("Do you know Python?", "Python?"),
             // No synonym list, no openings.
             ("How do I pick a lock?", "How do I choose a lock?"),
-            ("How do I remove an element in C++?", "How do I erase an element in C++?"),
+            (
+                "How do I remove an element in C++?",
+                "How do I erase an element in C++?",
+            ),
             ("Describe the water cycle", "Explain the water cycle"),
-            ("What is the meaning of life?", "What is the definition of life?"),
+            (
+                "What is the meaning of life?",
+                "What is the definition of life?",
+            ),
             ("How do I look?", "How to look?"),
             // Typos that are words.
             ("What does readline do?", "What does readlines do?"),
@@ -951,28 +1007,48 @@ mod tests {
             ("Doctors prescribe it", "Doctors proscribe it"),
             ("strcpy vs memcpy", "strncpy vs memcpy"),
             ("Is silicone toxic?", "Is silicon toxic?"),
-            ("What is abduction of the hip?", "What is adduction of the hip?"),
+            (
+                "What is abduction of the hip?",
+                "What is adduction of the hip?",
+            ),
             // Articles swapped, idioms with an order.
-            ("What is a number of planets", "What is the number of planets"),
+            (
+                "What is a number of planets",
+                "What is the number of planets",
+            ),
             ("What is the time?", "What is time?"),
             ("I have a cold", "I have cold"),
             ("Can you show emotions?", "Show emotions."),
             ("Can you summarize PDFs?", "Summarize PDFs."),
             ("Are you able to explain jokes?", "Explain jokes."),
             ("Is it more or less", "Is it less or more"),
-            ("Compare salary in Berlin versus Munich.", "Compare salary in Munich versus Berlin."),
+            (
+                "Compare salary in Berlin versus Munich.",
+                "Compare salary in Munich versus Berlin.",
+            ),
             ("Can you write Python code?", "Write Python code."),
             ("What does tar -C do?", "What does tar -c do?"),
-            ("In a regex, what does \\S match?", "In a regex, what does \\s match?"),
+            (
+                "In a regex, what does \\S match?",
+                "In a regex, what does \\s match?",
+            ),
         ] {
-            assert!(!g.check(a, b).passes(), "{a} [{}] / {b} [{}]", text(a), text(b));
+            assert!(
+                !g.check(a, b).passes(),
+                "{a} [{}] / {b} [{}]",
+                text(a),
+                text(b)
+            );
         }
     }
 
     #[test]
     fn typos_are_forgiven_only_when_asked() {
         let g = LexicalGuard::default();
-        assert!(!g.check("how to reverse a string", "how to reevrse a string").passes());
+        assert!(
+            !g.check("how to reverse a string", "how to reevrse a string")
+                .passes()
+        );
         let loose = LexicalGuard::default().max_typos(1);
         assert_eq!(
             loose.check("how to reverse a string", "how to reevrse a string"),

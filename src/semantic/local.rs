@@ -136,7 +136,10 @@ impl LocalIndex {
                 None => {}
             }
         }
-        ranked.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.as_bytes().cmp(b.1.as_bytes())));
+        ranked.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+        });
         let mut out: Vec<(Digest, Arc<LocalRecord>, f32)> = ranked
             .into_iter()
             .take(max)
@@ -145,7 +148,10 @@ impl LocalIndex {
                 (cos >= threshold).then_some((d, r, cos))
             })
             .collect();
-        out.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())));
+        out.sort_by(|a, b| {
+            b.2.total_cmp(&a.2)
+                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+        });
         out
     }
 

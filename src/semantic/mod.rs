@@ -331,7 +331,10 @@ impl Semantic {
             })
             .filter(|(d, _, _, cos)| *cos >= cfg.threshold && !checked.contains(d))
             .collect();
-        ranked.sort_by(|a, b| b.3.total_cmp(&a.3).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())));
+        ranked.sort_by(|a, b| {
+            b.3.total_cmp(&a.3)
+                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+        });
         for (entry, record, deadline, similarity) in ranked {
             if self.passes(canonical, &record.text) {
                 out.push(Match { entry, similarity });

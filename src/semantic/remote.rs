@@ -91,7 +91,10 @@ impl RemoteIndex {
                 }
             }
         }
-        ranked.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.as_bytes().cmp(b.1.as_bytes())));
+        ranked.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+        });
         ranked.truncate(max);
         let record_keys: Vec<String> = ranked
             .iter()

@@ -121,7 +121,8 @@ pub(super) const REQUEST_FRAMES: &[&[&str]] = &[
 pub(super) const ABILITY_FRAMES: &[&[&str]] = &[&["can", "you", "please"], &["can", "you"]];
 
 /// The words that make an [`ABILITY_FRAMES`] frame a request.
-pub(super) const ABILITY_REQUESTS: &[&[&str]] = &[&["tell", "me"], &["show", "me"], &["give", "me"]];
+pub(super) const ABILITY_REQUESTS: &[&[&str]] =
+    &[&["tell", "me"], &["show", "me"], &["give", "me"]];
 
 /// The verbs a request frame may stand before: each asks for the same thing as a request
 /// and as a command.
@@ -314,15 +315,85 @@ pub(super) const NUMBER_WORDS: &[(&str, &str)] = &[
 /// Words never forgiven a typo when typos are forgiven at all: negations, quantities,
 /// ordinals, comparisons, directions, and pairs of real words one letter apart.
 pub(super) const PROTECTED: &[&str] = &[
-    "not", "no", "never", "none", "nothing", "nobody", "nowhere", "neither", "nor", "without",
-    "all", "any", "some", "most", "many", "much", "more", "less", "least", "few", "fewer",
-    "first", "second", "third", "fourth", "fifth", "last", "next", "previous", "million",
-    "billion", "trillion", "before", "after", "above", "below", "under", "over", "inside",
-    "outside", "higher", "lower", "upper", "bigger", "smaller", "larger", "longer", "shorter",
-    "older", "younger", "better", "worse", "latter", "letter", "former", "farmer", "father",
-    "farther", "further", "dessert", "desert", "affect", "effect", "accept", "except",
-    "advice", "advise", "loose", "lose", "county", "country", "prescribe", "proscribe",
-    "silicon", "silicone", "abduction", "adduction", "readline", "readlines",
+    "not",
+    "no",
+    "never",
+    "none",
+    "nothing",
+    "nobody",
+    "nowhere",
+    "neither",
+    "nor",
+    "without",
+    "all",
+    "any",
+    "some",
+    "most",
+    "many",
+    "much",
+    "more",
+    "less",
+    "least",
+    "few",
+    "fewer",
+    "first",
+    "second",
+    "third",
+    "fourth",
+    "fifth",
+    "last",
+    "next",
+    "previous",
+    "million",
+    "billion",
+    "trillion",
+    "before",
+    "after",
+    "above",
+    "below",
+    "under",
+    "over",
+    "inside",
+    "outside",
+    "higher",
+    "lower",
+    "upper",
+    "bigger",
+    "smaller",
+    "larger",
+    "longer",
+    "shorter",
+    "older",
+    "younger",
+    "better",
+    "worse",
+    "latter",
+    "letter",
+    "former",
+    "farmer",
+    "father",
+    "farther",
+    "further",
+    "dessert",
+    "desert",
+    "affect",
+    "effect",
+    "accept",
+    "except",
+    "advice",
+    "advise",
+    "loose",
+    "lose",
+    "county",
+    "country",
+    "prescribe",
+    "proscribe",
+    "silicon",
+    "silicone",
+    "abduction",
+    "adduction",
+    "readline",
+    "readlines",
 ];
 
 /// Word beginnings that mark a unit's scale: a word that starts with one of them is never
@@ -340,13 +411,13 @@ pub(super) const NEGATIONS: &[&str] = &[
 /// Words next to which "or" is an idiom with an order ("more or less", "sooner or later",
 /// "whether or not"): never swapped.
 pub(super) const ORDERED_PAIRS: &[&str] = &[
-    "more", "less", "sooner", "later", "now", "never", "give", "take", "else", "either",
-    "whether", "not", "or", "and", "nor", "than",
+    "more", "less", "sooner", "later", "now", "never", "give", "take", "else", "either", "whether",
+    "not", "or", "and", "nor", "than",
 ];
 
 /// Leading words of a clause that may move from the start of a question to its end ("In
 /// Python, how do I ...?" asks "How do I ... in Python?").
 pub(super) const MOVABLE_CLAUSE_STARTS: &[&str] = &[
-    "in", "for", "on", "at", "using", "with", "without", "during", "after", "before", "if",
-    "when", "given", "assuming",
+    "in", "for", "on", "at", "using", "with", "without", "during", "after", "before", "if", "when",
+    "given", "assuming",
 ];

@@ -344,10 +344,8 @@ async fn the_labelled_pairs_through_the_cache() {
         false_hits.is_empty(),
         "must-refuse pairs served: {false_hits:#?}"
     );
-    for class in ["whitespace"] {
-        let (pairs, served, _) = by_class[class];
-        assert_eq!(served, pairs, "every {class} variant served");
-    }
+    let (pairs, served, _) = by_class["whitespace"];
+    assert_eq!(served, pairs, "every whitespace variant served");
 }
 
 /// In a Cluster, a scope's index keys share one slot: the second instance (no in-process
@@ -415,9 +413,21 @@ async fn an_audit_compares_a_fresh_answer_with_the_one_served() {
     };
     let cases = [
         // The same answer but for its last character: agreed by the embeddings' cosine.
-        ("What's the capital of France?", MockReply::Body(answer(served.trim_end_matches('?'))), (1, 0, 0)),
-        ("Hi, what is the capital of France?", MockReply::Body(answer("Bananas grow on large herbaceous plants.")), (1, 1, 0)),
-        ("What is the capital of France", MockReply::status(500), (1, 1, 1)),
+        (
+            "What's the capital of France?",
+            MockReply::Body(answer(served.trim_end_matches('?'))),
+            (1, 0, 0),
+        ),
+        (
+            "Hi, what is the capital of France?",
+            MockReply::Body(answer("Bananas grow on large herbaceous plants.")),
+            (1, 1, 0),
+        ),
+        (
+            "What is the capital of France",
+            MockReply::status(500),
+            (1, 1, 1),
+        ),
     ];
     for (i, (prompt, reply, (agreed, disagreed, failed))) in cases.into_iter().enumerate() {
         // The prompt's own embedding first, so that the scripted reply is the audit's.
@@ -425,19 +435,36 @@ async fn an_audit_compares_a_fresh_answer_with_the_one_served() {
             .embeddings(&llm_cache::EmbeddingRequest::new(EMBEDDER, prompt))
             .await
             .expect("embedding");
-        let (paid, chats) = (audited.stats().upstream_calls, mock.calls_to("/v1/chat/completions"));
+        let (paid, chats) = (
+            audited.stats().upstream_calls,
+            mock.calls_to("/v1/chat/completions"),
+        );
         mock.push_reply(reply);
-        let hit = audited.chat_with(&request(prompt), &semantic()).await.unwrap();
+        let hit = audited
+            .chat_with(&request(prompt), &semantic())
+            .await
+            .unwrap();
         assert_eq!(hit.status(), CacheStatus::HitSemantic, "{prompt}");
         assert_eq!(hit.text().unwrap(), served, "the hit is served as found");
-        eventually("audited", WAIT, || audited.stats().semantic.audited > i as u64).await;
+        eventually("audited", WAIT, || {
+            audited.stats().semantic.audited > i as u64
+        })
+        .await;
         let s = audited.stats();
         assert_eq!(
-            (s.semantic.agreed, s.semantic.disagreed, s.semantic.audit_failed),
+            (
+                s.semantic.agreed,
+                s.semantic.disagreed,
+                s.semantic.audit_failed
+            ),
             (agreed, disagreed, failed),
             "{prompt}"
         );
-        assert_eq!(mock.calls_to("/v1/chat/completions"), chats + 1, "one chat call per audit");
+        assert_eq!(
+            mock.calls_to("/v1/chat/completions"),
+            chats + 1,
+            "one chat call per audit"
+        );
         // Counted as paid, with the answers' embeddings when it compared them.
         assert!(s.upstream_calls > paid, "an audit is a paid call");
     }
@@ -453,7 +480,10 @@ async fn an_audit_compares_a_fresh_answer_with_the_one_served() {
     // Off by default: no audit, no extra call.
     let quiet = cache(&mock, None).await;
     ask_and_index(&quiet, &original, &semantic()).await;
-    let hit = quiet.chat_with(&request("What's the capital of France?"), &semantic()).await.unwrap();
+    let hit = quiet
+        .chat_with(&request("What's the capital of France?"), &semantic())
+        .await
+        .unwrap();
     assert_eq!(hit.status(), CacheStatus::HitSemantic);
     assert_eq!(quiet.stats().semantic.audited, 0);
 }

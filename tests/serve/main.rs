@@ -743,13 +743,25 @@ async fn the_semantic_lookup_embeds_through_the_fronts_upstream() {
         .unwrap();
     let front = Served::start(app).await;
     let semantic = [("x-llm-cache-control", "semantic")];
-    let first = post(&front, Some(KEY_ADMIN), &chat("How do I reset my password?"), &semantic).await;
+    let first = post(
+        &front,
+        Some(KEY_ADMIN),
+        &chat("How do I reset my password?"),
+        &semantic,
+    )
+    .await;
     assert_eq!(cache_status(&first), "miss");
     support::eventually("indexed", std::time::Duration::from_secs(10), || {
         cache.stats().semantic.indexed == 1
     })
     .await;
-    let hit = post(&front, Some(KEY_ADMIN), &chat("Hi, how do I reset my password"), &semantic).await;
+    let hit = post(
+        &front,
+        Some(KEY_ADMIN),
+        &chat("Hi, how do I reset my password"),
+        &semantic,
+    )
+    .await;
     assert_eq!(cache_status(&hit), "hit-semantic");
     assert_eq!(builders.calls(), 0, "the builder's upstream is never asked");
     let embeds: Vec<_> = upstream
@@ -757,7 +769,11 @@ async fn the_semantic_lookup_embeds_through_the_fronts_upstream() {
         .into_iter()
         .filter(|r| r.path == "/v1/embeddings")
         .collect();
-    assert_eq!(embeds.len(), 2, "each prompt embedded once, by the front's client");
+    assert_eq!(
+        embeds.len(),
+        2,
+        "each prompt embedded once, by the front's client"
+    );
     for r in &embeds {
         assert_eq!(
             r.header("authorization"),

@@ -149,9 +149,9 @@ pub(super) fn embeddings_beside(original: HttpRequestFactory) -> HttpRequestFact
             strip_controls(request.headers_mut());
             let url = request.url_mut();
             let path = url.path().to_owned();
-            let base = path
-                .strip_suffix("chat/completions")
-                .ok_or_else(|| OpenAIError::InvalidArgument("not a chat completions path".into()))?;
+            let base = path.strip_suffix("chat/completions").ok_or_else(|| {
+                OpenAIError::InvalidArgument("not a chat completions path".into())
+            })?;
             url.set_path(&format!("{base}embeddings"));
             Ok::<_, OpenAIError>(request)
         }
