@@ -8,7 +8,9 @@
 mod guard;
 mod local;
 mod remote;
+mod rewrite;
 mod sketch;
+mod tokens;
 mod words;
 
 use std::sync::Arc;
