@@ -491,6 +491,8 @@ mod tests {
                 "Is it safe to eat raw eggs",
                 "Isn't it safe to eat raw eggs",
             ),
+            ("Can you not go?", "Can't you go?"),
+            ("Should I not eat after 8pm?", "Shouldn't I eat after 8pm?"),
             ("What is 2+2?", "What is 2+3?"),
             ("What is 2+2?", "What is 2*2?"),
             ("Convert 5 km to miles", "Convert 5 miles to km"),

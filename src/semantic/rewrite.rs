@@ -163,11 +163,14 @@ const AUXILIARIES: &[&str] = &[
 ];
 
 /// "why is it not working" and "why isn't it working" ask the same: a question opening
-/// with an auxiliary (after an optional question word) puts a `not` found within the next
-/// three words right after the auxiliary, where the contraction puts it.
+/// with a question word and an auxiliary puts a `not` found within the next three words
+/// right after the auxiliary, where the contraction puts it. Not in a yes/no question:
+/// "can you not go?" asks whether you may skip it, "can't you go?" why you cannot.
 pub(super) fn place_not_after_auxiliary(words: &mut Vec<Word>) {
-    let aux = usize::from(words.first().is_some_and(|w| w.is_one_of(WH)));
-    if !words.get(aux).is_some_and(|w| w.is_one_of(AUXILIARIES)) {
+    let aux = 1;
+    if !words.first().is_some_and(|w| w.is_one_of(WH))
+        || !words.get(aux).is_some_and(|w| w.is_one_of(AUXILIARIES))
+    {
         return;
     }
     let window = aux + 2..(aux + 5).min(words.len());
