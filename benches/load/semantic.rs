@@ -96,12 +96,9 @@ fn question(i: u64) -> String {
     format!("{} {i}?", words.join(" "))
 }
 
-/// A variant the guard serves: politeness, case and punctuation.
+/// A variant the guard serves: a greeting and thanks around it, spacing.
 fn variant(i: u64) -> String {
-    format!(
-        "Hi! Could you please tell me {}",
-        question(i).to_lowercase()
-    )
+    format!("Hi!  {}  Thanks!", question(i))
 }
 
 fn request(prompt: &str) -> ChatRequest {

@@ -51,6 +51,11 @@ pub(crate) struct Route {
     pub(crate) scope: Option<Arc<[u8]>>,
     /// `None`: the cache's own upstream.
     pub(crate) upstream: Option<Arc<dyn Upstream>>,
+    /// Where this route's `/embeddings` calls go (the same base URL, credentials and retry
+    /// stack as `upstream`), for a semantic lookup with
+    /// [`SemanticConfig::embed_via_route`](crate::SemanticConfig::embed_via_route); `None`:
+    /// the cache's own upstream embeds.
+    pub(crate) embedder: Option<Arc<dyn Upstream>>,
 }
 
 impl Route {
@@ -58,6 +63,7 @@ impl Route {
     pub(crate) const OWN: Route = Route {
         scope: None,
         upstream: None,
+        embedder: None,
     };
 
     /// The upstream a miss asks.

@@ -12,12 +12,16 @@ use sha2::{Digest as _, Sha256};
 use super::key::{self, put_framed};
 use super::{CacheControl, LlmCache, Route};
 use crate::request::{ChatRequest, ChatResponse, Content, EmbeddingRequest};
-use crate::semantic::{Counters, Semantic};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::semantic::{AuditOutcome, Counters, Semantic, cosine};
 use crate::tiered::Cached;
 use crate::tiered::digest::Digest;
 
 /// Separates semantic scope digests from every other digest.
 const SCOPE_DOMAIN: &[u8] = b"llm-cache/semantic-scope";
+/// Separates the route scope of semantic embeddings from the route's own.
+const EMBED_DOMAIN: &[u8] = b"llm-cache/semantic-embeddings\0";
 
 /// What a semantic lookup that found nothing leaves for the miss to index.
 pub(crate) struct Pending {
@@ -103,8 +107,10 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         }
+        // The prompt as written, not the canonical text: the model must see what the guard
+        // set aside too, or every pair the guard merges would score 1.0.
         let Some(vector) = self
-            .semantic_embedding(semantic, &canonical.text(), control)
+            .semantic_embedding(semantic, text, control, route)
             .await
         else {
             Counters::incr(&semantic.counters.ineligible);
@@ -117,6 +123,9 @@ impl LlmCache {
             match self.inner.tiers.fetch_stored(&m.entry).await {
                 Some(entry) => {
                     Counters::incr(&semantic.counters.hits);
+                    if semantic.sample_audit() {
+                        self.semantic_audit(semantic, request, control, route, entry.value());
+                    }
                     return Before::Served(Cached::matched(entry, digest, m.similarity));
                 }
                 None => semantic.forget(scope, m.entry).await,
@@ -130,21 +139,94 @@ impl LlmCache {
         }))
     }
 
-    /// The vector of `canonical` through the cache's embeddings path (cached per input,
-    /// single-flight), in the request's namespace; `None` when the call fails.
+    /// Audit a semantic hit in the background: ask the upstream `request` again (a paid
+    /// call, counted), and record whether its answer agrees with `served` (equal texts, or
+    /// embeddings at least `audit_agreement` apart by cosine). Never on the caller's path;
+    /// the fresh answer is not stored (the hit's entry still answers).
+    fn semantic_audit(
+        &self,
+        semantic: &Arc<Semantic>,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+        served: &ChatResponse,
+    ) {
+        let cache = self.clone();
+        let semantic = Arc::clone(semantic);
+        let upstream = Arc::clone(route.upstream(&self.inner.upstream));
+        let request = request.clone();
+        let control = CacheControl::new().namespace(control.namespace.clone());
+        let route = route.clone();
+        let served = served.text();
+        tokio::spawn(async move {
+            cache.inner.upstream_calls.fetch_add(1, Relaxed);
+            let fresh = match upstream.chat(&request).await {
+                Ok(response) => response.text(),
+                Err(e) => {
+                    tracing::debug!(error_kind = ?e.kind(), "semantic audit: the upstream call failed");
+                    None
+                }
+            };
+            let outcome = match (served, fresh) {
+                (Some(a), Some(b)) if a.trim() == b.trim() => AuditOutcome::Agreed,
+                (Some(a), Some(b)) => {
+                    let (va, vb) = tokio::join!(
+                        cache.semantic_embedding(&semantic, &a, &control, &route),
+                        cache.semantic_embedding(&semantic, &b, &control, &route)
+                    );
+                    match (va, vb) {
+                        (Some(va), Some(vb)) => {
+                            let similarity = cosine(&va, &vb);
+                            if similarity >= semantic.config.audit_agreement {
+                                AuditOutcome::Agreed
+                            } else {
+                                tracing::debug!(
+                                    similarity,
+                                    "semantic audit: the fresh answer disagrees with the one served"
+                                );
+                                AuditOutcome::Disagreed
+                            }
+                        }
+                        _ => AuditOutcome::Failed,
+                    }
+                }
+                _ => AuditOutcome::Failed,
+            };
+            semantic.record_audit(outcome);
+        });
+    }
+
+    /// The vector of `text` (the prompt as written) through the cache's embeddings path
+    /// (cached per input, single-flight), in the request's namespace, from the route's
+    /// embedder when the config says so and the route has one; `None` when the call fails.
     async fn semantic_embedding(
         &self,
         semantic: &Semantic,
-        canonical: &str,
+        text: &str,
         control: &CacheControl,
+        route: &Route,
     ) -> Option<Vec<f32>> {
         let config = &semantic.config;
-        let mut request = EmbeddingRequest::new(config.model.clone(), canonical);
+        let mut request = EmbeddingRequest::new(config.model.clone(), text);
         if let Some(d) = config.dimensions {
             request = request.dimensions(d);
         }
         let embed_control = CacheControl::new().namespace(control.namespace.clone());
-        match self.embeddings_with(&request, &embed_control).await {
+        let answer = match route.embedder.as_ref().filter(|_| config.embed_via_route) {
+            Some(embedder) => {
+                // Keyed in a space of the route's own (its upstream and credentials).
+                let mut scope = EMBED_DOMAIN.to_vec();
+                scope.extend_from_slice(route.scope.as_deref().unwrap_or_default());
+                let via = Route {
+                    scope: Some(scope.into()),
+                    upstream: Some(Arc::clone(embedder)),
+                    embedder: None,
+                };
+                self.embeddings_routed(&request, &embed_control, &via).await
+            }
+            None => self.embeddings_with(&request, &embed_control).await,
+        };
+        match answer {
             Ok(out) => out.data.first().map(|e| e.embedding.to_f32_vec()),
             Err(e) => {
                 // The kind only: the error text may quote the prompt.

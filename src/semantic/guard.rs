@@ -1,25 +1,28 @@
 //! The lexical guard: the second opinion a semantic candidate needs after its cosine. Two
-//! prompts pass only if their content words agree, in order, once case, punctuation,
-//! whitespace, contractions, politeness phrases, articles, listed synonyms and listed
-//! misspellings are set aside; negations, numbers, symbols and named identifiers must
-//! match exactly, and at most `max_typos` other long words may differ by one letter. It
-//! must never pass a pair because the two are "close": every allowance is a rule a reader
-//! can check. Pure functions, no I/O.
+//! prompts pass only if their tokens agree, in order, once whitespace, sentence-final
+//! punctuation, a sentence's first capital, contractions, omitted articles and fixed
+//! politeness frames at the start or end are set aside. Every other symbol, every case
+//! that is not a sentence's first letter, and every word used as content must match
+//! exactly. It must never pass a pair because the two are "close": every allowance is a
+//! rule a reader can check. Pure functions, no I/O.
 
-use super::words::{
-    CONTRACTIONS, FUNCTION_WORDS, IS_BEFORE_S, LEADING_POLITENESS, MISSPELLINGS, NEGATIONS,
-    NUMBER_WORDS, OPENINGS, PROTECTED, PROTECTED_STEMS, SYNONYMS, TRAILING_POLITENESS,
+use super::rewrite::{
+    drop_articles, expand, fold_first_capital, move_leading_clause, order_alternatives,
+    place_not_after_auxiliary, strip_politeness,
 };
+use super::tokens::{Kind, Word, lex};
+use super::words::{MISSPELLINGS, NEGATIONS, NUMBER_WORDS, PROTECTED, PROTECTED_STEMS, SPELLINGS};
 
-/// The default `max_typos`: one long word may differ by one letter.
-pub const DEFAULT_MAX_TYPOS: usize = 1;
+/// The default `max_typos`: none. A one-letter change can turn a word into another real
+/// word or identifier ("readline" / "readlines", "county" / "country"), and the guard has
+/// no dictionary to tell which, so nothing is forgiven unless asked.
+pub const DEFAULT_MAX_TYPOS: usize = 0;
 /// The default `typo_min_len`: a word shorter than this is never forgiven a typo.
 pub const DEFAULT_TYPO_MIN_LEN: usize = 6;
 
 /// The lexical guard a semantic candidate must pass besides its cosine (see the README's
 /// "Semantic cache" section for the rules). [`LexicalGuard::default`] is the measured
-/// configuration; [`LexicalGuard::strict`] forgives nothing but case, punctuation,
-/// whitespace, contractions, articles and politeness.
+/// configuration; [`LexicalGuard::strict`] also keeps the politeness frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct LexicalGuard {
@@ -75,7 +78,7 @@ pub enum Refusal {
     Negation,
     /// A number, symbol or identifier differs.
     Number,
-    /// Other words differ.
+    /// Other words differ (or the same words in another case).
     Words,
 }
 
@@ -91,23 +94,18 @@ impl Refusal {
     }
 }
 
-/// A prompt as the guard compares it: canonical words, each marked when it may be forgiven
-/// a typo.
+/// A prompt as the guard compares it: canonical tokens, each with the article it stood
+/// after (if any) and whether it may be forgiven a typo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Canonical {
     words: Vec<Word>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Word {
-    text: String,
-    /// May be forgiven a one-letter typo: a plain lower-case word, no digit, not a name.
-    fuzzy: bool,
+    /// Written in capitals only: its case says nothing.
+    shouted: bool,
 }
 
 impl Canonical {
-    /// The canonical words joined by single spaces: what the cache embeds, so that case,
-    /// punctuation and politeness variants share one embedding.
+    /// The canonical tokens joined by single spaces (for logs and tests; the cache embeds
+    /// the prompt as written).
     pub fn text(&self) -> String {
         let mut out = String::new();
         for (i, w) in self.words.iter().enumerate() {
@@ -119,12 +117,12 @@ impl Canonical {
         out
     }
 
-    /// How many canonical words.
+    /// How many canonical tokens.
     pub fn len(&self) -> usize {
         self.words.len()
     }
 
-    /// Whether nothing with content is left (a prompt of only politeness or punctuation).
+    /// Whether nothing is left to compare.
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
     }
@@ -136,13 +134,18 @@ impl LexicalGuard {
         Self::default()
     }
 
-    /// The tightest guard: no typos and no synonyms forgiven.
+    /// The tightest guard: no typos, no added synonyms, politeness frames kept.
     pub fn strict() -> Self {
-        Self::default().max_typos(0).synonyms(false)
+        Self::default()
+            .max_typos(0)
+            .synonyms(false)
+            .politeness(false)
     }
 
     /// How many one-letter typos (substitution, insertion, deletion or swap of neighbours)
-    /// a pair may hold and pass; 0 forgives none. Default 1.
+    /// a pair may hold and pass; 0 forgives none. Default 0: turn it on only if your
+    /// traffic's words one letter apart are not other words or names of your domain (add
+    /// those with [`protect`](Self::protect)).
     pub fn max_typos(mut self, n: usize) -> Self {
         self.max_typos = n;
         self
@@ -155,16 +158,19 @@ impl LexicalGuard {
         self
     }
 
-    /// Whether the listed synonyms ("big" / "large", "start" / "begin", British and American
-    /// spellings, unit spellings) and question openings ("how do I" / "how to") compare
-    /// equal. Default true.
+    /// Whether the synonyms added with [`synonym`](Self::synonym) apply. Default true.
+    /// There is no built-in synonym list (only British and American spellings of one word
+    /// compare equal): hardly two words mean the same in every sense.
     pub fn synonyms(mut self, yes: bool) -> Self {
         self.synonyms = yes;
         self
     }
 
-    /// Whether politeness phrases at the start or end ("could you please tell me",
-    /// "thanks in advance") are set aside. Default true.
+    /// Whether the fixed politeness frames are set aside: a greeting or aside followed by a
+    /// comma or ending its sentence at the start ("Hi, ..."), thanks after a comma or as
+    /// the last sentence ("..., thanks"), "could you (please)" before a request verb
+    /// ("explain", "tell", ...), "tell me" / "do you know" before a question word. Default
+    /// true.
     pub fn politeness(mut self, yes: bool) -> Self {
         self.politeness = yes;
         self
@@ -193,7 +199,8 @@ impl LexicalGuard {
         self
     }
 
-    /// One more synonym: `word` compares as `means` (both lower-case single words).
+    /// One more synonym: `word` compares as `means` (both lower-case single words). Only
+    /// for words that mean the same in every sense your traffic uses.
     pub fn synonym(mut self, word: &str, means: &str) -> Self {
         self.extra_synonyms
             .push((word.to_lowercase(), means.to_lowercase()));
@@ -208,17 +215,29 @@ impl LexicalGuard {
     /// Decide on two canonical prompts.
     pub fn compare(&self, a: &Canonical, b: &Canonical) -> GuardVerdict {
         if a.words.is_empty() || b.words.is_empty() {
-            // Nothing left to compare ("thanks!"): never a semantic match.
             return GuardVerdict::Refused(Refusal::Words);
         }
         if a.words.len() == b.words.len() {
             let mut typos = 0;
             let mut other = false;
-            for (x, y) in a.words.iter().zip(&b.words) {
-                if x.text == y.text {
+            for (k, (x, y)) in a.words.iter().zip(&b.words).enumerate() {
+                // An article may be omitted, never swapped, and never before a sentence's
+                // last word: "what is the time" / "what is time", "I have a cold" / "I
+                // have cold" ask other things.
+                let last = |w: &[Word]| w.get(k + 1).is_none_or(|n| n.starts);
+                let articles_agree = match (x.article, y.article) {
+                    (Some(p), Some(q)) => p == q,
+                    (None, None) => true,
+                    _ => !last(&a.words) && !last(&b.words),
+                };
+                if !articles_agree {
+                    other = true;
+                    break;
+                }
+                if same_text(x, a.shouted, y, b.shouted) {
                     continue;
                 }
-                if self.forgivable(x, y) {
+                if a.shouted == b.shouted && self.forgivable(x, y) {
                     typos += 1;
                 } else {
                     other = true;
@@ -252,189 +271,96 @@ impl LexicalGuard {
 
     /// The prompt as the guard compares it.
     pub fn canonical(&self, text: &str) -> Canonical {
-        let raw = lex(text);
-        let caps = mostly_upper_case(text);
+        let (raw, shouted) = lex(text);
         let mut words: Vec<Word> = Vec::with_capacity(raw.len());
         for token in raw {
-            match token.kind {
-                Kind::Word => self.push_word(&token, caps, &mut words),
-                _ => words.push(Word {
-                    text: token.text,
-                    fuzzy: false,
-                }),
-            }
+            self.push_word(token, shouted, &mut words);
         }
-        // "a few" / "a little" are not "few" / "little": keep the article with them.
-        for k in (0..words.len().saturating_sub(1)).rev() {
-            if words[k].text == "a" && matches!(words[k + 1].text.as_str(), "few" | "little") {
-                let next = words.remove(k + 1);
-                words[k] = plain(&format!("a {}", next.text));
-            }
-        }
-        words.retain(|w| {
-            !FUNCTION_WORDS.contains(&w.text.as_str())
-                && !self.extra_function_words.contains(&w.text)
-        });
+        drop_articles(&mut words);
+        words.retain(|w| !(w.kind == Kind::Plain && self.extra_function_words.contains(&w.text)));
         if self.politeness {
             strip_politeness(&mut words);
         }
         place_not_after_auxiliary(&mut words);
-        if self.synonyms {
-            for (from, to) in OPENINGS {
-                if starts_with(&words, from) {
-                    let rest = words.split_off(from.len());
-                    words = to.iter().map(|t| plain(t)).collect();
-                    words.extend(rest);
-                    break;
-                }
-            }
-            for w in &mut words {
+        move_leading_clause(&mut words);
+        order_alternatives(&mut words);
+        if self.synonyms && !self.extra_synonyms.is_empty() {
+            for w in words.iter_mut().filter(|w| w.kind == Kind::Plain) {
                 if let Some((_, to)) = self.extra_synonyms.iter().find(|(f, _)| *f == w.text) {
                     w.text = to.clone();
-                } else if let Some(group) = SYNONYMS.iter().find(|g| g.contains(&w.text.as_str())) {
-                    w.text = group[0].to_owned();
                 }
             }
         }
-        Canonical { words }
+        Canonical { words, shouted }
     }
 
-    /// One word token: lower-cased, misspelling fixed, contraction expanded, number word
-    /// turned to digits.
-    fn push_word(&self, token: &Raw, caps: bool, out: &mut Vec<Word>) {
-        let lower = token.text.to_lowercase().replace('’', "'");
-        // Only a word written all in lower case may be forgiven a typo: a capital marks a
-        // name ("Boston" / "Bolton"), even at a sentence's start, and a prompt in capitals
-        // says nothing either way.
-        let fuzzy = !caps && token.text.chars().all(|c| c.is_ascii_lowercase());
-        let lower = match MISSPELLINGS.iter().find(|(m, _)| *m == lower) {
+    /// One token: a sentence's first capital folded (or all of a shouted prompt's); a plain
+    /// lower-case word's misspelling fixed, contraction expanded, number word turned to
+    /// digits and British spelling made American.
+    fn push_word(&self, mut token: Word, shouted: bool, out: &mut Vec<Word>) {
+        if token.kind == Kind::Symbol {
+            out.push(token);
+            return;
+        }
+        if token.kind != Kind::Number {
+            token.text = token.text.replace('’', "'");
+        }
+        let written_lower = token.text.chars().all(|c| !c.is_uppercase());
+        if shouted {
+            token.text = token.text.to_lowercase();
+        } else if token.starts && token.kind == Kind::Plain {
+            token.text = fold_first_capital(&token.text);
+        }
+        if token.kind != Kind::Plain || token.text.chars().any(char::is_uppercase) {
+            out.push(token);
+            return;
+        }
+        let fuzzy = written_lower && !shouted;
+        let lower = match MISSPELLINGS.iter().find(|(m, _)| *m == token.text) {
             Some((_, fixed)) => (*fixed).to_owned(),
-            None => lower,
+            None => token.text.clone(),
         };
+        let mut starts = token.starts;
+        let contracted = lower.contains('\'');
         for part in expand(&lower) {
-            let text = match NUMBER_WORDS.iter().find(|(w, _)| *w == part) {
-                Some((_, digits)) => (*digits).to_owned(),
-                None => part,
+            // "I'm" is "I am" (a plain "i" stays: the imaginary unit, a loop variable).
+            let part = if contracted && part == "i" {
+                "I".to_owned()
+            } else {
+                part
             };
-            let fuzzy = fuzzy && !text.contains(['\'']) && !text.as_bytes()[0].is_ascii_digit();
-            out.push(Word { text, fuzzy });
+            let (text, kind) =
+                if let Some((_, digits)) = NUMBER_WORDS.iter().find(|(w, _)| *w == part) {
+                    ((*digits).to_owned(), Kind::Number)
+                } else if let Some((_, us)) = SPELLINGS.iter().find(|(w, _)| *w == part) {
+                    ((*us).to_owned(), Kind::Plain)
+                } else {
+                    (part, Kind::Plain)
+                };
+            let fuzzy = fuzzy && kind == Kind::Plain && !text.contains('\'');
+            out.push(Word {
+                text,
+                kind,
+                article: None,
+                starts,
+                fuzzy,
+            });
+            starts = false;
         }
     }
 }
 
-fn plain(text: &str) -> Word {
-    Word {
-        text: text.to_owned(),
-        fuzzy: false,
+/// Whether two tokens say the same. A shouted prompt's words (lower-cased) match the
+/// other's only where the other wrote them without capitals (a sentence's first letter
+/// and "I" aside): "HOW DO I SORT A LIST" is "How do I sort a list", but "IS RUST SAFE"
+/// is not "Is Rust safe" (nor "100 MBPS" "100 MBps").
+fn same_text(x: &Word, x_shouted: bool, y: &Word, y_shouted: bool) -> bool {
+    if x_shouted == y_shouted || x.kind == Kind::Symbol || y.kind == Kind::Symbol {
+        return x.text == y.text;
     }
-}
-
-fn starts_with(words: &[Word], phrase: &[&str]) -> bool {
-    words.len() >= phrase.len() && words.iter().zip(phrase).all(|(w, p)| w.text == *p)
-}
-
-fn ends_with(words: &[Word], phrase: &[&str]) -> bool {
-    words.len() >= phrase.len()
-        && words[words.len() - phrase.len()..]
-            .iter()
-            .zip(phrase)
-            .all(|(w, p)| w.text == *p)
-}
-
-/// Leading phrases that wrap an indirect question ("tell me what X is").
-const INDIRECT: &[&str] = &["tell", "know", "wonder", "wondering", "ask"];
-const WH: &[&str] = &["what", "who", "where", "when", "why", "how", "which"];
-const COPULAS: &[&str] = &["is", "are", "was", "were"];
-
-fn strip_politeness(words: &mut Vec<Word>) {
-    let mut indirect = false;
-    'lead: loop {
-        for phrase in LEADING_POLITENESS {
-            // Never strip the whole prompt: "can you" alone stays a question.
-            if words.len() > phrase.len() && starts_with(words, phrase) {
-                indirect |= phrase.iter().any(|w| INDIRECT.contains(w));
-                words.drain(..phrase.len());
-                continue 'lead;
-            }
-        }
-        break;
-    }
-    'trail: loop {
-        for phrase in TRAILING_POLITENESS {
-            if words.len() > phrase.len() && ends_with(words, phrase) {
-                words.truncate(words.len() - phrase.len());
-                continue 'trail;
-            }
-        }
-        break;
-    }
-    // "tell me what the capital of France is" asks "what is the capital of France".
-    if indirect
-        && words.len() >= 3
-        && WH.contains(&words[0].text.as_str())
-        && COPULAS.contains(&words[words.len() - 1].text.as_str())
-    {
-        let copula = words.pop().expect("at least three words");
-        words.insert(1, copula);
-    }
-}
-
-const AUXILIARIES: &[&str] = &[
-    "is", "are", "was", "were", "do", "does", "did", "can", "could", "will", "would", "should",
-    "has", "have", "had", "must", "may", "might", "shall",
-];
-
-/// "why is it not working" and "why isn't it working" ask the same: a question opening
-/// with an auxiliary (after an optional question word) puts a `not` found within the next
-/// three words right after the auxiliary, where the contraction puts it.
-fn place_not_after_auxiliary(words: &mut Vec<Word>) {
-    let aux = usize::from(words.first().is_some_and(|w| WH.contains(&w.text.as_str())));
-    if !words
-        .get(aux)
-        .is_some_and(|w| AUXILIARIES.contains(&w.text.as_str()))
-    {
-        return;
-    }
-    let window = aux + 2..(aux + 5).min(words.len());
-    let Some(at) = window.clone().find(|&k| words[k].text == "not") else {
-        return;
-    };
-    let between = &words[aux + 1..at];
-    if between
-        .iter()
-        .any(|w| w.text == "or" || w.text == "not" || AUXILIARIES.contains(&w.text.as_str()))
-        || words[aux + 1].text == "not"
-    {
-        return;
-    }
-    let not = words.remove(at);
-    words.insert(aux + 1, not);
-}
-
-/// Expand a contraction into its words ("don't" -> "do", "not"; "john's" -> "john", "'s").
-fn expand(word: &str) -> Vec<String> {
-    if let Some((_, full)) = CONTRACTIONS.iter().find(|(c, _)| *c == word) {
-        return full.split(' ').map(str::to_owned).collect();
-    }
-    let Some(at) = word.find('\'') else {
-        return vec![word.to_owned()];
-    };
-    let (stem, tail) = word.split_at(at);
-    if let Some(stem) = word.strip_suffix("n't") {
-        return vec![stem.to_owned(), "not".to_owned()];
-    }
-    let second = match tail {
-        "'re" => "are",
-        "'ve" => "have",
-        "'ll" => "will",
-        "'d" => "would",
-        "'m" => "am",
-        "'s" if IS_BEFORE_S.contains(&stem) => "is",
-        "'s" => "'s",
-        // Another apostrophe ("o'clock", "rock'n'roll"): one word without it.
-        _ => return vec![word.replace('\'', "")],
-    };
-    vec![stem.to_owned(), second.to_owned()]
+    let (shout, plain) = if x_shouted { (x, y) } else { (y, x) };
+    let caseless = plain.text == "I" || !plain.text.chars().any(char::is_uppercase);
+    caseless && shout.text == plain.text.to_lowercase()
 }
 
 /// Whether the refused pair differs by order, a negation, a number, or other words.
@@ -488,182 +414,6 @@ fn one_edit_apart(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// Whether most letters of `text` are capitals (a shouted prompt: capitals mark no names).
-fn mostly_upper_case(text: &str) -> bool {
-    let (mut upper, mut letters) = (0usize, 0usize);
-    for c in text.chars().filter(|c| c.is_alphabetic()) {
-        letters += 1;
-        upper += usize::from(c.is_uppercase());
-    }
-    letters > 0 && upper * 10 >= letters * 6
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Word,
-    Number,
-    Symbol,
-    Dash,
-    Bracket,
-}
-
-#[derive(Debug)]
-struct Raw {
-    text: String,
-    kind: Kind,
-}
-
-/// Punctuation that carries no content between words.
-fn is_sentence_punct(c: char) -> bool {
-    matches!(
-        c,
-        '.' | ','
-            | '!'
-            | '?'
-            | ';'
-            | ':'
-            | '"'
-            | '\''
-            | '`'
-            | '…'
-            | '¿'
-            | '¡'
-            | '«'
-            | '»'
-            | '“'
-            | '”'
-            | '‘'
-            | '’'
-            | '—'
-            | '–'
-    )
-}
-
-/// Operators: a prompt holding one keeps its brackets (`(x+1)*2` is not `x+1*2`).
-fn is_operator(text: &str) -> bool {
-    matches!(
-        text,
-        "+" | "-" | "*" | "/" | "=" | "<" | ">" | "^" | "|" | "~" | "\\"
-    )
-}
-
-fn is_word_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_'
-}
-
-/// Split a prompt into words, numbers, symbols, dashes and brackets; sentence punctuation
-/// is dropped.
-fn lex(text: &str) -> Vec<Raw> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out: Vec<Raw> = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let prev = i.checked_sub(1).map(|p| chars[p]);
-        let next = chars.get(i + 1).copied();
-        let signed = matches!(c, '-' | '+' | '.')
-            && next.is_some_and(|n| n.is_ascii_digit())
-            && !prev.is_some_and(is_word_char);
-        if is_word_char(c) || signed {
-            let (token, end) = word_at(&chars, i);
-            let kind = if token.starts_with(|c: char| !c.is_alphabetic() && c != '_') {
-                Kind::Number
-            } else {
-                Kind::Word
-            };
-            out.push(Raw { text: token, kind });
-            i = end;
-            continue;
-        }
-        i += 1;
-        if c.is_whitespace() {
-            continue;
-        }
-        if is_sentence_punct(c) {
-            continue;
-        }
-        let kind = match c {
-            '-' => Kind::Dash,
-            '(' | ')' | '[' | ']' | '{' | '}' => Kind::Bracket,
-            _ => Kind::Symbol,
-        };
-        let text = if c == '&' {
-            "and".to_owned()
-        } else {
-            c.to_string()
-        };
-        out.push(Raw {
-            text,
-            kind: if c == '&' { Kind::Word } else { kind },
-        });
-    }
-    // A dash counts next to a number ("5 - 3"); elsewhere it is punctuation.
-    let keep_dash: Vec<bool> = (0..out.len())
-        .map(|k| {
-            out[k].kind != Kind::Dash
-                || (k > 0 && out[k - 1].kind == Kind::Number)
-                || out.get(k + 1).is_some_and(|n| n.kind == Kind::Number)
-        })
-        .collect();
-    let mut k = 0;
-    out.retain(|_| {
-        k += 1;
-        keep_dash[k - 1]
-    });
-    let math = out
-        .iter()
-        .any(|t| matches!(t.kind, Kind::Symbol | Kind::Dash) && is_operator(&t.text));
-    if !math {
-        out.retain(|t| t.kind != Kind::Bracket);
-    }
-    out
-}
-
-/// The word or number starting at `start`, and where it ends. Joins what belongs to one
-/// token: `3.5`, `1,000` (as `1000`), `10:30`, `1/2`, `gpt-4`, `os.path`, `don't`, `c++`.
-fn word_at(chars: &[char], start: usize) -> (String, usize) {
-    let mut token = String::new();
-    token.push(chars[start]);
-    let mut j = start + 1;
-    while j < chars.len() {
-        let c = chars[j];
-        let prev = chars[j - 1];
-        let next = chars.get(j + 1).copied();
-        let next_is = |f: fn(char) -> bool| next.is_some_and(f);
-        if is_word_char(c) {
-            token.push(c);
-        } else if c == ','
-            && prev.is_ascii_digit()
-            && chars[j + 1..]
-                .iter()
-                .take_while(|d| d.is_ascii_digit())
-                .count()
-                == 3
-        {
-            // A thousands separator: dropped, so "1,000" is "1000".
-        } else if (matches!(c, '.' | ':' | '/')
-            && prev.is_ascii_digit()
-            && next_is(|n| n.is_ascii_digit()))
-            || (matches!(c, '.' | '-' | '/') && is_word_char(prev) && next_is(is_word_char))
-        {
-            // `3.5`, `10:30`, `1/2`; `gpt-4`, `os.path`.
-            token.push(c);
-        } else if matches!(c, '\'' | '’') && prev.is_alphabetic() && next_is(char::is_alphabetic)
-        {
-            token.push('\'');
-        } else if matches!(c, '+' | '#')
-            && (prev.is_alphabetic() || prev == '+')
-            && !next_is(is_word_char)
-        {
-            token.push(c);
-        } else {
-            break;
-        }
-        j += 1;
-    }
-    (token, j)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,14 +427,54 @@ mod tests {
         let g = LexicalGuard::default();
         let base = "What is the capital of France?";
         for v in [
-            "what is the capital of france",
-            "WHAT IS THE CAPITAL OF FRANCE",
+            "what is the capital of France",
             "  What   is the capital of France ?!",
             "Could you please tell me what the capital of France is?",
             "Hi! What's the capital of France? Thanks!",
+            "Hello, what is the capital of France, please?",
             "What is capital of France",
         ] {
             assert_eq!(g.check(base, v), GuardVerdict::Same, "{v} -> {}", text(v));
+        }
+        for (a, b) in [
+            (
+                "In Python, how do I reverse a list?",
+                "How do I reverse a list in Python?",
+            ),
+            ("Should I learn Rust or Go?", "Should I learn Go or Rust?"),
+            ("Is Python or Ruby faster?", "Is Ruby or Python faster?"),
+            (
+                "Which is bigger, an elephant or a whale?",
+                "Which is bigger, a whale or an elephant?",
+            ),
+            (
+                "At sea level, what is the boiling point of water?",
+                "What is the boiling point of water at sea level?",
+            ),
+            ("HOW DO I SORT A LIST?", "How do I sort a list?"),
+            (
+                "What is the difference between TCP and UDP?",
+                "What is the difference between UDP and TCP?",
+            ),
+            ("Why isn't it working?", "Why is it not working?"),
+            ("Could you explain recursion?", "Explain recursion."),
+            ("Can you tell me who wrote Hamlet?", "Who wrote Hamlet?"),
+            (
+                "Can you give me an example of a closure?",
+                "Give me an example of a closure.",
+            ),
+            ("Do you know who wrote Hamlet?", "Who wrote Hamlet?"),
+            ("What is os.path?", "What is os.path"),
+            ("How do I use C++?", "How do I use C++"),
+            ("def f():\n    return 1", "def f():\n    return 1"),
+        ] {
+            assert_eq!(
+                g.check(a, b),
+                GuardVerdict::Same,
+                "{a} [{}] / {b} [{}]",
+                text(a),
+                text(b)
+            );
         }
     }
 
@@ -701,6 +491,8 @@ mod tests {
                 "Is it safe to eat raw eggs",
                 "Isn't it safe to eat raw eggs",
             ),
+            ("Can you not go?", "Can't you go?"),
+            ("Should I not eat after 8pm?", "Shouldn't I eat after 8pm?"),
             ("What is 2+2?", "What is 2+3?"),
             ("What is 2+2?", "What is 2*2?"),
             ("Convert 5 km to miles", "Convert 5 miles to km"),
@@ -711,24 +503,101 @@ mod tests {
             ("I have a few friends", "I have few friends"),
             ("Boston weather today", "Bolton weather today"),
             ("Is the decimeter bigger", "Is the decameter bigger"),
+            // Symbols and operators.
+            (
+                "What does != mean in Python?",
+                "What does = mean in Python?",
+            ),
+            (
+                "What is the difference between --i and i--?",
+                "What is the difference between i-- and --i?",
+            ),
+            ("What does a[1:] return?", "What does a[:1] return?"),
+            ("How do I quit vim with :q", "How do I quit vim with :q!"),
+            ("What is 5!", "What is 5"),
+            (
+                "What does the ? operator do in Rust?",
+                "What does the ! operator do in Rust?",
+            ),
+            ("What does x -> y mean", "What does x => y mean"),
+            // Case that carries meaning.
+            ("How fast is 100 Mbps?", "How fast is 100 MBps?"),
+            ("Is Rust safe?", "Is rust safe?"),
+            ("IS RUST SAFE?", "Is Rust safe?"),
+            ("What does myVar do", "What does myvar do"),
+            // Politeness words as content.
+            ("Good morning in Japanese", "Good evening in Japanese"),
+            ("What rhymes with thanks?", "What rhymes with cheers?"),
+            ("What rhymes with please?", "What rhymes with cheers?"),
+            ("Can you speak French?", "Speak French."),
+            ("Do you know Python?", "Python?"),
+            // No synonym list, no openings.
+            ("How do I pick a lock?", "How do I choose a lock?"),
+            (
+                "How do I remove an element in C++?",
+                "How do I erase an element in C++?",
+            ),
+            ("Describe the water cycle", "Explain the water cycle"),
+            (
+                "What is the meaning of life?",
+                "What is the definition of life?",
+            ),
+            ("How do I look?", "How to look?"),
+            // Typos that are words.
+            ("What does readline do?", "What does readlines do?"),
+            ("Largest county in the US", "Largest country in the US"),
+            ("Doctors prescribe it", "Doctors proscribe it"),
+            ("strcpy vs memcpy", "strncpy vs memcpy"),
+            ("Is silicone toxic?", "Is silicon toxic?"),
+            (
+                "What is abduction of the hip?",
+                "What is adduction of the hip?",
+            ),
+            // Articles swapped, idioms with an order.
+            (
+                "What is a number of planets",
+                "What is the number of planets",
+            ),
+            ("What is the time?", "What is time?"),
+            ("I have a cold", "I have cold"),
+            ("Can you show emotions?", "Show emotions."),
+            ("Can you summarize PDFs?", "Summarize PDFs."),
+            ("Are you able to explain jokes?", "Explain jokes."),
+            ("Is it more or less", "Is it less or more"),
+            (
+                "Compare salary in Berlin versus Munich.",
+                "Compare salary in Munich versus Berlin.",
+            ),
+            ("Can you write Python code?", "Write Python code."),
+            ("What does tar -C do?", "What does tar -c do?"),
+            (
+                "In a regex, what does \\S match?",
+                "In a regex, what does \\s match?",
+            ),
         ] {
-            assert!(!g.check(a, b).passes(), "{a} / {b}");
+            assert!(
+                !g.check(a, b).passes(),
+                "{a} [{}] / {b} [{}]",
+                text(a),
+                text(b)
+            );
         }
     }
 
     #[test]
-    fn one_typo_in_a_long_word_is_forgiven() {
+    fn typos_are_forgiven_only_when_asked() {
         let g = LexicalGuard::default();
-        assert_eq!(
-            g.check("how to reverse a string", "how to reevrse a string"),
-            GuardVerdict::Typos(1)
-        );
         assert!(
-            !LexicalGuard::strict()
-                .check("how to reverse a string", "how to reevrse a string")
+            !g.check("how to reverse a string", "how to reevrse a string")
                 .passes()
         );
-        assert!(!g.check("Who is Johnson", "Who is Johnston").passes());
+        let loose = LexicalGuard::default().max_typos(1);
+        assert_eq!(
+            loose.check("how to reverse a string", "how to reevrse a string"),
+            GuardVerdict::Typos(1)
+        );
+        assert!(!loose.check("Who is Johnson", "Who is Johnston").passes());
+        assert!(!loose.check("largest county", "largest country").passes());
     }
 
     #[test]

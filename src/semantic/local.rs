@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 
-use super::sketch::{Record, Sketch, TABLE_BITS, TABLES, cosine};
+use super::sketch::{Record, Sketch, TABLES, cosine};
 use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::now_ms;
 
@@ -42,9 +42,6 @@ impl std::fmt::Debug for LocalIndex {
             .finish_non_exhaustive()
     }
 }
-
-/// The most candidates a lookup ranks by sketch (the exact buckets' first).
-const MAX_EXAMINED: usize = 1024;
 
 /// What a record costs in process besides its own bytes: its key, moka's structures and
 /// its digest in each table's bucket.
@@ -111,8 +108,9 @@ impl LocalIndex {
     }
 
     /// At most `max` candidates of `scope` at or above `threshold`, best first, with their
-    /// cosine: the bucket members of `vector`'s signatures, ranked by sketch distance, the
-    /// best `max` of them re-ranked by exact cosine.
+    /// cosine: the members of the buckets of [`Sketch::probes`], ranked by sketch distance
+    /// (then digest), the best `max` of them re-ranked by exact cosine. The Redis index
+    /// reads the same buckets and ranks the same way, so both find the same candidates.
     pub(crate) async fn lookup(
         &self,
         scope: Digest,
@@ -124,27 +122,9 @@ impl LocalIndex {
         let mut seen: Vec<Digest> = Vec::new();
         let mut dedup: HashSet<Digest, DigestHasherBuilder> =
             HashSet::with_hasher(DigestHasherBuilder);
-        let mut take = |probe: (Digest, u8, u32), seen: &mut Vec<Digest>| {
-            if let Some(bucket) = self.buckets.get(&probe) {
-                for d in bucket.iter() {
-                    if seen.len() < MAX_EXAMINED && dedup.insert(*d) {
-                        seen.push(*d);
-                    }
-                }
-            }
-        };
-        for t in 0..TABLES {
-            take((scope, t as u8, sketch.signature(t)), &mut seen);
-        }
-        // Multi-probe, when the signatures' own buckets hold too few: their one-bit
-        // neighbours (cheap in process; finds most vectors within a cosine of 0.9 that the
-        // exact buckets miss).
-        if seen.len() < max {
-            for t in 0..TABLES {
-                let sig = sketch.signature(t);
-                for i in 0..TABLE_BITS {
-                    take((scope, t as u8, sig ^ (1 << i)), &mut seen);
-                }
+        for (t, sig) in sketch.probes() {
+            if let Some(bucket) = self.buckets.get(&(scope, t as u8, sig)) {
+                seen.extend(bucket.iter().filter(|d| dedup.insert(**d)));
             }
         }
         let now = now_ms();
@@ -156,7 +136,10 @@ impl LocalIndex {
                 None => {}
             }
         }
-        ranked.sort_by_key(|(dist, _, _)| *dist);
+        ranked.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+        });
         let mut out: Vec<(Digest, Arc<LocalRecord>, f32)> = ranked
             .into_iter()
             .take(max)
@@ -165,7 +148,10 @@ impl LocalIndex {
                 (cos >= threshold).then_some((d, r, cos))
             })
             .collect();
-        out.sort_by(|a, b| b.2.total_cmp(&a.2));
+        out.sort_by(|a, b| {
+            b.2.total_cmp(&a.2)
+                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+        });
         out
     }
 

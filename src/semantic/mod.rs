@@ -8,7 +8,9 @@
 mod guard;
 mod local;
 mod remote;
+mod rewrite;
 mod sketch;
+mod tokens;
 mod words;
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ pub use self::guard::{
 };
 use self::local::LocalIndex;
 use self::remote::RemoteIndex;
+pub(crate) use self::sketch::cosine;
 use self::sketch::{Record, Sketch};
 use crate::tiered::digest::Digest;
 use crate::tiered::keyspace::Keyspace;
@@ -28,16 +31,22 @@ use crate::tiered::now_ms;
 
 /// The default cosine a candidate needs before the guard looks at it. Low on purpose: the
 /// guard decides what is served, the threshold only spares it candidates that cannot be the
-/// same question. The cache embeds the guard's canonical text, so variants the guard
-/// serves score close to 1.
+/// same question. The cache embeds the prompt as written.
 pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.7;
 /// The default most candidates re-ranked and guarded per lookup.
 pub const DEFAULT_MAX_CANDIDATES: usize = 8;
 /// The default bytes of process memory the in-process index may hold (vectors, texts).
 pub const DEFAULT_SEMANTIC_L1_BYTES: u64 = 64 << 20;
 /// The default most entries per bucket (in process and in Redis): bounds a lookup's
-/// bytes at 8 tables × 64 fields × 77 B from Redis, then `max_candidates` records.
+/// bytes at 104 buckets (8 tables, each signature and its one-bit neighbours) × 64 fields
+/// × 77 B from Redis, then `max_candidates` records.
 pub const DEFAULT_BUCKET_CAP: usize = 64;
+/// The default cosine at which an audit deems two answers to agree (see
+/// [`SemanticConfig::audit_agreement`]).
+pub const DEFAULT_AUDIT_AGREEMENT: f32 = 0.8;
+
+/// The audit's outcomes as a counter, by `outcome` (`agreed`, `disagreed`, `failed`).
+pub(crate) const AUDITS: &str = "ai_cache_semantic_audits_total";
 
 /// The semantic cache's settings, given to
 /// [`LlmCacheBuilder::semantic`](crate::LlmCacheBuilder::semantic). Requests opt in with
@@ -52,6 +61,9 @@ pub struct SemanticConfig {
     pub(crate) l1_index_bytes: u64,
     pub(crate) bucket_cap: usize,
     pub(crate) guard: LexicalGuard,
+    pub(crate) audit_fraction: f64,
+    pub(crate) audit_agreement: f32,
+    pub(crate) embed_via_route: bool,
 }
 
 impl SemanticConfig {
@@ -66,6 +78,9 @@ impl SemanticConfig {
             l1_index_bytes: DEFAULT_SEMANTIC_L1_BYTES,
             bucket_cap: DEFAULT_BUCKET_CAP,
             guard: LexicalGuard::default(),
+            audit_fraction: 0.0,
+            audit_agreement: DEFAULT_AUDIT_AGREEMENT,
+            embed_via_route: false,
         }
     }
 
@@ -107,6 +122,44 @@ impl SemanticConfig {
         self
     }
 
+    /// Audit this fraction of semantic hits, in [0, 1] (default 0: off). An audited hit is
+    /// served as usual; in the background the cache also asks the upstream (one paid call,
+    /// counted in `upstream_calls`) and compares the fresh answer with the one served:
+    /// they agree when their texts are equal once trimmed, or when the cosine of their
+    /// embeddings (the semantic model, through the embeddings path) is at least
+    /// [`audit_agreement`](Self::audit_agreement). The counts are in
+    /// [`SemanticStats`] (`audited`, `agreed`, `disagreed`, `audit_failed`) and in
+    /// `ai_cache_semantic_audits_total{outcome}`: `disagreed / (agreed + disagreed)` is an
+    /// estimate of your traffic's false-hit rate. Sampling is deterministic: every
+    /// `1 / fraction`-th hit.
+    pub fn audit(mut self, fraction: f64) -> Self {
+        self.audit_fraction = fraction;
+        self
+    }
+
+    /// The cosine of the two answers' embeddings at or above which an audit counts them as
+    /// agreeing, in (0, 1]. Default [`DEFAULT_AUDIT_AGREEMENT`]: two samples of one answer
+    /// in other words score above it with sentence-embedding models, answers to other
+    /// questions mostly below; a sampled temperature > 0 upstream disagrees with itself
+    /// now and then, so read the rate against a baseline of exact repeats.
+    pub fn audit_agreement(mut self, cosine: f32) -> Self {
+        self.audit_agreement = cosine;
+        self
+    }
+
+    /// Embed through the route a request came by, when it came through the async-openai
+    /// layer or the HTTP front: the layer's inner service (the caller's base URL, headers,
+    /// credentials and retry stack, at the `embeddings` path beside `chat/completions`), or
+    /// the front's upstream client (its held key, or the caller's credentials when it
+    /// passes them through). No second `OpenAiCompatible` beside the layer: a cache built
+    /// without an upstream can then be semantic. Vectors fetched this way are keyed per
+    /// route (and credential scope). A request made on the cache itself still embeds
+    /// through the builder's upstream. Default false.
+    pub fn embed_via_route(mut self, yes: bool) -> Self {
+        self.embed_via_route = yes;
+        self
+    }
+
     /// The knob that is wrong, and why.
     pub(crate) fn check(&self) -> Result<(), (&'static str, &'static str)> {
         if self.model.is_empty() {
@@ -120,6 +173,12 @@ impl SemanticConfig {
         }
         if self.bucket_cap == 0 {
             return Err(("semantic.bucket_cap", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.audit_fraction) {
+            return Err(("semantic.audit", "must be in [0, 1]"));
+        }
+        if !(self.audit_agreement > 0.0 && self.audit_agreement <= 1.0) {
+            return Err(("semantic.audit_agreement", "must be in (0, 1]"));
         }
         Ok(())
     }
@@ -148,6 +207,15 @@ pub struct SemanticStats {
     pub l1_entries: u64,
     /// Bytes of the in-process index.
     pub l1_bytes: u64,
+    /// Semantic hits audited (see [`SemanticConfig::audit`]): the upstream was asked too.
+    pub audited: u64,
+    /// Audits whose fresh answer agreed with the one served.
+    pub agreed: u64,
+    /// Audits whose fresh answer disagreed: a likely false hit.
+    pub disagreed: u64,
+    /// Audits that could not decide (the upstream or the embedding call failed, or an
+    /// answer had no text).
+    pub audit_failed: u64,
 }
 
 #[derive(Default)]
@@ -159,6 +227,20 @@ pub(crate) struct Counters {
     pub(crate) stale: AtomicU64,
     pub(crate) redis_skipped: AtomicU64,
     pub(crate) ineligible: AtomicU64,
+    pub(crate) audited: AtomicU64,
+    pub(crate) agreed: AtomicU64,
+    pub(crate) disagreed: AtomicU64,
+    pub(crate) audit_failed: AtomicU64,
+    /// Semantic hits seen by the audit's sampling.
+    audit_seen: AtomicU64,
+}
+
+/// What an audit found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuditOutcome {
+    Agreed,
+    Disagreed,
+    Failed,
 }
 
 /// A candidate that passed the threshold and the guard.
@@ -187,6 +269,12 @@ impl std::fmt::Debug for Semantic {
 
 impl Semantic {
     pub(crate) fn new(config: SemanticConfig, l2: Option<(Arc<Guarded>, Keyspace)>) -> Self {
+        metrics::describe_counter!(
+            AUDITS,
+            metrics::Unit::Count,
+            "Audited semantic hits, by outcome (agreed, disagreed, failed): the upstream's fresh \
+             answer compared with the one served"
+        );
         let local = (config.l1_index_bytes > 0)
             .then(|| LocalIndex::new(config.l1_index_bytes, config.bucket_cap));
         let remote = l2.map(|(l2, ks)| RemoteIndex::new(l2, ks, config.bucket_cap));
@@ -198,7 +286,7 @@ impl Semantic {
         }
     }
 
-    /// The prompt as the guard compares it (and as the cache embeds it).
+    /// The prompt as the guard compares it.
     pub(crate) fn canonical(&self, text: &str) -> Canonical {
         self.config.guard.canonical(text)
     }
@@ -245,7 +333,10 @@ impl Semantic {
             })
             .filter(|(d, _, _, cos)| *cos >= cfg.threshold && !checked.contains(d))
             .collect();
-        ranked.sort_by(|a, b| b.3.total_cmp(&a.3));
+        ranked.sort_by(|a, b| {
+            b.3.total_cmp(&a.3)
+                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+        });
         for (entry, record, deadline, similarity) in ranked {
             if self.passes(canonical, &record.text) {
                 out.push(Match { entry, similarity });
@@ -331,7 +422,35 @@ impl Semantic {
             ineligible: c.ineligible.load(Relaxed),
             l1_entries,
             l1_bytes,
+            audited: c.audited.load(Relaxed),
+            agreed: c.agreed.load(Relaxed),
+            disagreed: c.disagreed.load(Relaxed),
+            audit_failed: c.audit_failed.load(Relaxed),
         }
+    }
+
+    /// Whether this semantic hit is audited: exactly `audit_fraction` of hits, spread
+    /// evenly (the n-th hit is audited when `floor(n·f)` steps up).
+    pub(crate) fn sample_audit(&self) -> bool {
+        let f = self.config.audit_fraction;
+        if f <= 0.0 {
+            return false;
+        }
+        let n = self.counters.audit_seen.fetch_add(1, Relaxed) as f64;
+        ((n + 1.0) * f).floor() > (n * f).floor()
+    }
+
+    /// Count an audit's outcome, in the stats and as a metric.
+    pub(crate) fn record_audit(&self, outcome: AuditOutcome) {
+        let c = &self.counters;
+        Counters::incr(&c.audited);
+        let (cell, label) = match outcome {
+            AuditOutcome::Agreed => (&c.agreed, "agreed"),
+            AuditOutcome::Disagreed => (&c.disagreed, "disagreed"),
+            AuditOutcome::Failed => (&c.audit_failed, "failed"),
+        };
+        Counters::incr(cell);
+        metrics::counter!(AUDITS, "outcome" => label).increment(1);
     }
 }
 

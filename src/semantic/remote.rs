@@ -3,8 +3,8 @@
 //! `bucket_cap` fields, alive as long as their latest deadline) and one record per entry
 //! (`P:v{S}rH`: vector + prompt text, expiring with the answer). All keys of a scope share
 //! the hash tag `{S}`: one node, one pipeline. An insert is two round trips (the record,
-//! then one script for every bucket); a lookup is two of bounded size (the buckets, then
-//! the best `max` records). Any Redis trouble is `None`: the caller
+//! then one script for every bucket); a lookup is two of bounded size (the 104 buckets of
+//! [`Sketch::probes`], the in-process index's, then the best `max` records). Any Redis trouble is `None`: the caller
 //! skips the semantic lookup.
 
 use std::collections::HashSet;
@@ -58,23 +58,25 @@ impl RemoteIndex {
             .await
     }
 
-    /// At most `max` candidates of `scope`, nearest by sketch first, with their records
-    /// and deadlines;
-    /// `None` when Redis did not answer. Expired or orphaned bucket fields are removed in
-    /// the background.
+    /// At most `max` candidates of `scope`, nearest by sketch first (then by digest), with
+    /// their records and deadlines: the buckets of [`Sketch::probes`] in one pipeline, then
+    /// the best `max` records, exactly as the in-process index ranks. `None` when Redis
+    /// did not answer. Expired or orphaned bucket fields are removed in the background.
     pub(crate) async fn lookup(
         &self,
         scope: Digest,
         sketch: &Sketch,
         max: usize,
     ) -> Option<Vec<(Digest, Record, u64)>> {
-        let keys: Vec<String> = (0..TABLES)
-            .map(|t| self.keyspace.index_bucket(&scope, t, sketch.signature(t)))
+        let keys: Vec<String> = sketch
+            .probes()
+            .into_iter()
+            .map(|(t, sig)| self.keyspace.index_bucket(&scope, t, sig))
             .collect();
         let hashes = self.l2.hgetall_many(&keys).await?;
         let now = now_ms();
         let mut stale: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut ranked: Vec<(u32, Digest, u64)> = Vec::new();
+        let mut ranked: Vec<(u32, Digest, u64, Sketch)> = Vec::new();
         let mut seen: HashSet<Digest, DigestHasherBuilder> =
             HashSet::with_hasher(DigestHasherBuilder);
         for (key, fields) in keys.iter().zip(hashes) {
@@ -82,18 +84,21 @@ impl RemoteIndex {
                 match parse_bucket(&field, &value) {
                     Some((d, deadline, s)) if deadline > now => {
                         if seen.insert(d) {
-                            ranked.push((s.distance(sketch), d, deadline));
+                            ranked.push((s.distance(sketch), d, deadline, s));
                         }
                     }
                     _ => stale.push((key.clone(), field)),
                 }
             }
         }
-        ranked.sort_by_key(|(dist, _, _)| *dist);
+        ranked.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+        });
         ranked.truncate(max);
         let record_keys: Vec<String> = ranked
             .iter()
-            .map(|(_, d, _)| self.keyspace.index_record(&scope, d))
+            .map(|(_, d, _, _)| self.keyspace.index_record(&scope, d))
             .collect();
         let records = if record_keys.is_empty() {
             Vec::new()
@@ -101,13 +106,14 @@ impl RemoteIndex {
             self.l2.mget(&record_keys).await?
         };
         let mut out = Vec::with_capacity(records.len());
-        for ((_, d, deadline), bytes) in ranked.iter().zip(records) {
+        for ((_, d, deadline, s), bytes) in ranked.iter().zip(records) {
             match bytes.as_deref().and_then(Record::decode) {
                 Some(r) => out.push((*d, r, *deadline)),
-                // The record expired or was dropped: so goes its bucket field.
+                // The record expired or was dropped: so go its fields, in its own buckets.
                 None => {
-                    for key in &keys {
-                        stale.push((key.clone(), d.as_bytes().to_vec()));
+                    for t in 0..TABLES {
+                        let key = self.keyspace.index_bucket(&scope, t, s.signature(t));
+                        stale.push((key, d.as_bytes().to_vec()));
                     }
                 }
             }

@@ -44,6 +44,20 @@ impl Sketch {
         sig
     }
 
+    /// The buckets a lookup reads, the same in process and in Redis: each table's own
+    /// signature and its [`TABLE_BITS`] one-bit neighbours (8 × 13 buckets). The exact
+    /// buckets alone find about 59 % of the vectors at a cosine of 0.86; with the
+    /// neighbours about 97 %.
+    pub(crate) fn probes(&self) -> Vec<(usize, u32)> {
+        let mut out = Vec::with_capacity(TABLES * (TABLE_BITS + 1));
+        for t in 0..TABLES {
+            let sig = self.signature(t);
+            out.push((t, sig));
+            out.extend((0..TABLE_BITS).map(|i| (t, sig ^ (1 << i))));
+        }
+        out
+    }
+
     /// How many bits differ: an estimate of the angle (bits/256 of pi).
     pub(crate) fn distance(&self, other: &Sketch) -> u32 {
         self.0
@@ -134,7 +148,8 @@ pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if na == 0.0 || nb == 0.0 {
         0.0
     } else {
-        ab / (na.sqrt() * nb.sqrt())
+        // Rounding can put two equal vectors at 1.0000001: a cosine stays in [-1, 1].
+        (ab / (na.sqrt() * nb.sqrt())).clamp(-1.0, 1.0)
     }
 }
 
@@ -238,5 +253,17 @@ mod tests {
         assert_eq!(Sketch::of(&a), sa, "deterministic");
         let c: Vec<f32> = (0..64).map(|i| (i as f32).cos()).collect();
         assert!(sa.distance(&Sketch::of(&c)) > 40);
+    }
+
+    #[test]
+    fn cosine_stays_within_one() {
+        // Vectors whose f32 cosine with themselves rounds above 1.
+        for seed in 0..2000u32 {
+            let v: Vec<f32> = (0..384)
+                .map(|i| ((seed * 384 + i) as f32 * 0.7).sin() * 0.1)
+                .collect();
+            let c = cosine(&v, &v);
+            assert!((-1.0..=1.0).contains(&c), "{c}");
+        }
     }
 }

@@ -1,18 +1,19 @@
-//! The word lists the lexical guard reads: contractions, politeness phrases, function words,
-//! synonyms, common misspellings, number words and the words that must always match
-//! exactly. Data only; guard.rs decides what they mean. Every list is conservative: a pair
-//! that should be refused and is not is a wrong answer served, a pair that should be served
-//! and is not only costs one upstream call.
+//! The word lists the lexical guard reads: contractions, the politeness and request frames,
+//! spelling variants, misspellings that are no word of their own, number words and the
+//! words never forgiven a typo. Data only; guard.rs decides where they apply. Every list is
+//! conservative: a pair that should be refused and is not is a wrong answer served, a pair
+//! that should be served and is not only costs one upstream call. No synonym list: hardly
+//! two English words mean the same in every sense ("pick"/"choose" a lock, "remove"/
+//! "erase" in C++), so only spellings of one word compare equal.
 
-/// Contractions, written without the apostrophe and lowercase, and their expansion.
-/// The apostrophe-less forms that are words of their own (`its`, `cant`, `wont`, `well`,
-/// `were`, `hell`, `shed`, `ill`) are left out.
+/// Contractions, written lowercase, and their expansion. The apostrophe-less forms that
+/// are words of their own (`its`, `cant`, `wont`, `well`, `were`, `hell`, `shed`, `ill`,
+/// `id`, `whos`) are left out.
 pub(super) const CONTRACTIONS: &[(&str, &str)] = &[
     ("can't", "can not"),
     ("cannot", "can not"),
     ("won't", "will not"),
     ("shan't", "shall not"),
-    ("ain't", "is not"),
     ("let's", "let us"),
     ("dont", "do not"),
     ("doesnt", "does not"),
@@ -27,18 +28,11 @@ pub(super) const CONTRACTIONS: &[(&str, &str)] = &[
     ("wouldnt", "would not"),
     ("shouldnt", "should not"),
     ("couldnt", "could not"),
-    ("mustnt", "must not"),
     ("whats", "what is"),
     ("thats", "that is"),
-    ("hows", "how is"),
     ("wheres", "where is"),
-    ("whos", "who is"),
-    ("ive", "i have"),
     ("youre", "you are"),
     ("theyre", "they are"),
-    ("gonna", "going to"),
-    ("wanna", "want to"),
-    ("gotta", "got to"),
 ];
 
 /// The words before `'s` that make it "is" rather than a possessive.
@@ -47,9 +41,10 @@ pub(super) const IS_BEFORE_S: &[&str] = &[
     "which", "this",
 ];
 
-/// Politeness phrases, dropped at the start of a prompt (repeatedly: "hi, could you please
-/// tell me ..."). Each is a sequence of canonical words.
-pub(super) const LEADING_POLITENESS: &[&[&str]] = &[
+/// Greetings and asides dropped at the start of a prompt only when a comma, a colon or the
+/// end of a sentence follows them ("Hi, ...", "Good morning! ..."): "good morning in
+/// Japanese" keeps them, they are what is asked.
+pub(super) const OPENING_ASIDES: &[&[&str]] = &[
     &["hi", "there"],
     &["hello", "there"],
     &["hey", "there"],
@@ -64,6 +59,7 @@ pub(super) const LEADING_POLITENESS: &[&[&str]] = &[
     &["excuse", "me"],
     &["sorry", "to", "bother", "you"],
     &["quick", "question"],
+    &["question"],
     &["so"],
     &["ok"],
     &["okay"],
@@ -72,175 +68,142 @@ pub(super) const LEADING_POLITENESS: &[&[&str]] = &[
     &["btw"],
     &["just", "wondering"],
     &["out", "of", "curiosity"],
-    &["i", "am", "curious"],
-    &["i", "was", "hoping", "you", "could"],
-    &["i", "was", "hoping", "you", "can"],
-    &["i", "have", "question"],
-    &["i", "was", "wondering", "if", "you", "could"],
-    &["i", "was", "wondering", "if", "you", "can"],
-    &["i", "was", "wondering"],
-    &["i", "wonder"],
-    &["would", "you", "be", "so", "kind", "as", "to"],
-    &["would", "you", "mind"],
-    &["would", "you", "be", "able", "to"],
-    &["are", "you", "able", "to"],
-    &["could", "you"],
-    &["can", "you"],
-    &["would", "you"],
-    &["will", "you"],
-    &["tell", "me"],
-    &["let", "me", "know"],
-    &["do", "you", "know"],
-    &["i", "would", "like", "to", "know"],
-    &["i", "want", "to", "know"],
-    &["i", "need", "to", "know"],
-    &["i", "would", "like", "to", "ask"],
-    &["may", "i", "ask"],
-    &["can", "i", "ask"],
+    &["please"],
+    &["kindly"],
 ];
 
-/// Politeness phrases, dropped at the end of a prompt (repeatedly).
-pub(super) const TRAILING_POLITENESS: &[&[&str]] = &[
-    &["and", "thank", "you"],
-    &["and", "thanks"],
+/// Thanks dropped at the end of a prompt only when a comma or the end of a sentence comes
+/// before them ("..., thanks", "... ? Thank you!"): "what rhymes with thanks?" keeps them.
+pub(super) const CLOSING_ASIDES: &[&[&str]] = &[
     &["thanks", "in", "advance"],
-    &["if", "you", "do", "not", "mind"],
-    &["when", "you", "have", "moment"],
-    &["when", "you", "get", "chance"],
-    &["i", "appreciate", "it"],
-    &["appreciate", "it"],
-    &["much", "appreciated"],
-    &["ty"],
     &["thank", "you", "in", "advance"],
     &["thank", "you", "so", "much"],
     &["thank", "you", "very", "much"],
     &["thanks", "so", "much"],
-    &["thanks", "lot"],
+    &["thanks", "a lot"],
     &["many", "thanks"],
+    &["much", "appreciated"],
+    &["I", "appreciate", "it"],
+    &["appreciate", "it"],
     &["thank", "you"],
     &["thanks"],
     &["thx"],
+    &["ty"],
     &["cheers"],
+    &["please"],
+    &["if", "possible"],
     &["if", "you", "can"],
     &["if", "you", "could"],
-    &["if", "possible"],
-    &["for", "me"],
+    &["if", "you", "do", "not", "mind"],
 ];
 
-/// Words with no content of their own, dropped wherever they stand. Articles and the
-/// politeness adverbs only: prepositions, pronouns, auxiliaries, quantifiers and
-/// conjunctions all change what is asked ("from X to Y", "my" / "your", "did" / "does").
-pub(super) const FUNCTION_WORDS: &[&str] = &["a", "an", "the", "please", "pls", "plz", "kindly"];
-
-/// Question openings that ask the same thing, and the one they become.
-pub(super) const OPENINGS: &[(&[&str], &[&str])] = &[
-    (&["how", "do", "i"], &["how", "to"]),
-    (&["how", "can", "i"], &["how", "to"]),
-    (&["how", "would", "i"], &["how", "to"]),
-    (&["how", "do", "you"], &["how", "to"]),
-    (&["how", "does", "one"], &["how", "to"]),
-    (&["how", "can", "one"], &["how", "to"]),
-    (&["what", "is", "way", "to"], &["how", "to"]),
-    (&["what", "is", "meaning", "of"], &["define"]),
-    (&["what", "is", "definition", "of"], &["define"]),
-    (&["give", "me"], &["give"]),
-    (&["show", "me"], &["show"]),
-    (&["explain", "to", "me"], &["explain"]),
+/// Frames that make a request of a command, dropped at the start only when one of
+/// [`REQUEST_VERBS`] follows: "could you please explain X" is "explain X". "Can you"
+/// also asks whether ("can you speak French?", "can you summarize PDFs?"): it is a frame
+/// only in [`ABILITY_FRAMES`].
+pub(super) const REQUEST_FRAMES: &[&[&str]] = &[
+    &["could", "you", "please"],
+    &["would", "you", "please"],
+    &["will", "you", "please"],
+    &["could", "you", "kindly"],
+    &["would", "you", "kindly"],
+    &["could", "you"],
+    &["would", "you"],
+    &["will", "you"],
+    &["I", "was", "wondering", "if", "you", "could"],
+    &["I", "was", "hoping", "you", "could"],
+    &["please"],
+    &["kindly"],
 ];
 
-/// Groups of interchangeable words; each word becomes the group's first. Only words that
-/// mean the same in every sense a question is likely to use (no "right" for "correct":
-/// "turn right"; no "close" for "shut": "is it close").
-pub(super) const SYNONYMS: &[&[&str]] = &[
-    &["big", "large"],
-    &["bigger", "larger"],
-    &["biggest", "largest"],
-    &["fast", "quick", "speedy"],
-    &["faster", "quicker"],
-    &["fastest", "quickest"],
-    &["quickly", "rapidly", "speedily"],
-    &["start", "begin", "commence"],
-    &["starts", "begins", "commences"],
-    &["buy", "purchase"],
-    &["car", "automobile", "auto"],
-    &["cars", "automobiles"],
-    &["movie", "film"],
-    &["movies", "films"],
-    &["help", "assist"],
-    &["fix", "repair"],
-    &["use", "utilize", "utilise"],
-    &["show", "display"],
-    &["make", "create"],
-    &["delete", "remove", "erase"],
-    &["smart", "intelligent", "clever"],
-    &["hard", "difficult"],
-    &["rich", "wealthy"],
-    &["sick", "ill"],
-    &["couch", "sofa"],
-    &["speak", "talk"],
-    &["doctor", "physician"],
-    &["maybe", "perhaps"],
-    &["often", "frequently"],
-    &["mainly", "mostly", "primarily"],
-    &["kid", "child"],
-    &["kids", "children"],
-    &["choose", "pick", "select"],
-    &["try", "attempt"],
-    &["need", "require"],
-    &["whole", "entire"],
-    &["cheap", "inexpensive"],
-    &["fridge", "refrigerator"],
-    &["tv", "television"],
-    &["phone", "telephone"],
-    &["photo", "photograph", "picture"],
-    &["photos", "photographs", "pictures"],
-    &["happy", "glad"],
-    &["stop", "halt"],
-    &["explain", "describe"],
-    &["job", "occupation"],
-    &["answer", "reply"],
-    &["near", "nearby"],
-    &["function", "func"],
-    &["program", "programme"],
-    &["color", "colour"],
-    &["colors", "colours"],
-    &["favorite", "favourite"],
-    &["center", "centre"],
-    &["organize", "organise"],
-    &["analyze", "analyse"],
-    &["gray", "grey"],
-    &["meter", "metre", "meters", "metres"],
-    &["liter", "litre", "liters", "litres"],
-    &[
-        "km",
-        "kilometer",
-        "kilometre",
-        "kilometers",
-        "kilometres",
-        "kms",
-    ],
-    &["kg", "kilogram", "kilograms", "kilo", "kilos", "kgs"],
-    &["gram", "grams", "gramme", "grammes"],
-    &["lb", "lbs"],
-    &["ft", "foot", "feet"],
-    &["inch", "inches"],
-    &["mile", "miles"],
-    &["hour", "hours", "hr", "hrs"],
-    &["minute", "minutes", "mins"],
-    &["seconds", "secs", "sec"],
-    &["percent", "%", "pct", "percentage"],
+/// "Can you" frames: dropped only before "tell me", "show me" or "give me" (a request
+/// whatever the verb's object).
+pub(super) const ABILITY_FRAMES: &[&[&str]] = &[&["can", "you", "please"], &["can", "you"]];
+
+/// The words that make an [`ABILITY_FRAMES`] frame a request.
+pub(super) const ABILITY_REQUESTS: &[&[&str]] =
+    &[&["tell", "me"], &["show", "me"], &["give", "me"]];
+
+/// The verbs a request frame may stand before: each asks for the same thing as a request
+/// and as a command.
+pub(super) const REQUEST_VERBS: &[&str] = &[
+    "tell",
+    "explain",
+    "show",
+    "give",
+    "list",
+    "describe",
+    "summarize",
+    "summarise",
+    "define",
+    "recommend",
+    "suggest",
+    "translate",
+    "calculate",
+    "compare",
+    "find",
 ];
 
-/// Common misspellings and the word meant. Applied before anything else compares words.
+/// Frames that wrap an indirect question, dropped at the start only when a question word
+/// follows: "do you know who wrote X" is "who wrote X"; "do you know Python?" keeps it.
+pub(super) const INDIRECT_FRAMES: &[&[&str]] = &[
+    &["tell", "me"],
+    &["do", "you", "know"],
+    &["let", "me", "know"],
+    &["I", "would", "like", "to", "know"],
+    &["I", "want", "to", "know"],
+    &["I", "need", "to", "know"],
+    &["I", "was", "wondering"],
+    &["I", "wonder"],
+    &["may", "I", "ask"],
+    &["can", "I", "ask"],
+];
+
+/// Question words (an indirect question's first word).
+pub(super) const WH: &[&str] = &["what", "who", "where", "when", "why", "how", "which"];
+
+/// Spellings of one word (British and American): the same word in every sense. Plural
+/// and singular, and words whose spellings part in some sense ("meter" / "metre",
+/// "program" / "programme"), are not here.
+pub(super) const SPELLINGS: &[(&str, &str)] = &[
+    ("colour", "color"),
+    ("colours", "colors"),
+    ("coloured", "colored"),
+    ("favourite", "favorite"),
+    ("favourites", "favorites"),
+    ("centre", "center"),
+    ("centres", "centers"),
+    ("organise", "organize"),
+    ("organised", "organized"),
+    ("organisation", "organization"),
+    ("analyse", "analyze"),
+    ("analysed", "analyzed"),
+    ("grey", "gray"),
+    ("behaviour", "behavior"),
+    ("neighbour", "neighbor"),
+    ("neighbours", "neighbors"),
+    ("flavour", "flavor"),
+    ("honour", "honor"),
+    ("labour", "labor"),
+    ("optimise", "optimize"),
+    ("summarise", "summarize"),
+    ("recognise", "recognize"),
+    ("apologise", "apologize"),
+    ("realise", "realize"),
+    ("theatre", "theater"),
+    ("jewellery", "jewelry"),
+    ("aluminium", "aluminum"),
+];
+
+/// Misspellings that are no English word of their own, and the word meant. Applied only
+/// to words written in lower case.
 pub(super) const MISSPELLINGS: &[(&str, &str)] = &[
     ("teh", "the"),
     ("hte", "the"),
     ("waht", "what"),
-    ("wat", "what"),
     ("whta", "what"),
     ("hwo", "how"),
     ("adn", "and"),
-    ("nad", "and"),
     ("taht", "that"),
     ("thier", "their"),
     ("recieve", "receive"),
@@ -248,7 +211,6 @@ pub(super) const MISSPELLINGS: &[(&str, &str)] = &[
     ("definately", "definitely"),
     ("occured", "occurred"),
     ("occurence", "occurrence"),
-    ("wich", "which"),
     ("becuase", "because"),
     ("beleive", "believe"),
     ("untill", "until"),
@@ -261,7 +223,6 @@ pub(super) const MISSPELLINGS: &[(&str, &str)] = &[
     ("accomodate", "accommodate"),
     ("adress", "address"),
     ("begining", "beginning"),
-    ("calender", "calendar"),
     ("existance", "existence"),
     ("foriegn", "foreign"),
     ("grammer", "grammar"),
@@ -279,11 +240,9 @@ pub(super) const MISSPELLINGS: &[(&str, &str)] = &[
     ("succesful", "successful"),
     ("sucessful", "successful"),
     ("truely", "truly"),
-    ("capitol", "capital"),
     ("langauge", "language"),
     ("languge", "language"),
     ("pyhton", "python"),
-    ("pythn", "python"),
     ("javascirpt", "javascript"),
     ("fucntion", "function"),
     ("funtion", "function"),
@@ -294,10 +253,8 @@ pub(super) const MISSPELLINGS: &[(&str, &str)] = &[
     ("differnce", "difference"),
     ("differnt", "different"),
     ("wrtie", "write"),
-    ("wriet", "write"),
     ("recipie", "recipe"),
     ("weahter", "weather"),
-    ("wether", "weather"),
     ("peice", "piece"),
     ("acheive", "achieve"),
     ("arguement", "argument"),
@@ -311,17 +268,13 @@ pub(super) const MISSPELLINGS: &[(&str, &str)] = &[
     ("intresting", "interesting"),
     ("libary", "library"),
     ("lenght", "length"),
-    ("mispell", "misspell"),
     ("posible", "possible"),
     ("probaly", "probably"),
-    ("realy", "really"),
     ("remeber", "remember"),
     ("sentance", "sentence"),
     ("similiar", "similar"),
     ("strenght", "strength"),
     ("suprise", "surprise"),
-    ("thru", "through"),
-    ("tho", "though"),
 ];
 
 /// Number words and the digits they become (so "two" and "2" compare equal, and both
@@ -359,9 +312,8 @@ pub(super) const NUMBER_WORDS: &[(&str, &str)] = &[
     ("thousand", "1000"),
 ];
 
-/// Words that are compared exactly, never forgiven as a typo: negations, quantities,
-/// ordinals, comparisons, directions and the SI prefixes (a one-letter change in any of
-/// them is another question).
+/// Words never forgiven a typo when typos are forgiven at all: negations, quantities,
+/// ordinals, comparisons, directions, and pairs of real words one letter apart.
 pub(super) const PROTECTED: &[&str] = &[
     "not",
     "no",
@@ -395,10 +347,6 @@ pub(super) const PROTECTED: &[&str] = &[
     "million",
     "billion",
     "trillion",
-    "hundreds",
-    "thousands",
-    "millions",
-    "billions",
     "before",
     "after",
     "above",
@@ -436,10 +384,20 @@ pub(super) const PROTECTED: &[&str] = &[
     "advise",
     "loose",
     "lose",
+    "county",
+    "country",
+    "prescribe",
+    "proscribe",
+    "silicon",
+    "silicone",
+    "abduction",
+    "adduction",
+    "readline",
+    "readlines",
 ];
 
-/// Word beginnings that mark a unit's scale or a negated stem: a word that starts with one
-/// of them is never forgiven as a typo ("decimeter" / "decameter").
+/// Word beginnings that mark a unit's scale: a word that starts with one of them is never
+/// forgiven a typo ("decimeter" / "decameter").
 pub(super) const PROTECTED_STEMS: &[&str] = &[
     "deci", "deca", "deka", "centi", "milli", "micro", "nano", "pico", "kilo", "mega", "giga",
     "tera", "peta", "hecto",
@@ -448,4 +406,18 @@ pub(super) const PROTECTED_STEMS: &[&str] = &[
 /// Negation words, for naming a refusal (they are compared like every other word).
 pub(super) const NEGATIONS: &[&str] = &[
     "not", "no", "never", "none", "nothing", "nobody", "nowhere", "neither", "nor", "without",
+];
+
+/// Words next to which "or" is an idiom with an order ("more or less", "sooner or later",
+/// "whether or not"): never swapped.
+pub(super) const ORDERED_PAIRS: &[&str] = &[
+    "more", "less", "sooner", "later", "now", "never", "give", "take", "else", "either", "whether",
+    "not", "or", "and", "nor", "than",
+];
+
+/// Leading words of a clause that may move from the start of a question to its end ("In
+/// Python, how do I ...?" asks "How do I ... in Python?").
+pub(super) const MOVABLE_CLAUSE_STARTS: &[&str] = &[
+    "in", "for", "on", "at", "using", "with", "without", "during", "after", "before", "if", "when",
+    "given", "assuming",
 ];

@@ -132,6 +132,8 @@ impl Provider {
             return Ok(Route {
                 scope: Some(Arc::clone(&self.held_scopes[endpoint as usize])),
                 upstream: Some(Arc::clone(&self.held)),
+                // The held client embeds too: a semantic lookup needs no second upstream.
+                embedder: Some(Arc::clone(&self.held)),
             });
         }
         let credentials = credentials(request)?;
@@ -148,15 +150,18 @@ impl Provider {
                 value.to_str().unwrap_or_default().to_string(),
             ));
         }
+        let upstream: Arc<dyn Upstream> = Arc::new(PassThrough {
+            base_url: Arc::clone(&self.base_url),
+            client: self.client.clone(),
+            retry: self.retry,
+            request_timeout: self.request_timeout,
+            headers: sent,
+        });
         Ok(Route {
             scope: Some(scope),
-            upstream: Some(Arc::new(PassThrough {
-                base_url: Arc::clone(&self.base_url),
-                client: self.client.clone(),
-                retry: self.retry,
-                request_timeout: self.request_timeout,
-                headers: sent,
-            })),
+            upstream: Some(Arc::clone(&upstream)),
+            // With the caller's own credentials, like the chat call.
+            embedder: Some(upstream),
         })
     }
 }

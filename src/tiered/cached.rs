@@ -111,7 +111,8 @@ impl<V> Cached<V> {
             status: CacheStatus::HitSemantic,
             created_at_ms: entry.created_at_ms,
             digest,
-            matched: Some((similarity, entry.digest)),
+            // A cosine computed in f32 can land a hair outside [-1, 1].
+            matched: Some((similarity.clamp(-1.0, 1.0), entry.digest)),
         }
     }
 

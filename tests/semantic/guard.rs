@@ -1,8 +1,9 @@
-//! The false-hit budget: the labelled pairs of tests/data/semantic_pairs.tsv through the
-//! default decision (cosine of the hashed bag-of-words embeddings of the canonical texts
-//! at the default threshold, then the default lexical guard). Prints precision and recall
-//! per class; fails on any served must-refuse pair, and on any case, punctuation,
-//! whitespace or politeness variant refused.
+//! The false-hit budget without a model: the labelled pairs of
+//! tests/data/semantic_pairs.tsv through the default decision (cosine of the hashed
+//! bag-of-words embeddings of the prompts as written at the default threshold, then the
+//! default lexical guard). Prints precision and recall per class; fails on any served
+//! must-refuse pair, and on any whitespace variant refused. The real model's figures come
+//! from model.rs.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use llm_cache::{DEFAULT_SEMANTIC_THRESHOLD, LexicalGuard};
 
 const DIMS: usize = 512;
 /// Classes whose every pair must be served by the default configuration.
-const ALWAYS_SERVED: [&str; 4] = ["case", "punctuation", "whitespace", "politeness"];
+const ALWAYS_SERVED: [&str; 1] = ["whitespace"];
 
 struct Pair {
     class: String,
@@ -75,10 +76,7 @@ fn default_configuration_serves_no_must_refuse_pair() {
     let mut wrong = Vec::new();
     for p in &pairs {
         let (ca, cb) = (guard.canonical(&p.a), guard.canonical(&p.b));
-        let cos = cosine(
-            &bag_of_words(&ca.text(), DIMS),
-            &bag_of_words(&cb.text(), DIMS),
-        );
+        let cos = cosine(&bag_of_words(&p.a, DIMS), &bag_of_words(&p.b, DIMS));
         let above = cos >= DEFAULT_SEMANTIC_THRESHOLD;
         let verdict = guard.compare(&ca, &cb);
         let served = above && verdict.passes();

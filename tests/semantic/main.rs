@@ -6,6 +6,7 @@
 //! labelled pairs through the whole cache.
 
 mod guard;
+mod model;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -21,7 +22,7 @@ use llm_cache::{
 use support::bow::bag_of_words;
 use support::eventually;
 use support::redis::RedisServer;
-use support::upstream::{MockUpstream, expected_content};
+use support::upstream::{MockReply, MockUpstream, expected_content};
 
 const WAIT: Duration = Duration::from_secs(10);
 const DIMS: usize = 512;
@@ -100,12 +101,14 @@ async fn a_paraphrase_hits_and_changed_questions_refuse() {
     assert_eq!(hit.status().as_str(), "semantic");
     assert_eq!(hit.matched_digest(), Some(first.digest()));
     assert_ne!(hit.digest(), first.digest());
-    assert!(hit.similarity().unwrap() > 0.99, "{:?}", hit.similarity());
+    // The prompt as written is embedded: the model's cosine, not 1.0.
+    let similarity = hit.similarity().unwrap();
+    assert!((0.7..=1.0).contains(&similarity), "{similarity}");
     assert_eq!(hit.text().unwrap(), expected_content(&original));
     assert_eq!(
         mock.calls(),
-        calls + 1,
-        "only the non-opted-in request went upstream"
+        calls + 2,
+        "upstream: the non-opted-in request, and the paraphrase's embedding (as written)"
     );
 
     let refusals = a.stats().semantic.guard_refusals;
@@ -147,7 +150,7 @@ async fn the_scope_is_everything_but_the_last_user_text() {
     let mock = mock().await;
     let a = cache(&mock, None).await;
     let q = "What is the capital of France?";
-    let para = "what's the capital of france";
+    let para = "What's the capital of France";
     ask_and_index(&a, &request(q), &semantic()).await;
     let hit = a.chat_with(&request(para), &semantic()).await.unwrap();
     assert_eq!(hit.status(), CacheStatus::HitSemantic);
@@ -304,8 +307,7 @@ async fn a_streamed_request_replays_a_semantic_hit_and_a_streamed_miss_is_indexe
 }
 
 /// The labelled pairs through the whole cache (embeddings path, index, guard), one
-/// namespace per pair: no must-refuse pair served, every case, punctuation, whitespace
-/// and politeness variant served. Prints served/pairs per class.
+/// namespace per pair: no must-refuse pair served, every whitespace variant served. Prints served/pairs per class.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_labelled_pairs_through_the_cache() {
     let mock = mock().await;
@@ -342,10 +344,8 @@ async fn the_labelled_pairs_through_the_cache() {
         false_hits.is_empty(),
         "must-refuse pairs served: {false_hits:#?}"
     );
-    for class in ["case", "punctuation", "whitespace", "politeness"] {
-        let (pairs, served, _) = by_class[class];
-        assert_eq!(served, pairs, "every {class} variant served");
-    }
+    let (pairs, served, _) = by_class["whitespace"];
+    assert_eq!(served, pairs, "every whitespace variant served");
 }
 
 /// In a Cluster, a scope's index keys share one slot: the second instance (no in-process
@@ -375,4 +375,115 @@ async fn a_cluster_serves_the_redis_index_from_one_slot() {
         assert_eq!(out.status(), CacheStatus::HitSemantic, "{para}");
     }
     assert_eq!(b.stats().semantic.redis_skipped, 0);
+}
+
+/// The opt-in audit against a real redis-server and the mock: every semantic hit (fraction
+/// 1.0) is served at once, and in the background asks the upstream again (a paid call,
+/// counted) and compares the answers: agreed (same words, cosine of their embeddings
+/// above the rule), disagreed (another answer), failed (the upstream errs). The counts
+/// are in `stats().semantic` and in `ai_cache_semantic_audits_total{outcome}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_compares_a_fresh_answer_with_the_one_served() {
+    #[cfg(feature = "prometheus")]
+    let metrics = llm_cache::prometheus::install().expect("the only recorder of this binary");
+    let (mock, redis) = (mock().await, RedisServer::start());
+    let audited = LlmCache::builder()
+        .upstream(
+            OpenAiCompatible::new(mock.base_url())
+                .api_key("sk-test")
+                .retry(RetryPolicy::none()),
+        )
+        .redis(redis.url())
+        .l2_deadline(Duration::from_millis(250))
+        .semantic(SemanticConfig::new(EMBEDDER).audit(1.0))
+        .build()
+        .await
+        .expect("build");
+    let original = request("What is the capital of France?");
+    ask_and_index(&audited, &original, &semantic()).await;
+    let served = expected_content(&original);
+    let answer = |content: &str| {
+        serde_json::json!({
+            "id": "chatcmpl-audit", "object": "chat.completion", "created": 1,
+            "model": "gpt-4.1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}],
+        })
+        .to_string()
+    };
+    let cases = [
+        // The same answer but for its last character: agreed by the embeddings' cosine.
+        (
+            "What's the capital of France?",
+            MockReply::Body(answer(served.trim_end_matches('?'))),
+            (1, 0, 0),
+        ),
+        (
+            "Hi, what is the capital of France?",
+            MockReply::Body(answer("Bananas grow on large herbaceous plants.")),
+            (1, 1, 0),
+        ),
+        (
+            "What is the capital of France",
+            MockReply::status(500),
+            (1, 1, 1),
+        ),
+    ];
+    for (i, (prompt, reply, (agreed, disagreed, failed))) in cases.into_iter().enumerate() {
+        // The prompt's own embedding first, so that the scripted reply is the audit's.
+        audited
+            .embeddings(&llm_cache::EmbeddingRequest::new(EMBEDDER, prompt))
+            .await
+            .expect("embedding");
+        let (paid, chats) = (
+            audited.stats().upstream_calls,
+            mock.calls_to("/v1/chat/completions"),
+        );
+        mock.push_reply(reply);
+        let hit = audited
+            .chat_with(&request(prompt), &semantic())
+            .await
+            .unwrap();
+        assert_eq!(hit.status(), CacheStatus::HitSemantic, "{prompt}");
+        assert_eq!(hit.text().unwrap(), served, "the hit is served as found");
+        eventually("audited", WAIT, || {
+            audited.stats().semantic.audited > i as u64
+        })
+        .await;
+        let s = audited.stats();
+        assert_eq!(
+            (
+                s.semantic.agreed,
+                s.semantic.disagreed,
+                s.semantic.audit_failed
+            ),
+            (agreed, disagreed, failed),
+            "{prompt}"
+        );
+        assert_eq!(
+            mock.calls_to("/v1/chat/completions"),
+            chats + 1,
+            "one chat call per audit"
+        );
+        // Counted as paid, with the answers' embeddings when it compared them.
+        assert!(s.upstream_calls > paid, "an audit is a paid call");
+    }
+    assert_eq!(audited.stats().semantic.audited, 3);
+    #[cfg(feature = "prometheus")]
+    {
+        let text = metrics.render();
+        for outcome in ["agreed", "disagreed", "failed"] {
+            let series = format!("ai_cache_semantic_audits_total{{outcome=\"{outcome}\"}} 1");
+            assert!(text.contains(&series), "{series} in:\n{text}");
+        }
+    }
+    // Off by default: no audit, no extra call.
+    let quiet = cache(&mock, None).await;
+    ask_and_index(&quiet, &original, &semantic()).await;
+    let hit = quiet
+        .chat_with(&request("What's the capital of France?"), &semantic())
+        .await
+        .unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitSemantic);
+    assert_eq!(quiet.stats().semantic.audited, 0);
 }

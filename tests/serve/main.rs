@@ -721,3 +721,63 @@ async fn metrics_are_served_from_the_handle() {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("ai_cache_"), "{text}");
 }
+
+/// One upstream: with `SemanticConfig::embed_via_route`, a semantic lookup through the
+/// front embeds with the front's own upstream client (its URL and held key), not with the
+/// cache's builder upstream (a second mock here, never called).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_semantic_lookup_embeds_through_the_fronts_upstream() {
+    let (upstream, builders) = (MockUpstream::start().await, MockUpstream::start().await);
+    upstream.set_embedder(|text| support::bow::bag_of_words(text, 512));
+    let cache = LlmCache::builder()
+        .upstream(llm_cache::OpenAiCompatible::new(builders.base_url()))
+        .semantic(llm_cache::SemanticConfig::new("text-embedding-test").embed_via_route(true))
+        .build()
+        .await
+        .unwrap();
+    let app = llm_cache::serve::builder(cache.clone())
+        .upstream_url(upstream.base_url())
+        .upstream_key(PROVIDER_KEY)
+        .callers(llm_cache::serve::CallerKeys::parse(CALLER_KEYS).unwrap())
+        .build()
+        .unwrap();
+    let front = Served::start(app).await;
+    let semantic = [("x-llm-cache-control", "semantic")];
+    let first = post(
+        &front,
+        Some(KEY_ADMIN),
+        &chat("How do I reset my password?"),
+        &semantic,
+    )
+    .await;
+    assert_eq!(cache_status(&first), "miss");
+    support::eventually("indexed", std::time::Duration::from_secs(10), || {
+        cache.stats().semantic.indexed == 1
+    })
+    .await;
+    let hit = post(
+        &front,
+        Some(KEY_ADMIN),
+        &chat("Hi, how do I reset my password"),
+        &semantic,
+    )
+    .await;
+    assert_eq!(cache_status(&hit), "hit-semantic");
+    assert_eq!(builders.calls(), 0, "the builder's upstream is never asked");
+    let embeds: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/embeddings")
+        .collect();
+    assert_eq!(
+        embeds.len(),
+        2,
+        "each prompt embedded once, by the front's client"
+    );
+    for r in &embeds {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {PROVIDER_KEY}").as_str())
+        );
+    }
+}

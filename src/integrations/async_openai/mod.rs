@@ -288,6 +288,21 @@ where
     }
 }
 
+/// The upstream a chat request's semantic lookup embeds through (with
+/// `SemanticConfig::embed_via_route`): the inner service, with the caller's request sent
+/// to the `embeddings` path beside its `chat/completions` (same base URL, headers and
+/// credentials, same retry stack).
+fn chat_embedder<S>(inner: &S, factory: &HttpRequestFactory) -> Arc<dyn crate::upstream::Upstream>
+where
+    S: HttpService,
+    S::Error: Into<OpenAIError>,
+{
+    Arc::new(FactoryUpstream {
+        service: inner.clone(),
+        factory: request::embeddings_beside(factory.clone()),
+    })
+}
+
 async fn handle<S>(
     shared: &Shared,
     inner: S,
@@ -318,6 +333,7 @@ where
                         OpenAIError::InvalidArgument(format!("the chat request: {e}"))
                     })?);
                 drop(request);
+                let embedder = chat_embedder(&inner, &factory);
                 let upstream = FactoryUpstream {
                     service: inner,
                     factory: request::with_body(factory, body),
@@ -325,9 +341,11 @@ where
                 let route = Route {
                     scope: Some(scope),
                     upstream: Some(Arc::new(upstream)),
+                    embedder: Some(embedder),
                 };
                 return chat_stream(&shared.cache, &chat, &control, &route).await;
             }
+            let embedder = chat_embedder(&inner, &factory);
             let upstream = FactoryUpstream {
                 service: inner,
                 factory: request::forward(factory, request),
@@ -335,6 +353,7 @@ where
             let route = Route {
                 scope: Some(scope),
                 upstream: Some(Arc::new(upstream)),
+                embedder: Some(embedder),
             };
             match shared.cache.chat_routed(&chat, &control, &route).await {
                 Ok(cached) => {
@@ -362,6 +381,7 @@ where
             let route = Route {
                 scope: Some(scope),
                 upstream: Some(Arc::new(upstream)),
+                embedder: None,
             };
             match shared
                 .cache

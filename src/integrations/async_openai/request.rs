@@ -139,6 +139,25 @@ pub(super) fn forward(original: HttpRequestFactory, first: reqwest::Request) -> 
     })
 }
 
+/// The caller's chat request sent to the `embeddings` path beside its `chat/completions`
+/// (the query, such as Azure's `api-version`, kept); its body is set by the caller.
+pub(super) fn embeddings_beside(original: HttpRequestFactory) -> HttpRequestFactory {
+    HttpRequestFactory::new(move || {
+        let original = original.clone();
+        async move {
+            let mut request = original.build().await?;
+            strip_controls(request.headers_mut());
+            let url = request.url_mut();
+            let path = url.path().to_owned();
+            let base = path.strip_suffix("chat/completions").ok_or_else(|| {
+                OpenAIError::InvalidArgument("not a chat completions path".into())
+            })?;
+            url.set_path(&format!("{base}embeddings"));
+            Ok::<_, OpenAIError>(request)
+        }
+    })
+}
+
 /// The factory for a streamed chat miss: the caller's request with `body` instead of its
 /// own (the same request asking for usage, which the cache needs to account and to replay
 /// it to later callers who ask for it).
