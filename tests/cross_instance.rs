@@ -611,6 +611,69 @@ async fn a_holder_without_eval_still_releases_after_a_failed_fetch() {
     assert_eq!(redis.leases_held("ai:cache"), 0);
 }
 
+/// A holder whose ACL user may not run scripts renews its lease all the same (`GET` and
+/// `PEXPIRE GT` instead of the script) while a fetch outlasts the lease several times, so a
+/// waiter never fetches a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_without_eval_keeps_its_lease_while_it_fetches() {
+    let redis = RedisServer::start();
+    redis.redis_cli(&[
+        "ACL", "SETUSER", "noeval", "on", ">pw", "~*", "&*", "+@all", "-eval", "-evalsha",
+        "-eval_ro", "-evalsha_ro",
+    ]);
+    let mock = MockUpstream::start().await;
+    const LEASE: Duration = Duration::from_secs(1);
+    let short_lease = |url: String| {
+        let upstream = mock.base_url();
+        async move {
+            LlmCache::builder()
+                .upstream(OpenAiCompatible::new(upstream).retry(RetryPolicy::none()))
+                .redis(url)
+                .l2_deadline(Duration::from_millis(250))
+                .lease_ttl(LEASE)
+                .build()
+                .await
+                .expect("build")
+        }
+    };
+    let holder = short_lease(format!("redis://noeval:pw@{}", redis.addr())).await;
+    let waiter = short_lease(redis.url()).await;
+    let req = request("a long fetch without scripts");
+    mock.hold_answers();
+    let held = {
+        let (c, r) = (holder.clone(), req.clone());
+        tokio::spawn(async move { c.chat(&r).await })
+    };
+    mock.wait_for_calls(1).await;
+    let waited = {
+        let (c, r) = (waiter.clone(), req.clone());
+        tokio::spawn(async move { c.chat(&r).await })
+    };
+    eventually("the waiter waits", WAIT, || waiter.tiers().inflight() == 1).await;
+    // More than two lease lives pass while the holder renews without scripts: the lease
+    // stays alive all along, and nobody else fetches.
+    let mut conn = redis.conn().await;
+    let key = holder
+        .tiers()
+        .l2_key(&holder.digest_with(&req, &CacheControl::default()));
+    let since = Instant::now();
+    while since.elapsed() < LEASE * 2 + LEASE / 4 {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(pttl > 0, "the lease is alive while the holder renews it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mock.calls(), 1, "the waiter did not take the lease over");
+    mock.release_all();
+    held.await.unwrap().expect("the holder's answer");
+    let out = waited.await.unwrap().expect("the waiter's answer");
+    assert!(out.status().is_hit(), "{:?}", out.status());
+    assert_eq!(mock.calls(), 1);
+}
+
 /// The child side of [`a_killed_holder_costs_a_waiter_one_lease_at_most`]: takes a lease
 /// and holds it (the mock holds its answer) until the parent kills the process. Does
 /// nothing unless the parent set `LLM_CACHE_HOLDER_REDIS`.
