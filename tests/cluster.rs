@@ -531,12 +531,16 @@ async fn with_a_master_down_cold_keys_on_live_masters_are_fetched_once_across_in
     // The live masters mark it failed (the one-second node timeout): from then on they
     // answer for its slots with redirections to it.
     let live_node = &cluster.nodes[(dead + 1) % 3];
-    eventually_async("the live masters mark the dead one failed", WAIT, || async {
-        live_node
-            .redis_cli(&["CLUSTER", "NODES"])
-            .lines()
-            .any(|l| l.contains(&format!(":{dead_port}@")) && l.contains("fail"))
-    })
+    eventually_async(
+        "the live masters mark the dead one failed",
+        WAIT,
+        || async {
+            live_node
+                .redis_cli(&["CLUSTER", "NODES"])
+                .lines()
+                .any(|l| l.contains(&format!(":{dead_port}@")) && l.contains("fail"))
+        },
+    )
     .await;
     let mut calls = 0;
     for (round, req) in live.iter().enumerate() {
@@ -577,6 +581,10 @@ async fn with_a_master_down_cold_keys_on_live_masters_are_fetched_once_across_in
         calls = mock.calls();
     }
     let (sa, sb) = (a.stats().cache, b.stats().cache);
-    assert_eq!((sa.leases_refused, sb.leases_refused), (0, 0), "{sa:?} {sb:?}");
+    assert_eq!(
+        (sa.leases_refused, sb.leases_refused),
+        (0, 0),
+        "{sa:?} {sb:?}"
+    );
     assert_eq!(calls, mock.calls());
 }

@@ -618,8 +618,18 @@ async fn a_holder_without_eval_still_releases_after_a_failed_fetch() {
 async fn a_holder_without_eval_keeps_its_lease_while_it_fetches() {
     let redis = RedisServer::start();
     redis.redis_cli(&[
-        "ACL", "SETUSER", "noeval", "on", ">pw", "~*", "&*", "+@all", "-eval", "-evalsha",
-        "-eval_ro", "-evalsha_ro",
+        "ACL",
+        "SETUSER",
+        "noeval",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-eval",
+        "-evalsha",
+        "-eval_ro",
+        "-evalsha_ro",
     ]);
     let mock = MockUpstream::start().await;
     const LEASE: Duration = Duration::from_secs(1);
@@ -729,7 +739,11 @@ async fn a_killed_holder_costs_a_waiter_one_lease_at_most() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(next_child_line(&mut lines).await, "child: started");
     mock.wait_for_calls(1).await;
-    assert_eq!(redis.leases_held("ai:cache"), 1, "the child holds the lease");
+    assert_eq!(
+        redis.leases_held("ai:cache"),
+        1,
+        "the child holds the lease"
+    );
     child.kill().await.expect("kill the holder");
     let lost = Instant::now();
     let waiter = default_lease_instance(&mock.base_url(), &redis.url()).await;

@@ -142,8 +142,7 @@ macro_rules! config_setters {
         pub fn l2_deadline(mut self, deadline: Duration) -> Self {
             self.config.l2_deadline = deadline;
             if !self.config.topology.lease_ttl_set {
-                self.config.topology.lease_ttl =
-                    $crate::tiered::l2::default_lease_ttl(deadline);
+                self.config.topology.lease_ttl = $crate::tiered::l2::default_lease_ttl(deadline);
             }
             self
         }

@@ -271,7 +271,10 @@ where
             if cancelled.load(Ordering::Acquire) {
                 break false;
             }
-            match l2.set_in_background(&key, write.bytes.clone(), write.ttl).await {
+            match l2
+                .set_in_background(&key, write.bytes.clone(), write.ttl)
+                .await
+            {
                 Some(wrote) => break wrote,
                 None if tokio::time::Instant::now() + pause < give_up => {
                     tokio::time::sleep(pause).await;

@@ -473,7 +473,10 @@ impl Guarded {
     ) -> Option<bool> {
         let deadline = self.background_deadline();
         let op = self.store.set(key, value, ttl);
-        match self.attempt_within("set", op, deadline, Path::Background).await {
+        match self
+            .attempt_within("set", op, deadline, Path::Background)
+            .await
+        {
             Ok(()) => Some(true),
             Err(NoAnswer::Refused) => {
                 Counters::incr(&self.counters.l2_writes_refused);
@@ -488,7 +491,12 @@ impl Guarded {
     /// the server refused (OOM under `noeviction`...) is counted in `l2_writes_refused`.
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {
         match self
-            .attempt_within("set", self.store.set(key, value, ttl), self.deadline, Path::Request)
+            .attempt_within(
+                "set",
+                self.store.set(key, value, ttl),
+                self.deadline,
+                Path::Request,
+            )
             .await
         {
             Ok(()) => true,

@@ -20,7 +20,9 @@ use futures_util::future::BoxFuture;
 pub(crate) use self::commands::deadline_prefix;
 pub(crate) use self::guard::{Guarded, L2Read, LeaseRead};
 pub(crate) use self::pubsub::Subscription;
-pub(crate) use self::topology::{Topology, default_lease_ttl, open_store, validate as validate_topology};
+pub(crate) use self::topology::{
+    Topology, default_lease_ttl, open_store, validate as validate_topology,
+};
 
 /// Why an L2 operation failed. Never shown to callers of the cache path; counted and logged.
 /// Only failures that say Redis is unreachable, too slow or cannot serve count toward the
