@@ -282,10 +282,9 @@ impl Guarded {
     }
 
     /// [`attempt`](Self::attempt) with a deadline of its own. On [`Path::Background`] a
-    /// failure or timeout is counted but does not count towards opening the breaker: a
-    /// write that waited behind a burst, or was in flight on a dropped connection, says
-    /// nothing about what a reader will wait; the readers' own operations open it when
-    /// Redis is away (and an open breaker skips background work too).
+    /// timeout is counted but does not count towards opening the breaker: a write that
+    /// waited behind a burst says nothing about what a reader will wait (the readers' own
+    /// timeouts, and connection errors on any path, still open it).
     async fn attempt_within<T>(
         &self,
         op: &'static str,
@@ -361,11 +360,6 @@ impl Guarded {
                     // One cluster node is down: its keys miss, the others keep working.
                     if permit.probe {
                         self.breaker.on_success(true);
-                    }
-                } else if path == Path::Background {
-                    // Left to the readers' own operations to judge (see `attempt_within`).
-                    if permit.probe {
-                        self.breaker.abandon_probe();
                     }
                 } else {
                     self.failed(permit.probe, &e.to_string());
