@@ -67,6 +67,8 @@ impl Route {
 }
 
 /// An OpenAI-compatible chat client that answers repeats from cache. Cheap to clone.
+/// Call [`LlmCache::close`] before dropping the last clone, or the Redis writes still
+/// queued are lost.
 #[derive(Clone)]
 pub struct LlmCache {
     inner: Arc<Inner>,

@@ -91,7 +91,8 @@ impl<V> Clone for Landed<V> {
 }
 
 /// A two-tier cache for any serde value: moka in process, Redis shared, one fetch per key
-/// at a time. Cheap to clone; clones share everything.
+/// at a time. Cheap to clone; clones share everything. Dropping the last clone loses the
+/// Redis writes still queued; [`TieredCache::close`] says what an orderly stop keeps.
 pub struct TieredCache<V> {
     inner: Arc<Inner<V>>,
 }
