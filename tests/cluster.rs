@@ -499,3 +499,95 @@ async fn a_batch_of_embeddings_spreads_over_the_masters_and_is_fetched_once() {
         "each cold input fetched once across both instances"
     );
 }
+
+/// One master down: cold keys on the live masters still cost one upstream call across two
+/// instances. What a command for the dead node's keys gets back (a connection error, or a
+/// `MOVED` the client could not follow once the slot map changed) is no refusal of leases:
+/// the lookups of the other keys go on taking them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_master_down_cold_keys_on_live_masters_are_fetched_once_across_instances() {
+    let mut cluster = RedisCluster::start();
+    let mock = MockUpstream::start().await;
+    // A short cool-down, so that the dead node is asked again (and again) during the test.
+    let with_cooldown = || async {
+        LlmCache::builder()
+            .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
+            .cluster(cluster.addrs())
+            .l2_deadline(Duration::from_millis(250))
+            .breaker_cooldown(Duration::from_millis(100))
+            .build()
+            .await
+            .expect("build")
+    };
+    let (a, b) = (with_cooldown().await, with_cooldown().await);
+    // Which keys live where is asked of the cluster before the node dies.
+    let dead = 2;
+    let control = llm_cache::CacheControl::default();
+    let on_dead: Vec<ChatRequest> = (5000..)
+        .map(request)
+        .filter(|r| cluster.owner(&a.tiers().l2_key(&a.digest_with(r, &control))) == dead)
+        .take(6)
+        .collect();
+    let live = requests_off(&a, &cluster, dead, &control, 6);
+    let dead_port = cluster.nodes[dead].port().to_string();
+    cluster.nodes[dead].kill();
+    // The live masters mark it failed (the one-second node timeout): from then on they
+    // answer for its slots with redirections to it.
+    let live_node = &cluster.nodes[(dead + 1) % 3];
+    eventually_async(
+        "the live masters mark the dead one failed",
+        WAIT,
+        || async {
+            live_node
+                .redis_cli(&["CLUSTER", "NODES"])
+                .lines()
+                .any(|l| l.contains(&format!(":{dead_port}@")) && l.contains("fail"))
+        },
+    )
+    .await;
+    let mut calls = 0;
+    for (round, req) in live.iter().enumerate() {
+        // Keys of the dead node first, on both instances: their commands fail or redirect.
+        let dead_req = &on_dead[round];
+        for c in [&a, &b] {
+            let out = c.chat(dead_req).await.expect("a dead node's key is a miss");
+            assert_eq!(out.text(), Some(expected_content(dead_req)));
+        }
+        // Past the cool-down: the dead node is asked again next round.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        calls = mock.calls();
+        mock.hold_answers();
+        let first = tokio::spawn({
+            let (a, req) = (a.clone(), req.clone());
+            async move { a.chat(&req).await }
+        });
+        mock.wait_for_calls(calls + 1).await;
+        let mut others = Vec::new();
+        for c in [&a, &b] {
+            for _ in 0..5 {
+                let (c, req) = (c.clone(), req.clone());
+                others.push(tokio::spawn(async move { c.chat(&req).await }));
+            }
+        }
+        eventually("b waits on a's lease", WAIT, || b.tiers().inflight() == 1).await;
+        mock.release_all();
+        first.await.unwrap().expect("the holder's answer");
+        for o in others {
+            let out = o.await.unwrap().expect("every caller is answered");
+            assert_eq!(out.text(), Some(expected_content(req)));
+        }
+        assert_eq!(
+            mock.calls(),
+            calls + 1,
+            "round {round}: one upstream call across both instances for a live node's key"
+        );
+        calls = mock.calls();
+    }
+    let (sa, sb) = (a.stats().cache, b.stats().cache);
+    assert_eq!(
+        (sa.leases_refused, sb.leases_refused),
+        (0, 0),
+        "{sa:?} {sb:?}"
+    );
+    assert_eq!(calls, mock.calls());
+}

@@ -491,3 +491,307 @@ async fn lookups_follow_the_hit_ratio() {
         assert!(i < 100_000, "lookups never went back to taking the lease");
     }
 }
+
+/// An instance with the default lease (its holder renews it every third of it).
+async fn default_lease_instance(upstream_url: &str, redis_url: &str) -> LlmCache {
+    LlmCache::builder()
+        .upstream(OpenAiCompatible::new(upstream_url).retry(RetryPolicy::none()))
+        .redis(redis_url)
+        .l2_deadline(Duration::from_millis(250))
+        .waiter_deadline(Duration::from_secs(30))
+        .build()
+        .await
+        .expect("build")
+}
+
+/// Generous bound on what a waiter may wait once a holder can no longer keep its lease:
+/// the default lease (2 s) and a margin for a loaded machine. It used to be the whole
+/// 10 s lease (or the 300 s waiter deadline for a marker without expiry).
+const AT_MOST: Duration = Duration::from_secs(5);
+
+/// From `lost` (the holder could no longer renew or release) to the waiter's own upstream
+/// call, the second the mock saw.
+fn extra_wait(mock: &MockUpstream, lost: Instant) -> Duration {
+    mock.requests()[1].at.saturating_duration_since(lost)
+}
+
+/// A holder whose link to Redis stalls (nothing forwarded either way: it can neither renew
+/// nor write nor release) loses its lease within one lease, and a waiter on a healthy link
+/// fetches itself then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_whose_link_stalls_loses_its_lease_within_one_lease() {
+    let redis = RedisServer::start();
+    let proxy = support::proxy::Proxy::start(redis.addr().parse().unwrap());
+    let mock = MockUpstream::start().await;
+    let holder = default_lease_instance(&mock.base_url(), &proxy.url()).await;
+    let waiter = default_lease_instance(&mock.base_url(), &redis.url()).await;
+    let req = request("the holder's link stalls");
+    mock.hold_answers();
+    let held = {
+        let (c, r) = (holder.clone(), req.clone());
+        tokio::spawn(async move { c.chat(&r).await })
+    };
+    mock.wait_for_calls(1).await;
+    assert_eq!(redis.leases_held("ai:cache"), 1, "the holder has the lease");
+    proxy.stall(true);
+    let lost = Instant::now();
+    let waited = {
+        let (c, r) = (waiter.clone(), req.clone());
+        tokio::spawn(async move { c.chat(&r).await })
+    };
+    mock.wait_for_calls(2).await;
+    let extra = extra_wait(&mock, lost);
+    mock.release_all();
+    let out = waited.await.unwrap().expect("the waiter fetches itself");
+    assert_eq!(out.status(), CacheStatus::Miss);
+    proxy.stall(false);
+    held.await.unwrap().expect("the holder is answered too");
+    println!("stalled holder: the waiter waited {extra:?}");
+    assert!(extra < AT_MOST, "waited {extra:?}");
+}
+
+/// A holder whose ACL user may not run scripts still releases its lease when its fetch
+/// fails (a plain read and delete instead of the compare-and-delete script), so a waiter
+/// takes over at once, not after the lease (10 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_without_eval_still_releases_after_a_failed_fetch() {
+    let redis = RedisServer::start();
+    redis.redis_cli(&[
+        "ACL",
+        "SETUSER",
+        "noeval",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-eval",
+        "-evalsha",
+        "-eval_ro",
+        "-evalsha_ro",
+        "-fcall",
+        "-fcall_ro",
+    ]);
+    let mock = MockUpstream::start().await;
+    let with_lease = |url: String| {
+        let upstream = mock.base_url();
+        async move {
+            LlmCache::builder()
+                .upstream(OpenAiCompatible::new(upstream).retry(RetryPolicy::none()))
+                .redis(url)
+                .l2_deadline(Duration::from_millis(250))
+                .lease_ttl(Duration::from_secs(10))
+                .build()
+                .await
+                .expect("build")
+        }
+    };
+    let holder = with_lease(format!("redis://noeval:pw@{}", redis.addr())).await;
+    let waiter = with_lease(redis.url()).await;
+    let req = request("the holder cannot run scripts");
+    mock.set_delay(Duration::from_millis(300));
+    mock.push_reply(support::upstream::MockReply::status(500));
+    let held = {
+        let (c, r) = (holder.clone(), req.clone());
+        tokio::spawn(async move { c.chat(&r).await })
+    };
+    mock.wait_for_calls(1).await;
+    let waited = {
+        let (c, r) = (waiter.clone(), req.clone());
+        tokio::spawn(async move { c.chat(&r).await })
+    };
+    assert!(held.await.unwrap().is_err(), "the holder's fetch fails");
+    let lost = Instant::now();
+    mock.wait_for_calls(2).await;
+    let extra = extra_wait(&mock, lost);
+    let out = waited.await.unwrap().expect("the waiter fetches itself");
+    assert_eq!(out.text().unwrap(), expected_content(&req));
+    println!("holder without EVAL: the waiter waited {extra:?} after the failed fetch");
+    assert!(extra < AT_MOST, "waited {extra:?}");
+    assert_eq!(redis.leases_held("ai:cache"), 0);
+}
+
+/// A holder whose ACL user may not run scripts renews its lease all the same (`GET` and
+/// `PEXPIRE GT` instead of the script) while a fetch outlasts the lease several times, so a
+/// waiter never fetches a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_without_eval_keeps_its_lease_while_it_fetches() {
+    let redis = RedisServer::start();
+    redis.redis_cli(&[
+        "ACL",
+        "SETUSER",
+        "noeval",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-eval",
+        "-evalsha",
+        "-eval_ro",
+        "-evalsha_ro",
+    ]);
+    let mock = MockUpstream::start().await;
+    const LEASE: Duration = Duration::from_secs(1);
+    let short_lease = |url: String| {
+        let upstream = mock.base_url();
+        async move {
+            LlmCache::builder()
+                .upstream(OpenAiCompatible::new(upstream).retry(RetryPolicy::none()))
+                .redis(url)
+                .l2_deadline(Duration::from_millis(250))
+                .lease_ttl(LEASE)
+                .build()
+                .await
+                .expect("build")
+        }
+    };
+    let holder = short_lease(format!("redis://noeval:pw@{}", redis.addr())).await;
+    let waiter = short_lease(redis.url()).await;
+    let req = request("a long fetch without scripts");
+    mock.hold_answers();
+    let held = {
+        let (c, r) = (holder.clone(), req.clone());
+        tokio::spawn(async move { c.chat(&r).await })
+    };
+    mock.wait_for_calls(1).await;
+    let waited = {
+        let (c, r) = (waiter.clone(), req.clone());
+        tokio::spawn(async move { c.chat(&r).await })
+    };
+    eventually("the waiter waits", WAIT, || waiter.tiers().inflight() == 1).await;
+    // More than two lease lives pass while the holder renews without scripts: the lease
+    // stays alive all along, and nobody else fetches.
+    let mut conn = redis.conn().await;
+    let key = holder
+        .tiers()
+        .l2_key(&holder.digest_with(&req, &CacheControl::default()));
+    let since = Instant::now();
+    while since.elapsed() < LEASE * 2 + LEASE / 4 {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(pttl > 0, "the lease is alive while the holder renews it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mock.calls(), 1, "the waiter did not take the lease over");
+    mock.release_all();
+    held.await.unwrap().expect("the holder's answer");
+    let out = waited.await.unwrap().expect("the waiter's answer");
+    assert!(out.status().is_hit(), "{:?}", out.status());
+    assert_eq!(mock.calls(), 1);
+}
+
+/// The child side of [`a_killed_holder_costs_a_waiter_one_lease_at_most`]: takes a lease
+/// and holds it (the mock holds its answer) until the parent kills the process. Does
+/// nothing unless the parent set `LLM_CACHE_HOLDER_REDIS`.
+#[test]
+fn child_lease_holder() {
+    let (Ok(redis_url), Ok(upstream_url), Ok(prompt)) = (
+        std::env::var("LLM_CACHE_HOLDER_REDIS"),
+        std::env::var("LLM_CACHE_HOLDER_UPSTREAM"),
+        std::env::var("LLM_CACHE_HOLDER_PROMPT"),
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let cache = default_lease_instance(&upstream_url, &redis_url).await;
+        let req = request(&prompt);
+        let call = {
+            let c = cache.clone();
+            tokio::spawn(async move { c.chat(&req).await })
+        };
+        eventually("this process's flight", WAIT, || {
+            cache.tiers().inflight() == 1
+        })
+        .await;
+        println!("child: started");
+        let _ = call.await;
+    });
+}
+
+/// A process killed while it holds a lease leaves a marker nobody renews: the next asker
+/// waits one lease at most (it used to be the whole 10 s lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_costs_a_waiter_one_lease_at_most() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let prompt = "the holder is killed";
+    mock.hold_answers();
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_lease_holder", "--nocapture"])
+        .env("LLM_CACHE_HOLDER_REDIS", redis.url())
+        .env("LLM_CACHE_HOLDER_UPSTREAM", mock.base_url())
+        .env("LLM_CACHE_HOLDER_PROMPT", prompt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the holder process");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(next_child_line(&mut lines).await, "child: started");
+    mock.wait_for_calls(1).await;
+    assert_eq!(
+        redis.leases_held("ai:cache"),
+        1,
+        "the child holds the lease"
+    );
+    child.kill().await.expect("kill the holder");
+    let lost = Instant::now();
+    let waiter = default_lease_instance(&mock.base_url(), &redis.url()).await;
+    let req = request(prompt);
+    let waited = {
+        let (c, r) = (waiter.clone(), req.clone());
+        tokio::spawn(async move { c.chat(&r).await })
+    };
+    mock.wait_for_calls(2).await;
+    let extra = extra_wait(&mock, lost);
+    mock.release_all();
+    let out = waited.await.unwrap().expect("the waiter fetches itself");
+    assert_eq!(out.status(), CacheStatus::Miss);
+    println!("killed holder: the next asker waited {extra:?}");
+    assert!(extra < AT_MOST, "waited {extra:?}");
+}
+
+/// A marker that no holder of this cache would leave (written without an expiry, or
+/// living far longer than a lease) holds a waiter up one lease at most: the waiter gives
+/// it an end, then fetches. It used to wait the whole waiter deadline and fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_without_expiry_or_longer_than_a_lease_is_treated_as_expired() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let cache = default_lease_instance(&mock.base_url(), &redis.url()).await;
+    let mut conn = redis.conn().await;
+    let mut marker = b"LLMC\xfe".to_vec();
+    marker.extend_from_slice(&[7u8; 16]);
+    for (case, expiry) in [("no expiry", None), ("an hour", Some(3_600_000u64))] {
+        let req = request(&format!("a stray marker: {case}"));
+        let key = cache
+            .tiers()
+            .l2_key(&cache.digest_with(&req, &CacheControl::default()));
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(&marker);
+        if let Some(ms) = expiry {
+            set.arg("PX").arg(ms);
+        }
+        let () = set.query_async(&mut conn).await.unwrap();
+        let started = Instant::now();
+        let out = cache
+            .chat(&req)
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let waited = started.elapsed();
+        assert_eq!(out.status(), CacheStatus::Miss, "{case}");
+        println!("stray marker ({case}): the caller waited {waited:?}");
+        assert!(waited < AT_MOST, "{case}: waited {waited:?}");
+    }
+    assert_eq!(cache.tiers().stats().stale_leases_expired, 2);
+}

@@ -567,7 +567,7 @@ async fn redis_killed_paused_and_restarted_every_call_succeeds() {
     );
 
     server.restart();
-    drive_until_l2_write(&c, &calls, 10_000).await;
+    drive_until_l2_write(&server, &c, &calls, 10_000).await;
 
     server.pause();
     let before = c.stats();
@@ -584,7 +584,7 @@ async fn redis_killed_paused_and_restarted_every_call_succeeds() {
     server.resume();
 
     // After recovery, a value written now is an L2 hit for a second cache.
-    let k = drive_until_l2_write(&c, &calls, 20_000).await;
+    let k = drive_until_l2_write(&server, &c, &calls, 20_000).await;
     let other = cache(&server).await;
     let hit = other
         .get_or_fetch(key(k), || async { Err(Error::fetch_msg("must hit L2")) })
@@ -616,20 +616,27 @@ async fn build_succeeds_with_redis_down_and_uses_it_when_it_appears() {
     }
     assert!(c.stats().l2_writes == 0);
     server.restart();
-    drive_until_l2_write(&c, &calls, 400).await;
+    drive_until_l2_write(&server, &c, &calls, 400).await;
 }
 
 /// Keep requesting fresh keys (so the breaker gets its probes) until one lands in L2;
-/// returns that key's number.
-async fn drive_until_l2_write(c: &TieredCache<String>, calls: &Arc<AtomicUsize>, base: u32) -> u32 {
-    let writes_before = c.stats().l2_writes;
+/// returns that key's number. (Writes retried from before may land meanwhile: the key
+/// itself is looked for.)
+async fn drive_until_l2_write(
+    server: &RedisServer,
+    c: &TieredCache<String>,
+    calls: &Arc<AtomicUsize>,
+    base: u32,
+) -> u32 {
     let start = std::time::Instant::now();
+    let mut conn = server.conn().await;
     for k in base.. {
         c.get_or_fetch(key(k), counted(calls, &format!("v{k}")))
             .await
             .expect("fail-open");
+        let name = c.l2_key(&key(k));
         let landed = tokio::time::timeout(Duration::from_millis(500), async {
-            while c.stats().l2_writes == writes_before {
+            while !conn.exists::<_, bool>(&name).await.unwrap_or(false) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -850,4 +857,127 @@ async fn a_many_key_fetch_that_panics_or_miscounts_fails_every_key_and_stores_no
     }));
     assert_eq!(c.inflight(), 0, "no flight left behind");
     assert!(c.get(&key(110)).await.is_none());
+}
+
+/// `n` misses on distinct keys at once, each answered at once (the writes pile up behind
+/// each other, as in a burst); every call succeeds.
+async fn burst_of_misses(c: &TieredCache<String>, n: u32) {
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.get_or_fetch(key(10_000 + i), move || {
+                    std::future::ready(Ok(format!("value {i}")))
+                })
+                .await
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("every miss is answered");
+    }
+}
+
+/// Entries of the default prefix in Redis now, and lease markers among them (a marker is
+/// 21 bytes, no entry is that short).
+async fn entries_and_markers(server: &RedisServer) -> (usize, usize) {
+    let mut conn = server.conn().await;
+    let keys: Vec<String> = {
+        let mut iter: redis::AsyncIter<String> = conn.scan_match("ai:cache:{*}").await.unwrap();
+        let mut keys = Vec::new();
+        while let Some(k) = iter.next_item().await {
+            keys.push(k.unwrap());
+        }
+        keys
+    };
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.cmd("STRLEN").arg(k);
+    }
+    let lens: Vec<usize> = pipe.query_async(&mut conn).await.unwrap();
+    let markers = lens.iter().filter(|n| **n == 21).count();
+    (keys.len() - markers, markers)
+}
+
+/// A burst of single misses larger than the write bound queues its writes instead of
+/// dropping them, and they run under the background deadline without opening the breaker:
+/// `flush()` returns once they are all in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_misses_is_written_in_full_and_flush_waits_for_it() {
+    let server = RedisServer::start();
+    let c = TieredCache::<String>::builder()
+        .redis(server.url())
+        .l2_write_concurrency(64)
+        .build()
+        .await
+        .expect("build");
+    let started = std::time::Instant::now();
+    burst_of_misses(&c, 500).await;
+    let answered = started.elapsed();
+    c.flush(Duration::from_secs(60)).await.expect("flushed");
+    println!(
+        "burst: answered in {answered:?}, flushed {:?} later",
+        started.elapsed() - answered
+    );
+    let s = c.stats();
+    let (entries, markers) = entries_and_markers(&server).await;
+    println!(
+        "burst: {entries}/500 in redis after flush, {} dropped, {} breaker openings, {} background timeouts",
+        s.dropped_writes, s.breaker_openings, s.l2_background_timeouts
+    );
+    assert_eq!(s.dropped_writes, 0, "{s:?}");
+    assert!(entries >= 495, "{entries}/500 written: {s:?}");
+    assert_eq!(markers, 0, "every lease was replaced by its value");
+}
+
+/// `close()` writes what is pending and releases the leases of fetches still running, so
+/// another instance fetches at once; what is left in Redis is the 500 answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_writes_every_pending_answer_and_releases_held_leases() {
+    let server = RedisServer::start();
+    // A request deadline a loaded machine meets, so the running fetch surely takes its lease.
+    let c = TieredCache::<String>::builder()
+        .redis(server.url())
+        .l2_deadline(Duration::from_millis(250))
+        .build()
+        .await
+        .expect("build");
+    // A fetch still running at close: its lease is released, not left to expire.
+    let gate = Arc::new(Semaphore::new(0));
+    let running = {
+        let (c, gate) = (c.clone(), Arc::clone(&gate));
+        tokio::spawn(async move {
+            c.get_or_fetch(key(1), move || async move {
+                let _ = gate.acquire().await;
+                Ok("late".to_string())
+            })
+            .await
+        })
+    };
+    eventually("the running fetch holds its lease", WAIT, || {
+        server.leases_held("ai:cache") == 1
+    })
+    .await;
+    let started = std::time::Instant::now();
+    burst_of_misses(&c, 500).await;
+    let answered = started.elapsed();
+    c.close(Duration::from_secs(60)).await.expect("closed");
+    println!(
+        "close: 500 misses answered in {answered:?}, closed {:?} later: {:?}",
+        started.elapsed() - answered,
+        c.stats()
+    );
+    let (entries, markers) = entries_and_markers(&server).await;
+    assert_eq!((entries, markers), (500, 0), "{:?}", c.stats());
+    // Another instance fetches the running key itself at once.
+    let other = cache(&server).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let out = other
+        .get_or_fetch(key(1), counted(&calls, "other"))
+        .await
+        .unwrap();
+    assert_eq!(out.status(), CacheStatus::Miss);
+    gate.add_permits(1);
+    assert_eq!(running.await.unwrap().unwrap().value(), "late");
+    drop(c);
 }

@@ -157,6 +157,9 @@ struct Args {
     log_level: LevelFilter,
 }
 
+/// How long the shutdown waits for the cache's pending Redis writes and lease releases.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -237,7 +240,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let cache = cache.build().await?;
 
-    let mut front = llm_cache::serve::builder(cache)
+    let mut front = llm_cache::serve::builder(cache.clone())
         .upstream_url(args.upstream_url.clone())
         .retry(retry)
         .request_timeout(timeout)
@@ -292,6 +295,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     match tokio::time::timeout(Duration::from_secs(args.shutdown_grace_secs), server).await {
         Ok(served) => served?,
         Err(_) => tracing::warn!("in-flight requests still running after the shutdown grace"),
+    }
+    // Write the answers still queued for Redis and release held leases before exiting, so
+    // that other instances neither miss them nor wait on this one's leases.
+    match cache.close(CLOSE_TIMEOUT).await {
+        Ok(()) => tracing::info!("cache closed: pending writes flushed, leases released"),
+        Err(e) => tracing::warn!(error = %e, "cache close incomplete"),
     }
     tracing::info!("stopped");
     Ok(())

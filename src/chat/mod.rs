@@ -73,6 +73,8 @@ impl Route {
 }
 
 /// An OpenAI-compatible chat client that answers repeats from cache. Cheap to clone.
+/// Call [`LlmCache::close`] before dropping the last clone, or the Redis writes still
+/// queued are lost.
 #[derive(Clone)]
 pub struct LlmCache {
     inner: Arc<Inner>,
@@ -557,5 +559,33 @@ impl LlmCache {
     /// See [`TieredCache::redis_stats_scanning`].
     pub async fn redis_stats_scanning(&self, limit: u64) -> Result<RedisStats> {
         self.tiers().redis_stats_scanning(limit).await
+    }
+
+    /// Wait until the answers and embeddings queued for Redis so far are written (and the
+    /// lease releases under way are done), at most `timeout`; see [`TieredCache::flush`].
+    ///
+    /// # Errors
+    ///
+    /// `Timeout` when some were still pending at the deadline (they go on).
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let embeddings = self.inner.embeddings.tiers();
+        let (answers, vectors) =
+            futures_util::join!(self.tiers().flush(timeout), embeddings.flush(timeout));
+        answers.and(vectors)
+    }
+
+    /// Stop in order before dropping the cache, at most `timeout`: write what is queued,
+    /// release the leases held by fetches under way, take no more leases; see
+    /// [`TieredCache::close`] (which also says what dropping without it loses). The proxy
+    /// calls it on SIGTERM.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout` when writes or leases were still pending at the deadline.
+    pub async fn close(&self, timeout: Duration) -> Result<()> {
+        let embeddings = self.inner.embeddings.tiers();
+        let (answers, vectors) =
+            futures_util::join!(self.tiers().close(timeout), embeddings.close(timeout));
+        answers.and(vectors)
     }
 }

@@ -135,10 +135,15 @@ macro_rules! config_setters {
             self
         }
 
-        /// Deadline of every L2 operation; past it the operation counts as failed and the
-        /// request goes on without L2. Default 50 ms.
+        /// Deadline of every L2 operation on a request's path; past it the operation counts
+        /// as failed and the request goes on without L2. Default 50 ms. Work on no
+        /// request's path (writes behind, lease renewals and releases) gets ten times it, at
+        /// least 500 ms, and its timeouts do not open the breaker.
         pub fn l2_deadline(mut self, deadline: Duration) -> Self {
             self.config.l2_deadline = deadline;
+            if !self.config.topology.lease_ttl_set {
+                self.config.topology.lease_ttl = $crate::tiered::l2::default_lease_ttl(deadline);
+            }
             self
         }
 
@@ -233,10 +238,13 @@ macro_rules! config_setters {
         }
 
         /// Life of a lease; its holder renews it every third of it while it fetches, so this
-        /// is how long the other instances wait after a holder dies before one of them
-        /// fetches instead. Default 10 s.
+        /// is the longest the other instances wait after a holder stops renewing (it died,
+        /// was killed, lost its link or its breaker opened) before one of them fetches
+        /// instead. A marker without an expiry, or living longer than this, is cut to it by
+        /// the first waiter. Default 2 s (or four `l2_deadline`s when that is longer).
         pub fn lease_ttl(mut self, ttl: Duration) -> Self {
             self.config.topology.lease_ttl = ttl;
+            self.config.topology.lease_ttl_set = true;
             self
         }
 

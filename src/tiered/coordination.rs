@@ -194,7 +194,10 @@ where
 {
     /// Whether this flight's lookup may take the lease in the same round trip.
     fn leases_on(&self, options: &FetchOptions) -> bool {
-        self.config.topology.leases && !options.no_store && !self.leases_refused_now()
+        self.config.topology.leases
+            && !options.no_store
+            && !self.leases_refused_now()
+            && !self.closed.load(Ordering::Acquire)
     }
 
     /// Whether the server refused the lookup that takes a lease within the last second.
@@ -267,7 +270,9 @@ where
             }
         }
         // Leases wanted but refused: a miss fetches without one, and says so.
-        let refused = self.config.topology.leases && !options.no_store;
+        let refused = self.config.topology.leases
+            && !options.no_store
+            && !self.closed.load(Ordering::Acquire);
         let alone = || {
             if refused {
                 self.count_lease_refused();

@@ -4,8 +4,11 @@
 //! envelope can be) in its place. So a miss has taken the lease in the same round trip as
 //! the lookup, an L2 hit costs the server about what a `GET` does, and the holder's write of
 //! the value replaces the marker: writing and releasing are one plain `SET`. The holder
-//! renews the marker every third of its life while it fetches; only the holder deletes it
-//! (compare-and-delete) when it stores nothing. A flight that finds another's marker polls
+//! renews the marker every third of its life while it fetches (the lease is short, 2 s by
+//! default, so a holder that cannot renew, stalled, cut off or killed, loses it within one
+//! lease); only the holder deletes it (compare-and-delete, or without EVAL a plain read and
+//! delete) when it stores nothing. A waiter also expires a marker that has no expiry and
+//! caps one that outlives its lease (see [`wait`]). A flight that finds another's marker polls
 //! the key with a backoff (the same command: it takes the lease when the marker is gone
 //! without a value, because its holder died or failed) until the value lands.
 //! With Redis unreachable every step answers "unavailable" at once (guard, breaker) and the
@@ -13,6 +16,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -56,11 +60,23 @@ pub(crate) struct Lease {
     armed: bool,
 }
 
+impl Lease {
+    /// No longer this flight's to release: off the list [`close`](Unreleased::held) reads.
+    fn disarm(&mut self) {
+        if self.armed {
+            self.armed = false;
+            let token = self.token;
+            self.own.held.remove_if(&self.key, |_, t| *t == token);
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
+        self.disarm();
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
@@ -86,18 +102,42 @@ impl std::fmt::Debug for Lease {
 /// (retried in the background), or a `SET NX` whose answer never came. Waiting on one of
 /// them is waiting on itself: no flight of this instance is fetching that key (it would
 /// have been joined, not waited for), so a flight that finds one taken fetches at once.
+/// It also lists the leases this instance's flights hold right now, so that `close()` can
+/// release them, and counts the background releases under way, so that `flush()` can wait
+/// for them.
 #[derive(Default)]
-pub(crate) struct Unreleased(DashMap<String, usize>);
+pub(crate) struct Unreleased {
+    /// Keys with a release under way, and how many.
+    releasing: DashMap<String, usize>,
+    /// The leases held by this instance's flights (key, token).
+    held: DashMap<String, [u8; MARKER_LEN]>,
+    /// Background releases under way.
+    busy: Outstanding,
+}
 
 impl Unreleased {
     /// Whether this instance may hold the lease at `key`.
     pub fn holds(&self, key: &str) -> bool {
-        self.0.contains_key(key)
+        self.releasing.contains_key(key)
+    }
+
+    /// The leases this instance's flights hold now (key, token).
+    pub fn held(&self) -> Vec<(String, [u8; MARKER_LEN])> {
+        self.held
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect()
+    }
+
+    /// Wait until no background release is under way, at most until `deadline`.
+    pub async fn releases_done(&self, deadline: Instant) -> bool {
+        self.busy.idle_by(deadline).await
     }
 
     /// Note `key` until the returned mark drops.
     fn mark(self: &Arc<Self>, key: &str) -> Mark {
-        *self.0.entry(key.to_owned()).or_insert(0) += 1;
+        self.busy.add(1);
+        *self.releasing.entry(key.to_owned()).or_insert(0) += 1;
         Mark {
             own: Arc::clone(self),
             key: key.to_owned(),
@@ -113,10 +153,63 @@ struct Mark {
 
 impl Drop for Mark {
     fn drop(&mut self) {
-        self.own.0.remove_if_mut(&self.key, |_, n| {
+        self.own.releasing.remove_if_mut(&self.key, |_, n| {
             *n -= 1;
             *n == 0
         });
+        self.own.busy.done(1);
+    }
+}
+
+/// How many background jobs are under way, and a signal when none is left (what
+/// `flush()` waits on).
+#[derive(Default)]
+pub(crate) struct Outstanding {
+    n: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Outstanding {
+    /// `n` more jobs.
+    pub fn add(&self, n: usize) {
+        self.n.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Add `n` jobs unless that makes more than `cap`; false when refused.
+    pub fn try_add(&self, n: usize, cap: usize) -> bool {
+        self.n
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now + n <= cap).then_some(now + n)
+            })
+            .is_ok()
+    }
+
+    /// `n` jobs are over.
+    pub fn done(&self, n: usize) {
+        if self.n.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// How many jobs are under way.
+    pub fn len(&self) -> usize {
+        self.n.load(Ordering::Acquire)
+    }
+
+    /// Wait until no job is left, at most until `deadline`; whether none is left.
+    pub async fn idle_by(&self, deadline: Instant) -> bool {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a last job ending in between still wakes us.
+            notified.as_mut().enable();
+            if self.len() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.len() == 0;
+            }
+        }
     }
 }
 
@@ -163,7 +256,10 @@ pub(crate) async fn probe(
     match l2.get_or_lease(key, &token, ttl).await {
         LeaseRead::Found(bytes) if is_marker(&bytes) => Probe::Taken,
         LeaseRead::Found(bytes) => Probe::Found(bytes),
-        LeaseRead::Leased => Probe::Held(lease()),
+        LeaseRead::Leased => {
+            own.held.insert(key.to_owned(), token);
+            Probe::Held(lease())
+        }
         LeaseRead::Refused => Probe::Refused,
         LeaseRead::Unavailable => {
             // The SET may have landed after the deadline: remove our marker, if it is there,
@@ -237,7 +333,7 @@ pub(crate) async fn hold_all<F: Future>(
 
 /// Release `lease` in the background (compare-and-delete: never someone else's).
 pub(crate) fn release_later(mut lease: Lease) {
-    lease.armed = false;
+    lease.disarm();
     // Marked before the task starts: a flight right after this must already see it.
     let mark = lease.own.mark(&lease.key);
     tokio::spawn(async move {
@@ -248,17 +344,22 @@ pub(crate) fn release_later(mut lease: Lease) {
 
 /// The value was written over the lease's marker: nothing is left to release.
 pub(crate) fn replaced(mut lease: Lease) {
-    lease.armed = false;
+    lease.disarm();
 }
 
 /// How long a background release keeps trying; past it the lease has expired anyway for
 /// every TTL but the longest, and those expire on their own.
 const RELEASE_RETRY_LIMIT: Duration = Duration::from_secs(60);
 
-pub(crate) async fn release_until_done(mut lease: Lease) {
-    lease.armed = false;
-    let _mark = lease.own.mark(&lease.key);
-    retry_release(&lease).await;
+/// Release `lease`, retrying, until done; marked at once (before the future first runs),
+/// so that `flush()` waits for it.
+pub(crate) fn release_until_done(mut lease: Lease) -> impl Future<Output = ()> + Send {
+    lease.disarm();
+    let mark = lease.own.mark(&lease.key);
+    async move {
+        retry_release(&lease).await;
+        drop(mark);
+    }
 }
 
 async fn retry_release(lease: &Lease) {
@@ -280,6 +381,11 @@ async fn retry_release(lease: &Lease) {
 /// lease), a poll is a plain `GET` and an empty key ends the wait. `decode` turns an entry's
 /// bytes into a value (`None` when they are corrupt: they were removed, keep polling).
 /// Gives up after `limit`.
+///
+/// A marker no holder keeps alive the way this instance would must not hold it up past
+/// one lease: every third of `ttl` while it waits, the waiter gives a marker without an
+/// expiry (written by hand, or by something else) 1 ms to live and cuts one that lives
+/// longer than `ttl` down to `ttl` (see `commands::expire_stale_marker`).
 pub(crate) async fn wait<T, D, Fut>(
     l2: &Arc<Guarded>,
     own: &Arc<Unreleased>,
@@ -295,6 +401,7 @@ where
 {
     let give_up = Instant::now() + limit;
     let mut pause = POLL_MIN;
+    let mut next_check = Instant::now();
     loop {
         let now = Instant::now();
         if now >= give_up {
@@ -309,12 +416,28 @@ where
                 Probe::Held(lease) => return Waited::Lead(lease),
                 // Ours, from a release not confirmed yet: nothing to wait for.
                 Probe::Taken if own.holds(key) => return Waited::Alone,
-                Probe::Taken => continue,
+                Probe::Taken => {
+                    if Instant::now() >= next_check {
+                        next_check = Instant::now() + ttl / 3;
+                        if l2.expire_stale_marker(key, ttl, is_marker).await {
+                            pause = POLL_MIN;
+                        }
+                    }
+                    continue;
+                }
                 Probe::Refused | Probe::Unavailable => return Waited::Alone,
             }
         } else {
             match l2.get(key).await {
-                L2Read::Hit(bytes) if is_marker(&bytes) => continue,
+                L2Read::Hit(bytes) if is_marker(&bytes) => {
+                    if Instant::now() >= next_check {
+                        next_check = Instant::now() + ttl / 3;
+                        if l2.expire_stale_marker(key, ttl, is_marker).await {
+                            pause = POLL_MIN;
+                        }
+                    }
+                    continue;
+                }
                 L2Read::Hit(bytes) => bytes,
                 L2Read::Miss | L2Read::Unavailable => return Waited::Alone,
             }
@@ -340,7 +463,8 @@ mod tests {
         assert!(own.holds("p:lease:a"), "one release is still under way");
         drop(second);
         assert!(!own.holds("p:lease:a"));
-        assert!(own.0.is_empty(), "nothing is left behind");
+        assert!(own.releasing.is_empty(), "nothing is left behind");
+        assert_eq!(own.busy.len(), 0);
     }
 }
 

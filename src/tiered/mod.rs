@@ -25,6 +25,7 @@ pub(crate) mod lease;
 mod many;
 pub(crate) mod redis_stats;
 pub(crate) mod stats;
+mod stop;
 mod write_behind;
 
 use std::fmt;
@@ -90,7 +91,8 @@ impl<V> Clone for Landed<V> {
 }
 
 /// A two-tier cache for any serde value: moka in process, Redis shared, one fetch per key
-/// at a time. Cheap to clone; clones share everything.
+/// at a time. Cheap to clone; clones share everything. Dropping the last clone loses the
+/// Redis writes still queued; [`TieredCache::close`] says what an orderly stop keeps.
 pub struct TieredCache<V> {
     inner: Arc<Inner<V>>,
 }
@@ -143,6 +145,8 @@ struct Inner<V> {
     lease_refused_until_ms: std::sync::atomic::AtomicU64,
     /// How lookups go while L2 hits dominate; see coordination.rs.
     lookup_mode: coordination::LookupMode,
+    /// Set by `close()`: flights take no more leases.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A value [`Inner::writing`] holds.
@@ -203,6 +207,7 @@ where
                 unreleased: Arc::default(),
                 lease_refused_until_ms: std::sync::atomic::AtomicU64::new(0),
                 lookup_mode: coordination::LookupMode::default(),
+                closed: std::sync::atomic::AtomicBool::new(false),
                 config,
             }),
         };

@@ -54,6 +54,12 @@ pub struct Stats {
     pub l2_errors: u64,
     /// L2 operations abandoned at their deadline.
     pub l2_timeouts: u64,
+    /// Of `l2_timeouts`, the background work's (writes behind, lease renewals and releases,
+    /// under their own longer deadline): these never open the breaker.
+    pub l2_background_timeouts: u64,
+    /// Lease markers of other holders that a waiter found without an expiry, or living
+    /// longer than `lease_ttl`, and gave an end (so it waits one lease at most).
+    pub stale_leases_expired: u64,
     /// L2 operations skipped: the breaker was open, or no connection was up (one is being
     /// made in the background; no operation waits for it).
     pub l2_skipped: u64,
@@ -132,6 +138,8 @@ pub(crate) struct Counters {
     pub fetch_errors: AtomicU64,
     pub l2_errors: AtomicU64,
     pub l2_timeouts: AtomicU64,
+    pub l2_background_timeouts: AtomicU64,
+    pub stale_leases_expired: AtomicU64,
     pub l2_skipped: AtomicU64,
     pub corrupt_entries: AtomicU64,
     pub l2_writes: AtomicU64,
@@ -182,6 +190,8 @@ impl Counters {
             fetch_errors: self.fetch_errors.load(Relaxed),
             l2_errors: self.l2_errors.load(Relaxed),
             l2_timeouts: self.l2_timeouts.load(Relaxed),
+            l2_background_timeouts: self.l2_background_timeouts.load(Relaxed),
+            stale_leases_expired: self.stale_leases_expired.load(Relaxed),
             l2_skipped: self.l2_skipped.load(Relaxed),
             corrupt_entries: self.corrupt_entries.load(Relaxed),
             l2_writes: self.l2_writes.load(Relaxed),

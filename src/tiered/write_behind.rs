@@ -1,10 +1,12 @@
 //! Filling the tiers once a value is fetched: L1 now, L2 in the background, bounded in
-//! concurrency. A write must never block the caller's answer; a write that cannot run is
-//! dropped and counted, and the lease held for it is still released. The value's `SET`
-//! replaces the lease marker in the same key: one round trip writes and releases.
+//! concurrency and in queue length. A write must never block the caller's answer; a write
+//! that finds the queue full is dropped and counted, and the lease held for it is still
+//! released. The value's `SET` replaces the lease marker in the same key: one round trip
+//! writes and releases. Writes run under the background deadline, and their timeouts do not
+//! open the breaker (see `Guarded::set_in_background`). `flush()` waits for the queue.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -17,15 +19,15 @@ use crate::error::Result;
 use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::envelope;
 use crate::tiered::l2::Guarded;
-use crate::tiered::lease::{self, Lease};
+use crate::tiered::lease::{self, Lease, Outstanding};
 use crate::tiered::stats::Counters;
 
 /// The background writes under way, per key, each with the flag an invalidation raises;
-/// and how many writes of batches wait for their turn.
+/// and how many writes are queued or running.
 #[derive(Default)]
 pub(super) struct PendingWrites(
     DashMap<Digest, Vec<Arc<AtomicBool>>, DigestHasherBuilder>,
-    AtomicUsize,
+    pub(super) Arc<Outstanding>,
 );
 
 impl PendingWrites {
@@ -57,17 +59,11 @@ impl PendingWrites {
 /// How many writes of one batch go out together (the connection pipelines them).
 const WAVE: usize = 64;
 
-/// How many batch writes may wait for a permit, per permit of `l2_write_concurrency`.
-const QUEUED_PER_PERMIT: usize = 16;
+/// How long a background write that found Redis away keeps trying (see `write_one`).
+const WRITE_RETRY_LIMIT: Duration = Duration::from_secs(10);
 
-/// The deadline of each write of a batch: ten times the L2 deadline, at least 500 ms. The
-/// L2 deadline bounds what Redis adds to a request; a batch's writes are on no request's
-/// path, and up to `l2_write_concurrency` of them wait behind each other in the
-/// connection, so under a burst the last would pass the request deadline (and trip the
-/// breaker) while Redis is healthy.
-fn bulk_write_deadline(l2_deadline: Duration) -> Duration {
-    (l2_deadline * 10).max(Duration::from_millis(500))
-}
+/// How many writes may be queued or running, per permit of `l2_write_concurrency`.
+const QUEUED_PER_PERMIT: usize = 16;
 
 /// The write bound of the cache behind `this` (1 when it is gone).
 fn semaphore_size<V>(this: &std::sync::Weak<Inner<V>>) -> usize {
@@ -174,10 +170,9 @@ where
     }
 
     /// Write to L2 off the caller's path, at most `l2_write_concurrency` writes in flight.
-    /// A single value's write takes a permit or, with none free, is dropped and counted.
-    /// The writes of a batch (`get_or_fetch_many`) go out [`WAVE`] at a time, each wave
-    /// waiting for its permits in the background; they are dropped and counted only when
-    /// more than [`QUEUED_PER_PERMIT`] times the bound already wait.
+    /// Writes queue for a permit in the background, [`WAVE`] at a time; they are dropped
+    /// and counted only when more than [`QUEUED_PER_PERMIT`] times the bound are already
+    /// queued or running (a burst of single misses queues like a batch does).
     /// A lease held for a value lives in the same key: the write replaces its marker, so
     /// writing and releasing are one command; a write that fails releases it.
     /// While the lease is held, [`writing`](Self::writing) answers for the value; it lets
@@ -188,27 +183,11 @@ where
         if writes.is_empty() {
             return;
         }
-        let single = writes.len() == 1;
-        let permit = if single {
-            Arc::clone(&self.writes).try_acquire_owned().ok()
-        } else {
-            None
-        };
-        let queued = &self.pending_writes.1;
         let cap = self
             .config
             .l2_write_concurrency
             .saturating_mul(QUEUED_PER_PERMIT);
-        let admitted = if single {
-            permit.is_some()
-        } else {
-            queued
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    (n + writes.len() <= cap).then_some(n + writes.len())
-                })
-                .is_ok()
-        };
-        if !admitted {
+        if !self.pending_writes.1.try_add(writes.len(), cap) {
             for write in writes {
                 Counters::incr(&self.counters.dropped_writes);
                 self.counters.exported.l2_dropped_write.increment(1);
@@ -232,40 +211,26 @@ where
         let l2 = Arc::clone(l2);
         let this = Arc::downgrade(self);
         let semaphore = Arc::clone(&self.writes);
+        // The count is taken back here, not by the cache: a dropped cache loses its queue.
+        let queue = Arc::clone(&self.pending_writes.1);
         tokio::spawn(async move {
             let mut jobs = jobs.into_iter().peekable();
             while jobs.peek().is_some() {
                 let wave: Vec<_> = jobs.by_ref().take(WAVE).collect();
                 let n = wave.len();
-                // A single write holds its permit already; a batch's wave waits for its own.
-                let _permits = match &permit {
-                    Some(_) => None,
-                    None => {
-                        let want = u32::try_from(n).unwrap_or(u32::MAX);
-                        let want = want.min(u32::try_from(semaphore_size(&this)).unwrap_or(1));
-                        Some(Arc::clone(&semaphore).acquire_many_owned(want.max(1)).await)
-                    }
-                };
+                let want = u32::try_from(n).unwrap_or(u32::MAX);
+                let want = want.min(u32::try_from(semaphore_size(&this)).unwrap_or(1));
+                let _permits = Arc::clone(&semaphore).acquire_many_owned(want.max(1)).await;
                 let writes = wave.into_iter().map(|(done, cancelled, w)| {
                     let (l2, this) = (&l2, &this);
                     async move {
                         let Some(inner) = this.upgrade() else { return };
-                        let deadline = if single {
-                            inner.config.l2_deadline
-                        } else {
-                            bulk_write_deadline(inner.config.l2_deadline)
-                        };
-                        inner.write_one(l2, w, &cancelled, done, deadline).await;
+                        inner.write_one(l2, w, &cancelled, done).await;
                     }
                 });
                 futures_util::future::join_all(writes).await;
-                if permit.is_none()
-                    && let Some(inner) = this.upgrade()
-                {
-                    inner.pending_writes.1.fetch_sub(n, Ordering::Relaxed);
-                }
+                queue.done(n);
             }
-            drop(permit);
         });
     }
 
@@ -293,13 +258,31 @@ where
         write: Staged<V>,
         cancelled: &Arc<AtomicBool>,
         done: impl FnOnce(),
-        deadline: Duration,
     ) {
         let key = self.l2_key(&write.digest);
         // An invalidation may overtake this write at any point: before it (skip it) or
         // while it is out (its UNLINK may have run first: remove the key again).
-        let wrote = !cancelled.load(Ordering::Acquire)
-            && l2.set_within(&key, write.bytes, write.ttl, deadline).await;
+        // A write that was not sent (the breaker is open: readers timed out in the same
+        // burst) or got no answer in time is tried again, with a backoff, for a while: it
+        // is on nobody's path, and the queue bound caps what waits.
+        let give_up = tokio::time::Instant::now() + WRITE_RETRY_LIMIT;
+        let mut pause = Duration::from_millis(100);
+        let wrote = loop {
+            if cancelled.load(Ordering::Acquire) {
+                break false;
+            }
+            match l2
+                .set_in_background(&key, write.bytes.clone(), write.ttl)
+                .await
+            {
+                Some(wrote) => break wrote,
+                None if tokio::time::Instant::now() + pause < give_up => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                None => break false,
+            }
+        };
         let overtaken = cancelled.load(Ordering::Acquire);
         if overtaken && wrote {
             l2.unlink(&key).await;

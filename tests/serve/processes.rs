@@ -195,6 +195,12 @@ async fn two_proxies_share_redis_and_one_shuts_down_gracefully() {
     let (exit, logs) = a.exited().await;
     assert!(exit.success(), "{exit}: {logs}");
     assert!(logs.contains("shutting down"), "{logs}");
+    // It closed the cache before exiting: the last answer is in Redis, no lease is left.
+    assert!(logs.contains("cache closed"), "{logs}");
+    assert_eq!(redis.leases_held("ai:cache"), 0);
+    let after = b.ask("last").await;
+    assert_eq!(status(&after), "hit-l2", "the answer A wrote while closing");
+    assert_eq!(mock.calls(), 3);
     let logs = logs + &b.logs();
     for secret in [PROVIDER_KEY, CALLER_KEY] {
         assert!(!logs.contains(secret), "a key in the logs");

@@ -177,6 +177,16 @@ impl ClusterStore {
         let conn = shared.connection()?;
         match tokio::time::timeout(shared.op_timeout, op(conn)).await {
             Ok(Ok(v)) => Ok(v),
+            // A redirection the client could not follow (the slot moved, or its new owner
+            // is down) refuses nothing: this key misses until the slot map is refreshed,
+            // and nothing else changes (no node marked down, no lease refusal).
+            Ok(Err(e)) if is_redirection(&e) => {
+                shared.refresh_slots_soon();
+                Err(L2Error::NodeDown(format!(
+                    "redirected: {}",
+                    super::reply_text(&e)
+                )))
+            }
             // An error reply says the node is up: not a reason to mark it down.
             Ok(Err(e)) if super::refused_by_server(&e) => {
                 Err(L2Error::Command(super::reply_text(&e)))
@@ -187,6 +197,11 @@ impl ClusterStore {
             }
         }
     }
+}
+
+/// Whether `e` is a `MOVED` or `ASK` reply the client gave up following.
+fn is_redirection(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("MOVED" | "ASK"))
 }
 
 impl Shared {
@@ -549,6 +564,17 @@ impl RemoteStore for ClusterStore {
     ) -> BoxFuture<'a, Result<bool, L2Error>> {
         Box::pin(self.run(Some(key), move |mut c| async move {
             commands::renew(&mut c, key, token, ttl).await
+        }))
+    }
+
+    fn expire_stale_marker<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+        is_marker: fn(&[u8]) -> bool,
+    ) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(self.run(Some(key), move |mut c| async move {
+            commands::expire_stale_marker(&mut c, key, ttl, is_marker).await
         }))
     }
 

@@ -92,28 +92,104 @@ pub(crate) async fn exists<C: ConnectionLike>(c: &mut C, key: &str) -> RedisResu
     Ok(n > 0)
 }
 
-/// Compare-and-delete: true when the key held `token` and is now gone.
+/// Whether `e` says this user may not run scripts (an ACL without `+eval`/`+evalsha`).
+fn scripts_refused(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOPERM")
+}
+
+/// Compare-and-delete: true when the key held `token` and is now gone. Without the right
+/// to run scripts, a `GET` then a `DEL` when it still holds `token`: not atomic, but the
+/// key can only change in between if the lease expires in that round trip or a refresh
+/// writes over it, and then what is lost is one entry or one lease (a miss, one more
+/// fetch), never an answer under the wrong key.
 pub(crate) async fn release<C: ConnectionLike>(
     c: &mut C,
     key: &str,
     token: &[u8],
 ) -> RedisResult<bool> {
-    let n: u64 = RELEASE.key(key).arg(token).invoke_async(c).await?;
-    Ok(n == 1)
+    match RELEASE.key(key).arg(token).invoke_async::<u64>(c).await {
+        Ok(n) => Ok(n == 1),
+        Err(e) if scripts_refused(&e) => {
+            let now: Option<Vec<u8>> = get(c, key).await?;
+            if now.as_deref() != Some(token) {
+                return Ok(false);
+            }
+            let n: u64 = redis::cmd("DEL").arg(key).query_async(c).await?;
+            Ok(n == 1)
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// Compare-and-pexpire: true when the key held `token` and its life was extended.
+/// Compare-and-pexpire: true when the key held `token` and its life was extended. Without
+/// the right to run scripts, `GET` and `PEXPIRE key ttl GT` in one round trip: `GT` only
+/// ever lengthens a life, so it cannot shorten an entry written over the marker (entries
+/// live far longer than a lease) and at worst extends another holder's lease by one
+/// renewal; the `GET` says whether the lease is still ours.
 pub(crate) async fn renew<C: ConnectionLike>(
     c: &mut C,
     key: &str,
     token: &[u8],
     ttl: Duration,
 ) -> RedisResult<bool> {
-    let n: u64 = RENEW
+    match RENEW
         .key(key)
         .arg(token)
         .arg(millis(ttl))
-        .invoke_async(c)
+        .invoke_async::<u64>(c)
+        .await
+    {
+        Ok(n) => Ok(n == 1),
+        Err(e) if scripts_refused(&e) => {
+            let (now, _): (Option<Vec<u8>>, u64) = redis::pipe()
+                .cmd("GET")
+                .arg(key)
+                .cmd("PEXPIRE")
+                .arg(key)
+                .arg(millis(ttl))
+                .arg("GT")
+                .query_async(c)
+                .await?;
+            Ok(now.as_deref() == Some(token))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A waiter's check of the lease marker it waits on, so that no marker outlives its lease:
+/// a key with no expiry gets one of 1 ms (`PEXPIRE NX` touches nothing else: entries and
+/// markers are always written with one), and a marker (`is_marker`) that lives longer
+/// than `ttl` (by a quarter) is cut to `ttl` (`PEXPIRE LT`). True when it changed one.
+pub(crate) async fn expire_stale_marker<C: ConnectionLike>(
+    c: &mut C,
+    key: &str,
+    ttl: Duration,
+    is_marker: fn(&[u8]) -> bool,
+) -> RedisResult<bool> {
+    let (had_none, now, pttl): (u64, Option<Vec<u8>>, i64) = redis::pipe()
+        .cmd("PEXPIRE")
+        .arg(key)
+        .arg(1)
+        .arg("NX")
+        .cmd("GET")
+        .arg(key)
+        .cmd("PTTL")
+        .arg(key)
+        .query_async(c)
+        .await?;
+    if had_none == 1 {
+        return Ok(true);
+    }
+    let ttl_ms = millis(ttl);
+    let too_long = u64::try_from(pttl).is_ok_and(|left| left > ttl_ms + ttl_ms / 4);
+    if !(too_long && now.as_deref().is_some_and(is_marker)) {
+        return Ok(false);
+    }
+    let n: u64 = redis::cmd("PEXPIRE")
+        .arg(key)
+        .arg(ttl_ms)
+        .arg("LT")
+        .query_async(c)
         .await?;
     Ok(n == 1)
 }

@@ -82,6 +82,15 @@ impl std::ops::Deref for Guarded {
     }
 }
 
+/// Whose time an operation spends (see [`Guarded::attempt_within`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// A request waits for it: the L2 deadline, and its timeouts open the breaker.
+    Request,
+    /// Nobody waits for it (writes behind, lease renewals and releases).
+    Background,
+}
+
 /// Why a guarded operation has no answer.
 enum NoAnswer {
     /// Not sent: the breaker is open or no connection is up.
@@ -298,15 +307,29 @@ impl Guarded {
         op: &'static str,
         fut: impl Future<Output = Result<T, L2Error>>,
     ) -> Result<T, NoAnswer> {
-        self.attempt_within(op, fut, self.deadline).await
+        self.attempt_within(op, fut, self.deadline, Path::Request)
+            .await
     }
 
-    /// [`attempt`](Self::attempt) with a deadline of its own.
+    /// The deadline of the work on no request's path (writes behind, lease renewals and
+    /// releases): ten times the L2 deadline, at least 500 ms. The L2 deadline bounds what
+    /// Redis adds to a request; background work queues behind other commands in the
+    /// connection, so under a burst it would pass the request deadline (and trip the
+    /// breaker) while Redis is healthy.
+    pub fn background_deadline(&self) -> Duration {
+        (self.deadline * 10).max(Duration::from_millis(500))
+    }
+
+    /// [`attempt`](Self::attempt) with a deadline of its own. On [`Path::Background`] a
+    /// timeout is counted but does not count towards opening the breaker: a write that
+    /// waited behind a burst says nothing about what a reader will wait (the readers' own
+    /// timeouts, and connection errors on any path, still open it).
     async fn attempt_within<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = Result<T, L2Error>>,
         deadline: Duration,
+        path: Path,
     ) -> Result<T, NoAnswer> {
         let mut permit = match self.breaker.acquire(&*self.store) {
             Ok(permit) => permit,
@@ -383,12 +406,19 @@ impl Guarded {
                 Err(NoAnswer::Failed)
             }
             Err(_) => {
-                self.reachable.store(false, Ordering::Relaxed);
                 Counters::incr(&self.counters.l2_timeouts);
                 self.counters.exported.l2_timeout();
                 self.owner.note_l2_error(op, "deadline exceeded");
-                tracing::debug!(redis = %self.describe(), op, deadline = ?self.deadline, "redis operation timed out");
-                self.failed(permit.probe, "deadline exceeded");
+                tracing::debug!(redis = %self.describe(), op, ?deadline, "redis operation timed out");
+                if path == Path::Background {
+                    Counters::incr(&self.counters.l2_background_timeouts);
+                    if permit.probe {
+                        self.breaker.abandon_probe();
+                    }
+                } else {
+                    self.reachable.store(false, Ordering::Relaxed);
+                    self.failed(permit.probe, "deadline exceeded");
+                }
                 Err(NoAnswer::Failed)
             }
         }
@@ -463,24 +493,43 @@ impl Guarded {
         }
     }
 
-    /// Write an entry under the configured deadline; false when it was not written.
-    pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {
-        self.set_within(key, value, ttl, self.deadline).await
-    }
-
-    /// Write an entry; false when it was not written. A write the server refused (OOM
-    /// under `noeviction`...) is counted in `l2_writes_refused`.
-    /// [`set`](Self::set) under `deadline` instead of the configured one (a batch's
-    /// background writes, which wait behind each other in the connection).
-    pub async fn set_within(
+    /// [`set`](Self::set) off every request's path: under the
+    /// [`background_deadline`](Self::background_deadline), and a timeout does not open the
+    /// breaker (the writes behind).
+    /// `None` when it was not sent or got no answer in time (worth another try later),
+    /// `Some(false)` when the server refused it.
+    pub async fn set_in_background(
         &self,
         key: &str,
         value: Vec<u8>,
         ttl: Duration,
-        deadline: Duration,
-    ) -> bool {
+    ) -> Option<bool> {
+        let deadline = self.background_deadline();
+        let op = self.store.set(key, value, ttl);
         match self
-            .attempt_within("set", self.store.set(key, value, ttl), deadline)
+            .attempt_within("set", op, deadline, Path::Background)
+            .await
+        {
+            Ok(()) => Some(true),
+            Err(NoAnswer::Refused) => {
+                Counters::incr(&self.counters.l2_writes_refused);
+                self.counters.exported.l2_write_refused.increment(1);
+                Some(false)
+            }
+            Err(NoAnswer::Skipped | NoAnswer::Failed) => None,
+        }
+    }
+
+    /// Write an entry under the configured deadline; false when it was not written. A write
+    /// the server refused (OOM under `noeviction`...) is counted in `l2_writes_refused`.
+    pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {
+        match self
+            .attempt_within(
+                "set",
+                self.store.set(key, value, ttl),
+                self.deadline,
+                Path::Request,
+            )
             .await
         {
             Ok(()) => true,
@@ -531,14 +580,43 @@ impl Guarded {
         }
     }
 
+    /// Release the lease at `key` if it holds `token` (in the background: under the
+    /// background deadline, its timeouts do not open the breaker). `None`: no answer.
     pub async fn release(&self, key: &str, token: &[u8]) -> Option<bool> {
-        self.guarded("release", self.store.release(key, token))
+        let op = self.store.release(key, token);
+        let deadline = self.background_deadline();
+        self.attempt_within("release", op, deadline, Path::Background)
             .await
+            .ok()
     }
 
+    /// Extend the lease at `key` to `ttl` if it holds `token`, in the background, under
+    /// a deadline of a third of `ttl` (the next renewal is due then) at most.
     pub async fn renew(&self, key: &str, token: &[u8], ttl: Duration) -> Option<bool> {
-        self.guarded("renew", self.store.renew(key, token, ttl))
+        let op = self.store.renew(key, token, ttl);
+        let deadline = self.background_deadline().min(ttl / 3).max(self.deadline);
+        self.attempt_within("renew", op, deadline, Path::Background)
             .await
+            .ok()
+    }
+
+    /// A waiter's look at the marker it waits on: one without expiry, or living longer
+    /// than `ttl`, gets an end (see `commands::expire_stale_marker`). True when it did.
+    pub async fn expire_stale_marker(
+        &self,
+        key: &str,
+        ttl: Duration,
+        is_marker: fn(&[u8]) -> bool,
+    ) -> bool {
+        let op = self.store.expire_stale_marker(key, ttl, is_marker);
+        let changed = self
+            .guarded("expire_stale_marker", op)
+            .await
+            .unwrap_or(false);
+        if changed {
+            Counters::incr(&self.counters.stale_leases_expired);
+        }
+        changed
     }
 
     pub async fn publish(&self, channel: &str, message: &[u8]) -> bool {

@@ -20,7 +20,9 @@ use futures_util::future::BoxFuture;
 pub(crate) use self::commands::deadline_prefix;
 pub(crate) use self::guard::{Guarded, L2Read, LeaseRead};
 pub(crate) use self::pubsub::Subscription;
-pub(crate) use self::topology::{Topology, open_store, validate as validate_topology};
+pub(crate) use self::topology::{
+    Topology, default_lease_ttl, open_store, validate as validate_topology,
+};
 
 /// Why an L2 operation failed. Never shown to callers of the cache path; counted and logged.
 /// Only failures that say Redis is unreachable, too slow or cannot serve count toward the
@@ -186,6 +188,14 @@ pub(crate) trait RemoteStore: Send + Sync + 'static {
         key: &'a str,
         token: &'a [u8],
         ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, L2Error>>;
+    /// Give a lease marker at `key` that has no expiry, or outlives `ttl`, an end (see
+    /// `commands::expire_stale_marker`); true when it changed one.
+    fn expire_stale_marker<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+        is_marker: fn(&[u8]) -> bool,
     ) -> BoxFuture<'a, Result<bool, L2Error>>;
     fn publish<'a>(
         &'a self,

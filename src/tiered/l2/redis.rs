@@ -291,6 +291,17 @@ impl RemoteStore for RedisStore {
         )
     }
 
+    fn expire_stale_marker<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+        is_marker: fn(&[u8]) -> bool,
+    ) -> BoxFuture<'a, Result<bool, L2Error>> {
+        Box::pin(self.run(move |mut c| async move {
+            commands::expire_stale_marker(&mut c, key, ttl, is_marker).await
+        }))
+    }
+
     fn publish<'a>(
         &'a self,
         channel: &'a str,

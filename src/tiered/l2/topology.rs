@@ -31,6 +31,9 @@ pub(crate) struct Topology {
     /// Single-flight across instances through leases in Redis.
     pub leases: bool,
     pub lease_ttl: Duration,
+    /// Whether `lease_ttl` was set by hand; otherwise it follows the L2 deadline (see
+    /// [`default_lease_ttl`]).
+    pub lease_ttl_set: bool,
     /// Listen on the invalidation channel and drop what other instances invalidate.
     pub invalidation: bool,
     /// CA and client certificate for `rediss://` addresses (feature `tls`).
@@ -46,11 +49,18 @@ impl Default for Topology {
             cluster_nodes: Vec::new(),
             redis_password: None,
             leases: true,
-            lease_ttl: Duration::from_secs(10),
+            lease_ttl: default_lease_ttl(Duration::from_millis(50)),
+            lease_ttl_set: false,
             invalidation: true,
             tls: TlsSettings::default(),
         }
     }
+}
+
+/// The lease's life unless set by hand: short, so that a holder that stops renewing loses
+/// it quickly (2 s), but at least four L2 deadlines, so that a renewal fits in time.
+pub(crate) fn default_lease_ttl(l2_deadline: Duration) -> Duration {
+    Duration::from_secs(2).max(l2_deadline * 4)
 }
 
 fn hidden(p: &Option<String>) -> Option<&'static str> {
