@@ -7,55 +7,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::pairs::pairs;
 use crate::support::bow::{bag_of_words, cosine};
 use llm_cache::{DEFAULT_SEMANTIC_THRESHOLD, LexicalGuard};
 
 const DIMS: usize = 512;
 /// Classes whose every pair must be served by the default configuration.
 const ALWAYS_SERVED: [&str; 1] = ["whitespace"];
-
-struct Pair {
-    class: String,
-    serve: bool,
-    a: String,
-    b: String,
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('t') => out.push('\t'),
-            Some('n') => out.push('\n'),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
-fn pairs() -> Vec<Pair> {
-    let text = include_str!("../data/semantic_pairs.tsv");
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.starts_with("class\t") && !l.is_empty())
-        .map(|l| {
-            let cols: Vec<&str> = l.split('\t').collect();
-            assert_eq!(cols.len(), 4, "four columns: {l}");
-            assert!(matches!(cols[1], "serve" | "refuse"), "{l}");
-            Pair {
-                class: cols[0].to_owned(),
-                serve: cols[1] == "serve",
-                a: unescape(cols[2]),
-                b: unescape(cols[3]),
-            }
-        })
-        .collect()
-}
 
 #[derive(Default)]
 struct Tally {

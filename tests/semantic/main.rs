@@ -7,6 +7,7 @@
 
 mod guard;
 mod model;
+mod pairs;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -312,29 +313,19 @@ async fn a_streamed_request_replays_a_semantic_hit_and_a_streamed_miss_is_indexe
 async fn the_labelled_pairs_through_the_cache() {
     let mock = mock().await;
     let a = cache(&mock, None).await;
-    let text = include_str!("../data/semantic_pairs.tsv");
     let mut by_class: BTreeMap<String, (usize, usize, bool)> = BTreeMap::new();
     let mut false_hits = Vec::new();
-    for (i, line) in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.starts_with("class\t"))
-        .enumerate()
-    {
-        let cols: Vec<&str> = line.split('\t').collect();
-        let (class, serve) = (cols[0], cols[1] == "serve");
-        let unescape = |s: &str| s.replace("\\t", "\t").replace("\\n", "\n");
+    for (i, pair) in pairs::pairs().into_iter().enumerate() {
+        let (class, serve) = (pair.class.as_str(), pair.serve);
         let control = semantic().namespace(format!("pair-{i}"));
-        ask_and_index(&a, &request(&unescape(cols[2])), &control).await;
-        let out = a
-            .chat_with(&request(&unescape(cols[3])), &control)
-            .await
-            .unwrap();
+        ask_and_index(&a, &request(&pair.a), &control).await;
+        let out = a.chat_with(&request(&pair.b), &control).await.unwrap();
         let served = out.status() == CacheStatus::HitSemantic;
         let t = by_class.entry(class.to_owned()).or_insert((0, 0, serve));
         t.0 += 1;
         t.1 += usize::from(served);
         if served && !serve {
-            false_hits.push(line.to_owned());
+            false_hits.push(format!("{class}\t{}\t{}", pair.a, pair.b));
         }
     }
     for (class, (pairs, served, _)) in &by_class {

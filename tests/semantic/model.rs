@@ -25,6 +25,7 @@ use llm_cache::{
 };
 
 use super::{WAIT, request};
+use crate::pairs::pairs;
 use crate::support::eventually;
 use crate::support::redis::RedisServer;
 use crate::support::upstream::MockUpstream;
@@ -33,51 +34,6 @@ use crate::support::upstream::MockUpstream;
 const MODEL: &str = "all-MiniLM-L6-v2";
 /// Pairs in flight at once (each in its own namespace, so they cannot meet).
 const CONCURRENCY: usize = 16;
-
-/// One labelled pair: its class, whether one answer is right for both, the two prompts.
-struct Pair {
-    class: String,
-    serve: bool,
-    a: String,
-    b: String,
-}
-
-/// A prompt as the file writes it: `\t`, `\n` and `\\` escaped.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('t') => out.push('\t'),
-            Some('n') => out.push('\n'),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
-fn pairs() -> Vec<Pair> {
-    include_str!("../data/semantic_pairs.tsv")
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.starts_with("class\t") && !l.is_empty())
-        .map(|l| {
-            let cols: Vec<&str> = l.split('\t').collect();
-            assert_eq!(cols.len(), 4, "four columns: {l}");
-            assert!(matches!(cols[1], "serve" | "refuse"), "{l}");
-            Pair {
-                class: cols[0].to_owned(),
-                serve: cols[1] == "serve",
-                a: unescape(cols[2]),
-                b: unescape(cols[3]),
-            }
-        })
-        .collect()
-}
 
 /// The venv's python and the model's tokenizer.json, as scripts/semantic-model.sh leaves
 /// them; a missing venv fails the test with the command that makes it.
