@@ -21,24 +21,12 @@ if [ -x "$python" ] && "$python" -c 'import openai' >/dev/null 2>&1; then
     exit 0
 fi
 
-# apt-get install PACKAGES..., as root or through sudo; fails loudly when neither works.
-apt_install() {
-    local sudo_cmd=()
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1; then
-            sudo_cmd=(sudo)
-        else
-            echo "python-sdk: need $* and we are not root (no sudo): install them" >&2
-            exit 1
-        fi
-    fi
-    "${sudo_cmd[@]}" apt-get update
-    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
-}
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 if ! command -v python3 >/dev/null 2>&1; then
     echo "python-sdk: python3 is missing; installing it" >&2
-    apt_install python3 python3-venv
+    apt_install python-sdk python3 python3-venv
 fi
 
 rm -rf "$venv"
@@ -46,7 +34,7 @@ mkdir -p "$(dirname "$venv")"
 if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     # Debian and Ubuntu ship venv (and ensurepip) separately.
     echo "python-sdk: python3 -m venv failed; installing python3-venv" >&2
-    apt_install python3-venv
+    apt_install python-sdk python3-venv
     rm -rf "$venv"
     python3 -m venv "$venv"
 fi

@@ -33,19 +33,8 @@ fail() {
     exit 1
 }
 
-# apt-get install PACKAGES..., as root or through sudo; fails loudly when neither works.
-apt_install() {
-    local sudo_cmd=()
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1; then
-            sudo_cmd=(sudo)
-        else
-            fail "need $* and we are not root (no sudo): install them"
-        fi
-    fi
-    "${sudo_cmd[@]}" apt-get update
-    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
-}
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 ready() {
     [ -x "$python" ] && [ -s "$tokenizer" ] &&
@@ -57,14 +46,14 @@ if ready; then
 else
     if ! command -v python3 >/dev/null 2>&1; then
         echo "semantic-model: python3 is missing; installing it" >&2
-        apt_install python3 python3-venv
+        apt_install semantic-model python3 python3-venv
     fi
     rm -rf "$venv"
     mkdir -p "$(dirname "$venv")"
     if ! python3 -m venv "$venv" >/dev/null 2>&1; then
         # Debian and Ubuntu ship venv (and ensurepip) separately.
         echo "semantic-model: python3 -m venv failed; installing python3-venv" >&2
-        apt_install python3-venv
+        apt_install semantic-model python3-venv
         rm -rf "$venv"
         python3 -m venv "$venv"
     fi

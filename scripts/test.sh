@@ -16,17 +16,9 @@ section() {
 
 section "redis-server"
 if ! command -v redis-server >/dev/null 2>&1; then
-    sudo_cmd=()
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1; then
-            sudo_cmd=(sudo)
-        else
-            echo "redis-server is missing and we are not root (no sudo): install redis-server" >&2
-            exit 1
-        fi
-    fi
-    "${sudo_cmd[@]}" apt-get update
-    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+    # shellcheck source=scripts/apt-install.sh
+    source scripts/apt-install.sh
+    apt_install test.sh redis-server
 fi
 redis-server --version
 command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli is missing" >&2; exit 1; }
