@@ -36,19 +36,22 @@ bash scripts/semantic-model.sh
 section "cargo fmt --all --check"
 cargo fmt --all --check
 
-section "cargo clippy --all-targets --all-features -- -D warnings"
-cargo clippy --all-targets --all-features -- -D warnings
+section "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-section "cargo doc --no-deps --all-features (warnings are errors)"
-RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --no-deps --all-features
+section "cargo doc --workspace --no-deps --all-features (warnings are errors)"
+RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --workspace --no-deps --all-features
 
 # No --lib/--tests filter: this runs unit, integration and doc tests (the README is doc-tested).
-section "cargo test --all-features (unit, integration, doc tests)"
-cargo test --all-features
+section "cargo test --workspace --all-features (unit, integration, doc tests)"
+cargo test --workspace --all-features
 
-# Without the default features `rediss://` must be refused with a clear error (a unit test).
-section "cargo test --no-default-features --lib"
-cargo test --no-default-features --lib
+# Without the default features `rediss://` must be refused with a clear error (a unit test of
+# the engine, whose default build has no TLS), and the LLM layer builds without reqwest.
+section "cargo test -p llm-cache-engine --lib (no default features: no TLS)"
+cargo test -p llm-cache-engine --lib
+section "cargo check -p llm-cache-core --no-default-features (no reqwest)"
+cargo check -p llm-cache-core --no-default-features
 
 section "fuzz"
 if [ -f fuzz/Cargo.toml ] && [ -f scripts/fuzz.sh ]; then

@@ -1,72 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-// The rooms; arrows point down only: chat -> tiered, stream, upstream, request; upstream ->
-// stream, request; stream -> request. See the README's "Architecture" and tests/layering.rs.
-mod chat;
-mod embeddings;
-mod error;
-#[cfg(any(feature = "tower", feature = "async-openai", feature = "axum"))]
-mod integrations;
-// The fuzz targets' checks: public for `fuzz/` and tests/fuzz_regressions.rs only.
-#[doc(hidden)]
-pub mod fuzzing;
-#[cfg(feature = "prometheus")]
-pub mod prometheus;
-mod request;
-mod semantic;
-#[cfg(feature = "axum")]
-pub mod serve;
-pub mod stream;
-mod tiered;
-mod upstream;
-
-pub use error::{Error, ErrorKind, Result};
-
-pub use tiered::digest::Digest;
-// The Redis storage format: public for the fuzz crate and the tests, not semver-stable API.
-#[doc(hidden)]
-pub use tiered::envelope;
-#[doc(hidden)]
-pub use tiered::envelope::{Envelope, EnvelopeError};
-pub use tiered::health::{Health, L2Health};
-pub use tiered::redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
-pub use tiered::stats::{BreakerState, Stats};
-pub use tiered::{
-    CacheStatus, Cached, Codec, FetchOptions, JsonCodec, TieredCache, TieredCacheBuilder, Weigher,
-    default_weight,
-};
-
-pub use semantic::{
-    Canonical, DEFAULT_AUDIT_AGREEMENT, DEFAULT_BUCKET_CAP, DEFAULT_MAX_CANDIDATES,
-    DEFAULT_MAX_TYPOS, DEFAULT_SEMANTIC_L1_BYTES, DEFAULT_SEMANTIC_THRESHOLD, DEFAULT_TYPO_MIN_LEN,
-    GuardVerdict, LexicalGuard, Refusal, SemanticConfig, SemanticStats,
-};
-pub use stream::ChatChunk;
-pub use upstream::ChunkStream;
-pub use upstream::{BoxFuture, Upstream};
-#[cfg(feature = "openai")]
-pub use upstream::{OpenAiCompatible, RetryPolicy, UpstreamStats};
+// The facade: every path of the workspace's crates under one name. The crates, bottom up:
+// llm-cache-engine (the generic tiers), llm-cache-core (the LLM layer), llm-cache-serve
+// (the HTTP front) and llm-cache-async-openai (the async-openai layer); the crate graph is
+// what keeps the engine free of the layers above it.
+pub use llm_cache_core::*;
 
 #[cfg(feature = "async-openai")]
-pub use integrations::async_openai;
-#[cfg(feature = "tower")]
-pub use integrations::tower::TowerUpstream;
-
-pub use chat::key;
-#[doc(no_inline)]
-pub use chat::key::{KEY_FORMAT_VERSION, KeyOptions};
-pub use chat::{
-    CacheControl, CachedStream, DEFAULT_MAX_MODEL_LABELS, DEFAULT_STREAM_DEADLINE, LlmCache,
-    LlmCacheBuilder, LlmStats, ModelPrice, ModelSavings, OTHER_MODELS, PriceTable,
-};
-pub use embeddings::{
-    CachedEmbeddings, DEFAULT_L1_MAX_BYTES as DEFAULT_EMBEDDINGS_L1_MAX_BYTES,
-    DEFAULT_MAX_INPUTS_PER_CALL as DEFAULT_MAX_EMBEDDING_INPUTS_PER_CALL, EmbeddingStats,
-};
-pub use request::{
-    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Embedding, EmbeddingInput,
-    EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat, Extra, FunctionCall,
-    InputItem, MAX_REQUEST_DEPTH, ToolCall, Usage, Vector,
-};
+#[cfg_attr(docsrs, doc(cfg(feature = "async-openai")))]
+#[doc(inline)]
+pub use llm_cache_async_openai as async_openai;
+#[cfg(feature = "serve")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serve")))]
+#[doc(inline)]
+pub use llm_cache_serve as serve;

@@ -3,7 +3,6 @@
 //! credentials, the upstream's errors, bad input at the edge, graceful shutdown, the admin
 //! routes, and the real async-openai client pointed at it.
 
-mod processes;
 mod python;
 #[path = "../support/mod.rs"]
 mod support;

@@ -1,0 +1,289 @@
+//! Streamed answers of the non-chat endpoints (`/responses`, `/completions` with
+//! `"stream": true`): one upstream stream per key at a time, its bytes handed to every
+//! consumer as they arrive (a late joiner gets every byte already seen first), and stored
+//! as they came once the stream is complete. A consumer going away never cuts the stream
+//! for the others, and a stream that is not complete is never stored.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_openai::error::OpenAIError;
+use async_openai::middleware::HttpRequestFactory;
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use llm_cache_core::chat::CacheControl;
+use llm_cache_core::error::{Error, ErrorKind};
+use llm_cache_core::tiered::digest::Digest;
+use llm_cache_core::tiered::{CacheStatus, TieredCache};
+
+use super::bodies::{StoredBody, stream_is_complete};
+use super::reply::{self, Failure, error_reply};
+use super::request::Endpoint;
+use super::upstream::{HttpService, send_ok};
+
+/// How long a streamed flight may wait on the tiers (the upstream stream included).
+const STREAM_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// Streamed flights in progress, by digest.
+pub(super) type Flights = DashMap<Digest, Arc<BodyFlight>>;
+
+/// The log of one streamed flight: the bytes seen so far, then how it ended.
+pub(super) struct BodyFlight {
+    log: Mutex<Log>,
+    progress: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Log {
+    parts: Vec<Bytes>,
+    /// `Some` once ended: `Ok` after the last byte, or the error every consumer gets.
+    end: Option<Result<(), Error>>,
+    origin: Option<CacheStatus>,
+}
+
+impl BodyFlight {
+    fn new() -> Arc<Self> {
+        Arc::new(BodyFlight {
+            log: Mutex::default(),
+            progress: watch::Sender::new(0),
+        })
+    }
+
+    fn log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_origin(&self, origin: CacheStatus) {
+        self.log().origin.get_or_insert(origin);
+    }
+
+    fn push(&self, part: Bytes) {
+        {
+            let mut log = self.log();
+            if log.end.is_some() {
+                return;
+            }
+            log.parts.push(part);
+        }
+        self.progress.send_modify(|v| *v += 1);
+    }
+
+    fn has_parts(&self) -> bool {
+        !self.log().parts.is_empty()
+    }
+
+    fn finish(&self, end: Result<(), Error>) {
+        self.log().end.get_or_insert(end);
+        self.progress.send_modify(|v| *v += 1);
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.log().end, Some(Err(_)))
+    }
+
+    /// Wait for the first bytes or the end: the flight's origin, or its error when it
+    /// ended before any byte.
+    async fn first(&self) -> Result<CacheStatus, Error> {
+        let mut rx = self.progress.subscribe();
+        loop {
+            {
+                let log = self.log();
+                if !log.parts.is_empty() || matches!(log.end, Some(Ok(()))) {
+                    return Ok(log.origin.unwrap_or(CacheStatus::Miss));
+                }
+                if let Some(Err(e)) = &log.end {
+                    return Err(e.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::new(
+                    ErrorKind::FetchAborted,
+                    "the stream flight was dropped",
+                ));
+            }
+        }
+    }
+
+    /// Every byte from the start, then the live ones; an error ends it.
+    fn subscribe(self: &Arc<Self>) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
+        let rx = self.progress.subscribe();
+        let state = (Arc::clone(self), rx, 0usize, false);
+        futures_util::stream::unfold(state, |(flight, mut rx, mut next, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                rx.mark_unchanged();
+                {
+                    let log = flight.log();
+                    if let Some(part) = log.parts.get(next) {
+                        let part = part.clone();
+                        drop(log);
+                        next += 1;
+                        return Some((Ok(part), (flight, rx, next, false)));
+                    }
+                    match &log.end {
+                        Some(Ok(())) => return None,
+                        Some(Err(e)) => {
+                            let e = e.clone();
+                            drop(log);
+                            return Some((Err(e), (flight, rx, next, true)));
+                        }
+                        None => {}
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    let e = Error::new(ErrorKind::FetchAborted, "the stream flight was dropped");
+                    return Some((Err(e), (flight, rx, next, true)));
+                }
+            }
+        })
+    }
+}
+
+/// An error that only says the answer was not complete enough to store (a 2xx the layer
+/// handed on as it came): its bytes were delivered, so its consumers end cleanly.
+fn only_incomplete(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<Failure>())
+        .is_some_and(|f| matches!(f, Failure::Http { status, .. } if status.is_success()))
+}
+
+/// Answer a streamed non-chat request: an L1 hit replayed, else this key's flight (led
+/// here when there is none), whose bytes reach this caller as they arrive.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn answer<S>(
+    flights: &Arc<Flights>,
+    bodies: &TieredCache<StoredBody>,
+    digest: Digest,
+    control: &CacheControl,
+    endpoint: Endpoint,
+    service: S,
+    factory: HttpRequestFactory,
+) -> Result<reqwest::Response, OpenAIError>
+where
+    S: HttpService,
+    S::Error: Into<OpenAIError>,
+{
+    if !control.fetch.refresh
+        && let Some(hit) = bodies.get(&digest).await
+    {
+        let body = Bytes::copy_from_slice(hit.value().body.as_bytes());
+        let events = futures_util::stream::once(async move { Ok(body) });
+        return Ok(reply::event_stream(
+            events,
+            CacheStatus::HitL1,
+            Some(hit.age()),
+        ));
+    }
+    let (flight, leads) = match flights.entry(digest) {
+        Entry::Occupied(e) if !control.fetch.refresh && !e.get().failed() => {
+            (Arc::clone(e.get()), false)
+        }
+        Entry::Occupied(mut e) => {
+            let flight = BodyFlight::new();
+            e.insert(Arc::clone(&flight));
+            (flight, true)
+        }
+        Entry::Vacant(e) => {
+            let flight = BodyFlight::new();
+            e.insert(Arc::clone(&flight));
+            (flight, true)
+        }
+    };
+    if leads {
+        drive(
+            Arc::clone(flights),
+            bodies.clone(),
+            Arc::clone(&flight),
+            digest,
+            control,
+            endpoint,
+            service,
+            factory,
+        );
+    }
+    let events = flight.subscribe();
+    let status = match flight.first().await {
+        Ok(origin) if leads => origin,
+        Ok(_) => {
+            bodies.count_coalesced();
+            CacheStatus::Coalesced
+        }
+        Err(e) => return error_reply(e),
+    };
+    let age = (status == CacheStatus::Miss).then_some(Duration::ZERO);
+    Ok(reply::event_stream(events, status, age))
+}
+
+/// Run a streamed flight in its own task: through the tiers (L2, a lease), else the
+/// upstream stream, each part to the consumers as it arrives, the whole stored if complete.
+#[allow(clippy::too_many_arguments)]
+fn drive<S>(
+    flights: Arc<Flights>,
+    bodies: TieredCache<StoredBody>,
+    flight: Arc<BodyFlight>,
+    digest: Digest,
+    control: &CacheControl,
+    endpoint: Endpoint,
+    service: S,
+    factory: HttpRequestFactory,
+) where
+    S: HttpService,
+    S::Error: Into<OpenAIError>,
+{
+    let mut options = control.fetch.clone();
+    options.wait = Some(STREAM_WAIT);
+    tokio::spawn(async move {
+        let fetch = {
+            let flight = Arc::clone(&flight);
+            move || async move {
+                flight.set_origin(CacheStatus::Miss);
+                let (response, headers, content_type) =
+                    send_ok(service, factory, "text/event-stream").await?;
+                let mut body = response.bytes_stream();
+                let mut all = BytesMut::new();
+                while let Some(part) = body.next().await {
+                    let part = part.map_err(|e| {
+                        Error::new(
+                            ErrorKind::Connect,
+                            format!("the stream was cut off: {}", e.without_url()),
+                        )
+                    })?;
+                    all.extend_from_slice(&part);
+                    flight.push(part);
+                }
+                let all = all.freeze();
+                match std::str::from_utf8(&all) {
+                    Ok(text) if stream_is_complete(endpoint, &all) => Ok(StoredBody {
+                        content_type,
+                        body: text.to_string(),
+                    }),
+                    _ => Err(Failure::Http {
+                        status: reqwest::StatusCode::OK,
+                        headers,
+                        body: all,
+                    }
+                    .into_error()),
+                }
+            }
+        };
+        match bodies.get_or_fetch_with(digest, &options, fetch).await {
+            Ok(cached) => {
+                if !flight.has_parts() {
+                    // Answered by a tier: replay it whole.
+                    flight.set_origin(cached.status());
+                    flight.push(Bytes::copy_from_slice(cached.value().body.as_bytes()));
+                }
+                flight.finish(Ok(()));
+            }
+            Err(e) if flight.has_parts() && only_incomplete(&e) => flight.finish(Ok(())),
+            Err(e) => flight.finish(Err(e)),
+        }
+        flights.remove_if(&digest, |_, f| Arc::ptr_eq(f, &flight));
+    });
+}

@@ -1,0 +1,350 @@
+//! `TieredCacheBuilder`, and the `config_setters!` macro that writes the tiers' knobs once
+//! for every builder that sits on the engine. Setters never fail; nothing is checked until
+//! `build()`, which must name the first bad knob before it opens any connection.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::TieredCache;
+use crate::codec::{Codec, Hooks, JsonCodec, Weigher};
+use crate::config::Config;
+use crate::error::Result;
+use crate::stats::Counters;
+
+/// The knobs of the tiers, written once for [`TieredCacheBuilder`] and every builder of a
+/// layer on the engine (whose struct has a `config: Config` field).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! config_setters {
+    () => {
+        /// L1 bound in bytes of process memory; 0 disables L1. Default 256 MiB.
+        ///
+        /// L1 holds each value decoded, behind an `Arc`, so that a hit hands it out
+        /// without decoding (holding only its encoded bytes would make every hit decode).
+        /// Each entry is charged what it holds: the value as the weigher counts it (the LLM
+        /// cache counts an answer's structs, every string and vector at its capacity, each
+        /// JSON map's nodes and each allocation's rounding), plus the entry's own cost (key
+        /// and moka's per-entry structures, about 380 bytes), plus 1/16 for what the
+        /// allocator keeps but cannot reuse while L1 evicts and fills. Filled far past the
+        /// bound, with glibc's allocator, the process grows by about the bound
+        /// (tests/l1_memory.rs checks 1.2, for answers of 70 bytes to 50 KB, filled from one
+        /// thread); filled from several runtime threads at once, by up to about 1.4 times
+        /// for the largest answers, because glibc keeps a heap (arena) per thread and each
+        /// keeps freed room the others cannot use (`MALLOC_ARENA_MAX=2` or another
+        /// allocator narrows it).
+        pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+            self.config.l1_max_bytes = bytes;
+            self
+        }
+
+        /// Longest time an entry stays in L1; never longer than its remaining L2 life.
+        /// Default 10 min.
+        pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+            self.config.l1_ttl = ttl;
+            self
+        }
+
+        /// Lifetime of an entry in Redis. Default 24 h.
+        pub fn l2_ttl(mut self, ttl: Duration) -> Self {
+            self.config.l2_ttl = ttl;
+            self
+        }
+
+        /// Prefix of every Redis key: entries are `{prefix}:{<sha256 hex>}` (the braces are a
+        /// Cluster hash tag, shared by the entry's lease `{prefix}:{<hex>}.lease`), with
+        /// `{prefix}:generations` and the channel `{prefix}:invalidate` beside them. Default
+        /// `ai:cache`. 1 to 128 bytes, no whitespace, control characters or braces (`build()`
+        /// says which): with this layout no two distinct prefixes can share a key.
+        pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+            self.config.key_prefix = prefix.into();
+            self
+        }
+
+        /// How long cached entries (L1, and L2 under the namespace generations it knows) are
+        /// served while this instance cannot hear invalidations although Redis is partly
+        /// reachable: its subscription is lost, or the namespace generations cannot be read
+        /// (in a Cluster, the node that holds them is down). Counted from when the entry was
+        /// stored or the instance stopped hearing, whichever is later; past it the cache
+        /// fetches instead (`Stats::unsynced_skips`). When Redis is wholly away L1 is kept
+        /// (nobody can invalidate). When the instance hears again it clears its L1.
+        /// Default 5 s.
+        pub fn unsynced_grace(mut self, grace: Duration) -> Self {
+            self.config.unsynced_grace = grace;
+            self
+        }
+
+        /// Sign every L2 entry with HMAC-SHA256 and accept only entries that verify, for a
+        /// Redis that writers you do not trust can reach. The first secret signs; all of them
+        /// verify, so a secret is rotated by putting the new one first and dropping the old
+        /// one once its entries have expired (`l2_ttl`). Each secret needs at least 16 bytes
+        /// (32 random bytes recommended). Instances with different secrets see each other's
+        /// entries as misses. Secrets never appear in `Debug` output or errors.
+        ///
+        /// Without secrets an entry is still bound to its key by a checksum (a value copied
+        /// under another key is a miss), but anyone who can write to Redis can forge one.
+        /// With them, they cannot; they can still write back an older genuine entry under
+        /// its own key (after an `invalidate`, say) until it expires.
+        pub fn mac_secrets<I, S>(mut self, secrets: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: AsRef<[u8]>,
+        {
+            match $crate::envelope::MacKeys::new(secrets) {
+                Ok(keys) => {
+                    self.config.mac_keys = keys;
+                    self.config.mac_keys_error = None;
+                }
+                Err(why) => self.config.mac_keys_error = Some(why),
+            }
+            self
+        }
+
+        /// Redis URL: `redis://[user:password@]host:port[/db]`, or over TLS
+        /// `rediss://[user:password@]host:port[/db]` (needs the `redis-tls` feature, on by default in `llm-cache`:
+        /// without it `build()` fails naming the URL). TLS checks the server's certificate against the
+        /// system's roots, or [`redis_tls_root_ca`](Self::redis_tls_root_ca);
+        /// `rediss://...#insecure` checks nothing (tests only). Without a URL the cache is
+        /// L1-only.
+        pub fn redis(mut self, url: impl Into<String>) -> Self {
+            self.config.redis_url = Some(url.into());
+            self
+        }
+
+        /// Trust these CA certificates (PEM, one or more) for `rediss://` addresses instead
+        /// of the system's roots: a private CA, or a self-signed server certificate. Used for
+        /// the server, the sentinels and their master, and every Cluster node. Needs the `redis-tls`
+        /// feature and a `rediss://` address.
+        pub fn redis_tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+            self.config.topology.tls.root_ca = Some(pem.into());
+            self
+        }
+
+        /// Present this client certificate chain and its private key (PEM) on every
+        /// `rediss://` connection, for servers that require one (`tls-auth-clients yes`).
+        /// The key is never shown, in errors or in `Debug`. Needs the `redis-tls` feature and a
+        /// `rediss://` address.
+        pub fn redis_tls_client_cert(
+            mut self,
+            cert_pem: impl Into<Vec<u8>>,
+            key_pem: impl Into<Vec<u8>>,
+        ) -> Self {
+            self.config.topology.tls.client_cert = Some((cert_pem.into(), key_pem.into()));
+            self
+        }
+
+        /// Deadline of every L2 operation on a request's path; past it the operation counts
+        /// as failed and the request goes on without L2. Default 50 ms. Work on no
+        /// request's path (writes behind, lease renewals and releases) gets ten times it, at
+        /// least 500 ms, and its timeouts do not open the breaker.
+        pub fn l2_deadline(mut self, deadline: Duration) -> Self {
+            self.config.l2_deadline = deadline;
+            if !self.config.topology.lease_ttl_set {
+                self.config.topology.lease_ttl = $crate::l2::default_lease_ttl(deadline);
+            }
+            self
+        }
+
+        /// Consecutive L2 failures that open the circuit breaker. Default 5.
+        pub fn breaker_threshold(mut self, failures: u32) -> Self {
+            self.config.breaker_threshold = failures;
+            self
+        }
+
+        /// How long an open breaker skips L2 before letting one probe through. Default 2 s.
+        pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+            self.config.breaker_cooldown = cooldown;
+            self
+        }
+
+        /// Largest encoded value that is stored; larger ones are served but not cached.
+        /// Default 4 MiB.
+        pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
+            self.config.max_entry_bytes = bytes;
+            self
+        }
+
+        /// Values at least this large are lz4-compressed in Redis (when that makes them
+        /// smaller). Default 1 KiB.
+        pub fn compression_threshold(mut self, bytes: usize) -> Self {
+            self.config.compression_threshold = bytes;
+            self
+        }
+
+        /// How long a caller waits for a flight before it gives up with a timeout error (the
+        /// flight itself goes on). Default 300 s.
+        pub fn waiter_deadline(mut self, deadline: Duration) -> Self {
+            self.config.waiter_deadline = deadline;
+            self
+        }
+
+        /// Background L2 writes allowed at once; writes beyond it are dropped and counted.
+        /// Default 256.
+        pub fn l2_write_concurrency(mut self, writes: usize) -> Self {
+            self.config.l2_write_concurrency = writes;
+            self
+        }
+
+        /// Use the master that Redis Sentinel monitors under `master_name`, found through any
+        /// of `sentinels` (`host:port`, or `redis://[:password@]host:port`). The cache asks
+        /// again after a failover. With `rediss://` sentinels (feature `redis-tls`) the master is
+        /// reached over TLS too. Instead of [`redis`](Self::redis) or
+        /// [`cluster`](Self::cluster).
+        pub fn sentinel<I, S>(mut self, master_name: impl Into<String>, sentinels: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<String>,
+        {
+            self.config.topology.sentinel_master = Some(master_name.into());
+            self.config.topology.sentinels = sentinels.into_iter().map(Into::into).collect();
+            self
+        }
+
+        /// Password of the sentinels themselves (`requirepass` in sentinel.conf), for those
+        /// whose address carries none.
+        pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
+            self.config.topology.sentinel_password = Some(password.into());
+            self
+        }
+
+        /// Use a Redis Cluster, found through any of `seed_nodes` (`host:port` or
+        /// `redis://[:password@]host:port`; `rediss://` for TLS to every node, feature `redis-tls`).
+        /// A node that is down makes only its own keys miss. Instead of
+        /// [`redis`](Self::redis) or [`sentinel`](Self::sentinel).
+        pub fn cluster<I, S>(mut self, seed_nodes: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<String>,
+        {
+            self.config.topology.cluster_nodes = seed_nodes.into_iter().map(Into::into).collect();
+            self
+        }
+
+        /// Password of the Redis data nodes reached through [`sentinel`](Self::sentinel) or
+        /// [`cluster`](Self::cluster). (With [`redis`](Self::redis), put it in the URL.)
+        pub fn redis_password(mut self, password: impl Into<String>) -> Self {
+            self.config.topology.redis_password = Some(password.into());
+            self
+        }
+
+        /// Single-flight across instances: on an L2 miss, the flight takes a lease in Redis
+        /// and the other instances wait for its value instead of calling the upstream too.
+        /// Default true (has effect only with Redis).
+        pub fn leases(mut self, yes: bool) -> Self {
+            self.config.topology.leases = yes;
+            self
+        }
+
+        /// Life of a lease; its holder renews it every third of it while it fetches, so this
+        /// is the longest the other instances wait after a holder stops renewing (it died,
+        /// was killed, lost its link or its breaker opened) before one of them fetches
+        /// instead. A marker without an expiry, or living longer than this, is cut to it by
+        /// the first waiter. Default 2 s (or four `l2_deadline`s when that is longer).
+        pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+            self.config.topology.lease_ttl = ttl;
+            self.config.topology.lease_ttl_set = true;
+            self
+        }
+
+        /// Listen on the invalidation channel (`{prefix}:invalidate`) so that what another
+        /// instance invalidates leaves this instance's L1 too, and namespace generations
+        /// bumped elsewhere are followed. Turn it off only for an instance that never needs
+        /// either: it then keeps serving what others invalidated until its TTLs pass.
+        /// Default true (has effect only with Redis).
+        pub fn subscribe_invalidations(mut self, yes: bool) -> Self {
+            self.config.topology.invalidation = yes;
+            self
+        }
+    };
+}
+pub use crate::config_setters;
+
+/// Configures a [`TieredCache`]. Every setter takes and returns the builder; nothing is
+/// checked until [`build`](Self::build), which names the first bad knob.
+#[must_use]
+pub struct TieredCacheBuilder<V> {
+    pub(crate) config: Config,
+    codec: Option<Arc<dyn Codec<V>>>,
+    weigher: Option<Weigher<V>>,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> fmt::Debug for TieredCacheBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |yes: bool| if yes { "custom" } else { "default" };
+        f.debug_struct("TieredCacheBuilder")
+            .field("config", &self.config)
+            .field("codec", &set(self.codec.is_some()))
+            .field("weigher", &set(self.weigher.is_some()))
+            .finish()
+    }
+}
+
+impl<V> Default for TieredCacheBuilder<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V> TieredCacheBuilder<V> {
+    /// A builder with the defaults listed in the README's configuration table.
+    pub fn new() -> Self {
+        TieredCacheBuilder {
+            config: Config::default(),
+            codec: None,
+            weigher: None,
+            _value: PhantomData,
+        }
+    }
+
+    /// How values are encoded into their L2 payload and decoded back. Default
+    /// [`JsonCodec`](crate::JsonCodec) (serde_json). Called only on fills and L2 reads, never
+    /// on an L1 hit. Every instance sharing a key prefix must use the same codec: an entry
+    /// that does not decode is a miss, removed from Redis (see [`Codec`]).
+    pub fn codec(mut self, codec: impl Codec<V>) -> Self {
+        self.codec = Some(Arc::new(codec));
+        self
+    }
+
+    /// What a value costs in memory while L1 holds it, from the value and the length of its
+    /// encoded payload (uncompressed): its `Arc` allocation and everything it owns on the
+    /// heap (see [`Weigher`](crate::Weigher)); the engine adds the entry's own cost and
+    /// charges the sum against [`l1_max_bytes`](Self::l1_max_bytes). Default
+    /// [`default_weight`](crate::default_weight): the `Arc` allocation plus the encoded
+    /// length. Use it when the encoded length is a poor measure of the heap a value holds
+    /// (structs with many fields, maps, spare capacity). Called when a value enters L1 (a
+    /// fill or an L2 hit), never on an L1 hit; it should be cheap and must not panic.
+    pub fn weigher<F>(mut self, weigher: F) -> Self
+    where
+        F: Fn(&V, usize) -> u32 + Send + Sync + 'static,
+    {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    config_setters!();
+}
+
+impl<V> TieredCacheBuilder<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Validate every knob and build the cache. Succeeds when Redis is down: the cache
+    /// then runs L1-only and starts using Redis when it answers. Needs a Tokio runtime.
+    pub async fn build(self) -> Result<TieredCache<V>> {
+        self.config.validate()?;
+        let counters = Arc::new(Counters::default());
+        let l2 = self.config.open_l2(&counters).await?;
+        let hooks = Hooks {
+            codec: self.codec.unwrap_or_else(|| Arc::new(JsonCodec)),
+            weigher: self.weigher,
+        };
+        let cache = TieredCache::from_parts_with(self.config, l2, counters, hooks);
+        cache.settle().await;
+        Ok(cache)
+    }
+}

@@ -1,0 +1,391 @@
+//! Many keys in one call: [`TieredCache::get_or_fetch_many`]. Each key is its own entry
+//! with its own flight and lease, exactly as with `get_or_fetch`; what is shared is the
+//! fetch: the keys that miss every tier (and whose lease this instance holds or does not
+//! need) are handed to one call of the fetch function, so a batch API upstream is asked
+//! once for all of them. Keys another instance is fetching are waited for on their own,
+//! and fetched on their own if that instance goes away.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use futures_util::future::join_all;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::coordination::Next;
+use super::write_behind::Stage;
+use super::{Inner, Landed, Origin, TieredCache, now_ms, panic_message};
+use crate::cached::{CacheStatus, Cached, FetchOptions};
+use crate::digest::Digest;
+use crate::error::{Error, ErrorKind, Result};
+use crate::inflight::{Join, Leader, Waiter};
+use crate::lease::{self, Lease};
+use crate::stats::{Counters, Timer};
+
+/// How many lookups of one call go out together.
+const WAVE: usize = 64;
+
+/// How many lookups of all `get_or_fetch_many` calls are in flight at once: past it a
+/// wave waits here, in the process, rather than in the connection's queue, where its time
+/// would count against the L2 deadline (and trip the breaker under a burst of batches).
+pub(super) const BULK_READS: usize = 256;
+
+/// A flight this call leads, once its lookup missed.
+struct Missed<V> {
+    position: usize,
+    digest: Digest,
+    leader: Leader<Landed<V>>,
+}
+
+/// A flight about to be fetched, with the lease it holds (if any).
+struct ToFetch<V> {
+    missed: Missed<V>,
+    lease: Option<Lease>,
+}
+
+impl<V> TieredCache<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The values of many keys at once: [`get_or_fetch_with`](Self::get_or_fetch_with) for
+    /// each digest, except that the keys which miss every tier are fetched together, by one
+    /// call of `fetch`.
+    ///
+    /// `fetch` is given the positions (indices into `digests`) it must produce, in
+    /// ascending order, and returns one result per position, in that order. It is called
+    /// once for every key this instance may fetch now, and once more for each key whose
+    /// lease another instance held and gave up without a value (with that key alone).
+    ///
+    /// The answer has one result per digest, in order. Each key has its own flight: a key
+    /// another caller is fetching (a `get_or_fetch` or another `get_or_fetch_many`) is
+    /// waited for (`Coalesced`), never fetched twice; a key repeated in `digests` is
+    /// answered once and its repeats are `Coalesced` copies.
+    ///
+    /// # Errors
+    ///
+    /// Per key, never for the whole call: `fetch`'s error for a position (an `Err` is not
+    /// stored; the next call fetches that key again), `FetchAborted` for every position of
+    /// a `fetch` that panicked or returned the wrong number of results, `Timeout` for keys
+    /// this caller waited on past the waiter deadline. Keys that were found or fetched are
+    /// stored and answered whatever happened to the others.
+    ///
+    /// # Cancellation
+    ///
+    /// As [`get_or_fetch`](Self::get_or_fetch): once `fetch` has started it runs in a task
+    /// of its own and fills the tiers even if this future is dropped.
+    pub async fn get_or_fetch_many<F, Fut>(
+        &self,
+        digests: &[Digest],
+        options: &FetchOptions,
+        fetch: F,
+    ) -> Vec<Result<Cached<V>>>
+    where
+        F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<V>>> + Send + 'static,
+    {
+        let inner = &self.inner;
+        let mut answers: Vec<Option<Result<Cached<V>>>> = digests.iter().map(|_| None).collect();
+        // Repeats are answered as their first occurrence.
+        let mut first: HashMap<Digest, usize> = HashMap::with_capacity(digests.len());
+        let mut repeat_of = vec![None; digests.len()];
+        let mut pending = Vec::with_capacity(digests.len());
+        for (i, digest) in digests.iter().enumerate() {
+            match first.get(digest) {
+                Some(&f) => repeat_of[i] = Some(f),
+                None => {
+                    first.insert(*digest, i);
+                    if !options.refresh
+                        && let Some(hit) = self.get(digest).await
+                    {
+                        answers[i] = Some(Ok(hit));
+                    } else {
+                        pending.push(i);
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let _total = Timer::start(&inner.counters.exported.total);
+            let wait = options.wait.unwrap_or(inner.config.waiter_deadline);
+            let deadline = tokio::time::Instant::now() + wait;
+            let fetch = Arc::new(fetch);
+            // A round leaves behind the keys whose flight was abandoned: lead or join anew.
+            while !pending.is_empty() {
+                pending = self
+                    .round(digests, &pending, options, &fetch, deadline, &mut answers)
+                    .await;
+            }
+        }
+        let mut out = Vec::with_capacity(digests.len());
+        for (i, answer) in answers.iter_mut().enumerate() {
+            let answer = match repeat_of[i] {
+                Some(f) => match &out[f] {
+                    Ok(c) => {
+                        let c: &Cached<V> = c;
+                        Counters::incr(&inner.counters.coalesced);
+                        Ok(Cached::new(
+                            c.clone().into_arc(),
+                            CacheStatus::Coalesced,
+                            c.created_at_ms(),
+                            c.digest(),
+                        ))
+                    }
+                    Err(e) => Err(Error::clone(e)),
+                },
+                None => answer.take().expect("every key answered"),
+            };
+            out.push(answer);
+        }
+        out
+    }
+
+    /// Join or lead a flight for each of `positions`, look up the led ones, fetch the
+    /// misses together in a task of their own, and wait for everything. Returns the
+    /// positions whose flight was abandoned by its leader before it had an outcome.
+    async fn round<F, Fut>(
+        &self,
+        digests: &[Digest],
+        positions: &[usize],
+        options: &FetchOptions,
+        fetch: &Arc<F>,
+        deadline: tokio::time::Instant,
+        answers: &mut [Option<Result<Cached<V>>>],
+    ) -> Vec<usize>
+    where
+        F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<V>>> + Send + 'static,
+    {
+        let inner = &self.inner;
+        let mut led = Vec::new();
+        let mut waiting: Vec<(usize, Waiter<Landed<V>>, bool)> = Vec::new();
+        for &i in positions {
+            match inner.inflight.join_or_lead(digests[i], options.refresh) {
+                Join::Leader(leader) => led.push((i, leader)),
+                Join::Waiter(w) => {
+                    Counters::incr(&inner.counters.coalesced);
+                    inner.counters.exported.coalesced.increment(1);
+                    waiting.push((i, w, false));
+                }
+            }
+        }
+        // The lookups go out [`WAVE`] at a time: the connection pipelines each wave (in a
+        // Cluster each command goes to its own key's node), and no wave is so large that
+        // its last command waits past the L2 deadline behind the others.
+        let mut looked = Vec::with_capacity(led.len());
+        for wave in led.chunks(WAVE) {
+            let _in_flight = inner
+                .bulk_reads
+                .acquire_many(wave.len() as u32)
+                .await
+                .expect("never closed");
+            let lookups = wave.iter().map(|(i, _)| async move {
+                if options.refresh {
+                    Err(Next::Probe)
+                } else {
+                    inner.lookup(&digests[*i], options).await
+                }
+            });
+            looked.extend(join_all(lookups).await);
+        }
+        let mut missed = Vec::new();
+        for ((i, leader), found) in led.into_iter().zip(looked) {
+            match found {
+                Ok(landed) => {
+                    answers[i] = Some(Ok(landed.cached(digests[i])));
+                    leader.complete(Ok(landed));
+                }
+                Err(next) => {
+                    waiting.push((i, leader.waiter(), true));
+                    let missed_one = Missed {
+                        position: i,
+                        digest: digests[i],
+                        leader,
+                    };
+                    missed.push((missed_one, next));
+                }
+            }
+        }
+        if !missed.is_empty() {
+            let task_inner = Arc::clone(inner);
+            let options = options.clone();
+            let fetch = Arc::clone(fetch);
+            tokio::spawn(async move { task_inner.fill_many(missed, options, fetch).await });
+        }
+        let mut abandoned = Vec::new();
+        let waits = waiting.into_iter().map(|(i, w, own)| async move {
+            (i, own, tokio::time::timeout_at(deadline, w.wait()).await)
+        });
+        for (i, own, waited) in join_all(waits).await {
+            answers[i] = Some(match waited {
+                Ok(Some(Ok(landed))) if own => Ok(landed.cached(digests[i])),
+                Ok(Some(Ok(landed))) => Ok(Cached::new(
+                    landed.value,
+                    CacheStatus::Coalesced,
+                    landed.created_at_ms,
+                    digests[i],
+                )),
+                Ok(Some(Err(e))) => Err(e),
+                Ok(None) if own => Err(Error::new(
+                    ErrorKind::FetchAborted,
+                    "the flight's task ended before it produced a value",
+                )),
+                Ok(None) => {
+                    Counters::decr(&inner.counters.coalesced);
+                    abandoned.push(i);
+                    continue;
+                }
+                Err(_) => Err(inner.waiter_timed_out()),
+            });
+        }
+        abandoned
+    }
+}
+
+impl<V> Inner<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The flights of one call that missed both tiers: settle each with the other
+    /// instances (the lease), fetch those this instance may fetch now in one call, and
+    /// those another instance was fetching one by one if it gave up.
+    async fn fill_many<F, Fut>(
+        self: Arc<Self>,
+        missed: Vec<(Missed<V>, Next)>,
+        options: FetchOptions,
+        fetch: Arc<F>,
+    ) where
+        F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<V>>> + Send + 'static,
+    {
+        let (waits, now): (Vec<_>, Vec<_>) = missed
+            .into_iter()
+            .partition(|(_, next)| matches!(next, Next::Wait));
+        let settled = join_all(now.into_iter().map(|(m, next)| {
+            let this = &self;
+            let options = &options;
+            async move { (this.coordinate(&m.digest, options, next).await, m) }
+        }))
+        .await;
+        let mut together = Vec::new();
+        for (outcome, m) in settled {
+            match outcome {
+                Ok(landed) => m.leader.complete(Ok(landed)),
+                Err(lease) => together.push(ToFetch { missed: m, lease }),
+            }
+        }
+        let alone = join_all(waits.into_iter().map(|(m, next)| {
+            let this = &self;
+            let options = &options;
+            let fetch = &fetch;
+            async move {
+                match this.coordinate(&m.digest, options, next).await {
+                    Ok(landed) => m.leader.complete(Ok(landed)),
+                    Err(lease) => {
+                        let one = vec![ToFetch { missed: m, lease }];
+                        this.fetch_together(one, options, fetch).await;
+                    }
+                }
+            }
+        }));
+        futures_util::join!(self.fetch_together(together, &options, &fetch), alone);
+    }
+
+    /// One call of `fetch` for `group`, holding their leases meanwhile; then store and
+    /// answer each key with its own result.
+    async fn fetch_together<F, Fut>(
+        self: &Arc<Self>,
+        group: Vec<ToFetch<V>>,
+        options: &FetchOptions,
+        fetch: &Arc<F>,
+    ) where
+        F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<V>>> + Send + 'static,
+    {
+        if group.is_empty() {
+            return;
+        }
+        for _ in &group {
+            Counters::incr(&self.counters.misses);
+            Counters::incr(&self.counters.fetches);
+        }
+        let positions: Vec<usize> = group.iter().map(|f| f.missed.position).collect();
+        let work = AssertUnwindSafe(async { fetch(positions).await }).catch_unwind();
+        let fetching = Timer::start(&self.counters.exported.upstream);
+        let fetched = match &self.l2 {
+            Some(l2) => {
+                let held: Vec<&Lease> = group.iter().filter_map(|f| f.lease.as_ref()).collect();
+                lease::hold_all(l2, &held, self.config.topology.lease_ttl, work).await
+            }
+            None => work.await,
+        };
+        drop(fetching);
+        let results: Vec<Result<V>> = match fetched {
+            Ok(values) if values.len() == group.len() => values,
+            Ok(values) => {
+                let why = format!(
+                    "the fetch returned {} values for {} keys",
+                    values.len(),
+                    group.len()
+                );
+                group
+                    .iter()
+                    .map(|_| Err(Error::new(ErrorKind::FetchAborted, why.clone())))
+                    .collect()
+            }
+            Err(panic) => {
+                let why = format!("the fetch panicked: {}", panic_message(&*panic));
+                group
+                    .iter()
+                    .map(|_| Err(Error::new(ErrorKind::FetchAborted, why.clone())))
+                    .collect()
+            }
+        };
+        let created_at_ms = now_ms();
+        let mut writes = Vec::new();
+        let mut answered = Vec::with_capacity(results.len());
+        for (ToFetch { missed, mut lease }, result) in group.into_iter().zip(results) {
+            let value = match result {
+                Ok(v) => Arc::new(v),
+                Err(e) => {
+                    Counters::incr(&self.counters.fetch_errors);
+                    self.release_lease(lease.take());
+                    missed.leader.complete(Err(e));
+                    continue;
+                }
+            };
+            if !options.no_store {
+                match self
+                    .stage(
+                        missed.digest,
+                        &value,
+                        created_at_ms,
+                        options.ttl,
+                        &mut lease,
+                    )
+                    .await
+                {
+                    Ok(Stage::Write(write)) => writes.push(write),
+                    Ok(Stage::TooLarge | Stage::InMemory) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fetched value could not be encoded; served, not stored")
+                    }
+                }
+            }
+            // Not handed to a write (no-store, too large, no L2): free it for the waiters.
+            self.release_lease(lease.take());
+            answered.push((missed.leader, value));
+        }
+        // One permit and one task for the whole group's writes.
+        self.write_behind(writes);
+        for (leader, value) in answered {
+            leader.complete(Ok(Landed {
+                value,
+                created_at_ms,
+                origin: Origin::Fetched,
+            }));
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! Counters of what the cache did, the `Stats` snapshot users read, and the same figures
+//! exported through the `metrics` facade (the application picks the recorder). Counting is
+//! a relaxed atomic add on handles registered once: it must never take a lock or allocate
+//! on the hit path.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+
+use crate::digest::Digest;
+
+/// The state of the circuit breaker in front of Redis. Serialises as its
+/// [`as_str`](Self::as_str) name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Redis is used.
+    Closed,
+    /// Redis is skipped until the cool-down passes.
+    Open,
+    /// One probe is being let through to see whether Redis is back.
+    HalfOpen,
+    /// No Redis is configured: the cache is L1-only.
+    Disabled,
+}
+
+/// A snapshot of the cache's counters. Serialises (serde) as an object of its fields.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Answers served from L1.
+    pub l1_hits: u64,
+    /// Answers served from L2 (Redis).
+    pub l2_hits: u64,
+    /// Flights that found nothing in L1 or L2 (or were refreshes) and ran the fetch: one
+    /// per flight, not per caller, counted when the fetch starts and together with
+    /// `fetches`, whatever the fetch's outcome. A fetch that fails or panics counts here
+    /// (and in `fetch_errors`), and so does one whose callers all went away or timed out
+    /// (it runs on). Callers that joined the flight count in `coalesced`.
+    ///
+    /// `LlmStats::per_model[m].misses` (`ai_cache_misses_total`) counts answers instead,
+    /// and leaves failed fetches out: with an upstream that fails, this is the larger.
+    pub misses: u64,
+    /// Callers that joined a flight already running instead of fetching.
+    pub coalesced: u64,
+    /// Fetches run (calls to the fetch function / upstream).
+    pub fetches: u64,
+    /// Fetches that failed (errors and panics).
+    pub fetch_errors: u64,
+    /// L2 operations that failed for a reason other than their deadline.
+    pub l2_errors: u64,
+    /// L2 operations abandoned at their deadline.
+    pub l2_timeouts: u64,
+    /// Of `l2_timeouts`, the background work's (writes behind, lease renewals and releases,
+    /// under their own longer deadline): these never open the breaker.
+    pub l2_background_timeouts: u64,
+    /// Lease markers of other holders that a waiter found without an expiry, or living
+    /// longer than `lease_ttl`, and gave an end (so it waits one lease at most).
+    pub stale_leases_expired: u64,
+    /// L2 operations skipped: the breaker was open, or no connection was up (one is being
+    /// made in the background; no operation waits for it).
+    pub l2_skipped: u64,
+    /// L2 values that failed to decode (bad magic, version, checksum...): treated as misses.
+    pub corrupt_entries: u64,
+    /// L2 writes completed.
+    pub l2_writes: u64,
+    /// L2 writes the server refused with an error reply (e.g. `OOM` when Redis is full under
+    /// `noeviction`): the entry stays in L1 only. Redis is up: the breaker stays closed.
+    pub l2_writes_refused: u64,
+    /// Flights that fetched without a lease because the server refuses the lookup that
+    /// takes one (`OOM` under `noeviction`, which refuses every `SET`; `NOPERM`; a Redis
+    /// older than 7.0): for that key single-flight held per instance, not across instances.
+    /// After a refusal, lookups use a plain `GET` for a second before they try again.
+    pub leases_refused: u64,
+    /// L2 writes dropped because the background-write bound was full.
+    pub dropped_writes: u64,
+    /// Background L2 writes that an invalidation of their key overtook: skipped before
+    /// they ran, or undone (the key removed again) when they landed after it.
+    pub l2_writes_cancelled: u64,
+    /// Values not stored because they exceeded the maximum entry size.
+    pub oversized: u64,
+    /// Waiters that gave up at the waiter deadline.
+    pub waiter_timeouts: u64,
+    /// Cached entries (L1 or L2) not served because this instance could not hear
+    /// invalidations for longer than `unsynced_grace` while Redis was partly reachable, or
+    /// did not know the namespace generations yet.
+    pub unsynced_skips: u64,
+    /// Flights in progress now.
+    pub inflight: u64,
+    /// Breaker state now.
+    pub breaker: BreakerState,
+    /// Times the breaker opened: from closed after `breaker_threshold` failures in a row,
+    /// or again after a probe failed on a live connection.
+    pub breaker_openings: u64,
+    /// Entries in L1 now (approximate, as moka reports it).
+    pub l1_entries: u64,
+    /// Weighted size of L1 in bytes now.
+    pub l1_bytes: u64,
+}
+
+impl BreakerState {
+    /// A short lower-case name (`closed`, `open`, `half_open`, `disabled`), the same as the
+    /// `state` label of `ai_cache_breaker_state`.
+    pub fn as_str(self) -> &'static str {
+        BREAKER_LABELS[breaker_index(self)]
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Stats {
+    /// Hits in either tier divided by all lookups that returned a value or led a fetch.
+    pub fn hit_ratio(&self) -> f64 {
+        let hits = self.l1_hits + self.l2_hits + self.coalesced;
+        let total = hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            hits as f64 / total as f64
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+#[doc(hidden)]
+pub struct Counters {
+    pub l1_hits: AtomicU64,
+    pub l2_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub fetches: AtomicU64,
+    pub fetch_errors: AtomicU64,
+    pub l2_errors: AtomicU64,
+    pub l2_timeouts: AtomicU64,
+    pub l2_background_timeouts: AtomicU64,
+    pub stale_leases_expired: AtomicU64,
+    pub l2_skipped: AtomicU64,
+    pub corrupt_entries: AtomicU64,
+    pub l2_writes: AtomicU64,
+    pub l2_writes_refused: AtomicU64,
+    pub leases_refused: AtomicU64,
+    pub dropped_writes: AtomicU64,
+    pub l2_writes_cancelled: AtomicU64,
+    pub oversized: AtomicU64,
+    pub waiter_timeouts: AtomicU64,
+    pub unsynced_skips: AtomicU64,
+    pub breaker_openings: AtomicU64,
+    /// The same events, exported through the `metrics` facade.
+    pub exported: Exported,
+    /// The last L2 failure, for `health()`. Written only when an operation fails.
+    pub last_l2_error: Mutex<Option<crate::health::LastError>>,
+}
+
+impl Counters {
+    #[inline]
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Take back one [`incr`](Self::incr) that turned out not to count.
+    pub fn decr(counter: &AtomicU64) {
+        counter.fetch_sub(1, Relaxed);
+    }
+
+    /// Remember an L2 failure for `health()`, with any URL password in it hidden.
+    pub fn note_l2_error(&self, op: &'static str, why: &str) {
+        let last = crate::health::LastError::new(op, why);
+        *self.last_l2_error.lock().expect("lock poisoned") = Some(last);
+    }
+
+    pub fn snapshot(
+        &self,
+        inflight: u64,
+        breaker: BreakerState,
+        l1_entries: u64,
+        l1_bytes: u64,
+    ) -> Stats {
+        Stats {
+            l1_hits: self.l1_hits.load(Relaxed),
+            l2_hits: self.l2_hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            fetches: self.fetches.load(Relaxed),
+            fetch_errors: self.fetch_errors.load(Relaxed),
+            l2_errors: self.l2_errors.load(Relaxed),
+            l2_timeouts: self.l2_timeouts.load(Relaxed),
+            l2_background_timeouts: self.l2_background_timeouts.load(Relaxed),
+            stale_leases_expired: self.stale_leases_expired.load(Relaxed),
+            l2_skipped: self.l2_skipped.load(Relaxed),
+            corrupt_entries: self.corrupt_entries.load(Relaxed),
+            l2_writes: self.l2_writes.load(Relaxed),
+            l2_writes_refused: self.l2_writes_refused.load(Relaxed),
+            leases_refused: self.leases_refused.load(Relaxed),
+            dropped_writes: self.dropped_writes.load(Relaxed),
+            l2_writes_cancelled: self.l2_writes_cancelled.load(Relaxed),
+            oversized: self.oversized.load(Relaxed),
+            waiter_timeouts: self.waiter_timeouts.load(Relaxed),
+            unsynced_skips: self.unsynced_skips.load(Relaxed),
+            inflight,
+            breaker,
+            breaker_openings: self.breaker_openings.load(Relaxed),
+            l1_entries,
+            l1_bytes,
+        }
+    }
+}
+
+// Export through the `metrics` facade. Handles are registered once, when a cache is built,
+// with the recorder installed at that moment, and used without a lookup afterwards: install
+// the recorder before building the cache. Layers on the engine register their own series.
+
+/// Latency by operation (`l1_get`, `l2_get`, `l2_set`, `upstream`, `total`).
+#[doc(hidden)]
+pub const LATENCY: &str = "ai_cache_latency_seconds";
+/// Weighted size of L1 in bytes.
+pub(crate) const SIZE_BYTES: &str = "ai_cache_size_bytes";
+/// Entries in L1.
+pub(crate) const L1_ENTRIES: &str = "ai_cache_l1_entries";
+/// Flights in progress.
+pub(crate) const INFLIGHT: &str = "ai_cache_inflight";
+/// Callers that joined a flight already running.
+pub(crate) const COALESCED: &str = "ai_cache_coalesced_total";
+/// L2 trouble by kind (`timeout`, `connection`, `command`, `corrupt`, `dropped_write`).
+pub(crate) const L2_ERRORS: &str = "ai_cache_l2_errors_total";
+/// Caches whose breaker is in each state (`closed`, `open`, `half_open`, `disabled`).
+pub(crate) const BREAKER_STATE: &str = "ai_cache_breaker_state";
+/// Times a breaker opened.
+pub(crate) const BREAKER_OPENINGS: &str = "ai_cache_breaker_openings_total";
+/// L2 writes and leases the server refused with an error reply, by `operation`.
+pub(crate) const L2_REFUSED: &str = "ai_cache_l2_refused_total";
+
+/// One L1 lookup in this many is timed for `l1_get`. Timing every one would add two clock
+/// reads and a histogram push to a hit that costs a few hundred nanoseconds, and the
+/// Prometheus exporter buffers every pushed sample until its next upkeep.
+pub(crate) const L1_SAMPLE_EVERY: u64 = 64;
+
+/// How often the gauges (L1 size, entries, flights, breaker) are refreshed.
+const GAUGE_UPKEEP: Duration = Duration::from_secs(1);
+
+/// Whether this L1 lookup is one of the timed ones: the hit count (a line the hit writes
+/// anyway) mixed with a byte of the key, so picking is one load and writes nothing. Hits move
+/// the count, so a hot key is timed one time in 64; while the count stands still (misses)
+/// the key picks, one key in 64.
+#[inline]
+pub(crate) fn sample_l1(l1_hits: &AtomicU64, digest: &Digest) -> bool {
+    let mix = l1_hits.load(Relaxed) ^ u64::from(digest.as_bytes()[31]);
+    mix.is_multiple_of(L1_SAMPLE_EVERY)
+}
+
+/// Records the time since it was made when dropped, so every way out of a scope (an error,
+/// `?`, a cancelled caller) is measured.
+#[doc(hidden)]
+pub struct Timer<'a> {
+    histogram: &'a Histogram,
+    started: Instant,
+}
+
+impl Timer<'_> {
+    #[doc(hidden)]
+    pub fn start(histogram: &Histogram) -> Timer<'_> {
+        Timer {
+            histogram,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.histogram.record(self.started.elapsed());
+    }
+}
+
+/// The first 12 hex digits of a digest, for logs: enough to tell requests apart and to
+/// find the Redis key, nothing to rebuild a request from.
+#[doc(hidden)]
+pub struct ShortKey(pub Digest);
+
+impl fmt::Display for ShortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0.as_bytes()[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+fn describe() {
+    metrics::describe_histogram!(
+        LATENCY,
+        Unit::Seconds,
+        "Latency by operation: l1_get (sampled 1 in 64), l2_get, l2_set, upstream, total (requests that went past L1)"
+    );
+    metrics::describe_gauge!(
+        SIZE_BYTES,
+        Unit::Bytes,
+        "Weighted size of L1 (encoded values plus overhead)"
+    );
+    metrics::describe_gauge!(L1_ENTRIES, Unit::Count, "Entries in L1");
+    metrics::describe_gauge!(
+        INFLIGHT,
+        Unit::Count,
+        "Flights (upstream fetches or L2 reads shared by callers) in progress"
+    );
+    metrics::describe_counter!(
+        COALESCED,
+        Unit::Count,
+        "Callers that joined a flight already running instead of fetching"
+    );
+    metrics::describe_counter!(
+        L2_ERRORS,
+        Unit::Count,
+        "Redis trouble by kind: timeout, connection, command, corrupt, dropped_write"
+    );
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        "Caches whose Redis circuit breaker is in this state (closed, open, half_open, disabled)"
+    );
+    metrics::describe_counter!(
+        BREAKER_OPENINGS,
+        Unit::Count,
+        "Times the Redis circuit breaker opened (from closed, or again after a failed probe)"
+    );
+    metrics::describe_counter!(
+        L2_REFUSED,
+        Unit::Count,
+        "Redis writes (operation=write) and leases (operation=lease) refused with an error reply, e.g. OOM under noeviction"
+    );
+}
+
+const BREAKER_LABELS: [&str; 4] = ["closed", "open", "half_open", "disabled"];
+
+fn breaker_index(state: BreakerState) -> usize {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+        BreakerState::Disabled => 3,
+    }
+}
+
+/// The engine's series. Gauges are published as differences from what this cache last
+/// published, so several caches in one process add up instead of overwriting each other;
+/// a dropped cache takes its share back.
+#[doc(hidden)]
+pub struct Exported {
+    pub l1_get: Histogram,
+    l2_get: Histogram,
+    l2_set: Histogram,
+    pub upstream: Histogram,
+    pub total: Histogram,
+    pub coalesced: Counter,
+    l2_timeout: Counter,
+    l2_connection: Counter,
+    l2_command: Counter,
+    pub l2_corrupt: Counter,
+    pub l2_dropped_write: Counter,
+    breaker: [Gauge; 4],
+    pub breaker_openings: Counter,
+    pub l2_write_refused: Counter,
+    pub lease_refused: Counter,
+    size_bytes: Gauge,
+    l1_entries: Gauge,
+    inflight: Gauge,
+    /// 0: nothing published yet; otherwise 1 + the breaker index.
+    published_breaker: AtomicU8,
+    published_bytes: AtomicU64,
+    published_entries: AtomicU64,
+    published_inflight: AtomicU64,
+    /// False for a tier that shares another's L2 (and so its breaker): the breaker gauge
+    /// counts each breaker once.
+    owns_breaker: bool,
+}
+
+impl Default for Exported {
+    fn default() -> Self {
+        Self::register()
+    }
+}
+
+impl fmt::Debug for Exported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exported").finish_non_exhaustive()
+    }
+}
+
+impl Counters {
+    /// The counters of a tier built beside another on the same L2 connection (the
+    /// embeddings' vectors, the async-openai layer's bodies): its own counts, and its L1
+    /// sizes added to the process's gauges, but not a second count of the shared breaker.
+    #[doc(hidden)]
+    pub fn sibling() -> Self {
+        let mut counters = Counters::default();
+        counters.exported.owns_breaker = false;
+        counters
+    }
+}
+
+impl Exported {
+    fn register() -> Self {
+        describe();
+        let latency = |op: &'static str| metrics::histogram!(LATENCY, "operation" => op);
+        let l2_error = |kind: &'static str| metrics::counter!(L2_ERRORS, "kind" => kind);
+        Exported {
+            l1_get: latency("l1_get"),
+            l2_get: latency("l2_get"),
+            l2_set: latency("l2_set"),
+            upstream: latency("upstream"),
+            total: latency("total"),
+            coalesced: metrics::counter!(COALESCED),
+            l2_timeout: l2_error("timeout"),
+            l2_connection: l2_error("connection"),
+            l2_command: l2_error("command"),
+            l2_corrupt: l2_error("corrupt"),
+            l2_dropped_write: l2_error("dropped_write"),
+            breaker: BREAKER_LABELS.map(|state| metrics::gauge!(BREAKER_STATE, "state" => state)),
+            breaker_openings: metrics::counter!(BREAKER_OPENINGS),
+            l2_write_refused: metrics::counter!(L2_REFUSED, "operation" => "write"),
+            lease_refused: metrics::counter!(L2_REFUSED, "operation" => "lease"),
+            size_bytes: metrics::gauge!(SIZE_BYTES),
+            l1_entries: metrics::gauge!(L1_ENTRIES),
+            inflight: metrics::gauge!(INFLIGHT),
+            owns_breaker: true,
+            published_breaker: AtomicU8::new(0),
+            published_bytes: AtomicU64::new(0),
+            published_entries: AtomicU64::new(0),
+            published_inflight: AtomicU64::new(0),
+        }
+    }
+
+    /// A timer for the L2 operation `op`, for the two operations that have a series.
+    pub(crate) fn l2_timer(&self, op: &str) -> Option<Timer<'_>> {
+        match op {
+            "get" => Some(Timer::start(&self.l2_get)),
+            "set" => Some(Timer::start(&self.l2_set)),
+            _ => None,
+        }
+    }
+
+    /// An L2 operation failed for a reason other than its deadline.
+    pub fn l2_error(&self, e: &crate::l2::L2Error) {
+        use crate::l2::L2Error;
+        match e {
+            L2Error::Connection(_) | L2Error::NodeDown(_) | L2Error::NotConnected => {
+                self.l2_connection.increment(1);
+            }
+            // The server answered with an error: OOM under noeviction, NOPERM, LOADING...
+            L2Error::Command(_) | L2Error::NotServing(_) => self.l2_command.increment(1),
+        }
+    }
+
+    /// An L2 operation was abandoned at its deadline.
+    pub(crate) fn l2_timeout(&self) {
+        self.l2_timeout.increment(1);
+    }
+
+    /// Publish the breaker's state; each change moves one unit from the old state's gauge
+    /// to the new one's, exactly once however many threads see it.
+    pub(crate) fn publish_breaker(&self, state: BreakerState) {
+        if !self.owns_breaker {
+            return;
+        }
+        let now = breaker_index(state);
+        let before = self.published_breaker.swap(now as u8 + 1, SeqCst);
+        if before != now as u8 + 1 {
+            if before != 0 {
+                self.breaker[usize::from(before - 1)].decrement(1.0);
+            }
+            self.breaker[now].increment(1.0);
+        }
+    }
+
+    /// Publish L1's size and entries and the flights in progress.
+    pub(crate) fn publish_sizes(&self, l1_entries: u64, l1_bytes: u64, inflight: u64) {
+        publish_delta(&self.size_bytes, &self.published_bytes, l1_bytes);
+        publish_delta(&self.l1_entries, &self.published_entries, l1_entries);
+        publish_delta(&self.inflight, &self.published_inflight, inflight);
+    }
+}
+
+fn publish_delta(gauge: &Gauge, published: &AtomicU64, now: u64) {
+    let before = published.swap(now, SeqCst);
+    if before != now {
+        gauge.increment(now as f64 - before as f64);
+    }
+}
+
+impl Drop for Exported {
+    fn drop(&mut self) {
+        self.publish_sizes(0, 0, 0);
+        let before = *self.published_breaker.get_mut();
+        if before != 0 {
+            self.breaker[usize::from(before - 1)].decrement(1.0);
+        }
+    }
+}
+
+/// What the gauge upkeep reads from a cache.
+pub(crate) struct Readings {
+    pub l1_entries: u64,
+    pub l1_bytes: u64,
+    pub inflight: u64,
+    pub breaker: BreakerState,
+}
+
+impl Exported {
+    pub(crate) fn publish(&self, r: &Readings) {
+        self.publish_sizes(r.l1_entries, r.l1_bytes, r.inflight);
+        self.publish_breaker(r.breaker);
+    }
+}
+
+/// Refresh the gauges of `target` every second until it is dropped. Without a Tokio runtime
+/// (a cache built outside one) the gauges are refreshed by `stats()` only.
+pub(crate) fn spawn_gauge_upkeep<T: Send + Sync + 'static>(
+    target: Weak<T>,
+    read: fn(&T) -> (&Exported, Readings),
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(GAUGE_UPKEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(target) = target.upgrade() else {
+                return;
+            };
+            let (exported, readings) = read(&target);
+            exported.publish(&readings);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BreakerState;
+
+    #[test]
+    fn breaker_state_names_match_display_and_serde() {
+        for (state, name) in [
+            (BreakerState::Closed, "closed"),
+            (BreakerState::Open, "open"),
+            (BreakerState::HalfOpen, "half_open"),
+            (BreakerState::Disabled, "disabled"),
+        ] {
+            assert_eq!(state.as_str(), name);
+            assert_eq!(state.to_string(), name);
+            assert_eq!(serde_json::to_value(state).unwrap(), name);
+        }
+    }
+}

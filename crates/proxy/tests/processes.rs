@@ -1,0 +1,213 @@
+//! Two `llm-cache-proxy` processes sharing one Redis: the second answers from L2, a cold
+//! key asked at both at once costs one upstream call (the lease), and SIGTERM lets a
+//! request in flight finish before the process exits. Keys never reach the logs.
+
+// Until the shared helpers are a crate of their own.
+#[allow(unexpected_cfgs)]
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::upstream::MockUpstream;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const PROVIDER_KEY: &str = "sk-provider-PROC-0123456789";
+const CALLER_KEY: &str = "sk-caller-proc-0123456789";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Proxy {
+    child: Child,
+    url: String,
+    /// Everything logged so far (stderr), read as it comes.
+    logs: Arc<Mutex<String>>,
+    stderr: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(mock: &MockUpstream, redis: &RedisServer) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_llm-cache-proxy"))
+            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
+            .args(["--upstream-url", &mock.base_url()])
+            .args(["--redis", &redis.url()])
+            .args(["--caller-key", &format!("team-a {CALLER_KEY}")])
+            .env("OPENAI_API_KEY", PROVIDER_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn llm-cache-proxy");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the proxy says where it listens")
+            .unwrap()
+            .expect("a line on stdout");
+        let url = line
+            .strip_prefix("listening on ")
+            .expect("listening on <url>")
+            .to_string();
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&logs);
+        let stderr = tokio::spawn(async move {
+            while let Ok(Some(line)) = err.next_line().await {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        Proxy {
+            child,
+            url,
+            logs,
+            stderr,
+        }
+    }
+
+    fn ask(&self, prompt: &str) -> impl Future<Output = reqwest::Response> + 'static {
+        ask(self.url.clone(), prompt.to_string())
+    }
+
+    async fn inflight(&self) -> u64 {
+        let stats: Value = reqwest::get(format!("{}/stats", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["cache"]["inflight"].as_u64().unwrap()
+    }
+
+    /// Send SIGTERM.
+    fn sigterm(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Wait for the process to exit: its status and everything it logged.
+    async fn exited(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the proxy exits after SIGTERM")
+            .unwrap();
+        (&mut self.stderr).await.unwrap();
+        (status, self.logs())
+    }
+}
+
+async fn ask(url: String, prompt: String) -> reqwest::Response {
+    let body = json!({"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": prompt}]});
+    reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", url))
+        .bearer_auth(CALLER_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn status(response: &reqwest::Response) -> &str {
+    response.headers()["x-llm-cache"].to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_proxies_share_redis_and_one_shuts_down_gracefully() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let a = Proxy::start(&mock, &redis).await;
+    let b = Proxy::start(&mock, &redis).await;
+
+    let first = a.ask("shared").await;
+    assert_eq!(status(&first), "miss");
+    let text = first.text().await.unwrap();
+    // The write to Redis is in the background: ask B until it hits L2.
+    let start = std::time::Instant::now();
+    loop {
+        let answer = b.ask("shared").await;
+        if status(&answer) == "hit-l2" {
+            assert_eq!(answer.text().await.unwrap(), text);
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "B never found A's answer in Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(mock.calls(), 1);
+
+    // A cold key at both at once: one leads the call, the other waits on its lease.
+    mock.hold_answers();
+    let (ra, rb) = (a.ask("cold"), b.ask("cold"));
+    let both = tokio::spawn(async move { tokio::join!(ra, rb) });
+    mock.wait_for_calls(2).await;
+    let start = std::time::Instant::now();
+    while a.inflight().await == 0 || b.inflight().await == 0 {
+        assert!(
+            start.elapsed() < WAIT,
+            "both proxies should have the key in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    mock.release_all();
+    let (ra, rb) = both.await.unwrap();
+    let mut statuses = [status(&ra).to_string(), status(&rb).to_string()];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        ["hit-l2", "miss"],
+        "one fetched, the other read it from Redis"
+    );
+    assert_eq!(ra.text().await.unwrap(), rb.text().await.unwrap());
+    assert_eq!(
+        mock.calls(),
+        2,
+        "a cold key at both proxies cost one upstream call"
+    );
+
+    // SIGTERM while a request is held at the mock: it is answered, then the process exits.
+    mock.hold_answers();
+    let url = a.url.clone();
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CALLER_KEY)
+            .json(&json!({"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "last"}]}))
+            .send()
+            .await
+    });
+    mock.wait_for_calls(3).await;
+    a.sigterm();
+    let logs = Arc::clone(&a.logs);
+    support::eventually("the proxy logs that it is shutting down", WAIT, || {
+        logs.lock().unwrap().contains("shutting down")
+    })
+    .await;
+    mock.release_all();
+    let answered = in_flight.await.unwrap().expect("answered, not cut");
+    assert_eq!(answered.status(), 200);
+    let (exit, logs) = a.exited().await;
+    assert!(exit.success(), "{exit}: {logs}");
+    assert!(logs.contains("shutting down"), "{logs}");
+    // It closed the cache before exiting: the last answer is in Redis, no lease is left.
+    assert!(logs.contains("cache closed"), "{logs}");
+    assert_eq!(redis.leases_held("ai:cache"), 0);
+    let after = b.ask("last").await;
+    assert_eq!(status(&after), "hit-l2", "the answer A wrote while closing");
+    assert_eq!(mock.calls(), 3);
+    let logs = logs + &b.logs();
+    for secret in [PROVIDER_KEY, CALLER_KEY] {
+        assert!(!logs.contains(secret), "a key in the logs");
+    }
+}

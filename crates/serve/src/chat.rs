@@ -1,0 +1,95 @@
+//! `POST /v1/chat/completions`, and the answers it gives: a cached answer as JSON, a
+//! cached stream as server-sent events (`data: <chunk>` ... `data: [DONE]`), both with the
+//! `x-llm-cache` and `age` headers. A request is authenticated before its body is read,
+//! and read (bounded) and checked before anything is keyed or sent upstream.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::Front;
+use super::access;
+use super::errors::ApiError;
+use super::provider::Endpoint;
+use crate::request::ChatRequest;
+use llm_cache_core::chat::{CacheControl, Route};
+
+pub(super) async fn completions(State(front): State<Arc<Front>>, request: Request) -> Response {
+    match answer(&front, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {
+    let (control, route) = admit(front, request.headers(), Endpoint::Chat)?;
+    let body = read_body(request, front.body_limit).await?;
+    let chat = ChatRequest::from_json(&body).map_err(|e| ApiError::from(&e))?;
+    tracing::debug!(model = %chat.model, stream = chat.stream == Some(true), "chat request");
+    let cache = &front.cache;
+    if chat.stream == Some(true) {
+        let live = cache.chat_stream_routed(&chat, &control, &route).await;
+        return Ok(live.map_err(|e| ApiError::from(&e))?.into_response());
+    }
+    let cached = cache.chat_routed(&chat, &control, &route).await;
+    Ok(cached.map_err(|e| ApiError::from(&e))?.into_response())
+}
+
+/// Who is calling and what they may do: the caller's key checked (or the caller's
+/// credentials taken, in pass-through mode), the control headers read inside the caller's
+/// namespace, and where a miss goes. Before the body is read.
+pub(super) fn admit(
+    front: &Front,
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+) -> Result<(CacheControl, Route), ApiError> {
+    let caller = match &front.callers {
+        Some(callers) => Some(callers.authenticate(headers)?),
+        None => None,
+    };
+    let bound = caller.map_or(front.namespace.as_str(), |c| c.namespace());
+    let control = access::control(headers, bound, caller)?;
+    let route = match &front.provider {
+        Some(provider) => provider.route(endpoint, front.pass_through, headers)?,
+        None => Route::OWN,
+    };
+    Ok((control, route))
+}
+
+/// The body, at most `limit` bytes (the router's `DefaultBodyLimit`): a longer one is
+/// refused (413) without reading it all.
+pub(super) async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than this proxy's limit of {limit} bytes"),
+        )
+        .code("request_too_large")
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the request body could not be read: {}",
+                        rejection.body_text()
+                    ),
+                )
+            }
+        })
+}

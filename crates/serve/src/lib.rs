@@ -1,0 +1,358 @@
+//! An OpenAI-compatible HTTP front (feature `axum`): an axum [`Router`] that answers
+//! OpenAI-style requests from the cache, for services in any language. Point the official
+//! `openai` SDK's `base_url` at it and every repeat is answered from the tiers.
+//!
+//! ```no_run
+//! use llm_cache::{LlmCache, OpenAiCompatible};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = LlmCache::builder()
+//!     .upstream(OpenAiCompatible::new("https://api.openai.com/v1").api_key("sk-..."))
+//!     .build()
+//!     .await?;
+//! let app = axum::Router::new().nest("/llm", llm_cache::serve::router(cache));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Handlers of your own take a few lines: the crate's [`Error`],
+//! [`Cached`](crate::Cached), [`CachedStream`](crate::CachedStream) and
+//! [`CachedEmbeddings`](crate::CachedEmbeddings) are axum responses (OpenAI-shaped errors;
+//! JSON or server-sent events with `x-llm-cache` and `age`).
+//!
+//! ```no_run
+//! use axum::body::Bytes;
+//! use axum::extract::State;
+//! use llm_cache::{Cached, ChatRequest, ChatResponse, Error, LlmCache};
+//!
+//! async fn ask(State(cache): State<LlmCache>, body: Bytes) -> Result<Cached<ChatResponse>, Error> {
+//!     let request = ChatRequest::from_json(&body)?;
+//!     cache.chat(&request).await
+//! }
+//! # fn app(cache: LlmCache) -> axum::Router {
+//! axum::Router::new().route("/ask", axum::routing::post(ask)).with_state(cache)
+//! # }
+//! ```
+//!
+//! # Routes
+//!
+//! - `POST /v1/chat/completions`: JSON, or with `"stream": true` server-sent events (a
+//!   replay of the stored answer on a hit: same text, tool calls, finish reason and usage;
+//!   chunk boundaries may differ; the usage chunk only when `stream_options.include_usage`
+//!   asks for it), then `data: [DONE]`. Concurrent identical requests, streamed or not,
+//!   cost one upstream call.
+//! - `POST /v1/embeddings`: input by input (only the missing inputs go upstream, in one
+//!   call; `x-llm-cache: partial` when some inputs were cached and some fetched), vectors
+//!   in the request's `encoding_format`.
+//! - `GET /v1/models`: passed through to the upstream (needs
+//!   [`upstream_url`](ServeBuilder::upstream_url)); never cached.
+//! - `GET /health` (JSON: the Redis tier's state; always 200, Redis is optional),
+//!   `GET /stats` ([`LlmStats`](crate::LlmStats) as JSON: counts only, never a key or a
+//!   prompt), `GET /metrics` (Prometheus text, with the `prometheus` feature and
+//!   [`metrics`](ServeBuilder::metrics)).
+//!
+//! # Per-request control
+//!
+//! The request headers of the async-openai layer: `x-llm-cache-namespace` (a tenant,
+//! nested inside the namespace the caller is bound to), `x-llm-cache-ttl` (seconds),
+//! `x-llm-cache-control` (`no-store`, `refresh`, `bypass`). Answers carry `x-llm-cache`
+//! (`hit-l1`, `hit-l2`, `coalesced`, `miss`, `bypass`, `partial`) and `age` (seconds).
+//!
+//! # Credentials
+//!
+//! Three ways to run, chosen on the [`ServeBuilder`]:
+//!
+//! - **Open** (the default, and [`router`]): no caller authentication, for a router nested
+//!   behind a service's own. Misses go to the cache's own upstream, and keys are the
+//!   cache's own ([`LlmCache::chat_with`](crate::LlmCache::chat_with) shares them).
+//! - **Caller keys** ([`callers`](ServeBuilder::callers)): the front holds the provider key
+//!   ([`upstream_key`](ServeBuilder::upstream_key)); each caller sends its own key as
+//!   `Authorization: Bearer <key>`, bound to a namespace (see [`CallerKeys`] for the file
+//!   format): keys share answers only when they are bound to the same namespace. A caller
+//!   key may use `refresh`, `bypass` or `no-store`, which spend the upstream budget, only
+//!   when its line allows them.
+//! - **Pass-through** ([`pass_through_credentials`](ServeBuilder::pass_through_credentials)):
+//!   the caller's credential headers (`authorization`, `api-key`, `openai-organization`...)
+//!   are forwarded to the upstream, and the cache is scoped by their SHA-256, as the
+//!   async-openai layer does: two keys never share an answer.
+//!
+//! With an [`upstream_url`](ServeBuilder::upstream_url), keys also hold the upstream's
+//! host, path and query and the SHA-256 of the credentials sent to it. Caller keys and
+//! credentials never appear in logs, errors or `/stats`; caller keys are compared by their
+//! SHA-256 digests.
+//!
+//! # Errors
+//!
+//! Every error is an OpenAI-shaped JSON body, `{"error": {"message", "type", "param",
+//! "code"}}`. An upstream error keeps the upstream's own status, `type`, `code` and `param`
+//! and its `Retry-After` (also as `retry-after-ms`); errors of the front itself say what
+//! was wrong: 400 for a body that is not a chat request (malformed JSON, nested deeper
+//! than [`MAX_REQUEST_DEPTH`](crate::MAX_REQUEST_DEPTH), a bad control header), 401 for a
+//! missing or unknown caller key, 403 for a directive the key may not use, 413 for a body
+//! over [`body_limit`](ServeBuilder::body_limit), 502/504 when the upstream could not be
+//! reached or did not answer in time. Nothing that failed is stored. An error in the middle
+//! of a stream (after its first chunk) is sent as one last event,
+//! `data: {"error": {...}}`, with no `[DONE]` after it: the `openai` SDKs raise it as an
+//! `APIError`.
+//!
+//! # Retries
+//!
+//! The SDKs retry 429s and 5xx themselves (the `openai` SDKs twice, honouring
+//! `Retry-After`), and their retries of one question coalesce into one upstream call
+//! again. So by default the front tries the upstream at most twice for a miss (connect
+//! errors, timeouts, 5xx, a 429 without `Retry-After`) and hands an answer that carries
+//! `Retry-After` back at once, header kept, so the waiting is done once, by the caller;
+//! change it with [`retry`](ServeBuilder::retry).
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod access;
+mod admin;
+mod chat;
+mod embeddings;
+mod errors;
+mod provider;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use self::access::{CallerKey, CallerKeys};
+pub use self::errors::ApiError;
+use self::provider::Provider;
+use llm_cache_core::chat::LlmCache;
+// The LLM layer under the names the front was written against.
+use crate::error::{Error, Result};
+use crate::upstream::RetryPolicy;
+use llm_cache_core::{error, integrations, request, upstream};
+
+/// The default of [`ServeBuilder::body_limit`]: 4 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
+
+/// The router for `cache`, open to every caller, answering misses from the cache's own
+/// upstream (see the [module docs](self)). The same as `builder(cache).build()`.
+pub fn router(cache: LlmCache) -> Router {
+    builder(cache)
+        .build()
+        .expect("an open router without an upstream URL has nothing to check")
+}
+
+/// Start configuring a router for `cache`.
+pub fn builder(cache: LlmCache) -> ServeBuilder {
+    ServeBuilder {
+        cache,
+        upstream_url: None,
+        upstream_key: None,
+        http_client: None,
+        retry: default_retry(),
+        request_timeout: Duration::from_secs(120),
+        callers: None,
+        pass_through: false,
+        namespace: String::new(),
+        body_limit: DEFAULT_BODY_LIMIT,
+        #[cfg(feature = "prometheus")]
+        metrics: None,
+    }
+}
+
+/// At most two attempts, and an answer with `Retry-After` goes back to the caller at once.
+fn default_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(2)
+        .max_retry_after(Duration::ZERO)
+}
+
+/// Configures the router: the upstream and its credentials, who may call, the body limit.
+#[must_use]
+pub struct ServeBuilder {
+    cache: LlmCache,
+    upstream_url: Option<String>,
+    upstream_key: Option<String>,
+    http_client: Option<reqwest::Client>,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+    callers: Option<CallerKeys>,
+    pass_through: bool,
+    namespace: String,
+    body_limit: usize,
+    #[cfg(feature = "prometheus")]
+    metrics: Option<llm_cache_core::prometheus::PrometheusHandle>,
+}
+
+impl std::fmt::Debug for ServeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeBuilder")
+            .field("upstream_url", &self.upstream_url.as_deref().map(redacted))
+            .field("upstream_key", &self.upstream_key.as_ref().map(|_| "***"))
+            .field("callers", &self.callers)
+            .field("pass_through", &self.pass_through)
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+fn redacted(url: &str) -> String {
+    crate::error::redact_url(url)
+}
+
+impl ServeBuilder {
+    /// The provider's base URL, such as `https://api.openai.com/v1`: chat misses go to its
+    /// `/chat/completions` and `GET /v1/models` to its `/models`, and keys hold its host,
+    /// path and query. Without it, misses go to the cache's own upstream and `/v1/models`
+    /// answers 404.
+    pub fn upstream_url(mut self, url: impl Into<String>) -> Self {
+        self.upstream_url = Some(url.into());
+        self
+    }
+
+    /// The provider key the front sends (`Authorization: Bearer`), when it holds it.
+    pub fn upstream_key(mut self, key: impl Into<String>) -> Self {
+        self.upstream_key = Some(key.into());
+        self
+    }
+
+    /// The reqwest client for upstream calls (its pool, proxy, TLS); default: one of its own.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// The retry policy of upstream calls (see [Retries](self#retries)).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The deadline of one upstream attempt (default 120 s; a stream's headers, then each
+    /// pause between its reads).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Accept only these caller keys, each bound to its namespace.
+    pub fn callers(mut self, keys: CallerKeys) -> Self {
+        self.callers = Some(keys);
+        self
+    }
+
+    /// Forward the caller's credential headers to the upstream and scope the cache by them,
+    /// instead of holding a provider key.
+    pub fn pass_through_credentials(mut self, yes: bool) -> Self {
+        self.pass_through = yes;
+        self
+    }
+
+    /// The namespace every request is bound to when no caller key binds it (open and
+    /// pass-through modes); `x-llm-cache-namespace` nests inside it.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The largest request body accepted, in bytes (default [`DEFAULT_BODY_LIMIT`]); a
+    /// larger one is answered 413 before it is read whole.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Serve `GET /metrics` from this Prometheus handle (see
+    /// [`prometheus::install`](crate::prometheus::install)).
+    #[cfg(feature = "prometheus")]
+    pub fn metrics(mut self, handle: llm_cache_core::prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+
+    /// Check the configuration and build the router.
+    ///
+    /// # Errors
+    ///
+    /// A `Config` error naming the knob: a bad `upstream_url`, pass-through or an upstream
+    /// key without an `upstream_url`, pass-through together with caller keys or an upstream
+    /// key, an empty caller-key list, a zero body limit.
+    pub fn build(self) -> Result<Router> {
+        if self.body_limit == 0 {
+            return Err(Error::config("body_limit", "must be at least 1 byte"));
+        }
+        if self.pass_through && self.callers.is_some() {
+            return Err(Error::config(
+                "pass_through_credentials",
+                "the caller's Authorization is the provider's key there: it cannot also be a \
+                 caller key (drop `callers`)",
+            ));
+        }
+        if self.pass_through && self.upstream_key.is_some() {
+            return Err(Error::config(
+                "pass_through_credentials",
+                "forwards the caller's credentials: drop `upstream_key`",
+            ));
+        }
+        if self.callers.as_ref().is_some_and(CallerKeys::is_empty) {
+            return Err(Error::config("callers", "no caller key given"));
+        }
+        let provider = match &self.upstream_url {
+            Some(url) => Some(Provider::new(
+                url,
+                self.upstream_key.as_deref(),
+                self.http_client.clone(),
+                self.retry,
+                self.request_timeout,
+            )?),
+            None if self.pass_through => {
+                return Err(Error::config(
+                    "pass_through_credentials",
+                    "needs an `upstream_url` to forward to",
+                ));
+            }
+            None if self.upstream_key.is_some() => {
+                return Err(Error::config(
+                    "upstream_key",
+                    "needs an `upstream_url` (without one, misses go to the cache's own upstream)",
+                ));
+            }
+            None => None,
+        };
+        let body_limit = self.body_limit;
+        let front = Arc::new(Front {
+            cache: self.cache,
+            provider,
+            callers: self.callers,
+            pass_through: self.pass_through,
+            namespace: self.namespace,
+            body_limit: self.body_limit,
+            #[cfg(feature = "prometheus")]
+            metrics: self.metrics,
+        });
+        Ok(Router::new()
+            .route("/v1/chat/completions", post(chat::completions))
+            .route("/v1/embeddings", post(embeddings::embeddings))
+            .route("/v1/models", get(provider::models))
+            .route("/health", get(admin::health))
+            .route("/stats", get(admin::stats))
+            .route("/metrics", get(admin::metrics))
+            .fallback(errors::not_found)
+            .method_not_allowed_fallback(errors::method_not_allowed)
+            .layer(DefaultBodyLimit::max(body_limit))
+            .with_state(front))
+    }
+}
+
+/// What every handler shares.
+struct Front {
+    cache: LlmCache,
+    provider: Option<Provider>,
+    callers: Option<CallerKeys>,
+    pass_through: bool,
+    namespace: String,
+    body_limit: usize,
+    #[cfg(feature = "prometheus")]
+    metrics: Option<llm_cache_core::prometheus::PrometheusHandle>,
+}

@@ -1,0 +1,336 @@
+//! The provider the front calls when it has an `upstream_url`: an `OpenAiCompatible`
+//! client holding the provider key, or one per request carrying the caller's own
+//! credential headers (pass-through); the key scope of each; and `GET /v1/models` passed
+//! through. It must never send a caller key upstream in held mode, nor show the provider
+//! key to a caller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use reqwest::Url;
+
+use super::Front;
+use super::errors::ApiError;
+use crate::error::{Error, Result, redact_url};
+use crate::integrations::headers;
+use crate::request::{ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
+use crate::upstream::{
+    BoxFuture, CREDENTIAL_HEADERS, ChunkStream, OpenAiCompatible, RetryPolicy, Upstream,
+};
+use llm_cache_core::chat::Route;
+
+/// Bodies of `/v1/models` answers stop here.
+const MODELS_BODY_LIMIT: usize = 4 << 20;
+
+pub(super) struct Provider {
+    base_url: Arc<str>,
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+    /// `{base}/chat/completions` and `{base}/embeddings`: their scheme, host, port, path
+    /// and query go in every key of their endpoint.
+    chat_url: Url,
+    embeddings_url: Url,
+    models_url: Url,
+    /// The client with the held key (or none), and its scopes; unused in pass-through mode.
+    held: Arc<dyn Upstream>,
+    held_scopes: [Arc<[u8]>; 2],
+    held_key: Option<String>,
+}
+
+/// The endpoints whose answers the front caches; each has a key space of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Endpoint {
+    Chat,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn shape(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+impl Provider {
+    pub(super) fn new(
+        base_url: &str,
+        key: Option<&str>,
+        client: Option<reqwest::Client>,
+        retry: RetryPolicy,
+        request_timeout: Duration,
+    ) -> Result<Self> {
+        let base = Url::parse(base_url.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| {
+                Error::config(
+                    "upstream_url",
+                    format!("not an http(s) URL with a host: {}", redact_url(base_url)),
+                )
+            })?;
+        let client = match client {
+            Some(c) => c,
+            None => reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("llm-cache-proxy/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| Error::config("http_client", e))?,
+        };
+        let key = key.map(str::trim).filter(|k| !k.is_empty());
+        let mut upstream = OpenAiCompatible::new(base_url)
+            .http_client(client.clone())
+            .retry(retry)
+            .request_timeout(request_timeout);
+        let mut held_headers = HeaderMap::new();
+        if let Some(key) = key {
+            upstream = upstream.api_key(key);
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                Error::config("upstream_key", "has characters not allowed in a header")
+            })?;
+            value.set_sensitive(true);
+            held_headers.insert(header::AUTHORIZATION, value);
+        }
+        upstream.validate()?;
+        let chat_url = joined(&base, "chat/completions")?;
+        let embeddings_url = joined(&base, "embeddings")?;
+        let models_url = joined(&base, "models")?;
+        let held_scopes = [
+            headers::scope(&chat_url, &held_headers, "chat", false).into(),
+            headers::scope(&embeddings_url, &held_headers, "embeddings", false).into(),
+        ];
+        Ok(Provider {
+            base_url: base_url.into(),
+            client,
+            retry,
+            request_timeout,
+            chat_url,
+            embeddings_url,
+            models_url,
+            held: Arc::new(upstream),
+            held_scopes,
+            held_key: key.map(str::to_string),
+        })
+    }
+
+    /// Where a request's miss goes and the scope of its key: the held client, or (pass
+    /// through) a client carrying the caller's credential headers, scoped by their digest.
+    pub(super) fn route(
+        &self,
+        endpoint: Endpoint,
+        pass_through: bool,
+        request: &HeaderMap,
+    ) -> std::result::Result<Route, ApiError> {
+        if !pass_through {
+            return Ok(Route {
+                scope: Some(Arc::clone(&self.held_scopes[endpoint as usize])),
+                upstream: Some(Arc::clone(&self.held)),
+                // The held client embeds too: a semantic lookup needs no second upstream.
+                embedder: Some(Arc::clone(&self.held)),
+            });
+        }
+        let credentials = credentials(request)?;
+        let url = match endpoint {
+            Endpoint::Chat => &self.chat_url,
+            Endpoint::Embeddings => &self.embeddings_url,
+        };
+        let scope = headers::scope(url, &credentials, endpoint.shape(), false).into();
+        let mut sent = Vec::new();
+        for (name, value) in &credentials {
+            // `credentials` only holds values that are text.
+            sent.push((
+                name.to_string(),
+                value.to_str().unwrap_or_default().to_string(),
+            ));
+        }
+        let upstream: Arc<dyn Upstream> = Arc::new(PassThrough {
+            base_url: Arc::clone(&self.base_url),
+            client: self.client.clone(),
+            retry: self.retry,
+            request_timeout: self.request_timeout,
+            headers: sent,
+        });
+        Ok(Route {
+            scope: Some(scope),
+            upstream: Some(Arc::clone(&upstream)),
+            // With the caller's own credentials, like the chat call.
+            embedder: Some(upstream),
+        })
+    }
+}
+
+/// `base` with `tail` appended to its path (its query, such as Azure's `api-version`, kept).
+fn joined(base: &Url, tail: &str) -> Result<Url> {
+    let mut url = base.clone();
+    url.set_fragment(None);
+    if url
+        .path()
+        .trim_end_matches('/')
+        .ends_with("/chat/completions")
+    {
+        // A base URL naming the endpoint itself, as `OpenAiCompatible` accepts.
+        let trimmed = url
+            .path()
+            .trim_end_matches('/')
+            .trim_end_matches("/chat/completions")
+            .to_string();
+        url.set_path(&trimmed);
+    }
+    url.path_segments_mut()
+        .map_err(|()| Error::config("upstream_url", "cannot take a path"))?
+        .pop_if_empty()
+        .extend(tail.split('/'));
+    Ok(url)
+}
+
+/// The caller's credential headers, to forward (pass-through mode).
+fn credentials(request: &HeaderMap) -> std::result::Result<HeaderMap, ApiError> {
+    let mut out = HeaderMap::new();
+    for name in CREDENTIAL_HEADERS {
+        for value in request.get_all(name) {
+            if value.to_str().is_err() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the `{name}` header is not visible ASCII"),
+                ));
+            }
+            let mut value = value.clone();
+            value.set_sensitive(true);
+            out.append(HeaderName::from_static(name), value);
+        }
+    }
+    if out.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "no credentials: this proxy forwards your provider key (`Authorization: Bearer ...`)",
+        )
+        .kind("invalid_request_error")
+        .code("missing_api_key"));
+    }
+    Ok(out)
+}
+
+/// An upstream carrying one caller's credential headers; built on a miss only.
+struct PassThrough {
+    base_url: Arc<str>,
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+    headers: Vec<(String, String)>,
+}
+
+impl PassThrough {
+    fn client(&self) -> OpenAiCompatible {
+        let mut c = OpenAiCompatible::new(&*self.base_url)
+            .http_client(self.client.clone())
+            .retry(self.retry)
+            .request_timeout(self.request_timeout);
+        for (name, value) in &self.headers {
+            c = c.credential_header(name, value);
+        }
+        c
+    }
+}
+
+impl Upstream for PassThrough {
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse>> {
+        Box::pin(async move { self.client().chat(request).await })
+    }
+
+    fn chat_stream<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream>> {
+        Box::pin(async move { self.client().chat_stream(request).await })
+    }
+
+    fn embeddings<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse>> {
+        Box::pin(async move { self.client().embeddings(request).await })
+    }
+}
+
+/// `GET /v1/models`: the upstream's own answer, with the held key or the caller's
+/// credentials.
+pub(super) async fn models(State(front): State<Arc<Front>>, request: HeaderMap) -> Response {
+    let Some(provider) = &front.provider else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this front has no upstream URL to list models from",
+        )
+        .code("unknown_url")
+        .into_response();
+    };
+    let mut headers = HeaderMap::new();
+    if front.pass_through {
+        match credentials(&request) {
+            Ok(c) => headers = c,
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        if let Some(callers) = &front.callers
+            && let Err(e) = callers.authenticate(&request)
+        {
+            return e.into_response();
+        }
+        if let Some(key) = &provider.held_key
+            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {key}"))
+        {
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
+    let sent = provider
+        .client
+        .get(provider.models_url.clone())
+        .headers(headers)
+        .timeout(provider.request_timeout)
+        .send()
+        .await;
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            let why = if e.is_timeout() {
+                "did not answer in time"
+            } else {
+                "could not be reached"
+            };
+            return ApiError::new(StatusCode::BAD_GATEWAY, format!("the upstream {why}"))
+                .code("upstream_unreachable")
+                .into_response();
+        }
+    };
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let mut body = Vec::new();
+    let mut response = response;
+    while body.len() < MODELS_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(_) => {
+                return ApiError::new(StatusCode::BAD_GATEWAY, "the upstream's answer was cut off")
+                    .into_response();
+            }
+        }
+    }
+    // The provider may quote the key it was sent: never the held one to a caller.
+    if let Some(key) = &provider.held_key {
+        let text = String::from_utf8_lossy(&body);
+        if text.contains(key.as_str()) {
+            body = text.replace(key.as_str(), "***").into_bytes();
+        }
+    }
+    let mut out = Response::new(Body::from(body));
+    *out.status_mut() = status;
+    if let Some(ct) = content_type {
+        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    out
+}
