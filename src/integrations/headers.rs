@@ -18,10 +18,11 @@ use crate::upstream::CREDENTIAL_HEADERS;
 pub const HEADER_NAMESPACE: &str = "x-llm-cache-namespace";
 /// Request header: how long to keep this request's answer, in seconds.
 pub const HEADER_TTL: &str = "x-llm-cache-ttl";
-/// Request header: `no-store`, `refresh`, `bypass` (comma-separated).
+/// Request header: `no-store`, `refresh`, `bypass`, `semantic` (comma-separated).
 pub const HEADER_CONTROL: &str = "x-llm-cache-control";
 /// Response header: where the answer came from (`hit-l1`, `hit-l2`, `coalesced`, `miss`,
-/// `bypass`, and `partial` for embeddings with some inputs fetched).
+/// `bypass`, `hit-semantic` for a semantic hit, and `partial` for embeddings with some
+/// inputs fetched).
 pub const HEADER_STATUS: &str = "x-llm-cache";
 
 /// The request headers that steer the cache; removed before the request goes upstream.

@@ -54,8 +54,9 @@ macro_rules! config_setters {
         }
 
         /// Prefix of every Redis key: entries are `{prefix}:{<sha256 hex>}` (the braces are a
-        /// Cluster hash tag, shared by the entry's lease `{prefix}:{<hex>}.lease`), with
-        /// `{prefix}:generations` and the channel `{prefix}:invalidate` beside them. Default
+        /// Cluster hash tag; the same key holds the lease marker while a flight fetches the
+        /// entry), with `{prefix}:generations`, the channel `{prefix}:invalidate` and, with
+        /// the semantic cache, the index keys `{prefix}:v{<scope>}...` beside them. Default
         /// `ai:cache`. 1 to 128 bytes, no whitespace, control characters or braces (`build()`
         /// says which): with this layout no two distinct prefixes can share a key.
         pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -180,8 +181,10 @@ macro_rules! config_setters {
             self
         }
 
-        /// Background L2 writes allowed at once; writes beyond it are dropped and counted.
-        /// Default 256.
+        /// Background L2 writes allowed at once. Writes beyond it wait their turn in the
+        /// background (a batch's in waves), up to 16 times as many queued or running; only
+        /// past that is a write dropped and counted (`Stats::dropped_writes`). A write that
+        /// finds Redis skipped or slow is tried again for up to 10 s. Default 256.
         pub fn l2_write_concurrency(mut self, writes: usize) -> Self {
             self.config.l2_write_concurrency = writes;
             self

@@ -33,7 +33,8 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    /// True for answers that cost no fetch of this caller's own (L1, L2, coalesced).
+    /// True for answers that cost no fetch of this caller's own (L1, L2, coalesced,
+    /// semantic).
     pub fn is_hit(self) -> bool {
         matches!(
             self,
