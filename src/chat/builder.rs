@@ -34,6 +34,24 @@ pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// [`l1_max_bytes`](Self::l1_max_bytes) by what they hold in memory: a 2 KB answer costs
 /// about 2.9 KB of process memory, one in OpenAI's full shape about 4.8 KB more than its
 /// JSON (each of its extra JSON objects is a map node of about 640 bytes).
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_cache::LlmCache;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let builder = LlmCache::builder()
+///     .l1_max_bytes(128 << 20)
+///     .l1_ttl(Duration::from_secs(300))
+///     .max_cacheable_temperature(0.5) // hotter requests bypass the cache
+///     .stream_chunk_chars(32);
+/// // Nothing is checked before `build()`, which names the bad knob: here the missing
+/// // upstream (`.upstream(OpenAiCompatible::new(base_url))`, or an `Upstream` of your own).
+/// let err = builder.build().await.unwrap_err();
+/// assert!(err.is_config() && err.to_string().contains("`upstream`"));
+/// # }
+/// ```
 #[must_use]
 pub struct LlmCacheBuilder {
     pub(crate) config: Config,

@@ -266,6 +266,26 @@ pub(crate) use config_setters;
 
 /// Configures a [`TieredCache`]. Every setter takes and returns the builder; nothing is
 /// checked until [`build`](Self::build), which names the first bad knob.
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_cache::TieredCache;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> llm_cache::Result<()> {
+/// let thumbnails = TieredCache::<Vec<u8>>::builder()
+///     .l1_max_bytes(64 << 20)
+///     .l1_ttl(Duration::from_secs(60))
+///     .key_prefix("thumbs") // with `.redis(url)`: entries are `thumbs:{<hex>}`
+///     .build()
+///     .await?;
+/// assert_eq!(thumbnails.inflight(), 0);
+///
+/// let err = TieredCache::<Vec<u8>>::builder().key_prefix("a{b}").build().await.unwrap_err();
+/// assert!(err.is_config() && err.to_string().contains("`key_prefix`"));
+/// # Ok(())
+/// # }
+/// ```
 #[must_use]
 pub struct TieredCacheBuilder<V> {
     pub(crate) config: Config,
