@@ -1,9 +1,9 @@
-#![doc = include_str!("../README.md")]
+#![doc = include_str!("crate-docs.md")]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 // The rooms; arrows point down only: chat -> tiered, stream, upstream, request; upstream ->
-// stream, request; stream -> request. See the README's "Architecture" and tests/layering.rs.
+// stream, request; stream -> request. See docs/architecture.md and tests/layering.rs.
 mod chat;
 mod embeddings;
 mod error;
@@ -70,3 +70,24 @@ pub use request::{
     EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat, Extra, FunctionCall,
     InputItem, MAX_REQUEST_DEPTH, ToolCall, Usage, Vector,
 };
+
+// The README's and the guides' Rust blocks are doc tests, as they were when the README was
+// the crate docs: `cargo test --doc --all-features` runs them.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/operations.md")]
+mod operations_guide {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/embeddings.md")]
+mod embeddings_guide {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/semantic.md")]
+mod semantic_guide {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/async-openai.md")]
+mod async_openai_guide {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/http-front.md")]
+mod http_front_guide {}
