@@ -11,7 +11,7 @@
 //! Why a test that reads the sources rather than a workspace of crates (where the compiler
 //! would enforce the arrows): it is lighter. The crate stays one crate, one `Cargo.toml`,
 //! one version to publish; every public path (`llm_cache::TieredCache`,
-//! `llm_cache::envelope`, `llm_cache::stream::*`...) stays where users and the README's doc
+//! `llm_cache::envelope`, `llm_cache::stream::*`...) stays where users and the docs' doc
 //! tests find it; and the engine keeps its `pub(crate)` seams (stats, the guarded L2) that
 //! a separate crate would have to make public. The price is that the check is textual: it
 //! catches a path written in the code or its docs, which is how every import is written.

@@ -88,7 +88,7 @@ impl Default for LlmCacheBuilder {
 }
 
 impl LlmCacheBuilder {
-    /// A builder with the README's defaults and no upstream yet.
+    /// A builder with the defaults of docs/operations.md's configuration table and no upstream yet.
     pub fn new() -> Self {
         LlmCacheBuilder {
             config: Config::default(),
@@ -211,7 +211,7 @@ impl LlmCacheBuilder {
     /// opts in with [`CacheControl::semantic`](crate::CacheControl::semantic) may be
     /// answered with the entry of an earlier request of the same exact scope whose last
     /// user message means the same, as the embedding model and the lexical guard judge
-    /// it. See the README's "Semantic cache (opt-in)".
+    /// it. See docs/semantic.md.
     pub fn semantic(mut self, config: SemanticConfig) -> Self {
         self.semantic = Some(config);
         self

@@ -312,7 +312,7 @@ impl<V> Default for TieredCacheBuilder<V> {
 }
 
 impl<V> TieredCacheBuilder<V> {
-    /// A builder with the defaults listed in the README's configuration table.
+    /// A builder with the defaults listed in docs/operations.md's configuration table.
     pub fn new() -> Self {
         TieredCacheBuilder {
             config: Config::default(),
