@@ -42,7 +42,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 section "cargo doc --workspace --no-deps --all-features (warnings are errors)"
 RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --workspace --no-deps --all-features
 
-# No --lib/--tests filter: this runs unit, integration and doc tests (the README is doc-tested).
+# No --lib/--tests filter: this runs unit, integration and doc tests (the README and the guides in docs/ are doc-tested).
 section "cargo test --workspace --all-features (unit, integration, doc tests)"
 cargo test --workspace --all-features
 

@@ -332,13 +332,15 @@ async fn a_wrong_password_is_named_at_start_up() {
     assert!(!text.contains("wrong-pw-7f3a"), "{text}");
 }
 
-/// The README's ACL line, exactly as written (read out of README.md), with a password.
+/// The operations guide's ACL line, exactly as written (read out of docs/operations.md), with
+/// a password.
 fn readme_acl_user(password: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+            .expect("docs/operations.md");
     let start = readme
         .find("`ACL SETUSER llm-cache")
-        .expect("the README's ACL line");
+        .expect("the operations guide's ACL line");
     let rest = &readme[start + 1..];
     let line = &rest[..rest.find('`').expect("the ACL line's closing backtick")];
     line.split_whitespace()
@@ -347,8 +349,8 @@ fn readme_acl_user(password: &str) -> Vec<String> {
         .collect()
 }
 
-/// Two instances log in as the README's ACL user and use everything the cache does with
-/// Redis: chat, streams, embeddings, the semantic index, invalidation, namespace
+/// Two instances log in as the ACL user of docs/operations.md and use everything the cache
+/// does with Redis: chat, streams, embeddings, the semantic index, invalidation, namespace
 /// invalidation, `redis_stats` and `health`. Everything is shared through L2 and nothing
 /// is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,7 +433,7 @@ async fn the_readme_acl_user_can_do_everything_the_cache_does() {
     .await;
 
     // Every key the cache wrote has a TTL except the generations record, so a volatile-*
-    // eviction policy (the README's advice) can never evict the record.
+    // eviction policy (the advice of docs/operations.md) can never evict the record.
     let keys = redis.redis_cli(&["KEYS", "*"]);
     assert!(keys.lines().any(|k| k.starts_with("ai:cache:v{")), "{keys}");
     for key in keys.lines() {
@@ -445,7 +447,7 @@ async fn the_readme_acl_user_can_do_everything_the_cache_does() {
     let stats = a
         .redis_stats()
         .await
-        .expect("redis_stats with the README's user");
+        .expect("redis_stats with the documented user");
     assert!(stats.generations_key && stats.keys >= 2, "{stats:?}");
     for (name, c) in [("a", &a), ("b", &b)] {
         let health = c.health().await;
@@ -454,7 +456,7 @@ async fn the_readme_acl_user_can_do_everything_the_cache_does() {
         assert_eq!(
             (s.l2_errors, s.l2_writes_refused, s.leases_refused),
             (0, 0, 0),
-            "{name}: refused with the README's user: {s:?} {health}"
+            "{name}: refused with the documented user: {s:?} {health}"
         );
     }
 }

@@ -83,7 +83,7 @@ impl Upstream for InProcess {
 
 /// A question of six words drawn from a 5,000-word vocabulary and a number (so that every
 /// one is distinct and they spread over the space; a shared template would put every
-/// vector in the same few buckets, see the README).
+/// vector in the same few buckets, see docs/semantic.md).
 fn question(i: u64) -> String {
     let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut words = Vec::new();

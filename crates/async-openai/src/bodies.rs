@@ -1,9 +1,10 @@
-//! The endpoints other than chat (`/embeddings`, `/responses`, `/completions`): their whole
-//! JSON body is the question and the upstream's answer, JSON or an event stream, is stored
-//! as it came and replayed byte for byte. Same tiers, flights and Redis as chat, through a
-//! sibling engine of stored bodies. It must never store an answer that is not complete (a
-//! non-2xx, a Responses API answer whose `status` is not `completed`, a stream that did not
-//! reach its end).
+//! The endpoints other than chat and embeddings (`/responses`, `/completions`; embeddings
+//! go input by input through `LlmCache::embeddings_with`): their whole JSON body is the
+//! question and the upstream's answer, JSON or an event stream, is stored as it came and
+//! replayed byte for byte. Same tiers, flights and Redis as chat, through a sibling engine
+//! of stored bodies. It must never store an answer that is not complete (a non-2xx, a
+//! Responses API answer whose `status` is not `completed`, a stream that did not reach its
+//! end).
 
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;

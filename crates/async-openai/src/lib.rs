@@ -5,8 +5,8 @@
 //! ```no_run
 //! use async_openai::{Client, config::OpenAIConfig};
 //! use async_openai::middleware::{ReqwestService, retry::OpenAIRetryLayer};
-//! use llm_cache::LlmCache;
-//! use llm_cache::async_openai::AsyncOpenAiLayer;
+//! use llm_cache_core::LlmCache;
+//! use llm_cache_async_openai::AsyncOpenAiLayer;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = AsyncOpenAiLayer::build(LlmCache::builder().redis("redis://127.0.0.1:6379")).await?;
@@ -71,9 +71,9 @@
 //! Set them with async-openai's `RequestOptions` headers (e.g. `client.chat().headers(..)`).
 //!
 //! Response headers: `x-llm-cache` (`hit-l1`, `hit-l2`, `coalesced`, `miss`, `bypass`,
-//! `partial`) and
-//! `age` (seconds since the answer was stored; not on replayed chat streams). A cached
-//! answer carries only these and `content-type`, not the upstream's other headers.
+//! `partial`, `hit-semantic`) and `age` (seconds since the answer was stored, 0 for a
+//! miss; on streamed answers too, replayed chat streams included). A cached answer carries
+//! only these and `content-type`, not the upstream's other headers.
 //!
 //! # Errors
 //!

@@ -5,11 +5,11 @@
 //! is built.
 //!
 //! ```no_run
-//! # async fn run() -> llm_cache::Result<()> {
+//! # async fn run() -> llm_cache_core::Result<()> {
 //! // First the recorder, then the cache: the cache takes its metric handles when built.
-//! let metrics = llm_cache::prometheus::serve("127.0.0.1:9000".parse().unwrap())?;
-//! let cache = llm_cache::LlmCache::builder()
-//!     .upstream(llm_cache::OpenAiCompatible::new("https://api.openai.com/v1"))
+//! let metrics = llm_cache_core::prometheus::serve("127.0.0.1:9000".parse().unwrap())?;
+//! let cache = llm_cache_core::LlmCache::builder()
+//!     .upstream(llm_cache_core::OpenAiCompatible::new("https://api.openai.com/v1"))
 //!     .build()
 //!     .await?;
 //! // `curl http://127.0.0.1:9000/metrics`, or render the same text yourself:

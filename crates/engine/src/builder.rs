@@ -56,8 +56,9 @@ macro_rules! config_setters {
         }
 
         /// Prefix of every Redis key: entries are `{prefix}:{<sha256 hex>}` (the braces are a
-        /// Cluster hash tag, shared by the entry's lease `{prefix}:{<hex>}.lease`), with
-        /// `{prefix}:generations` and the channel `{prefix}:invalidate` beside them. Default
+        /// Cluster hash tag; the same key holds the lease marker while a flight fetches the
+        /// entry), with `{prefix}:generations`, the channel `{prefix}:invalidate` and, with
+        /// the semantic cache, the index keys `{prefix}:v{<scope>}...` beside them. Default
         /// `ai:cache`. 1 to 128 bytes, no whitespace, control characters or braces (`build()`
         /// says which): with this layout no two distinct prefixes can share a key.
         pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -182,8 +183,10 @@ macro_rules! config_setters {
             self
         }
 
-        /// Background L2 writes allowed at once; writes beyond it are dropped and counted.
-        /// Default 256.
+        /// Background L2 writes allowed at once. Writes beyond it wait their turn in the
+        /// background (a batch's in waves), up to 16 times as many queued or running; only
+        /// past that is a write dropped and counted (`Stats::dropped_writes`). A write that
+        /// finds Redis skipped or slow is tried again for up to 10 s. Default 256.
         pub fn l2_write_concurrency(mut self, writes: usize) -> Self {
             self.config.l2_write_concurrency = writes;
             self
@@ -265,6 +268,26 @@ pub use crate::config_setters;
 
 /// Configures a [`TieredCache`]. Every setter takes and returns the builder; nothing is
 /// checked until [`build`](Self::build), which names the first bad knob.
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_cache_engine::TieredCache;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> llm_cache_engine::Result<()> {
+/// let thumbnails = TieredCache::<Vec<u8>>::builder()
+///     .l1_max_bytes(64 << 20)
+///     .l1_ttl(Duration::from_secs(60))
+///     .key_prefix("thumbs") // with `.redis(url)`: entries are `thumbs:{<hex>}`
+///     .build()
+///     .await?;
+/// assert_eq!(thumbnails.inflight(), 0);
+///
+/// let err = TieredCache::<Vec<u8>>::builder().key_prefix("a{b}").build().await.unwrap_err();
+/// assert!(err.is_config() && err.to_string().contains("`key_prefix`"));
+/// # Ok(())
+/// # }
+/// ```
 #[must_use]
 pub struct TieredCacheBuilder<V> {
     pub(crate) config: Config,
@@ -291,7 +314,7 @@ impl<V> Default for TieredCacheBuilder<V> {
 }
 
 impl<V> TieredCacheBuilder<V> {
-    /// A builder with the defaults listed in the README's configuration table.
+    /// A builder with the defaults listed in docs/operations.md's configuration table.
     pub fn new() -> Self {
         TieredCacheBuilder {
             config: Config::default(),

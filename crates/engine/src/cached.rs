@@ -51,7 +51,8 @@ impl CacheStatus {
         }
     }
 
-    /// True for answers that cost no fetch of this caller's own (L1, L2, coalesced).
+    /// True for answers that cost no fetch of this caller's own (L1, L2, coalesced,
+    /// semantic).
     pub fn is_hit(self) -> bool {
         matches!(
             self,

@@ -28,7 +28,7 @@ use crate::l1::ENTRY_OVERHEAD;
 ///   [`Error::new`]`(`[`ErrorKind::Codec`](crate::ErrorKind::Codec)`, ...)`.
 ///
 /// ```
-/// use llm_cache::{Codec, Error, ErrorKind, Result};
+/// use llm_cache_engine::{Codec, Error, ErrorKind, Result};
 ///
 /// /// A vector of f32, little-endian, 4 bytes each.
 /// struct F32Le;
@@ -51,7 +51,7 @@ use crate::l1::ENTRY_OVERHEAD;
 ///
 /// let v = vec![1.5, -2.0];
 /// assert_eq!(F32Le.decode(&F32Le.encode(&v)?)?, v);
-/// # Ok::<(), llm_cache::Error>(())
+/// # Ok::<(), llm_cache_engine::Error>(())
 /// ```
 pub trait Codec<V>: Send + Sync + 'static {
     /// The payload stored in L2 for `value`.

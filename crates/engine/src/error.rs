@@ -118,7 +118,7 @@ impl Error {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use llm_cache::{Error, ErrorKind};
+    /// use llm_cache_engine::{Error, ErrorKind};
     ///
     /// let e = Error::upstream_status(429, "slow down").with_retry_after(Duration::from_secs(3));
     /// assert_eq!(e.kind(), ErrorKind::Upstream);

@@ -121,6 +121,16 @@ impl<V> Clone for Landed<V> {
 /// A two-tier cache for any serde value: moka in process, Redis shared, one fetch per key
 /// at a time. Cheap to clone; clones share everything. Dropping the last clone loses the
 /// Redis writes still queued; [`TieredCache::close`] says what an orderly stop keeps.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> llm_cache_engine::Result<()> {
+/// let cache = llm_cache_engine::TieredCache::<u32>::builder().build().await?; // no Redis: L1-only
+/// let key = llm_cache_engine::Digest::of("any bytes that identify the value");
+/// let first = cache.get_or_fetch(key, || async { Ok(7) }).await?; // a miss: fetched
+/// let again = cache.get_or_fetch(key, || async { Ok(0) }).await?; // a hit: not called
+/// assert!(!first.status().is_hit() && again.status().is_hit() && *again.value() == 7);
+/// # Ok(()) }
+/// ```
 pub struct TieredCache<V> {
     inner: Arc<Inner<V>>,
 }
@@ -144,7 +154,6 @@ impl<V> fmt::Debug for TieredCache<V> {
 
 struct Inner<V> {
     config: Config,
-    /// The names of this cache's keys and channel in Redis.
     keyspace: Keyspace,
     l1: L1<V>,
     /// How values become L2 payloads and what they weigh in L1 (L2 reads and fills only).
@@ -159,17 +168,15 @@ struct Inner<V> {
     invalidation: Arc<Invalidation>,
     /// The task listening on the invalidation channel; stops with the cache.
     subscriber: std::sync::OnceLock<AbortOnDrop>,
-    /// Values on their way to L2 that this instance holds the lease for, until the write
-    /// lands or the lease is released: a later flight of this instance is answered from
-    /// here (L1 may have evicted the value already) instead of waiting on its own lease.
+    /// Values on their way to L2 under this instance's lease, until the write lands or the
+    /// lease is released: later flights here take them (L1 may have evicted them), not wait.
     writing: DashMap<Digest, Writing<V>, DigestHasherBuilder>,
     /// The background L2 writes under way, per key: an invalidation cancels them, so a
     /// write that lands after the invalidation's UNLINK cannot bring the entry back.
     pending_writes: write_behind::PendingWrites,
     /// Leases this instance may still hold while it releases them.
     unreleased: Arc<lease::Unreleased>,
-    /// Unix ms until which lookups use a plain `GET`: the server refused the lookup that
-    /// takes a lease (0: never refused).
+    /// Unix ms until which lookups use a plain `GET` (the lease lookup was refused; 0: never).
     lease_refused_until_ms: std::sync::atomic::AtomicU64,
     /// How lookups go while L2 hits dominate; see coordination.rs.
     lookup_mode: coordination::LookupMode,
@@ -354,10 +361,9 @@ where
         }
     }
 
-    /// Lead a flight. The lookup (L1 again, since a flight may have just landed, then L2)
-    /// runs in the caller's own task: an L2 hit costs no task hop. Cancelling the caller
-    /// there abandons the flight, and its waiters take over. A miss hands the fetch to a
-    /// detached task, so a fetch that is paid for outlives its caller.
+    /// Lead a flight. Its [`lookup`](Self::lookup) runs in the caller's own task: an L2 hit
+    /// costs no task hop; cancelling the caller there abandons the flight to its waiters. A
+    /// miss hands the fetch to a detached task, so a fetch that is paid for outlives its caller.
     async fn lead<M, F, Fut>(
         &self,
         leader: Leader<Landed<V>>,
@@ -573,13 +579,13 @@ where
         &self.inner.counters
     }
 
-    /// The guarded remote tier and the key prefix, for `health()` and `redis_stats()`.
     /// The configured L1 and L2 lifetimes.
     #[doc(hidden)]
     pub fn ttls(&self) -> (Duration, Duration) {
         (self.inner.config.l1_ttl, self.inner.config.l2_ttl)
     }
 
+    /// The guarded remote tier and the key prefix, for `health()` and `redis_stats()`.
     #[doc(hidden)]
     pub fn l2_parts(&self) -> (Option<&Arc<Guarded>>, &Keyspace) {
         (self.inner.l2.as_ref(), &self.inner.keyspace)

@@ -1,7 +1,7 @@
 //! `llm-cache-proxy`: an OpenAI-compatible caching proxy. Point any OpenAI SDK's base URL
 //! at it; repeats are answered from the in-process L1 and the shared Redis L2, and
 //! identical concurrent requests cost one upstream call. Flags and environment are listed
-//! by `--help`; the README's "Use it from any language" says how to run it.
+//! by `--help`; docs/http-front.md says how to run it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -3,14 +3,14 @@
 //! `openai` SDK's `base_url` at it and every repeat is answered from the tiers.
 //!
 //! ```no_run
-//! use llm_cache::{LlmCache, OpenAiCompatible};
+//! use llm_cache_core::{LlmCache, OpenAiCompatible};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = LlmCache::builder()
 //!     .upstream(OpenAiCompatible::new("https://api.openai.com/v1").api_key("sk-..."))
 //!     .build()
 //!     .await?;
-//! let app = axum::Router::new().nest("/llm", llm_cache::serve::router(cache));
+//! let app = axum::Router::new().nest("/llm", llm_cache_serve::router(cache));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
@@ -24,7 +24,7 @@
 //! ```no_run
 //! use axum::body::Bytes;
 //! use axum::extract::State;
-//! use llm_cache::{Cached, ChatRequest, ChatResponse, Error, LlmCache};
+//! use llm_cache_core::{Cached, ChatRequest, ChatResponse, Error, LlmCache};
 //!
 //! async fn ask(State(cache): State<LlmCache>, body: Bytes) -> Result<Cached<ChatResponse>, Error> {
 //!     let request = ChatRequest::from_json(&body)?;

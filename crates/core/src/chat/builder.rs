@@ -34,6 +34,24 @@ pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// [`l1_max_bytes`](Self::l1_max_bytes) by what they hold in memory: a 2 KB answer costs
 /// about 2.9 KB of process memory, one in OpenAI's full shape about 4.8 KB more than its
 /// JSON (each of its extra JSON objects is a map node of about 640 bytes).
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_cache_core::LlmCache;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let builder = LlmCache::builder()
+///     .l1_max_bytes(128 << 20)
+///     .l1_ttl(Duration::from_secs(300))
+///     .max_cacheable_temperature(0.5) // hotter requests bypass the cache
+///     .stream_chunk_chars(32);
+/// // Nothing is checked before `build()`, which names the bad knob: here the missing
+/// // upstream (`.upstream(OpenAiCompatible::new(base_url))`, or an `Upstream` of your own).
+/// let err = builder.build().await.unwrap_err();
+/// assert!(err.is_config() && err.to_string().contains("`upstream`"));
+/// # }
+/// ```
 #[must_use]
 pub struct LlmCacheBuilder {
     pub(crate) config: Config,
@@ -70,7 +88,7 @@ impl Default for LlmCacheBuilder {
 }
 
 impl LlmCacheBuilder {
-    /// A builder with the README's defaults and no upstream yet.
+    /// A builder with the defaults of docs/operations.md's configuration table and no upstream yet.
     pub fn new() -> Self {
         LlmCacheBuilder {
             config: Config::default(),
@@ -193,7 +211,7 @@ impl LlmCacheBuilder {
     /// opts in with [`CacheControl::semantic`](crate::CacheControl::semantic) may be
     /// answered with the entry of an earlier request of the same exact scope whose last
     /// user message means the same, as the embedding model and the lexical guard judge
-    /// it. See the README's "Semantic cache (opt-in)".
+    /// it. See docs/semantic.md.
     pub fn semantic(mut self, config: SemanticConfig) -> Self {
         self.semantic = Some(config);
         self

@@ -80,6 +80,35 @@ impl Route {
 /// An OpenAI-compatible chat client that answers repeats from cache. Cheap to clone.
 /// Call [`LlmCache::close`] before dropping the last clone, or the Redis writes still
 /// queued are lost.
+///
+/// ```
+/// use llm_cache_core::{BoxFuture, CacheStatus, ChatMessage, ChatRequest, ChatResponse, Choice};
+/// use llm_cache_core::{LlmCache, Result, Upstream};
+///
+/// /// Answers every request with the same text, from memory.
+/// struct Canned;
+///
+/// impl Upstream for Canned {
+///     fn chat<'a>(&'a self, r: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse>> {
+///         let message = ChatMessage::assistant("A cache keeps answers.");
+///         let choices = vec![Choice { message, ..Default::default() }];
+///         let response = ChatResponse { model: r.model.clone(), choices, ..Default::default() };
+///         Box::pin(async move { Ok(response) })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<()> {
+/// let cache = LlmCache::builder().upstream(Canned).build().await?; // no Redis: L1-only
+/// let request = ChatRequest::new("gpt-4.1").message(ChatMessage::user("What is a cache?"));
+/// assert_eq!(cache.chat(&request).await?.status(), CacheStatus::Miss);
+/// let again = cache.chat(&request).await?;
+/// assert_eq!(again.status(), CacheStatus::HitL1);
+/// assert_eq!(again.text().as_deref(), Some("A cache keeps answers."));
+/// assert_eq!(cache.stats().cache.misses, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct LlmCache {
     inner: Arc<Inner>,

@@ -65,7 +65,7 @@ impl ModelPrice {
 /// Names compare without regard to ASCII case.
 ///
 /// ```
-/// use llm_cache::{ModelPrice, PriceTable, Usage};
+/// use llm_cache_core::{ModelPrice, PriceTable, Usage};
 ///
 /// let prices = PriceTable::default().with("gpt-4.1-mini", ModelPrice::new(0.40, 1.60));
 /// let usage = Usage { prompt_tokens: 1_000, completion_tokens: 500, ..Default::default() };

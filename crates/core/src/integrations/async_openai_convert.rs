@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use async_openai::types::chat::CreateChatCompletionRequest;
-//! use llm_cache::ChatRequest;
+//! use llm_cache_core::ChatRequest;
 //!
 //! let ours: ChatRequest = serde_json::from_str(
 //!     r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#,

@@ -18,7 +18,7 @@ use crate::upstream::CREDENTIAL_HEADERS;
 pub const HEADER_NAMESPACE: &str = "x-llm-cache-namespace";
 /// Request header: how long to keep this request's answer, in seconds.
 pub const HEADER_TTL: &str = "x-llm-cache-ttl";
-/// Request header: `no-store`, `refresh`, `bypass` (comma-separated).
+/// Request header: `no-store`, `refresh`, `bypass`, `semantic` (comma-separated).
 pub const HEADER_CONTROL: &str = "x-llm-cache-control";
 /// Response header: where the answer came from (see [`CacheStatus::header_value`]).
 pub use llm_cache_engine::cached::HEADER_STATUS;

@@ -36,12 +36,12 @@ impl tower::Service<ChatRequest> for LlmCache {
 ///
 /// ```
 /// # #[cfg(feature = "tower")] {
-/// use llm_cache::{ChatMessage, ChatResponse, Choice, LlmCache, TowerUpstream};
-/// # async fn run() -> llm_cache::Result<()> {
+/// use llm_cache_core::{ChatMessage, ChatResponse, Choice, LlmCache, TowerUpstream};
+/// # async fn run() -> llm_cache_core::Result<()> {
 /// // Any tower service of chat requests: a router, a client stack, a test double.
 /// let echo = tower::util::BoxCloneSyncService::new(tower::service_fn(
-///     |r: llm_cache::ChatRequest| async move {
-///         Ok::<_, llm_cache::Error>(ChatResponse {
+///     |r: llm_cache_core::ChatRequest| async move {
+///         Ok::<_, llm_cache_core::Error>(ChatResponse {
 ///             choices: vec![Choice {
 ///                 message: ChatMessage::assistant(r.messages[0].text().unwrap_or_default()),
 ///                 ..Default::default()

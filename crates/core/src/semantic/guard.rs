@@ -20,8 +20,8 @@ pub const DEFAULT_MAX_TYPOS: usize = 0;
 /// The default `typo_min_len`: a word shorter than this is never forgiven a typo.
 pub const DEFAULT_TYPO_MIN_LEN: usize = 6;
 
-/// The lexical guard a semantic candidate must pass besides its cosine (see the README's
-/// "Semantic cache" section for the rules). [`LexicalGuard::default`] is the measured
+/// The lexical guard a semantic candidate must pass besides its cosine (see "The lexical
+/// guard" in docs/semantic.md for the rules). [`LexicalGuard::default`] is the measured
 /// configuration; [`LexicalGuard::strict`] also keeps the politeness frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]

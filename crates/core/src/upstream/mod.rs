@@ -48,7 +48,7 @@ pub type ChunkStream = futures_util::stream::BoxStream<'static, Result<ChatChunk
 /// [`with_retry_after`](crate::Error::with_retry_after) for a `Retry-After`.
 ///
 /// ```
-/// use llm_cache::{BoxFuture, ChatMessage, ChatRequest, ChatResponse, Choice, Result, Upstream};
+/// use llm_cache_core::{BoxFuture, ChatMessage, ChatRequest, ChatResponse, Choice, Result, Upstream};
 ///
 /// /// Answers every request with the text of its last message.
 /// struct Echo;
@@ -73,7 +73,7 @@ pub type ChunkStream = futures_util::stream::BoxStream<'static, Result<ChatChunk
 /// # futures_util::FutureExt::now_or_never(async {
 /// let request = ChatRequest::new("m").message(ChatMessage::user("hi"));
 /// assert_eq!(Echo.chat(&request).await?.text().as_deref(), Some("hi"));
-/// # Ok::<(), llm_cache::Error>(())
+/// # Ok::<(), llm_cache_core::Error>(())
 /// # }).unwrap().unwrap();
 /// ```
 pub trait Upstream: Send + Sync + 'static {

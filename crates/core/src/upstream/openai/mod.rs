@@ -69,9 +69,9 @@ use crate::stream::{ReplayOptions, SseParser, replay};
 /// HTTP/2 never indexes it and reqwest's own `Debug` output hides it.
 ///
 /// ```no_run
-/// # async fn demo() -> llm_cache::Result<()> {
+/// # async fn demo() -> llm_cache_core::Result<()> {
 /// use std::time::Duration;
-/// use llm_cache::{ChatMessage, ChatRequest, OpenAiCompatible, RetryPolicy, Upstream};
+/// use llm_cache_core::{ChatMessage, ChatRequest, OpenAiCompatible, RetryPolicy, Upstream};
 ///
 /// let client = OpenAiCompatible::new("https://api.openai.com/v1")
 ///     .api_key(std::env::var("OPENAI_API_KEY").unwrap_or_default())
@@ -240,8 +240,8 @@ impl OpenAiCompatible {
     ///   to have it masked.
     ///
     /// ```no_run
-    /// # fn demo() -> llm_cache::Result<()> {
-    /// use llm_cache::OpenAiCompatible;
+    /// # fn demo() -> llm_cache_core::Result<()> {
+    /// use llm_cache_core::OpenAiCompatible;
     ///
     /// let shared = reqwest::Client::builder()
     ///     .redirect(reqwest::redirect::Policy::none())
