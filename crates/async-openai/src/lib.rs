@@ -43,7 +43,7 @@
 //!
 //! # The key
 //!
-//! The body's canonical JSON (the same rules as [`ChatRequest`](llm_cache_core::ChatRequest) keys:
+//! The body's canonical JSON (the same rules as [`ChatRequest`] keys:
 //! key order, whitespace and number spelling do not matter; `stream`, `stream_options` and
 //! the [`KeyOptions`](llm_cache_core::KeyOptions) ignored fields are dropped), the namespace, the
 //! upstream's scheme, host, port, path and query string (so Azure's `api-version` and each
@@ -80,7 +80,7 @@
 //! An upstream error status reaches the caller as the upstream's response (so as
 //! async-openai's `ApiError`), after the inner retry layer if there is one; waiters of the
 //! same flight get the same one. The cache's own failures (e.g. a waiter deadline) are
-//! `OpenAIError::Boxed` holding an [`Error`](llm_cache_core::Error). Nothing that failed is stored.
+//! `OpenAIError::Boxed` holding an [`Error`]. Nothing that failed is stored.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

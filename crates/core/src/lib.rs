@@ -22,7 +22,6 @@ pub mod integrations;
 pub mod prometheus;
 #[doc(hidden)]
 pub mod request;
-#[doc(hidden)]
 pub mod semantic;
 pub mod stream;
 #[doc(hidden)]
@@ -37,7 +36,7 @@ pub use llm_cache_engine::error;
 pub use llm_cache_engine::{
     BreakerState, CacheStatus, Cached, Codec, DEFAULT_SCAN_LIMIT, Digest, Error, ErrorKind,
     FetchOptions, Health, JsonCodec, L2Health, RedisStats, Result, Stats, TieredCache,
-    TieredCacheBuilder, Weigher, default_weight,
+    TieredCacheBuilder, TryFetchError, Weigher, default_weight,
 };
 // The Redis storage format: public for the fuzz crate and the tests, not semver-stable API.
 #[doc(hidden)]
@@ -45,11 +44,14 @@ pub use llm_cache_engine::envelope;
 #[doc(hidden)]
 pub use llm_cache_engine::{Envelope, EnvelopeError};
 
+// The semantic cache's items at the root as before; documented in `semantic`.
+#[doc(hidden)]
 pub use semantic::{
     Canonical, DEFAULT_AUDIT_AGREEMENT, DEFAULT_BUCKET_CAP, DEFAULT_MAX_CANDIDATES,
     DEFAULT_MAX_TYPOS, DEFAULT_SEMANTIC_L1_BYTES, DEFAULT_SEMANTIC_THRESHOLD, DEFAULT_TYPO_MIN_LEN,
     GuardVerdict, LexicalGuard, Refusal, SemanticConfig, SemanticStats,
 };
+#[doc(hidden)]
 pub use stream::ChatChunk;
 pub use upstream::ChunkStream;
 pub use upstream::{BoxFuture, Upstream};
@@ -70,8 +72,22 @@ pub use embeddings::{
     CachedEmbeddings, DEFAULT_L1_MAX_BYTES as DEFAULT_EMBEDDINGS_L1_MAX_BYTES,
     DEFAULT_MAX_INPUTS_PER_CALL as DEFAULT_MAX_EMBEDDING_INPUTS_PER_CALL, EmbeddingStats,
 };
+pub use request::{ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
+// The wire types at the root as before; documented in `types`.
+#[doc(hidden)]
 pub use request::{
-    ChatMessage, ChatRequest, ChatResponse, Choice, Content, Embedding, EmbeddingInput,
-    EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat, Extra, FunctionCall,
-    InputItem, MAX_REQUEST_DEPTH, ToolCall, Usage, Vector,
+    ChatMessage, Choice, Content, Embedding, EmbeddingInput, EmbeddingUsage, EncodingFormat, Extra,
+    FunctionCall, InputItem, MAX_REQUEST_DEPTH, ToolCall, Usage, Vector,
 };
+
+/// The OpenAI wire types: requests and answers (every field they do not name is kept, so a
+/// request is forwarded and keyed whole), their parts, embeddings' vectors, and a streamed
+/// answer's chunks.
+pub mod types {
+    pub use crate::request::{
+        ChatMessage, ChatRequest, ChatResponse, Choice, Content, Embedding, EmbeddingInput,
+        EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat, Extra, FunctionCall,
+        InputItem, MAX_REQUEST_DEPTH, ToolCall, Usage, Vector,
+    };
+    pub use crate::stream::ChatChunk;
+}

@@ -325,7 +325,7 @@ impl<V> TieredCacheBuilder<V> {
     }
 
     /// How values are encoded into their L2 payload and decoded back. Default
-    /// [`JsonCodec`](crate::JsonCodec) (serde_json). Called only on fills and L2 reads, never
+    /// [`JsonCodec`] (serde_json). Called only on fills and L2 reads, never
     /// on an L1 hit. Every instance sharing a key prefix must use the same codec: an entry
     /// that does not decode is a miss, removed from Redis (see [`Codec`]).
     pub fn codec(mut self, codec: impl Codec<V>) -> Self {
@@ -335,7 +335,7 @@ impl<V> TieredCacheBuilder<V> {
 
     /// What a value costs in memory while L1 holds it, from the value and the length of its
     /// encoded payload (uncompressed): its `Arc` allocation and everything it owns on the
-    /// heap (see [`Weigher`](crate::Weigher)); the engine adds the entry's own cost and
+    /// heap (see [`Weigher`]); the engine adds the entry's own cost and
     /// charges the sum against [`l1_max_bytes`](Self::l1_max_bytes). Default
     /// [`default_weight`](crate::default_weight): the `Arc` allocation plus the encoded
     /// length. Use it when the encoded length is a poor measure of the heap a value holds

@@ -31,9 +31,17 @@ pub enum ErrorKind {
     /// An explicit Redis operation (such as `invalidate`) failed. Reads and writes on the
     /// cache path never return this: they fail open.
     Redis,
-    /// The upstream does not offer what was asked (an [`Upstream`](crate::Upstream) of
+    /// The upstream does not offer what was asked (an `Upstream` of
     /// your own without embeddings).
     Unsupported,
+}
+
+impl fmt::Display for ErrorKind {
+    /// What went wrong in a few words (`invalid configuration`, `upstream error`,
+    /// `timed out`...), as the error's own `Display` begins.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl ErrorKind {
@@ -112,7 +120,7 @@ impl Error {
     }
 
     /// An upstream error with the HTTP status it answered with, for an
-    /// [`Upstream`](crate::Upstream) of your own: [`status`](Self::status) reports it,
+    /// `Upstream` of your own: [`status`](Self::status) reports it,
     /// [`is_rate_limited`](Self::is_rate_limited) is true for 429. Add the delay of a
     /// `Retry-After` with [`with_retry_after`](Self::with_retry_after).
     ///

@@ -8,7 +8,7 @@
 //! default, so a holder that cannot renew, stalled, cut off or killed, loses it within one
 //! lease); only the holder deletes it (compare-and-delete, or without EVAL a plain read and
 //! delete) when it stores nothing. A waiter also expires a marker that has no expiry and
-//! caps one that outlives its lease (see [`wait`]). A flight that finds another's marker polls
+//! caps one that outlives its lease (see `wait`). A flight that finds another's marker polls
 //! the key with a backoff (the same command: it takes the lease when the marker is gone
 //! without a value, because its holder died or failed) until the value lands.
 //! With Redis unreachable every step answers "unavailable" at once (guard, breaker) and the

@@ -9,6 +9,7 @@
 //! is paid for.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(hidden)]
 pub mod builder;
@@ -48,6 +49,7 @@ pub mod redis_stats;
 #[doc(hidden)]
 pub mod stats;
 mod stop;
+mod try_fetch;
 mod write_behind;
 
 use std::fmt;
@@ -71,6 +73,7 @@ pub use self::error::{Error, ErrorKind, Result};
 pub use self::health::{Health, L2Health};
 pub use self::redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
 pub use self::stats::{BreakerState, Stats};
+pub use self::try_fetch::TryFetchError;
 
 use crate::codec::Hooks;
 use crate::config::Config;

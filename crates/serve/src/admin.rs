@@ -26,7 +26,7 @@ pub(super) async fn health(State(front): State<Arc<Front>>) -> Response {
     .into_response()
 }
 
-/// [`LlmStats`](crate::LlmStats) as JSON.
+/// [`LlmStats`](llm_cache_core::LlmStats) as JSON.
 pub(super) async fn stats(State(front): State<Arc<Front>>) -> Response {
     Json(front.cache.stats()).into_response()
 }

@@ -17,8 +17,8 @@
 //! ```
 //!
 //! Handlers of your own take a few lines: the crate's [`Error`],
-//! [`Cached`](crate::Cached), [`CachedStream`](crate::CachedStream) and
-//! [`CachedEmbeddings`](crate::CachedEmbeddings) are axum responses (OpenAI-shaped errors;
+//! [`Cached`](llm_cache_core::Cached), [`CachedStream`](llm_cache_core::CachedStream) and
+//! [`CachedEmbeddings`](llm_cache_core::CachedEmbeddings) are axum responses (OpenAI-shaped errors;
 //! JSON or server-sent events with `x-llm-cache` and `age`).
 //!
 //! ```no_run
@@ -48,7 +48,7 @@
 //! - `GET /v1/models`: passed through to the upstream (needs
 //!   [`upstream_url`](ServeBuilder::upstream_url)); never cached.
 //! - `GET /health` (JSON: the Redis tier's state; always 200, Redis is optional),
-//!   `GET /stats` ([`LlmStats`](crate::LlmStats) as JSON: counts only, never a key or a
+//!   `GET /stats` ([`LlmStats`](llm_cache_core::LlmStats) as JSON: counts only, never a key or a
 //!   prompt), `GET /metrics` (Prometheus text, with the `prometheus` feature and
 //!   [`metrics`](ServeBuilder::metrics)).
 //!
@@ -65,7 +65,7 @@
 //!
 //! - **Open** (the default, and [`router`]): no caller authentication, for a router nested
 //!   behind a service's own. Misses go to the cache's own upstream, and keys are the
-//!   cache's own ([`LlmCache::chat_with`](crate::LlmCache::chat_with) shares them).
+//!   cache's own ([`LlmCache::chat_with`](llm_cache_core::LlmCache::chat_with) shares them).
 //! - **Caller keys** ([`callers`](ServeBuilder::callers)): the front holds the provider key
 //!   ([`upstream_key`](ServeBuilder::upstream_key)); each caller sends its own key as
 //!   `Authorization: Bearer <key>`, bound to a namespace (see [`CallerKeys`] for the file
@@ -88,7 +88,7 @@
 //! "code"}}`. An upstream error keeps the upstream's own status, `type`, `code` and `param`
 //! and its `Retry-After` (also as `retry-after-ms`); errors of the front itself say what
 //! was wrong: 400 for a body that is not a chat request (malformed JSON, nested deeper
-//! than [`MAX_REQUEST_DEPTH`](crate::MAX_REQUEST_DEPTH), a bad control header), 401 for a
+//! than [`MAX_REQUEST_DEPTH`](llm_cache_core::MAX_REQUEST_DEPTH), a bad control header), 401 for a
 //! missing or unknown caller key, 403 for a directive the key may not use, 413 for a body
 //! over [`body_limit`](ServeBuilder::body_limit), 502/504 when the upstream could not be
 //! reached or did not answer in time. Nothing that failed is stored. An error in the middle
@@ -264,7 +264,7 @@ impl ServeBuilder {
     }
 
     /// Serve `GET /metrics` from this Prometheus handle (see
-    /// [`prometheus::install`](crate::prometheus::install)).
+    /// [`prometheus::install`](llm_cache_core::prometheus::install)).
     #[cfg(feature = "prometheus")]
     pub fn metrics(mut self, handle: llm_cache_core::prometheus::PrometheusHandle) -> Self {
         self.metrics = Some(handle);

@@ -9,6 +9,7 @@ use crate::request::Usage;
 
 /// The price of one model, in dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
 pub struct ModelPrice {
     /// Dollars per million prompt (input) tokens.
     pub input_per_million: f64,

@@ -23,6 +23,7 @@ use crate::error::{Error, ErrorKind, Result};
 /// entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum EmbeddingInput {
     /// One text.
     Text(String),
@@ -36,6 +37,7 @@ pub enum EmbeddingInput {
 
 /// One input of a request, borrowed: a text or a list of token ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum InputItem<'a> {
     /// A text.
     Text(&'a str),
@@ -143,6 +145,7 @@ impl From<Vec<Vec<u32>>> for EmbeddingInput {
 /// How vectors are written in a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum EncodingFormat {
     /// A JSON array of numbers (the API's default).
     #[default]

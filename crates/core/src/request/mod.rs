@@ -247,6 +247,7 @@ impl ChatMessage {
 /// Message content: a plain string, or a list of typed parts (text, image_url, ...).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum Content {
     /// Plain text.
     Text(String),

@@ -305,7 +305,7 @@ return 1",
     )
 });
 
-/// The deadline prefix of the values [`hset_capped`] keeps: 13 decimal digits.
+/// The deadline prefix of the values `hset_capped` keeps: 13 decimal digits.
 pub fn deadline_prefix(deadline_ms: u64) -> [u8; 13] {
     let mut out = [b'0'; 13];
     let mut n = deadline_ms.min(9_999_999_999_999);
