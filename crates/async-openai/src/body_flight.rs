@@ -4,7 +4,7 @@
 //! as they came once the stream is complete. A consumer going away never cuts the stream
 //! for the others, and a stream that is not complete is never stored.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_openai::error::OpenAIError;
@@ -13,10 +13,10 @@ use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::watch;
 
 use llm_cache_core::chat::CacheControl;
 use llm_cache_core::error::{Error, ErrorKind};
+use llm_cache_core::replay_log::{Next, ReplayLog};
 use llm_cache_core::tiered::digest::Digest;
 use llm_cache_core::tiered::{CacheStatus, TieredCache};
 
@@ -31,118 +31,22 @@ const STREAM_WAIT: Duration = Duration::from_secs(30 * 60);
 /// Streamed flights in progress, by digest.
 pub(super) type Flights = DashMap<Digest, Arc<BodyFlight>>;
 
-/// The log of one streamed flight: the bytes seen so far, then how it ended.
-pub(super) struct BodyFlight {
-    log: Mutex<Log>,
-    progress: watch::Sender<u64>,
-}
+/// The log of one streamed flight: the bytes seen so far, then how it ended, and where
+/// they come from. See [`ReplayLog`].
+pub(super) type BodyFlight = ReplayLog<Bytes, CacheStatus, ()>;
 
-#[derive(Default)]
-struct Log {
-    parts: Vec<Bytes>,
-    /// `Some` once ended: `Ok` after the last byte, or the error every consumer gets.
-    end: Option<Result<(), Error>>,
-    origin: Option<CacheStatus>,
-}
-
-impl BodyFlight {
-    fn new() -> Arc<Self> {
-        Arc::new(BodyFlight {
-            log: Mutex::default(),
-            progress: watch::Sender::new(0),
-        })
-    }
-
-    fn log(&self) -> MutexGuard<'_, Log> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set_origin(&self, origin: CacheStatus) {
-        self.log().origin.get_or_insert(origin);
-    }
-
-    fn push(&self, part: Bytes) {
-        {
-            let mut log = self.log();
-            if log.end.is_some() {
-                return;
-            }
-            log.parts.push(part);
+/// Every byte from the start, then the live ones; an error ends it.
+fn subscribe(
+    flight: &Arc<BodyFlight>,
+) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
+    futures_util::stream::unfold(Some(flight.reader()), |reader| async move {
+        let mut reader = reader?;
+        match reader.next().await? {
+            Next::Item(part) => Some((Ok(part), Some(reader))),
+            Next::End(_) => None,
+            Next::Failed(e) => Some((Err(e), None)),
         }
-        self.progress.send_modify(|v| *v += 1);
-    }
-
-    fn has_parts(&self) -> bool {
-        !self.log().parts.is_empty()
-    }
-
-    fn finish(&self, end: Result<(), Error>) {
-        self.log().end.get_or_insert(end);
-        self.progress.send_modify(|v| *v += 1);
-    }
-
-    fn failed(&self) -> bool {
-        matches!(self.log().end, Some(Err(_)))
-    }
-
-    /// Wait for the first bytes or the end: the flight's origin, or its error when it
-    /// ended before any byte.
-    async fn first(&self) -> Result<CacheStatus, Error> {
-        let mut rx = self.progress.subscribe();
-        loop {
-            {
-                let log = self.log();
-                if !log.parts.is_empty() || matches!(log.end, Some(Ok(()))) {
-                    return Ok(log.origin.unwrap_or(CacheStatus::Miss));
-                }
-                if let Some(Err(e)) = &log.end {
-                    return Err(e.clone());
-                }
-            }
-            if rx.changed().await.is_err() {
-                return Err(Error::new(
-                    ErrorKind::FetchAborted,
-                    "the stream flight was dropped",
-                ));
-            }
-        }
-    }
-
-    /// Every byte from the start, then the live ones; an error ends it.
-    fn subscribe(self: &Arc<Self>) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
-        let rx = self.progress.subscribe();
-        let state = (Arc::clone(self), rx, 0usize, false);
-        futures_util::stream::unfold(state, |(flight, mut rx, mut next, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                rx.mark_unchanged();
-                {
-                    let log = flight.log();
-                    if let Some(part) = log.parts.get(next) {
-                        let part = part.clone();
-                        drop(log);
-                        next += 1;
-                        return Some((Ok(part), (flight, rx, next, false)));
-                    }
-                    match &log.end {
-                        Some(Ok(())) => return None,
-                        Some(Err(e)) => {
-                            let e = e.clone();
-                            drop(log);
-                            return Some((Err(e), (flight, rx, next, true)));
-                        }
-                        None => {}
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    let e = Error::new(ErrorKind::FetchAborted, "the stream flight was dropped");
-                    return Some((Err(e), (flight, rx, next, true)));
-                }
-            }
-        })
-    }
+    })
 }
 
 /// An error that only says the answer was not complete enough to store (a 2xx the layer
@@ -207,8 +111,8 @@ where
             factory,
         );
     }
-    let events = flight.subscribe();
-    let status = match flight.first().await {
+    let events = subscribe(&flight);
+    let status = match flight.first(CacheStatus::Miss).await {
         Ok(origin) if leads => origin,
         Ok(_) => {
             bodies.count_coalesced();
@@ -274,14 +178,14 @@ fn drive<S>(
         };
         match bodies.get_or_fetch_with(digest, &options, fetch).await {
             Ok(cached) => {
-                if !flight.has_parts() {
+                if !flight.has_items() {
                     // Answered by a tier: replay it whole.
                     flight.set_origin(cached.status());
                     flight.push(Bytes::copy_from_slice(cached.value().body.as_bytes()));
                 }
                 flight.finish(Ok(()));
             }
-            Err(e) if flight.has_parts() && only_incomplete(&e) => flight.finish(Ok(())),
+            Err(e) if flight.has_items() && only_incomplete(&e) => flight.finish(Ok(())),
             Err(e) => flight.finish(Err(e)),
         }
         flights.remove_if(&digest, |_, f| Arc::ptr_eq(f, &flight));

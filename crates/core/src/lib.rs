@@ -21,6 +21,8 @@ pub mod integrations;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 #[doc(hidden)]
+pub mod replay_log;
+#[doc(hidden)]
 pub mod request;
 pub mod semantic;
 pub mod stream;
@@ -66,7 +68,7 @@ pub use chat::key;
 pub use chat::key::{KEY_FORMAT_VERSION, KeyOptions};
 pub use chat::{
     CacheControl, CachedStream, DEFAULT_MAX_MODEL_LABELS, DEFAULT_STREAM_DEADLINE, LlmCache,
-    LlmCacheBuilder, LlmStats, ModelPrice, ModelSavings, OTHER_MODELS, PriceTable,
+    LlmCacheBuilder, LlmStats, ModelPrice, ModelSavings, OTHER_MODELS, PriceTable, Route,
 };
 pub use embeddings::{
     CachedEmbeddings, DEFAULT_L1_MAX_BYTES as DEFAULT_EMBEDDINGS_L1_MAX_BYTES,

@@ -74,7 +74,6 @@ impl LlmCache {
 
     /// [`embeddings_with`](Self::embeddings_with) for an HTTP-level layer (see
     /// [`Route`]): its upstream on a miss, its scope in every input's key.
-    #[doc(hidden)]
     pub async fn embeddings_routed(
         &self,
         request: &EmbeddingRequest,

@@ -42,34 +42,76 @@ use crate::tiered::{CacheStatus, Cached, TieredCache, now_ms};
 use crate::upstream::Upstream;
 
 /// Where a request's answer comes from on a miss, and what its key holds beyond the body and
-/// namespace: the cache's own upstream and plain keys, or (for an HTTP-level layer) the
-/// layer's upstream for this request and a scope (upstream host, path, query, credentials)
-/// that puts its keys in a space of their own.
-/// `Route::OWN` (both `None`) costs nothing on the hot path.
+/// namespace: the extension point for an integration that calls its own upstream through
+/// the cache (an HTTP front, a tower layer in another client's stack).
+///
+/// [`Route::OWN`] is the cache's own upstream and plain keys (what `chat_with` uses, at no
+/// cost). A route of your own names the upstream a miss asks and a **scope**: bytes mixed
+/// into every key it makes (say, the upstream's host and a digest of the caller's
+/// credentials), so its entries live in a key space of their own and never answer another
+/// upstream's or another caller's requests. Pass it to [`LlmCache::chat_routed`],
+/// [`LlmCache::chat_stream_routed`] or [`LlmCache::embeddings_routed`].
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use llm_cache_core::{Route, Upstream};
+/// # fn make(their_upstream: Arc<dyn Upstream>) -> Route {
+/// let route = Route::via(their_upstream).scope(b"https://api.example.com/v1 key:1f2e".to_vec());
+/// # route }
+/// ```
 #[derive(Clone)]
-#[doc(hidden)]
 pub struct Route {
-    #[doc(hidden)]
+    /// Mixed into every key the route makes; `None`: keys as `chat_with` makes them.
     pub scope: Option<Arc<[u8]>>,
-    /// `None`: the cache's own upstream.
-    #[doc(hidden)]
+    /// The upstream a miss asks; `None`: the cache's own upstream.
     pub upstream: Option<Arc<dyn Upstream>>,
     /// Where this route's `/embeddings` calls go (the same base URL, credentials and retry
     /// stack as `upstream`), for a semantic lookup with
     /// [`SemanticConfig::embed_via_route`](crate::SemanticConfig::embed_via_route); `None`:
     /// the cache's own upstream embeds.
-    #[doc(hidden)]
     pub embedder: Option<Arc<dyn Upstream>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("scope_bytes", &self.scope.as_ref().map(|s| s.len()))
+            .field("own_upstream", &self.upstream.is_none())
+            .field("own_embedder", &self.embedder.is_none())
+            .finish()
+    }
 }
 
 impl Route {
     /// The cache's own upstream, and keys as [`LlmCache::digest_with`] makes them.
-    #[doc(hidden)]
     pub const OWN: Route = Route {
         scope: None,
         upstream: None,
         embedder: None,
     };
+
+    /// A route whose misses ask `upstream`, with no scope yet (add one with
+    /// [`scope`](Self::scope) unless its answers may be shared with the cache's own).
+    pub fn via(upstream: Arc<dyn Upstream>) -> Self {
+        Route {
+            upstream: Some(upstream),
+            ..Route::OWN
+        }
+    }
+
+    /// The same route with `scope` mixed into every key it makes.
+    #[must_use]
+    pub fn scope(mut self, scope: impl Into<Arc<[u8]>>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The same route with its `/embeddings` calls sent to `embedder`.
+    #[must_use]
+    pub fn embedder(mut self, embedder: Arc<dyn Upstream>) -> Self {
+        self.embedder = Some(embedder);
+        self
+    }
 
     /// The upstream a miss asks.
     pub(crate) fn upstream<'a>(&'a self, own: &'a Arc<dyn Upstream>) -> &'a Arc<dyn Upstream> {
@@ -254,7 +296,6 @@ impl LlmCache {
     /// [`chat_with`](Self::chat_with) for an HTTP-level layer: the answer comes from the
     /// route's upstream on a miss and the key holds the route's scope too (see
     /// [`Route`]). Same tiers, flights, stats and prices as `chat_with`.
-    #[doc(hidden)]
     pub async fn chat_routed(
         &self,
         request: &ChatRequest,

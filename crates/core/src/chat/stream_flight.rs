@@ -5,20 +5,20 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::watch;
 
 use super::semantic::Before;
 use super::{LlmCache, Route};
 use crate::chat::policy::{self, CacheControl};
 use crate::error::{Error, ErrorKind, Result};
+use crate::replay_log::{Next, ReplayLog};
 use crate::request::{ChatRequest, ChatResponse};
 use crate::stream::{Assembler, ChatChunk, ReplayOptions, replay};
 use crate::tiered::digest::Digest;
@@ -145,7 +145,6 @@ impl LlmCache {
 
     /// [`chat_stream_with`](Self::chat_stream_with) on an HTTP-level layer's route (see
     /// [`Route`]): same flights, fan-out, tiers and stats.
-    #[doc(hidden)]
     pub async fn chat_stream_routed(
         &self,
         request: &ChatRequest,
@@ -263,8 +262,8 @@ impl LlmCache {
                 }
             }
         };
-        let chunks = flight.subscribe(usage, on_end);
-        let (origin, created_at_ms) = flight.first().await?;
+        let chunks = subscribe(&flight, usage, on_end);
+        let (origin, created_at_ms) = flight.first((CacheStatus::Miss, None)).await?;
         let status = if leads {
             origin
         } else {
@@ -353,19 +352,19 @@ impl LlmCache {
                 .await
             {
                 Ok(cached) => {
-                    if !flight.has_chunks() {
+                    if !flight.has_items() {
                         // Answered by a tier or by a non-streamed flight: replay it.
                         let fetched_now = cached.status() == CacheStatus::Miss;
-                        flight.set_origin(
+                        flight.set_origin((
                             cached.status(),
                             (!fetched_now).then(|| cached.created_at_ms()),
-                        );
+                        ));
                         let all = ReplayOptions {
                             chunk_chars: inner.stream_chunk_chars,
                             include_usage: true,
                         };
                         for chunk in replay(cached.value(), &all) {
-                            flight.push(chunk);
+                            flight.push(Arc::new(chunk));
                         }
                     }
                     flight.finish(Ok(cached.into_arc()));
@@ -387,14 +386,14 @@ impl LlmCache {
         abort: bool,
         request: ChatRequest,
     ) -> Result<ChatResponse> {
-        flight.set_origin(CacheStatus::Miss, None);
+        flight.set_origin((CacheStatus::Miss, None));
         calls.fetch_add(1, Relaxed);
         let mut live = upstream.chat_stream(&request).await?;
         let mut assembler = Assembler::new();
         while let Some(chunk) = live.next().await {
             let chunk = chunk?;
             assembler.push(&chunk)?;
-            flight.push(chunk);
+            flight.push(Arc::new(chunk));
             if abort && flight.consumers() == 0 {
                 return Err(Error::new(
                     ErrorKind::FetchAborted,
@@ -409,220 +408,44 @@ impl LlmCache {
     }
 }
 
-/// The log of one streamed flight: every chunk seen so far, then how it ended. Consumers
-/// read it from the start, so a late joiner gets every chunk already seen, then the live
-/// ones. Shared by `Arc`; its only lock is held to copy one chunk out.
-pub(crate) struct StreamFlight {
-    log: Mutex<FlightLog>,
-    progress: watch::Sender<u64>,
-    consumers: AtomicUsize,
-}
-
-#[derive(Default)]
-struct FlightLog {
-    chunks: Vec<Arc<ChatChunk>>,
-    /// `Some` once the flight ended: `Ok` after the last chunk, or the error every
-    /// consumer gets after the chunks it saw.
-    end: Option<Result<()>>,
-    /// The status consumers that start the flight report (miss, L2 hit...), and when a
-    /// stored answer was first fetched (`None` for one fetched by this flight).
-    origin: Option<(CacheStatus, Option<u64>)>,
-    /// The assembled answer, once the flight ended well.
-    answer: Option<Arc<ChatResponse>>,
-}
-
-impl StreamFlight {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(StreamFlight {
-            log: Default::default(),
-            progress: watch::Sender::new(0),
-            consumers: Default::default(),
-        })
-    }
-
-    fn log(&self) -> MutexGuard<'_, FlightLog> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn bump(&self) {
-        self.progress.send_modify(|v| *v += 1);
-    }
-
-    /// Record where the flight's chunks come from (and, for a stored answer, when it was
-    /// first fetched); the first caller wins.
-    pub(crate) fn set_origin(&self, origin: CacheStatus, created_at_ms: Option<u64>) {
-        let mut log = self.log();
-        if log.origin.is_none() {
-            log.origin = Some((origin, created_at_ms));
-        }
-    }
-
-    /// Append a chunk and wake every consumer. Ignored after the end.
-    pub(crate) fn push(&self, chunk: ChatChunk) {
-        {
-            let mut log = self.log();
-            if log.end.is_some() {
-                return;
-            }
-            log.chunks.push(Arc::new(chunk));
-        }
-        self.bump();
-    }
-
-    /// True when chunks were pushed (the upstream streamed into this flight).
-    pub(crate) fn has_chunks(&self) -> bool {
-        !self.log().chunks.is_empty()
-    }
-
-    /// End the flight; the first end wins.
-    pub(crate) fn finish(&self, end: Result<Arc<ChatResponse>>) {
-        {
-            let mut log = self.log();
-            if log.end.is_some() {
-                return;
-            }
-            match end {
-                Ok(answer) => {
-                    log.answer = Some(answer);
-                    log.end = Some(Ok(()));
-                }
-                Err(e) => log.end = Some(Err(e)),
-            }
-        }
-        self.bump();
-    }
-
-    /// True once the flight ended with an error.
-    pub(crate) fn failed(&self) -> bool {
-        matches!(self.log().end, Some(Err(_)))
-    }
-
-    /// Consumers attached now (streams not yet dropped).
-    pub(crate) fn consumers(&self) -> usize {
-        self.consumers.load(Ordering::Acquire)
-    }
-
-    /// Count a caller that waits on this flight's answer without reading its chunks (a
-    /// non-streamed request of the same key), so the flight is not aborted under it.
-    pub(crate) fn hold(self: &Arc<Self>) -> Hold {
-        self.consumers.fetch_add(1, Ordering::AcqRel);
-        Hold(Arc::clone(self))
-    }
-
-    /// Wait until the flight has a first chunk or has ended; returns its origin (and when a
-    /// stored answer was first fetched), or the error when it ended before any chunk.
-    pub(crate) async fn first(&self) -> Result<(CacheStatus, Option<u64>)> {
-        let mut rx = self.progress.subscribe();
-        loop {
-            {
-                let log = self.log();
-                if !log.chunks.is_empty() || matches!(log.end, Some(Ok(()))) {
-                    return Ok(log.origin.unwrap_or((CacheStatus::Miss, None)));
-                }
-                if let Some(Err(e)) = &log.end {
-                    return Err(e.clone());
-                }
-            }
-            if rx.changed().await.is_err() {
-                return Err(Error::new(
-                    ErrorKind::FetchAborted,
-                    "the stream flight was dropped",
-                ));
-            }
-        }
-    }
-
-    /// A consumer that reads the whole log from the start. With `usage` false, the final
-    /// usage-only chunk is skipped (the request did not ask for it). `on_end` runs once
-    /// with the assembled answer when the stream ends well.
-    pub(crate) fn subscribe(
-        self: &Arc<Self>,
-        usage: bool,
-        on_end: impl FnOnce(&ChatResponse) + Send + 'static,
-    ) -> BoxStream<'static, Result<ChatChunk>> {
-        self.consumers.fetch_add(1, Ordering::AcqRel);
-        let state = Consumer {
-            flight: Arc::clone(self),
-            rx: self.progress.subscribe(),
-            next: 0,
-            done: false,
-            usage,
-            on_end: Some(Box::new(on_end)),
-        };
-        futures_util::stream::unfold(state, |mut c| async move {
-            let item = c.next_item().await?;
-            Some((item, c))
-        })
-        .boxed()
-    }
-}
+/// The log of one streamed flight: every chunk seen so far, then how it ended (the
+/// assembled answer), and where the chunks come from (with, for a stored answer, when it
+/// was first fetched). See [`ReplayLog`].
+pub(crate) type StreamFlight =
+    ReplayLog<Arc<ChatChunk>, (CacheStatus, Option<u64>), Arc<ChatResponse>>;
 
 /// Runs once with the assembled answer when a consumer's stream ends well.
 type OnEnd = Box<dyn FnOnce(&ChatResponse) + Send>;
 
-struct Consumer {
-    flight: Arc<StreamFlight>,
-    rx: watch::Receiver<u64>,
-    next: usize,
-    done: bool,
+/// A consumer that reads the whole log from the start. With `usage` false, the final
+/// usage-only chunk is skipped (the request did not ask for it). `on_end` runs once with
+/// the assembled answer when the stream ends well.
+fn subscribe(
+    flight: &Arc<StreamFlight>,
     usage: bool,
-    on_end: Option<OnEnd>,
-}
-
-impl Consumer {
-    async fn next_item(&mut self) -> Option<Result<ChatChunk>> {
-        loop {
-            if self.done {
-                return None;
-            }
-            self.rx.mark_unchanged();
-            {
-                let log = self.flight.log();
-                while let Some(chunk) = log.chunks.get(self.next) {
-                    self.next += 1;
-                    if self.usage || !(chunk.choices.is_empty() && chunk.usage.is_some()) {
-                        return Some(Ok((**chunk).clone()));
+    on_end: impl FnOnce(&ChatResponse) + Send + 'static,
+) -> BoxStream<'static, Result<ChatChunk>> {
+    let on_end: Option<OnEnd> = Some(Box::new(on_end));
+    futures_util::stream::unfold(
+        (flight.reader(), on_end),
+        move |(mut reader, mut on_end)| async move {
+            loop {
+                match reader.next().await? {
+                    Next::Item(chunk) => {
+                        if usage || !(chunk.choices.is_empty() && chunk.usage.is_some()) {
+                            return Some((Ok((*chunk).clone()), (reader, on_end)));
+                        }
                     }
-                }
-                match &log.end {
-                    Some(Ok(())) => {
-                        self.done = true;
-                        let answer = log.answer.clone();
-                        drop(log);
-                        if let (Some(f), Some(a)) = (self.on_end.take(), answer) {
+                    Next::End(answer) => {
+                        if let (Some(f), Some(a)) = (on_end.take(), answer) {
                             f(&a);
                         }
                         return None;
                     }
-                    Some(Err(e)) => {
-                        self.done = true;
-                        return Some(Err(e.clone()));
-                    }
-                    None => {}
+                    Next::Failed(e) => return Some((Err(e), (reader, on_end))),
                 }
             }
-            if self.rx.changed().await.is_err() {
-                self.done = true;
-                return Some(Err(Error::new(
-                    ErrorKind::FetchAborted,
-                    "the stream flight was dropped",
-                )));
-            }
-        }
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        self.flight.consumers.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A waiter counted as a consumer until dropped; see [`StreamFlight::hold`].
-pub(crate) struct Hold(Arc<StreamFlight>);
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        self.0.consumers.fetch_sub(1, Ordering::AcqRel);
-    }
+        },
+    )
+    .boxed()
 }
