@@ -9,6 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-always}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+# A gate builds once from scratch: incremental caches would only cost time and ~20 GB of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 section() {
     printf '\n==================== %s ====================\n' "$*"

@@ -127,7 +127,7 @@ pub(super) fn forward(original: HttpRequestFactory, first: reqwest::Request) -> 
     let first = Arc::new(Mutex::new(Some(first)));
     HttpRequestFactory::new(move || {
         let original = original.clone();
-        let taken = first.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let taken = llm_cache_core::tiered::sync::lock(&first).take();
         async move {
             if let Some(request) = taken {
                 return Ok(request);

@@ -9,7 +9,7 @@
 //! this log. Its only lock is held to copy one item out.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
@@ -52,7 +52,7 @@ impl<T: Clone, O: Clone, A: Clone> ReplayLog<T, O, A> {
     }
 
     fn log(&self) -> MutexGuard<'_, Inner<T, O, A>> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::tiered::sync::lock(&self.log)
     }
 
     fn bump(&self) {

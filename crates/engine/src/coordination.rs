@@ -310,11 +310,7 @@ where
             self.counters.l2_hits.load(Ordering::Relaxed),
             self.counters.fetches.load(Ordering::Relaxed),
         );
-        let mut last = self
-            .lookup_mode
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = crate::sync::lock(&self.lookup_mode.last);
         let (hits, misses) = (now.0.saturating_sub(last.0), now.1.saturating_sub(last.1));
         if hits + misses < RETUNE_MIN_LOOKUPS {
             return;

@@ -255,43 +255,35 @@ impl std::error::Error for Error {
 /// be shown in errors and `Debug` output.
 #[doc(hidden)]
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // Not a URL the parser takes: show its scheme only, never what could be a secret.
+        return match url.find("://") {
+            Some(end) => format!("{}://(unparsable)", &url[..end]),
+            None => "(unparsable URL)".to_string(),
+        };
     };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let mut out = String::with_capacity(url.len());
-    out.push_str(&url[..rest_start]);
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            match userinfo.find(':') {
-                Some(colon) => {
-                    out.push_str(&userinfo[..colon]);
-                    out.push_str(":***");
-                }
-                None if !userinfo.is_empty() => out.push_str("***"),
-                None => {}
-            }
-            out.push_str(&authority[at..]);
-        }
-        None => out.push_str(authority),
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    } else if !parsed.username().is_empty() {
+        // A lone user part may be a token (`rediss://token@host`).
+        let _ = parsed.set_username("***");
     }
-    let tail = &rest[authority_end..];
     // Some clients accept `?password=...`; hide that too.
-    match tail.find("password=") {
-        Some(p) => {
-            out.push_str(&tail[..p + "password=".len()]);
-            out.push_str("***");
-            if let Some(amp) = tail[p..].find('&') {
-                out.push_str(&tail[p + amp..]);
-            }
-        }
-        None => out.push_str(tail),
+    if parsed.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
-    out
+    parsed.to_string()
 }
 
 /// What an upstream's JSON error body says besides its message (`error.type`, `error.code`,

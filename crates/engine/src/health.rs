@@ -183,12 +183,7 @@ where
             (false, BreakerState::Closed) => L2Health::Down,
             (false, _) => L2Health::BreakerOpen,
         };
-        let last = self
-            .counters()
-            .last_l2_error
-            .lock()
-            .expect("lock poisoned")
-            .clone();
+        let last = crate::sync::lock(&self.counters().last_l2_error).clone();
         Health {
             l2: state,
             breaker,

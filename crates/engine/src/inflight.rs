@@ -6,7 +6,7 @@
 //! (one of them then leads), never handed an error that nobody's work produced.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -39,7 +39,7 @@ impl<T> Flight<T> {
     }
 
     fn settle(&self, state: State<T>) {
-        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+        *crate::sync::lock(&self.state) = state;
         self.settled.notify_waiters();
     }
 }
@@ -177,12 +177,7 @@ impl<T: Clone> Waiter<T> {
             let notified = self.flight.settled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match &*self
-                .flight
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-            {
+            match &*crate::sync::lock(&self.flight.state) {
                 State::Pending => {}
                 State::Done(outcome) => return Some(outcome.clone()),
                 State::Abandoned => return None,

@@ -47,7 +47,6 @@ use tokio::time::Instant;
 use futures_util::future::BoxFuture;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::digest::Digest;
 use crate::keyspace::{INCARNATION_FIELD, Keyspace};
@@ -214,7 +213,7 @@ impl Invalidation {
         if !self.any_generation.load(Ordering::Acquire) {
             return self.base.load(Ordering::Acquire);
         }
-        let map = self.generations.read().expect("lock poisoned");
+        let map = crate::sync::read(&self.generations);
         match map.get(namespace) {
             Some(&(_, scoped)) => scoped,
             None => self.base.load(Ordering::Acquire),
@@ -228,7 +227,7 @@ impl Invalidation {
 
     /// Learn that `namespace` is now at `generation`.
     pub fn observe(&self, namespace: &str, generation: u64) {
-        let mut map = self.generations.write().expect("lock poisoned");
+        let mut map = crate::sync::write(&self.generations);
         let incarnation = self.incarnation.load(Ordering::Acquire);
         map.insert(
             namespace.to_owned(),
@@ -249,7 +248,7 @@ impl Invalidation {
             .find(|(field, _)| field.as_slice() == INCARNATION_FIELD)
             .map(|&(_, value)| value)
             .filter(|&value| value != 0)?;
-        let mut map = self.generations.write().expect("lock poisoned");
+        let mut map = crate::sync::write(&self.generations);
         let before = self.incarnation.swap(incarnation, Ordering::AcqRel);
         self.base.store(mixed(incarnation, 0), Ordering::Release);
         map.clear();
@@ -275,7 +274,7 @@ impl Invalidation {
         if incarnation == 0 || incarnation == self.incarnation() {
             return false;
         }
-        let mut map = self.generations.write().expect("lock poisoned");
+        let mut map = crate::sync::write(&self.generations);
         self.incarnation.store(incarnation, Ordering::Release);
         self.base.store(mixed(incarnation, 0), Ordering::Release);
         map.clear();
@@ -293,7 +292,7 @@ impl Invalidation {
 
     /// Why the server refuses this instance's subscription (NOPERM), while it does.
     pub fn refused(&self) -> Option<String> {
-        self.refused.lock().expect("lock poisoned").clone()
+        crate::sync::lock(&self.refused).clone()
     }
 
     /// Note the server's refusal (or its end). True when this refusal is news to the
@@ -302,7 +301,7 @@ impl Invalidation {
     fn note_refused(&self, server: &str, why: Option<String>) -> bool {
         static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
         let place = format!("{server} {}", self.channel);
-        let mut warned = WARNED.lock().expect("lock poisoned");
+        let mut warned = crate::sync::lock(&WARNED);
         let news = match &why {
             Some(_) if !warned.contains(&place) => {
                 warned.push(place);
@@ -314,7 +313,7 @@ impl Invalidation {
                 false
             }
         };
-        *self.refused.lock().expect("lock poisoned") = why;
+        *crate::sync::lock(&self.refused) = why;
         news
     }
 
@@ -454,13 +453,7 @@ fn parse_hex(hex: &str) -> Option<Digest> {
 }
 
 /// Aborts its task when dropped.
-pub(crate) struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+pub(crate) type AbortOnDrop = tokio_util::task::AbortOnDropHandle<()>;
 
 /// For an instance that does not subscribe: load the generations record (so its keys are
 /// the fleet's, in the record's incarnation) and check its incarnation once a second,
@@ -471,7 +464,7 @@ pub(crate) fn spawn_poller(
     l2: Arc<Guarded>,
     sink: Weak<dyn Sink>,
 ) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
+    AbortOnDrop::new(tokio::spawn(async move {
         let mut retry = RETRY_MIN;
         let mut loaded = false;
         while sink.strong_count() > 0 {
@@ -513,7 +506,7 @@ pub(crate) fn spawn_subscriber(
     l2: Arc<Guarded>,
     sink: Weak<dyn Sink>,
 ) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(subscribe_forever(state, l2, sink)))
+    AbortOnDrop::new(tokio::spawn(subscribe_forever(state, l2, sink)))
 }
 
 async fn subscribe_forever(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Weak<dyn Sink>) {

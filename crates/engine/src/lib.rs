@@ -49,6 +49,8 @@ pub mod redis_stats;
 #[doc(hidden)]
 pub mod stats;
 mod stop;
+#[doc(hidden)]
+pub mod sync;
 mod try_fetch;
 mod write_behind;
 

@@ -172,7 +172,7 @@ impl Counters {
     /// Remember an L2 failure for `health()`, with any URL password in it hidden.
     pub fn note_l2_error(&self, op: &'static str, why: &str) {
         let last = crate::health::LastError::new(op, why);
-        *self.last_l2_error.lock().expect("lock poisoned") = Some(last);
+        *crate::sync::lock(&self.last_l2_error) = Some(last);
     }
 
     pub fn snapshot(

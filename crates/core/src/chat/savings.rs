@@ -298,10 +298,7 @@ impl Default for ModelExported {
 /// Nano-dollars saved per model, process-wide (one cell per model name ever seen).
 fn cost_cell(model: &str) -> Arc<AtomicU64> {
     static CELLS: OnceLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = OnceLock::new();
-    let mut cells = CELLS
-        .get_or_init(Default::default)
-        .lock()
-        .expect("lock poisoned");
+    let mut cells = crate::tiered::sync::lock(CELLS.get_or_init(Default::default));
     Arc::clone(cells.entry(model.to_string()).or_default())
 }
 

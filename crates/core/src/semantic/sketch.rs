@@ -91,7 +91,7 @@ impl Sketch {
 /// sequence (splitmix64), so every instance and every release buckets alike.
 fn hyperplanes(dims: usize) -> Arc<[f32]> {
     static PLANES: LazyLock<Mutex<HashMap<usize, Arc<[f32]>>>> = LazyLock::new(Default::default);
-    let mut map = PLANES.lock().expect("hyperplanes lock");
+    let mut map = crate::tiered::sync::lock(&PLANES);
     if let Some(p) = map.get(&dims) {
         return Arc::clone(p);
     }
