@@ -9,7 +9,7 @@ mod embeddings;
 mod error;
 #[cfg(any(feature = "tower", feature = "async-openai", feature = "axum"))]
 mod integrations;
-// The fuzz targets' checks: public for `fuzz/` and tests/fuzz_regressions.rs only.
+// The fuzz targets' checks: public for `fuzz/` and tests/engine/fuzz_regressions.rs only.
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "prometheus")]
