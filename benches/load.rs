@@ -49,9 +49,6 @@
 //! `LOAD_BENCH_ONLY=l2,miss` runs only the figures named. Progress goes to stderr, the JSON
 //! to stdout.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 #[cfg(feature = "async-openai")]
 #[path = "async_openai_figures.rs"]
 mod async_openai_figures;
@@ -70,6 +67,7 @@ use llm_cache::{
     BoxFuture, CacheStatus, ChatMessage, ChatRequest, ChatResponse, Choice, LlmCache,
     LlmCacheBuilder, OpenAiCompatible, Result, RetryPolicy, Upstream, Usage,
 };
+use llm_cache_test_support as support;
 use serde_json::{Value, json};
 use support::redis::RedisServer;
 use support::upstream::MockUpstream;

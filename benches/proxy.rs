@@ -12,17 +12,14 @@
 //!
 //! Prints one JSON object on stdout; progress on stderr.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use llm_cache::{BoxFuture, ChatMessage, ChatRequest, ChatResponse, LlmCache, Upstream};
+use llm_cache_test_support::redis::RedisServer;
+use llm_cache_test_support::served::Served;
 use serde_json::{Value, json};
-use support::front::Served;
-use support::redis::RedisServer;
 
 /// Concurrent callers of every figure.
 const CALLERS: usize = 64;

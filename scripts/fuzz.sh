@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every cargo-fuzz target for SECONDS each. A crash is copied into
-# fuzz/regressions/<target>/ (replayed by tests/fuzz_regressions.rs) and fails the run.
+# fuzz/regressions/<target>/ (replayed by tests/engine/fuzz_regressions.rs) and fails the run.
 # Stable toolchain: cargo-fuzz needs nightly flags, hence RUSTC_BOOTSTRAP=1.
 set -euo pipefail
 

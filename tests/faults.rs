@@ -6,7 +6,7 @@
 //! retry (counted), nothing panics, no flight is left behind, and L2 hits come back once
 //! Redis does. Each scenario prints one summary line (run with `--nocapture` to see it).
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::fmt::Write as _;
 use std::future::Future;

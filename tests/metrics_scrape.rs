@@ -2,7 +2,7 @@
 //! exactly what `stats()` says, and every documented series is there. The recorder is
 //! process-global, so this binary holds this one test and nothing else records into it.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

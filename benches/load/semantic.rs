@@ -19,13 +19,6 @@
 //! 1,536 would hold ~0.7 GB in process and again in Redis on a shared machine).
 //! `SEMANTIC_BENCH_SHORT=1`: 2,000 entries at 1,536 dimensions.
 
-#[path = "../../tests/support/bow.rs"]
-#[allow(dead_code)]
-mod bow;
-#[path = "../../tests/support/redis.rs"]
-#[allow(dead_code)]
-mod redis_server;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -70,7 +63,10 @@ impl Upstream for InProcess {
                 .iter()
                 .enumerate()
                 .map(|(i, text)| {
-                    let v = bow::bag_of_words(text.as_str().unwrap_or(""), self.dims);
+                    let v = llm_cache_test_support::bow::bag_of_words(
+                        text.as_str().unwrap_or(""),
+                        self.dims,
+                    );
                     json!({"object": "embedding", "index": i, "embedding": v})
                 })
                 .collect();
@@ -284,7 +280,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let redis = redis_server::RedisServer::start();
+    let redis = llm_cache_test_support::redis::RedisServer::start();
     let url = redis.url();
     let sizes: &[(u64, usize)] = if short {
         &[(2_000, 1536)]

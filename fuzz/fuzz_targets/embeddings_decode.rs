@@ -1,6 +1,6 @@
 //! Arbitrary bytes must never panic the embeddings decoders (a stored vector from Redis,
 //! a request body, an upstream's answer), and what they accept must round-trip. The
-//! checks live in `llm_cache::fuzzing`, which `tests/fuzz_regressions.rs` also replays
+//! checks live in `llm_cache::fuzzing`, which `tests/engine/fuzz_regressions.rs` also replays
 //! saved crashes through.
 #![no_main]
 

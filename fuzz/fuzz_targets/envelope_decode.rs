@@ -1,6 +1,6 @@
 //! Arbitrary bytes from Redis must never panic the envelope decoder, and whatever it accepts
 //! must survive a re-encode. The checks live in
-//! `llm_cache::fuzzing`, which `tests/fuzz_regressions.rs` also replays saved crashes through.
+//! `llm_cache::fuzzing`, which `tests/engine/fuzz_regressions.rs` also replays saved crashes through.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

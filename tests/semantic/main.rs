@@ -8,8 +8,7 @@
 mod guard;
 mod model;
 mod pairs;
-#[path = "../support/mod.rs"]
-mod support;
+use llm_cache_test_support as support;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -3,9 +3,12 @@
 //! credentials, the upstream's errors, bad input at the edge, graceful shutdown, the admin
 //! routes, and the real async-openai client pointed at it.
 
+mod front;
+#[cfg(feature = "prometheus")]
+mod metrics_cap;
 mod python;
-#[path = "../support/mod.rs"]
-mod support;
+
+use llm_cache_test_support as support;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -14,11 +17,12 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::CreateChatCompletionRequest;
+use front::{CALLER_KEYS, PROVIDER_KEY};
 use futures_util::StreamExt;
 use llm_cache::{ChatRequest, LlmCache};
 use serde_json::{Value, json};
 use support::embeddings::{DEFAULT_DIMS, expected_embedding};
-use support::front::{self, CALLER_KEYS, PROVIDER_KEY, Served};
+use support::served::Served;
 use support::upstream::{MockReply, MockUpstream, expected_content};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -694,11 +698,21 @@ async fn embeddings_go_input_by_input() {
     assert_eq!(mock.calls_to("/v1/embeddings"), 3);
 }
 
+/// The Prometheus recorder of this binary: process-global, so installed once and shared
+/// by the two tests that read it (each reads only series its own caches write).
+#[cfg(feature = "prometheus")]
+fn recorder() -> llm_cache::prometheus::PrometheusHandle {
+    static HANDLE: OnceLock<llm_cache::prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| llm_cache::prometheus::install().expect("install the recorder"))
+        .clone()
+}
+
 #[cfg(feature = "prometheus")]
 #[tokio::test]
 async fn metrics_are_served_from_the_handle() {
     // Before the cache is built: its series register with the recorder installed then.
-    let handle = llm_cache::prometheus::install().unwrap();
+    let handle = recorder();
     let mock = MockUpstream::start().await;
     let cache = LlmCache::builder()
         .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))

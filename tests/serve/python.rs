@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::support::front::{self, Served};
+use crate::front;
+use crate::support::served::Served;
 use crate::support::upstream::{MockReply, MockUpstream};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};

@@ -4,7 +4,7 @@
 //! the inner service is given. It must never put a credential in a key
 //! unhashed, nor forward a cache-control header.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;

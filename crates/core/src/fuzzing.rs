@@ -1,5 +1,5 @@
 //! The checks behind each cargo-fuzz target, in one place: the targets in `fuzz/` call
-//! them on libFuzzer's inputs and `tests/fuzz_regressions.rs` replays saved crashes through
+//! them on libFuzzer's inputs and `tests/engine/fuzz_regressions.rs` replays saved crashes through
 //! them, so the two can never drift apart.
 //!
 //! **Not a public API, and not covered by semver**: `#[doc(hidden)]`, public only so that

@@ -32,7 +32,7 @@ macro_rules! config_setters {
         /// and moka's per-entry structures, about 380 bytes), plus 1/16 for what the
         /// allocator keeps but cannot reuse while L1 evicts and fills. Filled far past the
         /// bound, with glibc's allocator, the process grows by about the bound
-        /// (tests/l1_memory.rs checks 1.2, for answers of 70 bytes to 50 KB, filled from one
+        /// (tests/engine/l1_memory.rs checks 1.2, for answers of 70 bytes to 50 KB, filled from one
         /// thread); filled from several runtime threads at once, by up to about 1.4 times
         /// for the largest answers, because glibc keeps a heap (arena) per thread and each
         /// keeps freed room the others cannot use (`MALLOC_ARENA_MAX=2` or another

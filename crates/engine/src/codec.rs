@@ -131,7 +131,7 @@ impl<V> Hooks<V> {
     /// The weight of an L1 entry holding `value`, encoded in `encoded_len` bytes: what the
     /// value costs and what the entry costs beside it, plus 1/16 for what the allocator
     /// keeps but cannot reuse while L1 evicts and fills (glibc with a multi-threaded
-    /// runtime: 3 to 15% of what L1 holds, in tests/l1_memory.rs).
+    /// runtime: 3 to 15% of what L1 holds, in tests/engine/l1_memory.rs).
     pub fn weigh(&self, value: &V, encoded_len: usize) -> u32 {
         let value_bytes = match &self.weigher {
             Some(w) => w(value, encoded_len),

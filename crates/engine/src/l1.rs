@@ -20,7 +20,7 @@ use crate::digest::{Digest, DigestHasherBuilder};
 /// What one L1 entry costs the process beyond its value (the value's `Arc` allocation and
 /// what it owns, which the weigher counts): the key, moka's per-entry structures (hash
 /// table bucket and slot, the entry and its bookkeeping, the LRU node, the key's `Arc`) and
-/// the `L1Entry`, measured with glibc's allocator (see tests/l1_memory.rs).
+/// the `L1Entry`, measured with glibc's allocator (see tests/engine/l1_memory.rs).
 pub(crate) const ENTRY_OVERHEAD: u32 = 384;
 
 /// One L1 entry: 32 bytes beside the value. Cloning is one reference-count increment.

@@ -2,18 +2,13 @@
 //! key asked at both at once costs one upstream call (the lease), and SIGTERM lets a
 //! request in flight finish before the process exits. Keys never reach the logs.
 
-// Until the shared helpers are a crate of their own.
-#[allow(unexpected_cfgs)]
-#[path = "../../../tests/support/mod.rs"]
-mod support;
-
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::redis::RedisServer;
-use support::upstream::MockUpstream;
+use llm_cache_test_support::redis::RedisServer;
+use llm_cache_test_support::upstream::MockUpstream;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -190,7 +185,7 @@ async fn two_proxies_share_redis_and_one_shuts_down_gracefully() {
     mock.wait_for_calls(3).await;
     a.sigterm();
     let logs = Arc::clone(&a.logs);
-    support::eventually("the proxy logs that it is shutting down", WAIT, || {
+    llm_cache_test_support::eventually("the proxy logs that it is shutting down", WAIT, || {
         logs.lock().unwrap().contains("shutting down")
     })
     .await;

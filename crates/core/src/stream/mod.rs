@@ -5,7 +5,7 @@
 //! buffer without bound or panic on what an upstream sends.
 //!
 //! What survives `Assembler` over [`replay`] is stated on [`replay`] and tested in
-//! `tests/stream_props.rs`.
+//! `tests/engine/stream_props.rs`.
 
 mod assemble;
 mod chunk;

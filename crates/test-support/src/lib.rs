@@ -1,14 +1,14 @@
-//! Real components for integration tests: redis-server processes on free loopback ports
-//! and a mock OpenAI-compatible upstream over real HTTP. Each test file uses some of it.
-#![allow(dead_code, unused_imports)]
+//! Real components for llm-cache's integration tests, benches and demo: redis-server
+//! processes (standalone, Sentinel, Cluster, TLS) on free loopback ports, killed on drop; a
+//! mock OpenAI-compatible upstream over real HTTP; a TCP proxy that injects faults; an HTTP
+//! server for any axum router. It must never depend on `llm-cache` itself (as llm-cache's
+//! dev-dependency that would build a second copy of its types): requests are read as JSON.
 
 pub mod bow;
 pub mod embeddings;
-#[cfg(feature = "axum")]
-pub mod front;
 pub mod proxy;
 pub mod redis;
-#[cfg(feature = "tls")]
+pub mod served;
 pub mod tls;
 pub mod topology;
 pub mod upstream;

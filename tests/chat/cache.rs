@@ -1,6 +1,6 @@
 //! `LlmCache` end to end: real redis-server, mock OpenAI-compatible upstream over HTTP.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::time::Duration;
 

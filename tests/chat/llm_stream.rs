@@ -3,7 +3,7 @@
 //! broken stream. Mock upstream over real HTTP with a chunk gate; real Redis where a second
 //! instance matters.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::time::Duration;
 

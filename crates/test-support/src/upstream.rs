@@ -27,7 +27,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use llm_cache::ChatRequest;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -399,35 +399,40 @@ impl Drop for MockUpstream {
     }
 }
 
-/// The content of the mock's default answer to `request`:
-/// `answer:<xxh3 of the request as sent, without stream fields> <last user message>`.
-pub fn expected_content(request: &ChatRequest) -> String {
-    let (canonical, request) = canonical(request);
-    let last_user = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .and_then(|m| m.text())
-        .unwrap_or_default();
-    format!(
-        "answer:{:016x} {last_user}",
-        xxhash_rust::xxh3::xxh3_64(canonical.as_bytes())
-    )
+/// The content of the mock's default answer to `request` (a chat request as the client
+/// sends it, e.g. an `llm_cache::ChatRequest`): `answer:<xxh3 of the request as sent,
+/// without stream fields> <last user message>`.
+pub fn expected_content(request: &impl Serialize) -> String {
+    content_for(&as_sent(request))
 }
 
 /// The tool calls of [`MockReply::StreamToolCalls`] for `request`, as `(name, arguments)`;
 /// the arguments are JSON text that depends on the request.
-pub fn expected_tool_calls(request: &ChatRequest) -> Vec<(String, String)> {
-    let (canonical, request) = canonical(request);
-    let digest = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()));
-    let last_user = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .and_then(|m| m.text())
-        .unwrap_or_default();
+pub fn expected_tool_calls(request: &impl Serialize) -> Vec<(String, String)> {
+    tool_calls_for(&as_sent(request))
+}
+
+/// `request` as the mock reads it off the wire: its JSON text parsed back (so that an f32
+/// reads as the shortest decimal it prints as, not as its exact f64).
+fn as_sent(request: &impl Serialize) -> Value {
+    let text = serde_json::to_string(request).expect("a request serialises");
+    serde_json::from_str(&text).expect("a request's JSON parses")
+}
+
+fn content_for(request: &Value) -> String {
+    format!(
+        "answer:{:016x} {}",
+        xxhash_rust::xxh3::xxh3_64(canonical(request).as_bytes()),
+        last_user_text(request)
+    )
+}
+
+fn tool_calls_for(request: &Value) -> Vec<(String, String)> {
+    let digest = format!(
+        "{:016x}",
+        xxhash_rust::xxh3::xxh3_64(canonical(request).as_bytes())
+    );
+    let last_user = last_user_text(request);
     vec![
         (
             "get_weather".to_string(),
@@ -444,20 +449,61 @@ pub fn expected_tool_calls(request: &ChatRequest) -> Vec<(String, String)> {
     ]
 }
 
-/// The request without transport fields, and its JSON text.
-fn canonical(request: &ChatRequest) -> (String, ChatRequest) {
+/// The text of the last user message: its content, or the `text` of its parts joined;
+/// empty when there is none.
+fn last_user_text(request: &Value) -> String {
+    let messages = request["messages"].as_array().map(Vec::as_slice);
+    let Some(message) = messages
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+    else {
+        return String::new();
+    };
+    match &message["content"] {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
+    }
+}
+
+/// The request's JSON text without its transport fields (`stream`, `stream_options`).
+fn canonical(request: &Value) -> String {
     let mut request = request.clone();
-    request.stream = None;
-    request.stream_options = None;
-    let text = serde_json::to_string(&request).expect("a request serialises");
-    (text, request)
+    if let Some(fields) = request.as_object_mut() {
+        fields.remove("stream");
+        fields.remove("stream_options");
+    }
+    request.to_string()
+}
+
+/// A body the mock answers as a chat request: a JSON object whose `messages`, when given,
+/// is an array (the error names what is wrong).
+fn chat_request(body: &Value) -> Result<&Value, String> {
+    match body {
+        Value::Object(fields) => match fields.get("messages") {
+            None | Some(Value::Array(_)) => Ok(body),
+            Some(other) => Err(format!("messages is not an array: {other}")),
+        },
+        _ => Err(format!("not a JSON object: {body}")),
+    }
+}
+
+/// The `model` a request names (empty when it names none).
+fn model_of(request: &Value) -> &str {
+    request["model"].as_str().unwrap_or_default()
+}
+
+fn streams(request: &Value) -> bool {
+    request["stream"] == true
 }
 
 /// The default answer's JSON; `call` (1-based) makes the `id` differ between calls, so a
 /// test can tell a fresh upstream answer from a cached one.
-fn default_answer(request: &ChatRequest, call: usize) -> Value {
-    let (canonical, _) = canonical(request);
-    let content = expected_content(request);
+fn default_answer(request: &Value, call: usize) -> Value {
+    let canonical = canonical(request);
+    let content = content_for(request);
     let prompt_tokens = (canonical.chars().count() as u64 / 4).max(1);
     let completion_tokens = (content.chars().count() as u64 / 4).max(1);
     let created = now_secs();
@@ -465,7 +511,7 @@ fn default_answer(request: &ChatRequest, call: usize) -> Value {
         "id": format!("chatcmpl-mock-{call}"),
         "object": "chat.completion",
         "created": created,
-        "model": request.model,
+        "model": model_of(request),
         "system_fingerprint": FINGERPRINT,
         "choices": [{
             "index": 0,
@@ -560,8 +606,8 @@ async fn respond(
     call: usize,
     shared: &Arc<Shared>,
 ) -> Response {
-    let request = || serde_json::from_value::<ChatRequest>(body.clone());
-    let not_a_request = |e: serde_json::Error| {
+    let request = || chat_request(body);
+    let not_a_request = |e: String| {
         json_response(
             StatusCode::BAD_REQUEST,
             openai_error_body(400, &format!("mock: not a chat request: {e}")),
@@ -569,11 +615,11 @@ async fn respond(
     };
     match reply {
         MockReply::Answer => match request() {
-            Ok(request) if request.stream == Some(true) => {
-                let chunks = answer_chunks(&request, call);
+            Ok(request) if streams(request) => {
+                let chunks = answer_chunks(request, call);
                 sse_response(shared, chunks, Ending::Done)
             }
-            Ok(request) => axum::Json(default_answer(&request, call)).into_response(),
+            Ok(request) => axum::Json(default_answer(request, call)).into_response(),
             Err(e) => not_a_request(e),
         },
         MockReply::Status {
@@ -595,18 +641,18 @@ async fn respond(
         MockReply::Hang => std::future::pending().await,
         MockReply::StreamCut { after } => match request() {
             Ok(request) => {
-                let mut chunks = answer_chunks(&request, call);
+                let mut chunks = answer_chunks(request, call);
                 chunks.truncate(after);
                 sse_response(shared, chunks, Ending::Cut)
             }
             Err(e) => not_a_request(e),
         },
         MockReply::StreamToolCalls => match request() {
-            Ok(request) if request.stream == Some(true) => {
-                let chunks = tool_call_chunks(&request, call);
+            Ok(request) if streams(request) => {
+                let chunks = tool_call_chunks(request, call);
                 sse_response(shared, chunks, Ending::Done)
             }
-            Ok(request) => axum::Json(tool_call_answer(&request, call)).into_response(),
+            Ok(request) => axum::Json(tool_call_answer(request, call)).into_response(),
             Err(e) => not_a_request(e),
         },
         MockReply::Sse(body) => (
@@ -701,31 +747,28 @@ impl Shared {
 }
 
 /// The fields every chunk of the stream for call `call` repeats.
-fn chunk(request: &ChatRequest, call: usize, created: u64, choices: Value) -> Value {
+fn chunk(request: &Value, call: usize, created: u64, choices: Value) -> Value {
     json!({
         "id": format!("chatcmpl-mock-{call}"),
         "object": "chat.completion.chunk",
         "created": created,
-        "model": request.model,
+        "model": model_of(request),
         "system_fingerprint": FINGERPRINT,
         "choices": choices,
     })
 }
 
-fn include_usage(request: &ChatRequest) -> bool {
-    request
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
+fn include_usage(request: &Value) -> bool {
+    request["stream_options"]["include_usage"]
+        .as_bool()
         .unwrap_or(false)
 }
 
 /// The default answer as chunks (without `[DONE]`).
-fn answer_chunks(request: &ChatRequest, call: usize) -> Vec<Value> {
+fn answer_chunks(request: &Value, call: usize) -> Vec<Value> {
     let answer = default_answer(request, call);
     let created = answer["created"].as_u64().unwrap_or(0);
-    let content = expected_content(request);
+    let content = content_for(request);
     let mut chunks = vec![chunk(
         request,
         call,
@@ -755,10 +798,9 @@ fn answer_chunks(request: &ChatRequest, call: usize) -> Vec<Value> {
 }
 
 /// The usage of a tool-call answer.
-fn tool_call_usage(request: &ChatRequest) -> Value {
-    let (canonical, _) = canonical(request);
-    let prompt_tokens = (canonical.chars().count() as u64 / 4).max(1);
-    let arguments: usize = expected_tool_calls(request)
+fn tool_call_usage(request: &Value) -> Value {
+    let prompt_tokens = (canonical(request).chars().count() as u64 / 4).max(1);
+    let arguments: usize = tool_calls_for(request)
         .iter()
         .map(|(_, a)| a.chars().count())
         .sum();
@@ -778,9 +820,9 @@ fn now_secs() -> u64 {
 
 /// [`MockReply::StreamToolCalls`] as chunks: every call opened, then the arguments in
 /// pieces taking turns between calls, then the finish and usage chunks.
-fn tool_call_chunks(request: &ChatRequest, call: usize) -> Vec<Value> {
+fn tool_call_chunks(request: &Value, call: usize) -> Vec<Value> {
     let created = now_secs();
-    let calls = expected_tool_calls(request);
+    let calls = tool_calls_for(request);
     let delta = |delta: Value| json!([{"index": 0, "delta": delta, "finish_reason": null}]);
     let mut chunks = vec![chunk(
         request,
@@ -821,8 +863,8 @@ fn tool_call_chunks(request: &ChatRequest, call: usize) -> Vec<Value> {
 }
 
 /// [`MockReply::StreamToolCalls`] for a request that does not stream.
-fn tool_call_answer(request: &ChatRequest, call: usize) -> Value {
-    let tool_calls: Vec<Value> = expected_tool_calls(request)
+fn tool_call_answer(request: &Value, call: usize) -> Value {
+    let tool_calls: Vec<Value> = tool_calls_for(request)
         .into_iter()
         .enumerate()
         .map(|(i, (name, arguments))| {
@@ -834,7 +876,7 @@ fn tool_call_answer(request: &ChatRequest, call: usize) -> Value {
         "id": format!("chatcmpl-mock-{call}"),
         "object": "chat.completion",
         "created": now_secs(),
-        "model": request.model,
+        "model": model_of(request),
         "system_fingerprint": FINGERPRINT,
         "choices": [{
             "index": 0,

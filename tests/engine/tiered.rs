@@ -1,7 +1,7 @@
 //! The generic two-tier engine against a real redis-server: tiers, expiry, single-flight,
 //! cancellation, panics, errors, corrupt entries and Redis faults.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! L1-only. Reads go on, refused writes and leases are counted, the breaker never opens
 //! (counted with `breaker_openings`), and every request succeeds.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -2,7 +2,7 @@
 //! over all of them, L2 hits from a second instance, invalidation across nodes, and a node
 //! killed: only its keys miss, nothing fails.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::time::Duration;
 

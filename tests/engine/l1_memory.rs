@@ -8,7 +8,6 @@
 //! heap. The child reports its growth; the parent checks it. Memory is what the kernel says
 //! the process holds (resident set, and its peak), with the allocator as a user gets it
 //! (read from /proc: Linux only).
-#![cfg(target_os = "linux")]
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -222,7 +221,12 @@ fn fill_child() {
 /// Start the fill `name` in a child process.
 fn start_child(name: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["fill_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "l1_memory::fill_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(FILL_ENV, name)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -3,7 +3,7 @@
 //! and after the promotion L2 writes and hits resume on the new master. Also: the scale-out
 //! knobs are validated and their passwords never shown.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! L1 invalidation across instances over the `{prefix}:invalidate` channel, losing and
 //! regaining the subscription, and namespace generations. Real redis-server, real HTTP.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::time::Duration;
 

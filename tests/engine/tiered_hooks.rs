@@ -2,7 +2,7 @@
 //! vectors, little-endian) round-trips through L2 between two instances, and a weigher
 //! decides what L1 holds.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

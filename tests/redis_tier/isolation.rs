@@ -1,7 +1,7 @@
 //! An entry answers only for its own key, signed entries cannot be forged, and caches with
 //! different key prefixes never share a Redis key: real redis-server, mock upstream.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! TLS port, an untrusted server certificate and a missing client certificate fail open
 //! (requests succeed, `health()` says why, no password shown); bad TLS knobs are named.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

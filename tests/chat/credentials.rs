@@ -3,7 +3,7 @@
 //! upstream unchanged, and whatever the upstream echoes back never shows them, whole or bare,
 //! in an error's `Display` or `Debug`, in the client's `Debug`, or in the logs.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! output that never shows a prompt or an API key. No metrics recorder here (that is
 //! `tests/metrics_scrape.rs`, its own process): these tests run in parallel.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::cell::RefCell;
 use std::io::Write;

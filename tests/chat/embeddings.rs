@@ -3,7 +3,7 @@
 //! index, single-flight per input (in one process and across instances), float and base64
 //! from one entry, failures that store nothing, usage and savings, and a property test.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Checks the test harness itself: a real redis-server per test, and its fault controls.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::process::Command;
 use std::time::Duration;

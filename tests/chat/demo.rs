@@ -4,7 +4,7 @@
 //! `--stream` the same holds, every answer assembled from its chunks equals the
 //! non-streamed one, and time to first token is reported per status.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::path::PathBuf;
 use std::process::Command;

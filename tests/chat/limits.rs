@@ -8,7 +8,7 @@
 //! takes the whole test binary down; those run in a child process (this binary run again
 //! with one test selected), and the parent checks that the child exited cleanly.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::process::Command;
 
@@ -386,7 +386,11 @@ fn child_refuses_deep_requests() {
 #[test]
 fn deep_requests_never_abort_the_process() {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_refuses_deep_requests", "--nocapture"])
+        .args([
+            "--exact",
+            "limits::child_refuses_deep_requests",
+            "--nocapture",
+        ])
         .args(["--test-threads", "1"])
         .env(CHILD_ENV, "1")
         .output()

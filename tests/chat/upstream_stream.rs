@@ -1,7 +1,7 @@
 //! `Upstream::chat_stream` against the mock upstream over real HTTP: chunks arrive as they
 //! are sent, assemble into the answer `chat` gives, and a stream that fails says so.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::sync::Arc;
 use std::time::Duration;

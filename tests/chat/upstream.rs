@@ -1,7 +1,7 @@
 //! `OpenAiCompatible` against the mock upstream over real HTTP: retries, `Retry-After`,
 //! error mapping, timeouts, and that the API key never leaks.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! `max_model_labels`: past the cap, further models are counted under `model="other"`, in
-//! `stats()` and in the Prometheus text. The recorder is process-global, so this binary
-//! holds the one test that installs it.
+//! `stats()` and in the Prometheus text. The recorder is process-global: this test shares
+//! the serve binary's (`recorder()`), whose other caches never name the two models past
+//! the cap.
 
 use llm_cache::{
     BoxFuture, CacheStatus, ChatMessage, ChatRequest, ChatResponse, Choice, LlmCache, OTHER_MODELS,
@@ -37,7 +38,7 @@ fn request(model: &str) -> ChatRequest {
 
 #[tokio::test(flavor = "current_thread")]
 async fn models_past_the_cap_are_counted_as_other() {
-    let handle = llm_cache::prometheus::install().expect("install the recorder");
+    let handle = super::recorder();
 
     let e = LlmCache::builder()
         .upstream(Echo)

@@ -2,7 +2,7 @@
 //! HTTP, and real Redis: hits, single-flight, streams, credential scoping, errors,
 //! pass-through, embeddings and the Responses API, and a second process sharing Redis.
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -608,7 +608,7 @@ async fn a_second_process_sharing_redis_gets_an_l2_hit() {
     let mut child = tokio::process::Command::new(exe)
         .args([
             "--exact",
-            "child_process_client",
+            "layer::child_process_client",
             "--nocapture",
             "--test-threads",
             "1",

@@ -2,7 +2,7 @@
 //! own connections), instances as separate OS processes (this test binary runs itself as
 //! the child), a leader that dies mid-fetch, and Redis down (one call per instance, no stall).
 
-mod support;
+use llm_cache_test_support as support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -168,7 +168,7 @@ async fn four_processes_with_a_hundred_concurrent_requests_each_make_one_upstrea
         let mut child = tokio::process::Command::new(&exe)
             .args([
                 "--exact",
-                "child_process_instance",
+                "cross_instance::child_process_instance",
                 "--nocapture",
                 "--test-threads",
                 "1",
@@ -726,7 +726,11 @@ async fn a_killed_holder_costs_a_waiter_one_lease_at_most() {
     let prompt = "the holder is killed";
     mock.hold_answers();
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_lease_holder", "--nocapture"])
+        .args([
+            "--exact",
+            "cross_instance::child_lease_holder",
+            "--nocapture",
+        ])
         .env("LLM_CACHE_HOLDER_REDIS", redis.url())
         .env("LLM_CACHE_HOLDER_UPSTREAM", mock.base_url())
         .env("LLM_CACHE_HOLDER_PROMPT", prompt)

@@ -1,0 +1,5 @@
+//! async-openai: the layer in its tower stack with the real client (layer.rs), and the
+//! conversions between its chat types and ours (convert.rs).
+
+mod convert;
+mod layer;
