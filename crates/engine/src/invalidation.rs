@@ -377,8 +377,7 @@ impl Invalidation {
 
 /// A fresh generation: random, never 0 (0 is "never invalidated").
 pub(crate) fn new_generation() -> u64 {
-    use rand::Rng;
-    rand::rng().random_range(1..=u64::MAX)
+    crate::lease::random_u64().max(1)
 }
 
 /// `generation` bound to the record's `incarnation`: itself while the incarnation is

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use rand::Rng;
 use tokio::time::Instant;
 
 use crate::l2::{Guarded, L2Read, LeaseRead};
@@ -31,11 +30,32 @@ const MARKER_PREFIX: [u8; 5] = *b"LLMC\xfe";
 /// A marker: the prefix and 16 random bytes, the holder's token.
 pub(crate) const MARKER_LEN: usize = MARKER_PREFIX.len() + 16;
 
+/// Fill `buf` from the operating system's random source. Without one (never on the
+/// platforms tokio runs on) the clock and a counter stand in: a marker must only differ
+/// from every other holder's, not be secret.
+pub(crate) fn random_bytes(buf: &mut [u8]) {
+    if getrandom::fill(buf).is_err() {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let seed = crate::now_ms() ^ COUNTER.fetch_add(1, Relaxed).rotate_left(32);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = xxhash_rust::xxh3::xxh3_64_with_seed(&(i as u64).to_le_bytes(), seed) as u8;
+        }
+    }
+}
+
+/// A random `u64`, see [`random_bytes`].
+pub(crate) fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    random_bytes(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
 /// A new marker, unique to the flight that stores it.
 fn new_marker() -> [u8; MARKER_LEN] {
     let mut marker = [0u8; MARKER_LEN];
     marker[..MARKER_PREFIX.len()].copy_from_slice(&MARKER_PREFIX);
-    rand::rng().fill(&mut marker[MARKER_PREFIX.len()..]);
+    random_bytes(&mut marker[MARKER_PREFIX.len()..]);
     marker
 }
 
@@ -407,7 +427,7 @@ where
         if now >= give_up {
             return Waited::Alone;
         }
-        let jitter = rand::rng().random_range(0..=pause.as_micros() as u64 / 4);
+        let jitter = random_u64() % (pause.as_micros() as u64 / 4 + 1);
         tokio::time::sleep_until((now + pause + Duration::from_micros(jitter)).min(give_up)).await;
         pause = (pause * 2).min(POLL_MAX);
         let bytes = if take {
