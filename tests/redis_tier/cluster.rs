@@ -20,10 +20,12 @@ fn request(i: usize) -> ChatRequest {
     ChatRequest::new("gpt-4.1").message(ChatMessage::user(format!("cluster question {i}")))
 }
 
+/// An instance on the cluster, named with the typed value (`Redis::cluster`); the tests
+/// below that build their own use the builder's flat `cluster(..)`.
 async fn instance(mock: &MockUpstream, cluster: &RedisCluster, l1: bool) -> LlmCache {
     LlmCache::builder()
         .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
-        .cluster(cluster.addrs())
+        .redis(llm_cache::Redis::cluster(cluster.addrs()).expect("cluster addresses"))
         .l1_max_bytes(if l1 { 64 << 20 } else { 0 })
         .l2_deadline(Duration::from_millis(250))
         .build()

@@ -21,10 +21,20 @@ fn request(prompt: String) -> ChatRequest {
     ChatRequest::new("gpt-4.1").message(ChatMessage::user(prompt))
 }
 
+/// An instance on the group. The one with L1 names the group with the typed value
+/// (`Redis::sentinel`), the other with the builder's flat setter: both ways meet the live
+/// group, its failover included.
 async fn instance(mock: &MockUpstream, group: &SentinelGroup, l1: bool) -> LlmCache {
-    LlmCache::builder()
-        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()))
-        .sentinel(MASTER_NAME, group.addrs())
+    let builder = LlmCache::builder()
+        .upstream(OpenAiCompatible::new(mock.base_url()).retry(RetryPolicy::none()));
+    let builder = if l1 {
+        builder.redis(
+            llm_cache::Redis::sentinel(MASTER_NAME, group.addrs()).expect("sentinel addresses"),
+        )
+    } else {
+        builder.sentinel(MASTER_NAME, group.addrs())
+    };
+    builder
         .l1_max_bytes(if l1 { 64 << 20 } else { 0 })
         .l2_deadline(Duration::from_millis(100))
         .breaker_cooldown(Duration::from_millis(200))

@@ -37,7 +37,7 @@ pub use llm_cache_engine::error;
 
 pub use llm_cache_engine::{
     BreakerState, CacheStatus, Cached, Codec, DEFAULT_SCAN_LIMIT, Digest, Error, ErrorKind,
-    FetchOptions, Health, JsonCodec, L2Health, RedisStats, Result, Stats, TieredCache,
+    FetchOptions, Health, JsonCodec, L2Health, Redis, RedisStats, Result, Stats, TieredCache,
     TieredCacheBuilder, TryFetchError, Weigher, default_weight,
 };
 // The Redis storage format: public for the fuzz crate and the tests, not semver-stable API.

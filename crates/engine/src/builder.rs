@@ -111,8 +111,13 @@ macro_rules! config_setters {
         /// system's roots, or [`redis_tls_root_ca`](Self::redis_tls_root_ca);
         /// `rediss://...#insecure` checks nothing (tests only). Without a URL the cache is
         /// L1-only.
-        pub fn redis(mut self, url: impl Into<String>) -> Self {
-            self.config.redis_url = Some(url.into());
+        ///
+        /// Takes a URL, or a [`Redis`]($crate::Redis) value for any topology, checked when
+        /// it is made: `Redis::url(..)`, `Redis::sentinel(..)`, `Redis::cluster(..)`. Giving
+        /// two topologies (this and [`sentinel`](Self::sentinel), say) fails `build()`,
+        /// naming them.
+        pub fn redis(mut self, redis: impl Into<$crate::Redis>) -> Self {
+            redis.into().apply(&mut self.config);
             self
         }
 
@@ -196,7 +201,8 @@ macro_rules! config_setters {
         /// of `sentinels` (`host:port`, or `redis://[:password@]host:port`). The cache asks
         /// again after a failover. With `rediss://` sentinels (feature `redis-tls`) the master is
         /// reached over TLS too. Instead of [`redis`](Self::redis) or
-        /// [`cluster`](Self::cluster).
+        /// [`cluster`](Self::cluster); the same as `redis(Redis::sentinel(..)?)`, checked at
+        /// `build()`.
         pub fn sentinel<I, S>(mut self, master_name: impl Into<String>, sentinels: I) -> Self
         where
             I: IntoIterator<Item = S>,
@@ -217,7 +223,8 @@ macro_rules! config_setters {
         /// Use a Redis Cluster, found through any of `seed_nodes` (`host:port` or
         /// `redis://[:password@]host:port`; `rediss://` for TLS to every node, feature `redis-tls`).
         /// A node that is down makes only its own keys miss. Instead of
-        /// [`redis`](Self::redis) or [`sentinel`](Self::sentinel).
+        /// [`redis`](Self::redis) or [`sentinel`](Self::sentinel); the same as
+        /// `redis(Redis::cluster(..)?)`, checked at `build()`.
         pub fn cluster<I, S>(mut self, seed_nodes: I) -> Self
         where
             I: IntoIterator<Item = S>,

@@ -19,6 +19,7 @@ pub mod cached;
 pub mod codec;
 #[doc(hidden)]
 pub mod config;
+mod connect;
 mod coordination;
 use self::coordination::Next;
 #[doc(hidden)]
@@ -69,6 +70,7 @@ use tokio::sync::Semaphore;
 pub use self::builder::TieredCacheBuilder;
 pub use self::cached::{CacheStatus, Cached, FetchOptions};
 pub use self::codec::{Codec, JsonCodec, Weigher, default_weight};
+pub use self::connect::Redis;
 pub use self::digest::Digest;
 pub use self::envelope::{Envelope, EnvelopeError};
 pub use self::error::{Error, ErrorKind, Result};
