@@ -69,17 +69,20 @@ pub use self::digest::Digest;
 pub use self::envelope::{Envelope, EnvelopeError};
 pub use self::error::{Error, ErrorKind, Result};
 pub use self::health::{Health, L2Health};
+pub use self::keyspace::Keyspace;
+pub use self::l2::{Connection, Guarded};
 pub use self::redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
 pub use self::stats::{BreakerState, Stats};
+/// The redis crate the engine runs on, for the commands a layer runs with [`Guarded::run`].
+pub use redis;
 
 use crate::codec::Hooks;
 use crate::config::Config;
 use crate::digest::DigestHasherBuilder;
 use crate::inflight::{Inflight, Join, Leader};
-use crate::invalidation::{AbortOnDrop, Invalidation};
-use crate::keyspace::Keyspace;
+use crate::invalidation::Invalidation;
 use crate::l1::{L1, L1Entry};
-use crate::l2::{Guarded, L2Read};
+use crate::l2::L2Read;
 use crate::stats::{Counters, Readings, ShortKey, Timer};
 
 /// Where a flight's value came from, as the flight reports it to its callers.
@@ -158,7 +161,7 @@ struct Inner<V> {
     /// The invalidation channel's state and the namespace generations (scale-out).
     invalidation: Arc<Invalidation>,
     /// The task listening on the invalidation channel; stops with the cache.
-    subscriber: std::sync::OnceLock<AbortOnDrop>,
+    subscriber: std::sync::OnceLock<tokio_util::task::AbortOnDropHandle<()>>,
     /// Values on their way to L2 that this instance holds the lease for, until the write
     /// lands or the lease is released: a later flight of this instance is answered from
     /// here (L1 may have evicted the value already) instead of waiting on its own lease.
@@ -573,14 +576,15 @@ where
         &self.inner.counters
     }
 
-    /// The guarded remote tier and the key prefix, for `health()` and `redis_stats()`.
     /// The configured L1 and L2 lifetimes.
     #[doc(hidden)]
     pub fn ttls(&self) -> (Duration, Duration) {
         (self.inner.config.l1_ttl, self.inner.config.l2_ttl)
     }
 
-    #[doc(hidden)]
+    /// This cache's Redis (none when it is L1-only) and the names of its keys there: how a
+    /// layer on the engine keeps keys of its own beside the entries, under the same breaker,
+    /// deadline and counters ([`Guarded::run`]) and the same prefix ([`Keyspace::layer_key`]).
     pub fn l2_parts(&self) -> (Option<&Arc<Guarded>>, &Keyspace) {
         (self.inner.l2.as_ref(), &self.inner.keyspace)
     }

@@ -12,8 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::TieredCache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::redact_urls_in;
-use crate::l2::inspect::KeyCount;
-use crate::l2::{Guarded, L2Error};
+use crate::l2::{Connection, Guarded, KeyCount, L2Error};
 
 /// Keys [`redis_stats`](TieredCache::redis_stats) looks at, at most, to count the cache's
 /// own (100 `SCAN ... COUNT 1000` steps).
@@ -199,9 +198,14 @@ where
         stats.keys = entries.keys - entries.markers;
         stats.leases = entries.markers;
         stats.keys_exact = entries.complete;
-        let generations = keyspace.generations();
+        let generations = &keyspace.generations();
+        let exists = move |mut c: Connection| async move {
+            redis::Cmd::exists(generations).query_async(&mut c).await
+        };
         stats.generations_key =
-            match tokio::time::timeout(STATS_DEADLINE, l2.store().exists(&generations)).await {
+            match tokio::time::timeout(STATS_DEADLINE, l2.store().run(Some(generations), exists))
+                .await
+            {
                 Ok(Ok(exists)) => exists,
                 Ok(Err(e)) => return Err(stats_error(l2, "EXISTS", e)),
                 Err(_) => return Err(stats_error(l2, "EXISTS", "no answer within 5 s")),
