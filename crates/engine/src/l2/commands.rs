@@ -153,34 +153,91 @@ impl Guarded {
         }
     }
 
-    /// Release the lease at `key` if it holds `token` (in the background: under the
-    /// background deadline, its timeouts do not open the breaker). `None`: no answer.
+    /// Release the lease at `key` if it holds `token` (compare-and-delete), in the
+    /// background: under the background deadline, its timeouts do not open the breaker.
+    /// True when the key held `token` and is now gone; `None`: no answer. Without the right
+    /// to run scripts, a `GET` then a `DEL` when it still holds `token`: not atomic, but the
+    /// key can only change in between if the lease expires in that round trip or a refresh
+    /// writes over it, and then what is lost is one entry or one lease (a miss, one more
+    /// fetch), never an answer under the wrong key.
     pub(crate) async fn release(&self, key: &str, token: &[u8]) -> Option<bool> {
         let path = Path::Background(self.background_deadline());
-        let op = move |c| release(c, key, token);
-        self.attempt("release", Some(key), path, op).await.ok()
+        let release = |mut c: Connection| async move {
+            match RELEASE.key(key).arg(token).invoke_async(&mut c).await {
+                Err(e) if scripts_refused(&e) => {
+                    let now: Option<Vec<u8>> = Cmd::get(key).query_async(&mut c).await?;
+                    if now.as_deref() != Some(token) {
+                        return Ok(false);
+                    }
+                    Cmd::del(key)
+                        .query_async::<u64>(&mut c)
+                        .await
+                        .map(|n| n == 1)
+                }
+                done => done.map(|n: u64| n == 1),
+            }
+        };
+        self.attempt("release", Some(key), path, release).await.ok()
     }
 
-    /// Extend the lease at `key` to `ttl` if it holds `token`, in the background, under
-    /// a deadline of a third of `ttl` (the next renewal is due then) at most.
+    /// Extend the lease at `key` to `ttl` if it holds `token` (compare-and-pexpire), in the
+    /// background, under a deadline of a third of `ttl` (the next renewal is due then) at
+    /// most. True when it did; `None`: no answer. Without the right to run scripts, `GET`
+    /// and `PEXPIRE key ttl GT` in one round trip: `GT` only ever lengthens a life, so it
+    /// cannot shorten an entry written over the marker (entries live far longer than a
+    /// lease) and at worst extends another holder's lease by one renewal; the `GET` says
+    /// whether the lease is still ours.
     pub(crate) async fn renew(&self, key: &str, token: &[u8], ttl: Duration) -> Option<bool> {
         let deadline = self.background_deadline().min(ttl / 3).max(self.deadline);
-        let op = move |c| renew(c, key, token, ttl);
-        self.attempt("renew", Some(key), Path::Background(deadline), op)
-            .await
-            .ok()
+        let ms = millis(ttl);
+        let renew = |mut c: Connection| async move {
+            match RENEW.key(key).arg(token).arg(ms).invoke_async(&mut c).await {
+                Err(e) if scripts_refused(&e) => {
+                    let mut pipe = redis::pipe();
+                    pipe.get(key).cmd("PEXPIRE").arg(key).arg(ms).arg("GT");
+                    let (now, _): (Option<Vec<u8>>, u64) = pipe.query_async(&mut c).await?;
+                    Ok(now.as_deref() == Some(token))
+                }
+                done => done.map(|n: u64| n == 1),
+            }
+        };
+        let path = Path::Background(deadline);
+        self.attempt("renew", Some(key), path, renew).await.ok()
     }
 
-    /// A waiter's look at the marker it waits on: one without expiry, or living longer
-    /// than `ttl`, gets an end (see [`expire_stale_marker`]). True when it did.
+    /// A waiter's check of the lease marker it waits on, so that no marker outlives its
+    /// lease: a key with no expiry gets one of 1 ms (`PEXPIRE NX` touches nothing else:
+    /// entries and markers are always written with one), and a marker (`is_marker`) that
+    /// lives longer than `ttl` (by a quarter) is cut to `ttl` (`PEXPIRE LT`). True when it
+    /// changed one (counted in `stale_leases_expired`).
     pub(crate) async fn expire_stale_marker(
         &self,
         key: &str,
         ttl: Duration,
         is_marker: fn(&[u8]) -> bool,
     ) -> bool {
-        let op = move |c| expire_stale_marker(c, key, ttl, is_marker);
-        let attempt = self.attempt("expire_stale_marker", Some(key), Path::Request, op);
+        let ms = millis(ttl);
+        let expire = |mut c: Connection| async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("PEXPIRE")
+                .arg(key)
+                .arg(1)
+                .arg("NX")
+                .get(key)
+                .pttl(key);
+            let (had_none, now, pttl): (u64, Option<Vec<u8>>, i64) =
+                pipe.query_async(&mut c).await?;
+            if had_none == 1 {
+                return Ok(true);
+            }
+            let too_long = u64::try_from(pttl).is_ok_and(|left| left > ms + ms / 4);
+            if !(too_long && now.as_deref().is_some_and(is_marker)) {
+                return Ok(false);
+            }
+            let cut = redis::cmd("PEXPIRE").arg(key).arg(ms).arg("LT").to_owned();
+            cut.query_async::<u64>(&mut c).await.map(|n| n == 1)
+        };
+        let attempt = self.attempt("expire_stale_marker", Some(key), Path::Request, expire);
         let changed = attempt.await.unwrap_or(false);
         if changed {
             Counters::incr(&self.counters.stale_leases_expired);
@@ -211,10 +268,14 @@ impl Guarded {
         Some(incarnation.and_then(|s| s.parse().ok()).unwrap_or(0))
     }
 
-    /// Read the generations record (see [`load_generations`]) under `deadline`, outside
-    /// the breaker: it runs in the background, retried by its owner, and must not starve
-    /// behind request traffic that keeps the breaker open on a slow link. Failures are
-    /// noted for `health()` and refusals warned about, like any operation's.
+    /// The generations record: `HSETNX key <incarnation> fresh` (so a missing record
+    /// starts a new incarnation, and concurrent creators agree on the first), then in the
+    /// same round trip every field (`all`) or only the incarnation; fields whose value is
+    /// not a counter are skipped. No script: a user without EVAL can still load. Under
+    /// `deadline`, outside the breaker: it runs in the background, retried by its owner,
+    /// and must not starve behind request traffic that keeps the breaker open on a slow
+    /// link. Failures are noted for `health()` and refusals warned about, like any
+    /// operation's.
     pub(crate) async fn load_generations(
         &self,
         key: &str,
@@ -223,9 +284,24 @@ impl Guarded {
         deadline: Duration,
     ) -> Option<Vec<(Vec<u8>, u64)>> {
         let op = "load_generations";
-        let run = self
-            .store()
-            .run(Some(key), |c| load_generations(c, key, fresh, all));
+        let load = |mut c: Connection| async move {
+            let mut pipe = redis::pipe();
+            pipe.hset_nx(key, INCARNATION_FIELD, fresh).ignore();
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = if all {
+                let (pairs,) = pipe.hgetall(key).query_async(&mut c).await?;
+                pairs
+            } else {
+                let (value,): (Option<Vec<u8>>,) = pipe
+                    .hget(key, INCARNATION_FIELD)
+                    .query_async(&mut c)
+                    .await?;
+                value.map_or_else(Vec::new, |v| vec![(INCARNATION_FIELD.to_vec(), v)])
+            };
+            let counter =
+                |(f, v): (Vec<u8>, Vec<u8>)| Some((f, std::str::from_utf8(&v).ok()?.parse().ok()?));
+            RedisResult::Ok(pairs.into_iter().filter_map(counter).collect())
+        };
+        let run = self.store().run(Some(key), load);
         match tokio::time::timeout(deadline, run).await {
             Ok(Ok(v)) => {
                 self.mark_reachable();
@@ -252,134 +328,4 @@ impl Guarded {
 /// Whether `e` says this user may not run scripts (an ACL without `+eval`/`+evalsha`).
 fn scripts_refused(e: &redis::RedisError) -> bool {
     e.code() == Some("NOPERM")
-}
-
-/// Compare-and-delete: true when the key held `token` and is now gone. Without the right
-/// to run scripts, a `GET` then a `DEL` when it still holds `token`: not atomic, but the
-/// key can only change in between if the lease expires in that round trip or a refresh
-/// writes over it, and then what is lost is one entry or one lease (a miss, one more
-/// fetch), never an answer under the wrong key.
-async fn release(mut c: Connection, key: &str, token: &[u8]) -> RedisResult<bool> {
-    match RELEASE
-        .key(key)
-        .arg(token)
-        .invoke_async::<u64>(&mut c)
-        .await
-    {
-        Ok(n) => Ok(n == 1),
-        Err(e) if scripts_refused(&e) => {
-            let now: Option<Vec<u8>> = Cmd::get(key).query_async(&mut c).await?;
-            if now.as_deref() != Some(token) {
-                return Ok(false);
-            }
-            let n: u64 = Cmd::del(key).query_async(&mut c).await?;
-            Ok(n == 1)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Compare-and-pexpire: true when the key held `token` and its life was extended. Without
-/// the right to run scripts, `GET` and `PEXPIRE key ttl GT` in one round trip: `GT` only
-/// ever lengthens a life, so it cannot shorten an entry written over the marker (entries
-/// live far longer than a lease) and at worst extends another holder's lease by one
-/// renewal; the `GET` says whether the lease is still ours.
-async fn renew(mut c: Connection, key: &str, token: &[u8], ttl: Duration) -> RedisResult<bool> {
-    match RENEW
-        .key(key)
-        .arg(token)
-        .arg(millis(ttl))
-        .invoke_async::<u64>(&mut c)
-        .await
-    {
-        Ok(n) => Ok(n == 1),
-        Err(e) if scripts_refused(&e) => {
-            let (now, _): (Option<Vec<u8>>, u64) = redis::pipe()
-                .cmd("GET")
-                .arg(key)
-                .cmd("PEXPIRE")
-                .arg(key)
-                .arg(millis(ttl))
-                .arg("GT")
-                .query_async(&mut c)
-                .await?;
-            Ok(now.as_deref() == Some(token))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// A waiter's check of the lease marker it waits on, so that no marker outlives its lease:
-/// a key with no expiry gets one of 1 ms (`PEXPIRE NX` touches nothing else: entries and
-/// markers are always written with one), and a marker (`is_marker`) that lives longer
-/// than `ttl` (by a quarter) is cut to `ttl` (`PEXPIRE LT`). True when it changed one.
-async fn expire_stale_marker(
-    mut c: Connection,
-    key: &str,
-    ttl: Duration,
-    is_marker: fn(&[u8]) -> bool,
-) -> RedisResult<bool> {
-    let (had_none, now, pttl): (u64, Option<Vec<u8>>, i64) = redis::pipe()
-        .cmd("PEXPIRE")
-        .arg(key)
-        .arg(1)
-        .arg("NX")
-        .cmd("GET")
-        .arg(key)
-        .cmd("PTTL")
-        .arg(key)
-        .query_async(&mut c)
-        .await?;
-    if had_none == 1 {
-        return Ok(true);
-    }
-    let ttl_ms = millis(ttl);
-    let too_long = u64::try_from(pttl).is_ok_and(|left| left > ttl_ms + ttl_ms / 4);
-    if !(too_long && now.as_deref().is_some_and(is_marker)) {
-        return Ok(false);
-    }
-    let n: u64 = redis::cmd("PEXPIRE")
-        .arg(key)
-        .arg(ttl_ms)
-        .arg("LT")
-        .query_async(&mut c)
-        .await?;
-    Ok(n == 1)
-}
-
-/// The generations record: `HSETNX key <incarnation> fresh` (so a missing record starts a
-/// new incarnation, and concurrent creators agree on the first), then in the same round
-/// trip every field (`all`) or only the incarnation. Fields whose value is not a counter
-/// are skipped. No script: a user without EVAL can still load.
-async fn load_generations(
-    mut c: Connection,
-    key: &str,
-    fresh: u64,
-    all: bool,
-) -> RedisResult<Vec<(Vec<u8>, u64)>> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("HSETNX")
-        .arg(key)
-        .arg(INCARNATION_FIELD)
-        .arg(fresh)
-        .ignore();
-    let pairs: Vec<(Vec<u8>, Vec<u8>)> = if all {
-        pipe.cmd("HGETALL").arg(key);
-        let (pairs,): (Vec<(Vec<u8>, Vec<u8>)>,) = pipe.query_async(&mut c).await?;
-        pairs
-    } else {
-        pipe.cmd("HGET").arg(key).arg(INCARNATION_FIELD);
-        let (value,): (Option<Vec<u8>>,) = pipe.query_async(&mut c).await?;
-        value
-            .map(|v| (INCARNATION_FIELD.to_vec(), v))
-            .into_iter()
-            .collect()
-    };
-    Ok(pairs
-        .into_iter()
-        .filter_map(|(f, v)| {
-            let n = std::str::from_utf8(&v).ok()?.parse().ok()?;
-            Some((f, n))
-        })
-        .collect())
 }

@@ -17,7 +17,6 @@ mod topology;
 
 pub use self::guard::Guarded;
 pub(crate) use self::guard::{L2Read, LeaseRead};
-pub(crate) use self::inspect::KeyCount;
 pub use self::pubsub::Subscription;
 pub use self::store::Connection;
 pub use self::topology::{Topology, default_lease_ttl};
