@@ -94,12 +94,13 @@ fn node_info(
     certs: &TlsSettings,
 ) -> Result<ConnectionInfo> {
     let shown = redact_url(addr);
+    // Errors show the redis error's kind only: its detail may quote the URL's password.
     tls::check_supported(knob, addr)?;
     let info = if addr.contains("://") {
         addr.into_connection_info().map_err(|e| {
             Error::config(
                 knob,
-                format!("`{shown}` is not a valid Redis URL: {}", e.kind_str()),
+                format!("`{shown}` is not a valid Redis URL: {:?}", e.kind()),
             )
         })?
     } else {
@@ -131,8 +132,8 @@ fn node_info(
         ));
     }
     let info = tls::with_certs(info, certs)
-        .map_err(|e| Error::config(knob, format!("`{shown}`: {}", e.kind_str())))?;
-    with_auth(Ok(info), password).map_err(|e| Error::config(knob, e.kind_str()))
+        .map_err(|e| Error::config(knob, format!("`{shown}`: {:?}", e.kind())))?;
+    with_auth(Ok(info), password).map_err(|e| Error::config(knob, format!("{:?}", e.kind())))
 }
 
 /// Every address of one store must use the same scheme (and the same `#insecure`): the
@@ -149,17 +150,6 @@ fn same_tls(knob: &str, infos: &[ConnectionInfo]) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-trait KindStr {
-    fn kind_str(&self) -> String;
-}
-
-impl KindStr for redis::RedisError {
-    /// The error without its detail, which may quote a URL with its password.
-    fn kind_str(&self) -> String {
-        format!("{:?}", self.kind())
-    }
 }
 
 /// Fill in credentials the address does not carry, and set TCP_NODELAY.
