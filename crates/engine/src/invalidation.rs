@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use futures_util::future::BoxFuture;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::digest::Digest;
 use crate::keyspace::{INCARNATION_FIELD, Keyspace};
@@ -451,9 +452,6 @@ fn parse_hex(hex: &str) -> Option<Digest> {
     Some(Digest::from_bytes(out))
 }
 
-/// Aborts its task when dropped.
-pub(crate) type AbortOnDrop = tokio_util::task::AbortOnDropHandle<()>;
-
 /// For an instance that does not subscribe: load the generations record (so its keys are
 /// the fleet's, in the record's incarnation) and check its incarnation once a second,
 /// reloading when it changed, for as long as `sink` lives. Bumps made elsewhere are not
@@ -462,8 +460,8 @@ pub(crate) fn spawn_poller(
     state: Arc<Invalidation>,
     l2: Arc<Guarded>,
     sink: Weak<dyn Sink>,
-) -> AbortOnDrop {
-    AbortOnDrop::new(tokio::spawn(async move {
+) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         let mut retry = RETRY_MIN;
         let mut loaded = false;
         while sink.strong_count() > 0 {
@@ -504,14 +502,18 @@ pub(crate) fn spawn_subscriber(
     state: Arc<Invalidation>,
     l2: Arc<Guarded>,
     sink: Weak<dyn Sink>,
-) -> AbortOnDrop {
-    AbortOnDrop::new(tokio::spawn(subscribe_forever(state, l2, sink)))
+) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(subscribe_forever(state, l2, sink)))
 }
 
 async fn subscribe_forever(state: Arc<Invalidation>, l2: Arc<Guarded>, sink: Weak<dyn Sink>) {
     let mut retry = RETRY_MIN;
     while sink.strong_count() > 0 {
-        match l2.subscribe(&state.channel, SUBSCRIBE_TIMEOUT).await {
+        match l2
+            .store()
+            .subscribe(&state.channel, SUBSCRIBE_TIMEOUT)
+            .await
+        {
             Ok(mut sub) => {
                 retry = RETRY_MIN;
                 state.note_refused(l2.describe(), None);

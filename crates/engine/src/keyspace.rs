@@ -10,12 +10,13 @@
 //! P:generations    the namespace generations (a hash), and its incarnation (a field
 //!                  that no namespace can name: see INCARNATION_FIELD)
 //! P:invalidate     the invalidation channel
-//! P:v{S}rH         a record of the vector index of scope S: entry H's vector and text
-//! P:v{S}bT.X       a bucket of the vector index of scope S: table T, signature X (hex)
+//! P:k{S}...        a layer's key of kind `k` (a lowercase letter) in scope S: see
+//!                  Keyspace::layer_key; the layer names the rest
 //! ```
 //!
-//! The index keys of one scope share the hash tag `{S}` (one Cluster slot, so one lookup
-//! is one pipeline on one node); their suffixes start with `v`, which no other kind's does.
+//! A layer's keys of one scope share the hash tag `{S}` (one Cluster slot, so one call on
+//! them is one pipeline on one node); their suffixes start with a letter then `{`, which no
+//! other kind's does.
 //!
 //! Why no two prefixes can meet: every suffix after the prefix's `:` is free of `:`, so a
 //! name splits at its last `:` into exactly one (prefix, suffix) pair, whatever colons the
@@ -30,15 +31,14 @@ use crate::digest::Digest;
 /// the record is created, bound into every key. Not UTF-8, so no namespace can be named so.
 pub(crate) const INCARNATION_FIELD: &[u8] = b"\xffincarnation";
 
-/// The names of one cache's keys and channel in Redis.
+/// The names of one cache's keys and channel in Redis, under its prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[doc(hidden)]
 pub struct Keyspace {
     prefix: String,
 }
 
 impl Keyspace {
-    /// The keyspace of `prefix` (validated by [`validate_prefix`]).
+    /// The keyspace of `prefix` (one the builder accepted: no braces, no whitespace).
     pub fn new(prefix: &str) -> Self {
         Keyspace {
             prefix: prefix.to_owned(),
@@ -55,28 +55,34 @@ impl Keyspace {
         key
     }
 
-    /// `P:v{S}rH`: the index record of entry `entry` in scope `scope`.
-    pub fn index_record(&self, scope: &Digest, entry: &Digest) -> String {
-        let mut key = self.index_head(scope, 64);
-        key.push('r');
-        entry.write_hex(&mut key);
-        key
-    }
-
-    /// `P:v{S}bT.X`: bucket `signature` of table `table` of scope `scope`'s index.
-    pub fn index_bucket(&self, scope: &Digest, table: usize, signature: u32) -> String {
+    /// `P:k{S}suffix`: a key of a layer kept beside the entries (an index, say), of kind
+    /// `kind` in scope `scope` (every key of one scope in one Cluster slot, the hash tag
+    /// `{S}`). Each layer takes a kind of its own; no name of another kind, of the cache's
+    /// own keys or of another prefix's can be this one.
+    ///
+    /// # Panics
+    ///
+    /// When `kind` is not a lowercase ASCII letter, or `suffix` holds a `:` (which would
+    /// let another prefix name the key): both are the layer's own constants.
+    pub fn layer_key(&self, kind: char, scope: &Digest, suffix: impl std::fmt::Display) -> String {
         use std::fmt::Write;
-        let mut key = self.index_head(scope, 16);
-        let _ = write!(key, "b{table}.{signature:x}");
-        key
-    }
-
-    fn index_head(&self, scope: &Digest, extra: usize) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 5 + 64 + extra);
+        assert!(
+            kind.is_ascii_lowercase(),
+            "a layer's kind is a lowercase letter"
+        );
+        let mut key = String::with_capacity(self.prefix.len() + 4 + 64 + 16);
         key.push_str(&self.prefix);
-        key.push_str(":v{");
+        key.push(':');
+        key.push(kind);
+        key.push('{');
         scope.write_hex(&mut key);
         key.push('}');
+        let head = key.len();
+        let _ = write!(key, "{suffix}");
+        assert!(
+            !key[head..].contains(':'),
+            "a layer's key suffix holds no `:`"
+        );
         key
     }
 
@@ -202,6 +208,28 @@ fn class_matches(pattern: &[u8], at: usize, c: u8) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// A layer's keys, as an index beside the entries names them (a record, a bucket).
+    fn record(ks: &Keyspace, scope: &Digest, entry: &Digest) -> String {
+        ks.layer_key('v', scope, format_args!("r{entry}"))
+    }
+
+    fn bucket(ks: &Keyspace, scope: &Digest, table: usize, signature: u32) -> String {
+        ks.layer_key('v', scope, format_args!("b{table}.{signature:x}"))
+    }
+
+    #[test]
+    fn a_layer_key_refuses_what_could_meet_another_name() {
+        let ks = Keyspace::new("p");
+        let d = Digest::of("x");
+        for bad in [
+            std::panic::catch_unwind(|| ks.layer_key('V', &d, "r")),
+            std::panic::catch_unwind(|| ks.layer_key('{', &d, "r")),
+            std::panic::catch_unwind(|| ks.layer_key('v', &d, "r:x")),
+        ] {
+            assert!(bad.is_err());
+        }
+    }
+
     #[test]
     fn layout_is_pinned() {
         let ks = Keyspace::new("ai:cache");
@@ -210,17 +238,14 @@ mod tests {
         assert_eq!(ks.entry(&d), format!("ai:cache:{{{hex}}}"));
         assert_eq!(ks.generations(), "ai:cache:generations");
         assert_eq!(ks.channel(), "ai:cache:invalidate");
+        assert_eq!(record(&ks, &d, &d), format!("ai:cache:v{{{hex}}}r{hex}"));
         assert_eq!(
-            ks.index_record(&d, &d),
-            format!("ai:cache:v{{{hex}}}r{hex}")
-        );
-        assert_eq!(
-            ks.index_bucket(&d, 3, 0xabc),
+            bucket(&ks, &d, 3, 0xabc),
             format!("ai:cache:v{{{hex}}}b3.abc")
         );
         assert!(!glob_matches(
             ks.entry_pattern().as_bytes(),
-            ks.index_record(&d, &d).as_bytes()
+            record(&ks, &d, &d).as_bytes()
         ));
         assert!(glob_matches(
             ks.entry_pattern().as_bytes(),
@@ -305,10 +330,11 @@ mod tests {
         for d in digests {
             out.push(ks.entry(d));
             for e in digests {
-                out.push(ks.index_record(d, e));
+                out.push(record(ks, d, e));
             }
-            out.push(ks.index_bucket(d, 0, 0));
-            out.push(ks.index_bucket(d, 7, 0xfff));
+            out.push(bucket(ks, d, 0, 0));
+            out.push(bucket(ks, d, 7, 0xfff));
+            out.push(ks.layer_key('g', d, ""));
         }
         out
     }
@@ -353,7 +379,7 @@ mod tests {
             let ks = Keyspace::new(&p);
             let e = ks.entry(&d);
             prop_assert!(glob_matches(ks.entry_pattern().as_bytes(), e.as_bytes()));
-            for other in [ks.generations(), ks.channel(), format!("{e}.lease"), ks.index_record(&d, &d), ks.index_bucket(&d, 1, 2)] {
+            for other in [ks.generations(), ks.channel(), format!("{e}.lease"), record(&ks, &d, &d), bucket(&ks, &d, 1, 2)] {
                 prop_assert!(!glob_matches(ks.entry_pattern().as_bytes(), other.as_bytes()));
             }
         }

@@ -75,18 +75,21 @@ pub use self::digest::Digest;
 pub use self::envelope::{Envelope, EnvelopeError};
 pub use self::error::{Error, ErrorKind, Result};
 pub use self::health::{Health, L2Health};
+pub use self::keyspace::Keyspace;
+pub use self::l2::{Connection, Guarded};
 pub use self::redis_stats::{DEFAULT_SCAN_LIMIT, RedisStats};
 pub use self::stats::{BreakerState, Stats};
 pub use self::try_fetch::TryFetchError;
+/// The redis crate the engine runs on, for the commands a layer runs with [`Guarded::run`].
+pub use redis;
 
 use crate::codec::Hooks;
 use crate::config::Config;
 use crate::digest::DigestHasherBuilder;
 use crate::inflight::{Inflight, Join, Leader};
-use crate::invalidation::{AbortOnDrop, Invalidation};
-use crate::keyspace::Keyspace;
+use crate::invalidation::Invalidation;
 use crate::l1::{L1, L1Entry};
-use crate::l2::{Guarded, L2Read};
+use crate::l2::L2Read;
 use crate::stats::{Counters, Readings, ShortKey, Timer};
 
 /// Where a flight's value came from, as the flight reports it to its callers.
@@ -174,9 +177,10 @@ struct Inner<V> {
     /// The invalidation channel's state and the namespace generations (scale-out).
     invalidation: Arc<Invalidation>,
     /// The task listening on the invalidation channel; stops with the cache.
-    subscriber: std::sync::OnceLock<AbortOnDrop>,
-    /// Values on their way to L2 under this instance's lease, until the write lands or the
-    /// lease is released: later flights here take them (L1 may have evicted them), not wait.
+    subscriber: std::sync::OnceLock<tokio_util::task::AbortOnDropHandle<()>>,
+    /// Values on their way to L2 that this instance holds the lease for, until the write
+    /// lands or the lease is released: a later flight of this instance is answered from
+    /// here (L1 may have evicted the value already) instead of waiting on its own lease.
     writing: DashMap<Digest, Writing<V>, DigestHasherBuilder>,
     /// The background L2 writes under way, per key: an invalidation cancels them, so a
     /// write that lands after the invalidation's UNLINK cannot bring the entry back.
@@ -592,8 +596,9 @@ where
         (self.inner.config.l1_ttl, self.inner.config.l2_ttl)
     }
 
-    /// The guarded remote tier and the key prefix, for `health()` and `redis_stats()`.
-    #[doc(hidden)]
+    /// This cache's Redis (none when it is L1-only) and the names of its keys there: how a
+    /// layer on the engine keeps keys of its own beside the entries, under the same breaker,
+    /// deadline and counters ([`Guarded::run`]) and the same prefix ([`Keyspace::layer_key`]).
     pub fn l2_parts(&self) -> (Option<&Arc<Guarded>>, &Keyspace) {
         (self.inner.l2.as_ref(), &self.inner.keyspace)
     }

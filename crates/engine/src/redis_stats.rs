@@ -12,8 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::TieredCache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::redact_urls_in;
-use crate::l2::inspect::KeyCount;
-use crate::l2::{Guarded, L2Error};
+use crate::l2::{Connection, Guarded, L2Error};
 
 /// Keys [`redis_stats`](TieredCache::redis_stats) looks at, at most, to count the cache's
 /// own (100 `SCAN ... COUNT 1000` steps).
@@ -164,11 +163,16 @@ fn stats_error(l2: &Guarded, what: &str, why: impl std::fmt::Display) -> Error {
     )
 }
 
-async fn read_info(l2: &Guarded) -> Result<String> {
-    match tokio::time::timeout(STATS_DEADLINE, l2.store().info()).await {
-        Ok(Ok(text)) => Ok(text),
-        Ok(Err(e)) => Err(stats_error(l2, "INFO", e)),
-        Err(_) => Err(stats_error(l2, "INFO", "no answer within 5 s")),
+/// `what` (one step of the stats) under the stats deadline, its failure named.
+async fn within<T>(
+    l2: &Guarded,
+    what: &str,
+    step: impl Future<Output = std::result::Result<T, L2Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(STATS_DEADLINE, step).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(stats_error(l2, what, e)),
+        Err(_) => Err(stats_error(l2, what, "no answer within 5 s")),
     }
 }
 
@@ -192,36 +196,24 @@ where
                 "not configured: this cache is L1-only, there are no Redis statistics",
             ));
         };
-        let mut stats = RedisStats::parse_info(&read_info(l2).await?);
+        let store = l2.store();
+        let mut stats = RedisStats::parse_info(&within(l2, "INFO", store.info()).await?);
         // Each kind with its own exact pattern: a pattern of this prefix never matches a
         // name of another cache's prefix (see keyspace.rs).
-        let entries = count(l2, &keyspace.entry_pattern(), limit).await?;
+        let marker_len = Some(crate::lease::MARKER_LEN);
+        let pattern = keyspace.entry_pattern();
+        let count = store.count_keys(&pattern, limit, marker_len);
+        let entries = within(l2, "SCAN", count).await?;
         stats.keys = entries.keys - entries.markers;
         stats.leases = entries.markers;
         stats.keys_exact = entries.complete;
-        let generations = keyspace.generations();
-        stats.generations_key =
-            match tokio::time::timeout(STATS_DEADLINE, l2.store().exists(&generations)).await {
-                Ok(Ok(exists)) => exists,
-                Ok(Err(e)) => return Err(stats_error(l2, "EXISTS", e)),
-                Err(_) => return Err(stats_error(l2, "EXISTS", "no answer within 5 s")),
-            };
+        let generations = &keyspace.generations();
+        let exists = move |mut c: Connection| async move {
+            redis::Cmd::exists(generations).query_async(&mut c).await
+        };
+        let exists = store.run(Some(generations), exists);
+        stats.generations_key = within(l2, "EXISTS", exists).await?;
         Ok(stats)
-    }
-}
-
-/// Count the keys matching `pattern` with a bounded `SCAN`, under the stats deadline.
-async fn count(l2: &Guarded, pattern: &str, limit: u64) -> Result<KeyCount> {
-    let marker_len = Some(crate::lease::MARKER_LEN);
-    match tokio::time::timeout(
-        STATS_DEADLINE,
-        l2.store().count_keys(pattern, limit, marker_len),
-    )
-    .await
-    {
-        Ok(Ok(count)) => Ok(count),
-        Ok(Err(e)) => Err(stats_error(l2, "SCAN", e)),
-        Err(_) => Err(stats_error(l2, "SCAN", "no answer within 5 s")),
     }
 }
 

@@ -16,11 +16,11 @@ use crate::embeddings::{self, Embeddings, StoredEmbedding};
 use crate::error::{Error, Result};
 use crate::request::{ChatResponse, EncodingFormat};
 use crate::semantic::{Semantic, SemanticConfig};
+use crate::tiered::Guarded;
 use crate::tiered::TieredCache;
 use crate::tiered::builder::config_setters;
 use crate::tiered::codec::Hooks;
 use crate::tiered::config::{Config, positive};
-use crate::tiered::l2::Guarded;
 use crate::tiered::stats::Counters;
 use crate::upstream::Upstream;
 
@@ -339,7 +339,7 @@ impl LlmCacheBuilder {
 }
 
 /// The chat tier's Redis (if any) and keyspace, which the semantic index shares.
-fn tiers_l2(cache: &LlmCache) -> (Option<Arc<Guarded>>, crate::tiered::keyspace::Keyspace) {
+fn tiers_l2(cache: &LlmCache) -> (Option<Arc<Guarded>>, crate::tiered::Keyspace) {
     let (l2, keyspace) = cache.tiers().l2_parts();
     (l2.cloned(), keyspace.clone())
 }

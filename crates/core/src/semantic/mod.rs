@@ -24,9 +24,9 @@ use self::local::LocalIndex;
 use self::remote::RemoteIndex;
 pub(crate) use self::sketch::cosine;
 use self::sketch::{Record, Sketch};
+use crate::tiered::Guarded;
+use crate::tiered::Keyspace;
 use crate::tiered::digest::Digest;
-use crate::tiered::keyspace::Keyspace;
-use crate::tiered::l2::Guarded;
 use crate::tiered::now_ms;
 
 /// The default cosine a candidate needs before the guard looks at it. Low on purpose: the

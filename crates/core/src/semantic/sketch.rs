@@ -204,10 +204,10 @@ impl Record {
     }
 }
 
-/// A bucket's value for an entry: its deadline (13 digits, see the capped hash) and sketch.
+/// A bucket's value for an entry: its deadline (13 decimal digits in Unix milliseconds,
+/// which the capped hash's script reads: see remote.rs) and sketch.
 pub(crate) fn bucket_value(deadline_ms: u64, sketch: &Sketch) -> Vec<u8> {
-    let mut out = Vec::with_capacity(13 + 32);
-    out.extend_from_slice(&crate::tiered::l2::deadline_prefix(deadline_ms));
+    let mut out = format!("{:013}", deadline_ms.min(9_999_999_999_999)).into_bytes();
     out.extend_from_slice(&sketch.to_bytes());
     out
 }
@@ -241,6 +241,9 @@ mod tests {
             parse_bucket(d.as_bytes(), &v),
             Some((d, 1_700_000_000_000, s))
         );
+        // The deadline is always 13 digits: the script compares its first 13 bytes.
+        assert!(bucket_value(42, &s).starts_with(b"0000000000042"));
+        assert!(bucket_value(u64::MAX, &s).starts_with(b"9999999999999"));
     }
 
     #[test]

@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{L2Error, Link, RemoteStore};
+use redis::RedisResult;
+
+use super::store::Store;
+use super::{Connection, L2Error, Link};
 use crate::stats::{BreakerState, Counters};
 
 /// One WARN per cause of refusal (OOM, NOPERM...) this often at most.
@@ -26,7 +29,7 @@ const HALF_OPEN: u8 = 2;
 
 /// The outcome of a lookup that takes the lease when the entry is missing.
 #[derive(Debug)]
-pub enum LeaseRead {
+pub(crate) enum LeaseRead {
     /// The key holds this (an entry, or another flight's lease marker); nothing was set.
     Found(Vec<u8>),
     /// The key was empty: this call's marker is there now (the lease is held).
@@ -39,33 +42,36 @@ pub enum LeaseRead {
 
 /// The outcome of a guarded read.
 #[derive(Debug)]
-pub enum L2Read {
+pub(crate) enum L2Read {
     Hit(Vec<u8>),
     Miss,
     /// Failed, timed out, or skipped by the breaker: treat as a miss, do not trust L2 now.
     Unavailable,
 }
 
-/// One tier's handle on the guarded store. Tiers built beside each other on one
-/// connection (answers, vectors, a layer's bodies) share the store, the breaker and the
-/// reachability through [`for_tier`](Self::for_tier), and each counts its own
-/// operations' errors, timeouts, skips and the breaker openings they cause in its own
-/// [`Counters`]. The breaker gauge and the last error (for `health()`) describe the link,
-/// not one tier's traffic: they stay in the counters of the tier that opened the store.
+/// One tier's handle on the cache's Redis, fail-open: every command goes through the
+/// circuit breaker and a deadline, and is counted. A layer on the engine runs its own
+/// commands with [`run`](Self::run) (see [`TieredCache::l2_parts`](crate::TieredCache::l2_parts)).
+///
+/// Tiers built beside each other on one connection (answers, vectors, a layer's bodies)
+/// share the store, the breaker and the reachability, and each counts its own operations'
+/// errors, timeouts, skips and the breaker openings they cause in its own counters. The
+/// breaker gauge and the last error (for `health()`) describe the link, not one tier's
+/// traffic: they stay in the counters of the tier that opened the store.
 pub struct Guarded {
     link: Arc<Shared>,
     /// Where this tier's operations are counted.
-    counters: Arc<Counters>,
+    pub(super) counters: Arc<Counters>,
 }
 
 /// What every tier's [`Guarded`] shares: one store, one breaker.
 #[doc(hidden)]
 pub struct Shared {
-    store: Box<dyn RemoteStore>,
+    store: Store,
     /// False after an operation found Redis unreachable or too slow, true again after one
     /// got an answer (a value or an error reply) from some node.
     reachable: std::sync::atomic::AtomicBool,
-    deadline: Duration,
+    pub(super) deadline: Duration,
     breaker: Breaker,
     /// The counters of the tier that opened the store: the breaker gauge and the last
     /// error, which describe the link rather than one tier's traffic.
@@ -83,17 +89,17 @@ impl std::ops::Deref for Guarded {
     }
 }
 
-/// Whose time an operation spends (see [`Guarded::attempt_within`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Path {
+/// Whose time an operation spends (see [`Guarded::attempt`]).
+#[derive(Clone, Copy)]
+pub(super) enum Path {
     /// A request waits for it: the L2 deadline, and its timeouts open the breaker.
     Request,
-    /// Nobody waits for it (writes behind, lease renewals and releases).
-    Background,
+    /// Nobody waits for it (writes behind, lease renewals and releases): this deadline.
+    Background(Duration),
 }
 
 /// Why a guarded operation has no answer.
-enum NoAnswer {
+pub(super) enum NoAnswer {
     /// Not sent: the breaker is open or no connection is up.
     Skipped,
     /// The server answered with an error reply (it is up).
@@ -130,7 +136,7 @@ enum Skip {
 impl Breaker {
     /// Leave to run, or why not. Open with its cool-down over, the probe goes out only when
     /// `store` has a connection; without one, `store` starts making it in the background.
-    fn acquire(&self, store: &dyn RemoteStore) -> Result<Permit<'_>, Skip> {
+    fn acquire(&self, store: &Store) -> Result<Permit<'_>, Skip> {
         match self.state.load(Ordering::Acquire) {
             CLOSED => Ok(Permit {
                 breaker: self,
@@ -138,7 +144,7 @@ impl Breaker {
                 settled: false,
             }),
             OPEN => {
-                let until = *self.open_until.lock().expect("lock poisoned");
+                let until = *crate::sync::lock(&self.open_until);
                 if Instant::now() < until {
                     return Err(Skip::Open);
                 }
@@ -211,7 +217,7 @@ impl Breaker {
     }
 
     fn open_for_cooldown(&self) {
-        *self.open_until.lock().expect("lock poisoned") = Instant::now() + self.cooldown;
+        *crate::sync::lock(&self.open_until) = Instant::now() + self.cooldown;
     }
 
     fn state(&self) -> BreakerState {
@@ -232,8 +238,8 @@ impl Drop for Permit<'_> {
 }
 
 impl Guarded {
-    pub fn new(
-        store: Box<dyn RemoteStore>,
+    pub(crate) fn new(
+        store: Store,
         deadline: Duration,
         breaker_threshold: u32,
         breaker_cooldown: Duration,
@@ -260,7 +266,7 @@ impl Guarded {
 
     /// The same store and breaker, counting into `counters` (another tier's). Itself when
     /// it already counts there.
-    pub fn for_tier(self: &Arc<Self>, counters: &Arc<Counters>) -> Arc<Guarded> {
+    pub(crate) fn for_tier(self: &Arc<Self>, counters: &Arc<Counters>) -> Arc<Guarded> {
         if Arc::ptr_eq(&self.counters, counters) {
             return Arc::clone(self);
         }
@@ -270,9 +276,29 @@ impl Guarded {
         })
     }
 
+    /// Run a layer's command on the cache's connection, the way the cache runs its own:
+    /// not sent while the breaker is open or no connection is up, bounded by the L2
+    /// deadline, counted in this tier's counters (`op` names it in the latency metric), its
+    /// failures classified like the cache's (an error reply never opens the breaker; in a
+    /// Cluster, a node down is a miss for its keys only). `f` gets the connection and runs
+    /// a [`redis::Cmd`], a [`redis::Pipeline`] or a [`redis::Script`] on it (no retries:
+    /// it may run at most once). `key` is a key it touches: in a Cluster, every key of one
+    /// call must share its slot (a hash tag), and nothing is sent while that slot's node is
+    /// marked down. Name keys with [`Keyspace::layer_key`](crate::keyspace::Keyspace::layer_key).
+    ///
+    /// `None` when it was skipped, failed, timed out or refused: treat it as a miss. A
+    /// cancelled call sends nothing more and leaves the breaker as it was.
+    pub async fn run<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Option<T>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.attempt(op, Some(key), Path::Request, f).await.ok()
+    }
+
     /// Note an answer from Redis (read first: a store on every operation would move the
     /// cache line between cores).
-    fn mark_reachable(&self) {
+    pub(super) fn mark_reachable(&self) {
         if !self.reachable.load(Ordering::Relaxed) {
             self.reachable.store(true, Ordering::Relaxed);
         }
@@ -285,31 +311,20 @@ impl Guarded {
         self.breaker.state() == BreakerState::Closed && self.reachable.load(Ordering::Relaxed)
     }
 
+    /// The circuit breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
 
+    /// The Redis address (or sentinels, or cluster seeds), passwords redacted.
     pub fn describe(&self) -> &str {
         self.store.describe()
     }
 
-    /// Run `op` under the deadline and the breaker. `None` when skipped or failed.
-    async fn guarded<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, L2Error>>,
-    ) -> Option<T> {
-        self.attempt(op, fut).await.ok()
-    }
-
-    /// Run `op` under the deadline and the breaker, saying why when there is no answer.
-    async fn attempt<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, L2Error>>,
-    ) -> Result<T, NoAnswer> {
-        self.attempt_within(op, fut, self.deadline, Path::Request)
-            .await
+    /// The store itself, for what must not go through the breaker nor count as cache
+    /// traffic (`redis_stats()`, the start-up configuration check, subscriptions).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The deadline of the work on no request's path (writes behind, lease renewals and
@@ -317,22 +332,27 @@ impl Guarded {
     /// Redis adds to a request; background work queues behind other commands in the
     /// connection, so under a burst it would pass the request deadline (and trip the
     /// breaker) while Redis is healthy.
-    pub fn background_deadline(&self) -> Duration {
+    pub(crate) fn background_deadline(&self) -> Duration {
         (self.deadline * 10).max(Duration::from_millis(500))
     }
 
-    /// [`attempt`](Self::attempt) with a deadline of its own. On [`Path::Background`] a
-    /// timeout is counted but does not count towards opening the breaker: a write that
-    /// waited behind a burst says nothing about what a reader will wait (the readers' own
-    /// timeouts, and connection errors on any path, still open it).
-    async fn attempt_within<T>(
+    /// Run `f` on the store (for `key`'s node) under the breaker and `path`'s deadline,
+    /// counting and classifying the outcome; why not, when there is no answer. On
+    /// [`Path::Background`] a timeout is counted but does not count towards opening the
+    /// breaker: a write that waited behind a burst says nothing about what a reader will
+    /// wait (the readers' own timeouts, and connection errors on any path, still open it).
+    pub(super) async fn attempt<T, F, Fut>(
         &self,
         op: &'static str,
-        fut: impl Future<Output = Result<T, L2Error>>,
-        deadline: Duration,
+        key: Option<&str>,
         path: Path,
-    ) -> Result<T, NoAnswer> {
-        let mut permit = match self.breaker.acquire(&*self.store) {
+        f: F,
+    ) -> Result<T, NoAnswer>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let mut permit = match self.breaker.acquire(&self.store) {
             Ok(permit) => permit,
             Err(skip) => {
                 Counters::incr(&self.counters.l2_skipped);
@@ -347,17 +367,18 @@ impl Guarded {
                 return Err(NoAnswer::Skipped);
             }
         };
+        let deadline = match path {
+            Path::Request => self.deadline,
+            Path::Background(deadline) => deadline,
+        };
         let timer = self.counters.exported.l2_timer(op);
-        let outcome = tokio::time::timeout(deadline, fut).await;
+        let outcome = tokio::time::timeout(deadline, self.store.run(key, f)).await;
         drop(timer);
         permit.settled = true;
         match outcome {
             Ok(Ok(v)) => {
                 self.mark_reachable();
-                if self.breaker.on_success(permit.probe) {
-                    self.owner.exported.publish_breaker(self.breaker_state());
-                    tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
-                }
+                self.closed_by(permit.probe);
                 Ok(v)
             }
             Ok(Err(L2Error::NotConnected)) => {
@@ -382,10 +403,7 @@ impl Guarded {
                 self.owner.note_l2_error(op, &why);
                 tracing::debug!(redis = %self.describe(), op, error = %why, "redis refused a command");
                 self.warn_refused(op, &why);
-                if self.breaker.on_success(permit.probe) {
-                    self.owner.exported.publish_breaker(self.breaker_state());
-                    tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
-                }
+                self.closed_by(permit.probe);
                 Err(NoAnswer::Refused)
             }
             Ok(Err(e)) => {
@@ -393,16 +411,14 @@ impl Guarded {
                 self.counters.exported.l2_error(&e);
                 self.owner.note_l2_error(op, &e.to_string());
                 tracing::debug!(redis = %self.describe(), op, error = %e, "redis operation failed");
-                // One Cluster node down: the others answer (partly reachable).
-                self.reachable
-                    .store(matches!(e, L2Error::NodeDown(_)), Ordering::Relaxed);
-                if matches!(e, L2Error::NodeDown(_)) {
-                    // One cluster node is down: its keys miss, the others keep working.
-                    if permit.probe {
-                        self.breaker.on_success(true);
-                    }
-                } else {
+                // One Cluster node down: the others answer (partly reachable), its keys
+                // miss, and the others keep working.
+                let node_down = matches!(e, L2Error::NodeDown(_));
+                self.reachable.store(node_down, Ordering::Relaxed);
+                if !node_down {
                     self.failed(permit.probe, &e.to_string());
+                } else if permit.probe {
+                    self.breaker.on_success(true);
                 }
                 Err(NoAnswer::Failed)
             }
@@ -411,7 +427,7 @@ impl Guarded {
                 self.counters.exported.l2_timeout();
                 self.owner.note_l2_error(op, "deadline exceeded");
                 tracing::debug!(redis = %self.describe(), op, ?deadline, "redis operation timed out");
-                if path == Path::Background {
+                if let Path::Background(_) = path {
                     Counters::incr(&self.counters.l2_background_timeouts);
                     if permit.probe {
                         self.breaker.abandon_probe();
@@ -425,15 +441,18 @@ impl Guarded {
         }
     }
 
+    /// An answer came: a probe's closes the breaker.
+    fn closed_by(&self, probe: bool) {
+        if self.breaker.on_success(probe) {
+            self.owner.exported.publish_breaker(self.breaker_state());
+            tracing::info!(redis = %self.describe(), "redis is back: circuit breaker closed");
+        }
+    }
+
     /// Give `health()` something to say while the first connection is still being made
     /// (a connect that hangs reports no error for a while); never hides an error seen.
     fn note_not_connected(&self, op: &'static str) {
-        let none_yet = self
-            .owner
-            .last_l2_error
-            .lock()
-            .expect("lock poisoned")
-            .is_none();
+        let none_yet = crate::sync::lock(&self.owner.last_l2_error).is_none();
         if none_yet {
             self.owner
                 .note_l2_error(op, "not connected: connecting in the background");
@@ -441,10 +460,10 @@ impl Guarded {
     }
 
     /// One WARN per cause (the reply's code: OOM, NOPERM, ERR...) and [`REFUSAL_WARN_EVERY`].
-    fn warn_refused(&self, op: &'static str, why: &str) {
+    pub(super) fn warn_refused(&self, op: &'static str, why: &str) {
         let cause = why.split_whitespace().next().unwrap_or("ERR");
         {
-            let mut warned = self.refusals_warned.lock().expect("lock poisoned");
+            let mut warned = crate::sync::lock(&self.refusals_warned);
             let now = Instant::now();
             if warned
                 .get(cause)
@@ -484,238 +503,5 @@ impl Guarded {
                 );
             }
         }
-    }
-
-    pub async fn get(&self, key: &str) -> L2Read {
-        match self.guarded("get", self.store.get(key)).await {
-            Some(Some(bytes)) => L2Read::Hit(bytes),
-            Some(None) => L2Read::Miss,
-            None => L2Read::Unavailable,
-        }
-    }
-
-    /// [`set`](Self::set) off every request's path: under the
-    /// [`background_deadline`](Self::background_deadline), and a timeout does not open the
-    /// breaker (the writes behind).
-    /// `None` when it was not sent or got no answer in time (worth another try later),
-    /// `Some(false)` when the server refused it.
-    pub async fn set_in_background(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-    ) -> Option<bool> {
-        let deadline = self.background_deadline();
-        let op = self.store.set(key, value, ttl);
-        match self
-            .attempt_within("set", op, deadline, Path::Background)
-            .await
-        {
-            Ok(()) => Some(true),
-            Err(NoAnswer::Refused) => {
-                Counters::incr(&self.counters.l2_writes_refused);
-                self.counters.exported.l2_write_refused.increment(1);
-                Some(false)
-            }
-            Err(NoAnswer::Skipped | NoAnswer::Failed) => None,
-        }
-    }
-
-    /// Write an entry under the configured deadline; false when it was not written. A write
-    /// the server refused (OOM under `noeviction`...) is counted in `l2_writes_refused`.
-    pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {
-        match self
-            .attempt_within(
-                "set",
-                self.store.set(key, value, ttl),
-                self.deadline,
-                Path::Request,
-            )
-            .await
-        {
-            Ok(()) => true,
-            Err(NoAnswer::Refused) => {
-                Counters::incr(&self.counters.l2_writes_refused);
-                self.counters.exported.l2_write_refused.increment(1);
-                false
-            }
-            Err(NoAnswer::Skipped | NoAnswer::Failed) => false,
-        }
-    }
-
-    /// `PING` under the deadline and the breaker (for `health()`); counted like any operation.
-    pub async fn ping(&self) -> bool {
-        self.guarded("ping", self.store.ping()).await.is_some()
-    }
-
-    /// The store itself, for what must not go through the breaker nor count as cache
-    /// traffic (`redis_stats()`, the start-up configuration check).
-    pub fn store(&self) -> &dyn RemoteStore {
-        &*self.store
-    }
-
-    pub async fn unlink(&self, key: &str) -> bool {
-        self.guarded("unlink", self.store.unlink(key))
-            .await
-            .is_some()
-    }
-
-    // Leases, invalidation and namespace generations, under the same deadline and breaker.
-
-    /// The lookup that takes the lease when the entry is missing (`SET key marker NX PX ttl
-    /// GET`, in the entry's own key). After a lookup the server refused (OOM under
-    /// `noeviction`, which refuses every `SET`; NOPERM; a server older than 7.0, which does
-    /// not know `NX` with `GET`) the caller reads with a plain
-    /// `GET` and fetches without a lease (counted in `leases_refused`), so for that key
-    /// single-flight holds per instance, not across instances.
-    pub async fn get_or_lease(&self, key: &str, marker: &[u8], ttl: Duration) -> LeaseRead {
-        match self
-            .attempt("get", self.store.get_or_lease(key, marker, ttl))
-            .await
-        {
-            Ok(Some(bytes)) => LeaseRead::Found(bytes),
-            Ok(None) => LeaseRead::Leased,
-            // Counted by the caller, once per flight that goes on without a lease.
-            Err(NoAnswer::Refused) => LeaseRead::Refused,
-            Err(NoAnswer::Skipped | NoAnswer::Failed) => LeaseRead::Unavailable,
-        }
-    }
-
-    /// Release the lease at `key` if it holds `token` (in the background: under the
-    /// background deadline, its timeouts do not open the breaker). `None`: no answer.
-    pub async fn release(&self, key: &str, token: &[u8]) -> Option<bool> {
-        let op = self.store.release(key, token);
-        let deadline = self.background_deadline();
-        self.attempt_within("release", op, deadline, Path::Background)
-            .await
-            .ok()
-    }
-
-    /// Extend the lease at `key` to `ttl` if it holds `token`, in the background, under
-    /// a deadline of a third of `ttl` (the next renewal is due then) at most.
-    pub async fn renew(&self, key: &str, token: &[u8], ttl: Duration) -> Option<bool> {
-        let op = self.store.renew(key, token, ttl);
-        let deadline = self.background_deadline().min(ttl / 3).max(self.deadline);
-        self.attempt_within("renew", op, deadline, Path::Background)
-            .await
-            .ok()
-    }
-
-    /// A waiter's look at the marker it waits on: one without expiry, or living longer
-    /// than `ttl`, gets an end (see `commands::expire_stale_marker`). True when it did.
-    pub async fn expire_stale_marker(
-        &self,
-        key: &str,
-        ttl: Duration,
-        is_marker: fn(&[u8]) -> bool,
-    ) -> bool {
-        let op = self.store.expire_stale_marker(key, ttl, is_marker);
-        let changed = self
-            .guarded("expire_stale_marker", op)
-            .await
-            .unwrap_or(false);
-        if changed {
-            Counters::incr(&self.counters.stale_leases_expired);
-        }
-        changed
-    }
-
-    pub async fn publish(&self, channel: &str, message: &[u8]) -> bool {
-        self.guarded("publish", self.store.publish(channel, message))
-            .await
-            .is_some()
-    }
-
-    pub async fn hset_publish(
-        &self,
-        key: &str,
-        field: &[u8],
-        value: u64,
-        channel: &str,
-        message: &[u8],
-        fresh: u64,
-    ) -> Option<u64> {
-        let op = self
-            .store
-            .hset_publish(key, field, value, channel, message, fresh);
-        self.guarded("hset_publish", op).await
-    }
-
-    /// Read the generations record (see `RemoteStore::load_generations`) under `deadline`,
-    /// outside the breaker: it runs in the background, retried by its owner, and must not
-    /// starve behind request traffic that keeps the breaker open on a slow link. Failures
-    /// are noted for `health()` and refusals warned about, like any operation's.
-    pub async fn load_generations(
-        &self,
-        key: &str,
-        fresh: u64,
-        all: bool,
-        deadline: Duration,
-    ) -> Option<super::Counts> {
-        let op = "load_generations";
-        let outcome = tokio::time::timeout(deadline, self.store.load_generations(key, fresh, all));
-        match outcome.await {
-            Ok(Ok(v)) => {
-                self.mark_reachable();
-                Some(v)
-            }
-            Ok(Err(L2Error::NotConnected)) => None,
-            Ok(Err(e)) => {
-                let why = e.to_string();
-                self.counters.note_l2_error(op, &why);
-                if matches!(e, L2Error::Command(_)) {
-                    self.warn_refused(op, &why);
-                }
-                None
-            }
-            Err(_) => {
-                self.counters
-                    .note_l2_error(op, &format!("no answer within {deadline:?}"));
-                None
-            }
-        }
-    }
-
-    // Capped hashes and multi-key reads, under the same deadline and breaker.
-
-    /// See `RemoteStore::hset_capped`; false when it was not written.
-    pub async fn hset_capped(
-        &self,
-        keys: &[String],
-        field: &[u8],
-        value: &[u8],
-        cap: usize,
-        ttl: Duration,
-    ) -> bool {
-        let now = crate::now_ms();
-        let op = self.store.hset_capped(keys, field, value, cap, now, ttl);
-        self.guarded("hset_capped", op).await.is_some()
-    }
-
-    /// `HGETALL` of each key in one round trip; `None` when Redis did not answer.
-    pub async fn hgetall_many(&self, keys: &[String]) -> Option<super::Hashes> {
-        self.guarded("hgetall", self.store.hgetall_many(keys)).await
-    }
-
-    /// `MGET keys`; `None` when Redis did not answer.
-    pub async fn mget(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
-        self.guarded("mget", self.store.mget(keys)).await
-    }
-
-    /// `HDEL key fields...`; false when Redis did not answer.
-    pub async fn hdel(&self, key: &str, fields: &[Vec<u8>]) -> bool {
-        self.guarded("hdel", self.store.hdel(key, fields))
-            .await
-            .is_some()
-    }
-
-    /// Subscribe to `channel`; bounded by `timeout`, outside the breaker (it is one
-    /// long-lived connection, retried by its owner with a backoff).
-    pub async fn subscribe(
-        &self,
-        channel: &str,
-        timeout: Duration,
-    ) -> Result<super::Subscription, L2Error> {
-        self.store.subscribe(channel, timeout).await
     }
 }

@@ -1,7 +1,7 @@
 //! What `redis_stats()` and `health()` ask a store: `PING`, `INFO`, and a bounded key count
 //! with `SCAN ... MATCH ... COUNT`. Never `KEYS`, never anything that blocks the server for
-//! longer than one short `SCAN` step. Each function runs on any async connection, so every
-//! store (one server, a Sentinel master, each Cluster primary) can use it.
+//! longer than one short `SCAN` step. Each function runs on any async connection: the
+//! seam's, or a connection of its own to one Cluster primary.
 
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
@@ -11,8 +11,7 @@ pub(crate) const SCAN_COUNT: u64 = 1000;
 
 /// The outcome of a bounded count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[doc(hidden)]
-pub struct KeyCount {
+pub(crate) struct KeyCount {
     /// Keys that matched.
     pub keys: u64,
     /// Of those, keys whose value is exactly as long as a lease marker (counted only when
@@ -25,7 +24,6 @@ pub struct KeyCount {
 
 impl KeyCount {
     /// Two nodes' counts together (a Cluster's primaries).
-    #[allow(dead_code)]
     pub(crate) fn add(self, other: KeyCount) -> KeyCount {
         KeyCount {
             keys: self.keys + other.keys,
@@ -35,21 +33,21 @@ impl KeyCount {
     }
 }
 
-pub(crate) async fn ping<C: ConnectionLike>(c: &mut C) -> RedisResult<()> {
-    redis::cmd("PING").query_async::<()>(c).await
+pub(crate) async fn ping<C: ConnectionLike>(mut c: C) -> RedisResult<()> {
+    redis::cmd("PING").query_async::<()>(&mut c).await
 }
 
 /// The server's `INFO` (its default sections: server, clients, memory, persistence, stats,
 /// replication, cpu, keyspace...).
-pub(crate) async fn info<C: ConnectionLike>(c: &mut C) -> RedisResult<String> {
-    redis::cmd("INFO").query_async::<String>(c).await
+pub(crate) async fn info<C: ConnectionLike>(mut c: C) -> RedisResult<String> {
+    redis::cmd("INFO").query_async::<String>(&mut c).await
 }
 
 /// Count the keys matching `pattern`, looking at about `limit` keys at most (`limit /
 /// SCAN_COUNT` steps, at least one); with `marker_len`, also those whose value has that
 /// length (lease markers among entries: an entry is always longer).
 pub(crate) async fn count_keys<C: ConnectionLike>(
-    c: &mut C,
+    mut c: C,
     pattern: &str,
     limit: u64,
     marker_len: Option<usize>,
@@ -64,7 +62,7 @@ pub(crate) async fn count_keys<C: ConnectionLike>(
             .arg(pattern)
             .arg("COUNT")
             .arg(SCAN_COUNT)
-            .query_async(c)
+            .query_async(&mut c)
             .await?;
         count.keys += batch.len() as u64;
         if let Some(len) = marker_len.filter(|_| !batch.is_empty()) {
@@ -72,7 +70,7 @@ pub(crate) async fn count_keys<C: ConnectionLike>(
             for key in &batch {
                 pipe.cmd("STRLEN").arg(key);
             }
-            let lengths: Vec<usize> = pipe.query_async(c).await?;
+            let lengths: Vec<usize> = pipe.query_async(&mut c).await?;
             count.markers += lengths.iter().filter(|&&l| l == len).count() as u64;
         }
         if next == 0 {

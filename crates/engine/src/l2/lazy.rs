@@ -6,7 +6,7 @@
 //! generation, so a late failure never drops a newer connection.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use tokio::sync::Notify;
 
@@ -35,10 +35,7 @@ impl<C: Clone> Lazy<C> {
 
     /// The connection in use, with its generation.
     pub fn current(&self) -> Option<(u64, C)> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.current).clone()
     }
 
     /// The connection in use; without one, `Err` at once: [`Link::Connecting`] when an
@@ -57,11 +54,7 @@ impl<C: Clone> Lazy<C> {
             self.connecting.store(false, Ordering::Release);
             return Ok(c);
         }
-        let failed = self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let failed = crate::sync::lock(&self.last_error).take();
         start();
         Err(failed.map_or(Link::Connecting, Link::Failed))
     }
@@ -69,10 +62,7 @@ impl<C: Clone> Lazy<C> {
     /// Why the last attempt failed, if it did, without taking it from the next caller of
     /// [`link`](Self::link) (for the start-up WARN).
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.last_error).clone()
     }
 
     /// Wait for a connection: call `start` (which should begin an attempt through
@@ -106,16 +96,12 @@ impl<C: Clone> Lazy<C> {
         let failed = match attempt {
             Ok(conn) => {
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-                    Some((generation, conn));
+                *crate::sync::write(&self.current) = Some((generation, conn));
                 None
             }
             Err(msg) => Some(msg),
         };
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = failed;
+        *crate::sync::lock(&self.last_error) = failed;
         self.connecting.store(false, Ordering::Release);
         self.connect_done.notify_waiters();
     }
@@ -124,7 +110,7 @@ impl<C: Clone> Lazy<C> {
     /// call dropped it (so one broken connection is reported once, however many operations
     /// were running on it).
     pub fn reset_if(&self, generation: u64) -> bool {
-        let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let mut cur = crate::sync::write(&self.current);
         if cur.as_ref().is_some_and(|(g, _)| *g == generation) {
             *cur = None;
             return true;
@@ -134,7 +120,7 @@ impl<C: Clone> Lazy<C> {
 
     /// Drop the connection in use, whatever it is.
     pub fn reset(&self) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = None;
+        *crate::sync::write(&self.current) = None;
     }
 }
 

@@ -1,28 +1,24 @@
-//! The remote tier: a small store trait, the Redis store behind it, and the fail-open
-//! guard (per-operation deadline, circuit breaker) that every call goes through. Nothing
-//! here may make a request fail: an L2 problem is a miss, a skipped write, a counter.
+//! The remote tier: one connection seam over the topologies (store.rs: one server, a
+//! Sentinel master, a Cluster), the fail-open guard every command runs through (guard.rs:
+//! breaker, deadline, counters, error classification) and the cache's own commands
+//! (commands.rs), each written once. Nothing here may make a request fail: an L2 problem is
+//! a miss, a skipped write, a counter.
 
 mod cluster;
 mod commands;
 mod guard;
-#[doc(hidden)]
-pub mod inspect;
+mod inspect;
 mod lazy;
 mod pubsub;
-mod redis;
 mod sentinel;
+mod store;
 mod tls;
 mod topology;
 
-use std::time::Duration;
-
-use futures_util::future::BoxFuture;
-
-#[doc(hidden)]
-pub use self::commands::deadline_prefix;
-#[doc(hidden)]
-pub use self::guard::{Guarded, L2Read, LeaseRead};
+pub use self::guard::Guarded;
+pub(crate) use self::guard::{L2Read, LeaseRead};
 pub use self::pubsub::Subscription;
+pub use self::store::Connection;
 pub use self::topology::{Topology, default_lease_ttl};
 pub(crate) use self::topology::{open_store, validate as validate_topology};
 
@@ -108,184 +104,6 @@ impl From<Link> for L2Error {
             Link::Up | Link::Connecting => L2Error::NotConnected,
         }
     }
-}
-
-/// The fields and values of several hashes, one list per key.
-pub(crate) type Hashes = Vec<Vec<(Vec<u8>, Vec<u8>)>>;
-
-/// The fields of a hash of counters and their values (namespace generations).
-pub(crate) type Counts = Vec<(Vec<u8>, u64)>;
-
-/// What the cache needs from a remote tier. Implementations may be slow or broken: the
-/// guard bounds every call with a deadline.
-#[doc(hidden)]
-pub trait RemoteStore: Send + Sync + 'static {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, L2Error>>;
-    fn set<'a>(
-        &'a self,
-        key: &'a str,
-        value: Vec<u8>,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), L2Error>>;
-    fn unlink<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), L2Error>>;
-    /// Drop the current connection and start making a new one in the background (used when
-    /// the breaker opens: a half-open or stalled connection must not be reused forever).
-    fn reset(&self);
-    /// Whether a connection is up; without one, start making one in the background unless
-    /// an attempt is under way. Never waits.
-    fn link(&self) -> Link;
-    /// The store's address with any password redacted, for logs and errors.
-    fn describe(&self) -> &str;
-
-    // What health() and redis_stats() read; the Redis commands are in inspect.rs.
-    /// `PING` (for `health()`). The default reads a key nobody writes.
-    fn ping(&self) -> BoxFuture<'_, Result<(), L2Error>> {
-        Box::pin(async move { self.get("llm-cache:ping").await.map(|_| ()) })
-    }
-    /// The nodes that do not answer now (a Cluster's masters, each pinged on its own);
-    /// empty for a single server, whose state `ping` gives.
-    fn nodes_down(&self) -> BoxFuture<'_, Vec<String>> {
-        Box::pin(async { Vec::new() })
-    }
-    /// The server's `INFO` text. A store of several primaries returns every primary's,
-    /// concatenated: `redis_stats()` sums their numbers.
-    fn info(&self) -> BoxFuture<'_, Result<String, L2Error>> {
-        Box::pin(async {
-            Err(L2Error::Command(
-                "INFO is not supported by this store".into(),
-            ))
-        })
-    }
-    /// Keys matching `pattern`, counted with `SCAN MATCH pattern COUNT 1000`, looking at
-    /// about `limit` keys at most (per primary); never `KEYS`. With `marker_len`, also how
-    /// many of them hold a value of that length (`STRLEN`, pipelined).
-    fn count_keys<'a>(
-        &'a self,
-        pattern: &'a str,
-        limit: u64,
-        marker_len: Option<usize>,
-    ) -> BoxFuture<'a, Result<inspect::KeyCount, L2Error>> {
-        let _ = (pattern, limit, marker_len);
-        Box::pin(async {
-            Err(L2Error::Command(
-                "SCAN is not supported by this store".into(),
-            ))
-        })
-    }
-
-    // Leases, invalidation and namespace generations: what lets instances act as one.
-    /// `SET key marker NX PX ttl GET`: the value at `key` if there is one, else `None`, and
-    /// then this call has stored `marker` there (a lease in the entry's own key).
-    fn get_or_lease<'a>(
-        &'a self,
-        key: &'a str,
-        marker: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, L2Error>>;
-    /// Whether `key` exists.
-    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, L2Error>>;
-    /// Delete `key` only if it holds `token`; true when it did.
-    fn release<'a>(&'a self, key: &'a str, token: &'a [u8])
-    -> BoxFuture<'a, Result<bool, L2Error>>;
-    /// Extend `key`'s life to `ttl` only if it holds `token`; true when it did.
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, L2Error>>;
-    /// Give a lease marker at `key` that has no expiry, or outlives `ttl`, an end (see
-    /// `commands::expire_stale_marker`); true when it changed one.
-    fn expire_stale_marker<'a>(
-        &'a self,
-        key: &'a str,
-        ttl: Duration,
-        is_marker: fn(&[u8]) -> bool,
-    ) -> BoxFuture<'a, Result<bool, L2Error>>;
-    fn publish<'a>(
-        &'a self,
-        channel: &'a str,
-        message: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), L2Error>>;
-    /// `HSET key field value` and `PUBLISH channel message` in one atomic step, creating
-    /// the record's incarnation (`fresh`) if it has none; the record's incarnation.
-    fn hset_publish<'a>(
-        &'a self,
-        key: &'a str,
-        field: &'a [u8],
-        value: u64,
-        channel: &'a str,
-        message: &'a [u8],
-        fresh: u64,
-    ) -> BoxFuture<'a, Result<u64, L2Error>>;
-    /// The generations record at `key` (created with incarnation `fresh` if missing):
-    /// every counter (`all`), or only the incarnation's. See `commands::load_generations`.
-    fn load_generations<'a>(
-        &'a self,
-        key: &'a str,
-        fresh: u64,
-        all: bool,
-    ) -> BoxFuture<'a, Result<Counts, L2Error>>;
-    // Capped hashes of deadline-prefixed values, and multi-key reads (keys of one call share
-    // a Cluster slot): what an index kept beside the entries needs.
-    /// See `commands::hset_capped`.
-    fn hset_capped<'a>(
-        &'a self,
-        keys: &'a [String],
-        field: &'a [u8],
-        value: &'a [u8],
-        cap: usize,
-        now_ms: u64,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), L2Error>> {
-        let _ = (keys, field, value, cap, now_ms, ttl);
-        Box::pin(async {
-            Err(L2Error::Command(
-                "HSET is not supported by this store".into(),
-            ))
-        })
-    }
-    /// `HGETALL` of each key, pipelined.
-    fn hgetall_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Hashes, L2Error>> {
-        let _ = keys;
-        Box::pin(async {
-            Err(L2Error::Command(
-                "HGETALL is not supported by this store".into(),
-            ))
-        })
-    }
-    /// `MGET keys`.
-    fn mget<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, L2Error>> {
-        let _ = keys;
-        Box::pin(async {
-            Err(L2Error::Command(
-                "MGET is not supported by this store".into(),
-            ))
-        })
-    }
-    /// `HDEL key fields...`.
-    fn hdel<'a>(
-        &'a self,
-        key: &'a str,
-        fields: &'a [Vec<u8>],
-    ) -> BoxFuture<'a, Result<(), L2Error>> {
-        let _ = (key, fields);
-        Box::pin(async {
-            Err(L2Error::Command(
-                "HDEL is not supported by this store".into(),
-            ))
-        })
-    }
-    /// Subscribe to `channel` on a node of the store, bounded by `timeout`. Not guarded:
-    /// the subscription lives until its connection goes away.
-    fn subscribe<'a>(
-        &'a self,
-        channel: &'a str,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<Subscription, L2Error>>;
 }
 
 #[cfg(test)]

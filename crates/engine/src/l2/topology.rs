@@ -9,10 +9,9 @@ use std::time::Duration;
 use redis::io::tcp::TcpSettings;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult};
 
-use super::RemoteStore;
-use super::cluster::ClusterStore;
-use super::redis::RedisStore;
+use super::cluster::Cluster;
 use super::sentinel::Resolver;
+use super::store::Store;
 use super::tls::{self, TlsSettings};
 use crate::config::Config;
 use crate::error::{Error, Result, redact_url};
@@ -95,12 +94,13 @@ fn node_info(
     certs: &TlsSettings,
 ) -> Result<ConnectionInfo> {
     let shown = redact_url(addr);
+    // Errors show the redis error's kind only: its detail may quote the URL's password.
     tls::check_supported(knob, addr)?;
     let info = if addr.contains("://") {
         addr.into_connection_info().map_err(|e| {
             Error::config(
                 knob,
-                format!("`{shown}` is not a valid Redis URL: {}", e.kind_str()),
+                format!("`{shown}` is not a valid Redis URL: {:?}", e.kind()),
             )
         })?
     } else {
@@ -132,8 +132,8 @@ fn node_info(
         ));
     }
     let info = tls::with_certs(info, certs)
-        .map_err(|e| Error::config(knob, format!("`{shown}`: {}", e.kind_str())))?;
-    with_auth(Ok(info), password).map_err(|e| Error::config(knob, e.kind_str()))
+        .map_err(|e| Error::config(knob, format!("`{shown}`: {:?}", e.kind())))?;
+    with_auth(Ok(info), password).map_err(|e| Error::config(knob, format!("{:?}", e.kind())))
 }
 
 /// Every address of one store must use the same scheme (and the same `#insecure`): the
@@ -150,17 +150,6 @@ fn same_tls(knob: &str, infos: &[ConnectionInfo]) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-trait KindStr {
-    fn kind_str(&self) -> String;
-}
-
-impl KindStr for redis::RedisError {
-    /// The error without its detail, which may quote a URL with its password.
-    fn kind_str(&self) -> String {
-        format!("{:?}", self.kind())
-    }
 }
 
 /// Fill in credentials the address does not carry, and set TCP_NODELAY.
@@ -271,63 +260,42 @@ pub(crate) fn validate(config: &Config) -> Result<()> {
 /// Open the configured store (none when no Redis is configured) and start connecting in
 /// the background; wait a moment so the first requests find a connection. A Redis that is
 /// down does not fail the build: the cache runs L1-only until it answers.
-pub(crate) async fn open_store(config: &Config) -> Result<Option<Box<dyn RemoteStore>>> {
-    let wait = config.l2_deadline.max(Duration::from_millis(200));
+pub(crate) async fn open_store(config: &Config) -> Result<Option<Store>> {
     let t = &config.topology;
-    if let Some(url) = &config.redis_url {
-        let store = RedisStore::open(url, &t.tls)?;
-        store.connect_in_background();
-        if !store.wait_connected(wait).await {
-            let cause = start_up_cause(store.last_connect_error());
-            tracing::warn!(redis = %redact_url(url), cause = %cause, "redis is not reachable yet: running L1-only until it answers");
-        }
-        return Ok(Some(Box::new(store)));
-    }
-    if let Some(master) = &t.sentinel_master {
+    let (store, what) = if let Some(url) = &config.redis_url {
+        (Store::server(url, &t.tls)?, "redis")
+    } else if let Some(master) = &t.sentinel_master {
         let sentinels = t
             .sentinels
             .iter()
             .map(|s| node_info("sentinel", s, t.sentinel_password.as_deref(), &t.tls))
             .collect::<Result<Vec<_>>>()?;
         tls::prepare(&sentinels, &format!("sentinel master `{master}`"));
-        let resolver = Arc::new(Resolver::new(
-            master.clone(),
-            sentinels,
-            t.redis_password.clone(),
-        ));
-        let store = RedisStore::open_sentinel(resolver, &t.sentinels);
-        store.connect_in_background();
-        if !store.wait_connected(wait).await {
-            let cause = start_up_cause(store.last_connect_error());
-            tracing::warn!(master = %master, cause = %cause, "the sentinels' master is not reachable yet: running L1-only until it answers");
-        }
-        return Ok(Some(Box::new(store)));
-    }
-    if !t.cluster_nodes.is_empty() {
+        let resolver = Resolver::new(master.clone(), sentinels, t.redis_password.clone());
+        let store = Store::sentinel(Arc::new(resolver), &t.sentinels);
+        (store, "the sentinels' master")
+    } else if !t.cluster_nodes.is_empty() {
         let nodes = t
             .cluster_nodes
             .iter()
             .map(|n| node_info("cluster", n, t.redis_password.as_deref(), &t.tls))
             .collect::<Result<Vec<_>>>()?;
         tls::prepare(&nodes, "cluster");
-        let store = ClusterStore::open(
-            nodes,
-            &t.tls,
-            &t.cluster_nodes,
-            config.l2_deadline,
-            config.breaker_cooldown,
-        )?;
-        store.connect_in_background();
-        if !store.wait_connected(wait).await {
-            let cause = start_up_cause(store.last_connect_error());
-            tracing::warn!(
-                cause = %cause,
-                "the redis cluster is not reachable yet: running L1-only until it answers"
-            );
-        }
-        return Ok(Some(Box::new(store)));
+        let (deadline, cooldown) = (config.l2_deadline, config.breaker_cooldown);
+        let cluster = Cluster::open(nodes, &t.tls, deadline, cooldown)?;
+        (
+            Store::cluster(cluster, &t.cluster_nodes),
+            "the redis cluster",
+        )
+    } else {
+        return Ok(None);
+    };
+    let wait = config.l2_deadline.max(Duration::from_millis(200));
+    if let Err(error) = store.connect(wait).await {
+        let cause = start_up_cause(error);
+        tracing::warn!(redis = %store.describe(), cause = %cause, "{what} is not reachable yet: running L1-only until it answers");
     }
-    Ok(None)
+    Ok(Some(store))
 }
 
 /// What the start-up WARN says about why Redis is not usable yet: authentication failures
