@@ -212,7 +212,6 @@ where
     /// A flight goes on without the lease it wanted, because Redis refuses to take leases.
     fn count_lease_refused(&self) {
         Counters::incr(&self.counters.leases_refused);
-        self.counters.exported.lease_refused.increment(1);
     }
 
     /// The L2 part of a flight's lookup: one round trip. With leases, the lookup is the

@@ -260,14 +260,10 @@ where
             }),
         };
         cache.start_invalidation();
-        cache
-            .inner
-            .counters
-            .exported
-            .publish(&cache.inner.readings());
+        cache.inner.counters.publish(&cache.inner.readings());
         crate::stats::spawn_gauge_upkeep(Arc::downgrade(&cache.inner), |inner| {
             inner.retune_lookups();
-            (&inner.counters.exported, inner.readings())
+            (&inner.counters, inner.readings())
         });
         cache
     }
@@ -353,7 +349,6 @@ where
                 Join::Waiter(w) => w,
             };
             Counters::incr(&inner.counters.coalesced);
-            inner.counters.exported.coalesced.increment(1);
             match tokio::time::timeout_at(deadline, waiter.wait()).await {
                 Ok(Some(outcome)) => {
                     let landed = outcome?;
@@ -571,7 +566,7 @@ where
             .l2
             .as_ref()
             .map_or(BreakerState::Disabled, |l2| l2.breaker_state());
-        inner.counters.exported.publish(&inner.readings());
+        inner.counters.publish(&inner.readings());
         inner.counters.snapshot(
             inner.inflight.len() as u64,
             breaker,
@@ -827,7 +822,6 @@ where
             }
             Err(why) => {
                 Counters::incr(&self.counters.corrupt_entries);
-                self.counters.exported.l2_corrupt.increment(1);
                 tracing::warn!(key = %&key[..key.len().min(self.config.key_prefix.len() + 17)], error = %why,
                     "corrupt cache entry in redis: removing it and fetching anew");
                 if let Some(l2) = &self.l2 {

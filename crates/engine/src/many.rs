@@ -166,7 +166,6 @@ where
                 Join::Leader(leader) => led.push((i, leader)),
                 Join::Waiter(w) => {
                     Counters::incr(&inner.counters.coalesced);
-                    inner.counters.exported.coalesced.increment(1);
                     waiting.push((i, w, false));
                 }
             }

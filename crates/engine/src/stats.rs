@@ -27,78 +27,123 @@ pub enum BreakerState {
     Disabled,
 }
 
-/// A snapshot of the cache's counters. Serialises (serde) as an object of its fields.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Answers served from L1.
-    pub l1_hits: u64,
-    /// Answers served from L2 (Redis).
-    pub l2_hits: u64,
-    /// Flights that found nothing in L1 or L2 (or were refreshes) and ran the fetch: one
-    /// per flight, not per caller, counted when the fetch starts and together with
-    /// `fetches`, whatever the fetch's outcome. A fetch that fails or panics counts here
-    /// (and in `fetch_errors`), and so does one whose callers all went away or timed out
-    /// (it runs on). Callers that joined the flight count in `coalesced`.
-    ///
-    /// `LlmStats::per_model[m].misses` (`ai_cache_misses_total`) counts answers instead,
-    /// and leaves failed fetches out: with an upstream that fails, this is the larger.
-    pub misses: u64,
-    /// Callers that joined a flight already running instead of fetching.
-    pub coalesced: u64,
-    /// Fetches run (calls to the fetch function / upstream).
-    pub fetches: u64,
-    /// Fetches that failed (errors and panics).
-    pub fetch_errors: u64,
-    /// L2 operations that failed for a reason other than their deadline.
-    pub l2_errors: u64,
-    /// L2 operations abandoned at their deadline.
-    pub l2_timeouts: u64,
-    /// Of `l2_timeouts`, the background work's (writes behind, lease renewals and releases,
-    /// under their own longer deadline): these never open the breaker.
-    pub l2_background_timeouts: u64,
-    /// Lease markers of other holders that a waiter found without an expiry, or living
-    /// longer than `lease_ttl`, and gave an end (so it waits one lease at most).
-    pub stale_leases_expired: u64,
-    /// L2 operations skipped: the breaker was open, or no connection was up (one is being
-    /// made in the background; no operation waits for it).
-    pub l2_skipped: u64,
-    /// L2 values that failed to decode (bad magic, version, checksum...): treated as misses.
-    pub corrupt_entries: u64,
-    /// L2 writes completed.
-    pub l2_writes: u64,
-    /// L2 writes the server refused with an error reply (e.g. `OOM` when Redis is full under
-    /// `noeviction`): the entry stays in L1 only. Redis is up: the breaker stays closed.
-    pub l2_writes_refused: u64,
-    /// Flights that fetched without a lease because the server refuses the lookup that
-    /// takes one (`OOM` under `noeviction`, which refuses every `SET`; `NOPERM`; a Redis
-    /// older than 7.0): for that key single-flight held per instance, not across instances.
-    /// After a refusal, lookups use a plain `GET` for a second before they try again.
-    pub leases_refused: u64,
-    /// L2 writes dropped because the background-write bound was full.
-    pub dropped_writes: u64,
-    /// Background L2 writes that an invalidation of their key overtook: skipped before
-    /// they ran, or undone (the key removed again) when they landed after it.
-    pub l2_writes_cancelled: u64,
-    /// Values not stored because they exceeded the maximum entry size.
-    pub oversized: u64,
-    /// Waiters that gave up at the waiter deadline.
-    pub waiter_timeouts: u64,
-    /// Cached entries (L1 or L2) not served because this instance could not hear
-    /// invalidations for longer than `unsynced_grace` while Redis was partly reachable, or
-    /// did not know the namespace generations yet.
-    pub unsynced_skips: u64,
-    /// Flights in progress now.
-    pub inflight: u64,
-    /// Breaker state now.
-    pub breaker: BreakerState,
-    /// Times the breaker opened: from closed after `breaker_threshold` failures in a row,
-    /// or again after a probe failed on a live connection.
-    pub breaker_openings: u64,
-    /// Entries in L1 now (approximate, as moka reports it).
-    pub l1_entries: u64,
-    /// Weighted size of L1 in bytes now.
-    pub l1_bytes: u64,
+/// Declares every counter of the engine once: each is a relaxed atomic in `Counters`, a
+/// field of the [`Stats`] snapshot with the same name and docs, and read by the snapshot;
+/// the series are published from the same atomics (`Counters::publish`, once a second and
+/// on every `stats()`), never counted twice. The gauges, read from the cache when a
+/// snapshot is taken, follow the counters.
+macro_rules! counters {
+    (
+        counters { $( $(#[$cdoc:meta])* $c:ident, )* }
+        gauges { $( $(#[$gdoc:meta])* $g:ident: $gt:ty, )* }
+    ) => {
+        /// A snapshot of the cache's counters. Serialises (serde) as an object of its fields.
+        #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $( $(#[$cdoc])* pub $c: u64, )*
+            $( $(#[$gdoc])* pub $g: $gt, )*
+        }
+
+        #[derive(Default, Debug)]
+        #[doc(hidden)]
+        pub struct Counters {
+            $( pub $c: AtomicU64, )*
+            /// The series published from these counters and the gauges.
+            pub exported: Exported,
+            /// The last L2 failure, for `health()`. Written only when an operation fails.
+            pub last_l2_error: Mutex<Option<crate::health::LastError>>,
+        }
+
+        impl Counters {
+            /// The counters now, with the gauges read from the cache.
+            pub fn snapshot(&self, $( $g: $gt, )*) -> Stats {
+                Stats {
+                    $( $c: self.$c.load(Relaxed), )*
+                    $( $g, )*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    counters {
+        /// Answers served from L1.
+        l1_hits,
+        /// Answers served from L2 (Redis).
+        l2_hits,
+        /// Flights that found nothing in L1 or L2 (or were refreshes) and ran the fetch: one
+        /// per flight, not per caller, counted when the fetch starts and together with
+        /// `fetches`, whatever the fetch's outcome. A fetch that fails or panics counts here
+        /// (and in `fetch_errors`), and so does one whose callers all went away or timed out
+        /// (it runs on). Callers that joined the flight count in `coalesced`.
+        ///
+        /// `LlmStats::per_model[m].misses` (`ai_cache_misses_total`) counts answers instead,
+        /// and leaves failed fetches out: with an upstream that fails, this is the larger.
+        misses,
+        /// Callers that joined a flight already running instead of fetching.
+        coalesced,
+        /// Fetches run (calls to the fetch function / upstream).
+        fetches,
+        /// Fetches that failed (errors and panics).
+        fetch_errors,
+        /// L2 operations that failed for a reason other than their deadline.
+        l2_errors,
+        /// Of `l2_errors`, those that did not reach Redis (no connection, a node down).
+        l2_connection_errors,
+        /// Of `l2_errors`, those Redis answered with an error reply (OOM, NOPERM, LOADING...).
+        l2_command_errors,
+        /// L2 operations abandoned at their deadline.
+        l2_timeouts,
+        /// Of `l2_timeouts`, the background work's (writes behind, lease renewals and releases,
+        /// under their own longer deadline): these never open the breaker.
+        l2_background_timeouts,
+        /// Lease markers of other holders that a waiter found without an expiry, or living
+        /// longer than `lease_ttl`, and gave an end (so it waits one lease at most).
+        stale_leases_expired,
+        /// L2 operations skipped: the breaker was open, or no connection was up (one is being
+        /// made in the background; no operation waits for it).
+        l2_skipped,
+        /// L2 values that failed to decode (bad magic, version, checksum...): treated as misses.
+        corrupt_entries,
+        /// L2 writes completed.
+        l2_writes,
+        /// L2 writes the server refused with an error reply (e.g. `OOM` when Redis is full under
+        /// `noeviction`): the entry stays in L1 only. Redis is up: the breaker stays closed.
+        l2_writes_refused,
+        /// Flights that fetched without a lease because the server refuses the lookup that
+        /// takes one (`OOM` under `noeviction`, which refuses every `SET`; `NOPERM`; a Redis
+        /// older than 7.0): for that key single-flight held per instance, not across instances.
+        /// After a refusal, lookups use a plain `GET` for a second before they try again.
+        leases_refused,
+        /// L2 writes dropped because the background-write bound was full.
+        dropped_writes,
+        /// Background L2 writes that an invalidation of their key overtook: skipped before
+        /// they ran, or undone (the key removed again) when they landed after it.
+        l2_writes_cancelled,
+        /// Values not stored because they exceeded the maximum entry size.
+        oversized,
+        /// Waiters that gave up at the waiter deadline.
+        waiter_timeouts,
+        /// Cached entries (L1 or L2) not served because this instance could not hear
+        /// invalidations for longer than `unsynced_grace` while Redis was partly reachable, or
+        /// did not know the namespace generations yet.
+        unsynced_skips,
+        /// Times the breaker opened: from closed after `breaker_threshold` failures in a row,
+        /// or again after a probe failed on a live connection.
+        breaker_openings,
+    }
+    gauges {
+        /// Flights in progress now.
+        inflight: u64,
+        /// Breaker state now.
+        breaker: BreakerState,
+        /// Entries in L1 now (approximate, as moka reports it).
+        l1_entries: u64,
+        /// Weighted size of L1 in bytes now.
+        l1_bytes: u64,
+    }
 }
 
 impl BreakerState {
@@ -128,36 +173,6 @@ impl Stats {
     }
 }
 
-#[derive(Default, Debug)]
-#[doc(hidden)]
-pub struct Counters {
-    pub l1_hits: AtomicU64,
-    pub l2_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub coalesced: AtomicU64,
-    pub fetches: AtomicU64,
-    pub fetch_errors: AtomicU64,
-    pub l2_errors: AtomicU64,
-    pub l2_timeouts: AtomicU64,
-    pub l2_background_timeouts: AtomicU64,
-    pub stale_leases_expired: AtomicU64,
-    pub l2_skipped: AtomicU64,
-    pub corrupt_entries: AtomicU64,
-    pub l2_writes: AtomicU64,
-    pub l2_writes_refused: AtomicU64,
-    pub leases_refused: AtomicU64,
-    pub dropped_writes: AtomicU64,
-    pub l2_writes_cancelled: AtomicU64,
-    pub oversized: AtomicU64,
-    pub waiter_timeouts: AtomicU64,
-    pub unsynced_skips: AtomicU64,
-    pub breaker_openings: AtomicU64,
-    /// The same events, exported through the `metrics` facade.
-    pub exported: Exported,
-    /// The last L2 failure, for `health()`. Written only when an operation fails.
-    pub last_l2_error: Mutex<Option<crate::health::LastError>>,
-}
-
 impl Counters {
     #[inline]
     pub fn incr(counter: &AtomicU64) {
@@ -173,42 +188,6 @@ impl Counters {
     pub fn note_l2_error(&self, op: &'static str, why: &str) {
         let last = crate::health::LastError::new(op, why);
         *crate::sync::lock(&self.last_l2_error) = Some(last);
-    }
-
-    pub fn snapshot(
-        &self,
-        inflight: u64,
-        breaker: BreakerState,
-        l1_entries: u64,
-        l1_bytes: u64,
-    ) -> Stats {
-        Stats {
-            l1_hits: self.l1_hits.load(Relaxed),
-            l2_hits: self.l2_hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            coalesced: self.coalesced.load(Relaxed),
-            fetches: self.fetches.load(Relaxed),
-            fetch_errors: self.fetch_errors.load(Relaxed),
-            l2_errors: self.l2_errors.load(Relaxed),
-            l2_timeouts: self.l2_timeouts.load(Relaxed),
-            l2_background_timeouts: self.l2_background_timeouts.load(Relaxed),
-            stale_leases_expired: self.stale_leases_expired.load(Relaxed),
-            l2_skipped: self.l2_skipped.load(Relaxed),
-            corrupt_entries: self.corrupt_entries.load(Relaxed),
-            l2_writes: self.l2_writes.load(Relaxed),
-            l2_writes_refused: self.l2_writes_refused.load(Relaxed),
-            leases_refused: self.leases_refused.load(Relaxed),
-            dropped_writes: self.dropped_writes.load(Relaxed),
-            l2_writes_cancelled: self.l2_writes_cancelled.load(Relaxed),
-            oversized: self.oversized.load(Relaxed),
-            waiter_timeouts: self.waiter_timeouts.load(Relaxed),
-            unsynced_skips: self.unsynced_skips.load(Relaxed),
-            inflight,
-            breaker,
-            breaker_openings: self.breaker_openings.load(Relaxed),
-            l1_entries,
-            l1_bytes,
-        }
     }
 }
 
@@ -356,16 +335,9 @@ pub struct Exported {
     l2_set: Histogram,
     pub upstream: Histogram,
     pub total: Histogram,
-    pub coalesced: Counter,
-    l2_timeout: Counter,
-    l2_connection: Counter,
-    l2_command: Counter,
-    pub l2_corrupt: Counter,
-    pub l2_dropped_write: Counter,
+    /// The event series, in the order of [`EVENT_SOURCES`].
+    events: [Event; EVENT_SOURCES.len()],
     breaker: [Gauge; 4],
-    pub breaker_openings: Counter,
-    pub l2_write_refused: Counter,
-    pub lease_refused: Counter,
     size_bytes: Gauge,
     l1_entries: Gauge,
     inflight: Gauge,
@@ -414,16 +386,22 @@ impl Exported {
             l2_set: latency("l2_set"),
             upstream: latency("upstream"),
             total: latency("total"),
-            coalesced: metrics::counter!(COALESCED),
-            l2_timeout: l2_error("timeout"),
-            l2_connection: l2_error("connection"),
-            l2_command: l2_error("command"),
-            l2_corrupt: l2_error("corrupt"),
-            l2_dropped_write: l2_error("dropped_write"),
+            events: [
+                metrics::counter!(COALESCED),
+                l2_error("timeout"),
+                l2_error("connection"),
+                l2_error("command"),
+                l2_error("corrupt"),
+                l2_error("dropped_write"),
+                metrics::counter!(BREAKER_OPENINGS),
+                metrics::counter!(L2_REFUSED, "operation" => "write"),
+                metrics::counter!(L2_REFUSED, "operation" => "lease"),
+            ]
+            .map(|series| Event {
+                series,
+                published: AtomicU64::new(0),
+            }),
             breaker: BREAKER_LABELS.map(|state| metrics::gauge!(BREAKER_STATE, "state" => state)),
-            breaker_openings: metrics::counter!(BREAKER_OPENINGS),
-            l2_write_refused: metrics::counter!(L2_REFUSED, "operation" => "write"),
-            lease_refused: metrics::counter!(L2_REFUSED, "operation" => "lease"),
             size_bytes: metrics::gauge!(SIZE_BYTES),
             l1_entries: metrics::gauge!(L1_ENTRIES),
             inflight: metrics::gauge!(INFLIGHT),
@@ -442,23 +420,6 @@ impl Exported {
             "set" => Some(Timer::start(&self.l2_set)),
             _ => None,
         }
-    }
-
-    /// An L2 operation failed for a reason other than its deadline.
-    pub fn l2_error(&self, e: &crate::l2::L2Error) {
-        use crate::l2::L2Error;
-        match e {
-            L2Error::Connection(_) | L2Error::NodeDown(_) | L2Error::NotConnected => {
-                self.l2_connection.increment(1);
-            }
-            // The server answered with an error: OOM under noeviction, NOPERM, LOADING...
-            L2Error::Command(_) | L2Error::NotServing(_) => self.l2_command.increment(1),
-        }
-    }
-
-    /// An L2 operation was abandoned at its deadline.
-    pub(crate) fn l2_timeout(&self) {
-        self.l2_timeout.increment(1);
     }
 
     /// Publish the breaker's state; each change moves one unit from the old state's gauge
@@ -510,10 +471,55 @@ pub(crate) struct Readings {
     pub breaker: BreakerState,
 }
 
-impl Exported {
+/// An event series and how much of its counter it has published.
+struct Event {
+    series: Counter,
+    published: AtomicU64,
+}
+
+/// The counter each event series is published from, in the order of `Exported::events`.
+const EVENT_SOURCES: [fn(&Counters) -> &AtomicU64; 9] = [
+    |c| &c.coalesced,
+    |c| &c.l2_timeouts,
+    |c| &c.l2_connection_errors,
+    |c| &c.l2_command_errors,
+    |c| &c.corrupt_entries,
+    |c| &c.dropped_writes,
+    |c| &c.breaker_openings,
+    |c| &c.l2_writes_refused,
+    |c| &c.leases_refused,
+];
+
+impl Counters {
+    /// Publish the gauges from `r` and every event series from its counter (what the
+    /// counter gained since the last publish): once a second from the upkeep, and on every
+    /// `stats()`, so a scrape after `stats()` agrees with it.
     pub(crate) fn publish(&self, r: &Readings) {
-        self.publish_sizes(r.l1_entries, r.l1_bytes, r.inflight);
-        self.publish_breaker(r.breaker);
+        let e = &self.exported;
+        e.publish_sizes(r.l1_entries, r.l1_bytes, r.inflight);
+        e.publish_breaker(r.breaker);
+        for (event, source) in e.events.iter().zip(EVENT_SOURCES) {
+            let now = source(self).load(Relaxed);
+            let before = event.published.fetch_max(now, SeqCst);
+            if now > before {
+                event.series.increment(now - before);
+            }
+        }
+    }
+
+    /// Count an L2 failure other than a deadline by its kind.
+    pub(crate) fn l2_error(&self, e: &crate::l2::L2Error) {
+        use crate::l2::L2Error;
+        Counters::incr(&self.l2_errors);
+        match e {
+            L2Error::Connection(_) | L2Error::NodeDown(_) | L2Error::NotConnected => {
+                Counters::incr(&self.l2_connection_errors);
+            }
+            // The server answered with an error: OOM under noeviction, NOPERM, LOADING...
+            L2Error::Command(_) | L2Error::NotServing(_) => {
+                Counters::incr(&self.l2_command_errors);
+            }
+        }
     }
 }
 
@@ -521,7 +527,7 @@ impl Exported {
 /// (a cache built outside one) the gauges are refreshed by `stats()` only.
 pub(crate) fn spawn_gauge_upkeep<T: Send + Sync + 'static>(
     target: Weak<T>,
-    read: fn(&T) -> (&Exported, Readings),
+    read: fn(&T) -> (&Counters, Readings),
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -534,8 +540,8 @@ pub(crate) fn spawn_gauge_upkeep<T: Send + Sync + 'static>(
             let Some(target) = target.upgrade() else {
                 return;
             };
-            let (exported, readings) = read(&target);
-            exported.publish(&readings);
+            let (counters, readings) = read(&target);
+            counters.publish(&readings);
         }
     });
 }

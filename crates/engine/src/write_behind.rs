@@ -190,7 +190,6 @@ where
         if !self.pending_writes.1.try_add(writes.len(), cap) {
             for write in writes {
                 Counters::incr(&self.counters.dropped_writes);
-                self.counters.exported.l2_dropped_write.increment(1);
                 if let Some(lease) = write.lease {
                     let done = self.when_written(write.digest, &write.value);
                     tokio::spawn(async move {

@@ -96,7 +96,6 @@ impl Guarded {
             Ok(()) => Some(true),
             Err(NoAnswer::Refused) => {
                 Counters::incr(&self.counters.l2_writes_refused);
-                self.counters.exported.l2_write_refused.increment(1);
                 Some(false)
             }
             Err(NoAnswer::Skipped | NoAnswer::Failed) => None,

@@ -359,8 +359,7 @@ impl Guarded {
                 if let Skip::ConnectFailed(why) = skip {
                     self.reachable.store(false, Ordering::Relaxed);
                     let e = L2Error::Connection(why);
-                    Counters::incr(&self.counters.l2_errors);
-                    self.counters.exported.l2_error(&e);
+                    self.counters.l2_error(&e);
                     self.owner.note_l2_error("connect", &e.to_string());
                     tracing::debug!(redis = %self.describe(), error = %e, "redis connect failed: breaker stays open");
                 }
@@ -398,8 +397,7 @@ impl Guarded {
                 // gets an answer closes it), whatever the command it refused.
                 self.reachable.store(true, Ordering::Relaxed);
                 let why = e.to_string();
-                Counters::incr(&self.counters.l2_errors);
-                self.counters.exported.l2_error(&e);
+                self.counters.l2_error(&e);
                 self.owner.note_l2_error(op, &why);
                 tracing::debug!(redis = %self.describe(), op, error = %why, "redis refused a command");
                 self.warn_refused(op, &why);
@@ -407,8 +405,7 @@ impl Guarded {
                 Err(NoAnswer::Refused)
             }
             Ok(Err(e)) => {
-                Counters::incr(&self.counters.l2_errors);
-                self.counters.exported.l2_error(&e);
+                self.counters.l2_error(&e);
                 self.owner.note_l2_error(op, &e.to_string());
                 tracing::debug!(redis = %self.describe(), op, error = %e, "redis operation failed");
                 // One Cluster node down: the others answer (partly reachable), its keys
@@ -424,7 +421,6 @@ impl Guarded {
             }
             Err(_) => {
                 Counters::incr(&self.counters.l2_timeouts);
-                self.counters.exported.l2_timeout();
                 self.owner.note_l2_error(op, "deadline exceeded");
                 tracing::debug!(redis = %self.describe(), op, ?deadline, "redis operation timed out");
                 if let Path::Background(_) = path {
@@ -492,7 +488,6 @@ impl Guarded {
     fn failed(&self, probe: bool, why: &str) {
         if self.breaker.on_failure(probe) {
             Counters::incr(&self.counters.breaker_openings);
-            self.counters.exported.breaker_openings.increment(1);
             self.owner.exported.publish_breaker(self.breaker_state());
             // A stalled or half-open connection must not be reused after the cool-down.
             self.store.reset();
