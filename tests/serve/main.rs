@@ -375,6 +375,88 @@ impl<'a> MakeWriter<'a> for Sink {
     }
 }
 
+/// A JSON body under any Content-Type but JSON is refused before anything is read, keyed or
+/// paid for: a web page can send such a POST across origins without a preflight (issue 25,
+/// defect 2). Chat and embeddings alike; JSON with a charset, or `+json`, is accepted.
+#[tokio::test]
+async fn a_json_body_under_another_content_type_is_refused_with_415_and_costs_nothing() {
+    let redis = support::redis::RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let cache = LlmCache::builder()
+        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
+        .redis(redis.url())
+        .build()
+        .await
+        .unwrap();
+    let app = llm_cache::serve::builder(cache.clone())
+        .upstream_url(mock.base_url())
+        .upstream_key(PROVIDER_KEY)
+        .callers(llm_cache::serve::CallerKeys::parse(CALLER_KEYS).unwrap())
+        .build()
+        .unwrap();
+    let front = Served::start(app).await;
+    let bodies = [
+        (
+            "chat/completions",
+            serde_json::to_vec(&chat("csrf")).unwrap(),
+        ),
+        (
+            "embeddings",
+            serde_json::to_vec(&json!({"model": "text-embedding-3-small", "input": ["csrf"]}))
+                .unwrap(),
+        ),
+    ];
+    let types = [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("text/html"),
+        Some("application/xml"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/jsonx"),
+        None,
+    ];
+    for (path, body) in &bodies {
+        for content_type in types {
+            let mut r = reqwest::Client::new()
+                .post(format!("{}/{path}", front.v1()))
+                .bearer_auth(KEY_A1)
+                .body(body.clone());
+            if let Some(t) = content_type {
+                r = r.header("content-type", t);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 415, "{path} {content_type:?}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
+            assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("application/json"), "{message}");
+        }
+    }
+    assert_eq!(mock.calls(), 0, "nothing reached the upstream");
+    let stats = cache.stats();
+    assert_eq!(stats.upstream_calls, 0);
+    assert_eq!(stats.cache.misses, 0);
+    assert_eq!(stats.cache.l1_entries, 0, "nothing stored in L1");
+    assert_eq!(stats.cache.l2_writes, 0, "nothing written to Redis");
+    // JSON with a charset, and a `+json` type, are JSON.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+    ] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/chat/completions", front.v1()))
+            .bearer_auth(KEY_A1)
+            .header("content-type", content_type)
+            .body(bodies[0].1.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{content_type}");
+    }
+    assert_eq!(mock.calls(), 1, "the second JSON request was a hit");
+}
+
 #[tokio::test]
 async fn bad_input_at_the_edge_is_a_clear_4xx_and_nothing_is_stored_or_logged() {
     let logs = logs();

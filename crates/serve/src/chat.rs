@@ -59,9 +59,39 @@ pub(super) fn admit(
     Ok((control, route))
 }
 
+/// Refuse a body that does not say it is JSON (`application/json`, with any parameters, or
+/// any `application/*+json`), and one that says nothing: a browser sends `text/plain`,
+/// form-encoded or multipart POSTs across origins without a preflight, so answering them
+/// would let any web page spend the provider budget through an `--open` front.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let essence = given
+        .as_deref()
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    let json = essence.as_deref().is_some_and(|t| {
+        t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+    });
+    if json {
+        return Ok(());
+    }
+    let said = match essence {
+        Some(t) => format!("`{}`", t.chars().take(80).collect::<String>()),
+        None => "no Content-Type".to_string(),
+    };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("this endpoint takes a JSON body (Content-Type: application/json); the request has {said}"),
+    )
+    .code("unsupported_media_type"))
+}
+
 /// The body, at most `limit` bytes (the router's `DefaultBodyLimit`): a longer one is
 /// refused (413) without reading it all.
 pub(super) async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    json_content_type(request.headers())?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -90,7 +90,9 @@
 //! was wrong: 400 for a body that is not a chat request (malformed JSON, nested deeper
 //! than [`MAX_REQUEST_DEPTH`](llm_cache_core::MAX_REQUEST_DEPTH), a bad control header), 401 for a
 //! missing or unknown caller key, 403 for a directive the key may not use, 413 for a body
-//! over [`body_limit`](ServeBuilder::body_limit), 502/504 when the upstream could not be
+//! over [`body_limit`](ServeBuilder::body_limit), 415 for a body that is not sent as JSON
+//! (`Content-Type: application/json` or `application/*+json`; a form or `text/plain` POST,
+//! which a browser sends across origins without a preflight, is never answered), 502/504 when the upstream could not be
 //! reached or did not answer in time. Nothing that failed is stored. An error in the middle
 //! of a stream (after its first chunk) is sent as one last event,
 //! `data: {"error": {...}}`, with no `[DONE]` after it: the `openai` SDKs raise it as an
