@@ -10,6 +10,9 @@ use std::time::Duration;
 use clap::Parser;
 use llm_cache_core::{LlmCache, OpenAiCompatible, RetryPolicy};
 use llm_cache_serve::CallerKeys;
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
 /// An OpenAI-compatible caching proxy: POST /v1/chat/completions (JSON and streamed),
@@ -152,9 +155,11 @@ struct Args {
     #[arg(long, env = "LLM_CACHE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     shutdown_grace_secs: u64,
 
-    /// Log level on stderr: error, warn, info, debug, trace. Keys are never logged.
-    #[arg(long, env = "LLM_CACHE_LOG", default_value = "info")]
-    log_level: LevelFilter,
+    /// Log level on stderr: error, warn, info, debug, trace (default info). Without it,
+    /// `RUST_LOG` sets the filter when it is set, in its own syntax (`llm_cache_core=debug,info`).
+    /// Keys are never logged. Colours only when stderr is a terminal.
+    #[arg(long, env = "LLM_CACHE_LOG")]
+    log_level: Option<LevelFilter>,
 }
 
 /// How long the shutdown waits for the cache's pending Redis writes and lease releases.
@@ -163,10 +168,24 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_max_level(args.log_level)
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    match (args.log_level, rust_log) {
+        (None, Some(filter)) => match EnvFilter::try_new(&filter) {
+            Ok(filter) => logs.with_env_filter(filter).init(),
+            Err(e) => {
+                eprintln!("llm-cache-proxy: RUST_LOG is not a filter ({e}); logging at info");
+                logs.with_max_level(LevelFilter::INFO).init();
+            }
+        },
+        (level, _) => logs
+            .with_max_level(level.unwrap_or(LevelFilter::INFO))
+            .init(),
+    }
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

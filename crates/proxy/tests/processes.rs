@@ -26,8 +26,25 @@ struct Proxy {
 
 impl Proxy {
     async fn start(mock: &MockUpstream, redis: &RedisServer) -> Proxy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_llm-cache-proxy"))
-            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
+        Proxy::start_with(mock, redis, &["--log-level", "debug"], &[]).await
+    }
+
+    /// A proxy with these extra flags and environment variables (`RUST_LOG` is removed
+    /// unless given here, so the test does not depend on the caller's environment).
+    async fn start_with(
+        mock: &MockUpstream,
+        redis: &RedisServer,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_llm-cache-proxy"));
+        command.env_remove("RUST_LOG").env_remove("LLM_CACHE_LOG");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
             .args(["--upstream-url", &mock.base_url()])
             .args(["--redis", &redis.url()])
             .args(["--caller-key", &format!("team-a {CALLER_KEY}")])
@@ -204,5 +221,49 @@ async fn two_proxies_share_redis_and_one_shuts_down_gracefully() {
     let logs = logs + &b.logs();
     for secret in [PROVIDER_KEY, CALLER_KEY] {
         assert!(!logs.contains(secret), "a key in the logs");
+    }
+    // stderr is a pipe here, not a terminal: no colour codes (issue 25, defect 5).
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escapes on a non-terminal: {logs:?}"
+    );
+}
+
+/// `RUST_LOG` sets the log filter when `--log-level` is not given (issue 25, defect 5):
+/// a DEBUG line of the cache's own appears with `RUST_LOG=llm_cache_core=debug`, and not at
+/// the default level; `--log-level` given explicitly still wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_sets_the_filter_unless_log_level_is_given() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let answered = |p: &Proxy| p.logs().contains("answered");
+    let with_rust_log =
+        Proxy::start_with(&mock, &redis, &[], &[("RUST_LOG", "llm_cache_core=debug")]).await;
+    assert_eq!(with_rust_log.ask("rust-log").await.status(), 200);
+    llm_cache_test_support::eventually("the DEBUG line of the request", WAIT, || {
+        answered(&with_rust_log)
+    })
+    .await;
+    let default = Proxy::start_with(&mock, &redis, &[], &[]).await;
+    let overridden = Proxy::start_with(
+        &mock,
+        &redis,
+        &["--log-level", "info"],
+        &[("RUST_LOG", "llm_cache_core=debug")],
+    )
+    .await;
+    for p in [&default, &overridden] {
+        assert_eq!(p.ask("rust-log").await.status(), 200);
+    }
+    // Both answered (a hit each); stop them so that every line they wrote is read.
+    for p in [default, overridden] {
+        p.sigterm();
+        let (exit, logs) = p.exited().await;
+        assert!(exit.success(), "{exit}: {logs}");
+        assert!(
+            logs.contains("shutting down"),
+            "INFO lines still there: {logs}"
+        );
+        assert!(!logs.contains("answered"), "no DEBUG line at info: {logs}");
     }
 }
