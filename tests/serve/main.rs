@@ -509,7 +509,9 @@ async fn bad_input_at_the_edge_is_a_clear_4xx_and_nothing_is_stored_or_logged() 
     check(401, Some("invalid_api_key"), "not accepted")(
         read(raw(Some("sk-wrong-0123456789"), ok_body.clone()).await).await,
     );
-    check(400, None, "")(read(raw(Some(KEY_A1), b"{\"model\": \"m\", ".to_vec()).await).await);
+    check(400, Some("invalid_request"), "")(
+        read(raw(Some(KEY_A1), b"{\"model\": \"m\", ".to_vec()).await).await,
+    );
     let huge = format!(
         r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(100 << 10)
@@ -522,7 +524,7 @@ async fn bad_input_at_the_edge_is_a_clear_4xx_and_nothing_is_stored_or_logged() 
         "[".repeat(200),
         "]".repeat(200)
     );
-    check(400, None, "")(read(raw(Some(KEY_A1), deep.into_bytes()).await).await);
+    check(400, Some("invalid_request"), "")(read(raw(Some(KEY_A1), deep.into_bytes()).await).await);
     check(400, Some("invalid_cache_control"), "x-llm-cache-ttl")(
         read(
             reqwest::Client::new()

@@ -98,9 +98,11 @@ impl From<&Error> for ApiError {
                 None,
                 e.message().to_string(),
             ),
-            (ErrorKind::InvalidRequest, _) => {
-                (StatusCode::BAD_REQUEST, None, e.message().to_string())
-            }
+            (ErrorKind::InvalidRequest, _) => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                e.message().to_string(),
+            ),
             (ErrorKind::Timeout, _) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 Some("upstream_timeout"),
@@ -164,7 +166,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The crate's error as an OpenAI-shaped answer (see [`ApiError`]): an upstream error with
-/// the upstream's status, `type`, `code` and `Retry-After`; `InvalidRequest` 400, `Timeout`
+/// the upstream's status, `type`, `code` and `Retry-After`; `InvalidRequest` 400 (`code: invalid_request`), `Timeout`
 /// 504, `Connect` and other upstream failures 502.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {

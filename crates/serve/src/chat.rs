@@ -120,6 +120,7 @@ pub(super) async fn read_body(request: Request, limit: usize) -> Result<Bytes, A
                         rejection.body_text()
                     ),
                 )
+                .code("invalid_body")
             }
         })
 }
