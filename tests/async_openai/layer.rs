@@ -902,3 +902,23 @@ async fn the_semantic_lookup_embeds_through_the_layers_route() {
         }
     }
 }
+
+/// An upstream nobody listens on: the error the caller gets keeps its cause ("connection
+/// refused"), not only reqwest's "error sending request" (issue 25, defect 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_error_keeps_its_cause() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let layer = layer(None).await;
+    let config = OpenAIConfig::new()
+        .with_api_base(format!("http://127.0.0.1:{port}/v1"))
+        .with_api_key("sk-test-one");
+    let (client, _) = client_with(&layer, config, 0);
+    let e = client.chat().create(chat("nobody home")).await.unwrap_err();
+    let shown = e.to_string().to_lowercase();
+    assert!(shown.contains("refused"), "{shown}");
+    assert!(!shown.contains("sk-test-one"), "{shown}");
+}

@@ -49,7 +49,10 @@ where
         let body = response.bytes().await.map_err(|e| {
             Error::new(
                 ErrorKind::Connect,
-                format!("the answer was cut off: {}", e.without_url()),
+                format!(
+                    "the answer was cut off: {}",
+                    llm_cache_core::upstream::error_chain(&e.without_url())
+                ),
             )
         })?;
         let complete = json_is_complete(endpoint, &body);

@@ -155,7 +155,10 @@ fn drive<S>(
                     let part = part.map_err(|e| {
                         Error::new(
                             ErrorKind::Connect,
-                            format!("the stream was cut off: {}", e.without_url()),
+                            format!(
+                                "the stream was cut off: {}",
+                                llm_cache_core::upstream::error_chain(&e.without_url())
+                            ),
                         )
                     })?;
                     all.extend_from_slice(&part);

@@ -98,7 +98,7 @@ pub(super) async fn failure(response: reqwest::Response) -> Error {
             ErrorKind::Connect,
             format!(
                 "the upstream's HTTP {status} answer was cut off: {}",
-                e.without_url()
+                llm_cache_core::upstream::error_chain(&e.without_url())
             ),
         ),
     }

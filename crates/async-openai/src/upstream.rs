@@ -91,7 +91,10 @@ pub(super) fn inner_error(e: OpenAIError) -> Error {
             };
             Error::new(
                 kind,
-                format!("the inner service failed: {}", r.without_url()),
+                format!(
+                    "the inner service failed: {}",
+                    llm_cache_core::upstream::error_chain(&r.without_url())
+                ),
             )
         }
         other => Error::new(
@@ -143,7 +146,10 @@ where
             let body = response.bytes().await.map_err(|e| {
                 Error::new(
                     ErrorKind::Connect,
-                    format!("the answer was cut off: {}", e.without_url()),
+                    format!(
+                        "the answer was cut off: {}",
+                        llm_cache_core::upstream::error_chain(&e.without_url())
+                    ),
                 )
             })?;
             match serde_json::from_slice::<ChatResponse>(&body) {
@@ -164,10 +170,12 @@ where
             if is_json {
                 // A server that does not stream answered with one completion: replay it.
                 let headers = response.headers().clone();
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::Connect, e.without_url().to_string()))?;
+                let body = response.bytes().await.map_err(|e| {
+                    Error::new(
+                        ErrorKind::Connect,
+                        llm_cache_core::upstream::error_chain(&e.without_url()),
+                    )
+                })?;
                 let Ok(answer) = serde_json::from_slice::<ChatResponse>(&body) else {
                     return Err(unusable(headers, body));
                 };
@@ -195,7 +203,10 @@ where
             let body = response.bytes().await.map_err(|e| {
                 Error::new(
                     ErrorKind::Connect,
-                    format!("the answer was cut off: {}", e.without_url()),
+                    format!(
+                        "the answer was cut off: {}",
+                        llm_cache_core::upstream::error_chain(&e.without_url())
+                    ),
                 )
             })?;
             serde_json::from_slice::<EmbeddingResponse>(&body).map_err(|_| unusable(headers, body))
@@ -261,7 +272,7 @@ impl Reader {
                     let why = format!(
                         "the stream was cut off after {} chunks: {}",
                         self.seen,
-                        e.without_url()
+                        llm_cache_core::upstream::error_chain(&e.without_url())
                     );
                     return Some(Err(self.fail(Error::new(ErrorKind::Connect, why))));
                 }

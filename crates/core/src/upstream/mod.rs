@@ -17,6 +17,9 @@ mod openai;
 #[doc(hidden)]
 pub use openai::CREDENTIAL_HEADERS;
 #[cfg(feature = "openai")]
+#[doc(hidden)]
+pub use openai::error_chain;
+#[cfg(feature = "openai")]
 pub use openai::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 
 /// Upstream calls by outcome (`ok`, `error`, `retried`).

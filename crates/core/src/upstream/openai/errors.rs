@@ -174,7 +174,8 @@ fn snippet(bytes: &[u8], limit: usize) -> String {
 }
 
 /// An error and its causes, one line (hyper repeats itself; skip repeats).
-pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+#[doc(hidden)]
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

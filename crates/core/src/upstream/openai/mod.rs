@@ -23,6 +23,8 @@ use serde_json::{Map, Value};
 
 pub use self::credentials::CREDENTIAL_HEADERS;
 use self::credentials::{Mask, is_credential_header};
+#[doc(hidden)]
+pub use self::errors::error_chain;
 use self::errors::{parse_answer, provider_error, quote_body};
 use self::reader::{ChunkReader, Opened};
 use self::retry::{Failure, retry_after, retryable_status};
