@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use llm_cache_core::chat::CacheControl;
-use llm_cache_core::error::{Error, ErrorKind};
 use llm_cache_core::stream::SseParser;
 use llm_cache_core::tiered::{CacheStatus, TieredCache};
 
@@ -46,15 +45,7 @@ where
     let fetch = move || async move {
         let (response, headers, content_type) =
             send_ok(service, factory, "application/json").await?;
-        let body = response.bytes().await.map_err(|e| {
-            Error::new(
-                ErrorKind::Connect,
-                format!(
-                    "the answer was cut off: {}",
-                    llm_cache_core::upstream::error_chain(&e.without_url())
-                ),
-            )
-        })?;
+        let body = response.bytes().await.map_err(super::reply::cut_off)?;
         let complete = json_is_complete(endpoint, &body);
         match String::from_utf8(body.to_vec()) {
             Ok(text) if complete => Ok(StoredBody {

@@ -182,3 +182,14 @@ pub(super) fn mark(mut response: reqwest::Response, status: CacheStatus) -> reqw
     );
     response
 }
+
+/// A body that broke off while it was read: a `Connect` error with its whole cause.
+pub(super) fn cut_off(e: reqwest::Error) -> Error {
+    Error::new(
+        ErrorKind::Connect,
+        format!(
+            "the answer was cut off: {}",
+            llm_cache_core::upstream::error_chain(&e.without_url())
+        ),
+    )
+}

@@ -143,15 +143,7 @@ where
         Box::pin(async move {
             let response = call_ok(self.service.clone(), self.factory.clone()).await?;
             let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(|e| {
-                Error::new(
-                    ErrorKind::Connect,
-                    format!(
-                        "the answer was cut off: {}",
-                        llm_cache_core::upstream::error_chain(&e.without_url())
-                    ),
-                )
-            })?;
+            let body = response.bytes().await.map_err(super::reply::cut_off)?;
             match serde_json::from_slice::<ChatResponse>(&body) {
                 Ok(answer) if !answer.choices.is_empty() => Ok(answer),
                 _ => Err(unusable(headers, body)),
@@ -200,15 +192,7 @@ where
             let factory = super::request::with_body(self.factory.clone(), body.into());
             let response = call_ok(self.service.clone(), factory).await?;
             let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(|e| {
-                Error::new(
-                    ErrorKind::Connect,
-                    format!(
-                        "the answer was cut off: {}",
-                        llm_cache_core::upstream::error_chain(&e.without_url())
-                    ),
-                )
-            })?;
+            let body = response.bytes().await.map_err(super::reply::cut_off)?;
             serde_json::from_slice::<EmbeddingResponse>(&body).map_err(|_| unusable(headers, body))
         })
     }
