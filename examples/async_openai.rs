@@ -26,7 +26,7 @@ use async_openai::types::chat::{
     CreateChatCompletionRequestArgs,
 };
 use llm_cache::LlmCache;
-use llm_cache::async_openai::AsyncOpenAiLayer;
+use llm_cache::async_openai::{AsyncOpenAiLayer, observe};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,9 +63,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     for attempt in 1..=2 {
         let started = Instant::now();
-        let answer = client.chat().create(request.clone()).await?;
+        // `observe` hands back what the typed API drops: where the answer came from.
+        let (answer, seen) = observe(client.chat().create(request.clone())).await;
+        let answer = answer?;
+        let status = seen.status().map_or("not cached".into(), |s| s.to_string());
         println!(
-            "#{attempt} in {:?}: {}",
+            "#{attempt} in {:?} ({status}): {}",
             started.elapsed(),
             answer.choices[0].message.content.as_deref().unwrap_or("")
         );

@@ -75,6 +75,27 @@
 //! miss; on streamed answers too, replayed chat streams included). A cached answer carries
 //! only these and `content-type`, not the upstream's other headers.
 //!
+//! # The cache status in your code
+//!
+//! async-openai's typed API drops the response headers. [`observe`] runs a future and hands
+//! back, beside its output, the [`CacheOutcome`] (status, age, streamed) of every answer the
+//! layer made while it ran; [`AsyncOpenAiLayerBuilder::on_outcome`] calls a hook with each:
+//!
+//! ```no_run
+//! # async fn run(client: async_openai::Client<async_openai::config::OpenAIConfig>,
+//! #              request: async_openai::types::chat::CreateChatCompletionRequest)
+//! #              -> Result<(), Box<dyn std::error::Error>> {
+//! use llm_cache_async_openai::observe;
+//! use llm_cache_core::CacheStatus;
+//!
+//! let (answer, seen) = observe(client.chat().create(request)).await;
+//! let answer = answer?;
+//! if seen.status() == Some(CacheStatus::Miss) {
+//!     println!("paid for: {:?}", answer.usage);
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Errors
 //!
 //! An upstream error status reaches the caller as the upstream's response (so as
@@ -91,7 +112,10 @@ mod body_flight;
 pub use llm_cache_core::integrations::async_openai_convert as convert;
 mod reply;
 mod request;
+mod status;
 mod upstream;
+
+pub use self::status::{CacheOutcome, Observed, observe};
 
 use std::fmt;
 use std::sync::Arc;
@@ -134,6 +158,8 @@ struct Shared {
     share_across_credentials: bool,
     /// The namespace this layer's requests are bound to; headers nest inside it.
     namespace: String,
+    /// Called with each answer's outcome.
+    on_outcome: Option<status::Hook>,
 }
 
 impl fmt::Debug for AsyncOpenAiLayer {
@@ -150,11 +176,22 @@ impl fmt::Debug for AsyncOpenAiLayer {
 
 /// Configures an [`AsyncOpenAiLayer`].
 #[must_use]
-#[derive(Debug)]
 pub struct AsyncOpenAiLayerBuilder {
     cache: LlmCacheBuilder,
     share_across_credentials: bool,
     namespace: String,
+    on_outcome: Option<status::Hook>,
+}
+
+impl fmt::Debug for AsyncOpenAiLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncOpenAiLayerBuilder")
+            .field("cache", &self.cache)
+            .field("share_across_credentials", &self.share_across_credentials)
+            .field("namespace", &self.namespace)
+            .field("on_outcome", &self.on_outcome.is_some())
+            .finish()
+    }
 }
 
 impl AsyncOpenAiLayerBuilder {
@@ -174,6 +211,16 @@ impl AsyncOpenAiLayerBuilder {
         self
     }
 
+    /// Call `hook` with the [`CacheOutcome`] of every request the layer answers (status,
+    /// age, streamed or not), as the `x-llm-cache` and `age` headers state it, for logs or
+    /// metrics of your own. It runs on the request's task before the caller sees the
+    /// answer: keep it short and never block in it. To learn the outcome of one call of
+    /// your own, use [`observe`] instead.
+    pub fn on_outcome(mut self, hook: impl Fn(&CacheOutcome) + Send + Sync + 'static) -> Self {
+        self.on_outcome = Some(Arc::new(hook));
+        self
+    }
+
     /// Build the layer and its cache. Succeeds when Redis is down (L1-only until it
     /// answers); needs a Tokio runtime.
     ///
@@ -189,6 +236,7 @@ impl AsyncOpenAiLayerBuilder {
                 streams: Arc::default(),
                 share_across_credentials: self.share_across_credentials,
                 namespace: self.namespace,
+                on_outcome: self.on_outcome,
             }),
         })
     }
@@ -219,6 +267,7 @@ impl AsyncOpenAiLayer {
             cache,
             share_across_credentials: false,
             namespace: String::new(),
+            on_outcome: None,
         }
     }
 
@@ -288,7 +337,11 @@ where
     fn call(&mut self, factory: HttpRequestFactory) -> Self::Future {
         let shared = Arc::clone(&self.layer.shared);
         let inner = self.inner.clone();
-        Box::pin(async move { handle(&shared, inner, factory).await })
+        Box::pin(async move {
+            let response = handle(&shared, inner, factory).await?;
+            status::report(shared.on_outcome.as_ref(), &response);
+            Ok(response)
+        })
     }
 }
 
