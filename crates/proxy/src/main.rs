@@ -160,8 +160,8 @@ struct Args {
     #[arg(long, env = "LLM_CACHE_BODY_TIMEOUT_SECS", default_value_t = 30)]
     body_timeout_secs: u64,
 
-    /// Longest time an HTTP/2 connection stays open without a request, in seconds (HTTP/1
-    /// keep-alive connections use --header-timeout-secs between requests).
+    /// HTTP/2 keep-alive ping interval, in seconds: a connection that does not answer is
+    /// closed (HTTP/1 keep-alive connections use --header-timeout-secs between requests).
     #[arg(long, env = "LLM_CACHE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     idle_timeout_secs: u64,
 

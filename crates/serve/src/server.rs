@@ -28,8 +28,9 @@ pub struct ServeLimits {
     pub header_read_timeout: Duration,
     /// The longest wait for the next piece of a request body; then reading the body fails.
     pub body_read_timeout: Duration,
-    /// The longest an HTTP/2 connection stays open without a request (HTTP/1 uses the
-    /// header timeout between requests).
+    /// The HTTP/2 keep-alive ping interval: a connection whose peer does not answer a ping
+    /// within `header_read_timeout` is closed (HTTP/1 uses the header timeout between
+    /// requests). Not yet a close of an HTTP/2 connection that answers pings but sends nothing.
     pub idle_timeout: Duration,
     /// Connections open at once; one more is closed at once, with a warning in the log.
     pub max_connections: usize,
