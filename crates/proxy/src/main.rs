@@ -151,6 +151,25 @@ struct Args {
     #[arg(long, env = "LLM_CACHE_METRICS")]
     metrics: bool,
 
+    /// Longest wait for a request's head, and for the next request on an idle HTTP/1
+    /// keep-alive connection, in seconds; then the connection is closed.
+    #[arg(long, env = "LLM_CACHE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
+
+    /// Longest pause while a request body arrives, in seconds; then the answer is 408.
+    #[arg(long, env = "LLM_CACHE_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    body_timeout_secs: u64,
+
+    /// HTTP/2 keep-alive ping interval, in seconds: a connection that does not answer is
+    /// closed (HTTP/1 keep-alive connections use --header-timeout-secs between requests).
+    #[arg(long, env = "LLM_CACHE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    idle_timeout_secs: u64,
+
+    /// Connections open at once; more are closed at once, with a warning (at most one a
+    /// second). Keep it under the process's file-descriptor limit (`ulimit -n`).
+    #[arg(long, env = "LLM_CACHE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
     /// How long a shutdown (SIGTERM, ctrl-c) waits for in-flight requests, in seconds.
     #[arg(long, env = "LLM_CACHE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     shutdown_grace_secs: u64,
@@ -300,11 +319,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("listening on http://{}", listener.local_addr()?);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let limits = llm_cache_serve::ServeLimits {
+        header_read_timeout: Duration::from_secs(args.header_timeout_secs),
+        body_read_timeout: Duration::from_secs(args.body_timeout_secs),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_connections: args.max_connections,
+    };
+    let server = llm_cache_serve::serve(listener, app, limits, async move {
         let mut stop = stop_rx;
         let _ = stop.changed().await;
     });
-    let mut server = std::pin::pin!(server.into_future());
+    let mut server = std::pin::pin!(server);
     tokio::select! {
         served = &mut server => return Ok(served?),
         () = shutdown_signal() => {}

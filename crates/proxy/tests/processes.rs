@@ -267,3 +267,119 @@ async fn rust_log_sets_the_filter_unless_log_level_is_given() {
         assert!(!logs.contains("answered"), "no DEBUG line at info: {logs}");
     }
 }
+
+/// Read from `stream` until the server closes it (or resets it): what it wrote first.
+async fn until_closed(stream: &mut tokio::net::TcpStream, what: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert!(
+        read.is_ok(),
+        "{what}: still open after {WAIT:?}; read {seen:?}"
+    );
+    seen
+}
+
+async fn connect(proxy: &Proxy) -> tokio::net::TcpStream {
+    let addr = proxy.url.strip_prefix("http://").unwrap();
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+/// Issue 25, defect 1: a head or a body sent too slowly and an idle keep-alive connection are
+/// dropped after the configured timeouts (before: all still open after 45 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_heads_slow_bodies_and_idle_connections_are_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let flags = ["--header-timeout-secs", "1", "--body-timeout-secs", "1"];
+    let proxy = Proxy::start_with(&mock, &redis, &flags, &[]).await;
+
+    let mut slow_head = connect(&proxy).await;
+    slow_head
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let seen = until_closed(&mut slow_head, "a head that never ends").await;
+    assert!(
+        seen.is_empty() || seen.starts_with("HTTP/1.1 408"),
+        "{seen}"
+    );
+
+    let mut slow_body = connect(&proxy).await;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CALLER_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\""
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+    let seen = until_closed(&mut slow_body, "a body that never ends").await;
+    assert!(seen.starts_with("HTTP/1.1 408"), "{seen}");
+    assert!(seen.contains("request_timeout"), "OpenAI-shaped: {seen}");
+
+    let mut idle = connect(&proxy).await;
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = until_closed(&mut idle, "an idle keep-alive connection").await;
+    assert!(
+        seen.starts_with("HTTP/1.1 200"),
+        "answered, then closed: {seen}"
+    );
+    assert_eq!(mock.calls(), 0, "nothing went upstream");
+}
+
+/// Issue 25, defect 1: over --max-connections a new connection is closed at once with a
+/// warning (before: it waited, and at the descriptor limit locked out even /health).
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_limit_are_shed_with_a_warning() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start_with(&mock, &redis, &["--max-connections", "2"], &[]).await;
+    let health = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect(&proxy).await;
+        c.write_all(health).await.unwrap();
+        let mut buf = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut c, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(c);
+    }
+    let mut extra = connect(&proxy).await;
+    let _ = extra.write_all(health).await;
+    let seen = until_closed(&mut extra, "a connection over the limit").await;
+    assert!(
+        seen.is_empty() || seen.starts_with("HTTP/1.1 503"),
+        "{seen}"
+    );
+    llm_cache_test_support::eventually("the shedding warning", WAIT, || {
+        proxy.logs().contains("connection limit reached")
+    })
+    .await;
+    assert!(!proxy.logs().contains(CALLER_KEY));
+    drop(held.pop());
+    // Once under the limit again, /health answers (the slot is freed when the server sees
+    // the close, so retry until then).
+    let url = format!("{}/health", proxy.url);
+    llm_cache_test_support::topology::eventually_async("/health under the limit", WAIT, || {
+        let url = url.clone();
+        async move {
+            let client = reqwest::Client::builder().build().unwrap();
+            matches!(client.get(&url).send().await, Ok(r) if r.status() == 200)
+        }
+    })
+    .await;
+}

@@ -112,6 +112,9 @@ pub(super) async fn read_body(request: Request, limit: usize) -> Result<Bytes, A
         .map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
+            } else if let Some(timeout) = crate::server::body_timed_out(&rejection) {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, timeout.to_string())
+                    .code("request_timeout")
             } else {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,

@@ -117,6 +117,7 @@ mod chat;
 mod embeddings;
 mod errors;
 mod provider;
+mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +129,7 @@ use axum::routing::{get, post};
 pub use self::access::{CallerKey, CallerKeys};
 pub use self::errors::ApiError;
 use self::provider::Provider;
+pub use self::server::{ServeLimits, serve};
 use llm_cache_core::chat::LlmCache;
 // The LLM layer under the names the front was written against.
 use crate::error::{Error, Result};
