@@ -233,6 +233,50 @@ async fn credentials_never_share_answers_unless_configured() {
     );
 }
 
+/// Behind an API gateway the key travels in a header of the gateway's own: clients that
+/// differ only there never share an answer (issue 25, defect 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_and_configured_credential_headers_keep_answers_apart() {
+    let mock = MockUpstream::start().await;
+    let gateway = AsyncOpenAiLayer::builder(LlmCache::builder())
+        .credential_header("X-Tenant-Pass")
+        .build()
+        .await
+        .unwrap();
+    let mut calls = 0;
+    for name in [
+        "ocp-apim-subscription-key",
+        "x-goog-api-key",
+        "x-tenant-pass",
+    ] {
+        let with = |value: &str| {
+            let config = config(&mock, "sk-same-key")
+                .with_header(name, value)
+                .unwrap();
+            client_with(&gateway, config, 0).0
+        };
+        let (one, two, one_again) = (with("gw-one"), with("gw-two"), with("gw-one"));
+        let prompt = format!("behind a gateway: {name}");
+        one.chat().create(chat(&prompt)).await.unwrap();
+        two.chat().create(chat(&prompt)).await.unwrap();
+        calls += 2;
+        assert_eq!(mock.calls(), calls, "{name}: two values, two answers");
+        one_again.chat().create(chat(&prompt)).await.unwrap();
+        assert_eq!(mock.calls(), calls, "{name}: the same value shares");
+    }
+    // Without the configured name, that header is no credential: one answer.
+    let plain = layer(None).await;
+    let with = |value: &str| {
+        let config = config(&mock, "sk-same-key")
+            .with_header("x-tenant-pass", value)
+            .unwrap();
+        client_with(&plain, config, 0).0
+    };
+    with("a").chat().create(chat("unconfigured")).await.unwrap();
+    with("b").chat().create(chat("unconfigured")).await.unwrap();
+    assert_eq!(mock.calls(), calls + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_reach_the_caller_as_async_openai_errors_and_are_not_cached() {
     let mock = MockUpstream::start().await;

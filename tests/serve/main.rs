@@ -602,6 +602,52 @@ async fn pass_through_forwards_the_callers_credentials_and_scopes_by_them() {
     assert_eq!(mock.calls(), 3);
 }
 
+/// Behind an API gateway the key travels in a header of the gateway's own: a caller that
+/// differs only there gets its own answer, and the header is forwarded (issue 25, defect 4).
+#[tokio::test]
+async fn pass_through_scopes_by_gateway_and_configured_credential_headers() {
+    let mock = MockUpstream::start().await;
+    let cache = LlmCache::builder()
+        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
+        .build()
+        .await
+        .unwrap();
+    let app = llm_cache::serve::builder(cache)
+        .upstream_url(mock.base_url())
+        .pass_through_credentials(true)
+        .credential_header("X-Tenant-Pass")
+        .build()
+        .unwrap();
+    let front = Served::start(app).await;
+    let key = "sk-shared-key-0123456789";
+    let mut calls = 0;
+    for name in [
+        "ocp-apim-subscription-key",
+        "x-goog-api-key",
+        "x-tenant-pass",
+    ] {
+        let body = chat(&format!("behind a gateway: {name}"));
+        for (value, expected) in [("gw-one", "miss"), ("gw-two", "miss"), ("gw-one", "hit-l1")] {
+            let sent = post(&front, Some(key), &body, &[(name, value)]).await;
+            assert_eq!(cache_status(&sent), expected, "{name}={value}");
+            if expected == "miss" {
+                calls += 1;
+                assert_eq!(
+                    mock.last_request().unwrap().header(name),
+                    Some(value),
+                    "{name} forwarded"
+                );
+            }
+        }
+        assert_eq!(mock.calls(), calls, "{name}");
+    }
+    // A header that is no credential changes nothing.
+    let body = chat("an ordinary header");
+    post(&front, Some(key), &body, &[("x-request-id", "r1")]).await;
+    let again = post(&front, Some(key), &body, &[("x-request-id", "r2")]).await;
+    assert_eq!(cache_status(&again), "hit-l1");
+}
+
 #[tokio::test]
 async fn models_health_and_stats() {
     let mock = MockUpstream::start().await;

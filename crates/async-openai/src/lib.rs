@@ -49,8 +49,11 @@
 //! upstream's scheme, host, port, path and query string (so Azure's `api-version` and each
 //! deployment are their own), and the **credential scope**: a SHA-256 of the credential
 //! headers (`authorization`, `proxy-authorization`, `api-key`, `x-api-key`,
-//! `openai-organization`, `openai-project`). Two API keys, or one key in two organizations
-//! or projects, never share an answer unless
+//! `openai-organization`, `openai-project`, every other header whose name contains `auth`,
+//! `key`, `token`, `secret` or `cookie`, such as a gateway's `ocp-apim-subscription-key` or
+//! `x-goog-api-key`, idempotency keys excepted, and the names given to
+//! [`credential_header`](AsyncOpenAiLayerBuilder::credential_header)). Two API keys, or one
+//! key in two organizations or projects, never share an answer unless
 //! [`share_across_credentials`](AsyncOpenAiLayerBuilder::share_across_credentials) says so.
 //! The credentials themselves are never stored, logged or shown. For the Responses API,
 //! `previous_response_id` is part of the body and so of the key.
@@ -156,6 +159,8 @@ struct Shared {
     /// Streamed non-chat flights in progress.
     streams: Arc<body_flight::Flights>,
     share_across_credentials: bool,
+    /// Which request headers keep answers apart.
+    credentials: headers::CredentialScope,
     /// The namespace this layer's requests are bound to; headers nest inside it.
     namespace: String,
     /// Called with each answer's outcome.
@@ -179,6 +184,7 @@ impl fmt::Debug for AsyncOpenAiLayer {
 pub struct AsyncOpenAiLayerBuilder {
     cache: LlmCacheBuilder,
     share_across_credentials: bool,
+    credential_headers: Vec<String>,
     namespace: String,
     on_outcome: Option<status::Hook>,
 }
@@ -188,6 +194,7 @@ impl fmt::Debug for AsyncOpenAiLayerBuilder {
         f.debug_struct("AsyncOpenAiLayerBuilder")
             .field("cache", &self.cache)
             .field("share_across_credentials", &self.share_across_credentials)
+            .field("credential_headers", &self.credential_headers)
             .field("namespace", &self.namespace)
             .field("on_outcome", &self.on_outcome.is_some())
             .finish()
@@ -200,6 +207,15 @@ impl AsyncOpenAiLayerBuilder {
     /// when every credential the client may carry belongs to one party.
     pub fn share_across_credentials(mut self, yes: bool) -> Self {
         self.share_across_credentials = yes;
+        self
+    }
+
+    /// Also treat request header `name` as a credential that keeps answers apart (its value
+    /// hashed into the key scope, never stored), e.g. a gateway's own key header. Headers
+    /// whose names contain `auth`, `key`, `token`, `secret` or `cookie` (such as
+    /// `ocp-apim-subscription-key` or `x-goog-api-key`) are credentials already.
+    pub fn credential_header(mut self, name: impl Into<String>) -> Self {
+        self.credential_headers.push(name.into());
         self
     }
 
@@ -235,6 +251,10 @@ impl AsyncOpenAiLayerBuilder {
                 bodies,
                 streams: Arc::default(),
                 share_across_credentials: self.share_across_credentials,
+                credentials: self.credential_headers.iter().fold(
+                    headers::CredentialScope::scoped().shared(self.share_across_credentials),
+                    |scope, name| scope.header(name),
+                ),
                 namespace: self.namespace,
                 on_outcome: self.on_outcome,
             }),
@@ -266,6 +286,7 @@ impl AsyncOpenAiLayer {
         AsyncOpenAiLayerBuilder {
             cache,
             share_across_credentials: false,
+            credential_headers: Vec::new(),
             namespace: String::new(),
             on_outcome: None,
         }
@@ -377,7 +398,7 @@ where
         headers::take_controls(request.headers_mut()).map_err(OpenAIError::InvalidArgument)?;
     let control = headers::bind(control, &shared.namespace);
     let plan = request::plan(&request);
-    let share = shared.share_across_credentials;
+    let share = &shared.credentials;
     match plan {
         Plan::PassThrough => {
             let forward = request::forward(factory, request);

@@ -56,6 +56,13 @@ struct Args {
     #[arg(long, env = "LLM_CACHE_PASS_THROUGH")]
     pass_through: bool,
 
+    /// With --pass-through: another request header that carries a credential, forwarded
+    /// and in the key scope (repeatable). Headers whose names contain auth, key, token,
+    /// secret or cookie (ocp-apim-subscription-key, x-goog-api-key...) are credentials
+    /// already.
+    #[arg(long = "credential-header", value_name = "NAME")]
+    credential_headers: Vec<String>,
+
     /// File of accepted caller keys, one per line: `<namespace> <key | sha256:<hex>>
     /// [allow=refresh,bypass,no-store|all]` (# comments). Keys share answers only when
     /// bound to the same namespace; refresh, bypass and no-store need `allow=`.
@@ -283,6 +290,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .retry(retry)
         .request_timeout(timeout)
         .pass_through_credentials(args.pass_through)
+        .credential_headers(args.credential_headers.iter().cloned())
         .namespace(args.namespace.clone())
         .body_limit(args.body_limit);
     if let Some(key) = upstream_key.filter(|k| !k.is_empty() && !args.pass_through) {

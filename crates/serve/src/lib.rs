@@ -73,9 +73,12 @@
 //!   key may use `refresh`, `bypass` or `no-store`, which spend the upstream budget, only
 //!   when its line allows them.
 //! - **Pass-through** ([`pass_through_credentials`](ServeBuilder::pass_through_credentials)):
-//!   the caller's credential headers (`authorization`, `api-key`, `openai-organization`...)
-//!   are forwarded to the upstream, and the cache is scoped by their SHA-256, as the
-//!   async-openai layer does: two keys never share an answer.
+//!   the caller's credential headers (`authorization`, `api-key`, `openai-organization`...,
+//!   every header whose name contains `auth`, `key`, `token`, `secret` or `cookie`, such as
+//!   a gateway's `ocp-apim-subscription-key` or `x-goog-api-key`, and the names given to
+//!   [`credential_header`](ServeBuilder::credential_header)) are forwarded to the upstream,
+//!   and the cache is scoped by their SHA-256, as the async-openai layer does: two keys
+//!   never share an answer.
 //!
 //! With an [`upstream_url`](ServeBuilder::upstream_url), keys also hold the upstream's
 //! host, path and query and the SHA-256 of the credentials sent to it. Caller keys and
@@ -133,6 +136,7 @@ pub use self::server::{ServeLimits, serve};
 use llm_cache_core::chat::LlmCache;
 // The LLM layer under the names the front was written against.
 use crate::error::{Error, Result};
+use crate::integrations::headers;
 use crate::upstream::RetryPolicy;
 use llm_cache_core::{error, integrations, request, upstream};
 
@@ -158,6 +162,7 @@ pub fn builder(cache: LlmCache) -> ServeBuilder {
         request_timeout: Duration::from_secs(120),
         callers: None,
         pass_through: false,
+        credential_headers: Vec::new(),
         namespace: String::new(),
         body_limit: DEFAULT_BODY_LIMIT,
         #[cfg(feature = "prometheus")]
@@ -183,6 +188,7 @@ pub struct ServeBuilder {
     request_timeout: Duration,
     callers: Option<CallerKeys>,
     pass_through: bool,
+    credential_headers: Vec<String>,
     namespace: String,
     body_limit: usize,
     #[cfg(feature = "prometheus")]
@@ -196,6 +202,7 @@ impl std::fmt::Debug for ServeBuilder {
             .field("upstream_key", &self.upstream_key.as_ref().map(|_| "***"))
             .field("callers", &self.callers)
             .field("pass_through", &self.pass_through)
+            .field("credential_headers", &self.credential_headers)
             .field("body_limit", &self.body_limit)
             .finish_non_exhaustive()
     }
@@ -250,6 +257,27 @@ impl ServeBuilder {
     /// instead of holding a provider key.
     pub fn pass_through_credentials(mut self, yes: bool) -> Self {
         self.pass_through = yes;
+        self
+    }
+
+    /// Also treat request header `name` as a credential in pass-through mode: forwarded to
+    /// the upstream, and its SHA-256 in the key scope, so callers that differ there never
+    /// share an answer. Headers whose names contain `auth`, `key`, `token`, `secret` or
+    /// `cookie` (a gateway's `ocp-apim-subscription-key`, `x-goog-api-key`...) are
+    /// credentials already.
+    pub fn credential_header(mut self, name: impl Into<String>) -> Self {
+        self.credential_headers.push(name.into());
+        self
+    }
+
+    /// [`credential_header`](Self::credential_header) for each of `names`.
+    pub fn credential_headers<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.credential_headers
+            .extend(names.into_iter().map(Into::into));
         self
     }
 
@@ -309,6 +337,11 @@ impl ServeBuilder {
                 self.http_client.clone(),
                 self.retry,
                 self.request_timeout,
+                self.credential_headers
+                    .iter()
+                    .fold(headers::CredentialScope::scoped(), |scope, name| {
+                        scope.header(name)
+                    }),
             )?),
             None if self.pass_through => {
                 return Err(Error::config(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use reqwest::Url;
 
@@ -40,6 +40,8 @@ pub(super) struct Provider {
     held: Arc<dyn Upstream>,
     held_scopes: [Arc<[u8]>; 2],
     held_key: Option<String>,
+    /// Which caller headers are credentials (pass-through mode).
+    credential_scope: headers::CredentialScope,
 }
 
 /// The endpoints whose answers the front caches; each has a key space of its own.
@@ -65,6 +67,7 @@ impl Provider {
         client: Option<reqwest::Client>,
         retry: RetryPolicy,
         request_timeout: Duration,
+        credential_scope: headers::CredentialScope,
     ) -> Result<Self> {
         let base = Url::parse(base_url.trim())
             .ok()
@@ -103,8 +106,14 @@ impl Provider {
         let embeddings_url = joined(&base, "embeddings")?;
         let models_url = joined(&base, "models")?;
         let held_scopes = [
-            headers::scope(&chat_url, &held_headers, "chat", false).into(),
-            headers::scope(&embeddings_url, &held_headers, "embeddings", false).into(),
+            headers::scope(&chat_url, &held_headers, "chat", &credential_scope).into(),
+            headers::scope(
+                &embeddings_url,
+                &held_headers,
+                "embeddings",
+                &credential_scope,
+            )
+            .into(),
         ];
         Ok(Provider {
             base_url: base_url.into(),
@@ -117,6 +126,7 @@ impl Provider {
             held: Arc::new(upstream),
             held_scopes,
             held_key: key.map(str::to_string),
+            credential_scope,
         })
     }
 
@@ -136,12 +146,13 @@ impl Provider {
                 embedder: Some(Arc::clone(&self.held)),
             });
         }
-        let credentials = credentials(request)?;
+        let credentials = credentials(request, &self.credential_scope)?;
         let url = match endpoint {
             Endpoint::Chat => &self.chat_url,
             Endpoint::Embeddings => &self.embeddings_url,
         };
-        let scope = headers::scope(url, &credentials, endpoint.shape(), false).into();
+        let scope =
+            headers::scope(url, &credentials, endpoint.shape(), &self.credential_scope).into();
         let mut sent = Vec::new();
         for (name, value) in &credentials {
             // `credentials` only holds values that are text.
@@ -190,21 +201,26 @@ fn joined(base: &Url, tail: &str) -> Result<Url> {
     Ok(url)
 }
 
-/// The caller's credential headers, to forward (pass-through mode).
-fn credentials(request: &HeaderMap) -> std::result::Result<HeaderMap, ApiError> {
+/// The caller's credential headers, to forward (pass-through mode): the fixed ones, and
+/// every other header `scope` counts as a credential (a gateway's key header...).
+fn credentials(
+    request: &HeaderMap,
+    scope: &headers::CredentialScope,
+) -> std::result::Result<HeaderMap, ApiError> {
     let mut out = HeaderMap::new();
-    for name in CREDENTIAL_HEADERS {
-        for value in request.get_all(name) {
-            if value.to_str().is_err() {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("the `{name}` header is not visible ASCII"),
-                ));
-            }
-            let mut value = value.clone();
-            value.set_sensitive(true);
-            out.append(HeaderName::from_static(name), value);
+    for (name, value) in request {
+        if !(CREDENTIAL_HEADERS.contains(&name.as_str()) || scope.is_credential(name.as_str())) {
+            continue;
         }
+        if value.to_str().is_err() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the `{name}` header is not visible ASCII"),
+            ));
+        }
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        out.append(name.clone(), value);
     }
     if out.is_empty() {
         return Err(ApiError::new(
@@ -269,7 +285,7 @@ pub(super) async fn models(State(front): State<Arc<Front>>, request: HeaderMap) 
     };
     let mut headers = HeaderMap::new();
     if front.pass_through {
-        match credentials(&request) {
+        match credentials(&request, &provider.credential_scope) {
             Ok(c) => headers = c,
             Err(e) => return e.into_response(),
         }

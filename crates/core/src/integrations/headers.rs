@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 use crate::chat::CacheControl;
 use crate::chat::key::put_framed;
 use crate::tiered::CacheStatus;
-use crate::upstream::CREDENTIAL_HEADERS;
+use crate::upstream::{CREDENTIAL_HEADERS, is_scoped_credential};
 
 /// Request header: the namespace (tenant) of this request.
 pub const HEADER_NAMESPACE: &str = "x-llm-cache-namespace";
@@ -131,7 +131,7 @@ pub fn scope(
     url: &reqwest::Url,
     headers: &HeaderMap,
     shape: &str,
-    share_across_credentials: bool,
+    credentials: &CredentialScope,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     put_framed(&mut out, url.scheme().as_bytes());
@@ -146,20 +146,74 @@ pub fn scope(
     put_framed(&mut out, url.path().as_bytes());
     put_framed(&mut out, url.query().unwrap_or_default().as_bytes());
     put_framed(&mut out, shape.as_bytes());
-    if share_across_credentials {
+    if credentials.shared {
         put_framed(&mut out, b"credentials:shared");
     } else {
-        put_framed(&mut out, &credential_digest(headers));
+        put_framed(&mut out, &credential_digest(headers, &credentials.extra));
     }
     out
 }
 
-/// SHA-256 over every credential header present (name and value, framed, in a fixed order
-/// of names and in the order of their values). The raw values never leave this function.
-pub(crate) fn credential_digest(headers: &HeaderMap) -> [u8; 32] {
+/// Which request headers are credentials that keep answers apart: every header whose name
+/// says it carries one (the rule that masks credentials in text: a credential header, or a
+/// name containing `auth`, `key`, `token`, `secret` or `cookie`, such as
+/// `ocp-apim-subscription-key` or `x-goog-api-key`; idempotency keys excepted), plus the
+/// names configured with [`header`](Self::header). [`shared`](Self::shared) is the
+/// explicit opt-out.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct CredentialScope {
+    shared: bool,
+    /// Lower-case names scoped on top of the rule.
+    extra: Vec<String>,
+}
+
+impl CredentialScope {
+    /// Answers kept apart by credentials (the default).
+    pub fn scoped() -> Self {
+        Self::default()
+    }
+
+    /// Answers shared across credentials (the opt-out), or not.
+    pub fn shared(mut self, yes: bool) -> Self {
+        self.shared = yes;
+        self
+    }
+
+    /// Also treat header `name` as a credential (case-insensitive).
+    pub fn header(mut self, name: &str) -> Self {
+        let name = name.to_ascii_lowercase();
+        if !self.extra.contains(&name) {
+            self.extra.push(name);
+        }
+        self
+    }
+
+    /// Whether header `name` is a credential under this scope.
+    pub fn is_credential(&self, name: &str) -> bool {
+        is_scoped_credential(name) || self.extra.iter().any(|e| e.eq_ignore_ascii_case(name))
+    }
+}
+
+/// SHA-256 over every credential header present (name and value, framed, in the order of
+/// names and, per name, in the order of its values). The raw values never leave this
+/// function.
+pub(crate) fn credential_digest(headers: &HeaderMap, extra: &[String]) -> [u8; 32] {
+    let mut names: Vec<&str> = headers
+        .keys()
+        .map(http::HeaderName::as_str)
+        .filter(|name| is_scoped_credential(name) || extra.iter().any(|e| e == name))
+        .collect();
+    // The fixed credential headers first, in their order (so keys made before the rule
+    // covered other names stay the same), then the others by name.
+    names.sort_unstable_by_key(|name| {
+        let fixed = CREDENTIAL_HEADERS.iter().position(|c| c == name);
+        (fixed.unwrap_or(CREDENTIAL_HEADERS.len()), *name)
+    });
+    names.dedup();
     let mut framed = Vec::new();
     put_framed(&mut framed, b"llm-cache/credential-scope");
-    for name in CREDENTIAL_HEADERS {
+    for name in names {
         for value in headers.get_all(name) {
             put_framed(&mut framed, name.as_bytes());
             put_framed(&mut framed, value.as_bytes());
@@ -171,6 +225,63 @@ pub(crate) fn credential_digest(headers: &HeaderMap) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_and_configured_credential_headers_are_in_the_scope() {
+        let url: reqwest::Url = "https://gw.example.com/v1/chat/completions"
+            .parse()
+            .unwrap();
+        let scope = |pairs: &[(&str, &str)], c: &CredentialScope| {
+            super::scope(&url, &headers(pairs), "chat", c)
+        };
+        let rule = CredentialScope::scoped();
+        for name in [
+            "ocp-apim-subscription-key",
+            "x-goog-api-key",
+            "x-auth-token",
+            "cookie",
+        ] {
+            assert_ne!(
+                scope(&[(name, "one-secret")], &rule),
+                scope(&[(name, "two-secret")], &rule),
+                "{name}"
+            );
+        }
+        // Not credentials: an idempotency key, an ordinary header.
+        for name in ["idempotency-key", "x-request-id"] {
+            assert_eq!(
+                scope(&[(name, "a1")], &rule),
+                scope(&[(name, "b2")], &rule),
+                "{name}"
+            );
+        }
+        // A configured name, any case; and the explicit opt-out.
+        let custom = CredentialScope::scoped().header("X-Tenant-Pass");
+        assert_ne!(
+            scope(&[("x-tenant-pass", "one")], &custom),
+            scope(&[("x-tenant-pass", "two")], &custom)
+        );
+        assert_eq!(
+            scope(&[("x-tenant-pass", "one")], &rule),
+            scope(&[("x-tenant-pass", "two")], &rule)
+        );
+        let shared = CredentialScope::scoped().shared(true);
+        assert_eq!(
+            scope(&[("x-goog-api-key", "one")], &shared),
+            scope(&[("x-goog-api-key", "two")], &shared)
+        );
+        // Keys made with the fixed headers alone are unchanged by the order of insertion.
+        assert_eq!(
+            scope(
+                &[("authorization", "Bearer a"), ("openai-organization", "o")],
+                &rule
+            ),
+            scope(
+                &[("openai-organization", "o"), ("authorization", "Bearer a")],
+                &rule
+            )
+        );
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -230,20 +341,23 @@ mod tests {
 
     #[test]
     fn credentials_are_digested_not_kept() {
-        let a = credential_digest(&headers(&[("authorization", "Bearer sk-one")]));
-        let b = credential_digest(&headers(&[("authorization", "Bearer sk-two")]));
-        let org = credential_digest(&headers(&[
-            ("authorization", "Bearer sk-one"),
-            ("openai-organization", "org-2"),
-        ]));
+        let a = credential_digest(&headers(&[("authorization", "Bearer sk-one")]), &[]);
+        let b = credential_digest(&headers(&[("authorization", "Bearer sk-two")]), &[]);
+        let org = credential_digest(
+            &headers(&[
+                ("authorization", "Bearer sk-one"),
+                ("openai-organization", "org-2"),
+            ]),
+            &[],
+        );
         assert_ne!(a, b);
         assert_ne!(a, org);
         assert_eq!(
             a,
-            credential_digest(&headers(&[
-                ("authorization", "Bearer sk-one"),
-                ("x-other", "1")
-            ]))
+            credential_digest(
+                &headers(&[("authorization", "Bearer sk-one"), ("x-other", "1")]),
+                &[]
+            )
         );
     }
 }

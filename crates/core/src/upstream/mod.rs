@@ -15,10 +15,10 @@ use crate::stream::{ChatChunk, ReplayOptions, replay};
 mod openai;
 #[cfg(feature = "openai")]
 #[doc(hidden)]
-pub use openai::CREDENTIAL_HEADERS;
+pub use openai::error_chain;
 #[cfg(feature = "openai")]
 #[doc(hidden)]
-pub use openai::error_chain;
+pub use openai::{CREDENTIAL_HEADERS, is_credential_header, is_scoped_credential};
 #[cfg(feature = "openai")]
 pub use openai::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 

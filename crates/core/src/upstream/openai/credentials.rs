@@ -34,10 +34,23 @@ const MASK_INSIDE_WORDS_CHARS: usize = 8;
 
 /// Whether the header `name` carries a credential: one of the credential headers, or a
 /// name that says so. Names the user marks are on top of these.
-pub(super) fn is_credential_header(name: &str) -> bool {
+#[doc(hidden)]
+pub fn is_credential_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     CREDENTIAL_HEADERS.contains(&name.as_str())
         || CREDENTIAL_WORDS.iter().any(|word| name.contains(word))
+}
+
+/// Header names that match a credential word but carry none, and must stay out of a key
+/// scope: an SDK may send a fresh idempotency key with every request, and scoping by it
+/// would make every request a miss. (They are still masked in text.)
+const NOT_CREDENTIALS: [&str; 2] = ["idempotency-key", "x-idempotency-key"];
+
+/// Whether the header `name` is part of a request's credential scope: a credential header
+/// by [`is_credential_header`]'s rule, except [`NOT_CREDENTIALS`].
+#[doc(hidden)]
+pub fn is_scoped_credential(name: &str) -> bool {
+    is_credential_header(name) && !NOT_CREDENTIALS.contains(&name.to_ascii_lowercase().as_str())
 }
 
 /// The secrets a text must never show, and the function that hides them.

@@ -21,8 +21,8 @@ use reqwest::Url;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-pub use self::credentials::CREDENTIAL_HEADERS;
-use self::credentials::{Mask, is_credential_header};
+use self::credentials::Mask;
+pub use self::credentials::{CREDENTIAL_HEADERS, is_credential_header, is_scoped_credential};
 #[doc(hidden)]
 pub use self::errors::error_chain;
 use self::errors::{parse_answer, provider_error, quote_body};
