@@ -555,20 +555,26 @@ async fn bad_input_at_the_edge_is_a_clear_4xx_and_nothing_is_stored_or_logged() 
     }
 }
 
-#[tokio::test]
-async fn pass_through_forwards_the_callers_credentials_and_scopes_by_them() {
-    let mock = MockUpstream::start().await;
+/// A front in pass-through mode over `mock`, with `configure` applied to its builder.
+async fn pass_through_front(
+    mock: &MockUpstream,
+    configure: impl FnOnce(llm_cache::serve::ServeBuilder) -> llm_cache::serve::ServeBuilder,
+) -> Served {
     let cache = LlmCache::builder()
         .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
         .build()
         .await
         .unwrap();
-    let app = llm_cache::serve::builder(cache)
+    let builder = llm_cache::serve::builder(cache)
         .upstream_url(mock.base_url())
-        .pass_through_credentials(true)
-        .build()
-        .unwrap();
-    let front = Served::start(app).await;
+        .pass_through_credentials(true);
+    Served::start(configure(builder).build().unwrap()).await
+}
+
+#[tokio::test]
+async fn pass_through_forwards_the_callers_credentials_and_scopes_by_them() {
+    let mock = MockUpstream::start().await;
+    let front = pass_through_front(&mock, |b| b).await;
     let body = chat("mine");
     let one = "sk-user-one-0123456789";
     assert_eq!(
@@ -607,18 +613,7 @@ async fn pass_through_forwards_the_callers_credentials_and_scopes_by_them() {
 #[tokio::test]
 async fn pass_through_scopes_by_gateway_and_configured_credential_headers() {
     let mock = MockUpstream::start().await;
-    let cache = LlmCache::builder()
-        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-        .build()
-        .await
-        .unwrap();
-    let app = llm_cache::serve::builder(cache)
-        .upstream_url(mock.base_url())
-        .pass_through_credentials(true)
-        .credential_header("X-Tenant-Pass")
-        .build()
-        .unwrap();
-    let front = Served::start(app).await;
+    let front = pass_through_front(&mock, |b| b.credential_header("X-Tenant-Pass")).await;
     let key = "sk-shared-key-0123456789";
     let mut calls = 0;
     for name in [
