@@ -382,19 +382,7 @@ impl<'a> MakeWriter<'a> for Sink {
 async fn a_json_body_under_another_content_type_is_refused_with_415_and_costs_nothing() {
     let redis = support::redis::RedisServer::start();
     let mock = MockUpstream::start().await;
-    let cache = LlmCache::builder()
-        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-        .redis(redis.url())
-        .build()
-        .await
-        .unwrap();
-    let app = llm_cache::serve::builder(cache.clone())
-        .upstream_url(mock.base_url())
-        .upstream_key(PROVIDER_KEY)
-        .callers(llm_cache::serve::CallerKeys::parse(CALLER_KEYS).unwrap())
-        .build()
-        .unwrap();
-    let front = Served::start(app).await;
+    let (cache, front) = front::keyed(&mock, Some(&redis.url())).await;
     let bodies = [
         (
             "chat/completions",
