@@ -26,6 +26,20 @@ use super::upstream::{HttpService, send_ok};
 pub(crate) struct StoredBody {
     pub(super) content_type: String,
     pub(super) body: String,
+    /// A completions stream fetched asking for usage (every one this version stores):
+    /// whether it has the usage chunk is then the upstream's answer, not a caller's choice.
+    /// Absent in entries stored before; see [`fit_for_streaming`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) asked_usage: bool,
+}
+
+/// Whether a stored answer may be replayed as a stream: a completions stream stored by an
+/// older version without its usage chunk (its first caller did not ask) is fetched again,
+/// once, so callers who ask for usage get it.
+pub(super) fn fit_for_streaming(endpoint: Endpoint, stored: &StoredBody) -> bool {
+    endpoint != Endpoint::Completions
+        || stored.asked_usage
+        || llm_cache_core::stream::usage::has_usage_chunk(stored.body.as_bytes())
 }
 
 /// Answer a cacheable non-chat request that does not stream from the tiers, or from the
@@ -51,6 +65,7 @@ where
             Ok(text) if complete => Ok(StoredBody {
                 content_type,
                 body: text,
+                asked_usage: false,
             }),
             _ => Err(Failure::Http {
                 status: reqwest::StatusCode::OK,
@@ -158,5 +173,38 @@ mod tests {
         assert!(!stream_is_complete(Endpoint::Responses, cut));
         let failed = b"data: {\"type\":\"response.failed\"}\n\n";
         assert!(!stream_is_complete(Endpoint::Responses, failed));
+    }
+
+    #[test]
+    fn older_completions_streams_without_usage_are_fetched_again() {
+        let stored = |body: &str, asked_usage| StoredBody {
+            content_type: "text/event-stream".into(),
+            body: body.into(),
+            asked_usage,
+        };
+        let plain = "data: {\"choices\":[{\"text\":\"a\"}]}\n\ndata: [DONE]\n\n";
+        let usage = "data: {\"choices\":[],\"usage\":{\"total_tokens\":1}}\n\ndata: [DONE]\n\n";
+        assert!(!fit_for_streaming(
+            Endpoint::Completions,
+            &stored(plain, false)
+        ));
+        assert!(fit_for_streaming(
+            Endpoint::Completions,
+            &stored(plain, true)
+        ));
+        assert!(fit_for_streaming(
+            Endpoint::Completions,
+            &stored(usage, false)
+        ));
+        assert!(fit_for_streaming(
+            Endpoint::Responses,
+            &stored(plain, false)
+        ));
+        // The flag is only written when set: other entries keep their stored form.
+        let json = serde_json::to_string(&stored(plain, false)).unwrap();
+        assert!(!json.contains("asked_usage"), "{json}");
+        let old: StoredBody =
+            serde_json::from_str(r#"{"content_type":"text/event-stream","body":""}"#).unwrap();
+        assert!(!old.asked_usage);
     }
 }

@@ -131,13 +131,14 @@ use futures_util::StreamExt;
 
 use self::bodies::StoredBody;
 use self::reply::error_reply;
-use self::request::Plan;
+use self::request::{Endpoint, Plan};
 use self::upstream::FactoryUpstream;
 pub use self::upstream::HttpService;
 use llm_cache_core::chat::{CacheControl, LlmCache, LlmCacheBuilder, Route};
 use llm_cache_core::error::{Error, ErrorKind, Result};
 use llm_cache_core::integrations::headers;
 use llm_cache_core::request::{ChatRequest, ChatResponse};
+use llm_cache_core::stream::usage;
 use llm_cache_core::tiered::stats::Stats;
 use llm_cache_core::tiered::{CacheStatus, TieredCache};
 use llm_cache_core::upstream::{BoxFuture, Upstream};
@@ -497,19 +498,36 @@ where
             }
             let canonical = llm_cache_core::key::canonical_value(&body, shared.cache.key_options());
             let digest = shared.cache.scoped_digest(&canonical, &control, &scope);
-            let forward = request::forward(factory, request);
             if stream {
+                // The key ignores `stream_options`: a completions miss asks for the usage
+                // chunk whatever this caller asked, and a caller who did not ask gets the
+                // stream without it.
+                let completions = endpoint == Endpoint::Completions;
+                let drop_usage = completions && !usage::asks_for_usage(&body);
+                let forward = if completions {
+                    let mut sent = body;
+                    usage::ask_for_usage(&mut sent);
+                    let sent = serde_json::to_vec(&sent).map_err(|e| {
+                        OpenAIError::InvalidArgument(format!("the completions request: {e}"))
+                    })?;
+                    drop(request);
+                    request::with_body(factory, Bytes::from(sent))
+                } else {
+                    request::forward(factory, request)
+                };
                 return body_flight::answer(
                     &shared.streams,
                     &shared.bodies,
                     digest,
                     &control,
                     endpoint,
+                    drop_usage,
                     inner,
                     forward,
                 )
                 .await;
             }
+            let forward = request::forward(factory, request);
             bodies::answer(&shared.bodies, digest, &control, endpoint, inner, forward).await
         }
     }

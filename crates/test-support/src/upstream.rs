@@ -197,6 +197,7 @@ impl MockUpstream {
             .route("/v1/chat/completions", post(handle))
             .route("/v1/embeddings", post(other))
             .route("/v1/responses", post(other))
+            .route("/v1/completions", post(other))
             .route("/v1/files", post(other))
             .route("/v1/files/{id}", axum::routing::delete(other))
             .route("/v1/models", axum::routing::get(other))
@@ -988,6 +989,16 @@ async fn other(
                 .into_response();
         }
         response
+    } else if path == "/v1/completions" {
+        if body["stream"] == true {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/event-stream")],
+                mock_completion_stream(&body, call),
+            )
+                .into_response();
+        }
+        mock_completion(&body, call)
     } else if path == "/v1/files" {
         json!({"id": format!("file-{call}"), "object": "file", "bytes": raw.len(),
             "created_at": 0, "filename": "upload.txt", "purpose": "assistants"})
@@ -1006,4 +1017,44 @@ fn mock_response(body: &Value, call: usize) -> Value {
     json!({"id": format!("resp_mock_{call}"), "object": "response", "created_at": 0,
         "model": body["model"], "status": "completed", "output": [],
         "metadata": {"answer": format!("answer:{h:016x}")}})
+}
+
+/// The legacy completions answer to `body`: its text is `answer:<hash of the prompt>`.
+fn mock_completion(body: &Value, call: usize) -> Value {
+    let h = xxhash_rust::xxh3::xxh3_64(body["prompt"].to_string().as_bytes());
+    json!({"id": format!("cmpl-mock-{call}"), "object": "text_completion", "created": 0,
+        "model": body["model"],
+        "choices": [{"text": format!("answer:{h:016x}"), "index": 0, "logprobs": null,
+            "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+}
+
+/// The same answer streamed as OpenAI streams it: two text chunks, then, when
+/// `stream_options.include_usage` is true, `"usage": null` on each chunk and a last chunk
+/// with empty `choices` and the usage; then `[DONE]`.
+fn mock_completion_stream(body: &Value, call: usize) -> String {
+    let whole = mock_completion(body, call);
+    let text = whole["choices"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let usage = body["stream_options"]["include_usage"] == true;
+    let (head, tail) = text.split_at(text.len() / 2);
+    let mut out = String::new();
+    for (part, finish) in [(head, Value::Null), (tail, json!("stop"))] {
+        let mut chunk = json!({"id": whole["id"], "object": "text_completion", "created": 0,
+            "model": body["model"],
+            "choices": [{"text": part, "index": 0, "logprobs": null, "finish_reason": finish}]});
+        if usage {
+            chunk["usage"] = Value::Null;
+        }
+        out.push_str(&format!("data: {chunk}\n\n"));
+    }
+    if usage {
+        let last = json!({"id": whole["id"], "object": "text_completion", "created": 0,
+            "model": body["model"], "choices": [], "usage": whole["usage"]});
+        out.push_str(&format!("data: {last}\n\n"));
+    }
+    out.push_str("data: [DONE]\n\n");
+    out
 }
