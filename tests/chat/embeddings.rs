@@ -250,10 +250,17 @@ async fn float_and_base64_share_entries_and_a_second_instance_reads_them_from_re
     assert_eq!(mock.embedding_calls().len(), 1);
 
     let two = instance(&mock, Some(&redis)).await;
+    redis.redis_cli(&["CONFIG", "RESETSTAT"]);
     let out = two.embeddings(&float).await.unwrap();
     assert_eq!(out.status(), CacheStatus::HitL2);
     assert_vectors(&float, &out);
     assert_eq!(mock.embedding_calls().len(), 1);
+    // The batch's inputs were read with one MGET, not a GET each.
+    let commands = redis.data_commands();
+    assert!(
+        commands.contains(&"mget=1".to_string()) && !commands.iter().any(|c| c.starts_with("get=")),
+        "{commands:?}"
+    );
     // Stored compactly: a key per input, f32 bytes not JSON text.
     let digests = two
         .embedding_digests_with(&float, &CacheControl::default())

@@ -433,7 +433,7 @@ async fn a_cold_key_costs_one_command_before_the_fetch_and_one_call_across_insta
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_of_embeddings_spreads_over_the_masters_and_is_fetched_once() {
     use llm_cache::EmbeddingRequest;
-    let cluster = RedisCluster::start();
+    let mut cluster = RedisCluster::start();
     let mock = MockUpstream::start().await;
     let vectors_instance = |l1: bool| {
         LlmCache::builder()
@@ -449,10 +449,8 @@ async fn a_batch_of_embeddings_spreads_over_the_masters_and_is_fetched_once() {
     );
     let inputs: Vec<String> = (0..ENTRIES).map(|i| format!("cluster chunk {i}")).collect();
     let req = EmbeddingRequest::new("text-embedding-3-small", inputs.clone());
-    assert_eq!(
-        writer.embeddings(&req).await.unwrap().status(),
-        CacheStatus::Miss
-    );
+    let written = writer.embeddings(&req).await.unwrap();
+    assert_eq!(written.status(), CacheStatus::Miss);
     eventually("every vector written", WAIT, || {
         writer.embedding_stats().cache.l2_writes == ENTRIES as u64
     })
@@ -500,6 +498,46 @@ async fn a_batch_of_embeddings_spreads_over_the_masters_and_is_fetched_once() {
         sent, ENTRIES,
         "each cold input fetched once across both instances"
     );
+
+    // A batch reads from Redis with one MGET per node: with a master down, only that
+    // node's inputs are fetched; the others are still hits from the live masters, and the
+    // breaker stays closed.
+    let owners: Vec<usize> = writer
+        .embedding_digests_with(&req, &Default::default())
+        .unwrap()
+        .iter()
+        .map(|d| cluster.owner(&writer.tiers().l2_key(d)))
+        .collect();
+    let dead = owners[0];
+    cluster.nodes[dead].kill();
+    let calls_before = mock.embedding_calls().len();
+    let out = reader
+        .embeddings(&req)
+        .await
+        .expect("nothing fails with a node down");
+    assert_eq!(out.status(), CacheStatus::Partial);
+    for (i, (status, owner)) in out.input_statuses().iter().zip(&owners).enumerate() {
+        let expected = if *owner == dead {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::HitL2
+        };
+        assert_eq!(*status, expected, "input {i} (node {owner}, dead {dead})");
+    }
+    let fetched: usize = mock.embedding_calls()[calls_before..]
+        .iter()
+        .map(Vec::len)
+        .sum();
+    let dead_inputs = owners.iter().filter(|o| **o == dead).count();
+    assert_eq!(
+        fetched, dead_inputs,
+        "only the dead node's inputs are fetched"
+    );
+    assert_eq!(
+        out.data, written.data,
+        "the same vectors, each in its place"
+    );
+    assert_eq!(reader.stats().cache.breaker, BreakerState::Closed);
 }
 
 /// One master down: cold keys on the live masters still cost one upstream call across two

@@ -15,7 +15,7 @@ use super::{FetchOptions, Inner, Landed, TieredCache, now_ms};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::invalidation;
-use crate::l2::L2Read;
+use crate::l2::{Guarded, L2Read};
 use crate::lease::{self, Lease};
 use crate::stats::Counters;
 
@@ -230,47 +230,88 @@ where
         let key = self.l2_key(digest);
         // An invalidation that lands while this read is out must not be undone by it.
         let epoch = self.invalidation.epoch();
+        if self.leases_on(options) && !self.lookup_mode.get_first.load(Ordering::Relaxed) {
+            return self.take_or_read(l2, digest, &key, epoch, options).await;
+        }
+        let read = l2.get(&key).await;
+        self.after_get(l2, digest, &key, read, epoch, options).await
+    }
+
+    /// How a lookup goes on from what a plain `GET` of `key` read (taken at `epoch`; its own,
+    /// or its part of a batch's `MGET`): a hit, or how the flight goes on. With leases, a
+    /// miss then sends the lookup that takes the lease.
+    pub(super) async fn after_get(
+        &self,
+        l2: &Arc<Guarded>,
+        digest: &Digest,
+        key: &str,
+        read: L2Read,
+        epoch: u64,
+        options: &FetchOptions,
+    ) -> Result<Landed<V>, Next> {
         if self.leases_on(options) {
-            if self.lookup_mode.get_first.load(Ordering::Relaxed) {
-                match l2.get(&key).await {
-                    L2Read::Hit(bytes) if lease::is_marker(&bytes) => {
-                        return Err(if self.unreleased.holds(&key) {
-                            Next::Alone
-                        } else {
-                            Next::Wait
-                        });
-                    }
-                    L2Read::Hit(bytes) => {
-                        return self
-                            .accept(digest, &key, &bytes, epoch)
-                            .await
-                            .ok_or(Next::Probe);
-                    }
-                    L2Read::Unavailable => return Err(Next::Alone),
-                    // Then the lookup that takes the lease (it may find the value landed).
-                    L2Read::Miss => {}
+            return match read {
+                L2Read::Hit(bytes) if lease::is_marker(&bytes) => {
+                    Err(if self.unreleased.holds(key) {
+                        Next::Alone
+                    } else {
+                        Next::Wait
+                    })
                 }
+                L2Read::Hit(bytes) => self
+                    .accept(digest, key, &bytes, epoch)
+                    .await
+                    .ok_or(Next::Probe),
+                L2Read::Unavailable => Err(Next::Alone),
+                // Then the lookup that takes the lease (it may find the value landed).
+                L2Read::Miss => self.take_or_read(l2, digest, key, epoch, options).await,
+            };
+        }
+        self.without_lease(digest, key, read, epoch, options).await
+    }
+
+    /// The lookup that takes the lease when `key` is empty (one round trip); after the
+    /// server refused it, a plain `GET` and no lease.
+    async fn take_or_read(
+        &self,
+        l2: &Arc<Guarded>,
+        digest: &Digest,
+        key: &str,
+        epoch: u64,
+        options: &FetchOptions,
+    ) -> Result<Landed<V>, Next> {
+        let ttl = self.config.topology.lease_ttl;
+        match lease::probe(l2, &self.unreleased, key, ttl).await {
+            lease::Probe::Found(bytes) => {
+                return self
+                    .accept(digest, key, &bytes, epoch)
+                    .await
+                    .ok_or(Next::Probe);
             }
-            let ttl = self.config.topology.lease_ttl;
-            match lease::probe(l2, &self.unreleased, &key, ttl).await {
-                lease::Probe::Found(bytes) => {
-                    return self
-                        .accept(digest, &key, &bytes, epoch)
-                        .await
-                        .ok_or(Next::Probe);
-                }
-                lease::Probe::Held(held) => return Err(Next::Held(held)),
-                // Taken by this instance itself, its release not confirmed yet: nobody to
-                // wait for.
-                lease::Probe::Taken if self.unreleased.holds(&key) => return Err(Next::Alone),
-                lease::Probe::Taken => return Err(Next::Wait),
-                lease::Probe::Unavailable => return Err(Next::Alone),
-                lease::Probe::Refused => {
-                    self.lease_refused_until_ms
-                        .store(now_ms() + REFUSED_FOR_MS, Ordering::Relaxed);
-                }
+            lease::Probe::Held(held) => return Err(Next::Held(held)),
+            // Taken by this instance itself, its release not confirmed yet: nobody to
+            // wait for.
+            lease::Probe::Taken if self.unreleased.holds(key) => return Err(Next::Alone),
+            lease::Probe::Taken => return Err(Next::Wait),
+            lease::Probe::Unavailable => return Err(Next::Alone),
+            lease::Probe::Refused => {
+                self.lease_refused_until_ms
+                    .store(now_ms() + REFUSED_FOR_MS, Ordering::Relaxed);
             }
         }
+        let read = l2.get(key).await;
+        self.without_lease(digest, key, read, epoch, options).await
+    }
+
+    /// What a plain `GET` read, for a lookup that takes no lease.
+    async fn without_lease(
+        &self,
+        digest: &Digest,
+        key: &str,
+        read: L2Read,
+        epoch: u64,
+        options: &FetchOptions,
+    ) -> Result<Landed<V>, Next> {
         // Leases wanted but refused: a miss fetches without one, and says so.
         let refused = self.config.topology.leases
             && !options.no_store
@@ -281,17 +322,17 @@ where
             }
             Next::Alone
         };
-        match l2.get(&key).await {
+        match read {
             // A no-store flight waits for another's value, but never leads with a lease.
             L2Read::Hit(bytes) if lease::is_marker(&bytes) => {
-                if self.config.topology.leases && options.no_store && !self.unreleased.holds(&key) {
+                if self.config.topology.leases && options.no_store && !self.unreleased.holds(key) {
                     Err(Next::Wait)
                 } else {
                     Err(alone())
                 }
             }
             L2Read::Hit(bytes) => self
-                .accept(digest, &key, &bytes, epoch)
+                .accept(digest, key, &bytes, epoch)
                 .await
                 .ok_or_else(alone),
             L2Read::Miss => Err(alone()),

@@ -681,18 +681,23 @@ where
     /// is still writing to L2, then L2 (taking the lease when the entry is missing, in the
     /// same round trip). `Err` says how the fill goes on.
     async fn lookup(&self, digest: &Digest, options: &FetchOptions) -> Result<Landed<V>, Next> {
+        if let Some(landed) = self.in_memory(digest).await {
+            return Ok(landed);
+        }
+        self.look_in_l2(digest, options).await
+    }
+
+    /// The value in this process: in L1, or being written to L2 by this instance.
+    async fn in_memory(&self, digest: &Digest) -> Option<Landed<V>> {
         if let Some(entry) = self.l1_get(digest).await {
             Counters::incr(&self.counters.l1_hits);
-            return Ok(Landed {
+            return Some(Landed {
                 value: entry.value,
                 created_at_ms: entry.created_at_ms,
                 origin: Origin::L1,
             });
         }
-        if let Some(landed) = self.still_writing(digest) {
-            return Ok(landed);
-        }
-        self.look_in_l2(digest, options).await
+        self.still_writing(digest)
     }
 
     /// The value this instance is writing to L2 under `digest`, if any and not expired.

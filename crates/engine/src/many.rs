@@ -25,11 +25,8 @@ use crate::inflight::{Join, Leader, Waiter};
 use crate::lease::{self, Lease};
 use crate::stats::{Counters, Timer};
 
-/// How many lookups of one call go out together.
-const WAVE: usize = 64;
-
-/// How many lookups of all `get_or_fetch_many` calls are in flight at once: past it a
-/// wave waits here, in the process, rather than in the connection's queue, where its time
+/// How many lookups of all `get_or_fetch_many` calls are in flight at once (and the most
+/// keys one `MGET` reads): past it a read waits here, in the process, rather than in the connection's queue, where its time
 /// would count against the L2 deadline (and trip the breaker under a burst of batches).
 pub(super) const BULK_READS: usize = 256;
 
@@ -170,25 +167,8 @@ where
                 }
             }
         }
-        // The lookups go out [`WAVE`] at a time: the connection pipelines each wave (in a
-        // Cluster each command goes to its own key's node), and no wave is so large that
-        // its last command waits past the L2 deadline behind the others.
-        let mut looked = Vec::with_capacity(led.len());
-        for wave in led.chunks(WAVE) {
-            let _in_flight = inner
-                .bulk_reads
-                .acquire_many(wave.len() as u32)
-                .await
-                .expect("never closed");
-            let lookups = wave.iter().map(|(i, _)| async move {
-                if options.refresh {
-                    Err(Next::Probe)
-                } else {
-                    inner.lookup(&digests[*i], options).await
-                }
-            });
-            looked.extend(join_all(lookups).await);
-        }
+        let keys: Vec<Digest> = led.iter().map(|(i, _)| digests[*i]).collect();
+        let looked = inner.lookup_many(&keys, options).await;
         let mut missed = Vec::new();
         for ((i, leader), found) in led.into_iter().zip(looked) {
             match found {
@@ -247,6 +227,61 @@ impl<V> Inner<V>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    /// The lookups of many flights: each in this process first, then the rest from L2
+    /// with one `MGET` per [`BULK_READS`] keys (per node in a Cluster) under one deadline,
+    /// each read taken as a flight's own `GET` would be (a miss with leases then sends the
+    /// lookup that takes its lease, those at once). A refresh looks at nothing.
+    async fn lookup_many(
+        &self,
+        digests: &[Digest],
+        options: &FetchOptions,
+    ) -> Vec<std::result::Result<Landed<V>, Next>> {
+        let mut out: Vec<Option<std::result::Result<Landed<V>, Next>>> =
+            Vec::with_capacity(digests.len());
+        let mut remote = Vec::new();
+        for (i, digest) in digests.iter().enumerate() {
+            if options.refresh {
+                out.push(Some(Err(Next::Probe)));
+            } else if let Some(landed) = self.in_memory(digest).await {
+                out.push(Some(Ok(landed)));
+            } else {
+                out.push(None);
+                remote.push(i);
+            }
+        }
+        let l2 = self.l2.as_ref().filter(|_| self.l2_readable());
+        for chunk in remote.chunks(BULK_READS) {
+            let Some(l2) = l2 else {
+                for &i in chunk {
+                    out[i] = Some(Err(Next::Alone));
+                }
+                continue;
+            };
+            let _in_flight = self
+                .bulk_reads
+                .acquire_many(chunk.len() as u32)
+                .await
+                .expect("never closed");
+            let keys: Vec<String> = chunk.iter().map(|&i| self.l2_key(&digests[i])).collect();
+            // An invalidation that lands while the reads are out must not be undone by them.
+            let epoch = self.invalidation.epoch();
+            let reads = l2.get_many(&keys).await;
+            let taken = chunk.iter().zip(&keys).zip(reads).map(|((&i, key), read)| {
+                let digest = &digests[i];
+                async move {
+                    let got = self.after_get(l2, digest, key, read, epoch, options).await;
+                    (i, got)
+                }
+            });
+            for (i, got) in join_all(taken).await {
+                out[i] = Some(got);
+            }
+        }
+        out.into_iter()
+            .map(|o| o.expect("every lookup answered"))
+            .collect()
+    }
+
     /// The flights of one call that missed both tiers: settle each with the other
     /// instances (the lease), fetch those this instance may fetch now in one call, and
     /// those another instance was fetching one by one if it gave up.

@@ -195,7 +195,7 @@ impl RedisServer {
             .count()
     }
 
-    /// Calls of the commands that touch cache keys (`get`, `set`, `evalsha`, `eval`,
+    /// Calls of the commands that touch cache keys (`get`, `mget`, `set`, `evalsha`, `eval`,
     /// `exists`, `unlink`, `del`) since the last `CONFIG RESETSTAT`, from `INFO
     /// commandstats`, as `"name=calls"` sorted by name.
     pub fn data_commands(&self) -> Vec<String> {
@@ -378,7 +378,9 @@ fn wait_for_state(pid: u32, want: impl Fn(bool) -> bool) {
 
 /// The data-command calls in an `INFO commandstats` text; see [`RedisServer::data_commands`].
 pub fn data_commands(info: &str) -> Vec<String> {
-    const DATA: [&str; 7] = ["get", "set", "evalsha", "eval", "exists", "unlink", "del"];
+    const DATA: [&str; 8] = [
+        "get", "mget", "set", "evalsha", "eval", "exists", "unlink", "del",
+    ];
     let mut out: Vec<String> = info
         .lines()
         .filter_map(|l| {

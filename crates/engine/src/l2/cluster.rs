@@ -151,12 +151,15 @@ impl Cluster {
         }
     }
 
+    /// The node that owns `key`, when the slot map knows it.
+    pub(crate) fn node_of_key(&self, key: &str) -> Option<String> {
+        let map = crate::sync::read(&self.slots);
+        map.node_of(slot(key.as_bytes())).map(str::to_owned)
+    }
+
     /// The node that owns `key` (when known), or `NodeDown` when it is marked down.
     pub fn owner_up(&self, key: Option<&str>) -> Result<Option<String>, L2Error> {
-        let node = key.and_then(|k| {
-            let map = crate::sync::read(&self.slots);
-            map.node_of(slot(k.as_bytes())).map(str::to_owned)
-        });
+        let node = key.and_then(|k| self.node_of_key(k));
         match node {
             Some(node) if self.is_down(&node) => Err(L2Error::NodeDown(node)),
             node => Ok(node),

@@ -69,6 +69,41 @@ impl Guarded {
         }
     }
 
+    /// Many `GET`s at once: one `MGET` per group of [`Store::by_node`](super::Store::by_node)
+    /// (one for a single server, one per node for a Cluster, where the client splits it by
+    /// slot on that node), the groups at once, each under the guard and the L2 deadline.
+    /// One read per key, in order; a group that got no answer reads `Unavailable`.
+    pub(crate) async fn get_many(&self, keys: &[String]) -> Vec<L2Read> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let groups = self.store().by_node(keys);
+        let reads = groups.iter().map(|group| async move {
+            let names: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
+            let got: Result<Vec<Option<Vec<u8>>>, NoAnswer> = self
+                .query("mget", Some(names[0]), Path::Request, Cmd::mget(&names))
+                .await;
+            let reads: Vec<L2Read> = match got {
+                Ok(values) if values.len() == group.len() => values
+                    .into_iter()
+                    .map(|v| v.map_or(L2Read::Miss, L2Read::Hit))
+                    .collect(),
+                _ => group.iter().map(|_| L2Read::Unavailable).collect(),
+            };
+            reads
+        });
+        let mut out: Vec<L2Read> = keys.iter().map(|_| L2Read::Unavailable).collect();
+        for (group, reads) in groups
+            .iter()
+            .zip(futures_util::future::join_all(reads).await)
+        {
+            for (&i, read) in group.iter().zip(reads) {
+                out[i] = read;
+            }
+        }
+        out
+    }
+
     /// `SET key value PX ttl` under the L2 deadline; false when it was not written. A write
     /// the server refused (OOM under `noeviction`...) is counted in `l2_writes_refused`.
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> bool {

@@ -196,6 +196,24 @@ impl Store {
         })
     }
 
+    /// `keys` (by index) in groups that one multi-key command may read: all of them for a
+    /// single server, one group per node for a Cluster as far as the slot map knows (keys
+    /// whose node is not known yet form a group of their own). Never talks to Redis.
+    pub(crate) fn by_node(&self, keys: &[String]) -> Vec<Vec<usize>> {
+        let Target::Cluster(cluster) = &self.shared.target else {
+            return vec![(0..keys.len()).collect()];
+        };
+        let mut groups: Vec<(Option<String>, Vec<usize>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let node = cluster.node_of_key(key);
+            match groups.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, group)) => group.push(i),
+                None => groups.push((node, vec![i])),
+            }
+        }
+        groups.into_iter().map(|(_, group)| group).collect()
+    }
+
     /// Drop the current connection and start making a new one in the background (used when
     /// the breaker opens: a half-open or stalled connection must not be reused forever).
     pub fn reset(&self) {
