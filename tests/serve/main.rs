@@ -3,10 +3,13 @@
 //! credentials, the upstream's errors, bad input at the edge, graceful shutdown, the admin
 //! routes, and the real async-openai client pointed at it.
 
+mod bodies;
 mod front;
 #[cfg(feature = "prometheus")]
 mod metrics_cap;
+mod node;
 mod python;
+mod sdk;
 
 use llm_cache_test_support as support;
 

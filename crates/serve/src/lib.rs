@@ -116,6 +116,7 @@
 
 mod access;
 mod admin;
+mod bodies;
 mod chat;
 mod embeddings;
 mod errors;
@@ -371,6 +372,8 @@ impl ServeBuilder {
         Ok(Router::new()
             .route("/v1/chat/completions", post(chat::completions))
             .route("/v1/embeddings", post(embeddings::embeddings))
+            .route("/v1/responses", post(bodies::responses))
+            .route("/v1/completions", post(bodies::completions))
             .route("/v1/models", get(provider::models))
             .route("/health", get(admin::health))
             .route("/stats", get(admin::stats))

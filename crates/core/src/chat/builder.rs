@@ -312,6 +312,14 @@ impl LlmCacheBuilder {
         );
         vectors.settle().await;
         let embeddings = Embeddings::new(vectors, self.embeddings);
+        let bodies = TieredCache::<crate::bodies::StoredBody>::from_parts_with(
+            self.config.clone(),
+            l2.clone(),
+            Arc::new(Counters::sibling()),
+            Hooks::default(),
+        );
+        bodies.settle().await;
+        let bodies = crate::bodies::BodyCache::new(bodies);
         // Answers are weighed by what they hold in memory, and compacted once decoded.
         let hooks = Hooks {
             codec: Arc::new(ChatCodec),
@@ -321,7 +329,7 @@ impl LlmCacheBuilder {
             TieredCache::<ChatResponse>::from_parts_with(self.config, l2.clone(), counters, hooks);
         tiers.settle().await;
         let cache = LlmCache::from_parts(
-            (tiers, embeddings),
+            (tiers, embeddings, bodies),
             upstream,
             self.key_options,
             self.prices,
