@@ -101,6 +101,14 @@ async fn answer(
     let scope = provider.body_scope(endpoint, &credentials, request.shape());
     let digest = request.digest(cache, &control, &scope);
     let stream = request.stream;
+    // A completions stream asks for usage whatever the caller asked (the key ignores
+    // `stream_options`); a caller who did not ask gets it without the usage chunk.
+    let body = match request.upstream_body() {
+        Some(sent) => {
+            Bytes::from(serde_json::to_vec(&sent).map_err(|e| ApiError::from(&Error::codec(e)))?)
+        }
+        None => body,
+    };
     let send = move || async move {
         let raw = client.post_raw(tail, body, stream).await?;
         let content_type = raw.content_type.clone();
@@ -116,7 +124,7 @@ async fn answer(
     let bodies = cache.bodies();
     if stream {
         let answer = bodies
-            .answer_stream(digest, &control, endpoint, send)
+            .answer_stream(digest, &control, endpoint, request.drops_usage(), send)
             .await
             .map_err(|e| ApiError::from(&e))?;
         return Ok(streamed(answer.events, answer.status, answer.age));

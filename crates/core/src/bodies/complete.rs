@@ -83,4 +83,27 @@ mod tests {
         let failed = b"data: {\"type\":\"response.failed\"}\n\n";
         assert!(!stream_is_complete(Responses, failed));
     }
+
+    #[test]
+    fn older_completions_streams_without_usage_are_fetched_again() {
+        use super::super::{StoredBody, fit_for_streaming};
+        use BodyEndpoint::{Completions, Responses};
+        let stored = |body: &str, asked_usage| StoredBody {
+            content_type: "text/event-stream".into(),
+            body: body.into(),
+            asked_usage,
+        };
+        let plain = "data: {\"choices\":[{\"text\":\"a\"}]}\n\ndata: [DONE]\n\n";
+        let usage = "data: {\"choices\":[],\"usage\":{\"total_tokens\":1}}\n\ndata: [DONE]\n\n";
+        assert!(!fit_for_streaming(Completions, &stored(plain, false)));
+        assert!(fit_for_streaming(Completions, &stored(plain, true)));
+        assert!(fit_for_streaming(Completions, &stored(usage, false)));
+        assert!(fit_for_streaming(Responses, &stored(plain, false)));
+        // The flag is only written when set: other entries keep their stored form.
+        let json = serde_json::to_string(&stored(plain, false)).unwrap();
+        assert!(!json.contains("asked_usage"), "{json}");
+        let old: StoredBody =
+            serde_json::from_str(r#"{"content_type":"text/event-stream","body":""}"#).unwrap();
+        assert!(!old.asked_usage);
+    }
 }

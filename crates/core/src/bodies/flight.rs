@@ -6,23 +6,26 @@
 //! stream for the others, and an answer that is not complete is never stored.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 
 use super::{
-    BodyCache, BodyEndpoint, JsonAnswer, Sent, StoredBody, StreamAnswer, json_is_complete,
-    stream_is_complete,
+    BodyCache, BodyEndpoint, JsonAnswer, Sent, StoredBody, StreamAnswer, fit_for_streaming,
+    json_is_complete, stream_is_complete,
 };
 use crate::chat::CacheControl;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::replay_log::{Next, ReplayLog};
-use crate::tiered::{CacheStatus, Digest};
+use crate::stream::usage;
+use crate::tiered::sync::lock;
+use crate::tiered::{CacheStatus, Digest, FetchOptions};
 
 /// How long a streamed flight may wait on the tiers (the upstream stream included).
 const STREAM_WAIT: Duration = Duration::from_secs(30 * 60);
@@ -69,6 +72,7 @@ impl BodyCache {
                         .content_type
                         .unwrap_or_else(|| "application/json".into()),
                     body: text.to_string(),
+                    asked_usage: false,
                 }),
                 _ => Err((sent.incomplete)(all)),
             }
@@ -94,7 +98,10 @@ impl BodyCache {
 
     /// Answer a streamed request of `endpoint` with key `digest`: an L1 hit replayed,
     /// else this key's flight (led here when there is none, through L2 and a lease, then
-    /// `send`), whose bytes reach this caller as they arrive.
+    /// `send`), whose bytes reach this caller as they arrive. `drop_usage`: a completions
+    /// caller who did not ask for the usage chunk, which every stored completions stream
+    /// has (a miss asks for it: see [`BodyRequest::upstream_body`](super::BodyRequest::upstream_body)),
+    /// gets the stream without it.
     ///
     /// # Errors
     ///
@@ -105,26 +112,34 @@ impl BodyCache {
         digest: Digest,
         control: &CacheControl,
         endpoint: BodyEndpoint,
+        drop_usage: bool,
         send: F,
     ) -> Result<StreamAnswer>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Sent>> + Send + 'static,
     {
-        if !control.fetch.refresh
-            && let Some(hit) = self.tiers.get(&digest).await
-        {
-            let body = Bytes::copy_from_slice(hit.value().body.as_bytes());
-            return Ok(StreamAnswer {
-                events: futures_util::stream::once(async move { Ok(body) }).boxed(),
-                status: CacheStatus::HitL1,
-                age: Some(hit.age()),
-            });
+        let shape = move |events: BoxStream<'static, Result<Bytes>>| {
+            if drop_usage {
+                usage::without_usage_chunk(events).boxed()
+            } else {
+                events
+            }
+        };
+        let mut refresh = control.fetch.refresh;
+        if !refresh && let Some(hit) = self.tiers.get(&digest).await {
+            if fit_for_streaming(endpoint, hit.value()) {
+                let body = Bytes::copy_from_slice(hit.value().body.as_bytes());
+                return Ok(StreamAnswer {
+                    events: shape(futures_util::stream::once(async move { Ok(body) }).boxed()),
+                    status: CacheStatus::HitL1,
+                    age: Some(hit.age()),
+                });
+            }
+            refresh = true;
         }
         let (flight, leads) = match self.flights.entry(digest) {
-            Entry::Occupied(e) if !control.fetch.refresh && !e.get().failed() => {
-                (Arc::clone(e.get()), false)
-            }
+            Entry::Occupied(e) if !refresh && !e.get().failed() => (Arc::clone(e.get()), false),
             Entry::Occupied(mut e) => {
                 let flight = BodyFlight::new();
                 e.insert(Arc::clone(&flight));
@@ -137,9 +152,11 @@ impl BodyCache {
             }
         };
         if leads {
-            self.drive(Arc::clone(&flight), digest, control, endpoint, send);
+            let mut options = control.fetch.clone();
+            options.refresh = refresh;
+            self.drive(Arc::clone(&flight), digest, options, endpoint, send);
         }
-        let events = subscribe(&flight).boxed();
+        let events = shape(subscribe(&flight).boxed());
         let status = match flight.first(CacheStatus::Miss).await? {
             origin if leads => origin,
             _ => {
@@ -157,28 +174,34 @@ impl BodyCache {
 
     /// Run a streamed flight in its own task: through the tiers (L2, a lease), else the
     /// upstream stream, each part to the consumers as it arrives, the whole stored if
-    /// complete.
+    /// complete. A tier's answer unfit for streaming (see [`fit_for_streaming`]) is
+    /// fetched again.
     fn drive<F, Fut>(
         &self,
         flight: Arc<BodyFlight>,
         digest: Digest,
-        control: &CacheControl,
+        mut options: FetchOptions,
         endpoint: BodyEndpoint,
         send: F,
     ) where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Sent>> + Send + 'static,
     {
-        let mut options = control.fetch.clone();
         options.wait = Some(STREAM_WAIT);
         let (tiers, flights) = (self.tiers.clone(), Arc::clone(&self.flights));
         // Set when the answer was handed on as it came but is not worth storing.
         let incomplete = Arc::new(AtomicBool::new(false));
+        // Taken by the one fetch that runs (a refetch runs only when the first did not).
+        let send = Arc::new(Mutex::new(Some(send)));
         tokio::spawn(async move {
-            let fetch = {
-                let (flight, incomplete) = (Arc::clone(&flight), Arc::clone(&incomplete));
+            let fetch = |flight: &Arc<BodyFlight>| {
+                let (flight, incomplete) = (Arc::clone(flight), Arc::clone(&incomplete));
+                let send = Arc::clone(&send);
                 move || async move {
                     flight.set_origin(CacheStatus::Miss);
+                    let send = lock(&send).take().ok_or_else(|| {
+                        Error::new(ErrorKind::FetchAborted, "the stream was fetched already")
+                    })?;
                     let sent = send().await?;
                     let mut body = sent.body;
                     let mut all = BytesMut::new();
@@ -194,6 +217,8 @@ impl BodyCache {
                                 .content_type
                                 .unwrap_or_else(|| "text/event-stream".into()),
                             body: text.to_string(),
+                            // Every completions stream is fetched asking for usage.
+                            asked_usage: endpoint == BodyEndpoint::Completions,
                         }),
                         _ => {
                             incomplete.store(true, Ordering::Release);
@@ -202,7 +227,19 @@ impl BodyCache {
                     }
                 }
             };
-            match tiers.get_or_fetch_with(digest, &options, fetch).await {
+            let mut got = tiers
+                .get_or_fetch_with(digest, &options, fetch(&flight))
+                .await;
+            if let Ok(cached) = &got
+                && cached.status() != CacheStatus::Miss
+                && !fit_for_streaming(endpoint, cached.value())
+            {
+                options.refresh = true;
+                got = tiers
+                    .get_or_fetch_with(digest, &options, fetch(&flight))
+                    .await;
+            }
+            match got {
                 Ok(cached) => {
                     if !flight.has_items() {
                         // Answered by a tier: replay it whole.

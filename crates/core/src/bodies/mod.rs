@@ -34,6 +34,20 @@ pub struct StoredBody {
     pub content_type: String,
     /// The body as it came.
     pub body: String,
+    /// A completions stream fetched asking for usage (every one stored now): whether it has
+    /// the usage chunk is then the upstream's answer, not a caller's choice. Absent in
+    /// entries stored before; see [`fit_for_streaming`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asked_usage: bool,
+}
+
+/// Whether a stored answer may be replayed as a stream: a completions stream stored by an
+/// older version without its usage chunk (its first caller did not ask) is fetched again,
+/// once, so callers who ask for usage get it.
+pub fn fit_for_streaming(endpoint: BodyEndpoint, stored: &StoredBody) -> bool {
+    endpoint != BodyEndpoint::Completions
+        || stored.asked_usage
+        || crate::stream::usage::has_usage_chunk(stored.body.as_bytes())
 }
 
 /// The endpoints stored whole.
@@ -97,15 +111,36 @@ impl BodyRequest {
     /// The canonical form of the body (the rules of chat keys: key order, whitespace and
     /// number spelling do not matter; `stream`, `stream_options` and the
     /// [`KeyOptions`](crate::KeyOptions) ignored fields are dropped).
-    pub fn canonical(&self, cache: &LlmCache) -> Vec<u8> {
-        crate::key::canonical_value(&self.body, cache.key_options())
+    pub fn canonical(&self, options: &crate::KeyOptions) -> Vec<u8> {
+        crate::key::canonical_value(&self.body, options)
+    }
+
+    /// Whether the stored stream is replayed without its usage chunk: a streamed
+    /// completions request that does not ask for it (`stream_options.include_usage`),
+    /// which the key ignores, while every stored completions stream has it.
+    pub fn drops_usage(&self) -> bool {
+        self.stream
+            && self.endpoint == BodyEndpoint::Completions
+            && !crate::stream::usage::asks_for_usage(&self.body)
+    }
+
+    /// The body a miss sends upstream when it must differ from the caller's: a streamed
+    /// completions request asks for the usage chunk whatever the caller asked (see
+    /// [`drops_usage`](Self::drops_usage)); `None`: the caller's bytes as they came.
+    pub fn upstream_body(&self) -> Option<Value> {
+        if !(self.stream && self.endpoint == BodyEndpoint::Completions) {
+            return None;
+        }
+        let mut sent = self.body.clone();
+        crate::stream::usage::ask_for_usage(&mut sent);
+        Some(sent)
     }
 
     /// The key of this request in `cache`, in `control`'s namespace, with `scope` (the
     /// upstream URL and credential digest of the caller, from `headers::scope` with
     /// [`shape`](Self::shape)).
     pub fn digest(&self, cache: &LlmCache, control: &CacheControl, scope: &[u8]) -> Digest {
-        cache.scoped_digest(&self.canonical(cache), control, scope)
+        cache.scoped_digest(&self.canonical(cache.key_options()), control, scope)
     }
 }
 
@@ -201,5 +236,78 @@ impl BodyCache {
     /// Its counters.
     pub fn stats(&self) -> Stats {
         self.tiers.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(endpoint: BodyEndpoint, body: &str) -> Option<BodyRequest> {
+        match BodyRequest::plan(endpoint, body.as_bytes()) {
+            BodyPlan::Cached(request) => Some(request),
+            BodyPlan::PassThrough => None,
+        }
+    }
+
+    fn canonical(body: &str) -> Vec<u8> {
+        let request = plan(BodyEndpoint::Responses, body).expect("cacheable");
+        request.canonical(&crate::KeyOptions::default())
+    }
+
+    #[test]
+    fn which_requests_are_cached() {
+        use BodyEndpoint::{Completions, Responses};
+        assert!(plan(Responses, r#"{"model":"m","input":"x"}"#).is_some());
+        assert!(plan(Responses, r#"{"model":"m","conversation":"conv_1"}"#).is_none());
+        assert!(plan(Responses, r#"{"model":"m","conversation":null}"#).is_some());
+        assert!(plan(Responses, r#"{"model":"m","background":true}"#).is_none());
+        assert!(plan(Responses, r#"{"model":"m","background":false}"#).is_some());
+        // Only the Responses API keeps server state.
+        assert!(plan(Completions, r#"{"model":"m","background":true}"#).is_some());
+        assert!(plan(Responses, "[1]").is_none());
+        assert!(plan(Responses, "{").is_none());
+        let streamed = plan(Responses, r#"{"model":"m","stream":true}"#).unwrap();
+        assert!(streamed.stream);
+        assert_eq!(streamed.shape(), "sse");
+        assert_eq!(plan(Responses, r#"{"model":"m"}"#).unwrap().shape(), "json");
+    }
+
+    #[test]
+    fn the_key_is_the_whole_body_less_transport_fields() {
+        let base = canonical(r#"{"model":"m","input":"x"}"#);
+        assert_eq!(base, canonical(r#"{ "input": "x", "model": "m" }"#));
+        assert_eq!(
+            base,
+            canonical(r#"{"model":"m","input":"x","stream":true,"stream_options":{"a":1}}"#)
+        );
+        assert_ne!(base, canonical(r#"{"model":"m","input":"y"}"#));
+        let follow = |id: &str| {
+            canonical(&format!(
+                r#"{{"model":"m","input":"x","previous_response_id":"{id}"}}"#
+            ))
+        };
+        assert_ne!(base, follow("resp_1"));
+        assert_ne!(follow("resp_1"), follow("resp_2"));
+        assert_ne!(
+            base,
+            canonical(r#"{"model":"m","input":"x","temperature":1}"#)
+        );
+    }
+
+    #[test]
+    fn completions_streams_ask_for_usage_and_drop_it_for_callers_who_did_not() {
+        let c = |body: &str| plan(BodyEndpoint::Completions, body).unwrap();
+        let plain = c(r#"{"model":"m","prompt":"p","stream":true}"#);
+        assert!(plain.drops_usage());
+        let sent = plain.upstream_body().unwrap();
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+        let asked = c(r#"{"model":"m","prompt":"p","stream":true,
+            "stream_options":{"include_usage":true}}"#);
+        assert!(!asked.drops_usage());
+        let whole = c(r#"{"model":"m","prompt":"p"}"#);
+        assert!(!whole.drops_usage() && whole.upstream_body().is_none());
+        let responses = plan(BodyEndpoint::Responses, r#"{"model":"m","stream":true}"#).unwrap();
+        assert!(!responses.drops_usage() && responses.upstream_body().is_none());
     }
 }
