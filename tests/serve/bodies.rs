@@ -146,6 +146,15 @@ async fn completions_are_cached_json_and_streamed() {
         (status.as_str(), replay.as_str()),
         ("hit-l1", live.as_str())
     );
+    // The miss asked for usage (the key ignores `stream_options`): a caller who asks gets
+    // the usage chunk, one who did not never sees it.
+    let sent = &mock.last_request().unwrap().body;
+    assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
+    assert!(!live.contains("\"choices\":[]"), "{live}");
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, with_usage) = said(post(&front, "completions", &body).await).await;
+    assert_eq!(status, "hit-l1");
+    assert!(with_usage.contains("\"usage\":{"), "{with_usage}");
     assert_eq!(mock.calls_to("/v1/completions"), 2);
 }
 
