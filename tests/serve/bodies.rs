@@ -65,6 +65,26 @@ async fn a_responses_answer_is_replayed_byte_for_byte_and_previous_response_id_i
         assert_eq!(status, expected, "{id}");
     }
     assert_eq!(mock.calls_to("/v1/responses"), 3);
+
+    // Another namespace's key shares nothing; a directive needs the key's permission.
+    let other = reqwest::Client::new()
+        .post(format!("{}/responses", front.v1()))
+        .bearer_auth("sk-caller-b1-0123456789")
+        .json(&ask("json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(said(other).await.0, "miss");
+    let refresh = reqwest::Client::new()
+        .post(format!("{}/responses", front.v1()))
+        .bearer_auth(KEY_A1)
+        .header("x-llm-cache-control", "refresh")
+        .json(&ask("json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refresh.status(), 403);
+    assert_eq!(mock.calls_to("/v1/responses"), 4);
 }
 
 #[tokio::test]

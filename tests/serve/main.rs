@@ -396,6 +396,11 @@ async fn a_json_body_under_another_content_type_is_refused_with_415_and_costs_no
             serde_json::to_vec(&json!({"model": "text-embedding-3-small", "input": ["csrf"]}))
                 .unwrap(),
         ),
+        ("responses", br#"{"model": "m", "input": "csrf"}"#.to_vec()),
+        (
+            "completions",
+            br#"{"model": "m", "prompt": "csrf"}"#.to_vec(),
+        ),
     ];
     let types = [
         Some("text/plain"),

@@ -71,18 +71,20 @@ async fn answer(
     };
     let (client, credentials) = provider.body_client(front.pass_through, request.headers())?;
     let body = read_body(request, front.body_limit).await?;
-    if let Err(e) = serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
-        let e = Error::new(
-            ErrorKind::InvalidRequest,
-            format!("the request body is not a JSON object: {e}"),
-        );
-        return Err(ApiError::from(&e));
-    }
     let tail = body_tail(endpoint);
     let cache = &front.cache;
     let request = match BodyRequest::plan(endpoint, &body) {
         BodyPlan::Cached(request) if !control.bypass => request,
         plan => {
+            if matches!(plan, BodyPlan::PassThrough)
+                && let Err(e) = serde_json::from_slice::<serde_json::Map<String, Value>>(&body)
+            {
+                let e = Error::new(
+                    ErrorKind::InvalidRequest,
+                    format!("the request body is not a JSON object: {e}"),
+                );
+                return Err(ApiError::from(&e));
+            }
             // `conversation`, `background`, or the caller's `bypass`: never stored.
             let stream = matches!(&plan, BodyPlan::Cached(r) if r.stream);
             if control.bypass {
