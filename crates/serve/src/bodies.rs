@@ -118,8 +118,11 @@ async fn answer(
             content_type: raw.content_type,
             body: raw.body,
             incomplete: Box::new(move |body| {
-                Error::new(ErrorKind::Upstream, "not complete")
-                    .with_source(Uncached { content_type, body })
+                Error::new(
+                    ErrorKind::Upstream,
+                    "the upstream's 2xx answer is not a complete answer",
+                )
+                .with_source(Uncached { content_type, body })
             }),
         })
     };
