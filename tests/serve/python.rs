@@ -8,18 +8,22 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::front;
-use crate::support::served::Served;
+use crate::sdk::Sdk;
 use crate::support::upstream::{MockReply, MockUpstream};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use serde_json::json;
 
 const KEY_A1: &str = "sk-caller-a1-0123456789";
 const KEY_A2: &str = "sk-caller-a2-0123456789";
 const KEY_B1: &str = "sk-caller-b1-0123456789";
 
-/// The venv's python, made by the script when it is missing.
+/// The venv's python, made by the script when it is missing (once: the tests of this file
+/// run at the same time).
 fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(make_python).clone()
+}
+
+fn make_python() -> PathBuf {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-sdk");
     let python = venv.join("bin/python");
     let ready = python.exists()
@@ -39,72 +43,12 @@ fn python() -> PathBuf {
     python
 }
 
-/// One Python process running tests/python/sdk_check.py's scenarios as they are sent
-/// (`--serve`): Python and the SDK are loaded once.
-struct Sdk {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Sdk {
-    fn start(python: &Path, front: &Served) -> Sdk {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_check.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg("--serve")
-            .env("LLM_CACHE_BASE_URL", front.v1())
-            .env("OPENAI_API_KEY", KEY_A1)
-            .env_remove("OPENAI_BASE_URL")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run python");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Sdk {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    /// Start scenario `name` with `args`.
-    async fn send(&mut self, name: &str, args: &[&str]) {
-        let line = format!("{name} {}\n", args.join(" "));
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        self.stdin.flush().await.unwrap();
-    }
-
-    /// The result of the scenario sent last; fails the test with Python's traceback.
-    async fn result(&mut self) -> Value {
-        let line = match self.lines.next_line().await.unwrap() {
-            Some(line) => line,
-            None => panic!("python exited: {:?}", self.child.wait().await),
-        };
-        let value: Value = serde_json::from_str(&line).expect("one JSON line");
-        if let Some(failed) = value.get("failed") {
-            panic!(
-                "the scenario failed in Python:\n{}",
-                failed.as_str().unwrap_or_default()
-            );
-        }
-        value
-    }
-
-    async fn run(&mut self, name: &str, args: &[&str]) -> Value {
-        self.send(name, args).await;
-        self.result().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_openai_python_sdk_through_the_front() {
     let python = python();
     let mock = MockUpstream::start().await;
     let (_cache, front) = front::keyed(&mock, None).await;
-    let mut sdk = Sdk::start(&python, &front);
+    let mut sdk = Sdk::start(&python, "tests/python/sdk_check.py", &front, KEY_A1, &[]);
 
     let create = sdk.run("create", &[]).await;
     assert_eq!(create["statuses"], json!(["miss", "hit-l1"]), "{create}");
@@ -171,4 +115,15 @@ async fn the_openai_python_sdk_through_the_front() {
         2,
         "the float request was a hit"
     );
+}
+
+/// The routes users moved to (issue 25, item 6): `responses.create`, JSON and streamed,
+/// and `completions.create`, each answered from cache the second time, as it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_python_sdks_responses_and_completions_through_the_front() {
+    let python = python();
+    let mock = MockUpstream::start().await;
+    let (_cache, front) = front::keyed(&mock, None).await;
+    let mut sdk = Sdk::start(&python, "tests/python/sdk_check.py", &front, KEY_A1, &[]);
+    crate::bodies::check_sdk_bodies(&mut sdk, &mock).await;
 }

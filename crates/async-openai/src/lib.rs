@@ -111,7 +111,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bodies;
-mod body_flight;
 pub use llm_cache_core::integrations::async_openai_convert as convert;
 mod reply;
 mod request;
@@ -129,18 +128,16 @@ use async_openai::middleware::HttpRequestFactory;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use self::bodies::StoredBody;
 use self::reply::error_reply;
-use self::request::{Endpoint, Plan};
+use self::request::Plan;
 use self::upstream::FactoryUpstream;
 pub use self::upstream::HttpService;
 use llm_cache_core::chat::{CacheControl, LlmCache, LlmCacheBuilder, Route};
 use llm_cache_core::error::{Error, ErrorKind, Result};
 use llm_cache_core::integrations::headers;
 use llm_cache_core::request::{ChatRequest, ChatResponse};
-use llm_cache_core::stream::usage;
+use llm_cache_core::tiered::CacheStatus;
 use llm_cache_core::tiered::stats::Stats;
-use llm_cache_core::tiered::{CacheStatus, TieredCache};
 use llm_cache_core::upstream::{BoxFuture, Upstream};
 
 pub use llm_cache_core::integrations::headers::{
@@ -155,10 +152,8 @@ pub struct AsyncOpenAiLayer {
 }
 
 struct Shared {
+    /// The cache; its `bodies()` hold the endpoints stored whole.
     cache: LlmCache,
-    bodies: TieredCache<StoredBody>,
-    /// Streamed non-chat flights in progress.
-    streams: Arc<body_flight::Flights>,
     share_across_credentials: bool,
     /// Which request headers keep answers apart.
     credentials: headers::CredentialScope,
@@ -245,12 +240,10 @@ impl AsyncOpenAiLayerBuilder {
     ///
     /// A `Config` error naming the first bad knob of the cache builder.
     pub async fn build(self) -> Result<AsyncOpenAiLayer> {
-        let (cache, bodies) = self.cache.build_with_sibling(Arc::new(NoUpstream)).await?;
+        let cache = self.cache.build_or(Arc::new(NoUpstream)).await?;
         Ok(AsyncOpenAiLayer {
             shared: Arc::new(Shared {
                 cache,
-                bodies,
-                streams: Arc::default(),
                 share_across_credentials: self.share_across_credentials,
                 credentials: self.credential_headers.iter().fold(
                     headers::CredentialScope::scoped().shared(self.share_across_credentials),
@@ -310,7 +303,7 @@ impl AsyncOpenAiLayer {
     /// The counters of the endpoints stored whole (responses, completions); embeddings are
     /// in [`LlmCache::embedding_stats`].
     pub fn body_stats(&self) -> Stats {
-        self.shared.bodies.stats()
+        self.shared.cache.bodies().stats()
     }
 }
 
@@ -483,52 +476,30 @@ where
                 Err(e) => error_reply(e),
             }
         }
-        Plan::Body {
-            endpoint,
-            body,
-            stream,
-        } => {
-            let shape = if stream { "sse" } else { "json" };
-            let scope = headers::scope(request.url(), request.headers(), shape, share);
+        Plan::Body(body) => {
+            // The key and what is sent are llm-cache-core's `bodies` rules, shared with the
+            // HTTP front: one request, one key.
+            let scope = headers::scope(request.url(), request.headers(), body.shape(), share);
             if control.bypass {
                 shared.cache.count_bypassed();
                 let forward = request::forward(factory, request);
                 let response = upstream::send(inner, forward).await?;
                 return Ok(reply::mark(response, CacheStatus::Bypass));
             }
-            let canonical = llm_cache_core::key::canonical_value(&body, shared.cache.key_options());
-            let digest = shared.cache.scoped_digest(&canonical, &control, &scope);
-            if stream {
-                // The key ignores `stream_options`: a completions miss asks for the usage
-                // chunk whatever this caller asked, and a caller who did not ask gets the
-                // stream without it.
-                let completions = endpoint == Endpoint::Completions;
-                let drop_usage = completions && !usage::asks_for_usage(&body);
-                let forward = if completions {
-                    let mut sent = body;
-                    usage::ask_for_usage(&mut sent);
+            let digest = body.digest(&shared.cache, &control, &scope);
+            // A completions stream asks for usage whatever this caller asked (the key
+            // ignores `stream_options`); a caller who did not ask gets it without.
+            let forward = match body.upstream_body() {
+                Some(sent) => {
                     let sent = serde_json::to_vec(&sent).map_err(|e| {
                         OpenAIError::InvalidArgument(format!("the completions request: {e}"))
                     })?;
                     drop(request);
                     request::with_body(factory, Bytes::from(sent))
-                } else {
-                    request::forward(factory, request)
-                };
-                return body_flight::answer(
-                    &shared.streams,
-                    &shared.bodies,
-                    digest,
-                    &control,
-                    endpoint,
-                    drop_usage,
-                    inner,
-                    forward,
-                )
-                .await;
-            }
-            let forward = request::forward(factory, request);
-            bodies::answer(&shared.bodies, digest, &control, endpoint, inner, forward).await
+                }
+                None => request::forward(factory, request),
+            };
+            bodies::answer(&shared.cache, &body, digest, &control, inner, forward).await
         }
     }
 }

@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use serde_json::Value;
-
+use llm_cache_core::bodies::{BodyEndpoint, BodyPlan, BodyRequest};
 use llm_cache_core::integrations::headers::strip_controls;
 use llm_cache_core::request::{ChatRequest, EmbeddingRequest};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 
 /// The endpoints whose JSON answers the layer caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,12 +47,9 @@ pub(super) enum Plan {
     Chat(Box<ChatRequest>),
     /// An embeddings request: through [`LlmCache`](llm_cache_core::LlmCache)'s per-input path.
     Embeddings(Box<EmbeddingRequest>),
-    /// Another cacheable endpoint: its whole JSON body is the question.
-    Body {
-        endpoint: Endpoint,
-        body: Value,
-        stream: bool,
-    },
+    /// Another cacheable endpoint: its whole JSON body is the question (llm-cache-core's
+    /// `bodies` rules, shared with the HTTP front).
+    Body(BodyRequest),
 }
 
 /// Decide what to do with `request`.
@@ -93,31 +89,15 @@ pub(super) fn plan(request: &reqwest::Request) -> Plan {
             Err(_) => Plan::PassThrough,
         };
     }
-    let Ok(body) = serde_json::from_slice::<Value>(bytes) else {
-        return Plan::PassThrough;
+    let endpoint = match endpoint {
+        Endpoint::Responses => BodyEndpoint::Responses,
+        _ => BodyEndpoint::Completions,
     };
-    let Some(map) = body.as_object() else {
-        return Plan::PassThrough;
-    };
-    // serde_json read it with its own depth limit (128), and the key walks it without
-    // recursion: nothing here can overflow the stack.
-    if endpoint == Endpoint::Responses && depends_on_server_state(map) {
-        return Plan::PassThrough;
+    // Not JSON, not an object, or a Responses request that depends on server state.
+    match BodyRequest::plan(endpoint, bytes) {
+        BodyPlan::Cached(body) => Plan::Body(body),
+        BodyPlan::PassThrough => Plan::PassThrough,
     }
-    let stream = map.get("stream").and_then(Value::as_bool) == Some(true);
-    Plan::Body {
-        endpoint,
-        body,
-        stream,
-    }
-}
-
-/// A Responses API request whose answer depends on state the server keeps and may change:
-/// a `conversation` (its items grow), or background mode (the answer is fetched later).
-/// `previous_response_id` names an immutable response, so it is simply part of the key.
-fn depends_on_server_state(map: &serde_json::Map<String, Value>) -> bool {
-    let set = |name: &str| map.get(name).is_some_and(|v| !v.is_null());
-    set("conversation") || map.get("background").and_then(Value::as_bool) == Some(true)
 }
 
 /// The factory the inner service gets: the caller's own, whose every build loses the

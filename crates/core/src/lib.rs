@@ -9,6 +9,7 @@
 
 // The rooms; arrows point down only: chat -> stream, upstream, request, embeddings,
 // semantic; upstream -> stream, request; stream -> request. The engine is a crate below.
+pub mod bodies;
 #[doc(hidden)]
 pub mod chat;
 #[doc(hidden)]

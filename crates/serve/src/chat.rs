@@ -46,17 +46,23 @@ pub(super) fn admit(
     headers: &HeaderMap,
     endpoint: Endpoint,
 ) -> Result<(CacheControl, Route), ApiError> {
-    let caller = match &front.callers {
-        Some(callers) => Some(callers.authenticate(headers)?),
-        None => None,
-    };
-    let bound = caller.map_or(front.namespace.as_str(), |c| c.namespace());
-    let control = access::control(headers, bound, caller)?;
+    let control = control(front, headers)?;
     let route = match &front.provider {
         Some(provider) => provider.route(endpoint, front.pass_through, headers)?,
         None => Route::OWN,
     };
     Ok((control, route))
+}
+
+/// The caller's key checked (when the front has caller keys) and the control headers read
+/// inside the namespace the caller is bound to.
+pub(super) fn control(front: &Front, headers: &HeaderMap) -> Result<CacheControl, ApiError> {
+    let caller = match &front.callers {
+        Some(callers) => Some(callers.authenticate(headers)?),
+        None => None,
+    };
+    let bound = caller.map_or(front.namespace.as_str(), |c| c.namespace());
+    access::control(headers, bound, caller)
 }
 
 /// Refuse a body that does not say it is JSON (`application/json`, with any parameters, or

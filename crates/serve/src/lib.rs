@@ -45,6 +45,15 @@
 //! - `POST /v1/embeddings`: input by input (only the missing inputs go upstream, in one
 //!   call; `x-llm-cache: partial` when some inputs were cached and some fetched), vectors
 //!   in the request's `encoding_format`.
+//! - `POST /v1/responses` and `POST /v1/completions`: JSON, or with `"stream": true`
+//!   server-sent events, stored as the upstream sent them and replayed byte for byte
+//!   (llm-cache-core's `bodies`, the async-openai layer's path: the same keys). The whole
+//!   body is the key (`previous_response_id` included; `stream` and `stream_options`
+//!   dropped); a streamed completions caller who did not ask for usage gets the stream
+//!   without its usage chunk. Responses requests with a `conversation` or
+//!   `background: true` go upstream uncached (`x-llm-cache: bypass`); an answer that is
+//!   not complete reaches the caller as it came and is never stored. They need
+//!   [`upstream_url`](ServeBuilder::upstream_url) (404 without).
 //! - `GET /v1/models`: passed through to the upstream (needs
 //!   [`upstream_url`](ServeBuilder::upstream_url)); never cached.
 //! - `GET /health` (JSON: the Redis tier's state; always 200, Redis is optional),
@@ -116,6 +125,7 @@
 
 mod access;
 mod admin;
+mod bodies;
 mod chat;
 mod embeddings;
 mod errors;
@@ -371,6 +381,8 @@ impl ServeBuilder {
         Ok(Router::new()
             .route("/v1/chat/completions", post(chat::completions))
             .route("/v1/embeddings", post(embeddings::embeddings))
+            .route("/v1/responses", post(bodies::responses))
+            .route("/v1/completions", post(bodies::completions))
             .route("/v1/models", get(provider::models))
             .route("/health", get(admin::health))
             .route("/stats", get(admin::stats))

@@ -21,6 +21,7 @@ use crate::request::{ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingRespo
 use crate::upstream::{
     BoxFuture, CREDENTIAL_HEADERS, ChunkStream, OpenAiCompatible, RetryPolicy, Upstream,
 };
+use llm_cache_core::bodies::BodyEndpoint;
 use llm_cache_core::chat::Route;
 
 /// Bodies of `/v1/models` answers stop here.
@@ -36,9 +37,12 @@ pub(super) struct Provider {
     chat_url: Url,
     embeddings_url: Url,
     models_url: Url,
+    /// `{base}/responses` and `{base}/completions` (the answers stored whole).
+    body_urls: [Url; 2],
     /// The client with the held key (or none), and its scopes; unused in pass-through mode.
-    held: Arc<dyn Upstream>,
+    held: Arc<OpenAiCompatible>,
     held_scopes: [Arc<[u8]>; 2],
+    held_headers: HeaderMap,
     held_key: Option<String>,
     /// Which caller headers are credentials (pass-through mode).
     credential_scope: headers::CredentialScope,
@@ -105,6 +109,7 @@ impl Provider {
         let chat_url = joined(&base, "chat/completions")?;
         let embeddings_url = joined(&base, "embeddings")?;
         let models_url = joined(&base, "models")?;
+        let body_urls = [joined(&base, "responses")?, joined(&base, "completions")?];
         let held_scopes = [
             headers::scope(&chat_url, &held_headers, "chat", &credential_scope).into(),
             headers::scope(
@@ -123,8 +128,10 @@ impl Provider {
             chat_url,
             embeddings_url,
             models_url,
+            body_urls,
             held: Arc::new(upstream),
             held_scopes,
+            held_headers,
             held_key: key.map(str::to_string),
             credential_scope,
         })
@@ -139,11 +146,12 @@ impl Provider {
         request: &HeaderMap,
     ) -> std::result::Result<Route, ApiError> {
         if !pass_through {
+            let held: Arc<dyn Upstream> = self.held.clone();
             return Ok(Route {
                 scope: Some(Arc::clone(&self.held_scopes[endpoint as usize])),
-                upstream: Some(Arc::clone(&self.held)),
+                upstream: Some(Arc::clone(&held)),
                 // The held client embeds too: a semantic lookup needs no second upstream.
-                embedder: Some(Arc::clone(&self.held)),
+                embedder: Some(held),
             });
         }
         let credentials = credentials(request, &self.credential_scope)?;
@@ -153,27 +161,68 @@ impl Provider {
         };
         let scope =
             headers::scope(url, &credentials, endpoint.shape(), &self.credential_scope).into();
-        let mut sent = Vec::new();
-        for (name, value) in &credentials {
-            // `credentials` only holds values that are text.
-            sent.push((
-                name.to_string(),
-                value.to_str().unwrap_or_default().to_string(),
-            ));
-        }
-        let upstream: Arc<dyn Upstream> = Arc::new(PassThrough {
-            base_url: Arc::clone(&self.base_url),
-            client: self.client.clone(),
-            retry: self.retry,
-            request_timeout: self.request_timeout,
-            headers: sent,
-        });
+        let upstream: Arc<dyn Upstream> = Arc::new(self.pass_through(&credentials));
         Ok(Route {
             scope: Some(scope),
             upstream: Some(Arc::clone(&upstream)),
             // With the caller's own credentials, like the chat call.
             embedder: Some(upstream),
         })
+    }
+
+    /// An upstream carrying the caller's `credentials` (pass-through mode).
+    fn pass_through(&self, credentials: &HeaderMap) -> PassThrough {
+        let mut sent = Vec::new();
+        for (name, value) in credentials {
+            // `credentials` only holds values that are text.
+            sent.push((
+                name.to_string(),
+                value.to_str().unwrap_or_default().to_string(),
+            ));
+        }
+        PassThrough {
+            base_url: Arc::clone(&self.base_url),
+            client: self.client.clone(),
+            retry: self.retry,
+            request_timeout: self.request_timeout,
+            headers: sent,
+        }
+    }
+
+    /// The client a stored-body request's miss goes to (the held one, or one carrying the
+    /// caller's credentials in pass-through mode) and the credentials its key is scoped by.
+    pub(super) fn body_client(
+        &self,
+        pass_through: bool,
+        request: &HeaderMap,
+    ) -> std::result::Result<(Arc<OpenAiCompatible>, HeaderMap), ApiError> {
+        if !pass_through {
+            return Ok((Arc::clone(&self.held), self.held_headers.clone()));
+        }
+        let credentials = credentials(request, &self.credential_scope)?;
+        let client = Arc::new(self.pass_through(&credentials).client());
+        Ok((client, credentials))
+    }
+
+    /// The key scope of a stored-body request: `{base}/responses` or `{base}/completions`,
+    /// the digest of `credentials`, and the answer's shape (`json` or `sse`), as the
+    /// async-openai layer makes it for the same request.
+    pub(super) fn body_scope(
+        &self,
+        endpoint: BodyEndpoint,
+        credentials: &HeaderMap,
+        shape: &str,
+    ) -> Arc<[u8]> {
+        let url = &self.body_urls[endpoint as usize];
+        headers::scope(url, credentials, shape, &self.credential_scope).into()
+    }
+}
+
+/// The path of a stored-body endpoint under the base URL.
+pub(super) fn body_tail(endpoint: BodyEndpoint) -> &'static str {
+    match endpoint {
+        BodyEndpoint::Responses => "responses",
+        BodyEndpoint::Completions => "completions",
     }
 }
 

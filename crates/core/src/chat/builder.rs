@@ -225,38 +225,19 @@ impl LlmCacheBuilder {
         let upstream = self.upstream.clone().ok_or_else(|| {
             Error::config("upstream", "required: give the provider to call on a miss")
         })?;
-        Ok(self.build_parts(upstream).await?.0)
+        self.build_parts(upstream).await
     }
 
-    /// Build the cache and a sibling engine for values of another type `V` (an HTTP layer's
-    /// stored bodies): the same knobs, key prefix and Redis connection (so one breaker),
-    /// counters of its own. Without an upstream, `no_upstream` stands in for it: the
-    /// cache's own `chat` then answers its error, while the layer brings its upstream with
-    /// every request.
+    /// Build the cache; without an upstream, `no_upstream` stands in for it (an HTTP
+    /// layer that brings its upstream with every request: the cache's own `chat` then
+    /// answers `no_upstream`'s error).
     #[doc(hidden)]
-    pub async fn build_with_sibling<V>(
-        self,
-        no_upstream: Arc<dyn Upstream>,
-    ) -> Result<(LlmCache, TieredCache<V>)>
-    where
-        V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-    {
+    pub async fn build_or(self, no_upstream: Arc<dyn Upstream>) -> Result<LlmCache> {
         let upstream = self.upstream.clone().unwrap_or(no_upstream);
-        let (cache, config, l2) = self.build_parts(upstream).await?;
-        let sibling = TieredCache::<V>::from_parts_with(
-            config,
-            l2,
-            Arc::new(Counters::sibling()),
-            Hooks::default(),
-        );
-        sibling.settle().await;
-        Ok((cache, sibling))
+        self.build_parts(upstream).await
     }
 
-    async fn build_parts(
-        self,
-        upstream: Arc<dyn Upstream>,
-    ) -> Result<(LlmCache, Config, Option<Arc<Guarded>>)> {
+    async fn build_parts(self, upstream: Arc<dyn Upstream>) -> Result<LlmCache> {
         upstream.validate()?;
         if let Some(t) = self.max_cacheable_temperature
             && !(t.is_finite() && t >= 0.0)
@@ -294,7 +275,6 @@ impl LlmCacheBuilder {
         self.config.validate()?;
         let counters = Arc::new(Counters::default());
         let l2 = self.config.open_l2(&counters).await?;
-        let config = self.config.clone();
         // Vectors have a tier of their own (same Redis, prefix and breaker; their own L1
         // bound and compact codec); their keys use the chat tier's namespace generations.
         let mut vectors_config = self.config.clone();
@@ -312,6 +292,14 @@ impl LlmCacheBuilder {
         );
         vectors.settle().await;
         let embeddings = Embeddings::new(vectors, self.embeddings);
+        let bodies = TieredCache::<crate::bodies::StoredBody>::from_parts_with(
+            self.config.clone(),
+            l2.clone(),
+            Arc::new(Counters::sibling()),
+            Hooks::default(),
+        );
+        bodies.settle().await;
+        let bodies = crate::bodies::BodyCache::new(bodies);
         // Answers are weighed by what they hold in memory, and compacted once decoded.
         let hooks = Hooks {
             codec: Arc::new(ChatCodec),
@@ -321,7 +309,7 @@ impl LlmCacheBuilder {
             TieredCache::<ChatResponse>::from_parts_with(self.config, l2.clone(), counters, hooks);
         tiers.settle().await;
         let cache = LlmCache::from_parts(
-            (tiers, embeddings),
+            (tiers, embeddings, bodies),
             upstream,
             self.key_options,
             self.prices,
@@ -334,7 +322,7 @@ impl LlmCacheBuilder {
             Semantic::new(c, guarded.map(|g| (g, keyspace)))
         });
         let cache = cache.with_semantic(semantic);
-        Ok((cache, config, l2))
+        Ok(cache)
     }
 }
 

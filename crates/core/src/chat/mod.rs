@@ -180,6 +180,8 @@ struct Inner {
     embeddings: crate::embeddings::Embeddings,
     /// The opt-in semantic index (`None` unless the builder enabled it).
     semantic: Option<Arc<crate::semantic::Semantic>>,
+    /// The answers stored whole (`/responses`, `/completions`) of the HTTP layers.
+    bodies: crate::bodies::BodyCache,
 }
 
 impl fmt::Debug for LlmCache {
@@ -199,7 +201,11 @@ impl LlmCache {
 
     /// `tiers`: the answers' tier and the vectors' (the embeddings path).
     pub(crate) fn from_parts(
-        (tiers, embeddings): (TieredCache<ChatResponse>, crate::embeddings::Embeddings),
+        (tiers, embeddings, bodies): (
+            TieredCache<ChatResponse>,
+            crate::embeddings::Embeddings,
+            crate::bodies::BodyCache,
+        ),
         upstream: Arc<dyn Upstream>,
         key_options: KeyOptions,
         prices: PriceTable,
@@ -227,6 +233,7 @@ impl LlmCache {
                 stream_deadline: streaming.deadline,
                 embeddings,
                 semantic: None,
+                bodies,
             }),
         }
     }
@@ -601,6 +608,13 @@ impl LlmCache {
         self.inner.upstream_calls.fetch_add(1, Relaxed);
     }
 
+    /// The answers the HTTP layers store whole (`/responses`, `/completions`): a tier
+    /// beside the chat tier (same knobs, key prefix and Redis connection, counters of its
+    /// own) and its streamed flights. The async-openai layer and the HTTP front share it.
+    pub fn bodies(&self) -> &crate::bodies::BodyCache {
+        &self.inner.bodies
+    }
+
     /// The generic tiers underneath, for inspection (`inflight()`, `l2_key()`...).
     pub fn tiers(&self) -> &TieredCache<ChatResponse> {
         &self.inner.tiers
@@ -631,7 +645,7 @@ impl LlmCache {
         self.tiers().redis_stats_scanning(limit).await
     }
 
-    /// Wait until the answers and embeddings queued for Redis so far are written (and the
+    /// Wait until the answers, embeddings and stored bodies queued for Redis so far are written (and the
     /// lease releases under way are done), at most `timeout`; see [`TieredCache::flush`].
     ///
     /// # Errors
@@ -639,9 +653,12 @@ impl LlmCache {
     /// `Timeout` when some were still pending at the deadline (they go on).
     pub async fn flush(&self, timeout: Duration) -> Result<()> {
         let embeddings = self.inner.embeddings.tiers();
-        let (answers, vectors) =
-            futures_util::join!(self.tiers().flush(timeout), embeddings.flush(timeout));
-        answers.and(vectors)
+        let (answers, vectors, bodies) = futures_util::join!(
+            self.tiers().flush(timeout),
+            embeddings.flush(timeout),
+            self.inner.bodies.tiers().flush(timeout)
+        );
+        answers.and(vectors).and(bodies)
     }
 
     /// Stop in order before dropping the cache, at most `timeout`: write what is queued,
@@ -654,8 +671,11 @@ impl LlmCache {
     /// `Timeout` when writes or leases were still pending at the deadline.
     pub async fn close(&self, timeout: Duration) -> Result<()> {
         let embeddings = self.inner.embeddings.tiers();
-        let (answers, vectors) =
-            futures_util::join!(self.tiers().close(timeout), embeddings.close(timeout));
-        answers.and(vectors)
+        let (answers, vectors, bodies) = futures_util::join!(
+            self.tiers().close(timeout),
+            embeddings.close(timeout),
+            self.inner.bodies.tiers().close(timeout)
+        );
+        answers.and(vectors).and(bodies)
     }
 }

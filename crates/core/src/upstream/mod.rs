@@ -20,7 +20,7 @@ pub use openai::error_chain;
 #[doc(hidden)]
 pub use openai::{CREDENTIAL_HEADERS, is_credential_header, is_scoped_credential};
 #[cfg(feature = "openai")]
-pub use openai::{OpenAiCompatible, RetryPolicy, UpstreamStats};
+pub use openai::{OpenAiCompatible, RawAnswer, RetryPolicy, UpstreamStats};
 
 /// Upstream calls by outcome (`ok`, `error`, `retried`).
 pub(crate) const UPSTREAM_REQUESTS: &str = "ai_upstream_requests_total";

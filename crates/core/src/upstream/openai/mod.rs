@@ -6,6 +6,7 @@
 mod credentials;
 mod embeddings;
 mod errors;
+mod raw;
 mod reader;
 mod retry;
 
@@ -26,6 +27,7 @@ pub use self::credentials::{CREDENTIAL_HEADERS, is_credential_header, is_scoped_
 #[doc(hidden)]
 pub use self::errors::error_chain;
 use self::errors::{parse_answer, provider_error, quote_body};
+pub use self::raw::RawAnswer;
 use self::reader::{ChunkReader, Opened};
 use self::retry::{Failure, retry_after, retryable_status};
 pub use self::retry::{RetryPolicy, UpstreamStats};
