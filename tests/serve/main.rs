@@ -3,9 +3,11 @@
 //! credentials, the upstream's errors, bad input at the edge, graceful shutdown, the admin
 //! routes, and the real async-openai client pointed at it.
 
+mod dashboard;
 mod front;
 #[cfg(feature = "prometheus")]
 mod metrics_cap;
+mod ops;
 mod python;
 
 use llm_cache_test_support as support;

@@ -12,7 +12,8 @@ pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
         StatusCode::NOT_FOUND,
         format!(
             "no route {}: this front serves POST /v1/chat/completions, POST /v1/embeddings, \
-             GET /v1/models, /health, /stats and /metrics",
+             GET /v1/models, POST /v1/cache/invalidate, /health, /stats, /metrics and \
+             /dashboard",
             uri.path()
         ),
     )
