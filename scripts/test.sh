@@ -40,6 +40,16 @@ bash scripts/node-sdk.sh
 section "semantic-model (a real embedding model for tests/semantic/model.rs)"
 bash scripts/semantic-model.sh
 
+# Debian's Chromium, for the dashboard test (tests/serve/dashboard.rs loads the page headless
+# against a live front); installed when missing, fails loudly, never skips.
+section "chromium (headless, for tests/serve/dashboard.rs)"
+bash scripts/chromium.sh
+
+# The Prometheus alert rules: `promtool check rules` and `promtool test rules` (promtool
+# from Debian's prometheus package, installed when missing).
+section "prometheus alert rules (promtool check rules, promtool test rules)"
+bash scripts/promtool.sh
+
 section "cargo fmt --all --check"
 cargo fmt --all --check
 

@@ -4,10 +4,12 @@
 //! routes, and the real async-openai client pointed at it.
 
 mod bodies;
+mod dashboard;
 mod front;
 #[cfg(feature = "prometheus")]
 mod metrics_cap;
 mod node;
+mod ops;
 mod python;
 mod sdk;
 

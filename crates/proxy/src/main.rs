@@ -16,7 +16,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
 /// An OpenAI-compatible caching proxy: POST /v1/chat/completions (JSON and streamed),
-/// POST /v1/embeddings, GET /v1/models, /health, /stats, /metrics. Callers authenticate
+/// POST /v1/embeddings, GET /v1/models, POST /v1/cache/invalidate, /health, /stats,
+/// /metrics, /dashboard. Callers authenticate
 /// with caller keys bound to namespaces (--caller-keys-file, --caller-key), or forward their
 /// own provider key (--pass-through), or nobody authenticates (--open, for a private
 /// network).
@@ -64,8 +65,9 @@ struct Args {
     credential_headers: Vec<String>,
 
     /// File of accepted caller keys, one per line: `<namespace> <key | sha256:<hex>>
-    /// [allow=refresh,bypass,no-store|all]` (# comments). Keys share answers only when
-    /// bound to the same namespace; refresh, bypass and no-store need `allow=`.
+    /// [allow=refresh,bypass,no-store,invalidate|all]` (# comments). Keys share answers only
+    /// when bound to the same namespace; refresh, bypass, no-store and POST
+    /// /v1/cache/invalidate (of the key's own namespace) need `allow=`.
     #[arg(long, env = "LLM_CACHE_CALLER_KEYS_FILE")]
     caller_keys_file: Option<PathBuf>,
 
@@ -80,9 +82,20 @@ struct Args {
     caller_keys: Vec<String>,
 
     /// Accept every caller without a key (all directives allowed): only behind a network
-    /// boundary or a gateway that authenticates.
+    /// boundary or a gateway that authenticates. POST /v1/cache/invalidate then needs the
+    /// admin key (--admin-key-file); without one it is refused.
     #[arg(long, env = "LLM_CACHE_OPEN")]
     open: bool,
+
+    /// The admin key: /health, /stats, /metrics (and the dashboard's numbers) then need
+    /// `Authorization: Bearer <admin key>`; in --open mode it is the key that may invalidate
+    /// (POST /v1/cache/invalidate). Prefer the environment variable or --admin-key-file.
+    #[arg(long, env = "LLM_CACHE_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+
+    /// Read the admin key from this file (one line; surrounding whitespace ignored).
+    #[arg(long, env = "LLM_CACHE_ADMIN_KEY_FILE", conflicts_with = "admin_key")]
+    admin_key_file: Option<PathBuf>,
 
     /// Namespace every request is bound to in --open and --pass-through modes
     /// (x-llm-cache-namespace nests inside it).
@@ -243,6 +256,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "no provider key (OPENAI_API_KEY or --upstream-key-file): calls go upstream without one"
         );
     }
+    let admin_key = match &args.admin_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--admin-key-file {}: {e}", path.display()))?,
+        ),
+        None => args.admin_key.clone(),
+    };
     let retry = RetryPolicy::default()
         .max_attempts(args.upstream_attempts)
         .max_retry_after(Duration::from_secs(args.max_retry_after_secs));
@@ -300,6 +320,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(callers) = callers {
         front = front.callers(callers);
     }
+    let admin_shown = if admin_key.is_some() { "set" } else { "none" };
+    if let Some(key) = &admin_key {
+        front = front.admin_key(key);
+    }
     #[cfg(feature = "prometheus")]
     if let Some(handle) = metrics {
         front = front.metrics(handle);
@@ -321,6 +345,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         upstream = %shown_url(&args.upstream_url),
         redis = %redis_shown,
         mode = %mode,
+        admin_key = %admin_shown,
         "llm-cache-proxy listening"
     );
     // A line on stdout for scripts and tests: the address actually bound (port 0 works).

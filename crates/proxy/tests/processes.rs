@@ -383,3 +383,51 @@ async fn connections_over_the_limit_are_shed_with_a_warning() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_admin_key_guards_the_operator_routes_and_invalidation_needs_the_permission() {
+    const ADMIN_KEY: &str = "adm-proc-SECRET-0123456789";
+    const OPS_KEY: &str = "sk-caller-ops-0123456789";
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let ops_line = format!("team-a {OPS_KEY} allow=invalidate");
+    let proxy = Proxy::start_with(
+        &mock,
+        &redis,
+        &[
+            "--log-level",
+            "debug",
+            "--metrics",
+            "--caller-key",
+            &ops_line,
+        ],
+        &[("LLM_CACHE_ADMIN_KEY", ADMIN_KEY)],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for path in ["/health", "/stats", "/metrics"] {
+        let url = format!("{}{path}", proxy.url);
+        assert_eq!(http.get(&url).send().await.unwrap().status(), 401, "{path}");
+        let right = http.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+    }
+    assert_eq!(status(&proxy.ask("invalidated").await), "miss");
+    assert_eq!(status(&proxy.ask("invalidated").await), "hit-l1");
+    let body = json!({"chat": {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "invalidated"}]}});
+    let invalidate = |key: &'static str| {
+        http.post(format!("{}/v1/cache/invalidate", proxy.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(invalidate(CALLER_KEY).await.unwrap().status(), 403);
+    assert_eq!(invalidate(OPS_KEY).await.unwrap().status(), 200);
+    assert_eq!(status(&proxy.ask("invalidated").await), "miss");
+    proxy.sigterm();
+    let (exit, logs) = proxy.exited().await;
+    assert!(exit.success(), "{exit}: {logs}");
+    assert!(logs.contains("admin_key=set"), "{logs}");
+    for secret in [ADMIN_KEY, OPS_KEY, CALLER_KEY, PROVIDER_KEY] {
+        assert!(!logs.contains(secret), "a key in the logs: {logs}");
+    }
+}

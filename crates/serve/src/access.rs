@@ -21,36 +21,55 @@ pub struct CallerKeys {
     by_digest: HashMap<[u8; 32], Arc<CallerKey>>,
 }
 
-/// What one caller key may do: its namespace and the directives that spend the upstream
-/// budget it may use.
+/// What one caller key may do: its namespace, the directives that spend the upstream
+/// budget it may use, and whether it may invalidate its namespace's answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerKey {
     namespace: String,
     refresh: bool,
     bypass: bool,
     no_store: bool,
+    invalidate: bool,
 }
 
 impl CallerKey {
-    /// A key bound to `namespace`, allowed none of `refresh`, `bypass`, `no-store`.
+    /// A key bound to `namespace`, allowed none of `refresh`, `bypass`, `no-store`, nor
+    /// invalidation.
     pub fn new(namespace: impl Into<String>) -> Self {
         CallerKey {
             namespace: namespace.into(),
             refresh: false,
             bypass: false,
             no_store: false,
+            invalidate: false,
         }
     }
 
-    /// The same, allowed `refresh`, `bypass` and `no-store` when `yes`.
+    /// The same, allowed `refresh`, `bypass`, `no-store` and invalidation when `yes`.
     #[must_use]
     pub fn allow_all(self, yes: bool) -> Self {
         CallerKey {
             refresh: yes,
             bypass: yes,
             no_store: yes,
+            invalidate: yes,
             ..self
         }
+    }
+
+    /// The same, allowed (when `yes`) to invalidate answers of its own namespace through
+    /// `POST /v1/cache/invalidate` (`allow=invalidate` in the file).
+    #[must_use]
+    pub fn allow_invalidate(self, yes: bool) -> Self {
+        CallerKey {
+            invalidate: yes,
+            ..self
+        }
+    }
+
+    /// Whether the key may invalidate answers of its namespace.
+    pub fn may_invalidate(&self) -> bool {
+        self.invalidate
     }
 
     /// The namespace the key's requests are bound to.
@@ -100,10 +119,11 @@ impl CallerKeys {
     /// Read the accepted keys from `text`, one per line:
     ///
     /// ```text
-    /// # namespace   key (or sha256:<64 hex digits>)   [allow=refresh,bypass,no-store]
+    /// # namespace   key (or sha256:<64 hex digits>)   [allow=refresh,bypass,no-store,invalidate]
     /// team-a        sk-caller-a1
     /// team-a        sk-caller-a2                       allow=refresh
     /// team-b        sha256:3f0a...e1                   allow=refresh,bypass,no-store
+    /// ops           sk-ops-1                           allow=invalidate
     /// ```
     ///
     /// Fields are separated by whitespace; blank lines and lines starting with `#` are
@@ -111,12 +131,14 @@ impl CallerKeys {
     /// never do. A key may be given as the hex SHA-256 of its text, so the file need not
     /// hold the keys themselves (`printf %s "$KEY" | sha256sum`). The namespace is visible
     /// ASCII. `allow=` lists the directives of `x-llm-cache-control` that spend the upstream
-    /// budget which the key may use (default none; `all` for the three).
+    /// budget which the key may use, and `invalidate`: the key may remove answers of its own
+    /// namespace through `POST /v1/cache/invalidate` (default none; `all` for the four).
+    /// A key never reaches another namespace's answers, whatever it is allowed.
     ///
     /// # Errors
     ///
     /// A `Config` error naming the line (never quoting a key): a missing field, a bad
-    /// digest, an unknown directive, a key given twice.
+    /// digest, an unknown permission, a key given twice.
     pub fn parse(text: &str) -> Result<Self> {
         let mut keys = CallerKeys::new();
         for (n, line) in text.lines().enumerate() {
@@ -164,10 +186,12 @@ impl CallerKeys {
                     "refresh" => caller.refresh = true,
                     "bypass" => caller.bypass = true,
                     "no-store" => caller.no_store = true,
+                    "invalidate" => caller.invalidate = true,
                     "all" => caller = caller.allow_all(true),
                     other => {
                         return Err(format!(
-                            "unknown directive {other:?} (known: refresh, bypass, no-store, all)"
+                            "unknown permission {other:?} (known: refresh, bypass, no-store, \
+                             invalidate, all)"
                         ));
                     }
                 }
@@ -218,7 +242,7 @@ impl CallerKeys {
     }
 }
 
-fn digest(key: &str) -> [u8; 32] {
+pub(super) fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.trim().as_bytes()).into()
 }
 
@@ -294,10 +318,27 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer sk-a2".parse().unwrap());
         let caller = keys.authenticate(&h).unwrap();
         assert_eq!(caller.namespace(), "team-a");
-        assert!(caller.refresh && !caller.bypass);
+        assert!(caller.refresh && !caller.bypass && !caller.may_invalidate());
+        let everything =
+            CallerKeys::parse("ops sk-o allow=all\nops sk-i allow=invalidate").unwrap();
+        for key in ["sk-o", "sk-i"] {
+            h.insert(
+                header::AUTHORIZATION,
+                format!("Bearer {key}").parse().unwrap(),
+            );
+            assert!(
+                everything.authenticate(&h).unwrap().may_invalidate(),
+                "{key}"
+            );
+        }
+        h.insert(header::AUTHORIZATION, "Bearer sk-i".parse().unwrap());
+        assert!(
+            !everything.authenticate(&h).unwrap().refresh,
+            "invalidate is not refresh"
+        );
         for (bad, what) in [
             ("team-a", "line 1: no key"),
-            ("team-a sk-x allow=everything", "unknown directive"),
+            ("team-a sk-x allow=everything", "unknown permission"),
             ("team-a sha256:zz", "64 hex"),
             (
                 "team-a sk-1\nteam-b sk-1",

@@ -1,24 +1,30 @@
-//! `GET /health`, `/stats` and `/metrics`: what an operator reads. Counts and states only:
-//! never a key, a credential, a prompt or a Redis password.
+//! `GET /health`, `/stats` and `/metrics`: what an operator reads, behind the admin key
+//! when one is set. Counts and states only: never a key, a credential, a prompt or a Redis
+//! password.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Front;
 use super::errors::ApiError;
+use super::operator;
 
 /// The Redis tier's state; 200 whatever it is (Redis is an optimisation), `"ok"` says
 /// whether an operator has something to look at.
-pub(super) async fn health(State(front): State<Arc<Front>>) -> Response {
+pub(super) async fn health(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response {
+    if let Err(e) = operator::guard(front.admin_key.as_ref(), &headers) {
+        return e.into_response();
+    }
     let health = front.cache.health().await;
     Json(json!({
         "ok": health.is_ok(),
         "l2": health.l2.as_str(),
+        "breaker": health.breaker.as_str(),
         "redis": health.redis,
         "nodes_down": health.nodes_down,
         "last_error": health.last_error,
@@ -27,12 +33,18 @@ pub(super) async fn health(State(front): State<Arc<Front>>) -> Response {
 }
 
 /// [`LlmStats`](llm_cache_core::LlmStats) as JSON.
-pub(super) async fn stats(State(front): State<Arc<Front>>) -> Response {
+pub(super) async fn stats(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response {
+    if let Err(e) = operator::guard(front.admin_key.as_ref(), &headers) {
+        return e.into_response();
+    }
     Json(front.cache.stats()).into_response()
 }
 
 /// The Prometheus exposition text, when the router was given a handle.
-pub(super) async fn metrics(State(front): State<Arc<Front>>) -> Response {
+pub(super) async fn metrics(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response {
+    if let Err(e) = operator::guard(front.admin_key.as_ref(), &headers) {
+        return e.into_response();
+    }
     #[cfg(feature = "prometheus")]
     if let Some(handle) = &front.metrics {
         return (

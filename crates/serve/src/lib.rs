@@ -59,7 +59,9 @@
 //! - `GET /health` (JSON: the Redis tier's state; always 200, Redis is optional),
 //!   `GET /stats` ([`LlmStats`](llm_cache_core::LlmStats) as JSON: counts only, never a key or a
 //!   prompt), `GET /metrics` (Prometheus text, with the `prometheus` feature and
-//!   [`metrics`](ServeBuilder::metrics)).
+//!   [`metrics`](ServeBuilder::metrics)); behind the [admin key](ServeBuilder::admin_key)
+//!   when one is set.
+//! - `POST /v1/cache/invalidate` and `GET /dashboard`: see [Operators](#operators).
 //!
 //! # Per-request control
 //!
@@ -94,6 +96,18 @@
 //! credentials never appear in logs, errors or `/stats`; caller keys are compared by their
 //! SHA-256 digests.
 //!
+//! # Operators
+//!
+//! `POST /v1/cache/invalidate` takes `{"chat": <a chat completions body>}`,
+//! `{"embeddings": <an embeddings body>}` or `{"namespace": true}` and removes that body's
+//! answer (the key this front computes for it and this caller), the vectors of its inputs, or
+//! everything of the caller's namespace. Who may: a caller key with `allow=invalidate`, in
+//! its own namespace only; in pass-through mode the caller's own credentials for a body and
+//! the admin key for the namespace; in open mode the admin key only, and nobody when none is
+//! set. `GET /dashboard` is a self-contained page (no external asset) showing `/stats` and
+//! `/health`, refreshed every 5 s; it holds no numbers, so it needs no key, and sends the
+//! admin key given as `/dashboard#key=<admin key>` (or typed in) as `Authorization: Bearer`.
+//!
 //! # Errors
 //!
 //! Every error is an OpenAI-shaped JSON body, `{"error": {"message", "type", "param",
@@ -127,8 +141,11 @@ mod access;
 mod admin;
 mod bodies;
 mod chat;
+mod dashboard;
 mod embeddings;
 mod errors;
+mod invalidate;
+mod operator;
 mod provider;
 mod server;
 
@@ -175,6 +192,7 @@ pub fn builder(cache: LlmCache) -> ServeBuilder {
         credential_headers: Vec::new(),
         namespace: String::new(),
         body_limit: DEFAULT_BODY_LIMIT,
+        admin_key: None,
         #[cfg(feature = "prometheus")]
         metrics: None,
     }
@@ -201,6 +219,8 @@ pub struct ServeBuilder {
     credential_headers: Vec<String>,
     namespace: String,
     body_limit: usize,
+    /// The admin key, or why it is not one (reported by `build`).
+    admin_key: Option<Result<operator::AdminKey>>,
     #[cfg(feature = "prometheus")]
     metrics: Option<llm_cache_core::prometheus::PrometheusHandle>,
 }
@@ -214,6 +234,7 @@ impl std::fmt::Debug for ServeBuilder {
             .field("pass_through", &self.pass_through)
             .field("credential_headers", &self.credential_headers)
             .field("body_limit", &self.body_limit)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
 }
@@ -305,6 +326,16 @@ impl ServeBuilder {
         self
     }
 
+    /// Guard `/health`, `/stats`, `/metrics` (and so the dashboard's numbers) with `key`:
+    /// each then needs `Authorization: Bearer <key>` (401 otherwise). Without caller keys it
+    /// is also the key that may use `POST /v1/cache/invalidate` (in pass-through mode, for a
+    /// namespace; see [Operators](self#operators)). Only its SHA-256 is kept; it is never
+    /// logged or shown. `build` fails on an empty key.
+    pub fn admin_key(mut self, key: impl AsRef<str>) -> Self {
+        self.admin_key = Some(operator::AdminKey::new(key.as_ref()));
+        self
+    }
+
     /// Serve `GET /metrics` from this Prometheus handle (see
     /// [`prometheus::install`](llm_cache_core::prometheus::install)).
     #[cfg(feature = "prometheus")]
@@ -319,7 +350,7 @@ impl ServeBuilder {
     ///
     /// A `Config` error naming the knob: a bad `upstream_url`, pass-through or an upstream
     /// key without an `upstream_url`, pass-through together with caller keys or an upstream
-    /// key, an empty caller-key list, a zero body limit.
+    /// key, an empty caller-key list, a zero body limit, an empty admin key.
     pub fn build(self) -> Result<Router> {
         if self.body_limit == 0 {
             return Err(Error::config("body_limit", "must be at least 1 byte"));
@@ -367,6 +398,7 @@ impl ServeBuilder {
             }
             None => None,
         };
+        let admin_key = self.admin_key.transpose()?;
         let body_limit = self.body_limit;
         let front = Arc::new(Front {
             cache: self.cache,
@@ -375,6 +407,7 @@ impl ServeBuilder {
             pass_through: self.pass_through,
             namespace: self.namespace,
             body_limit: self.body_limit,
+            admin_key,
             #[cfg(feature = "prometheus")]
             metrics: self.metrics,
         });
@@ -387,6 +420,8 @@ impl ServeBuilder {
             .route("/health", get(admin::health))
             .route("/stats", get(admin::stats))
             .route("/metrics", get(admin::metrics))
+            .route("/v1/cache/invalidate", post(invalidate::invalidate))
+            .route("/dashboard", get(dashboard::page))
             .fallback(errors::not_found)
             .method_not_allowed_fallback(errors::method_not_allowed)
             .layer(DefaultBodyLimit::max(body_limit))
@@ -402,6 +437,7 @@ struct Front {
     pass_through: bool,
     namespace: String,
     body_limit: usize,
+    admin_key: Option<operator::AdminKey>,
     #[cfg(feature = "prometheus")]
     metrics: Option<llm_cache_core::prometheus::PrometheusHandle>,
 }

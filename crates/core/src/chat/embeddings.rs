@@ -139,8 +139,25 @@ impl LlmCache {
         request: &EmbeddingRequest,
         control: &CacheControl,
     ) -> Result<()> {
+        self.invalidate_embeddings_routed(request, control, &Route::OWN)
+            .await
+    }
+
+    /// [`invalidate_embeddings_with`](Self::invalidate_embeddings_with) for an HTTP-level
+    /// layer: the vectors [`embeddings_routed`](Self::embeddings_routed) stored for the
+    /// inputs of `request` on `route` are removed.
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate_embeddings_with`](Self::invalidate_embeddings_with).
+    pub async fn invalidate_embeddings_routed(
+        &self,
+        request: &EmbeddingRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Result<()> {
         request.validate()?;
-        let scope = self.embedding_scope(request, control, &Route::OWN);
+        let scope = self.embedding_scope(request, control, route);
         self.inner.embeddings.invalidate(request, &scope).await
     }
 
@@ -158,11 +175,6 @@ impl LlmCache {
         if let Some(semantic) = &self.inner.semantic {
             semantic.clear_local();
         }
-    }
-
-    /// Upstream `/embeddings` calls made so far (for [`stats`](Self::stats)).
-    pub(super) fn embedding_upstream_calls(&self) -> u64 {
-        self.inner.embeddings.upstream_calls()
     }
 
     /// What every input key of `request` holds besides the input: SHA-256 over the framed

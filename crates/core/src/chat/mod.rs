@@ -536,10 +536,27 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<()> {
+        self.invalidate_routed(request, control, &Route::OWN).await
+    }
+
+    /// [`invalidate_with`](Self::invalidate_with) for an HTTP-level layer: the answer
+    /// [`chat_routed`](Self::chat_routed) (or `chat_stream_routed`) stored for `request` on
+    /// `route` (whose scope is part of the key) is removed, so the next identical request
+    /// on that route is a miss.
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate_with`](Self::invalidate_with).
+    pub async fn invalidate_routed(
+        &self,
+        request: &ChatRequest,
+        control: &CacheControl,
+        route: &Route,
+    ) -> Result<()> {
         request.validate()?;
-        let digest = self.digest_with(request, control);
+        let digest = self.route_digest(request, control, route);
         let out = self.inner.tiers.invalidate(&digest).await;
-        self.semantic_unindex(request, control, digest).await;
+        self.semantic_unindex(request, control, route, digest).await;
         out
     }
 

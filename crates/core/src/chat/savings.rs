@@ -12,6 +12,7 @@ use metrics::{Counter, Gauge, Unit};
 
 use super::{Inner, LlmCache};
 use crate::chat::pricing::ModelPrice;
+use crate::embeddings::EmbeddingStats;
 use crate::request::{ChatResponse, Usage};
 use crate::semantic::SemanticStats;
 use crate::tiered::CacheStatus;
@@ -88,6 +89,10 @@ pub struct LlmStats {
     pub bypassed: u64,
     /// Calls made to the upstream (misses, refreshes, bypasses).
     pub upstream_calls: u64,
+    /// Upstream calls the cache saved: chat answers served without one (from L1, L2, a
+    /// flight already running, or a semantic match) and embeddings requests whose every
+    /// input was cached (`embeddings.requests_from_cache`).
+    pub upstream_calls_saved: u64,
     /// Tokens of all answers served from cache.
     pub tokens_saved: u64,
     /// Dollars those answers would have cost.
@@ -96,6 +101,9 @@ pub struct LlmStats {
     pub per_model: BTreeMap<String, ModelSavings>,
     /// The semantic cache's counters (all zero unless the builder enabled it).
     pub semantic: SemanticStats,
+    /// The embeddings path's counters (inputs by tier, upstream calls; its tier's own
+    /// `cache` counters); the inputs' hits, tokens and dollars are in `per_model` too.
+    pub embeddings: EmbeddingStats,
 }
 
 /// The label under which models past [`max_model_labels`] are counted.
@@ -111,6 +119,8 @@ pub(super) struct ModelCounters {
     /// The model's price (`None` for [`OTHER_MODELS`], whose models keep their own).
     price: Option<ModelPrice>,
     hits: AtomicU64,
+    /// Of `hits`, the chat answers (the rest are embedding inputs): each saved a call.
+    answers_saved: AtomicU64,
     misses: AtomicU64,
     tokens: AtomicU64,
     nano_dollars: AtomicU64,
@@ -123,9 +133,10 @@ impl LlmCache {
     pub fn stats(&self) -> LlmStats {
         let inner = &self.inner;
         let mut per_model = BTreeMap::new();
-        let (mut tokens, mut nanos) = (0u64, 0u64);
+        let (mut tokens, mut nanos, mut answers_saved) = (0u64, 0u64, 0u64);
         for entry in inner.models.iter() {
             let c = entry.value();
+            answers_saved += c.answers_saved.load(Relaxed);
             let t = c.tokens.load(Relaxed);
             let n = c.nano_dollars.load(Relaxed);
             tokens += t;
@@ -140,18 +151,23 @@ impl LlmCache {
                 },
             );
         }
+        let cache = inner.tiers.stats();
+        let semantic = inner
+            .semantic
+            .as_ref()
+            .map(|s| s.stats())
+            .unwrap_or_default();
+        let embeddings = self.embedding_stats();
         LlmStats {
-            cache: inner.tiers.stats(),
             bypassed: inner.bypassed.load(Relaxed),
-            upstream_calls: inner.upstream_calls.load(Relaxed) + self.embedding_upstream_calls(),
+            upstream_calls: inner.upstream_calls.load(Relaxed) + embeddings.upstream_calls,
+            upstream_calls_saved: answers_saved + embeddings.requests_from_cache,
+            cache,
             tokens_saved: tokens,
             cost_saved_usd: nanos as f64 / NANOS_PER_DOLLAR,
             per_model,
-            semantic: inner
-                .semantic
-                .as_ref()
-                .map(|s| s.stats())
-                .unwrap_or_default(),
+            semantic,
+            embeddings,
         }
     }
 }
@@ -223,6 +239,7 @@ impl Inner {
 impl ModelHandle {
     /// An answer served without a call (`status`: from where), and what it saved.
     pub(super) fn saved(&self, status: CacheStatus, response: &ChatResponse) {
+        self.counters.answers_saved.fetch_add(1, Relaxed);
         self.counters
             .saved(status, response.usage.as_ref(), self.price.as_ref());
     }
@@ -390,6 +407,8 @@ mod tests {
         assert_eq!(json["cache"]["l1_hits"], 1);
         assert_eq!(json["cache"]["breaker"], "disabled");
         assert_eq!(json["upstream_calls"], 1);
+        assert_eq!(json["upstream_calls_saved"], 1, "the hit cost no call");
+        assert_eq!(json["embeddings"]["requests"], 0);
         assert_eq!(json["tokens_saved"], 7);
         assert_eq!(json["per_model"]["m"]["hits"], 1);
         assert_eq!(json["per_model"]["m"]["misses"], 1);

@@ -273,10 +273,11 @@ impl LlmCache {
         &self,
         request: &ChatRequest,
         control: &CacheControl,
+        route: &Route,
         digest: Digest,
     ) {
         if let Some(semantic) = &self.inner.semantic
-            && let Some((scope, _)) = self.semantic_scope(request, control, &Route::OWN)
+            && let Some((scope, _)) = self.semantic_scope(request, control, route)
         {
             semantic.remove(scope, digest).await;
         }

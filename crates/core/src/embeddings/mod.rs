@@ -117,6 +117,9 @@ pub struct EmbeddingStats {
     pub tokens_saved: u64,
     /// Requests that failed.
     pub failed: u64,
+    /// Requests whose every input came from cache (or another caller's fetch): each saved
+    /// an upstream call.
+    pub requests_from_cache: u64,
 }
 
 #[derive(Default)]
@@ -131,6 +134,7 @@ struct Counters {
     upstream_inputs: AtomicU64,
     tokens_saved: AtomicU64,
     failed: AtomicU64,
+    requests_from_cache: AtomicU64,
 }
 
 /// An embeddings answer and where each of its vectors came from.
@@ -255,6 +259,9 @@ impl Embeddings {
         match &out {
             Ok(answer) => {
                 c.inputs.fetch_add(answer.statuses.len() as u64, Relaxed);
+                if !answer.statuses.is_empty() && answer.statuses.iter().all(|s| s.is_hit()) {
+                    c.requests_from_cache.fetch_add(1, Relaxed);
+                }
                 for (status, tokens) in answer.per_input() {
                     let counter = match status {
                         CacheStatus::HitL1 => &c.hits_l1,
@@ -377,11 +384,6 @@ impl Embeddings {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Upstream `/embeddings` calls so far (without a snapshot of the whole tier).
-    pub(crate) fn upstream_calls(&self) -> u64 {
-        self.counters.upstream_calls.load(Relaxed)
-    }
-
     pub(crate) fn stats(&self) -> EmbeddingStats {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Relaxed);
@@ -397,6 +399,7 @@ impl Embeddings {
             upstream_inputs: l(&c.upstream_inputs),
             tokens_saved: l(&c.tokens_saved),
             failed: l(&c.failed),
+            requests_from_cache: l(&c.requests_from_cache),
         }
     }
 }
