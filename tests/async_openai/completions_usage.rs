@@ -179,6 +179,7 @@ async fn coalesced_callers_share_one_stream_each_in_its_own_shape() {
         1,
         "six callers, one stream"
     );
+    stored(&layer, 1).await;
 
     // An upstream that ignores `include_usage`: stored as it came, and replayed without a
     // usage chunk to a caller who asks (what the upstream itself would have sent), not
@@ -194,6 +195,7 @@ async fn coalesced_callers_share_one_stream_each_in_its_own_shape() {
         (text(&plain).as_str(), status),
         ("plain", CacheStatus::Miss)
     );
+    stored(&layer, 2).await;
     let (again, status) = stream(&client, "no usage upstream", Some(true)).await;
     assert_eq!(
         (text(&again).as_str(), status),
