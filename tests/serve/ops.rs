@@ -278,16 +278,33 @@ async fn stats_count_the_upstream_calls_saved_and_the_embeddings() {
     assert_eq!(embed(&front, KEY_A1, json!(["a", "b"])).await, "miss");
     assert_eq!(embed(&front, KEY_A1, json!(["b", "a"])).await, "hit-l1");
     assert_eq!(embed(&front, KEY_A1, json!(["a", "c"])).await, "partial");
+    // A stored body (the Responses API): a miss, then a hit.
+    let responses = |front: &Served| {
+        reqwest::Client::new()
+            .post(format!("{}/responses", front.v1()))
+            .bearer_auth(KEY_A1)
+            .json(&json!({"model": "gpt-4.1-mini", "input": "saved?"}))
+            .send()
+    };
+    for expected in ["miss", "hit-l1"] {
+        let response = responses(&front).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(cache_status(&response), expected);
+    }
     let stats = cache.stats();
     assert_eq!(stats.embeddings.requests, 3);
     assert_eq!(stats.embeddings.requests_from_cache, 1);
     assert_eq!((stats.embeddings.hits_l1, stats.embeddings.fetched), (3, 3));
-    // Two chat answers and one embeddings request cost no call; three calls were made.
-    assert_eq!(stats.upstream_calls_saved, 3);
-    assert_eq!(stats.upstream_calls, 3);
+    assert_eq!((stats.bodies.l1_hits, stats.bodies.fetches), (1, 1));
+    // Two chat answers, one embeddings request and one stored body cost no call; four
+    // calls were made.
+    assert_eq!(stats.upstream_calls_saved, 4);
+    assert_eq!(stats.upstream_calls, 4);
     assert_eq!(
         stats.upstream_calls,
-        mock.calls_to("/v1/chat/completions") as u64 + mock.calls_to("/v1/embeddings") as u64
+        mock.calls_to("/v1/chat/completions") as u64
+            + mock.calls_to("/v1/embeddings") as u64
+            + mock.calls_to("/v1/responses") as u64
     );
     let json: Value = reqwest::get(format!("{}/stats", front.url()))
         .await
@@ -295,6 +312,7 @@ async fn stats_count_the_upstream_calls_saved_and_the_embeddings() {
         .json()
         .await
         .unwrap();
-    assert_eq!(json["upstream_calls_saved"], 3, "{json}");
+    assert_eq!(json["upstream_calls_saved"], 4, "{json}");
+    assert_eq!(json["bodies"]["l1_hits"], 1, "{json}");
     assert_eq!(json["embeddings"]["requests_from_cache"], 1, "{json}");
 }

@@ -90,8 +90,9 @@ pub struct LlmStats {
     /// Calls made to the upstream (misses, refreshes, bypasses).
     pub upstream_calls: u64,
     /// Upstream calls the cache saved: chat answers served without one (from L1, L2, a
-    /// flight already running, or a semantic match) and embeddings requests whose every
-    /// input was cached (`embeddings.requests_from_cache`).
+    /// flight already running, or a semantic match), embeddings requests whose every
+    /// input was cached (`embeddings.requests_from_cache`), and stored bodies
+    /// (`/responses`, `/completions`) served from a tier or a flight (`bodies`).
     pub upstream_calls_saved: u64,
     /// Tokens of all answers served from cache.
     pub tokens_saved: u64,
@@ -104,6 +105,9 @@ pub struct LlmStats {
     /// The embeddings path's counters (inputs by tier, upstream calls; its tier's own
     /// `cache` counters); the inputs' hits, tokens and dollars are in `per_model` too.
     pub embeddings: EmbeddingStats,
+    /// The stored-body tier's counters (`/responses` and `/completions`, through the HTTP
+    /// front or the async-openai layer; see [`LlmCache::bodies`]).
+    pub bodies: Stats,
 }
 
 /// The label under which models past [`max_model_labels`] are counted.
@@ -158,16 +162,24 @@ impl LlmCache {
             .map(|s| s.stats())
             .unwrap_or_default();
         let embeddings = self.embedding_stats();
+        let bodies = inner.bodies.stats();
         LlmStats {
             bypassed: inner.bypassed.load(Relaxed),
-            upstream_calls: inner.upstream_calls.load(Relaxed) + embeddings.upstream_calls,
-            upstream_calls_saved: answers_saved + embeddings.requests_from_cache,
+            upstream_calls: inner.upstream_calls.load(Relaxed)
+                + embeddings.upstream_calls
+                + bodies.fetches,
+            upstream_calls_saved: answers_saved
+                + embeddings.requests_from_cache
+                + bodies.l1_hits
+                + bodies.l2_hits
+                + bodies.coalesced,
             cache,
             tokens_saved: tokens,
             cost_saved_usd: nanos as f64 / NANOS_PER_DOLLAR,
             per_model,
             semantic,
             embeddings,
+            bodies,
         }
     }
 }
