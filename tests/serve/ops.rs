@@ -105,6 +105,71 @@ async fn a_caller_key_with_allow_invalidate_removes_answers_of_its_own_namespace
         "partial"
     );
 
+    // Stored bodies: both the JSON and the streamed answer of a Responses API body, and a
+    // completions body; team-b's stays.
+    let body_status = |key: &'static str, tail: &'static str, body: Value| {
+        let front = &front;
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("{}/{tail}", front.v1()))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let status = cache_status(&response);
+            response.bytes().await.unwrap();
+            status
+        }
+    };
+    let ask = json!({"model": "gpt-4.1-mini", "input": "forget me"});
+    let mut ask_streamed = ask.clone();
+    ask_streamed["stream"] = json!(true);
+    let complete = json!({"model": "gpt-3.5-turbo-instruct", "prompt": "forget me too"});
+    for (key, tail, body) in [
+        (KEY_A1, "responses", &ask),
+        (KEY_A1, "responses", &ask_streamed),
+        (KEY_B1, "responses", &ask),
+        (KEY_A1, "completions", &complete),
+    ] {
+        // Stored by the time its body has ended (a stream's once the flight is done).
+        assert_eq!(body_status(key, tail, body.clone()).await, "miss");
+        assert_eq!(body_status(key, tail, body.clone()).await, "hit-l1");
+    }
+    let (status, done) = invalidate(&front, Some(KEY_ADMIN), &json!({"responses": ask})).await;
+    assert_eq!(
+        (status, &done["invalidated"]),
+        (200, &json!("responses")),
+        "{done}"
+    );
+    let (status, done) =
+        invalidate(&front, Some(KEY_ADMIN), &json!({"completions": complete})).await;
+    assert_eq!(
+        (status, &done["invalidated"]),
+        (200, &json!("completions")),
+        "{done}"
+    );
+    assert_eq!(body_status(KEY_A1, "responses", ask.clone()).await, "miss");
+    assert_eq!(
+        body_status(KEY_A1, "responses", ask_streamed.clone()).await,
+        "miss"
+    );
+    assert_eq!(
+        body_status(KEY_A1, "completions", complete.clone()).await,
+        "miss"
+    );
+    assert_eq!(
+        body_status(KEY_B1, "responses", ask.clone()).await,
+        "hit-l1"
+    );
+    let background = json!({"responses": {"model": "m", "input": "x", "background": true}});
+    let (status, e) = invalidate(&front, Some(KEY_ADMIN), &background).await;
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (400, &json!("invalid_invalidation"))
+    );
+
     // The namespace: every answer of team-a, none of team-b's.
     let other = chat("another question");
     assert_eq!(status_of(&front, Some(KEY_A1), &other).await, "miss");

@@ -1,5 +1,6 @@
-//! `POST /v1/cache/invalidate`: remove a cached answer (by the request body that made it)
-//! or every answer of the caller's namespace, over HTTP. Who may: a caller key with
+//! `POST /v1/cache/invalidate`: remove a cached answer (by the request body that made it:
+//! chat completions, embeddings, Responses API, completions) or every answer of the
+//! caller's namespace, over HTTP. Who may: a caller key with
 //! `allow=invalidate`, in its own namespace only; in pass-through mode the caller's own
 //! credentials for a body (only what they can read) and the admin key for the namespace;
 //! in open mode the admin key only, and nobody without one. It must never reach another
@@ -14,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::Front;
-use super::chat::{admit, read_body};
+use super::chat::{admit, control, read_body};
 use super::errors::ApiError;
 use super::provider::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::request::{ChatRequest, EmbeddingRequest};
+use llm_cache_core::bodies::{BodyEndpoint, BodyPlan, BodyRequest};
 
 /// What a request asks to invalidate.
 enum Target {
@@ -26,6 +28,9 @@ enum Target {
     Chat(Value),
     /// The vectors of this `/v1/embeddings` body's inputs.
     Embeddings(Value),
+    /// The stored answers (JSON and streamed) of this `/v1/responses` or `/v1/completions`
+    /// body.
+    Body(BodyEndpoint, Value),
     /// Every answer and vector of the caller's namespace.
     Namespace,
 }
@@ -35,6 +40,8 @@ impl Target {
         match self {
             Target::Chat(_) => "chat",
             Target::Embeddings(_) => "embeddings",
+            Target::Body(BodyEndpoint::Responses, _) => "responses",
+            Target::Body(BodyEndpoint::Completions, _) => "completions",
             Target::Namespace => "namespace",
         }
     }
@@ -69,6 +76,34 @@ async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {
                 .invalidate_embeddings_routed(&embed, &control, &route)
                 .await;
             (done, Some(embed.input.len()))
+        }
+        Target::Body(endpoint, body) => {
+            let BodyPlan::Cached(request) = BodyRequest::plan(*endpoint, &to_bytes(body)) else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "this body is never cached (a Responses API request with a `conversation` \
+                     or `background: true`): there is nothing to invalidate",
+                )
+                .code("invalid_invalidation"));
+            };
+            let control = control(front, &headers)?;
+            let Some(provider) = &front.provider else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "this front has no upstream URL, so it stores no such answers",
+                )
+                .code("unknown_url"));
+            };
+            let (_, credentials) = provider.body_client(front.pass_through, &headers)?;
+            // The JSON and the streamed answer to one question are stored apart: both go.
+            let mut done = Ok(());
+            for shape in ["json", "sse"] {
+                let scope = provider.body_scope(*endpoint, &credentials, shape);
+                let digest = request.digest(cache, &control, &scope);
+                let removed = cache.bodies().tiers().invalidate(&digest).await;
+                done = done.and(removed);
+            }
+            (done, None)
         }
         Target::Namespace => {
             // The namespace the caller's requests are bound to (and nested in, with
@@ -127,36 +162,44 @@ fn may_invalidate(
     }
 }
 
-/// The body's one target: `{"chat": {...}}`, `{"embeddings": {...}}` or `{"namespace": true}`.
+/// The body's one target: `{"chat": {...}}`, `{"embeddings": {...}}`, `{"responses": {...}}`,
+/// `{"completions": {...}}` or `{"namespace": true}`.
 fn target(body: &[u8]) -> Result<Target, ApiError> {
     let bad =
         |why: String| ApiError::new(StatusCode::BAD_REQUEST, why).code("invalid_invalidation");
     let fields: Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
         bad(format!(
             "the body is not a JSON object ({e}): send {{\"chat\": <a chat completions body>}}, \
-             {{\"embeddings\": <an embeddings body>}} or {{\"namespace\": true}}"
+             {{\"embeddings\": <an embeddings body>}}, {{\"responses\": <a Responses API \
+             body>}}, {{\"completions\": <a completions body>}} or {{\"namespace\": true}}"
         ))
     })?;
     let mut fields = fields.into_iter();
     let (Some((name, value)), None) = (fields.next(), fields.next()) else {
         return Err(bad(
-            "give exactly one of `chat`, `embeddings` or `namespace`".to_string(),
+            "give exactly one of `chat`, `embeddings`, `responses`, `completions` or `namespace`"
+                .to_string(),
         ));
     };
     match (name.as_str(), value) {
         ("chat", body @ Value::Object(_)) => Ok(Target::Chat(body)),
         ("embeddings", body @ Value::Object(_)) => Ok(Target::Embeddings(body)),
+        ("responses", body @ Value::Object(_)) => Ok(Target::Body(BodyEndpoint::Responses, body)),
+        ("completions", body @ Value::Object(_)) => {
+            Ok(Target::Body(BodyEndpoint::Completions, body))
+        }
         ("namespace", Value::Bool(true)) => Ok(Target::Namespace),
         ("namespace", _) => Err(bad(
             "`namespace` takes `true`: the namespace is the caller's own (its key's, with \
              `x-llm-cache-namespace` nested in it), never named in the body"
                 .to_string(),
         )),
-        ("chat" | "embeddings", _) => {
+        ("chat" | "embeddings" | "responses" | "completions", _) => {
             Err(bad(format!("`{name}` takes the request body as an object")))
         }
         (other, _) => Err(bad(format!(
-            "unknown field `{}` (give one of `chat`, `embeddings` or `namespace`)",
+            "unknown field `{}` (give one of `chat`, `embeddings`, `responses`, `completions` \
+             or `namespace`)",
             other.chars().take(40).collect::<String>()
         ))),
     }
@@ -199,6 +242,14 @@ mod tests {
         assert!(matches!(
             target(br#"{"namespace": true}"#),
             Ok(Target::Namespace)
+        ));
+        assert!(matches!(
+            target(br#"{"responses": {"model": "m", "input": "x"}}"#),
+            Ok(Target::Body(BodyEndpoint::Responses, _))
+        ));
+        assert!(matches!(
+            target(br#"{"completions": {"model": "m", "prompt": "x"}}"#),
+            Ok(Target::Body(BodyEndpoint::Completions, _))
         ));
         for (bad, says) in [
             (&br#"{"namespace": "team-b"}"#[..], "takes `true`"),
