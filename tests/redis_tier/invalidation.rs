@@ -106,11 +106,12 @@ async fn a_killed_subscription_clears_l1_and_resubscribes() {
     for c in &caches {
         assert_eq!(c.tiers().invalidation_subscriptions(), 1);
     }
-    // Two subscriptions per instance: its answers' tier and its vectors' (embeddings).
+    // Three subscriptions per instance: its answers' tier, its vectors' (embeddings) and
+    // its stored bodies' (`/responses`, `/completions`).
     let channel = "ai:cache:invalidate";
     assert_eq!(
         redis.redis_cli(&["PUBSUB", "NUMSUB", channel]),
-        format!("{channel}\n4")
+        format!("{channel}\n6")
     );
 
     redis.redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
@@ -125,7 +126,7 @@ async fn a_killed_subscription_clears_l1_and_resubscribes() {
         );
     }
     eventually("every tier of both instances to resubscribe", WAIT, || {
-        redis.redis_cli(&["PUBSUB", "NUMSUB", channel]) == format!("{channel}\n4")
+        redis.redis_cli(&["PUBSUB", "NUMSUB", channel]) == format!("{channel}\n6")
     })
     .await;
 
