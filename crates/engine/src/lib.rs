@@ -5,8 +5,8 @@
 //! default build).
 //!
 //! A flight's leader looks in L1 and L2 from its own task (an L2 hit costs no task hop); a
-//! miss runs the fetch in a detached task, so cancelling a caller never cancels a fetch that
-//! is paid for.
+//! miss runs the fetch there too, and if the caller goes away the fetch goes on in a task of
+//! its own, so cancelling a caller never cancels a fetch that is paid for.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -21,6 +21,7 @@ pub mod codec;
 pub mod config;
 mod connect;
 mod coordination;
+mod detach;
 use self::coordination::Next;
 #[doc(hidden)]
 pub mod digest;
@@ -286,8 +287,8 @@ where
     ///
     /// # Cancellation
     ///
-    /// Once `fetch` has started it runs in a task of its own: dropping this future does not
-    /// cancel it, other callers keep waiting on it, and its value fills L1 and, in the
+    /// Once `fetch` has started, dropping this future does not cancel it (it goes on in a
+    /// task of its own): other callers keep waiting on it, and its value fills L1 and, in the
     /// background, L2. A caller dropped while its flight was still looking in L1 and L2
     /// gives the flight up, and a waiting caller leads one anew. Dropping a waiter does
     /// nothing to the flight.
@@ -369,7 +370,9 @@ where
 
     /// Lead a flight. Its [`lookup`](Self::lookup) runs in the caller's own task: an L2 hit
     /// costs no task hop; cancelling the caller there abandons the flight to its waiters. A
-    /// miss hands the fetch to a detached task, so a fetch that is paid for outlives its caller.
+    /// miss's fetch runs in the caller's task too, [`Detached`](detach::Detached): if the
+    /// caller goes away (or gives up at the deadline) it goes on in a task of its own, so a
+    /// fetch that is paid for outlives its caller.
     async fn lead<M, F, Fut>(
         &self,
         leader: Leader<Landed<V>>,
@@ -397,7 +400,6 @@ where
                 Err(next) => next,
             }
         };
-        let waiter = leader.waiter();
         let fetch = make();
         let task_inner = Arc::clone(inner);
         let options = options.clone();
@@ -407,7 +409,7 @@ where
             key = %ShortKey(digest),
             upstream_attempts = tracing::field::Empty,
         );
-        tokio::spawn(async move {
+        let work = async move {
             let work = Arc::clone(&task_inner).fill(digest, options, next, fetch);
             let work = tracing::Instrument::instrument(work, flight_span);
             let outcome = match AssertUnwindSafe(work).catch_unwind().await {
@@ -420,15 +422,17 @@ where
                     ))
                 }
             };
+            let answer = match &outcome {
+                Ok(landed) => Ok(landed.cached(digest)),
+                Err(e) => Err(Error::clone(e)),
+            };
             leader.complete(outcome);
-        });
-        match tokio::time::timeout_at(deadline, waiter.wait()).await {
-            Ok(Some(outcome)) => outcome.map(|landed| landed.cached(digest)),
-            // The task was dropped unfinished: only a runtime shutting down does that.
-            Ok(None) => Err(Error::new(
-                ErrorKind::FetchAborted,
-                "the flight's task ended before it produced a value",
-            )),
+            answer
+        };
+        // In this task while its caller waits (no task hop, no wake-up across threads); in
+        // a task of its own if the caller goes away or gives up at the deadline.
+        match tokio::time::timeout_at(deadline, detach::Detached::new(work)).await {
+            Ok(answer) => answer,
             Err(_) => Err(inner.waiter_timed_out()),
         }
     }
