@@ -3,17 +3,17 @@
 //! and between passes about `--change-rate` of the chunks are edited, as a retrieval
 //! pipeline re-indexes after edits. Only the edited chunks should reach the upstream; the
 //! report says how many inputs were requested and how many were sent, what was saved, and
-//! checks every vector against the one the stub computes for its chunk.
+//! checks every vector against the one the mock upstream answers for its chunk
+//! (`llm_cache_test_support::embeddings::expected_embedding`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use llm_cache::{CacheStatus, EmbeddingRequest, EncodingFormat, LlmCache};
+use llm_cache_test_support::embeddings::expected_embedding;
+use llm_cache_test_support::fnv1a;
+use llm_cache_test_support::upstream::MockUpstream;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -21,64 +21,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::args::Args;
-use crate::stub::{Stub, fnv1a, tokens_of};
-
-/// The vector the stub answers for `text`: `dims` values in [-1, 1), fixed by the text.
-pub(crate) fn stub_vector(text: &str, dims: usize) -> Vec<f32> {
-    let mut h = fnv1a(text.as_bytes()) | 1;
-    (0..dims)
-        .map(|_| {
-            // xorshift64*: cheap, and every value an exact f32.
-            h ^= h >> 12;
-            h ^= h << 25;
-            h ^= h >> 27;
-            let x = h.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-            x as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-/// The stub's `/v1/embeddings`: a vector per input after a latency of a third of the
-/// chat range's minimum, `dimensions` and `encoding_format` honoured, usage counted.
-pub(crate) async fn stub_embeddings(
-    State(stub): State<Arc<Stub>>,
-    Json(body): Json<Value>,
-) -> Response {
-    let inputs: Vec<String> = match &body["input"] {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(items) => items
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-            .collect(),
-        _ => Vec::new(),
-    };
-    stub.embedding_calls.fetch_add(1, Relaxed);
-    stub.embedding_inputs
-        .fetch_add(inputs.len() as u64, Relaxed);
-    tokio::time::sleep(Duration::from_millis(stub.latency_ms.0 / 3)).await;
-    let dims = body["dimensions"].as_u64().unwrap_or(1536) as usize;
-    let base64 = body["encoding_format"] == "base64";
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(index, text)| {
-            let v = stub_vector(text, dims);
-            let embedding = if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>())
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
-        })
-        .collect();
-    let tokens: u64 = inputs.iter().map(|t| tokens_of(t)).sum();
-    Json(
-        json!({"object": "list", "data": data, "model": body["model"],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
-    )
-    .into_response()
-}
 
 /// The text of one version of one chunk: about 600 characters (150 tokens).
 fn chunk_text(document: usize, chunk: usize, version: u32) -> String {
@@ -127,7 +69,7 @@ struct Pass {
 pub(crate) async fn run(
     args: &Args,
     cache: &LlmCache,
-    stub: Option<&Arc<Stub>>,
+    mock: Option<&MockUpstream>,
 ) -> Result<(), String> {
     let model = args.embedding_model();
     let mut rng = StdRng::seed_from_u64(args.seed);
@@ -157,12 +99,7 @@ pub(crate) async fn run(
                 }
             }
         }
-        let (calls0, inputs0) = stub.map_or((0, 0), |s| {
-            (
-                s.embedding_calls.load(Relaxed),
-                s.embedding_inputs.load(Relaxed),
-            )
-        });
+        let (calls0, inputs0) = mock.map_or((0, 0), embedding_traffic);
         let started = Instant::now();
         let permits = Arc::new(Semaphore::new(args.concurrency));
         let mut tasks = JoinSet::new();
@@ -182,8 +119,12 @@ pub(crate) async fn run(
                 .dimensions(args.dims as u32)
                 .encoding_format(format);
             let (cache, permits) = (cache.clone(), Arc::clone(&permits));
-            let (mismatches, charged, dims) =
-                (Arc::clone(&mismatches), Arc::clone(&charged), args.dims);
+            let (mismatches, charged, dims, check) = (
+                Arc::clone(&mismatches),
+                Arc::clone(&charged),
+                args.dims,
+                mock.is_some(),
+            );
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("open");
                 let out = cache
@@ -191,8 +132,9 @@ pub(crate) async fn run(
                     .await
                     .map_err(|e| e.to_string())?;
                 charged.fetch_add(out.usage.prompt_tokens, Relaxed);
-                for (e, text) in out.data.iter().zip(&texts) {
-                    if e.embedding.to_f32_vec() != stub_vector(text, dims) {
+                // A real upstream's vectors are its own: only the stub's are known.
+                for (e, text) in out.data.iter().zip(&texts).filter(|_| check) {
+                    if e.embedding.to_f32_vec() != expected_embedding(&json!(text), dims) {
                         mismatches.fetch_add(1, Relaxed);
                     }
                 }
@@ -203,19 +145,15 @@ pub(crate) async fn run(
         while let Some(done) = tasks.join_next().await {
             partial += u64::from(done.map_err(|e| e.to_string())??);
         }
-        let (calls1, inputs1) = stub.map_or((0, 0), |s| {
-            (
-                s.embedding_calls.load(Relaxed),
-                s.embedding_inputs.load(Relaxed),
-            )
-        });
+        let wall = started.elapsed();
+        let (calls1, inputs1) = mock.map_or((0, 0), embedding_traffic);
         passes.push(Pass {
             requested: (args.documents * args.chunks) as u64,
             sent: inputs1 - inputs0,
             calls: calls1 - calls0,
             changed,
             partial,
-            wall: started.elapsed(),
+            wall,
         });
     }
     let stats = cache.embedding_stats();
@@ -268,10 +206,22 @@ pub(crate) async fn run(
             charged.load(Relaxed),
             stats.tokens_saved
         );
-        println!(" vectors checked against the stub: {requested}, mismatches: {bad}");
+        match mock {
+            Some(_) => {
+                println!(" vectors checked against the stub: {requested}, mismatches: {bad}")
+            }
+            None => println!(" vectors not checked: a real upstream's are its own"),
+        }
     }
     if bad > 0 {
         return Err(format!("{bad} vectors differ from the stub's"));
     }
     Ok(())
+}
+
+/// The mock's `/v1/embeddings` calls so far, and the inputs they carried.
+fn embedding_traffic(mock: &MockUpstream) -> (u64, u64) {
+    let calls = mock.embedding_calls();
+    let inputs = calls.iter().map(Vec::len).sum::<usize>();
+    (calls.len() as u64, inputs as u64)
 }

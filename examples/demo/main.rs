@@ -10,9 +10,10 @@
 //! cargo run --release --example demo -- --help
 //! ```
 //!
-//! Without `OPENAI_BASE_URL` it answers from a stub on loopback that takes 300–1,500 ms per
-//! answer (fixed per prompt) and reports token usage; with it, every miss is a real, paid
-//! call. Arguments are parsed by hand (no clap): there are a dozen flags.
+//! Without `OPENAI_BASE_URL` it answers from a stub on loopback, the test-support crate's
+//! `MockUpstream` in its realistic mode, that takes 300–1,500 ms per answer (fixed per
+//! prompt) and reports token usage; with it, every miss is a real, paid call. Arguments are
+//! parsed by hand (no clap): there are a dozen flags.
 //!
 //! With `--stream`, every request goes through `LlmCache::chat_stream` and is read to its
 //! last chunk: misses stream live from the upstream, hits are replayed, and coalesced
@@ -26,12 +27,10 @@
 mod args;
 mod embeddings;
 mod report;
-mod stub;
 mod workload;
 
 use args::{ArgError, Args, USAGE, parse_args};
 use report::{Report, Tally, group, redis_host_port, shown_url};
-use stub::{StubReply, start_stub};
 use workload::{BURST_COPIES, workload};
 
 use std::io::IsTerminal;
@@ -44,6 +43,8 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use llm_cache::stream::{Assembler, ChunkChoice};
 use llm_cache::{CacheStatus, ChatRequest, LlmCache, OpenAiCompatible, Usage};
+use llm_cache_test_support::realistic::Realistic;
+use llm_cache_test_support::upstream::MockUpstream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -181,20 +182,21 @@ async fn run(args: Args) -> Result<(), String> {
             (client, shown, None)
         }
         None => {
-            let (addr, stub) = start_stub(args.latency_ms)
-                .await
-                .map_err(|e| format!("could not start the stub upstream: {e}"))?;
             let (min, max) = args.latency_ms;
+            let mode = Realistic::new(Duration::from_millis(min), Duration::from_millis(max));
+            let mock = MockUpstream::start_realistic(mode).await;
             let shown = format!(
-                "stub on {addr} (answers in {min}-{max} ms, fixed per prompt, with token usage)"
+                "stub on {} (answers in {min}-{max} ms, fixed per prompt, with token usage)",
+                mock.addr()
             );
             (
-                OpenAiCompatible::new(format!("http://{addr}/v1")),
+                OpenAiCompatible::new(mock.base_url()),
                 shown,
-                Some(stub),
+                Some((mock, mode)),
             )
         }
     };
+    let mock = stub.as_ref().map(|(mock, _)| mock);
 
     let mut builder = LlmCache::builder()
         .upstream(upstream)
@@ -208,7 +210,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("could not build the cache: {e}"))?;
 
     if args.embeddings {
-        let out = embeddings::run(&args, &cache, stub.as_ref()).await;
+        let out = embeddings::run(&args, &cache, mock).await;
         if args.redis.is_some() {
             settle_vector_writes(&cache).await;
         }
@@ -269,10 +271,7 @@ async fn run(args: Args) -> Result<(), String> {
     let reference = work
         .requests
         .iter()
-        .map(|r| {
-            stub.is_some()
-                .then(|| StubReply::new(r, args.latency_ms).text)
-        })
+        .map(|r| stub.as_ref().map(|(_, mode)| mode.reply(&**r).text))
         .collect();
     let mut tally = Tally::new(reference);
     let started = Instant::now();
@@ -334,7 +333,7 @@ async fn run(args: Args) -> Result<(), String> {
         stats: cache.stats(),
         wall,
         bursts: work.bursts,
-        stub_calls: stub.map(|s| s.calls.load(Relaxed)),
+        stub_calls: mock.map(|m| m.calls_to("/v1/chat/completions") as u64),
     };
     if args.json {
         println!("{}", report.json());

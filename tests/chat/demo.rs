@@ -2,7 +2,9 @@
 //! its JSON report: the numbers add up, every distinct prompt costs one upstream call, and
 //! a second process against the same Redis is answered from L2 without any call. With
 //! `--stream` the same holds, every answer assembled from its chunks equals the
-//! non-streamed one, and time to first token is reported per status.
+//! non-streamed one, and time to first token is reported per status. With `--embeddings`
+//! only edited chunks reach the upstream and every vector is the mock's. The demo's
+//! upstream is test-support's `MockUpstream` in its realistic mode.
 
 use llm_cache_test_support as support;
 
@@ -13,7 +15,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use support::redis::RedisServer;
 
-/// A small, fast workload: the stub answers in 5-20 ms. A generous L2 deadline keeps a
+/// A small, fast workload: the mock answers in 5-20 ms. A generous L2 deadline keeps a
 /// loaded test machine from turning a Redis read into a (legitimate, but flaky) miss.
 const WORKLOAD: &[&str] = &[
     "--requests",
@@ -205,7 +207,7 @@ fn a_streamed_run_adds_up_and_reports_time_to_first_token() {
         "concurrent streams of one prompt share one upstream stream: {report:#}"
     );
     assert!(n(&report, "l1_hits") > 0, "{report:#}");
-    // The stub streams its answer after its first chunk: a miss's first token comes well
+    // The mock streams its answer after its first chunk: a miss's first token comes well
     // before its end (30% of 5-20 ms, against all of it).
     let (ttft, lat) = (
         report["ttft_ms"]["miss"]["p50"].as_f64().unwrap(),
@@ -249,6 +251,54 @@ fn a_second_process_is_answered_from_redis() {
         n(&first, "distinct_used"),
         "{third:#}"
     );
+}
+
+#[test]
+fn a_reindexing_run_sends_only_edited_chunks_and_checks_every_vector() {
+    let (documents, chunks) = (4, 10);
+    let report = run_demo(&[
+        "--embeddings",
+        "--documents",
+        &documents.to_string(),
+        "--chunks",
+        &chunks.to_string(),
+        "--passes",
+        "3",
+        "--dims",
+        "64",
+    ]);
+    assert_eq!(report["mode"], "embeddings", "{report:#}");
+    assert_eq!(n(&report, "errors"), 0, "{report:#}");
+    assert_eq!(n(&report, "vector_mismatches"), 0, "{report:#}");
+    let passes = report["passes"].as_array().expect("passes");
+    assert_eq!(passes.len(), 3, "{report:#}");
+    let (mut requested, mut sent) = (0, 0);
+    for (i, pass) in passes.iter().enumerate() {
+        requested += n(pass, "inputs_requested");
+        sent += n(pass, "inputs_sent");
+        assert_eq!(
+            n(pass, "inputs_requested"),
+            documents * chunks,
+            "{report:#}"
+        );
+        // The first pass embeds everything, in one call per document; later ones only
+        // what was edited, in at most one call per document.
+        let expected = if i == 0 {
+            documents * chunks
+        } else {
+            n(pass, "chunks_edited")
+        };
+        assert_eq!(n(pass, "inputs_sent"), expected, "pass {i}: {report:#}");
+        assert!(
+            n(pass, "upstream_calls") <= documents,
+            "pass {i}: {report:#}"
+        );
+    }
+    assert_eq!(n(&passes[0], "upstream_calls"), documents, "{report:#}");
+    assert!(sent < requested, "{report:#}");
+    assert_eq!(n(&report, "inputs_requested"), requested, "{report:#}");
+    assert_eq!(n(&report, "inputs_sent"), sent, "{report:#}");
+    assert!(n(&report, "tokens_saved") > 0, "{report:#}");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! all but one word; "dog bites man" is "man bites dog"), so that the lexical guard, not
 //! the embedder, is what the tests check.
 
+use crate::fnv1a;
+
 /// The embedding of `text`: `dims` floats of unit length (all zero for a text with no word).
 pub fn bag_of_words(text: &str, dims: usize) -> Vec<f32> {
     assert!(dims > 0, "dims must be positive");
@@ -26,13 +28,4 @@ pub fn bag_of_words(text: &str, dims: usize) -> Vec<f32> {
 /// Cosine of two unit vectors of one length.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }

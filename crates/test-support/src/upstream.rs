@@ -13,6 +13,9 @@
 //! chunk, a usage chunk when `stream_options.include_usage` is set, then `[DONE]`. A test
 //! can hold every stream after its first n chunks ([`MockUpstream::hold_stream_after`]) and
 //! wait until the mock has sent k chunks ([`MockUpstream::wait_for_streamed_chunks`]).
+//!
+//! [`MockUpstream::start_realistic`] starts one whose default answers take as long as a
+//! model's instead ([`crate::realistic`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -27,10 +30,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+
+use crate::realistic::Realistic;
 
 /// How long [`MockUpstream::wait_for_calls`] waits before failing the test.
 const WAIT_LIMIT: Duration = Duration::from_secs(10);
@@ -141,7 +147,7 @@ pub struct MockUpstream {
     server: JoinHandle<()>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     arrived: Notify,
     script: Mutex<VecDeque<MockReply>>,
@@ -159,6 +165,8 @@ struct Shared {
     chunk_sent: Notify,
     /// Replaces the default embedder for texts (`set_embedder`).
     embedder: Mutex<Option<super::embeddings::Embedder>>,
+    /// `Some` in the realistic mode (`start_realistic`).
+    realistic: Option<Realistic>,
 }
 
 struct StreamGate {
@@ -179,6 +187,18 @@ struct Faults {
 impl MockUpstream {
     /// Start a mock on a free loopback port.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Start a mock in the realistic mode ([`crate::realistic`]): its default answers take a
+    /// latency in `mode`'s range, fixed by the prompt, with text and usage as long as a
+    /// model's, streamed over that latency. Its sockets set `TCP_NODELAY`, so that chunk
+    /// timing is not Nagle's.
+    pub async fn start_realistic(mode: Realistic) -> Self {
+        Self::start_with(Some(mode)).await
+    }
+
+    async fn start_with(realistic: Option<Realistic>) -> Self {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             arrived: Notify::new(),
@@ -192,6 +212,7 @@ impl MockUpstream {
             streamed: AtomicUsize::new(0),
             chunk_sent: Notify::new(),
             embedder: Mutex::new(None),
+            realistic,
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
@@ -207,6 +228,14 @@ impl MockUpstream {
             .await
             .expect("bind mock upstream");
         let addr = listener.local_addr().expect("mock upstream address");
+        // Streamed chunks are small writes: with Nagle's algorithm each one waits for the
+        // last to be acknowledged, and the client delays that ACK by up to 40 ms.
+        let nodelay = realistic.is_some();
+        let listener = listener.tap_io(move |tcp| {
+            if nodelay {
+                let _ = tcp.set_nodelay(true);
+            }
+        });
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -215,6 +244,11 @@ impl MockUpstream {
             shared,
             server,
         }
+    }
+
+    /// The address it listens on (`127.0.0.1:<port>`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `http://127.0.0.1:<port>/v1`, the base URL to give the client.
@@ -415,7 +449,7 @@ pub fn expected_tool_calls(request: &impl Serialize) -> Vec<(String, String)> {
 
 /// `request` as the mock reads it off the wire: its JSON text parsed back (so that an f32
 /// reads as the shortest decimal it prints as, not as its exact f64).
-fn as_sent(request: &impl Serialize) -> Value {
+pub(crate) fn as_sent(request: &impl Serialize) -> Value {
     let text = serde_json::to_string(request).expect("a request serialises");
     serde_json::from_str(&text).expect("a request's JSON parses")
 }
@@ -450,18 +484,19 @@ fn tool_calls_for(request: &Value) -> Vec<(String, String)> {
     ]
 }
 
-/// The text of the last user message: its content, or the `text` of its parts joined;
-/// empty when there is none.
-fn last_user_text(request: &Value) -> String {
+/// The text of the last user message (see [`message_text`]); empty when there is none.
+pub(crate) fn last_user_text(request: &Value) -> String {
     let messages = request["messages"].as_array().map(Vec::as_slice);
-    let Some(message) = messages
+    messages
         .unwrap_or_default()
         .iter()
         .rev()
         .find(|m| m["role"] == "user")
-    else {
-        return String::new();
-    };
+        .map_or_else(String::new, message_text)
+}
+
+/// A message's text: its content, or the `text` of its parts joined; empty without either.
+pub(crate) fn message_text(message: &Value) -> String {
     match &message["content"] {
         Value::String(text) => text.clone(),
         Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
@@ -496,22 +531,34 @@ fn model_of(request: &Value) -> &str {
     request["model"].as_str().unwrap_or_default()
 }
 
-fn streams(request: &Value) -> bool {
+pub(crate) fn streams(request: &Value) -> bool {
     request["stream"] == true
 }
 
 /// The default answer's JSON; `call` (1-based) makes the `id` differ between calls, so a
 /// test can tell a fresh upstream answer from a cached one.
 fn default_answer(request: &Value, call: usize) -> Value {
-    let canonical = canonical(request);
     let content = content_for(request);
-    let prompt_tokens = (canonical.chars().count() as u64 / 4).max(1);
+    completion(request, call, &content, default_usage(request, &content))
+}
+
+/// The usage of the default answer `content` to `request`.
+fn default_usage(request: &Value, content: &str) -> Value {
+    let prompt_tokens = (canonical(request).chars().count() as u64 / 4).max(1);
     let completion_tokens = (content.chars().count() as u64 / 4).max(1);
-    let created = now_secs();
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens
+    })
+}
+
+/// A `chat.completion` answering `content` with `usage`.
+pub(crate) fn completion(request: &Value, call: usize, content: &str, usage: Value) -> Value {
     json!({
         "id": format!("chatcmpl-mock-{call}"),
         "object": "chat.completion",
-        "created": created,
+        "created": now_secs(),
         "model": model_of(request),
         "system_fingerprint": FINGERPRINT,
         "choices": [{
@@ -519,11 +566,7 @@ fn default_answer(request: &Value, call: usize) -> Value {
             "message": {"role": "assistant", "content": content},
             "finish_reason": "stop"
         }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens
-        }
+        "usage": usage
     })
 }
 
@@ -615,13 +658,14 @@ async fn respond(
         )
     };
     match reply {
-        MockReply::Answer => match request() {
-            Ok(request) if streams(request) => {
+        MockReply::Answer => match (request(), shared.realistic) {
+            (Ok(request), Some(mode)) => mode.answer(shared, request, call).await,
+            (Ok(request), None) if streams(request) => {
                 let chunks = answer_chunks(request, call);
-                sse_response(shared, chunks, Ending::Done)
+                sse_response(shared, chunks, Ending::Done, Vec::new())
             }
-            Ok(request) => axum::Json(default_answer(request, call)).into_response(),
-            Err(e) => not_a_request(e),
+            (Ok(request), None) => axum::Json(default_answer(request, call)).into_response(),
+            (Err(e), _) => not_a_request(e),
         },
         MockReply::Status {
             code,
@@ -644,14 +688,14 @@ async fn respond(
             Ok(request) => {
                 let mut chunks = answer_chunks(request, call);
                 chunks.truncate(after);
-                sse_response(shared, chunks, Ending::Cut)
+                sse_response(shared, chunks, Ending::Cut, Vec::new())
             }
             Err(e) => not_a_request(e),
         },
         MockReply::StreamToolCalls => match request() {
             Ok(request) if streams(request) => {
                 let chunks = tool_call_chunks(request, call);
-                sse_response(shared, chunks, Ending::Done)
+                sse_response(shared, chunks, Ending::Done, Vec::new())
             }
             Ok(request) => axum::Json(tool_call_answer(request, call)).into_response(),
             Err(e) => not_a_request(e),
@@ -687,7 +731,7 @@ async fn respond(
 }
 
 /// How a mock stream ends after its chunks.
-enum Ending {
+pub(crate) enum Ending {
     /// `data: [DONE]`, then the body ends cleanly.
     Done,
     /// The body fails, which aborts the connection.
@@ -695,16 +739,25 @@ enum Ending {
 }
 
 /// A 200 event stream whose chunks are written one by one as the client reads them,
-/// through the stream gate.
-fn sse_response(shared: &Arc<Shared>, chunks: Vec<Value>, ending: Ending) -> Response {
+/// through the stream gate; chunk `i` no earlier than `due[i]` from now, when given.
+pub(crate) fn sse_response(
+    shared: &Arc<Shared>,
+    chunks: Vec<Value>,
+    ending: Ending,
+    due: Vec<Duration>,
+) -> Response {
     // Capacity 1: a chunk counts as sent once the server has taken the one before it.
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(1);
     let shared = Arc::clone(shared);
+    let start = tokio::time::Instant::now();
     tokio::spawn(async move {
         for (i, chunk) in chunks.iter().enumerate() {
             let interval = *shared.chunk_interval.lock().unwrap();
             if i > 0 && !interval.is_zero() {
                 tokio::time::sleep(interval).await;
+            }
+            if let Some(&at) = due.get(i) {
+                tokio::time::sleep_until(start + at).await;
             }
             shared.stream_gate_wait(i).await;
             let event = Bytes::from(format!("data: {chunk}\n\n"));
@@ -759,7 +812,7 @@ fn chunk(request: &Value, call: usize, created: u64, choices: Value) -> Value {
     })
 }
 
-fn include_usage(request: &Value) -> bool {
+pub(crate) fn include_usage(request: &Value) -> bool {
     request["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false)
@@ -767,16 +820,27 @@ fn include_usage(request: &Value) -> bool {
 
 /// The default answer as chunks (without `[DONE]`).
 fn answer_chunks(request: &Value, call: usize) -> Vec<Value> {
-    let answer = default_answer(request, call);
-    let created = answer["created"].as_u64().unwrap_or(0);
     let content = content_for(request);
+    let usage = default_usage(request, &content);
+    text_chunks(request, call, pieces(&content), usage)
+}
+
+/// An answer of these content pieces as chunks: the role chunk, a chunk per piece, the
+/// finish chunk and, when the request asks for it, the usage chunk (without `[DONE]`).
+pub(crate) fn text_chunks(
+    request: &Value,
+    call: usize,
+    pieces: Vec<String>,
+    usage: Value,
+) -> Vec<Value> {
+    let created = now_secs();
     let mut chunks = vec![chunk(
         request,
         call,
         created,
         json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
     )];
-    for piece in pieces(&content) {
+    for piece in pieces {
         chunks.push(chunk(
             request,
             call,
@@ -792,7 +856,7 @@ fn answer_chunks(request: &Value, call: usize) -> Vec<Value> {
     ));
     if include_usage(request) {
         let mut last = chunk(request, call, created, json!([]));
-        last["usage"] = answer["usage"].clone();
+        last["usage"] = usage;
         chunks.push(last);
     }
     chunks
@@ -969,6 +1033,9 @@ async fn other(
     }
     let path = uri.path();
     let answer = if path == "/v1/embeddings" {
+        if let Some(mode) = shared.realistic {
+            tokio::time::sleep(mode.embeddings_latency()).await;
+        }
         let embedder = shared.embedder.lock().unwrap().clone();
         super::embeddings::answer(&body, embedder.as_ref())
     } else if path == "/v1/responses" {
