@@ -71,11 +71,13 @@ fn semaphore_size<V>(this: &std::sync::Weak<Inner<V>>) -> usize {
         .map_or(1, |inner| inner.config.l2_write_concurrency.max(1))
 }
 
-/// A value in L1 whose L2 write is ready to go.
+/// A value in L1 whose L2 write is ready to go: its payload, sealed in its envelope
+/// (compression, checksum, signature) by the write itself, off the caller's path.
 pub(super) struct Staged<V> {
     digest: Digest,
     value: Arc<V>,
-    bytes: Vec<u8>,
+    payload: Vec<u8>,
+    created_at_ms: u64,
     ttl: Duration,
     lease: Option<Lease>,
 }
@@ -141,14 +143,6 @@ where
         if self.l2.is_none() {
             return Ok(Stage::InMemory);
         }
-        let bytes = envelope::encode(
-            &payload,
-            &envelope::Binding::of_key(&self.l2_key(&digest)),
-            created_at_ms,
-            duration_ms(l2_ttl),
-            self.config.compression_threshold,
-            &self.config.mac_keys,
-        );
         let lease = lease.take();
         if lease.is_some() {
             self.writing.insert(
@@ -163,7 +157,8 @@ where
         Ok(Stage::Write(Staged {
             digest,
             value: Arc::clone(value),
-            bytes,
+            payload,
+            created_at_ms,
             ttl: l2_ttl,
             lease,
         }))
@@ -259,6 +254,14 @@ where
         done: impl FnOnce(),
     ) {
         let key = self.l2_key(&write.digest);
+        let bytes = envelope::encode(
+            &write.payload,
+            &envelope::Binding::of_key(&key),
+            write.created_at_ms,
+            duration_ms(write.ttl),
+            self.config.compression_threshold,
+            &self.config.mac_keys,
+        );
         // An invalidation may overtake this write at any point: before it (skip it) or
         // while it is out (its UNLINK may have run first: remove the key again).
         // A write that was not sent (the breaker is open: readers timed out in the same
@@ -270,10 +273,7 @@ where
             if cancelled.load(Ordering::Acquire) {
                 break false;
             }
-            match l2
-                .set_in_background(&key, write.bytes.clone(), write.ttl)
-                .await
-            {
+            match l2.set_in_background(&key, bytes.clone(), write.ttl).await {
                 Some(wrote) => break wrote,
                 None if tokio::time::Instant::now() + pause < give_up => {
                     tokio::time::sleep(pause).await;
