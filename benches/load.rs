@@ -545,6 +545,63 @@ async fn l1_memory(budget: Budget, chars: usize) -> Value {
     })
 }
 
+/// The per-entry cost of the cache's structures alone, with a trivial value (an `Arc<u64>`),
+/// measured like [`l1_memory`] (resident-set growth over `entries`, after a warm-up, on one
+/// thread): moka by itself (the engine's key type and a weigher, as the engine builds it),
+/// and the engine's L1 (`TieredCache<u64>`, L1 only: moka plus the engine's entry). What an
+/// answer costs beyond its JSON, less the engine's figure, is what the answer's own form
+/// costs.
+async fn trivial_entries(budget: Budget) -> Value {
+    const WARM: u64 = 200;
+    let n = budget.entries as u64;
+    let digest = |i: u64| llm_cache_engine::digest::Digest::of(i.to_le_bytes());
+    let per_entry = |before: u64, after: u64| after.saturating_sub(before) / n.max(1);
+
+    let moka: moka::future::Cache<llm_cache_engine::digest::Digest, Arc<u64>> =
+        moka::future::Cache::builder()
+            .max_capacity(1 << 40)
+            .weigher(|_, _| 64)
+            .build();
+    for i in 0..WARM {
+        moka.insert(digest(1 << 40 | i), Arc::new(i)).await;
+    }
+    moka.run_pending_tasks().await;
+    let before = rss_bytes();
+    for i in 0..n {
+        moka.insert(digest(i), Arc::new(i)).await;
+    }
+    moka.run_pending_tasks().await;
+    let moka_bytes = per_entry(before, rss_bytes());
+    assert!(moka.entry_count() >= n, "moka kept every entry");
+
+    let tiers = llm_cache_engine::TieredCache::<u64>::builder()
+        .l1_max_bytes(1 << 40)
+        .build()
+        .await
+        .expect("an L1-only engine");
+    for i in 0..WARM {
+        tiers
+            .get_or_fetch(digest(1 << 41 | i), move || async move { Ok(i) })
+            .await
+            .expect("warm-up");
+    }
+    tiers.run_pending_tasks().await;
+    let before = rss_bytes();
+    for i in 0..n {
+        tiers
+            .get_or_fetch(digest(1 << 42 | i), move || async move { Ok(i) })
+            .await
+            .expect("fill");
+    }
+    tiers.run_pending_tasks().await;
+    let engine_bytes = per_entry(before, rss_bytes());
+    json!({
+        "entries": n,
+        "moka_bytes_per_entry": moka_bytes,
+        "engine_l1_bytes_per_entry": engine_bytes,
+    })
+}
+
 /// Set in a child process of this benchmark: run only [`l1_memory`] with answers of this
 /// many characters and print its JSON.
 const MEMORY_CHILD: &str = "LOAD_BENCH_MEMORY_CHILD";
@@ -1143,12 +1200,18 @@ fn main() {
         // One thread: on the multi-thread runtime the fill's allocations land in whichever
         // worker's malloc arena runs them, and the growth for small answers varied from run
         // to run by 60%; on one thread it is the same every run.
-        let chars = chars.parse().expect("answer characters");
+        let chars: usize = chars.parse().expect("answer characters");
         let one_thread = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        println!("{}", one_thread.block_on(l1_memory(budget, chars)));
+        // 0 characters: the structures alone, with a trivial value.
+        let figure = if chars == 0 {
+            one_thread.block_on(trivial_entries(budget))
+        } else {
+            one_thread.block_on(l1_memory(budget, chars))
+        };
+        println!("{figure}");
         return;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -1176,9 +1239,18 @@ fn main() {
             yes
         };
         let memory = if run("memory", "L1 memory per entry (child processes)") {
+            let answer = l1_memory_in_child(budget, ANSWER_CHARS);
+            let trivial = l1_memory_in_child(budget, 0);
+            // What is ours beyond the answer's JSON and moka's own entry (the engine's
+            // entry, the answer's form).
+            let beyond = answer["beyond_json_bytes"].as_i64();
+            let less = |what: &str| beyond.zip(trivial[what].as_i64()).map(|(b, t)| b - t);
             json!({
-                "answer": l1_memory_in_child(budget, ANSWER_CHARS),
+                "answer": answer,
                 "small_answer": l1_memory_in_child(budget, SMALL_ANSWER_CHARS),
+                "trivial_value": trivial,
+                "ours_beyond_json_and_moka_bytes": less("moka_bytes_per_entry"),
+                "answer_form_beyond_json_and_engine_entry_bytes": less("engine_l1_bytes_per_entry"),
             })
         } else {
             Value::Null
@@ -1265,6 +1337,8 @@ fn main() {
                 json!(batch["upstream_calls_per_batch"].as_u64().map(|n| n == 500)),
             "l1_bytes_beyond_json_at_most_300":
                 at_most(&memory["answer"]["beyond_json_bytes"], 300.0),
+            "l1_ours_beyond_json_and_moka_at_most_150":
+                at_most(&memory["ours_beyond_json_and_moka_bytes"], 150.0),
         });
         json!({
             "mode": if budget.short { "short" } else { "full" },
