@@ -13,7 +13,7 @@ use crate::support::redis::RedisServer;
 use crate::support::served::Served;
 use crate::support::upstream::MockUpstream;
 use crate::{cache_status, chat, post};
-use llm_cache::LlmCache;
+
 use llm_cache::serve::CallerKeys;
 use serde_json::{Value, json};
 
@@ -150,12 +150,7 @@ fn assert_dollars(dom: &str, id: &str, want: f64) {
 async fn the_dashboard_renders_the_numbers_of_stats_in_headless_chromium() {
     let redis = RedisServer::start();
     let mock = MockUpstream::start().await;
-    let cache = LlmCache::builder()
-        .redis(redis.url())
-        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-        .build()
-        .await
-        .unwrap();
+    let cache = crate::front::cache_on(&mock, Some(&redis.url())).await;
     let app = llm_cache::serve::builder(cache.clone())
         .upstream_url(mock.base_url())
         .upstream_key(PROVIDER_KEY)

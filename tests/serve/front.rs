@@ -21,15 +21,7 @@ team-a       sk-caller-admin-01234567 allow=all
 /// A cache (Redis when `redis` is given) and a front on `mock` holding [`PROVIDER_KEY`],
 /// accepting [`CALLER_KEYS`].
 pub async fn keyed(mock: &MockUpstream, redis: Option<&str>) -> (LlmCache, Served) {
-    let mut builder = LlmCache::builder();
-    if let Some(url) = redis {
-        builder = builder.redis(url);
-    }
-    let cache = builder
-        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-        .build()
-        .await
-        .unwrap();
+    let cache = cache_on(mock, redis).await;
     let app = llm_cache::serve::builder(cache.clone())
         .upstream_url(mock.base_url())
         .upstream_key(PROVIDER_KEY)
@@ -37,4 +29,27 @@ pub async fn keyed(mock: &MockUpstream, redis: Option<&str>) -> (LlmCache, Serve
         .build()
         .unwrap();
     (cache, Served::start(app).await)
+}
+
+/// A cache on `mock` (with Redis at `redis` when given), default settings otherwise.
+pub async fn cache_on(mock: &MockUpstream, redis: Option<&str>) -> LlmCache {
+    let mut builder = LlmCache::builder();
+    if let Some(url) = redis {
+        builder = builder.redis(url);
+    }
+    builder
+        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// `GET path` on `front`, its body as JSON.
+pub async fn get_json(front: &Served, path: &str) -> serde_json::Value {
+    reqwest::get(format!("{}{path}", front.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }

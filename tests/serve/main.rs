@@ -459,11 +459,7 @@ async fn a_json_body_under_another_content_type_is_refused_with_415_and_costs_no
 async fn bad_input_at_the_edge_is_a_clear_4xx_and_nothing_is_stored_or_logged() {
     let logs = logs();
     let mock = MockUpstream::start().await;
-    let cache = LlmCache::builder()
-        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-        .build()
-        .await
-        .unwrap();
+    let cache = front::cache_on(&mock, None).await;
     let app = llm_cache::serve::builder(cache.clone())
         .upstream_url(mock.base_url())
         .upstream_key(PROVIDER_KEY)
@@ -558,11 +554,7 @@ async fn pass_through_front(
     mock: &MockUpstream,
     configure: impl FnOnce(llm_cache::serve::ServeBuilder) -> llm_cache::serve::ServeBuilder,
 ) -> Served {
-    let cache = LlmCache::builder()
-        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-        .build()
-        .await
-        .unwrap();
+    let cache = front::cache_on(&mock, None).await;
     let builder = llm_cache::serve::builder(cache)
         .upstream_url(mock.base_url())
         .pass_through_credentials(true);
@@ -669,20 +661,10 @@ async fn models_health_and_stats() {
     assert_eq!(refused.status(), 401);
 
     post(&front, Some(KEY_A1), &chat("counted"), &[]).await;
-    let health: Value = reqwest::get(format!("{}/health", front.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = front::get_json(&front, "/health").await;
     assert_eq!(health["ok"], true);
     assert_eq!(health["l2"], "disabled");
-    let stats: Value = reqwest::get(format!("{}/stats", front.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = front::get_json(&front, "/stats").await;
     assert_eq!(stats["upstream_calls"], 1, "{stats}");
     assert_eq!(stats["cache"]["misses"], 1, "{stats}");
     let missing = reqwest::get(format!("{}/v1/nothing", front.url()))
@@ -837,11 +819,7 @@ async fn metrics_are_served_from_the_handle() {
     // Before the cache is built: its series register with the recorder installed then.
     let handle = recorder();
     let mock = MockUpstream::start().await;
-    let cache = LlmCache::builder()
-        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-        .build()
-        .await
-        .unwrap();
+    let cache = front::cache_on(&mock, None).await;
     let front = Served::start(
         llm_cache::serve::builder(cache)
             .metrics(handle)

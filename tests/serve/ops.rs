@@ -7,7 +7,7 @@ use crate::support::redis::RedisServer;
 use crate::support::served::Served;
 use crate::support::upstream::MockUpstream;
 use crate::{KEY_A1, KEY_ADMIN, KEY_B1, cache_status, chat, post};
-use llm_cache::LlmCache;
+
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "adm-ops-SECRET-0123456789";
@@ -188,11 +188,7 @@ async fn an_open_front_invalidates_only_with_its_admin_key() {
         let mock = &mock;
         let admin = admin.map(str::to_string);
         async move {
-            let cache = LlmCache::builder()
-                .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-                .build()
-                .await
-                .unwrap();
+            let cache = front::cache_on(&mock, None).await;
             let mut app = llm_cache::serve::builder(cache)
                 .upstream_url(mock.base_url())
                 .upstream_key(PROVIDER_KEY);
@@ -237,11 +233,7 @@ async fn an_open_front_invalidates_only_with_its_admin_key() {
 #[tokio::test]
 async fn pass_through_callers_invalidate_their_own_entries_and_the_namespace_needs_the_admin_key() {
     let mock = MockUpstream::start().await;
-    let cache = LlmCache::builder()
-        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-        .build()
-        .await
-        .unwrap();
+    let cache = front::cache_on(&mock, None).await;
     let app = llm_cache::serve::builder(cache)
         .upstream_url(mock.base_url())
         .pass_through_credentials(true)
@@ -274,11 +266,7 @@ async fn pass_through_callers_invalidate_their_own_entries_and_the_namespace_nee
 #[tokio::test]
 async fn the_admin_key_guards_health_stats_and_metrics_and_the_page_is_served() {
     let mock = MockUpstream::start().await;
-    let cache = LlmCache::builder()
-        .upstream(llm_cache::OpenAiCompatible::new(mock.base_url()))
-        .build()
-        .await
-        .unwrap();
+    let cache = front::cache_on(&mock, None).await;
     let builder = llm_cache::serve::builder(cache)
         .upstream_url(mock.base_url())
         .upstream_key(PROVIDER_KEY)
@@ -371,12 +359,7 @@ async fn stats_count_the_upstream_calls_saved_and_the_embeddings() {
             + mock.calls_to("/v1/embeddings") as u64
             + mock.calls_to("/v1/responses") as u64
     );
-    let json: Value = reqwest::get(format!("{}/stats", front.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let json: Value = front::get_json(&front, "/stats").await;
     assert_eq!(json["upstream_calls_saved"], 4, "{json}");
     assert_eq!(json["bodies"]["l1_hits"], 1, "{json}");
     assert_eq!(json["embeddings"]["requests_from_cache"], 1, "{json}");
