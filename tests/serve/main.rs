@@ -554,7 +554,7 @@ async fn pass_through_front(
     mock: &MockUpstream,
     configure: impl FnOnce(llm_cache::serve::ServeBuilder) -> llm_cache::serve::ServeBuilder,
 ) -> Served {
-    let cache = front::cache_on(&mock, None).await;
+    let cache = front::cache_on(mock, None).await;
     let builder = llm_cache::serve::builder(cache)
         .upstream_url(mock.base_url())
         .pass_through_credentials(true);

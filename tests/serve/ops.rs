@@ -188,7 +188,7 @@ async fn an_open_front_invalidates_only_with_its_admin_key() {
         let mock = &mock;
         let admin = admin.map(str::to_string);
         async move {
-            let cache = front::cache_on(&mock, None).await;
+            let cache = front::cache_on(mock, None).await;
             let mut app = llm_cache::serve::builder(cache)
                 .upstream_url(mock.base_url())
                 .upstream_key(PROVIDER_KEY);
