@@ -28,6 +28,7 @@
 //! and prints its URL, for a profiler or a load generator of your own. wrk and the servers
 //! share the machine's cores. Prints one JSON object on stdout; progress on stderr.
 
+use std::hint::black_box;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use llm_cache::{LlmCache, OpenAiCompatible};
+use llm_cache::{ChatRequest, LlmCache, OpenAiCompatible};
 use serde_json::{Value, json};
 
 /// Characters of the answer's content: about 2 KB of JSON, as in the load and proxy benches.
@@ -46,7 +47,7 @@ const ANSWER_CHARS: usize = 1_600;
 /// The connection counts of every figure.
 const CONNECTIONS: [usize; 2] = [1, 64];
 /// The sides, in the order of the first round.
-const SIDES: [&str; 3] = ["bare", "bare_limits", "front"];
+const SIDES: [&str; 4] = ["bare", "bare_limits", "handler", "front"];
 const PATH: &str = "/v1/chat/completions";
 
 /// A realistic chat request of about 1 KB: a system prompt, a short exchange, parameters.
@@ -100,6 +101,15 @@ struct Answer {
 async fn bare(State(answer): State<Answer>, body: Bytes) -> Response {
     drop(body);
     (answer.headers.clone(), answer.body.clone()).into_response()
+}
+
+/// The crate docs' own handler: parse, `chat`, the `Cached` answer as the response.
+async fn handler(
+    State(cache): State<LlmCache>,
+    body: Bytes,
+) -> Result<llm_cache::Cached<llm_cache::ChatResponse>, llm_cache::Error> {
+    let request = ChatRequest::from_json(&body)?;
+    cache.chat(&request).await
 }
 
 fn bare_router(answer: Answer) -> Router {
@@ -186,11 +196,26 @@ async fn start(body: &str) -> Servers {
     let answer_bytes = answer.body.len();
     let bare = serve_axum(bare_router(answer.clone())).await;
     let bare_limits = serve_limits(bare_router(answer)).await;
+    let handler = serve_limits(
+        Router::new()
+            .route(PATH, post(handler))
+            .with_state(cache.clone()),
+    )
+    .await;
+    // Its key is the cache's own (no upstream URL in it): one miss to fill it.
+    let response = client
+        .post(format!("http://{handler}{PATH}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("the handler answers");
+    assert_eq!(response.status(), 200, "the handler's answer");
     Servers {
         cache,
         addrs: vec![
             ("bare", bare),
             ("bare_limits", bare_limits),
+            ("handler", handler),
             ("front", front),
         ],
         answer_bytes,
@@ -257,11 +282,60 @@ fn wrk(script: &std::path::Path, addr: SocketAddr, connections: usize, seconds: 
     })
 }
 
+/// CPU time of this process's threads so far (the servers; wrk is another process), from
+/// `/proc/self/task/*/schedstat` (Linux; `None` elsewhere).
+fn process_cpu() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
 const NO_WRK: &str = "this bench needs wrk: `bash scripts/bench-front.sh` installs it \
     (or `apt-get install wrk`, or set WRK to its path)";
 
 fn wrk_program() -> String {
     std::env::var("WRK").unwrap_or_else(|_| "wrk".to_string())
+}
+
+/// What the front does per hit beyond the bare handler, each part timed alone in a loop on
+/// this thread (the servers idle): parse the body, the L1 hit through `chat` (key: canonical
+/// JSON and SHA-256, then the lookup), serialise the answer. Means in µs.
+fn front_work(runtime: &tokio::runtime::Runtime, cache: &LlmCache, body: &str) -> Value {
+    const N: u32 = 20_000;
+    let mean_us =
+        |elapsed: Duration| (elapsed.as_secs_f64() * 1e6 / f64::from(N) * 100.0).round() / 100.0;
+    let started = Instant::now();
+    for _ in 0..N {
+        black_box(ChatRequest::from_json(black_box(body.as_bytes())).expect("a chat request"));
+    }
+    let parse = mean_us(started.elapsed());
+    let request = ChatRequest::from_json(body.as_bytes()).expect("a chat request");
+    let (hit, answer) = runtime.block_on(async {
+        cache.chat(&request).await.expect("the answer");
+        let started = Instant::now();
+        for _ in 0..N {
+            let hit = cache.chat(black_box(&request)).await.expect("a hit");
+            assert!(hit.status().is_hit(), "an L1 hit");
+            black_box(hit);
+        }
+        let elapsed = started.elapsed();
+        (elapsed, cache.chat(&request).await.expect("a hit"))
+    });
+    let started = Instant::now();
+    for _ in 0..N {
+        black_box(serde_json::to_vec(black_box(answer.value())).expect("JSON"));
+    }
+    let serialise = mean_us(started.elapsed());
+    let hit = mean_us(hit);
+    json!({
+        "parse_request_us": parse,
+        "l1_hit_through_chat_us": hit,
+        "serialise_answer_us": serialise,
+        "sum_us": ((parse + hit + serialise) * 100.0).round() / 100.0,
+    })
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -287,7 +361,7 @@ fn main() {
     let short = std::env::var("FRONT_BENCH_SHORT").is_ok_and(|v| !v.is_empty() && v != "0")
         || std::env::args().any(|a| a == "--short");
     // wrk takes whole seconds.
-    let seconds = env_number("FRONT_BENCH_SECONDS").map_or(if short { 1 } else { 5 }, |s| s as u64);
+    let seconds = env_number("FRONT_BENCH_SECONDS").map_or(if short { 1 } else { 4 }, |s| s as u64);
     let rounds = env_number("FRONT_BENCH_ROUNDS").map_or(if short { 1 } else { 3 }, |r| r as usize);
     assert!(
         rounds > 0 && seconds > 0,
@@ -322,6 +396,7 @@ fn main() {
     std::fs::write(&script, wrk_script(&body)).expect("the wrk script");
 
     let started = Instant::now();
+    let work = front_work(&runtime, &servers.cache, &body);
     // Warm every side's connections and allocator once before the timed runs.
     for (_, addr) in &servers.addrs {
         wrk(&script, *addr, 64, 1);
@@ -333,8 +408,14 @@ fn main() {
                 let (side, addr) = servers.addrs[(k + round) % SIDES.len()];
                 eprintln!("front bench: round {round}, {connections} connections, {side}");
                 let before = servers.cache.stats();
-                let figures = wrk(&script, addr, connections, seconds);
-                if side == "front" {
+                let cpu = process_cpu();
+                let mut figures = wrk(&script, addr, connections, seconds);
+                let requests = figures["requests"].as_f64().expect("requests");
+                figures["server_cpu_us_per_request"] =
+                    json!(cpu.zip(process_cpu()).map(|(a, b)| {
+                        ((b - a).as_secs_f64() * 1e6 / requests * 100.0).round() / 100.0
+                    }));
+                if side == "front" || side == "handler" {
                     let after = servers.cache.stats();
                     let hits = after.cache.l1_hits - before.cache.l1_hits;
                     assert_eq!(after.cache.misses, before.cache.misses, "a timed miss");
@@ -365,27 +446,40 @@ fn main() {
                 .filter(|(c, s, _)| *c == connections && *s == side)
                 .map(|(_, _, v)| v)
                 .collect();
+            // Medians over the rounds (null when a figure is missing, as the CPU off Linux).
             let m = |k: &str| {
-                median(
-                    mine.iter()
-                        .map(|v| v[k].as_f64().expect("a figure"))
-                        .collect(),
-                )
+                let all: Option<Vec<f64>> = mine.iter().map(|v| v[k].as_f64()).collect();
+                all.map(median)
             };
             at[side] = json!({
                 "requests_per_sec": m("requests_per_sec"),
                 "p50_us": m("p50_us"),
                 "p99_us": m("p99_us"),
+                "server_cpu_us_per_request": m("server_cpu_us_per_request"),
                 "rounds": mine,
             });
         }
-        let rps = |side: &str| at[side]["requests_per_sec"].as_f64().expect("a figure");
-        let ratio = |side: &str| json!(((rps(side) / rps("bare")) * 1000.0).round() / 1000.0);
-        let (front, limits) = (ratio("front"), ratio("bare_limits"));
-        at["front_over_bare"] = front;
-        at["bare_limits_over_bare"] = limits;
+        let of = |side: &str, k: &str| at[side][k].as_f64();
+        let over_bare = |side: &str| {
+            let rps = |s| of(s, "requests_per_sec").expect("requests/s");
+            json!(((rps(side) / rps("bare")) * 1000.0).round() / 1000.0)
+        };
+        // The front's server CPU per request beyond the bare handler's (µs).
+        let beyond = of("front", "server_cpu_us_per_request")
+            .zip(of("bare", "server_cpu_us_per_request"))
+            .map(|(f, b)| ((f - b) * 100.0).round() / 100.0);
+        let ratios = json!({
+            "front_over_bare": over_bare("front"),
+            "bare_limits_over_bare": over_bare("bare_limits"),
+            "handler_over_bare": over_bare("handler"),
+            "front_cpu_beyond_bare_us": beyond,
+        });
+        for (k, v) in ratios.as_object().expect("an object") {
+            at[k] = v.clone();
+        }
         report[format!("connections_{connections}")] = at;
     }
+    report["front_work"] = work;
     let ratio = report["connections_64"]["front_over_bare"]
         .as_f64()
         .expect("a ratio");
