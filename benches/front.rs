@@ -1,6 +1,6 @@
 //! The HTTP front against a bare handler, measured from outside by `wrk` (issue 26, item 1).
 //!
-//! Three servers in this process, on one tokio runtime, each on its own loopback port:
+//! Four servers in this process, on one tokio runtime, each on its own loopback port:
 //!
 //! - `front`: `llm_cache::serve`'s router (open mode, an `upstream_url` as the proxy has)
 //!   served by `llm_cache_serve::serve` under the default `ServeLimits`, as the proxy serves
@@ -9,13 +9,16 @@
 //!   own answer (the same ~2 KB of JSON, `content-type`, `x-llm-cache` and `age`) from memory.
 //! - `bare_limits`: the same handler served by `llm_cache_serve::serve`, to tell the server
 //!   loop's cost from the router's.
+//! - `handler`: the crate docs' own handler (parse, `chat`, the `Cached` answer as the
+//!   response) under `llm_cache_serve::serve`: the cache's work without the router.
 //!
 //! `wrk` (keep-alive, one thread, the same ~1 KB chat request every time) drives each of them
 //! at 1 and at 64 connections, in rotating order, three rounds; the JSON gives each figure's
-//! median over the rounds (and every round), and `targets` the ratio of the front's
-//! requests/s to the bare handler's at 64 connections (target at least 0.7; reported, not
-//! asserted). The bench fails only on correctness: an error or a non-2xx answer from wrk, or
-//! a timed request that was not an L1 hit.
+//! median over the rounds (and every round), the servers' CPU per request (wrk excluded),
+//! the cache's work timed alone, and in `targets` the ratio of the front's requests/s to the
+//! bare handler's at 64 connections (target at least 0.7; reported, not asserted). The bench
+//! fails only on correctness: an error or a non-2xx answer from wrk, or a timed request that
+//! was not an L1 hit.
 //!
 //! ```text
 //! bash scripts/bench-front.sh                    # installs wrk when missing; about 100 s
@@ -23,10 +26,11 @@
 //! FRONT_BENCH_SHORT=1 cargo bench --bench front --features serve   # one round of 1 s runs
 //! ```
 //!
-//! `FRONT_BENCH_SECONDS` sets each run's length (default 5), `FRONT_BENCH_ROUNDS` the rounds
-//! (default 3), `FRONT_BENCH_SERVE=front` (or `bare`, `bare_limits`) serves one side alone
-//! and prints its URL, for a profiler or a load generator of your own. wrk and the servers
-//! share the machine's cores. Prints one JSON object on stdout; progress on stderr.
+//! `FRONT_BENCH_SECONDS` sets each run's length (default 4), `FRONT_BENCH_ROUNDS` the rounds
+//! (default 3), `FRONT_BENCH_SERVE=front` (or `bare`, `bare_limits`, `handler`) serves one
+//! side alone and prints its URL and a wrk script, for a profiler or a load generator of your
+//! own. wrk and the servers share the machine's cores. Prints one JSON object on stdout;
+//! progress on stderr.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
