@@ -5,17 +5,20 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Front;
 use super::access;
 use super::errors::ApiError;
 use super::provider::Endpoint;
-use crate::request::ChatRequest;
+use crate::error::Error;
+use crate::request::{ChatRequest, ChatResponse};
 use llm_cache_core::chat::{CacheControl, Route};
+use llm_cache_core::tiered::http::cache_headers;
+use llm_cache_core::{CacheStatus, Cached};
 
 pub(super) async fn completions(State(front): State<Arc<Front>>, request: Request) -> Response {
     match answer(&front, request).await {
@@ -35,7 +38,27 @@ async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {
         return Ok(live.map_err(|e| ApiError::from(&e))?.into_response());
     }
     let cached = cache.chat_routed(&chat, &control, &route).await;
-    Ok(cached.map_err(|e| ApiError::from(&e))?.into_response())
+    Ok(json_answer(front, cached.map_err(|e| ApiError::from(&e))?))
+}
+
+/// What `Cached`'s own `IntoResponse` sends (a 200 JSON body with `x-llm-cache` and `age`),
+/// with the JSON kept from the last time this same answer was sent: an L1 hit hands back the
+/// answer of the hits before it. A bypass answer is not in L1, so its bytes are not kept.
+fn json_answer(front: &Front, cached: Cached<ChatResponse>) -> Response {
+    let (status, age) = (cached.status(), cached.age());
+    let answer = cached.into_arc();
+    let body = match front.answers.json(&answer, status != CacheStatus::Bypass) {
+        Ok(body) => body,
+        Err(e) => return Error::codec(e).into_response(),
+    };
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    cache_headers(headers, status, age);
+    response
 }
 
 /// Who is calling and what they may do: the caller's key checked (or the caller's
@@ -70,19 +93,17 @@ pub(super) fn control(front: &Front, headers: &HeaderMap) -> Result<CacheControl
 /// form-encoded or multipart POSTs across origins without a preflight, so answering them
 /// would let any web page spend the provider budget through an `--open` front.
 fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let essence = given
-        .as_deref()
-        .and_then(|t| t.split(';').next())
-        .map(|t| t.trim().to_ascii_lowercase());
-    let json = essence.as_deref().is_some_and(|t| {
-        t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+    let given = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+    let essence = given.map(|t| {
+        t.split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii()
     });
-    if json {
+    if essence.is_some_and(is_json_type) {
         return Ok(());
     }
+    let essence = essence.map(|t| String::from_utf8_lossy(t).to_ascii_lowercase());
     let said = match essence {
         Some(t) => format!("`{}`", t.chars().take(80).collect::<String>()),
         None => "no Content-Type".to_string(),
@@ -92,6 +113,19 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         format!("this endpoint takes a JSON body (Content-Type: application/json); the request has {said}"),
     )
     .code("unsupported_media_type"))
+}
+
+/// `application/json` or any `application/*+json`, in any case (a media type's essence).
+fn is_json_type(essence: &[u8]) -> bool {
+    const APPLICATION: &[u8] = b"application/";
+    let prefix = essence.get(..APPLICATION.len());
+    if !prefix.is_some_and(|p| p.eq_ignore_ascii_case(APPLICATION)) {
+        return false;
+    }
+    let subtype = &essence[APPLICATION.len()..];
+    subtype.eq_ignore_ascii_case(b"json")
+        || subtype.len() >= b"+json".len()
+            && subtype[subtype.len() - 5..].eq_ignore_ascii_case(b"+json")
 }
 
 /// The body, at most `limit` bytes (the router's `DefaultBodyLimit`): a longer one is
@@ -132,4 +166,36 @@ pub(super) async fn read_body(request: Request, limit: usize) -> Result<Bytes, A
                 .code("invalid_body")
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_type;
+
+    #[test]
+    fn json_types_in_any_case_and_nothing_else() {
+        for json in [
+            "application/json",
+            "APPLICATION/JSON",
+            "Application/Json",
+            "application/problem+json",
+            "application/vnd.api+JSON",
+            "application/+json",
+        ] {
+            assert!(is_json_type(json.as_bytes()), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "application/jsonx",
+            "application/",
+            "application/json5",
+            "text/json",
+            "json",
+            "",
+        ] {
+            assert!(!is_json_type(other.as_bytes()), "{other}");
+        }
+    }
 }

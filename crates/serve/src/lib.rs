@@ -139,6 +139,7 @@
 
 mod access;
 mod admin;
+mod answers;
 mod bodies;
 mod chat;
 mod dashboard;
@@ -408,6 +409,7 @@ impl ServeBuilder {
             namespace: self.namespace,
             body_limit: self.body_limit,
             admin_key,
+            answers: answers::AnswerBytes::new(),
             #[cfg(feature = "prometheus")]
             metrics: self.metrics,
         });
@@ -438,6 +440,8 @@ struct Front {
     namespace: String,
     body_limit: usize,
     admin_key: Option<operator::AdminKey>,
+    /// The JSON of chat answers served lately (an L1 hit is not serialised again).
+    answers: answers::AnswerBytes,
     #[cfg(feature = "prometheus")]
     metrics: Option<llm_cache_core::prometheus::PrometheusHandle>,
 }
