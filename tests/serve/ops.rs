@@ -288,6 +288,15 @@ async fn the_admin_key_guards_health_stats_and_metrics_and_the_page_is_served() 
         let want = if path == "/metrics" { 404 } else { 200 };
         assert_eq!(right.status(), want, "{path}");
     }
+    // The liveness probe a load balancer calls needs no key, and says nothing but that
+    // the process answers.
+    let live = http
+        .get(format!("{}/livez", front.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(live.json::<Value>().await.unwrap(), json!({"ok": true}));
     let health: Value = http
         .get(format!("{}/health", front.url()))
         .bearer_auth(ADMIN_KEY)

@@ -16,6 +16,13 @@ use super::operator;
 
 /// The Redis tier's state; 200 whatever it is (Redis is an optimisation), `"ok"` says
 /// whether an operator has something to look at.
+/// `GET /livez`: 200 `{"ok": true}` while the process answers, for a load balancer's
+/// probe; never behind the admin key, and it says nothing else (not even Redis's state:
+/// Redis is optional, and that is `/health`'s).
+pub(super) async fn livez() -> Response {
+    Json(json!({"ok": true})).into_response()
+}
+
 pub(super) async fn health(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response {
     if let Err(e) = operator::guard(front.admin_key.as_ref(), &headers) {
         return e.into_response();

@@ -13,7 +13,7 @@ pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
         format!(
             "no route {}: this front serves POST /v1/chat/completions, POST /v1/embeddings, \
              POST /v1/responses, POST /v1/completions, GET /v1/models, POST /v1/cache/invalidate, \
-             /health, /stats, /metrics and /dashboard",
+             /livez, /health, /stats, /metrics and /dashboard",
             uri.path()
         ),
     )

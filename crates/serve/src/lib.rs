@@ -419,6 +419,7 @@ impl ServeBuilder {
             .route("/v1/responses", post(bodies::responses))
             .route("/v1/completions", post(bodies::completions))
             .route("/v1/models", get(provider::models))
+            .route("/livez", get(admin::livez))
             .route("/health", get(admin::health))
             .route("/stats", get(admin::stats))
             .route("/metrics", get(admin::metrics))
