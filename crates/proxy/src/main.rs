@@ -16,8 +16,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
 /// An OpenAI-compatible caching proxy: POST /v1/chat/completions (JSON and streamed),
-/// POST /v1/embeddings, GET /v1/models, POST /v1/cache/invalidate, /health, /stats,
-/// /metrics, /dashboard. Callers authenticate
+/// POST /v1/embeddings, /v1/responses, /v1/completions, GET /v1/models,
+/// POST /v1/cache/invalidate, /livez, /health, /stats, /metrics, /dashboard. Callers authenticate
 /// with caller keys bound to namespaces (--caller-keys-file, --caller-key), or forward their
 /// own provider key (--pass-through), or nobody authenticates (--open, for a private
 /// network).
@@ -88,7 +88,7 @@ struct Args {
     open: bool,
 
     /// The admin key: /health, /stats, /metrics (and the dashboard's numbers) then need
-    /// `Authorization: Bearer <admin key>`; in --open mode it is the key that may invalidate
+    /// `Authorization: Bearer <admin key>` (/livez stays open, for load balancers); in --open mode it is the key that may invalidate
     /// (POST /v1/cache/invalidate). Prefer the environment variable or --admin-key-file.
     #[arg(long, env = "LLM_CACHE_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
