@@ -7,6 +7,7 @@
 //!   run otherwise);
 //! - `fully_cached_us_per_input`: a batch of 256 cached inputs, per input, from L1 and from
 //!   Redis, next to a raw `MGET` of the same 256 stored entries on the same connection kind;
+//!   `fully_cached_cluster_us_per_input` the same from a 3-master Cluster (full runs only);
 //! - `l2_bytes_per_vector`: a stored entry's bytes in Redis against the vector's JSON text
 //!   as OpenAI prints it (`float`).
 
@@ -208,6 +209,12 @@ pub async fn figures(short: bool, redis: &RedisServer) -> Value {
     let (l2_p50, _) = percentiles(l2);
     let (raw_p50, _) = percentiles(raw);
 
+    let cluster = if short {
+        Value::Null
+    } else {
+        fully_cached_on_a_cluster(iterations).await
+    };
+
     // Bytes: one stored entry against the vector's JSON text.
     let stored: usize = redis::cmd("STRLEN")
         .arg(&keys[0])
@@ -228,7 +235,63 @@ pub async fn figures(short: bool, redis: &RedisServer) -> Value {
             "raw_mget": r3(raw_p50),
             "l2_vs_raw_mget": r3(raw_p50 / l2_p50),
         },
+        "fully_cached_cluster_us_per_input": cluster,
         "l2_bytes_per_vector": {"stored": stored, "json_float_text": as_json,
             "ratio": r3(stored as f64 / as_json as f64)},
     })
+}
+
+/// The fully cached batch on a 3-master Redis Cluster (`LOAD_BENCH_ONLY=embeddings`, full
+/// runs only: starting a cluster takes seconds): per input from Redis, next to a raw `MGET`
+/// of the same keys on the redis crate's own cluster connection (which splits it by slot,
+/// as the cache's does), same run.
+async fn fully_cached_on_a_cluster(iterations: usize) -> Value {
+    let cluster = llm_cache_test_support::topology::RedisCluster::start();
+    let upstream = Arc::new(Vectors::default());
+    let cache = LlmCache::builder()
+        .upstream_arc(Arc::clone(&upstream) as Arc<dyn Upstream>)
+        .cluster(cluster.addrs())
+        .embeddings_l1_max_bytes(1 << 30)
+        .build()
+        .await
+        .expect("cache on the cluster");
+    let req = request(texts(3_000_000, BATCH));
+    cache.embeddings(&req).await.expect("fill");
+    settle(&cache).await;
+    let keys: Vec<String> = cache
+        .embedding_digests_with(&req, &Default::default())
+        .expect("digests")
+        .iter()
+        .map(|d| cache.tiers().l2_key(d))
+        .collect();
+    let seeds: Vec<String> = cluster
+        .addrs()
+        .iter()
+        .map(|a| format!("redis://{a}"))
+        .collect();
+    let mut conn = redis::cluster::ClusterClient::new(seeds)
+        .expect("cluster client")
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    let (mut l2, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..iterations {
+        cache.clear_l1();
+        let t = Instant::now();
+        let out = cache.embeddings(&req).await.expect("l2 batch");
+        l2.push(t.elapsed().as_secs_f64() * 1e6 / BATCH as f64);
+        assert_eq!(out.status(), llm_cache::CacheStatus::HitL2);
+        let t = Instant::now();
+        let bytes: Vec<Vec<u8>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .expect("mget");
+        raw.push(t.elapsed().as_secs_f64() * 1e6 / BATCH as f64);
+        assert_eq!(bytes.len(), BATCH);
+    }
+    let (l2_p50, _) = percentiles(l2);
+    let (raw_p50, _) = percentiles(raw);
+    json!({"masters": 3, "l2": r3(l2_p50), "raw_mget": r3(raw_p50),
+        "l2_vs_raw_mget": r3(raw_p50 / l2_p50)})
 }
