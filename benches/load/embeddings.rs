@@ -178,36 +178,10 @@ pub async fn figures(short: bool, redis: &RedisServer) -> Value {
     let req = request(all);
     cache.embeddings(&req).await.expect("fill");
     settle(&cache).await;
-    let keys: Vec<String> = cache
-        .embedding_digests_with(&req, &Default::default())
-        .expect("digests")
-        .iter()
-        .map(|d| cache.tiers().l2_key(d))
-        .collect();
+    let keys = l2_keys(&cache, &req);
     let mut conn = redis.conn().await;
-    let (mut l1, mut l2, mut raw) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..iterations {
-        let t = Instant::now();
-        let out = cache.embeddings(&req).await.expect("l1 batch");
-        l1.push(t.elapsed().as_secs_f64() * 1e6 / BATCH as f64);
-        assert_eq!(out.status(), llm_cache::CacheStatus::HitL1);
-        cache.clear_l1();
-        let t = Instant::now();
-        let out = cache.embeddings(&req).await.expect("l2 batch");
-        l2.push(t.elapsed().as_secs_f64() * 1e6 / BATCH as f64);
-        assert_eq!(out.status(), llm_cache::CacheStatus::HitL2);
-        let t = Instant::now();
-        let bytes: Vec<Vec<u8>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .expect("mget");
-        raw.push(t.elapsed().as_secs_f64() * 1e6 / BATCH as f64);
-        assert_eq!(bytes.len(), BATCH);
-    }
-    let (l1_p50, _) = percentiles(l1);
-    let (l2_p50, _) = percentiles(l2);
-    let (raw_p50, _) = percentiles(raw);
+    let [l1_p50, l2_p50, raw_p50] =
+        fully_cached(&cache, &req, &keys, &mut conn, iterations, true).await;
 
     let cluster = if short {
         Value::Null
@@ -258,12 +232,7 @@ async fn fully_cached_on_a_cluster(iterations: usize) -> Value {
     let req = request(texts(3_000_000, BATCH));
     cache.embeddings(&req).await.expect("fill");
     settle(&cache).await;
-    let keys: Vec<String> = cache
-        .embedding_digests_with(&req, &Default::default())
-        .expect("digests")
-        .iter()
-        .map(|d| cache.tiers().l2_key(d))
-        .collect();
+    let keys = l2_keys(&cache, &req);
     let seeds: Vec<String> = cluster
         .addrs()
         .iter()
@@ -274,24 +243,54 @@ async fn fully_cached_on_a_cluster(iterations: usize) -> Value {
         .get_async_connection()
         .await
         .expect("cluster connection");
-    let (mut l2, mut raw) = (Vec::new(), Vec::new());
+    let [_, l2_p50, raw_p50] =
+        fully_cached(&cache, &req, &keys, &mut conn, iterations, false).await;
+    json!({"masters": 3, "l2": r3(l2_p50), "raw_mget": r3(raw_p50),
+        "l2_vs_raw_mget": r3(raw_p50 / l2_p50)})
+}
+
+/// The Redis keys of `req`'s inputs.
+fn l2_keys(cache: &LlmCache, req: &EmbeddingRequest) -> Vec<String> {
+    cache
+        .embedding_digests_with(req, &Default::default())
+        .expect("digests")
+        .iter()
+        .map(|d| cache.tiers().l2_key(d))
+        .collect()
+}
+
+/// The stored batch `req`, `iterations` times, per input (p50 in µs): from L1 (when `l1`;
+/// else 0), from Redis (L1 cleared), and a raw `MGET` of its `keys` on `conn`, interleaved.
+async fn fully_cached<C: redis::aio::ConnectionLike>(
+    cache: &LlmCache,
+    req: &EmbeddingRequest,
+    keys: &[String],
+    conn: &mut C,
+    iterations: usize,
+    l1: bool,
+) -> [f64; 3] {
+    let per_input = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / BATCH as f64;
+    let mut times: [Vec<f64>; 3] = Default::default();
     for _ in 0..iterations {
+        if l1 {
+            let t = Instant::now();
+            let out = cache.embeddings(req).await.expect("l1 batch");
+            times[0].push(per_input(t));
+            assert_eq!(out.status(), llm_cache::CacheStatus::HitL1);
+        }
         cache.clear_l1();
         let t = Instant::now();
-        let out = cache.embeddings(&req).await.expect("l2 batch");
-        l2.push(t.elapsed().as_secs_f64() * 1e6 / BATCH as f64);
+        let out = cache.embeddings(req).await.expect("l2 batch");
+        times[1].push(per_input(t));
         assert_eq!(out.status(), llm_cache::CacheStatus::HitL2);
         let t = Instant::now();
         let bytes: Vec<Vec<u8>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut conn)
+            .arg(keys)
+            .query_async(conn)
             .await
             .expect("mget");
-        raw.push(t.elapsed().as_secs_f64() * 1e6 / BATCH as f64);
+        times[2].push(per_input(t));
         assert_eq!(bytes.len(), BATCH);
     }
-    let (l2_p50, _) = percentiles(l2);
-    let (raw_p50, _) = percentiles(raw);
-    json!({"masters": 3, "l2": r3(l2_p50), "raw_mget": r3(raw_p50),
-        "l2_vs_raw_mget": r3(raw_p50 / l2_p50)})
+    times.map(|t| if t.is_empty() { 0.0 } else { percentiles(t).0 })
 }

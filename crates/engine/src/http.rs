@@ -189,11 +189,16 @@ pub fn cache_headers(headers: &mut HeaderMap, status: CacheStatus, age: Duration
 
 /// `value` as a 200 JSON body, with `x-llm-cache` and `age` from `status` and `age`.
 pub fn json_answer(value: &impl Serialize, status: CacheStatus, age: Duration) -> Response {
-    let body = match serde_json::to_vec(value) {
-        Ok(body) => body,
-        Err(e) => return Error::codec(e).into_response(),
-    };
-    let mut response = Response::new(Body::from(body));
+    match serde_json::to_vec(value) {
+        Ok(body) => json_body(Body::from(body), status, age),
+        Err(e) => Error::codec(e).into_response(),
+    }
+}
+
+/// `body`, JSON already, as a 200 answer with `x-llm-cache` and `age` from `status` and
+/// `age` (what [`json_answer`] sends once it has serialised its value).
+pub fn json_body(body: Body, status: CacheStatus, age: Duration) -> Response {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

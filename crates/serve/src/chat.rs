@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Front;
@@ -17,7 +17,7 @@ use super::provider::Endpoint;
 use crate::error::Error;
 use crate::request::{ChatRequest, ChatResponse};
 use llm_cache_core::chat::{CacheControl, Route};
-use llm_cache_core::tiered::http::cache_headers;
+use llm_cache_core::tiered::http::json_body;
 use llm_cache_core::{CacheStatus, Cached};
 
 pub(super) async fn completions(State(front): State<Arc<Front>>, request: Request) -> Response {
@@ -47,18 +47,10 @@ async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {
 fn json_answer(front: &Front, cached: Cached<ChatResponse>) -> Response {
     let (status, age) = (cached.status(), cached.age());
     let answer = cached.into_arc();
-    let body = match front.answers.json(&answer, status != CacheStatus::Bypass) {
-        Ok(body) => body,
-        Err(e) => return Error::codec(e).into_response(),
-    };
-    let mut response = Response::new(Body::from(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    cache_headers(headers, status, age);
-    response
+    match front.answers.json(&answer, status != CacheStatus::Bypass) {
+        Ok(body) => json_body(Body::from(body), status, age),
+        Err(e) => Error::codec(e).into_response(),
+    }
 }
 
 /// Who is calling and what they may do: the caller's key checked (or the caller's
