@@ -457,13 +457,7 @@ impl OpenAiCompatible {
             .timeout(Duration::MAX)
             .body(body)
             .send();
-        let response = match tokio::time::timeout(self.request_timeout, send).await {
-            Ok(sent) => sent.map_err(transport)?,
-            Err(_) => return Err(ready.timeout(self.request_timeout)),
-        };
-        if !response.status().is_success() {
-            return Err(self.status_failure(ready, response).await);
-        }
+        let response = self.headers_in_time(ready, send).await?;
         let json = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -483,6 +477,23 @@ impl OpenAiCompatible {
     }
 
     /// The failure a non-2xx answer stands for, quoting the provider's message.
+    /// The answer `send` gets, its headers within `request_timeout`; a non-2xx status is
+    /// the upstream's error.
+    async fn headers_in_time(
+        &self,
+        ready: &Ready,
+        send: impl Future<Output = reqwest::Result<reqwest::Response>>,
+    ) -> Result<reqwest::Response, Failure> {
+        let response = match tokio::time::timeout(self.request_timeout, send).await {
+            Ok(sent) => sent.map_err(|e| ready.transport_error(e, self))?,
+            Err(_) => return Err(ready.timeout(self.request_timeout)),
+        };
+        if !response.status().is_success() {
+            return Err(self.status_failure(ready, response).await);
+        }
+        Ok(response)
+    }
+
     async fn status_failure(&self, ready: &Ready, mut response: reqwest::Response) -> Failure {
         let status = response.status();
         let retry_after = retry_after(response.headers(), SystemTime::now());

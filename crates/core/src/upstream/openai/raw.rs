@@ -109,7 +109,6 @@ impl OpenAiCompatible {
         body: Bytes,
         stream: bool,
     ) -> Result<reqwest::Response, Failure> {
-        let transport = |e| ready.transport_error(e, self);
         let accept = stream.then(|| HeaderValue::from_static("text/event-stream"));
         // A stream's whole body may take longer than `request_timeout`: only its headers
         // are bounded here (and each read above).
@@ -123,14 +122,7 @@ impl OpenAiCompatible {
             .timeout(timeout)
             .body(body)
             .send();
-        let response = match tokio::time::timeout(self.request_timeout, send).await {
-            Ok(sent) => sent.map_err(transport)?,
-            Err(_) => return Err(ready.timeout(self.request_timeout)),
-        };
-        if !response.status().is_success() {
-            return Err(self.status_failure(ready, response).await);
-        }
-        Ok(response)
+        self.headers_in_time(ready, send).await
     }
 }
 
