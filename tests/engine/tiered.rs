@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use llm_cache::{BreakerState, CacheStatus, Digest, Error, FetchOptions, TieredCache};
+use llm_cache::engine::CacheStatus;
+use llm_cache::{BreakerState, Digest, Error, FetchOptions, TieredCache};
 use redis::AsyncCommands;
 use support::eventually;
 use support::redis::RedisServer;
@@ -199,7 +200,7 @@ fn spawn_gated(
     keys: u32,
     gate: &Arc<Semaphore>,
     calls: &Arc<AtomicUsize>,
-) -> Vec<tokio::task::JoinHandle<llm_cache::Result<llm_cache::Cached<String>>>> {
+) -> Vec<tokio::task::JoinHandle<llm_cache::Result<llm_cache::engine::Cached<String>>>> {
     (0..n)
         .map(|i| {
             let c = c.clone();

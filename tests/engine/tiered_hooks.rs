@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use llm_cache::{CacheStatus, Codec, Digest, Error, ErrorKind, FetchOptions, Result, TieredCache};
+use llm_cache::engine::CacheStatus;
+use llm_cache::{Codec, Digest, Error, ErrorKind, FetchOptions, Result, TieredCache};
 use redis::AsyncCommands;
 use support::eventually;
 use support::redis::RedisServer;

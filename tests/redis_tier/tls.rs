@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use llm_cache::{CacheStatus, Digest, Error, L2Health, TieredCache, TieredCacheBuilder};
+use llm_cache::engine::CacheStatus;
+use llm_cache::{Digest, Error, L2Health, TieredCache, TieredCacheBuilder};
 use support::eventually;
 use support::tls::{MASTER_NAME, Pki, TlsCluster, TlsRedis};
 

@@ -132,11 +132,11 @@ use self::reply::error_reply;
 use self::request::Plan;
 use self::upstream::FactoryUpstream;
 pub use self::upstream::HttpService;
+use llm_cache_core::CacheStatus;
 use llm_cache_core::chat::{CacheControl, LlmCache, LlmCacheBuilder, Route};
 use llm_cache_core::error::{Error, ErrorKind, Result};
 use llm_cache_core::integrations::headers;
 use llm_cache_core::request::{ChatRequest, ChatResponse};
-use llm_cache_core::tiered::CacheStatus;
 use llm_cache_core::tiered::stats::Stats;
 use llm_cache_core::upstream::{BoxFuture, Upstream};
 

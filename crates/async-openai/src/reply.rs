@@ -12,8 +12,8 @@ use futures_util::{Stream, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
+use llm_cache_core::CacheStatus;
 use llm_cache_core::error::{Error, ErrorKind};
-use llm_cache_core::tiered::CacheStatus;
 
 use llm_cache_core::integrations::headers::{HEADER_STATUS, status_label};
 

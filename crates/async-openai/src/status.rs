@@ -16,8 +16,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use llm_cache_core::CacheStatus;
 use llm_cache_core::integrations::headers::HEADER_STATUS;
-use llm_cache_core::tiered::CacheStatus;
 use llm_cache_core::tiered::sync::lock;
 
 /// Where one answer of the layer came from: `x-llm-cache` and `age` as a value.

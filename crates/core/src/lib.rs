@@ -10,6 +10,7 @@
 // The rooms; arrows point down only: chat -> stream, upstream, request, embeddings,
 // semantic; upstream -> stream, request; stream -> request. The engine is a crate below.
 pub mod bodies;
+mod cached;
 #[doc(hidden)]
 pub mod chat;
 #[doc(hidden)]
@@ -30,16 +31,22 @@ pub mod stream;
 #[doc(hidden)]
 pub mod upstream;
 
-// The engine under the names the rooms were written against.
+/// The generic engine under the LLM layer (the `llm-cache-engine` crate): [`TieredCache`]
+/// answers with its own [`engine::Cached`] and [`engine::CacheStatus`], which have no
+/// name for this layer's `Partial` and `HitSemantic`; they turn into [`Cached`] and
+/// [`CacheStatus`] with `From`, and the statuses compare with `==` across the two.
+pub use llm_cache_engine as engine;
+// The engine under the name the rooms were written against.
 #[doc(hidden)]
 pub use llm_cache_engine as tiered;
 #[doc(hidden)]
 pub use llm_cache_engine::error;
 
+pub use cached::{CacheStatus, Cached};
 pub use llm_cache_engine::{
-    BreakerState, CacheStatus, Cached, Codec, DEFAULT_SCAN_LIMIT, Digest, Error, ErrorKind,
-    FetchOptions, Health, JsonCodec, L2Health, Redis, RedisStats, Result, Stats, TieredCache,
-    TieredCacheBuilder, TryFetchError, Weigher, default_weight,
+    BreakerState, Codec, DEFAULT_SCAN_LIMIT, Digest, Error, ErrorKind, FetchOptions, Health,
+    JsonCodec, L2Health, Redis, RedisStats, Result, Stats, TieredCache, TieredCacheBuilder,
+    TryFetchError, Weigher, default_weight,
 };
 // The Redis storage format: public for the fuzz crate and the tests, not semver-stable API.
 #[doc(hidden)]

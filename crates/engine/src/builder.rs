@@ -57,8 +57,8 @@ macro_rules! config_setters {
 
         /// Prefix of every Redis key: entries are `{prefix}:{<sha256 hex>}` (the braces are a
         /// Cluster hash tag; the same key holds the lease marker while a flight fetches the
-        /// entry), with `{prefix}:generations`, the channel `{prefix}:invalidate` and, with
-        /// the semantic cache, the index keys `{prefix}:v{<scope>}...` beside them. Default
+        /// entry), with `{prefix}:generations`, the channel `{prefix}:invalidate` and the keys
+        /// a layer above names with `Keyspace::layer_key` beside them. Default
         /// `ai:cache`. 1 to 128 bytes, no whitespace, control characters or braces (`build()`
         /// says which): with this layout no two distinct prefixes can share a key.
         pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {

@@ -14,9 +14,13 @@ use crate::now_ms;
 /// [`CacheStatus::as_str`] names it.
 pub const HEADER_STATUS: &str = "x-llm-cache";
 
-/// Where an answer came from.
+/// Where the engine's answer came from.
+///
+/// Exhaustive on purpose: these are the outcomes of a tiered lookup, and the layers above
+/// the engine map each of them into statuses of their own (which may add outcomes the
+/// engine does not know), so a new one is a breaking change that the compiler shows to
+/// every layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum CacheStatus {
     /// Served from the in-process tier.
     HitL1,
@@ -28,17 +32,11 @@ pub enum CacheStatus {
     Coalesced,
     /// The cache was bypassed on request.
     Bypass,
-    /// An answer made of many entries (one per input of a batch), some of them found in
-    /// the tiers or in other callers' flights and some fetched by this caller.
-    Partial,
-    /// The answer of an earlier request that asks the same in other words (the opt-in
-    /// semantic cache): see [`Cached::similarity`] and [`Cached::matched_digest`].
-    HitSemantic,
 }
 
 impl CacheStatus {
     /// The value of the `x-llm-cache` response header for this status: `hit-l1`, `hit-l2`,
-    /// `coalesced`, `miss`, `bypass`, `partial`, `hit-semantic`.
+    /// `coalesced`, `miss`, `bypass`.
     pub fn header_value(self) -> &'static str {
         match self {
             CacheStatus::HitL1 => "hit-l1",
@@ -46,25 +44,18 @@ impl CacheStatus {
             CacheStatus::Coalesced => "coalesced",
             CacheStatus::Miss => "miss",
             CacheStatus::Bypass => "bypass",
-            CacheStatus::Partial => "partial",
-            CacheStatus::HitSemantic => "hit-semantic",
         }
     }
 
-    /// True for answers that cost no fetch of this caller's own (L1, L2, coalesced,
-    /// semantic).
+    /// True for answers that cost no fetch of this caller's own (L1, L2, coalesced).
     pub fn is_hit(self) -> bool {
         matches!(
             self,
-            CacheStatus::HitL1
-                | CacheStatus::HitL2
-                | CacheStatus::Coalesced
-                | CacheStatus::HitSemantic
+            CacheStatus::HitL1 | CacheStatus::HitL2 | CacheStatus::Coalesced
         )
     }
 
-    /// A short lower-case name (`l1`, `l2`, `miss`, `coalesced`, `bypass`, `partial`,
-    /// `semantic`).
+    /// A short lower-case name (`l1`, `l2`, `miss`, `coalesced`, `bypass`).
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::HitL1 => "l1",
@@ -72,9 +63,27 @@ impl CacheStatus {
             CacheStatus::Miss => "miss",
             CacheStatus::Coalesced => "coalesced",
             CacheStatus::Bypass => "bypass",
-            CacheStatus::Partial => "partial",
-            CacheStatus::HitSemantic => "semantic",
         }
+    }
+}
+
+/// What an answer's status tells its HTTP headers: the `x-llm-cache` value and whether it
+/// is a hit (a miss is sent with `age: 0`). The engine's [`CacheStatus`] is one; a layer
+/// above the engine implements it for its own status type to use the
+/// [`http`](crate::http) helpers.
+pub trait AnswerStatus: Copy {
+    /// The value of the `x-llm-cache` response header.
+    fn header_value(self) -> &'static str;
+    /// True for answers that cost no fetch of this caller's own.
+    fn is_hit(self) -> bool;
+}
+
+impl AnswerStatus for CacheStatus {
+    fn header_value(self) -> &'static str {
+        CacheStatus::header_value(self)
+    }
+    fn is_hit(self) -> bool {
+        CacheStatus::is_hit(self)
     }
 }
 
@@ -91,8 +100,6 @@ pub struct Cached<V> {
     status: CacheStatus,
     created_at_ms: u64,
     digest: Digest,
-    /// For a semantic hit: the similarity and the digest of the entry served.
-    matched: Option<(f32, Digest)>,
 }
 
 impl<V> Clone for Cached<V> {
@@ -102,7 +109,6 @@ impl<V> Clone for Cached<V> {
             status: self.status,
             created_at_ms: self.created_at_ms,
             digest: self.digest,
-            matched: self.matched,
         }
     }
 }
@@ -115,33 +121,7 @@ impl<V> Cached<V> {
             status,
             created_at_ms,
             digest,
-            matched: None,
         }
-    }
-
-    /// `entry`'s value served for the request of `digest` as a semantic hit.
-    #[doc(hidden)]
-    pub fn matched(entry: Cached<V>, digest: Digest, similarity: f32) -> Self {
-        Cached {
-            value: entry.value,
-            status: CacheStatus::HitSemantic,
-            created_at_ms: entry.created_at_ms,
-            digest,
-            // A cosine computed in f32 can land a hair outside [-1, 1].
-            matched: Some((similarity.clamp(-1.0, 1.0), entry.digest)),
-        }
-    }
-
-    /// For a [`CacheStatus::HitSemantic`]: the cosine between the request's embedding and
-    /// the matched entry's; `None` otherwise.
-    pub fn similarity(&self) -> Option<f32> {
-        self.matched.map(|(s, _)| s)
-    }
-
-    /// For a [`CacheStatus::HitSemantic`]: the digest of the entry served (the request's
-    /// own is [`digest`](Self::digest)); `None` otherwise.
-    pub fn matched_digest(&self) -> Option<Digest> {
-        self.matched.map(|(_, d)| d)
     }
 
     /// The value.

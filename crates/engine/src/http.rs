@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::cached::{CacheStatus, Cached};
+use crate::cached::{AnswerStatus, Cached};
 use crate::error::{Error, ErrorKind, ProviderError};
 
 /// An OpenAI-shaped error answer: status, `type`, `code`, `param`, message, and an optional
@@ -177,7 +177,7 @@ impl IntoResponse for Error {
 pub use crate::cached::HEADER_STATUS;
 
 /// The `x-llm-cache` and `age` headers of an answer from `status`, `age` old.
-pub fn cache_headers(headers: &mut HeaderMap, status: CacheStatus, age: Duration) {
+pub fn cache_headers(headers: &mut HeaderMap, status: impl AnswerStatus, age: Duration) {
     headers.insert(
         HEADER_STATUS,
         HeaderValue::from_static(status.header_value()),
@@ -188,7 +188,7 @@ pub fn cache_headers(headers: &mut HeaderMap, status: CacheStatus, age: Duration
 }
 
 /// `value` as a 200 JSON body, with `x-llm-cache` and `age` from `status` and `age`.
-pub fn json_answer(value: &impl Serialize, status: CacheStatus, age: Duration) -> Response {
+pub fn json_answer(value: &impl Serialize, status: impl AnswerStatus, age: Duration) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => json_body(Body::from(body), status, age),
         Err(e) => Error::codec(e).into_response(),
@@ -197,7 +197,7 @@ pub fn json_answer(value: &impl Serialize, status: CacheStatus, age: Duration) -
 
 /// `body`, JSON already, as a 200 answer with `x-llm-cache` and `age` from `status` and
 /// `age` (what [`json_answer`] sends once it has serialised its value).
-pub fn json_body(body: Body, status: CacheStatus, age: Duration) -> Response {
+pub fn json_body(body: Body, status: impl AnswerStatus, age: Duration) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(

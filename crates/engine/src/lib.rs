@@ -70,7 +70,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 pub use self::builder::TieredCacheBuilder;
-pub use self::cached::{CacheStatus, Cached, FetchOptions};
+pub use self::cached::{AnswerStatus, CacheStatus, Cached, FetchOptions};
 pub use self::codec::{Codec, JsonCodec, Weigher, default_weight};
 pub use self::connect::Redis;
 pub use self::digest::Digest;

@@ -21,8 +21,8 @@ use super::chat::{control, read_body};
 use super::errors::ApiError;
 use super::provider::body_tail;
 use crate::error::{Error, ErrorKind};
+use llm_cache_core::CacheStatus;
 use llm_cache_core::bodies::{BodyEndpoint, BodyPlan, BodyRequest, Sent};
-use llm_cache_core::tiered::CacheStatus;
 use llm_cache_core::tiered::http::cache_headers;
 
 pub(super) async fn responses(State(front): State<Arc<Front>>, request: Request) -> Response {

@@ -20,12 +20,13 @@ use super::{
     BodyCache, BodyEndpoint, JsonAnswer, Sent, StoredBody, StreamAnswer, fit_for_streaming,
     json_is_complete, stream_is_complete,
 };
+use crate::CacheStatus;
 use crate::chat::CacheControl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::replay_log::{Next, ReplayLog};
 use crate::stream::usage;
 use crate::tiered::sync::lock;
-use crate::tiered::{CacheStatus, Digest, FetchOptions};
+use crate::tiered::{Digest, FetchOptions};
 
 /// How long a streamed flight may wait on the tiers (the upstream stream included).
 const STREAM_WAIT: Duration = Duration::from_secs(30 * 60);
@@ -81,7 +82,7 @@ impl BodyCache {
             .tiers
             .get_or_fetch_with(digest, &control.fetch, fetch)
             .await?;
-        let status = cached.status();
+        let status = CacheStatus::from(cached.status());
         let age = if status == CacheStatus::Miss {
             Duration::ZERO
         } else {
@@ -243,7 +244,7 @@ impl BodyCache {
                 Ok(cached) => {
                     if !flight.has_items() {
                         // Answered by a tier: replay it whole.
-                        flight.set_origin(cached.status());
+                        flight.set_origin(cached.status().into());
                         flight.push(Bytes::copy_from_slice(cached.value().body.as_bytes()));
                     }
                     flight.finish(Ok(()));

@@ -19,10 +19,11 @@ use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::CacheStatus;
 use crate::chat::{CacheControl, LlmCache};
 use crate::error::{Error, Result};
 use crate::tiered::stats::Stats;
-use crate::tiered::{CacheStatus, Digest, TieredCache};
+use crate::tiered::{Digest, TieredCache};
 
 pub use self::complete::{json_is_complete, stream_is_complete};
 

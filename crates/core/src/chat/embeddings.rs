@@ -9,10 +9,10 @@ use sha2::{Digest as _, Sha256};
 
 use super::key::{self, KEY_FORMAT_VERSION};
 use super::{CacheControl, LlmCache, Route};
+use crate::CacheStatus;
 use crate::embeddings::{CachedEmbeddings, EmbeddingStats, Scope, input_digest};
 use crate::error::Result;
 use crate::request::{EmbeddingRequest, Usage};
-use crate::tiered::CacheStatus;
 use crate::tiered::digest::Digest;
 
 /// Separates the request part of input keys from every other digest.

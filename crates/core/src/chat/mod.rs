@@ -38,8 +38,9 @@ use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::health::Health;
 use crate::tiered::redis_stats::RedisStats;
 use crate::tiered::stats::Timer;
-use crate::tiered::{CacheStatus, Cached, TieredCache, now_ms};
+use crate::tiered::{TieredCache, now_ms};
 use crate::upstream::Upstream;
+use crate::{CacheStatus, Cached};
 
 /// Where a request's answer comes from on a miss, and what its key holds beyond the body and
 /// namespace: the extension point for an integration that calls its own upstream through
@@ -348,7 +349,7 @@ impl LlmCache {
             && let Some(hit) = inner.tiers.get(&digest).await
         {
             counters.saved(CacheStatus::HitL1, hit.value());
-            return Ok(hit);
+            return Ok(hit.into());
         }
         let mut pending = None;
         if let Some(semantic) = inner.semantic.as_ref().filter(|_| control.semantic)
@@ -384,10 +385,11 @@ impl LlmCache {
                 Ok(response)
             }
         };
-        let out = inner
+        let out: Cached<_> = inner
             .tiers
             .get_or_fetch_lazy(digest, &control.fetch, make_fetch)
-            .await?;
+            .await?
+            .into();
         if out.status().is_hit() {
             counters.saved(out.status(), out.value());
         } else {

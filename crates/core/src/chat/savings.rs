@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use metrics::{Counter, Gauge, Unit};
 
 use super::{Inner, LlmCache};
+use crate::CacheStatus;
 use crate::chat::pricing::ModelPrice;
 use crate::embeddings::EmbeddingStats;
 use crate::request::{ChatResponse, Usage};
 use crate::semantic::SemanticStats;
-use crate::tiered::CacheStatus;
 use crate::tiered::stats::Stats;
 
 /// Answers served without a call, by model and tier (`l1`, `l2`, `coalesced`, `semantic`).

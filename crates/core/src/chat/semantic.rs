@@ -14,8 +14,8 @@ use super::{CacheControl, LlmCache, Route};
 use crate::request::{ChatRequest, ChatResponse, Content, EmbeddingRequest};
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::Cached;
 use crate::semantic::{AuditOutcome, Counters, Semantic, cosine};
-use crate::tiered::Cached;
 use crate::tiered::digest::Digest;
 
 /// Separates semantic scope digests from every other digest.
@@ -100,7 +100,7 @@ impl LlmCache {
             return Before::Miss(None);
         };
         if let Some(hit) = self.inner.tiers.fetch_stored(&digest).await {
-            return Before::Served(hit);
+            return Before::Served(hit.into());
         }
         let canonical = semantic.canonical(text);
         if canonical.is_empty() {
@@ -126,7 +126,7 @@ impl LlmCache {
                     if semantic.sample_audit() {
                         self.semantic_audit(semantic, request, control, route, entry.value());
                     }
-                    return Before::Served(Cached::matched(entry, digest, m.similarity));
+                    return Before::Served(Cached::matched(entry.into(), digest, m.similarity));
                 }
                 None => semantic.forget(scope, m.entry).await,
             }

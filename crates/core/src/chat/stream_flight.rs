@@ -16,13 +16,14 @@ use futures_util::{Stream, StreamExt};
 
 use super::semantic::Before;
 use super::{LlmCache, Route};
+use crate::CacheStatus;
 use crate::chat::policy::{self, CacheControl};
 use crate::error::{Error, ErrorKind, Result};
 use crate::replay_log::{Next, ReplayLog};
 use crate::request::{ChatRequest, ChatResponse};
 use crate::stream::{Assembler, ChatChunk, ReplayOptions, replay};
+use crate::tiered::FetchOptions;
 use crate::tiered::digest::Digest;
-use crate::tiered::{CacheStatus, FetchOptions};
 use crate::upstream::Upstream;
 
 /// Settings of the streaming path, from the builder.
@@ -356,7 +357,7 @@ impl LlmCache {
                         // Answered by a tier or by a non-streamed flight: replay it.
                         let fetched_now = cached.status() == CacheStatus::Miss;
                         flight.set_origin((
-                            cached.status(),
+                            cached.status().into(),
                             (!fetched_now).then(|| cached.created_at_ms()),
                         ));
                         let all = ReplayOptions {

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use crate::tiered::CacheStatus;
+use crate::CacheStatus;
 use crate::tiered::digest::Digest;
 use crate::tiered::stats::ShortKey;
 
@@ -57,7 +57,6 @@ impl<'a> Traced<'a> {
             Ok(CacheStatus::Bypass) => ("bypass", "upstream"),
             Ok(CacheStatus::Partial) => ("partial", "upstream"),
             Ok(CacheStatus::HitSemantic) => ("hit", "semantic"),
-            Ok(_) => ("other", "none"),
             Err(_) => ("error", "none"),
         };
         let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);

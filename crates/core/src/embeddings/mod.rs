@@ -17,6 +17,7 @@ use futures_util::future::join_all;
 use sha2::{Digest as _, Sha256};
 
 pub(crate) use self::stored::{EmbeddingCodec, StoredEmbedding, weigh};
+use crate::CacheStatus;
 use crate::error::{Error, ErrorKind, Result};
 use crate::request::{
     Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat,
@@ -24,7 +25,7 @@ use crate::request::{
 };
 use crate::tiered::digest::Digest;
 use crate::tiered::stats::Stats;
-use crate::tiered::{CacheStatus, Cached, FetchOptions, TieredCache, now_ms};
+use crate::tiered::{Cached, FetchOptions, TieredCache, now_ms};
 use crate::upstream::Upstream;
 
 /// The default of the builder's `max_embedding_inputs_per_call`: OpenAI's limit on inputs
@@ -411,7 +412,7 @@ fn assemble(
     found: &[Cached<StoredEmbedding>],
     digests: &[Digest],
 ) -> CachedEmbeddings {
-    let statuses: Vec<CacheStatus> = found.iter().map(|c| c.status()).collect();
+    let statuses: Vec<CacheStatus> = found.iter().map(|c| c.status().into()).collect();
     // A repeated input joins its first occurrence's flight (`Coalesced`, so that its
     // tokens are charged once): the whole answer's status goes by each distinct input.
     let mut seen = std::collections::HashSet::with_capacity(digests.len());

@@ -1,7 +1,7 @@
 //! The LLM layer's answers as axum responses (feature `axum`, on `axum-core`): a
 //! [`CachedStream`] as server-sent events, [`CachedEmbeddings`] as JSON, both with the
-//! `x-llm-cache` and `age` headers. The crate's error and `Cached<V>` are axum responses
-//! through the engine's own `axum` feature.
+//! `x-llm-cache` and `age` headers, and [`Cached<V>`](crate::Cached) as JSON. The crate's
+//! error is an axum response through the engine's own `axum` feature.
 
 use axum_core::body::Body;
 use axum_core::response::{IntoResponse, Response};
@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use http::{HeaderValue, header};
 use serde::Serialize;
 
+use crate::Cached;
 use crate::chat::CachedStream;
 use crate::embeddings::CachedEmbeddings;
 use crate::error::Error;
@@ -68,5 +69,12 @@ fn error_event(e: &Error) -> Bytes {
 impl IntoResponse for CachedEmbeddings {
     fn into_response(self) -> Response {
         json_answer(self.response(), self.status(), self.age())
+    }
+}
+
+/// A cached answer as a 200 JSON body, with `x-llm-cache` and `age`.
+impl<V: Serialize> IntoResponse for Cached<V> {
+    fn into_response(self) -> Response {
+        json_answer(self.value(), self.status(), self.age())
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 
+use crate::CacheStatus;
 use crate::chat::CacheControl;
 use crate::chat::key::put_framed;
-use crate::tiered::CacheStatus;
 use crate::upstream::{CREDENTIAL_HEADERS, is_scoped_credential};
 
 /// Request header: the namespace (tenant) of this request.

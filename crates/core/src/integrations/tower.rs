@@ -6,10 +6,10 @@
 use std::fmt;
 use std::task::{Context, Poll};
 
+use crate::Cached;
 use crate::LlmCache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::request::{ChatRequest, ChatResponse};
-use crate::tiered::Cached;
 use crate::upstream::{BoxFuture, Upstream};
 
 /// `call` is [`LlmCache::chat`]: always ready, cheap to clone (the cache is shared). Put
