@@ -10,6 +10,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::chat::StoredAnswer;
+use crate::request::ChatResponse;
 use crate::tiered::{self, Digest};
 
 /// Where an answer came from.
@@ -130,6 +132,10 @@ pub struct Cached<V> {
     /// For a semantic hit: the similarity, and the digest of the request itself (the
     /// entry's is the matched one).
     matched: Option<(f32, Digest)>,
+    /// For a chat answer: the form the tiers hold, whose identity says that two hits
+    /// served the same entry (the HTTP front keeps the JSON of the answers it serves by
+    /// it).
+    stored: Option<Arc<StoredAnswer>>,
 }
 
 impl<V> Clone for Cached<V> {
@@ -138,6 +144,7 @@ impl<V> Clone for Cached<V> {
             entry: self.entry.clone(),
             status: self.status,
             matched: self.matched,
+            stored: self.stored.clone(),
         }
     }
 }
@@ -148,7 +155,29 @@ impl<V> From<tiered::Cached<V>> for Cached<V> {
             status: entry.status().into(),
             entry,
             matched: None,
+            stored: None,
         }
+    }
+}
+
+impl Cached<ChatResponse> {
+    /// A chat answer from the form the tiers hold it in.
+    pub(crate) fn answer(entry: tiered::Cached<StoredAnswer>) -> Self {
+        let status = entry.status();
+        let value = entry.value().response();
+        Cached {
+            entry: tiered::Cached::new(value, status, entry.created_at_ms(), entry.digest()),
+            status: status.into(),
+            matched: None,
+            stored: Some(entry.into_arc()),
+        }
+    }
+
+    /// The entry this answer was served from, when the tiers held it: two answers with the
+    /// same (`Arc::ptr_eq`) entry are the same answer.
+    #[doc(hidden)]
+    pub fn stored(&self) -> Option<&Arc<StoredAnswer>> {
+        self.stored.as_ref()
     }
 }
 
@@ -162,6 +191,7 @@ impl<V> Cached<V> {
             entry: tiered::Cached::new(value, engine, created_at_ms, digest),
             status,
             matched: None,
+            stored: None,
         }
     }
 
@@ -173,6 +203,7 @@ impl<V> Cached<V> {
             status: CacheStatus::HitSemantic,
             // A cosine computed in f32 can land a hair outside [-1, 1].
             matched: Some((similarity.clamp(-1.0, 1.0), digest)),
+            stored: entry.stored,
         }
     }
 

@@ -71,6 +71,7 @@ pub use upstream::{OpenAiCompatible, RetryPolicy, UpstreamStats};
 #[cfg(feature = "tower")]
 pub use integrations::tower::TowerUpstream;
 
+pub use chat::StoredAnswer;
 pub use chat::key;
 #[doc(no_inline)]
 pub use chat::key::{KEY_FORMAT_VERSION, KeyOptions};

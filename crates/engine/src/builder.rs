@@ -27,8 +27,9 @@ macro_rules! config_setters {
         /// L1 holds each value decoded, behind an `Arc`, so that a hit hands it out
         /// without decoding (holding only its encoded bytes would make every hit decode).
         /// Each entry is charged what it holds: the value as the weigher counts it (the LLM
-        /// cache counts an answer's structs, every string and vector at its capacity, each
-        /// JSON map's nodes and each allocation's rounding), plus the entry's own cost (key
+        /// cache holds most answers as one arena of their strings and counts that; an answer
+        /// held whole, its structs, every string and vector at its capacity, each JSON map's
+        /// nodes and each allocation's rounding), plus the entry's own cost (key
         /// and moka's per-entry structures, about 380 bytes), plus 1/16 for what the
         /// allocator keeps but cannot reuse while L1 evicts and fills. Filled far past the
         /// bound, with glibc's allocator, the process grows by about the bound

@@ -16,9 +16,9 @@ use super::errors::ApiError;
 use super::provider::Endpoint;
 use crate::error::Error;
 use crate::request::{ChatRequest, ChatResponse};
+use llm_cache_core::Cached;
 use llm_cache_core::chat::{CacheControl, Route};
 use llm_cache_core::tiered::http::json_body;
-use llm_cache_core::{CacheStatus, Cached};
 
 pub(super) async fn completions(State(front): State<Arc<Front>>, request: Request) -> Response {
     match answer(&front, request).await {
@@ -42,12 +42,11 @@ async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {
 }
 
 /// What `Cached`'s own `IntoResponse` sends (a 200 JSON body with `x-llm-cache` and `age`),
-/// with the JSON kept from the last time this same answer was sent: an L1 hit hands back the
-/// answer of the hits before it. A bypass answer is not in L1, so its bytes are not kept.
+/// with the JSON kept from the last time this same entry was sent: an L1 hit is served from
+/// the entry of the hits before it. A bypass answer has no entry, so its bytes are not kept.
 fn json_answer(front: &Front, cached: Cached<ChatResponse>) -> Response {
     let (status, age) = (cached.status(), cached.age());
-    let answer = cached.into_arc();
-    match front.answers.json(&answer, status != CacheStatus::Bypass) {
+    match front.answers.json(cached.stored(), cached.value()) {
         Ok(body) => json_body(Body::from(body), status, age),
         Err(e) => Error::codec(e).into_response(),
     }

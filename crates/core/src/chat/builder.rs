@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chat::LlmCache;
+use crate::chat::StoredAnswer;
 use crate::chat::key::KeyOptions;
 use crate::chat::pricing::PriceTable;
 use crate::chat::savings::DEFAULT_MAX_MODEL_LABELS;
 use crate::chat::stream_flight::StreamSettings;
-use crate::chat::weight::{self, ChatCodec};
+use crate::chat::weight::ChatCodec;
 use crate::embeddings::{self, Embeddings, StoredEmbedding};
 use crate::error::{Error, Result};
-use crate::request::{ChatResponse, EncodingFormat};
+use crate::request::EncodingFormat;
 use crate::semantic::{Semantic, SemanticConfig};
 use crate::tiered::Guarded;
 use crate::tiered::TieredCache;
@@ -303,10 +304,10 @@ impl LlmCacheBuilder {
         // Answers are weighed by what they hold in memory, and compacted once decoded.
         let hooks = Hooks {
             codec: Arc::new(ChatCodec),
-            weigher: Some(Arc::new(weight::weigh)),
+            weigher: Some(Arc::new(|answer: &StoredAnswer, _| answer.weight())),
         };
         let tiers =
-            TieredCache::<ChatResponse>::from_parts_with(self.config, l2.clone(), counters, hooks);
+            TieredCache::<StoredAnswer>::from_parts_with(self.config, l2.clone(), counters, hooks);
         tiers.settle().await;
         let cache = LlmCache::from_parts(
             (tiers, embeddings, bodies),

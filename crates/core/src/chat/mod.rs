@@ -11,6 +11,7 @@ mod policy;
 mod pricing;
 mod savings;
 mod semantic;
+mod stored;
 mod stream_flight;
 mod trace;
 mod weight;
@@ -29,6 +30,7 @@ pub use self::pricing::{ModelPrice, PriceTable};
 use self::savings::ModelCounters;
 pub use self::savings::{DEFAULT_MAX_MODEL_LABELS, OTHER_MODELS};
 pub use self::savings::{LlmStats, ModelSavings};
+pub use self::stored::StoredAnswer;
 pub use self::stream_flight::CachedStream;
 use self::stream_flight::{StreamFlight, StreamSettings};
 use crate::chat::key::KeyOptions;
@@ -158,7 +160,7 @@ pub struct LlmCache {
 }
 
 struct Inner {
-    tiers: TieredCache<ChatResponse>,
+    tiers: TieredCache<StoredAnswer>,
     upstream: Arc<dyn Upstream>,
     key_options: KeyOptions,
     prices: PriceTable,
@@ -203,7 +205,7 @@ impl LlmCache {
     /// `tiers`: the answers' tier and the vectors' (the embeddings path).
     pub(crate) fn from_parts(
         (tiers, embeddings, bodies): (
-            TieredCache<ChatResponse>,
+            TieredCache<StoredAnswer>,
             crate::embeddings::Embeddings,
             crate::bodies::BodyCache,
         ),
@@ -348,8 +350,9 @@ impl LlmCache {
         if !control.fetch.refresh
             && let Some(hit) = inner.tiers.get(&digest).await
         {
+            let hit = Cached::answer(hit);
             counters.saved(CacheStatus::HitL1, hit.value());
-            return Ok(hit.into());
+            return Ok(hit);
         }
         let mut pending = None;
         if let Some(semantic) = inner.semantic.as_ref().filter(|_| control.semantic)
@@ -379,17 +382,17 @@ impl LlmCache {
             let owned = request.clone();
             move || async move {
                 calls.fetch_add(1, Relaxed);
-                let mut response = upstream.chat(&owned).await?;
+                let response = upstream.chat(&owned).await?;
                 policy::check_response(&response)?;
-                weight::compact(&mut response);
-                Ok(response)
+                Ok(StoredAnswer::from(response))
             }
         };
-        let out: Cached<_> = inner
-            .tiers
-            .get_or_fetch_lazy(digest, &control.fetch, make_fetch)
-            .await?
-            .into();
+        let out = Cached::answer(
+            inner
+                .tiers
+                .get_or_fetch_lazy(digest, &control.fetch, make_fetch)
+                .await?,
+        );
         if out.status().is_hit() {
             counters.saved(out.status(), out.value());
         } else {
@@ -635,7 +638,7 @@ impl LlmCache {
     }
 
     /// The generic tiers underneath, for inspection (`inflight()`, `l2_key()`...).
-    pub fn tiers(&self) -> &TieredCache<ChatResponse> {
+    pub fn tiers(&self) -> &TieredCache<StoredAnswer> {
         &self.inner.tiers
     }
 

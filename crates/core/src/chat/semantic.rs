@@ -100,7 +100,7 @@ impl LlmCache {
             return Before::Miss(None);
         };
         if let Some(hit) = self.inner.tiers.fetch_stored(&digest).await {
-            return Before::Served(hit.into());
+            return Before::Served(Cached::answer(hit));
         }
         let canonical = semantic.canonical(text);
         if canonical.is_empty() {
@@ -122,11 +122,12 @@ impl LlmCache {
             }
             match self.inner.tiers.fetch_stored(&m.entry).await {
                 Some(entry) => {
+                    let entry = Cached::answer(entry);
                     Counters::incr(&semantic.counters.hits);
                     if semantic.sample_audit() {
                         self.semantic_audit(semantic, request, control, route, entry.value());
                     }
-                    return Before::Served(Cached::matched(entry.into(), digest, m.similarity));
+                    return Before::Served(Cached::matched(entry, digest, m.similarity));
                 }
                 None => semantic.forget(scope, m.entry).await,
             }

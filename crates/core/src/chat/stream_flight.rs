@@ -14,9 +14,9 @@ use dashmap::mapref::entry::Entry;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 
+use super::StoredAnswer;
 use super::semantic::Before;
 use super::{LlmCache, Route};
-use crate::CacheStatus;
 use crate::chat::policy::{self, CacheControl};
 use crate::error::{Error, ErrorKind, Result};
 use crate::replay_log::{Next, ReplayLog};
@@ -25,6 +25,7 @@ use crate::stream::{Assembler, ChatChunk, ReplayOptions, replay};
 use crate::tiered::FetchOptions;
 use crate::tiered::digest::Digest;
 use crate::upstream::Upstream;
+use crate::{CacheStatus, Cached};
 
 /// Settings of the streaming path, from the builder.
 #[derive(Debug, Clone, Copy)]
@@ -210,6 +211,7 @@ impl LlmCache {
         if !control.fetch.refresh
             && let Some(hit) = inner.tiers.get(&digest).await
         {
+            let hit = Cached::answer(hit);
             counters.saved(CacheStatus::HitL1, hit.value());
             let chunks = replay(hit.value(), &options);
             return Ok(CachedStream {
@@ -353,11 +355,12 @@ impl LlmCache {
                 .await
             {
                 Ok(cached) => {
+                    let cached = Cached::answer(cached);
                     if !flight.has_items() {
                         // Answered by a tier or by a non-streamed flight: replay it.
                         let fetched_now = cached.status() == CacheStatus::Miss;
                         flight.set_origin((
-                            cached.status().into(),
+                            cached.status(),
                             (!fetched_now).then(|| cached.created_at_ms()),
                         ));
                         let all = ReplayOptions {
@@ -386,7 +389,7 @@ impl LlmCache {
         calls: Arc<AtomicU64>,
         abort: bool,
         request: ChatRequest,
-    ) -> Result<ChatResponse> {
+    ) -> Result<StoredAnswer> {
         flight.set_origin((CacheStatus::Miss, None));
         calls.fetch_add(1, Relaxed);
         let mut live = upstream.chat_stream(&request).await?;
@@ -402,10 +405,9 @@ impl LlmCache {
                 ));
             }
         }
-        let mut answer = assembler.finish()?;
+        let answer = assembler.finish()?;
         policy::check_response(&answer)?;
-        super::weight::compact(&mut answer);
-        Ok(answer)
+        Ok(StoredAnswer::from(answer))
     }
 }
 

@@ -1,25 +1,25 @@
-//! What a cached answer costs while L1 holds it, for `LlmCache`'s weigher, and `compact`,
-//! which gives back the spare capacity a fetched, assembled or decoded answer carries
-//! before L1 keeps it. Plain functions of a `ChatResponse`: no tiers, no I/O; every walk
-//! over JSON values uses an explicit stack, so no nesting can exhaust a thread's stack.
+//! What an answer held whole costs while L1 holds it, for `StoredAnswer`'s weight, and
+//! `compact`, which gives back the spare capacity a fetched, assembled or decoded answer
+//! carries before L1 keeps it; and `ChatCodec`, the chat tier's codec. Plain functions of a
+//! `ChatResponse`: no tiers, no I/O; every walk over JSON values uses an explicit stack, so
+//! no nesting can exhaust a thread's stack.
 //!
-//! L1 holds answers decoded, behind an `Arc`, so that a hit is a reference-count increment:
-//! holding only the encoded bytes would save the structs' size but make every hit decode.
-//! What the decoded answer really costs is then its structs (a `ChatResponse` and each
-//! `Choice` are 208 bytes each), every string and vector at its capacity, and every
-//! allocation's header and rounding: the weigher counts all of it, and the engine adds the
-//! entry's own cost.
+//! Most answers are held in `StoredAnswer`'s compact form, which weighs itself. One held
+//! whole (tool calls, several choices, content parts) costs its structs (a `ChatResponse`
+//! and each `Choice` are 208 bytes each), every string and vector at its capacity, and
+//! every allocation's header and rounding: the weigher counts all of it, and the engine
+//! adds the entry's own cost.
 
 use std::mem::size_of;
 
 use serde_json::Value;
 
+use super::StoredAnswer;
 use crate::error::{Error, Result};
 use crate::request::{ChatMessage, ChatResponse, Choice, Content, Extra, ToolCall};
 use crate::tiered::codec::{Codec, JsonCodec, heap_bytes};
 
-/// `LlmCache`'s [`Weigher`](crate::Weigher): the bytes `response` holds in memory, its `Arc`
-/// allocation included.
+/// The bytes `response` holds in memory, its `Arc` allocation included.
 pub(crate) fn weigh(response: &ChatResponse, _encoded_len: usize) -> u32 {
     let mut w = Tally::default();
     w.alloc(16 + size_of::<ChatResponse>());
@@ -121,34 +121,26 @@ fn exact_vec<T>(v: &mut Vec<T>) {
     }
 }
 
-/// `LlmCache`'s codec: JSON, as [`JsonCodec`] writes it (entries stay readable by every
-/// instance), and a decoded answer is compacted before L1 holds it.
+/// `LlmCache`'s codec: the answer's JSON, as [`JsonCodec`] writes a `ChatResponse` (entries
+/// stay readable by every instance and version), read back into a [`StoredAnswer`].
 pub(crate) struct ChatCodec;
 
-impl Codec<ChatResponse> for ChatCodec {
+impl Codec<StoredAnswer> for ChatCodec {
     /// Into a buffer sized for the answer's text up front: grown by doubling from empty, a
     /// large answer's encoding left a chain of freed buffers behind each fill, which the
     /// allocator could not reuse for the long-lived answers (the process grew by up to
     /// a third more than L1's bound with 50 KB answers).
-    fn encode(&self, value: &ChatResponse) -> Result<Vec<u8>> {
-        let text: usize = value
-            .choices
-            .iter()
-            .map(|c| match &c.message.content {
-                Some(Content::Text(t)) => t.len(),
-                _ => 0,
-            })
-            .sum();
+    fn encode(&self, value: &StoredAnswer) -> Result<Vec<u8>> {
+        let text = value.text_len();
         let mut bytes = Vec::with_capacity(text.saturating_add(1024));
         serde_json::to_writer(&mut bytes, value)
             .map_err(|e| Error::codec(format!("value does not serialize: {e}")))?;
         Ok(bytes)
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<ChatResponse> {
-        let mut response: ChatResponse = JsonCodec.decode(bytes)?;
-        compact(&mut response);
-        Ok(response)
+    fn decode(&self, bytes: &[u8]) -> Result<StoredAnswer> {
+        let response: ChatResponse = JsonCodec.decode(bytes)?;
+        Ok(StoredAnswer::from(response))
     }
 }
 
@@ -331,10 +323,20 @@ mod tests {
     fn the_codec_writes_plain_json_and_reads_it_compacted() {
         let body = json!({"id": "c", "choices": [{"index": 0,
             "message": {"role": "assistant", "content": "a"}}]});
-        let bytes = ChatCodec.encode(&decoded(&body)).unwrap();
+        let bytes = ChatCodec.encode(&decoded(&body).into()).unwrap();
         assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), body);
         let back = ChatCodec.decode(&bytes).unwrap();
-        assert_eq!(back.choices.capacity(), 1);
+        assert!(back.is_compact());
+        assert_eq!(*back.response(), decoded(&body));
+        // An answer held whole is compacted before L1 holds it.
+        let tools = json!({"choices": [{"index": 0, "message": {"role": "assistant",
+            "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "f", "arguments": "{}"}}]}}]});
+        let back = ChatCodec
+            .decode(&serde_json::to_vec(&tools).unwrap())
+            .unwrap();
+        assert!(!back.is_compact());
+        assert_eq!(back.response().choices.capacity(), 1);
         assert!(ChatCodec.decode(b"[1]").is_err());
     }
 }
