@@ -321,8 +321,7 @@ impl LlmCacheBuilder {
             let (guarded, keyspace) = tiers_l2(&cache);
             Semantic::new(c, guarded.map(|g| (g, keyspace)))
         });
-        let cache = cache.with_semantic(semantic);
-        Ok(cache)
+        Ok(cache.with_semantic(semantic).publish_with_tiers())
     }
 }
 

@@ -184,55 +184,49 @@ impl SemanticConfig {
     }
 }
 
-/// The semantic counters in [`LlmStats`](crate::LlmStats).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct SemanticStats {
-    /// Lookups made (after an exact miss, for requests that opted in and qualify).
-    pub lookups: u64,
-    /// Requests answered by a semantic match.
-    pub hits: u64,
-    /// Candidates above the threshold that the lexical guard refused.
-    pub guard_refusals: u64,
-    /// Answers indexed after a miss (in process, and in Redis when it took them).
-    pub indexed: u64,
-    /// Matches whose entry was gone (dropped from the index, then a miss).
-    pub stale: u64,
-    /// Lookups that could not ask Redis (down, slow, breaker open): in-process only.
-    pub redis_skipped: u64,
-    /// Requests that opted in but could not be looked up (not a plain user text last, no
-    /// content words, or the embedding call failed).
-    pub ineligible: u64,
-    /// Entries in the in-process index.
-    pub l1_entries: u64,
-    /// Bytes of the in-process index.
-    pub l1_bytes: u64,
-    /// Semantic hits audited (see [`SemanticConfig::audit`]): the upstream was asked too.
-    pub audited: u64,
-    /// Audits whose fresh answer agreed with the one served.
-    pub agreed: u64,
-    /// Audits whose fresh answer disagreed: a likely false hit.
-    pub disagreed: u64,
-    /// Audits that could not decide (the upstream or the embedding call failed, or an
-    /// answer had no text).
-    pub audit_failed: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) lookups: AtomicU64,
-    pub(crate) hits: AtomicU64,
-    pub(crate) guard_refusals: AtomicU64,
-    pub(crate) indexed: AtomicU64,
-    pub(crate) stale: AtomicU64,
-    pub(crate) redis_skipped: AtomicU64,
-    pub(crate) ineligible: AtomicU64,
-    pub(crate) audited: AtomicU64,
-    pub(crate) agreed: AtomicU64,
-    pub(crate) disagreed: AtomicU64,
-    pub(crate) audit_failed: AtomicU64,
-    /// Semantic hits seen by the audit's sampling.
-    audit_seen: AtomicU64,
+llm_cache_engine::counters! {
+    /// The semantic counters in [`LlmStats`](crate::LlmStats).
+    #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+    #[non_exhaustive]
+    pub struct SemanticStats;
+    pub(crate) struct Counters {
+        counters {
+            /// Lookups made (after an exact miss, for requests that opted in and qualify).
+            lookups,
+            /// Requests answered by a semantic match.
+            hits,
+            /// Candidates above the threshold that the lexical guard refused.
+            guard_refusals,
+            /// Answers indexed after a miss (in process, and in Redis when it took them).
+            indexed,
+            /// Matches whose entry was gone (dropped from the index, then a miss).
+            stale,
+            /// Lookups that could not ask Redis (down, slow, breaker open): in-process only.
+            redis_skipped,
+            /// Requests that opted in but could not be looked up (not a plain user text last,
+            /// no content words, or the embedding call failed).
+            ineligible,
+            /// Semantic hits audited (see [`SemanticConfig::audit`]): the upstream was asked too.
+            audited,
+            /// Audits whose fresh answer agreed with the one served.
+            agreed => [AUDITS, "outcome" => "agreed"],
+            /// Audits whose fresh answer disagreed: a likely false hit.
+            disagreed => [AUDITS, "outcome" => "disagreed"],
+            /// Audits that could not decide (the upstream or the embedding call failed, or an
+            /// answer had no text).
+            audit_failed => [AUDITS, "outcome" => "failed"],
+        }
+        gauges {
+            /// Entries in the in-process index.
+            l1_entries: u64,
+            /// Bytes of the in-process index.
+            l1_bytes: u64,
+        }
+        extra {
+            /// Semantic hits seen by the audit's sampling.
+            audit_seen: AtomicU64,
+        }
+    }
 }
 
 /// What an audit found.
@@ -410,23 +404,8 @@ impl Semantic {
     }
 
     pub(crate) fn stats(&self) -> SemanticStats {
-        let c = &self.counters;
         let (l1_entries, l1_bytes) = self.local.as_ref().map_or((0, 0), LocalIndex::size);
-        SemanticStats {
-            lookups: c.lookups.load(Relaxed),
-            hits: c.hits.load(Relaxed),
-            guard_refusals: c.guard_refusals.load(Relaxed),
-            indexed: c.indexed.load(Relaxed),
-            stale: c.stale.load(Relaxed),
-            redis_skipped: c.redis_skipped.load(Relaxed),
-            ineligible: c.ineligible.load(Relaxed),
-            l1_entries,
-            l1_bytes,
-            audited: c.audited.load(Relaxed),
-            agreed: c.agreed.load(Relaxed),
-            disagreed: c.disagreed.load(Relaxed),
-            audit_failed: c.audit_failed.load(Relaxed),
-        }
+        self.counters.snapshot(l1_entries, l1_bytes)
     }
 
     /// Whether this semantic hit is audited: exactly `audit_fraction` of hits, spread
@@ -440,17 +419,15 @@ impl Semantic {
         ((n + 1.0) * f).floor() > (n * f).floor()
     }
 
-    /// Count an audit's outcome, in the stats and as a metric.
+    /// Count an audit's outcome (its series is published from the count).
     pub(crate) fn record_audit(&self, outcome: AuditOutcome) {
         let c = &self.counters;
         Counters::incr(&c.audited);
-        let (cell, label) = match outcome {
-            AuditOutcome::Agreed => (&c.agreed, "agreed"),
-            AuditOutcome::Disagreed => (&c.disagreed, "disagreed"),
-            AuditOutcome::Failed => (&c.audit_failed, "failed"),
-        };
-        Counters::incr(cell);
-        metrics::counter!(AUDITS, "outcome" => label).increment(1);
+        Counters::incr(match outcome {
+            AuditOutcome::Agreed => &c.agreed,
+            AuditOutcome::Disagreed => &c.disagreed,
+            AuditOutcome::Failed => &c.audit_failed,
+        });
     }
 }
 

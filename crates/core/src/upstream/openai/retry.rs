@@ -2,11 +2,10 @@
 //! and what it counts while doing so ([`UpstreamStats`] and its `metrics` series). A retry
 //! must never undercut the delay the upstream asked for.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use metrics::Counter;
+use crate::tiered::stats::Published;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 
@@ -99,19 +98,24 @@ impl RetryPolicy {
 #[derive(Debug)]
 pub struct UpstreamStats {
     pub(super) calls: AtomicU64,
-    pub(super) retries: AtomicU64,
-    pub(super) errors: AtomicU64,
-    /// The same, as `ai_upstream_requests_total{outcome}`.
-    pub(super) exported: UpstreamExported,
+    // These three publish `ai_upstream_requests_total{outcome}` (`retried`, `error`, `ok`)
+    // from their counts when a call ends.
+    pub(super) retries: Published,
+    pub(super) errors: Published,
+    ok: Published,
 }
 
 impl Default for UpstreamStats {
     fn default() -> Self {
+        crate::upstream::describe_series();
+        let outcome = |o: &'static str| {
+            Published::new(metrics::counter!(crate::upstream::UPSTREAM_REQUESTS, "outcome" => o))
+        };
         UpstreamStats {
             calls: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            exported: UpstreamExported::register(),
+            retries: outcome("retried"),
+            errors: outcome("error"),
+            ok: outcome("ok"),
         }
     }
 }
@@ -132,31 +136,13 @@ impl UpstreamStats {
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
-}
 
-/// The series of an upstream client (the built-in `OpenAiCompatible`).
-pub(crate) struct UpstreamExported {
-    pub ok: Counter,
-    pub error: Counter,
-    pub retried: Counter,
-}
-
-impl UpstreamExported {
-    pub(crate) fn register() -> Self {
-        crate::upstream::describe_series();
-        let outcome =
-            |o: &'static str| metrics::counter!(crate::upstream::UPSTREAM_REQUESTS, "outcome" => o);
-        UpstreamExported {
-            ok: outcome("ok"),
-            error: outcome("error"),
-            retried: outcome("retried"),
+    /// Count a call's end in `outcome` (`ok` or `errors`), and publish the series.
+    pub(super) fn ended(&self, outcome: &AtomicU64) {
+        outcome.fetch_add(1, Ordering::Relaxed);
+        for series in [&self.retries, &self.errors, &self.ok] {
+            series.publish();
         }
-    }
-}
-
-impl fmt::Debug for UpstreamExported {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamExported").finish_non_exhaustive()
     }
 }
 
@@ -173,11 +159,10 @@ impl OpenAiCompatible {
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
             if n > 1 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                self.stats.exported.retried.increment(1);
             }
             let failure = match attempt().await {
                 Ok(answer) => {
-                    self.stats.exported.ok.increment(1);
+                    self.stats.ended(&self.stats.ok);
                     tracing::Span::current().record("upstream_attempts", n);
                     return Ok(answer);
                 }
@@ -190,8 +175,7 @@ impl OpenAiCompatible {
                 None => Some(policy.backoff(n - 1)),
             };
             let Some(delay) = delay else {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.stats.exported.error.increment(1);
+                self.stats.ended(&self.stats.errors);
                 tracing::Span::current().record("upstream_attempts", n);
                 return Err(failure.error);
             };
