@@ -84,80 +84,55 @@ impl SemanticConfig {
         }
     }
 
-    /// Ask the model for this many dimensions (models that support it: smaller vectors,
-    /// smaller index).
-    pub fn dimensions(mut self, n: u32) -> Self {
-        self.dimensions = Some(n);
-        self
-    }
+    crate::tiered::setters! {
+        /// Ask the model for this many dimensions (models that support it: smaller vectors,
+        /// smaller index).
+        pub fn dimensions(n: u32) { dimensions = Some(n) }
 
-    /// The cosine a candidate needs before the guard looks at it, in (0, 1]. Default
-    /// [`DEFAULT_SEMANTIC_THRESHOLD`].
-    pub fn threshold(mut self, cosine: f32) -> Self {
-        self.threshold = cosine;
-        self
-    }
+        /// The cosine a candidate needs before the guard looks at it, in (0, 1]. Default
+        /// [`DEFAULT_SEMANTIC_THRESHOLD`].
+        pub fn threshold(cosine: f32) { threshold = cosine }
 
-    /// The most candidates re-ranked by exact cosine and guarded per lookup (at least 1).
-    pub fn max_candidates(mut self, n: usize) -> Self {
-        self.max_candidates = n;
-        self
-    }
+        /// The most candidates re-ranked by exact cosine and guarded per lookup (at least 1).
+        pub fn max_candidates(n: usize) { max_candidates = n }
 
-    /// The bytes of process memory the in-process index may hold; 0 keeps none (Redis only).
-    pub fn l1_index_bytes(mut self, bytes: u64) -> Self {
-        self.l1_index_bytes = bytes;
-        self
-    }
+        /// The bytes of process memory the in-process index may hold; 0 keeps none (Redis only).
+        pub fn l1_index_bytes(bytes: u64) { l1_index_bytes = bytes }
 
-    /// The most entries one bucket holds (at least 1): bounds each lookup's bytes.
-    pub fn bucket_cap(mut self, n: usize) -> Self {
-        self.bucket_cap = n;
-        self
-    }
+        /// The most entries one bucket holds (at least 1): bounds each lookup's bytes.
+        pub fn bucket_cap(n: usize) { bucket_cap = n }
 
-    /// The lexical guard (tighten with [`LexicalGuard::strict`], or tune its knobs).
-    pub fn guard(mut self, guard: LexicalGuard) -> Self {
-        self.guard = guard;
-        self
-    }
+        /// The lexical guard (tighten with [`LexicalGuard::strict`], or tune its knobs).
+        pub fn guard(guard: LexicalGuard) { guard = guard }
 
-    /// Audit this fraction of semantic hits, in [0, 1] (default 0: off). An audited hit is
-    /// served as usual; in the background the cache also asks the upstream (one paid call,
-    /// counted in `upstream_calls`) and compares the fresh answer with the one served:
-    /// they agree when their texts are equal once trimmed, or when the cosine of their
-    /// embeddings (the semantic model, through the embeddings path) is at least
-    /// [`audit_agreement`](Self::audit_agreement). The counts are in
-    /// [`SemanticStats`] (`audited`, `agreed`, `disagreed`, `audit_failed`) and in
-    /// `ai_cache_semantic_audits_total{outcome}`: `disagreed / (agreed + disagreed)` is an
-    /// estimate of your traffic's false-hit rate. Sampling is deterministic: every
-    /// `1 / fraction`-th hit.
-    pub fn audit(mut self, fraction: f64) -> Self {
-        self.audit_fraction = fraction;
-        self
-    }
+        /// Audit this fraction of semantic hits, in [0, 1] (default 0: off). An audited hit is
+        /// served as usual; in the background the cache also asks the upstream (one paid call,
+        /// counted in `upstream_calls`) and compares the fresh answer with the one served:
+        /// they agree when their texts are equal once trimmed, or when the cosine of their
+        /// embeddings (the semantic model, through the embeddings path) is at least
+        /// [`audit_agreement`](Self::audit_agreement). The counts are in
+        /// [`SemanticStats`] (`audited`, `agreed`, `disagreed`, `audit_failed`) and in
+        /// `ai_cache_semantic_audits_total{outcome}`: `disagreed / (agreed + disagreed)` is an
+        /// estimate of your traffic's false-hit rate. Sampling is deterministic: every
+        /// `1 / fraction`-th hit.
+        pub fn audit(fraction: f64) { audit_fraction = fraction }
 
-    /// The cosine of the two answers' embeddings at or above which an audit counts them as
-    /// agreeing, in (0, 1]. Default [`DEFAULT_AUDIT_AGREEMENT`]: two samples of one answer
-    /// in other words score above it with sentence-embedding models, answers to other
-    /// questions mostly below; a sampled temperature > 0 upstream disagrees with itself
-    /// now and then, so read the rate against a baseline of exact repeats.
-    pub fn audit_agreement(mut self, cosine: f32) -> Self {
-        self.audit_agreement = cosine;
-        self
-    }
+        /// The cosine of the two answers' embeddings at or above which an audit counts them as
+        /// agreeing, in (0, 1]. Default [`DEFAULT_AUDIT_AGREEMENT`]: two samples of one answer
+        /// in other words score above it with sentence-embedding models, answers to other
+        /// questions mostly below; a sampled temperature > 0 upstream disagrees with itself
+        /// now and then, so read the rate against a baseline of exact repeats.
+        pub fn audit_agreement(cosine: f32) { audit_agreement = cosine }
 
-    /// Embed through the route a request came by, when it came through the async-openai
-    /// layer or the HTTP front: the layer's inner service (the caller's base URL, headers,
-    /// credentials and retry stack, at the `embeddings` path beside `chat/completions`), or
-    /// the front's upstream client (its held key, or the caller's credentials when it
-    /// passes them through). No second `OpenAiCompatible` beside the layer: a cache built
-    /// without an upstream can then be semantic. Vectors fetched this way are keyed per
-    /// route (and credential scope). A request made on the cache itself still embeds
-    /// through the builder's upstream. Default false.
-    pub fn embed_via_route(mut self, yes: bool) -> Self {
-        self.embed_via_route = yes;
-        self
+        /// Embed through the route a request came by, when it came through the async-openai
+        /// layer or the HTTP front: the layer's inner service (the caller's base URL, headers,
+        /// credentials and retry stack, at the `embeddings` path beside `chat/completions`), or
+        /// the front's upstream client (its held key, or the caller's credentials when it
+        /// passes them through). No second `OpenAiCompatible` beside the layer: a cache built
+        /// without an upstream can then be semantic. Vectors fetched this way are keyed per
+        /// route (and credential scope). A request made on the cache itself still embeds
+        /// through the builder's upstream. Default false.
+        pub fn embed_via_route(yes: bool) { embed_via_route = yes }
     }
 
     /// The knob that is wrong, and why.

@@ -53,33 +53,23 @@ impl RetryPolicy {
         Self::default().max_attempts(1)
     }
 
-    /// Attempts in all, the first included (default 3; must be at least 1).
-    #[must_use]
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
+    crate::tiered::setters! {
+        /// Attempts in all, the first included (default 3; must be at least 1).
+        #[must_use]
+        pub fn max_attempts(n: u32) { max_attempts = n }
 
-    /// The backoff bound of the first retry, doubled for each later one (default 200 ms).
-    #[must_use]
-    pub fn base_delay(mut self, d: Duration) -> Self {
-        self.base_delay = d;
-        self
-    }
+        /// The backoff bound of the first retry, doubled for each later one (default 200 ms).
+        #[must_use]
+        pub fn base_delay(d: Duration) { base_delay = d }
 
-    /// The largest backoff bound (default 10 s).
-    #[must_use]
-    pub fn max_delay(mut self, d: Duration) -> Self {
-        self.max_delay = d;
-        self
-    }
+        /// The largest backoff bound (default 10 s).
+        #[must_use]
+        pub fn max_delay(d: Duration) { max_delay = d }
 
-    /// The longest `Retry-After` the client waits for; a longer one ends the call with
-    /// the error (default 30 s).
-    #[must_use]
-    pub fn max_retry_after(mut self, d: Duration) -> Self {
-        self.max_retry_after = d;
-        self
+        /// The longest `Retry-After` the client waits for; a longer one ends the call with
+        /// the error (default 30 s).
+        #[must_use]
+        pub fn max_retry_after(d: Duration) { max_retry_after = d }
     }
 
     /// The jittered delay before retry `n` (0 for the first retry).
