@@ -18,19 +18,22 @@ use crate::stats::Counters;
 
 /// Builder setters that store their argument and return the builder:
 /// `pub fn name(arg: T) { field.path = value }` is `pub fn name(mut self, arg: T) -> Self`,
-/// which sets `self.field.path = value`. Attributes (docs, `#[must_use]`) are kept.
+/// which sets `self.field.path = value` and returns `self`, or `self.then()` when written
+/// `{ field.path = value; self.then() }`. Attributes (docs, `#[must_use]`) are kept.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! setters {
     ($(
         $(#[$attr:meta])*
-        $vis:vis fn $name:ident($arg:ident: $ty:ty) { $($field:tt).+ = $value:expr }
+        $vis:vis fn $name:ident($arg:ident: $ty:ty) {
+            $($field:tt).+ = $value:expr $(; self.$then:ident())?
+        }
     )*) => {
         $(
             $(#[$attr])*
             $vis fn $name(mut self, $arg: $ty) -> Self {
                 self.$($field).+ = $value;
-                self
+                self $(.$then())?
             }
         )*
     };

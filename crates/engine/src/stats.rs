@@ -1,7 +1,8 @@
 //! Counters of what the cache did, the `Stats` snapshot users read, and the same figures
-//! exported through the `metrics` facade (the application picks the recorder). Counting is
-//! a relaxed atomic add on handles registered once: it must never take a lock or allocate
-//! on the hit path.
+//! exported through the `metrics` facade (the application picks the recorder), published
+//! from the counters; `counters!` and `Published`, with which the layers on the engine
+//! declare theirs the same way. Counting is a relaxed atomic add: it must never take a lock
+//! or allocate on the hit path.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
