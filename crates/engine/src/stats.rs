@@ -142,12 +142,14 @@ counters! {
             /// L2 operations skipped: the breaker was open, or no connection was up (one is being
             /// made in the background; no operation waits for it).
             l2_skipped,
-            /// L2 values that failed to decode (bad magic, version, checksum...): treated as misses.
+            /// L2 values that failed to decode (bad magic, version, checksum...): treated as
+            /// misses.
             corrupt_entries => [L2_ERRORS, "kind" => "corrupt"],
             /// L2 writes completed.
             l2_writes,
-            /// L2 writes the server refused with an error reply (e.g. `OOM` when Redis is full under
-            /// `noeviction`): the entry stays in L1 only. Redis is up: the breaker stays closed.
+            /// L2 writes the server refused with an error reply (e.g. `OOM` when Redis is full
+            /// under `noeviction`): the entry stays in L1 only. Redis is up: the breaker stays
+            /// closed.
             l2_writes_refused => [L2_REFUSED, "operation" => "write"],
             /// Flights that fetched without a lease because the server refuses the lookup that
             /// takes one (`OOM` under `noeviction`, which refuses every `SET`; `NOPERM`; a Redis
@@ -371,9 +373,9 @@ fn breaker_index(state: BreakerState) -> usize {
     }
 }
 
-/// The engine's histograms and gauges. Gauges are published as differences from what this cache last
-/// published, so several caches in one process add up instead of overwriting each other;
-/// a dropped cache takes its share back.
+/// The engine's histograms and gauges. Gauges are published as differences from what this
+/// cache last published, so several caches in one process add up instead of overwriting
+/// each other; a dropped cache takes its share back.
 #[doc(hidden)]
 pub struct Exported {
     pub l1_get: Histogram,
@@ -560,7 +562,8 @@ impl Counters {
 
     /// Publish the series of a layer built on this tier (its own counters) whenever the
     /// tier publishes its own: once a second and on every `stats()`. Set once; later calls
-    /// are ignored. `publish` should hold its layer weakly (the tier outlives no layer).
+    /// are ignored. `publish` should hold its layer weakly: the layer owns the tier, so a
+    /// strong handle would keep both alive.
     pub fn also_publish(&self, publish: impl Fn() + Send + Sync + 'static) {
         let _ = self.layer.0.set(Box::new(publish));
     }
