@@ -827,13 +827,26 @@ async fn metrics_are_served_from_the_handle() {
             .unwrap(),
     )
     .await;
-    post(&front, None, &chat("measured"), &[]).await;
+    // A model no other test of this binary names: a miss, then an L1 hit.
+    let mut body = chat("measured");
+    body["model"] = json!("measured-by-the-scrape");
+    for want in ["miss", "hit-l1"] {
+        assert_eq!(cache_status(&post(&front, None, &body, &[]).await), want);
+    }
     let metrics = reqwest::get(format!("{}/metrics", front.url()))
         .await
         .unwrap();
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap();
     assert!(text.contains("ai_cache_"), "{text}");
+    // The series are published from the counters: `/metrics` publishes before it renders,
+    // so a scrape right after the requests agrees with `stats()`, not a second later.
+    for series in [
+        r#"ai_cache_hits_total{model="measured-by-the-scrape",tier="l1"} 1"#,
+        r#"ai_cache_misses_total{model="measured-by-the-scrape"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+    }
 }
 
 /// One upstream: with `SemanticConfig::embed_via_route`, a semantic lookup through the

@@ -198,12 +198,11 @@ impl fmt::Debug for AsyncOpenAiLayerBuilder {
 }
 
 impl AsyncOpenAiLayerBuilder {
-    /// Let requests with different credentials (API keys, organizations, projects) share
-    /// answers. Default false: each credential scope has answers of its own. Turn it on only
-    /// when every credential the client may carry belongs to one party.
-    pub fn share_across_credentials(mut self, yes: bool) -> Self {
-        self.share_across_credentials = yes;
-        self
+    llm_cache_core::tiered::setters! {
+        /// Let requests with different credentials (API keys, organizations, projects) share
+        /// answers. Default false: each credential scope has answers of its own. Turn it on only
+        /// when every credential the client may carry belongs to one party.
+        pub fn share_across_credentials(yes: bool) { share_across_credentials = yes }
     }
 
     /// Also treat request header `name` as a credential that keeps answers apart (its value
@@ -215,12 +214,11 @@ impl AsyncOpenAiLayerBuilder {
         self
     }
 
-    /// The namespace every request of this layer is bound to (default: the global one). A
-    /// request's `x-llm-cache-namespace` nests inside it, so no header can reach another
-    /// binding's answers.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
-        self
+    llm_cache_core::tiered::setters! {
+        /// The namespace every request of this layer is bound to (default: the global one). A
+        /// request's `x-llm-cache-namespace` nests inside it, so no header can reach another
+        /// binding's answers.
+        pub fn namespace(namespace: impl Into<String>) { namespace = namespace.into() }
     }
 
     /// Call `hook` with the [`CacheOutcome`] of every request the layer answers (status,

@@ -16,68 +16,78 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::stats::Counters;
 
+/// Builder setters that store their argument and return the builder:
+/// `pub fn name(arg: T) { field.path = value }` is `pub fn name(mut self, arg: T) -> Self`,
+/// which sets `self.field.path = value` and returns `self`, or `self.then()` when written
+/// `{ field.path = value; self.then() }`. Attributes (docs, `#[must_use]`) are kept.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! setters {
+    ($(
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident($arg:ident: $ty:ty) {
+            $($field:tt).+ = $value:expr $(; self.$then:ident())?
+        }
+    )*) => {
+        $(
+            $(#[$attr])*
+            $vis fn $name(mut self, $arg: $ty) -> Self {
+                self.$($field).+ = $value;
+                self $(.$then())?
+            }
+        )*
+    };
+}
+
 /// The knobs of the tiers, written once for [`TieredCacheBuilder`] and every builder of a
 /// layer on the engine (whose struct has a `config: Config` field).
 #[doc(hidden)]
 #[macro_export]
 macro_rules! config_setters {
     () => {
-        /// L1 bound in bytes of process memory; 0 disables L1. Default 256 MiB.
-        ///
-        /// L1 holds each value decoded, behind an `Arc`, so that a hit hands it out
-        /// without decoding (holding only its encoded bytes would make every hit decode).
-        /// Each entry is charged what it holds: the value as the weigher counts it (the LLM
-        /// cache holds most answers as one arena of their strings and counts that; an answer
-        /// held whole, its structs, every string and vector at its capacity, each JSON map's
-        /// nodes and each allocation's rounding), plus the entry's own cost (key
-        /// and moka's per-entry structures, about 380 bytes), plus 1/16 for what the
-        /// allocator keeps but cannot reuse while L1 evicts and fills. Filled far past the
-        /// bound, with glibc's allocator, the process grows by about the bound
-        /// (tests/engine/l1_memory.rs checks 1.2, for answers of 70 bytes to 50 KB, filled from one
-        /// thread); filled from several runtime threads at once, by up to about 1.4 times
-        /// for the largest answers, because glibc keeps a heap (arena) per thread and each
-        /// keeps freed room the others cannot use (`MALLOC_ARENA_MAX=2` or another
-        /// allocator narrows it).
-        pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
-            self.config.l1_max_bytes = bytes;
-            self
-        }
+        $crate::setters! {
+            /// L1 bound in bytes of process memory; 0 disables L1. Default 256 MiB.
+            ///
+            /// L1 holds each value decoded, behind an `Arc`, so that a hit hands it out
+            /// without decoding (holding only its encoded bytes would make every hit decode).
+            /// Each entry is charged what it holds: the value as the weigher counts it (the LLM
+            /// cache holds most answers as one arena of their strings and counts that; an
+            /// answer held whole, its structs, every string and vector at its capacity, each
+            /// JSON map's nodes and each allocation's rounding), plus the entry's own cost (key
+            /// and moka's per-entry structures, about 380 bytes), plus 1/16 for what the
+            /// allocator keeps but cannot reuse while L1 evicts and fills. Filled far past the
+            /// bound, with glibc's allocator, the process grows by about the bound
+            /// (tests/engine/l1_memory.rs checks 1.2, for answers of 70 bytes to 50 KB, filled
+            /// from one thread); filled from several runtime threads at once, by up to about
+            /// 1.4 times for the largest answers, because glibc keeps a heap (arena) per thread
+            /// and each keeps freed room the others cannot use (`MALLOC_ARENA_MAX=2` or another
+            /// allocator narrows it).
+            pub fn l1_max_bytes(bytes: u64) { config.l1_max_bytes = bytes }
 
-        /// Longest time an entry stays in L1; never longer than its remaining L2 life.
-        /// Default 10 min.
-        pub fn l1_ttl(mut self, ttl: Duration) -> Self {
-            self.config.l1_ttl = ttl;
-            self
-        }
+            /// Longest time an entry stays in L1; never longer than its remaining L2 life.
+            /// Default 10 min.
+            pub fn l1_ttl(ttl: Duration) { config.l1_ttl = ttl }
 
-        /// Lifetime of an entry in Redis. Default 24 h.
-        pub fn l2_ttl(mut self, ttl: Duration) -> Self {
-            self.config.l2_ttl = ttl;
-            self
-        }
+            /// Lifetime of an entry in Redis. Default 24 h.
+            pub fn l2_ttl(ttl: Duration) { config.l2_ttl = ttl }
 
-        /// Prefix of every Redis key: entries are `{prefix}:{<sha256 hex>}` (the braces are a
-        /// Cluster hash tag; the same key holds the lease marker while a flight fetches the
-        /// entry), with `{prefix}:generations`, the channel `{prefix}:invalidate` and the keys
-        /// a layer above names with `Keyspace::layer_key` beside them. Default
-        /// `ai:cache`. 1 to 128 bytes, no whitespace, control characters or braces (`build()`
-        /// says which): with this layout no two distinct prefixes can share a key.
-        pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-            self.config.key_prefix = prefix.into();
-            self
-        }
+            /// Prefix of every Redis key: entries are `{prefix}:{<sha256 hex>}` (the braces are a
+            /// Cluster hash tag; the same key holds the lease marker while a flight fetches the
+            /// entry), with `{prefix}:generations`, the channel `{prefix}:invalidate` and the
+            /// keys a layer above names with `Keyspace::layer_key` beside them. Default
+            /// `ai:cache`. 1 to 128 bytes, no whitespace, control characters or braces (`build()`
+            /// says which): with this layout no two distinct prefixes can share a key.
+            pub fn key_prefix(prefix: impl Into<String>) { config.key_prefix = prefix.into() }
 
-        /// How long cached entries (L1, and L2 under the namespace generations it knows) are
-        /// served while this instance cannot hear invalidations although Redis is partly
-        /// reachable: its subscription is lost, or the namespace generations cannot be read
-        /// (in a Cluster, the node that holds them is down). Counted from when the entry was
-        /// stored or the instance stopped hearing, whichever is later; past it the cache
-        /// fetches instead (`Stats::unsynced_skips`). When Redis is wholly away L1 is kept
-        /// (nobody can invalidate). When the instance hears again it clears its L1.
-        /// Default 5 s.
-        pub fn unsynced_grace(mut self, grace: Duration) -> Self {
-            self.config.unsynced_grace = grace;
-            self
+            /// How long cached entries (L1, and L2 under the namespace generations it knows) are
+            /// served while this instance cannot hear invalidations although Redis is partly
+            /// reachable: its subscription is lost, or the namespace generations cannot be read
+            /// (in a Cluster, the node that holds them is down). Counted from when the entry was
+            /// stored or the instance stopped hearing, whichever is later; past it the cache
+            /// fetches instead (`Stats::unsynced_skips`). When Redis is wholly away L1 is kept
+            /// (nobody can invalidate). When the instance hears again it clears its L1.
+            /// Default 5 s.
+            pub fn unsynced_grace(grace: Duration) { config.unsynced_grace = grace }
         }
 
         /// Sign every L2 entry with HMAC-SHA256 and accept only entries that verify, for a
@@ -122,13 +132,14 @@ macro_rules! config_setters {
             self
         }
 
-        /// Trust these CA certificates (PEM, one or more) for `rediss://` addresses instead
-        /// of the system's roots: a private CA, or a self-signed server certificate. Used for
-        /// the server, the sentinels and their master, and every Cluster node. Needs the `redis-tls`
-        /// feature and a `rediss://` address.
-        pub fn redis_tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
-            self.config.topology.tls.root_ca = Some(pem.into());
-            self
+        $crate::setters! {
+            /// Trust these CA certificates (PEM, one or more) for `rediss://` addresses instead
+            /// of the system's roots: a private CA, or a self-signed server certificate. Used for
+            /// the server, the sentinels and their master, and every Cluster node. Needs the
+            /// `redis-tls` feature and a `rediss://` address.
+            pub fn redis_tls_root_ca(pem: impl Into<Vec<u8>>) {
+                config.topology.tls.root_ca = Some(pem.into())
+            }
         }
 
         /// Present this client certificate chain and its private key (PEM) on every
@@ -156,46 +167,30 @@ macro_rules! config_setters {
             self
         }
 
-        /// Consecutive L2 failures that open the circuit breaker. Default 5.
-        pub fn breaker_threshold(mut self, failures: u32) -> Self {
-            self.config.breaker_threshold = failures;
-            self
-        }
+        $crate::setters! {
+            /// Consecutive L2 failures that open the circuit breaker. Default 5.
+            pub fn breaker_threshold(failures: u32) { config.breaker_threshold = failures }
 
-        /// How long an open breaker skips L2 before letting one probe through. Default 2 s.
-        pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
-            self.config.breaker_cooldown = cooldown;
-            self
-        }
+            /// How long an open breaker skips L2 before letting one probe through. Default 2 s.
+            pub fn breaker_cooldown(cooldown: Duration) { config.breaker_cooldown = cooldown }
 
-        /// Largest encoded value that is stored; larger ones are served but not cached.
-        /// Default 4 MiB.
-        pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
-            self.config.max_entry_bytes = bytes;
-            self
-        }
+            /// Largest encoded value that is stored; larger ones are served but not cached.
+            /// Default 4 MiB.
+            pub fn max_entry_bytes(bytes: usize) { config.max_entry_bytes = bytes }
 
-        /// Values at least this large are lz4-compressed in Redis (when that makes them
-        /// smaller). Default 1 KiB.
-        pub fn compression_threshold(mut self, bytes: usize) -> Self {
-            self.config.compression_threshold = bytes;
-            self
-        }
+            /// Values at least this large are lz4-compressed in Redis (when that makes them
+            /// smaller). Default 1 KiB.
+            pub fn compression_threshold(bytes: usize) { config.compression_threshold = bytes }
 
-        /// How long a caller waits for a flight before it gives up with a timeout error (the
-        /// flight itself goes on). Default 300 s.
-        pub fn waiter_deadline(mut self, deadline: Duration) -> Self {
-            self.config.waiter_deadline = deadline;
-            self
-        }
+            /// How long a caller waits for a flight before it gives up with a timeout error (the
+            /// flight itself goes on). Default 300 s.
+            pub fn waiter_deadline(deadline: Duration) { config.waiter_deadline = deadline }
 
-        /// Background L2 writes allowed at once. Writes beyond it wait their turn in the
-        /// background (a batch's in waves), up to 16 times as many queued or running; only
-        /// past that is a write dropped and counted (`Stats::dropped_writes`). A write that
-        /// finds Redis skipped or slow is tried again for up to 10 s. Default 256.
-        pub fn l2_write_concurrency(mut self, writes: usize) -> Self {
-            self.config.l2_write_concurrency = writes;
-            self
+            /// Background L2 writes allowed at once. Writes beyond it wait their turn in the
+            /// background (a batch's in waves), up to 16 times as many queued or running; only
+            /// past that is a write dropped and counted (`Stats::dropped_writes`). A write that
+            /// finds Redis skipped or slow is tried again for up to 10 s. Default 256.
+            pub fn l2_write_concurrency(writes: usize) { config.l2_write_concurrency = writes }
         }
 
         /// Use the master that Redis Sentinel monitors under `master_name`, found through any
@@ -214,11 +209,12 @@ macro_rules! config_setters {
             self
         }
 
-        /// Password of the sentinels themselves (`requirepass` in sentinel.conf), for those
-        /// whose address carries none.
-        pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
-            self.config.topology.sentinel_password = Some(password.into());
-            self
+        $crate::setters! {
+            /// Password of the sentinels themselves (`requirepass` in sentinel.conf), for those
+            /// whose address carries none.
+            pub fn sentinel_password(password: impl Into<String>) {
+                config.topology.sentinel_password = Some(password.into())
+            }
         }
 
         /// Use a Redis Cluster, found through any of `seed_nodes` (`host:port` or
@@ -235,19 +231,17 @@ macro_rules! config_setters {
             self
         }
 
-        /// Password of the Redis data nodes reached through [`sentinel`](Self::sentinel) or
-        /// [`cluster`](Self::cluster). (With [`redis`](Self::redis), put it in the URL.)
-        pub fn redis_password(mut self, password: impl Into<String>) -> Self {
-            self.config.topology.redis_password = Some(password.into());
-            self
-        }
+        $crate::setters! {
+            /// Password of the Redis data nodes reached through [`sentinel`](Self::sentinel) or
+            /// [`cluster`](Self::cluster). (With [`redis`](Self::redis), put it in the URL.)
+            pub fn redis_password(password: impl Into<String>) {
+                config.topology.redis_password = Some(password.into())
+            }
 
-        /// Single-flight across instances: on an L2 miss, the flight takes a lease in Redis
-        /// and the other instances wait for its value instead of calling the upstream too.
-        /// Default true (has effect only with Redis).
-        pub fn leases(mut self, yes: bool) -> Self {
-            self.config.topology.leases = yes;
-            self
+            /// Single-flight across instances: on an L2 miss, the flight takes a lease in Redis
+            /// and the other instances wait for its value instead of calling the upstream too.
+            /// Default true (has effect only with Redis).
+            pub fn leases(yes: bool) { config.topology.leases = yes }
         }
 
         /// Life of a lease; its holder renews it every third of it while it fetches, so this
@@ -261,14 +255,13 @@ macro_rules! config_setters {
             self
         }
 
-        /// Listen on the invalidation channel (`{prefix}:invalidate`) so that what another
-        /// instance invalidates leaves this instance's L1 too, and namespace generations
-        /// bumped elsewhere are followed. Turn it off only for an instance that never needs
-        /// either: it then keeps serving what others invalidated until its TTLs pass.
-        /// Default true (has effect only with Redis).
-        pub fn subscribe_invalidations(mut self, yes: bool) -> Self {
-            self.config.topology.invalidation = yes;
-            self
+        $crate::setters! {
+            /// Listen on the invalidation channel (`{prefix}:invalidate`) so that what another
+            /// instance invalidates leaves this instance's L1 too, and namespace generations
+            /// bumped elsewhere are followed. Turn it off only for an instance that never needs
+            /// either: it then keeps serving what others invalidated until its TTLs pass.
+            /// Default true (has effect only with Redis).
+            pub fn subscribe_invalidations(yes: bool) { config.topology.invalidation = yes }
         }
     };
 }
@@ -332,13 +325,12 @@ impl<V> TieredCacheBuilder<V> {
         }
     }
 
-    /// How values are encoded into their L2 payload and decoded back. Default
-    /// [`JsonCodec`] (serde_json). Called only on fills and L2 reads, never
-    /// on an L1 hit. Every instance sharing a key prefix must use the same codec: an entry
-    /// that does not decode is a miss, removed from Redis (see [`Codec`]).
-    pub fn codec(mut self, codec: impl Codec<V>) -> Self {
-        self.codec = Some(Arc::new(codec));
-        self
+    crate::setters! {
+        /// How values are encoded into their L2 payload and decoded back. Default
+        /// [`JsonCodec`] (serde_json). Called only on fills and L2 reads, never
+        /// on an L1 hit. Every instance sharing a key prefix must use the same codec: an entry
+        /// that does not decode is a miss, removed from Redis (see [`Codec`]).
+        pub fn codec(codec: impl Codec<V>) { codec = Some(Arc::new(codec)) }
     }
 
     /// What a value costs in memory while L1 holds it, from the value and the length of its

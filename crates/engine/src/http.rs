@@ -49,18 +49,14 @@ impl ApiError {
         }))
     }
 
-    /// The same error with this `code`.
-    #[must_use]
-    pub fn code(mut self, code: impl Into<String>) -> Self {
-        self.0.code = Value::String(code.into());
-        self
-    }
+    crate::setters! {
+        /// The same error with this `code`.
+        #[must_use]
+        pub fn code(code: impl Into<String>) { 0.code = Value::String(code.into()) }
 
-    /// The same error with this `type`.
-    #[must_use]
-    pub fn kind(mut self, kind: impl Into<String>) -> Self {
-        self.0.kind = kind.into();
-        self
+        /// The same error with this `type`.
+        #[must_use]
+        pub fn kind(kind: impl Into<String>) { 0.kind = kind.into() }
     }
 
     /// The status it answers with.

@@ -1,16 +1,20 @@
 //! Counters of what the cache did, the `Stats` snapshot users read, and the same figures
-//! exported through the `metrics` facade (the application picks the recorder). Counting is
-//! a relaxed atomic add on handles registered once: it must never take a lock or allocate
-//! on the hit path.
+//! exported through the `metrics` facade (the application picks the recorder), published
+//! from the counters; `counters!` and `Published`, with which the layers on the engine
+//! declare theirs the same way. Counting is a relaxed atomic add: it must never take a lock
+//! or allocate on the hit path.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Mutex, Weak};
+use std::sync::{Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
 use crate::digest::Digest;
+
+#[doc(hidden)]
+pub use metrics;
 
 /// The state of the circuit breaker in front of Redis. Serialises as its
 /// [`as_str`](Self::as_str) name.
@@ -27,122 +31,166 @@ pub enum BreakerState {
     Disabled,
 }
 
-/// Declares every counter of the engine once: each is a relaxed atomic in `Counters`, a
-/// field of the [`Stats`] snapshot with the same name and docs, and read by the snapshot;
-/// the series are published from the same atomics (`Counters::publish`, once a second and
-/// on every `stats()`), never counted twice. The gauges, read from the cache when a
-/// snapshot is taken, follow the counters.
+/// Declares a set of counters once: each is a relaxed atomic in the counters struct and a
+/// field of the snapshot struct with the same name and docs, read by `snapshot`; a counter
+/// with a series (`name => [metric name, labels...]`) is a [`Published`], whose series is
+/// published from the same atomic by `publish_counts` (for the engine once a second and on
+/// every `stats()`), never counted twice. The gauges, given to `snapshot`, follow the
+/// counters; the `extra` fields of the counters struct are made with `Default`. The LLM
+/// layer declares its own sets with it.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! counters {
+    (@type) => { ::std::sync::atomic::AtomicU64 };
+    (@type $($series:tt)+) => { $crate::stats::Published };
+    (@new) => { ::std::sync::atomic::AtomicU64::new(0) };
+    (@new $($series:tt)+) => {
+        $crate::stats::Published::new($crate::stats::metrics::counter!($($series)+))
+    };
+    (@publish $counter:expr) => {};
+    (@publish $counter:expr, $($series:tt)+) => { $counter.publish() };
     (
-        counters { $( $(#[$cdoc:meta])* $c:ident, )* }
-        gauges { $( $(#[$gdoc:meta])* $g:ident: $gt:ty, )* }
+        $(#[$sattr:meta])*
+        pub struct $Stats:ident;
+        $(#[$cattr:meta])*
+        $vis:vis struct $Counters:ident {
+            counters { $( $(#[$cdoc:meta])* $c:ident $(=> [$($series:tt)+])?, )* }
+            gauges { $( $(#[$gdoc:meta])* $g:ident: $gt:ty, )* }
+            extra { $( $(#[$edoc:meta])* $e:ident: $et:ty, )* }
+        }
     ) => {
-        /// A snapshot of the cache's counters. Serialises (serde) as an object of its fields.
-        #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-        #[non_exhaustive]
-        pub struct Stats {
+        $(#[$sattr])*
+        pub struct $Stats {
             $( $(#[$cdoc])* pub $c: u64, )*
             $( $(#[$gdoc])* pub $g: $gt, )*
         }
 
-        #[derive(Default, Debug)]
-        #[doc(hidden)]
-        pub struct Counters {
-            $( pub $c: AtomicU64, )*
-            /// The series published from these counters and the gauges.
-            pub exported: Exported,
-            /// The last L2 failure, for `health()`. Written only when an operation fails.
-            pub last_l2_error: Mutex<Option<crate::health::LastError>>,
+        $(#[$cattr])*
+        #[derive(Debug)]
+        $vis struct $Counters {
+            $( $vis $c: $crate::counters!(@type $($($series)+)?), )*
+            $( $(#[$edoc])* $vis $e: $et, )*
         }
 
-        impl Counters {
-            /// The counters now, with the gauges read from the cache.
-            pub fn snapshot(&self, $( $g: $gt, )*) -> Stats {
-                Stats {
-                    $( $c: self.$c.load(Relaxed), )*
+        impl ::std::default::Default for $Counters {
+            fn default() -> Self {
+                $Counters {
+                    $( $c: $crate::counters!(@new $($($series)+)?), )*
+                    $( $e: ::std::default::Default::default(), )*
+                }
+            }
+        }
+
+        impl $Counters {
+            /// The counters now, with the gauges given.
+            $vis fn snapshot(&self, $( $g: $gt, )*) -> $Stats {
+                $Stats {
+                    $( $c: self.$c.load(::std::sync::atomic::Ordering::Relaxed), )*
                     $( $g, )*
                 }
+            }
+
+            /// Publish every series from its counter (what the counter gained since).
+            $vis fn publish_counts(&self) {
+                $( $crate::counters!(@publish self.$c $(, $($series)+)?); )*
             }
         }
     };
 }
 
 counters! {
-    counters {
-        /// Answers served from L1.
-        l1_hits,
-        /// Answers served from L2 (Redis).
-        l2_hits,
-        /// Flights that found nothing in L1 or L2 (or were refreshes) and ran the fetch: one
-        /// per flight, not per caller, counted when the fetch starts and together with
-        /// `fetches`, whatever the fetch's outcome. A fetch that fails or panics counts here
-        /// (and in `fetch_errors`), and so does one whose callers all went away or timed out
-        /// (it runs on). Callers that joined the flight count in `coalesced`.
-        ///
-        /// `LlmStats::per_model[m].misses` (`ai_cache_misses_total`) counts answers instead,
-        /// and leaves failed fetches out: with an upstream that fails, this is the larger.
-        misses,
-        /// Callers that joined a flight already running instead of fetching.
-        coalesced,
-        /// Fetches run (calls to the fetch function / upstream).
-        fetches,
-        /// Fetches that failed (errors and panics).
-        fetch_errors,
-        /// L2 operations that failed for a reason other than their deadline.
-        l2_errors,
-        /// Of `l2_errors`, those that did not reach Redis (no connection, a node down).
-        l2_connection_errors,
-        /// Of `l2_errors`, those Redis answered with an error reply (OOM, NOPERM, LOADING...).
-        l2_command_errors,
-        /// L2 operations abandoned at their deadline.
-        l2_timeouts,
-        /// Of `l2_timeouts`, the background work's (writes behind, lease renewals and releases,
-        /// under their own longer deadline): these never open the breaker.
-        l2_background_timeouts,
-        /// Lease markers of other holders that a waiter found without an expiry, or living
-        /// longer than `lease_ttl`, and gave an end (so it waits one lease at most).
-        stale_leases_expired,
-        /// L2 operations skipped: the breaker was open, or no connection was up (one is being
-        /// made in the background; no operation waits for it).
-        l2_skipped,
-        /// L2 values that failed to decode (bad magic, version, checksum...): treated as misses.
-        corrupt_entries,
-        /// L2 writes completed.
-        l2_writes,
-        /// L2 writes the server refused with an error reply (e.g. `OOM` when Redis is full under
-        /// `noeviction`): the entry stays in L1 only. Redis is up: the breaker stays closed.
-        l2_writes_refused,
-        /// Flights that fetched without a lease because the server refuses the lookup that
-        /// takes one (`OOM` under `noeviction`, which refuses every `SET`; `NOPERM`; a Redis
-        /// older than 7.0): for that key single-flight held per instance, not across instances.
-        /// After a refusal, lookups use a plain `GET` for a second before they try again.
-        leases_refused,
-        /// L2 writes dropped because the background-write bound was full.
-        dropped_writes,
-        /// Background L2 writes that an invalidation of their key overtook: skipped before
-        /// they ran, or undone (the key removed again) when they landed after it.
-        l2_writes_cancelled,
-        /// Values not stored because they exceeded the maximum entry size.
-        oversized,
-        /// Waiters that gave up at the waiter deadline.
-        waiter_timeouts,
-        /// Cached entries (L1 or L2) not served because this instance could not hear
-        /// invalidations for longer than `unsynced_grace` while Redis was partly reachable, or
-        /// did not know the namespace generations yet.
-        unsynced_skips,
-        /// Times the breaker opened: from closed after `breaker_threshold` failures in a row,
-        /// or again after a probe failed on a live connection.
-        breaker_openings,
-    }
-    gauges {
-        /// Flights in progress now.
-        inflight: u64,
-        /// Breaker state now.
-        breaker: BreakerState,
-        /// Entries in L1 now (approximate, as moka reports it).
-        l1_entries: u64,
-        /// Weighted size of L1 in bytes now.
-        l1_bytes: u64,
+    /// A snapshot of the cache's counters. Serialises (serde) as an object of its fields.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+    #[non_exhaustive]
+    pub struct Stats;
+    #[doc(hidden)]
+    pub struct Counters {
+        counters {
+            /// Answers served from L1.
+            l1_hits,
+            /// Answers served from L2 (Redis).
+            l2_hits,
+            /// Flights that found nothing in L1 or L2 (or were refreshes) and ran the fetch: one
+            /// per flight, not per caller, counted when the fetch starts and together with
+            /// `fetches`, whatever the fetch's outcome. A fetch that fails or panics counts here
+            /// (and in `fetch_errors`), and so does one whose callers all went away or timed out
+            /// (it runs on). Callers that joined the flight count in `coalesced`.
+            ///
+            /// `LlmStats::per_model[m].misses` (`ai_cache_misses_total`) counts answers instead,
+            /// and leaves failed fetches out: with an upstream that fails, this is the larger.
+            misses,
+            /// Callers that joined a flight already running instead of fetching.
+            coalesced => [COALESCED],
+            /// Fetches run (calls to the fetch function / upstream).
+            fetches,
+            /// Fetches that failed (errors and panics).
+            fetch_errors,
+            /// L2 operations that failed for a reason other than their deadline.
+            l2_errors,
+            /// Of `l2_errors`, those that did not reach Redis (no connection, a node down).
+            l2_connection_errors => [L2_ERRORS, "kind" => "connection"],
+            /// Of `l2_errors`, those Redis answered with an error reply (OOM, NOPERM, LOADING...).
+            l2_command_errors => [L2_ERRORS, "kind" => "command"],
+            /// L2 operations abandoned at their deadline.
+            l2_timeouts => [L2_ERRORS, "kind" => "timeout"],
+            /// Of `l2_timeouts`, the background work's (writes behind, lease renewals and releases,
+            /// under their own longer deadline): these never open the breaker.
+            l2_background_timeouts,
+            /// Lease markers of other holders that a waiter found without an expiry, or living
+            /// longer than `lease_ttl`, and gave an end (so it waits one lease at most).
+            stale_leases_expired,
+            /// L2 operations skipped: the breaker was open, or no connection was up (one is being
+            /// made in the background; no operation waits for it).
+            l2_skipped,
+            /// L2 values that failed to decode (bad magic, version, checksum...): treated as
+            /// misses.
+            corrupt_entries => [L2_ERRORS, "kind" => "corrupt"],
+            /// L2 writes completed.
+            l2_writes,
+            /// L2 writes the server refused with an error reply (e.g. `OOM` when Redis is full
+            /// under `noeviction`): the entry stays in L1 only. Redis is up: the breaker stays
+            /// closed.
+            l2_writes_refused => [L2_REFUSED, "operation" => "write"],
+            /// Flights that fetched without a lease because the server refuses the lookup that
+            /// takes one (`OOM` under `noeviction`, which refuses every `SET`; `NOPERM`; a Redis
+            /// older than 7.0): for that key single-flight held per instance, not across instances.
+            /// After a refusal, lookups use a plain `GET` for a second before they try again.
+            leases_refused => [L2_REFUSED, "operation" => "lease"],
+            /// L2 writes dropped because the background-write bound was full.
+            dropped_writes => [L2_ERRORS, "kind" => "dropped_write"],
+            /// Background L2 writes that an invalidation of their key overtook: skipped before
+            /// they ran, or undone (the key removed again) when they landed after it.
+            l2_writes_cancelled,
+            /// Values not stored because they exceeded the maximum entry size.
+            oversized,
+            /// Waiters that gave up at the waiter deadline.
+            waiter_timeouts,
+            /// Cached entries (L1 or L2) not served because this instance could not hear
+            /// invalidations for longer than `unsynced_grace` while Redis was partly reachable, or
+            /// did not know the namespace generations yet.
+            unsynced_skips,
+            /// Times the breaker opened: from closed after `breaker_threshold` failures in a row,
+            /// or again after a probe failed on a live connection.
+            breaker_openings => [BREAKER_OPENINGS],
+        }
+        gauges {
+            /// Flights in progress now.
+            inflight: u64,
+            /// Breaker state now.
+            breaker: BreakerState,
+            /// Entries in L1 now (approximate, as moka reports it).
+            l1_entries: u64,
+            /// Weighted size of L1 in bytes now.
+            l1_bytes: u64,
+        }
+        extra {
+            /// The histograms and the gauges' series (the counters publish their own).
+            exported: Exported,
+            /// The last L2 failure, for `health()`. Written only when an operation fails.
+            last_l2_error: Mutex<Option<crate::health::LastError>>,
+            /// What the layer on this tier publishes with it (see `also_publish`).
+            layer: LayerSeries,
+        }
     }
 }
 
@@ -325,9 +373,9 @@ fn breaker_index(state: BreakerState) -> usize {
     }
 }
 
-/// The engine's series. Gauges are published as differences from what this cache last
-/// published, so several caches in one process add up instead of overwriting each other;
-/// a dropped cache takes its share back.
+/// The engine's histograms and gauges. Gauges are published as differences from what this
+/// cache last published, so several caches in one process add up instead of overwriting
+/// each other; a dropped cache takes its share back.
 #[doc(hidden)]
 pub struct Exported {
     pub l1_get: Histogram,
@@ -335,8 +383,6 @@ pub struct Exported {
     l2_set: Histogram,
     pub upstream: Histogram,
     pub total: Histogram,
-    /// The event series, in the order of [`EVENT_SOURCES`].
-    events: [Event; EVENT_SOURCES.len()],
     breaker: [Gauge; 4],
     size_bytes: Gauge,
     l1_entries: Gauge,
@@ -379,28 +425,12 @@ impl Exported {
     fn register() -> Self {
         describe();
         let latency = |op: &'static str| metrics::histogram!(LATENCY, "operation" => op);
-        let l2_error = |kind: &'static str| metrics::counter!(L2_ERRORS, "kind" => kind);
         Exported {
             l1_get: latency("l1_get"),
             l2_get: latency("l2_get"),
             l2_set: latency("l2_set"),
             upstream: latency("upstream"),
             total: latency("total"),
-            events: [
-                metrics::counter!(COALESCED),
-                l2_error("timeout"),
-                l2_error("connection"),
-                l2_error("command"),
-                l2_error("corrupt"),
-                l2_error("dropped_write"),
-                metrics::counter!(BREAKER_OPENINGS),
-                metrics::counter!(L2_REFUSED, "operation" => "write"),
-                metrics::counter!(L2_REFUSED, "operation" => "lease"),
-            ]
-            .map(|series| Event {
-                series,
-                published: AtomicU64::new(0),
-            }),
             breaker: BREAKER_LABELS.map(|state| metrics::gauge!(BREAKER_STATE, "state" => state)),
             size_bytes: metrics::gauge!(SIZE_BYTES),
             l1_entries: metrics::gauge!(L1_ENTRIES),
@@ -471,40 +501,71 @@ pub(crate) struct Readings {
     pub breaker: BreakerState,
 }
 
-/// An event series and how much of its counter it has published.
-struct Event {
+/// A counter and the series published from it: [`publish`](Self::publish) adds to the
+/// series what the counter gained since the last publish, so the two never disagree and a
+/// count is written once (a relaxed add, as for any counter). Reads as its atomic.
+#[doc(hidden)]
+pub struct Published {
+    count: AtomicU64,
     series: Counter,
     published: AtomicU64,
 }
 
-/// The counter each event series is published from, in the order of `Exported::events`.
-const EVENT_SOURCES: [fn(&Counters) -> &AtomicU64; 9] = [
-    |c| &c.coalesced,
-    |c| &c.l2_timeouts,
-    |c| &c.l2_connection_errors,
-    |c| &c.l2_command_errors,
-    |c| &c.corrupt_entries,
-    |c| &c.dropped_writes,
-    |c| &c.breaker_openings,
-    |c| &c.l2_writes_refused,
-    |c| &c.leases_refused,
-];
+impl Published {
+    /// A counter at 0 publishing into `series`.
+    pub fn new(series: Counter) -> Self {
+        Published {
+            count: AtomicU64::new(0),
+            series,
+            published: AtomicU64::new(0),
+        }
+    }
+
+    /// Add to the series what the counter gained since the last publish (exactly once,
+    /// however many threads publish at the same time).
+    pub fn publish(&self) {
+        let now = self.count.load(Relaxed);
+        let before = self.published.fetch_max(now, SeqCst);
+        if now > before {
+            self.series.increment(now - before);
+        }
+    }
+}
+
+impl std::ops::Deref for Published {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        &self.count
+    }
+}
+
+impl fmt::Debug for Published {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.count, f)
+    }
+}
 
 impl Counters {
-    /// Publish the gauges from `r` and every event series from its counter (what the
-    /// counter gained since the last publish): once a second from the upkeep, and on every
-    /// `stats()`, so a scrape after `stats()` agrees with it.
+    /// Publish the gauges from `r`, every counter's series, and the series of the layer
+    /// on these counters ([`also_publish`](Self::also_publish)): once a second from the
+    /// upkeep, and on every `stats()`, so a scrape after `stats()` agrees with it.
     pub(crate) fn publish(&self, r: &Readings) {
         let e = &self.exported;
         e.publish_sizes(r.l1_entries, r.l1_bytes, r.inflight);
         e.publish_breaker(r.breaker);
-        for (event, source) in e.events.iter().zip(EVENT_SOURCES) {
-            let now = source(self).load(Relaxed);
-            let before = event.published.fetch_max(now, SeqCst);
-            if now > before {
-                event.series.increment(now - before);
-            }
+        self.publish_counts();
+        if let Some(layer) = self.layer.0.get() {
+            layer();
         }
+    }
+
+    /// Publish the series of a layer built on this tier (its own counters) whenever the
+    /// tier publishes its own: once a second and on every `stats()`. Set once; later calls
+    /// are ignored. `publish` should hold its layer weakly: the layer owns the tier, so a
+    /// strong handle would keep both alive.
+    pub fn also_publish(&self, publish: impl Fn() + Send + Sync + 'static) {
+        let _ = self.layer.0.set(Box::new(publish));
     }
 
     /// Count an L2 failure other than a deadline by its kind.
@@ -520,6 +581,17 @@ impl Counters {
                 Counters::incr(&self.l2_command_errors);
             }
         }
+    }
+}
+
+/// The series a layer on a tier publishes with it (see [`Counters::also_publish`]).
+#[doc(hidden)]
+#[derive(Default)]
+pub struct LayerSeries(OnceLock<Box<dyn Fn() + Send + Sync>>);
+
+impl fmt::Debug for LayerSeries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerSeries").finish_non_exhaustive()
     }
 }
 

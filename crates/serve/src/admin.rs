@@ -54,6 +54,9 @@ pub(super) async fn metrics(State(front): State<Arc<Front>>, headers: HeaderMap)
     }
     #[cfg(feature = "prometheus")]
     if let Some(handle) = &front.metrics {
+        // The counters' series are published from them once a second and by `stats()`:
+        // publish now, so the scrape agrees with `/stats` read just before it.
+        let _ = front.cache.stats();
         return (
             [(
                 axum::http::header::CONTENT_TYPE,

@@ -245,51 +245,32 @@ fn redacted(url: &str) -> String {
 }
 
 impl ServeBuilder {
-    /// The provider's base URL, such as `https://api.openai.com/v1`: chat misses go to its
-    /// `/chat/completions` and `GET /v1/models` to its `/models`, and keys hold its host,
-    /// path and query. Without it, misses go to the cache's own upstream and `/v1/models`
-    /// answers 404.
-    pub fn upstream_url(mut self, url: impl Into<String>) -> Self {
-        self.upstream_url = Some(url.into());
-        self
-    }
+    llm_cache_core::tiered::setters! {
+        /// The provider's base URL, such as `https://api.openai.com/v1`: chat misses go to its
+        /// `/chat/completions` and `GET /v1/models` to its `/models`, and keys hold its host,
+        /// path and query. Without it, misses go to the cache's own upstream and `/v1/models`
+        /// answers 404.
+        pub fn upstream_url(url: impl Into<String>) { upstream_url = Some(url.into()) }
 
-    /// The provider key the front sends (`Authorization: Bearer`), when it holds it.
-    pub fn upstream_key(mut self, key: impl Into<String>) -> Self {
-        self.upstream_key = Some(key.into());
-        self
-    }
+        /// The provider key the front sends (`Authorization: Bearer`), when it holds it.
+        pub fn upstream_key(key: impl Into<String>) { upstream_key = Some(key.into()) }
 
-    /// The reqwest client for upstream calls (its pool, proxy, TLS); default: one of its own.
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http_client = Some(client);
-        self
-    }
+        /// The reqwest client for upstream calls (its pool, proxy, TLS); default: one of its own.
+        pub fn http_client(client: reqwest::Client) { http_client = Some(client) }
 
-    /// The retry policy of upstream calls (see [Retries](self#retries)).
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
-        self
-    }
+        /// The retry policy of upstream calls (see [Retries](self#retries)).
+        pub fn retry(policy: RetryPolicy) { retry = policy }
 
-    /// The deadline of one upstream attempt (default 120 s; a stream's headers, then each
-    /// pause between its reads).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
+        /// The deadline of one upstream attempt (default 120 s; a stream's headers, then each
+        /// pause between its reads).
+        pub fn request_timeout(timeout: Duration) { request_timeout = timeout }
 
-    /// Accept only these caller keys, each bound to its namespace.
-    pub fn callers(mut self, keys: CallerKeys) -> Self {
-        self.callers = Some(keys);
-        self
-    }
+        /// Accept only these caller keys, each bound to its namespace.
+        pub fn callers(keys: CallerKeys) { callers = Some(keys) }
 
-    /// Forward the caller's credential headers to the upstream and scope the cache by them,
-    /// instead of holding a provider key.
-    pub fn pass_through_credentials(mut self, yes: bool) -> Self {
-        self.pass_through = yes;
-        self
+        /// Forward the caller's credential headers to the upstream and scope the cache by them,
+        /// instead of holding a provider key.
+        pub fn pass_through_credentials(yes: bool) { pass_through = yes }
     }
 
     /// Also treat request header `name` as a credential in pass-through mode: forwarded to
@@ -313,36 +294,30 @@ impl ServeBuilder {
         self
     }
 
-    /// The namespace every request is bound to when no caller key binds it (open and
-    /// pass-through modes); `x-llm-cache-namespace` nests inside it.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
-        self
-    }
+    llm_cache_core::tiered::setters! {
+        /// The namespace every request is bound to when no caller key binds it (open and
+        /// pass-through modes); `x-llm-cache-namespace` nests inside it.
+        pub fn namespace(namespace: impl Into<String>) { namespace = namespace.into() }
 
-    /// The largest request body accepted, in bytes (default [`DEFAULT_BODY_LIMIT`]); a
-    /// larger one is answered 413 before it is read whole.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
-        self
-    }
+        /// The largest request body accepted, in bytes (default [`DEFAULT_BODY_LIMIT`]); a
+        /// larger one is answered 413 before it is read whole.
+        pub fn body_limit(bytes: usize) { body_limit = bytes }
 
-    /// Guard `/health`, `/stats`, `/metrics` (and so the dashboard's numbers) with `key`:
-    /// each then needs `Authorization: Bearer <key>` (401 otherwise). Without caller keys it
-    /// is also the key that may use `POST /v1/cache/invalidate` (in pass-through mode, for a
-    /// namespace; see [Operators](self#operators)). Only its SHA-256 is kept; it is never
-    /// logged or shown. `build` fails on an empty key.
-    pub fn admin_key(mut self, key: impl AsRef<str>) -> Self {
-        self.admin_key = Some(operator::AdminKey::new(key.as_ref()));
-        self
-    }
+        /// Guard `/health`, `/stats`, `/metrics` (and so the dashboard's numbers) with `key`:
+        /// each then needs `Authorization: Bearer <key>` (401 otherwise). Without caller keys it
+        /// is also the key that may use `POST /v1/cache/invalidate` (in pass-through mode, for a
+        /// namespace; see [Operators](self#operators)). Only its SHA-256 is kept; it is never
+        /// logged or shown. `build` fails on an empty key.
+        pub fn admin_key(key: impl AsRef<str>) {
+            admin_key = Some(operator::AdminKey::new(key.as_ref()))
+        }
 
-    /// Serve `GET /metrics` from this Prometheus handle (see
-    /// [`prometheus::install`](llm_cache_core::prometheus::install)).
-    #[cfg(feature = "prometheus")]
-    pub fn metrics(mut self, handle: llm_cache_core::prometheus::PrometheusHandle) -> Self {
-        self.metrics = Some(handle);
-        self
+        /// Serve `GET /metrics` from this Prometheus handle (see
+        /// [`prometheus::install`](llm_cache_core::prometheus::install)).
+        #[cfg(feature = "prometheus")]
+        pub fn metrics(handle: llm_cache_core::prometheus::PrometheusHandle) {
+            metrics = Some(handle)
+        }
     }
 
     /// Check the configuration and build the router.

@@ -109,113 +109,78 @@ impl LlmCacheBuilder {
         }
     }
 
-    /// The provider to ask on a miss: [`OpenAiCompatible`](crate::OpenAiCompatible) or any
-    /// [`Upstream`] of your own. Required.
-    pub fn upstream(mut self, upstream: impl Upstream) -> Self {
-        self.upstream = Some(Arc::new(upstream));
-        self
-    }
+    crate::tiered::setters! {
+        /// The provider to ask on a miss: [`OpenAiCompatible`](crate::OpenAiCompatible) or any
+        /// [`Upstream`] of your own. Required.
+        pub fn upstream(upstream: impl Upstream) { upstream = Some(Arc::new(upstream)) }
 
-    /// An upstream already shared elsewhere.
-    pub fn upstream_arc(mut self, upstream: Arc<dyn Upstream>) -> Self {
-        self.upstream = Some(upstream);
-        self
-    }
+        /// An upstream already shared elsewhere.
+        pub fn upstream_arc(upstream: Arc<dyn Upstream>) { upstream = Some(upstream) }
 
-    /// How requests become keys: ignored transport fields, opt-in text normalization.
-    pub fn key_options(mut self, options: KeyOptions) -> Self {
-        self.key_options = options;
-        self
-    }
+        /// How requests become keys: ignored transport fields, opt-in text normalization.
+        pub fn key_options(options: KeyOptions) { key_options = options }
 
-    /// Prices used to report dollars saved. Default: the built-in 2026 table.
-    pub fn prices(mut self, prices: PriceTable) -> Self {
-        self.prices = prices;
-        self
-    }
+        /// Prices used to report dollars saved. Default: the built-in 2026 table.
+        pub fn prices(prices: PriceTable) { prices = prices }
 
-    /// Do not cache requests whose temperature is above `max` (they go straight to the
-    /// upstream). Default: cache every temperature.
-    pub fn max_cacheable_temperature(mut self, max: f64) -> Self {
-        self.max_cacheable_temperature = Some(max);
-        self
-    }
+        /// Do not cache requests whose temperature is above `max` (they go straight to the
+        /// upstream). Default: cache every temperature.
+        pub fn max_cacheable_temperature(max: f64) { max_cacheable_temperature = Some(max) }
 
-    /// Characters of text per chunk when a cached answer is replayed as a stream; 0 sends
-    /// each text in one chunk. Default 16.
-    pub fn stream_chunk_chars(mut self, chars: usize) -> Self {
-        self.streaming.chunk_chars = chars;
-        self
-    }
+        /// Characters of text per chunk when a cached answer is replayed as a stream; 0 sends
+        /// each text in one chunk. Default 16.
+        pub fn stream_chunk_chars(chars: usize) { streaming.chunk_chars = chars }
 
-    /// When every consumer of a live upstream stream goes away, stop reading it (nothing
-    /// is stored). Default false: the stream is read to the end and stored, because its
-    /// tokens are paid for either way.
-    pub fn abort_abandoned_streams(mut self, yes: bool) -> Self {
-        self.streaming.abort_abandoned = yes;
-        self
-    }
+        /// When every consumer of a live upstream stream goes away, stop reading it (nothing
+        /// is stored). Default false: the stream is read to the end and stored, because its
+        /// tokens are paid for either way.
+        pub fn abort_abandoned_streams(yes: bool) { streaming.abort_abandoned = yes }
 
-    /// The longest a streamed flight may take, from its start to the stream's last chunk;
-    /// default [`DEFAULT_STREAM_DEADLINE`] (30 min). A stream outlives the
-    /// `waiter_deadline` (which bounds callers waiting on a flight for a whole answer):
-    /// its consumers get chunks as they come, for as long as this allows. When it is
-    /// reached, the upstream stream is dropped, every consumer of the flight gets a
-    /// `Timeout` error after the chunks it already has, and nothing is stored.
-    pub fn stream_deadline(mut self, deadline: Duration) -> Self {
-        self.streaming.deadline = deadline;
-        self
-    }
+        /// The longest a streamed flight may take, from its start to the stream's last chunk;
+        /// default [`DEFAULT_STREAM_DEADLINE`] (30 min). A stream outlives the
+        /// `waiter_deadline` (which bounds callers waiting on a flight for a whole answer):
+        /// its consumers get chunks as they come, for as long as this allows. When it is
+        /// reached, the upstream stream is dropped, every consumer of the flight gets a
+        /// `Timeout` error after the chunks it already has, and nothing is stored.
+        pub fn stream_deadline(deadline: Duration) { streaming.deadline = deadline }
 
-    /// How many models get counters and series of their own (default
-    /// [`DEFAULT_MAX_MODEL_LABELS`], 64): every new `model` string a caller sends would
-    /// otherwise add series and memory that are never freed. Past the cap, further models
-    /// are counted under `model="other"` ([`OTHER_MODELS`](crate::OTHER_MODELS)), in
-    /// [`LlmStats::per_model`](crate::LlmStats::per_model) and in the exported series;
-    /// their dollars saved still use their own price. A model named `other` is counted
-    /// there too. Models keep their place once seen: the first ones seen win.
-    pub fn max_model_labels(mut self, n: usize) -> Self {
-        self.max_model_labels = n;
-        self
-    }
+        /// How many models get counters and series of their own (default
+        /// [`DEFAULT_MAX_MODEL_LABELS`], 64): every new `model` string a caller sends would
+        /// otherwise add series and memory that are never freed. Past the cap, further models
+        /// are counted under `model="other"` ([`OTHER_MODELS`](crate::OTHER_MODELS)), in
+        /// [`LlmStats::per_model`](crate::LlmStats::per_model) and in the exported series;
+        /// their dollars saved still use their own price. A model named `other` is counted
+        /// there too. Models keep their place once seen: the first ones seen win.
+        pub fn max_model_labels(n: usize) { max_model_labels = n }
 
-    /// The most inputs one upstream `/embeddings` call carries (default
-    /// [`DEFAULT_MAX_EMBEDDING_INPUTS_PER_CALL`](crate::DEFAULT_MAX_EMBEDDING_INPUTS_PER_CALL),
-    /// 2,048, OpenAI's limit): a request's missing inputs are split into calls of at most
-    /// this many, made at once.
-    pub fn max_embedding_inputs_per_call(mut self, n: usize) -> Self {
-        self.embeddings.max_inputs_per_call = n;
-        self
-    }
+        /// The most inputs one upstream `/embeddings` call carries (default
+        /// [`DEFAULT_MAX_EMBEDDING_INPUTS_PER_CALL`](crate::DEFAULT_MAX_EMBEDDING_INPUTS_PER_CALL),
+        /// 2,048, OpenAI's limit): a request's missing inputs are split into calls of at most
+        /// this many, made at once.
+        pub fn max_embedding_inputs_per_call(n: usize) { embeddings.max_inputs_per_call = n }
 
-    /// The `encoding_format` the cache asks the upstream for when it fetches embeddings,
-    /// whatever format the caller asked for (each caller gets its own). Default
-    /// [`EncodingFormat::Base64`]: exact f32 values in a quarter of the bytes of their
-    /// text. Set [`EncodingFormat::Float`] for an upstream that refuses `base64`; numbers
-    /// that are not exactly f32 are then kept as f64 (8 bytes each).
-    pub fn embeddings_upstream_format(mut self, format: EncodingFormat) -> Self {
-        self.embeddings.upstream_format = format;
-        self
-    }
+        /// The `encoding_format` the cache asks the upstream for when it fetches embeddings,
+        /// whatever format the caller asked for (each caller gets its own). Default
+        /// [`EncodingFormat::Base64`]: exact f32 values in a quarter of the bytes of their
+        /// text. Set [`EncodingFormat::Float`] for an upstream that refuses `base64`; numbers
+        /// that are not exactly f32 are then kept as f64 (8 bytes each).
+        pub fn embeddings_upstream_format(format: EncodingFormat) {
+            embeddings.upstream_format = format
+        }
 
-    /// The most process memory the in-process tier of embedding vectors may hold, bounded
-    /// like [`l1_max_bytes`](Self::l1_max_bytes) and in addition to it (default
-    /// [`DEFAULT_EMBEDDINGS_L1_MAX_BYTES`](crate::DEFAULT_EMBEDDINGS_L1_MAX_BYTES), 64 MiB,
-    /// about 10,000 vectors of 1,536 dimensions); 0 keeps no vector in process (Redis
-    /// only).
-    pub fn embeddings_l1_max_bytes(mut self, bytes: u64) -> Self {
-        self.embeddings_l1_max_bytes = bytes;
-        self
-    }
+        /// The most process memory the in-process tier of embedding vectors may hold, bounded
+        /// like [`l1_max_bytes`](Self::l1_max_bytes) and in addition to it (default
+        /// [`DEFAULT_EMBEDDINGS_L1_MAX_BYTES`](crate::DEFAULT_EMBEDDINGS_L1_MAX_BYTES), 64 MiB,
+        /// about 10,000 vectors of 1,536 dimensions); 0 keeps no vector in process (Redis
+        /// only).
+        pub fn embeddings_l1_max_bytes(bytes: u64) { embeddings_l1_max_bytes = bytes }
 
-    /// Enable the semantic cache (off by default): after an exact miss, a request that
-    /// opts in with [`CacheControl::semantic`](crate::CacheControl::semantic) may be
-    /// answered with the entry of an earlier request of the same exact scope whose last
-    /// user message means the same, as the embedding model and the lexical guard judge
-    /// it. See docs/semantic.md.
-    pub fn semantic(mut self, config: SemanticConfig) -> Self {
-        self.semantic = Some(config);
-        self
+        /// Enable the semantic cache (off by default): after an exact miss, a request that
+        /// opts in with [`CacheControl::semantic`](crate::CacheControl::semantic) may be
+        /// answered with the entry of an earlier request of the same exact scope whose last
+        /// user message means the same, as the embedding model and the lexical guard judge
+        /// it. See docs/semantic.md.
+        pub fn semantic(config: SemanticConfig) { semantic = Some(config) }
     }
 
     config_setters!();
@@ -322,8 +287,7 @@ impl LlmCacheBuilder {
             let (guarded, keyspace) = tiers_l2(&cache);
             Semantic::new(c, guarded.map(|g| (g, keyspace)))
         });
-        let cache = cache.with_semantic(semantic);
-        Ok(cache)
+        Ok(cache.with_semantic(semantic).publish_with_tiers())
     }
 }
 

@@ -29,11 +29,10 @@ impl CacheControl {
         Self::default()
     }
 
-    /// The tenant: requests in different namespaces never share answers. Default: the
-    /// empty (global) namespace.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
-        self
+    crate::tiered::setters! {
+        /// The tenant: requests in different namespaces never share answers. Default: the
+        /// empty (global) namespace.
+        pub fn namespace(namespace: impl Into<String>) { namespace = namespace.into() }
     }
 
     /// Keep the answer this long in Redis (and at most this long in L1).
@@ -55,19 +54,15 @@ impl CacheControl {
         self
     }
 
-    /// Do not touch the cache at all: call the upstream directly, store nothing.
-    pub fn bypass(mut self, yes: bool) -> Self {
-        self.bypass = yes;
-        self
-    }
+    crate::tiered::setters! {
+        /// Do not touch the cache at all: call the upstream directly, store nothing.
+        pub fn bypass(yes: bool) { bypass = yes }
 
-    /// Allow a semantic match for this request (when the builder enabled the semantic
-    /// cache): after an exact miss, the answer of an earlier request of the same scope
-    /// whose last user message means the same may be served (status `HitSemantic`). The
-    /// request pays one embedding call (itself cached) on an exact miss. Default false.
-    pub fn semantic(mut self, yes: bool) -> Self {
-        self.semantic = yes;
-        self
+        /// Allow a semantic match for this request (when the builder enabled the semantic
+        /// cache): after an exact miss, the answer of an earlier request of the same scope
+        /// whose last user message means the same may be served (status `HitSemantic`). The
+        /// request pays one embedding call (itself cached) on an exact miss. Default false.
+        pub fn semantic(yes: bool) { semantic = yes }
     }
 
     /// The namespace this control selects.

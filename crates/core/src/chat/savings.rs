@@ -1,5 +1,6 @@
 //! What the cache saved, per model: hits, misses, tokens and dollars, as the `LlmStats`
-//! snapshot and as `metrics` series. Counting is a relaxed atomic add on handles registered
+//! snapshot and as `metrics` series published from the same counters (with the chat tier's,
+//! once a second and on every `stats()`). Counting is a relaxed atomic add on counters made
 //! when a model is first seen: it must never take a lock on the hit path.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,7 +9,7 @@ use dashmap::mapref::entry::Entry;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use metrics::{Counter, Gauge, Unit};
+use metrics::{Gauge, Unit};
 
 use super::{Inner, LlmCache};
 use crate::CacheStatus;
@@ -16,7 +17,7 @@ use crate::chat::pricing::ModelPrice;
 use crate::embeddings::EmbeddingStats;
 use crate::request::{ChatResponse, Usage};
 use crate::semantic::SemanticStats;
-use crate::tiered::stats::Stats;
+use crate::tiered::stats::{Published, Stats};
 
 /// Answers served without a call, by model and tier (`l1`, `l2`, `coalesced`, `semantic`).
 pub(crate) const HITS: &str = "ai_cache_hits_total";
@@ -118,24 +119,33 @@ pub const OTHER_MODELS: &str = "other";
 /// The default of [`LlmCacheBuilder::max_model_labels`](crate::LlmCacheBuilder::max_model_labels).
 pub const DEFAULT_MAX_MODEL_LABELS: usize = 64;
 
-#[derive(Default)]
+/// The counters of one model, and the series labelled with it published from them
+/// ([`publish`](Self::publish)).
 pub(super) struct ModelCounters {
     /// The model's price (`None` for [`OTHER_MODELS`], whose models keep their own).
     price: Option<ModelPrice>,
-    hits: AtomicU64,
+    /// Answers served without a call, by tier (`l1`, `l2`, `coalesced`, `semantic`).
+    hits: [Published; 4],
     /// Of `hits`, the chat answers (the rest are embedding inputs): each saved a call.
     answers_saved: AtomicU64,
-    misses: AtomicU64,
-    tokens: AtomicU64,
+    misses: Published,
+    tokens: Published,
     nano_dollars: AtomicU64,
-    /// The same, through the `metrics` facade.
-    exported: ModelExported,
+    /// `ai_api_cost_saved_dollars`, set to the total of `cost_nanos`.
+    cost: Gauge,
+    /// Nano-dollars saved for this model by every cache in the process, so the gauge can
+    /// be set to an exact total (`stats()` divides the same integer the same way).
+    cost_nanos: Arc<AtomicU64>,
+    /// How much of `nano_dollars` is in `cost_nanos`.
+    cost_published: AtomicU64,
 }
 
 impl LlmCache {
     /// A snapshot of the counters, with tokens and dollars saved overall and per model.
     pub fn stats(&self) -> LlmStats {
         let inner = &self.inner;
+        // First, as it publishes the series (this layer's too) that a scrape then reads.
+        let cache = inner.tiers.stats();
         let mut per_model = BTreeMap::new();
         let (mut tokens, mut nanos, mut answers_saved) = (0u64, 0u64, 0u64);
         for entry in inner.models.iter() {
@@ -148,14 +158,13 @@ impl LlmCache {
             per_model.insert(
                 entry.key().clone(),
                 ModelSavings {
-                    hits: c.hits.load(Relaxed),
+                    hits: c.hits.iter().map(|h| h.load(Relaxed)).sum(),
                     misses: c.misses.load(Relaxed),
                     tokens_saved: t,
                     cost_saved_usd: n as f64 / NANOS_PER_DOLLAR,
                 },
             );
         }
-        let cache = inner.tiers.stats();
         let semantic = inner
             .semantic
             .as_ref()
@@ -217,11 +226,7 @@ impl Inner {
                         .is_ok();
                     if reserved {
                         let price = self.prices.price(model);
-                        let counters = Arc::new(ModelCounters {
-                            price,
-                            exported: ModelExported::register(model),
-                            ..Default::default()
-                        });
+                        let counters = Arc::new(ModelCounters::new(model, price));
                         let counters = Arc::clone(e.insert(counters).value());
                         return ModelHandle { counters, price };
                     }
@@ -237,10 +242,7 @@ impl Inner {
 
     fn other_models(&self) -> Arc<ModelCounters> {
         Arc::clone(self.other_models.get_or_init(|| {
-            let counters = Arc::new(ModelCounters {
-                exported: ModelExported::register(OTHER_MODELS),
-                ..Default::default()
-            });
+            let counters = Arc::new(ModelCounters::new(OTHER_MODELS, None));
             self.models
                 .insert(OTHER_MODELS.to_string(), Arc::clone(&counters));
             counters
@@ -269,57 +271,69 @@ impl ModelHandle {
 }
 
 impl ModelCounters {
+    fn new(model: &str, price: Option<ModelPrice>) -> Self {
+        let model = || model.to_string();
+        let hits = |tier: &'static str| {
+            Published::new(metrics::counter!(HITS, "model" => model(), "tier" => tier))
+        };
+        ModelCounters {
+            price,
+            hits: [hits("l1"), hits("l2"), hits("coalesced"), hits("semantic")],
+            answers_saved: AtomicU64::new(0),
+            misses: Published::new(metrics::counter!(MISSES, "model" => model())),
+            tokens: Published::new(metrics::counter!(TOKENS_SAVED, "model" => model())),
+            nano_dollars: AtomicU64::new(0),
+            cost: metrics::gauge!(COST_SAVED, "model" => model()),
+            cost_nanos: cost_cell(&model()),
+            cost_published: AtomicU64::new(0),
+        }
+    }
+
     /// An answer served without a call (`status`: from where), and what it saved at `price`.
     fn saved(&self, status: CacheStatus, usage: Option<&Usage>, price: Option<&ModelPrice>) {
-        self.hits.fetch_add(1, Relaxed);
-        self.exported.hit(status);
+        let tier = match status {
+            CacheStatus::HitL2 => 1,
+            CacheStatus::Coalesced => 2,
+            CacheStatus::HitSemantic => 3,
+            _ => 0,
+        };
+        self.hits[tier].fetch_add(1, Relaxed);
         let Some(usage) = usage else {
             return;
         };
         let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
         self.tokens.fetch_add(tokens, Relaxed);
-        let mut nanos = 0;
         if let Some(price) = price {
             let dollars = price.cost(usage);
             if dollars.is_finite() && dollars > 0.0 {
-                nanos = (dollars * NANOS_PER_DOLLAR).round() as u64;
+                let nanos = (dollars * NANOS_PER_DOLLAR).round() as u64;
                 self.nano_dollars.fetch_add(nanos, Relaxed);
             }
         }
-        self.exported.saved(tokens, nanos);
     }
 
     /// An answer that cost an upstream call.
     fn missed(&self) {
         self.misses.fetch_add(1, Relaxed);
-        self.exported.miss();
     }
-}
 
-/// The series of one model, registered when the model is first seen.
-pub(crate) struct ModelExported {
-    hits: [Counter; 4],
-    misses: Counter,
-    tokens: Counter,
-    cost: Gauge,
-    /// Nano-dollars saved for this model by every cache in the process, so the gauge can
-    /// be set to an exact total (`stats()` divides the same integer the same way).
-    cost_nanos: Arc<AtomicU64>,
-}
-
-impl Default for ModelExported {
-    fn default() -> Self {
-        ModelExported {
-            hits: [
-                Counter::noop(),
-                Counter::noop(),
-                Counter::noop(),
-                Counter::noop(),
-            ],
-            misses: Counter::noop(),
-            tokens: Counter::noop(),
-            cost: Gauge::noop(),
-            cost_nanos: Arc::default(),
+    /// Publish the model's series from its counters (see [`Inner::publish`]).
+    fn publish(&self) {
+        let counts = self.hits.iter().chain([&self.misses, &self.tokens]);
+        counts.for_each(Published::publish);
+        let now = self.nano_dollars.load(Relaxed);
+        let before = self.cost_published.fetch_max(now, SeqCst);
+        if now <= before {
+            return;
+        }
+        self.cost_nanos.fetch_add(now - before, SeqCst);
+        // Set, then check nobody added meanwhile: whoever sets last has seen the final total.
+        loop {
+            let total = self.cost_nanos.load(SeqCst);
+            self.cost.set(total as f64 / NANOS_PER_DOLLAR);
+            if self.cost_nanos.load(SeqCst) == total {
+                break;
+            }
         }
     }
 }
@@ -331,50 +345,29 @@ fn cost_cell(model: &str) -> Arc<AtomicU64> {
     Arc::clone(cells.entry(model.to_string()).or_default())
 }
 
-impl ModelExported {
-    pub(crate) fn register(model: &str) -> Self {
-        let hits = |tier: &'static str| metrics::counter!(HITS, "model" => model.to_string(), "tier" => tier);
-        ModelExported {
-            hits: [hits("l1"), hits("l2"), hits("coalesced"), hits("semantic")],
-            misses: metrics::counter!(MISSES, "model" => model.to_string()),
-            tokens: metrics::counter!(TOKENS_SAVED, "model" => model.to_string()),
-            cost: metrics::gauge!(COST_SAVED, "model" => model.to_string()),
-            cost_nanos: cost_cell(model),
-        }
-    }
-
-    /// An answer served without a call: `status` says from where.
-    #[inline]
-    pub(crate) fn hit(&self, status: CacheStatus) {
-        let tier = match status {
-            CacheStatus::HitL2 => 1,
-            CacheStatus::Coalesced => 2,
-            CacheStatus::HitSemantic => 3,
-            _ => 0,
-        };
-        self.hits[tier].increment(1);
-    }
-
-    /// An answer that cost an upstream call.
-    pub(crate) fn miss(&self) {
-        self.misses.increment(1);
-    }
-
-    /// Tokens and nano-dollars a hit saved.
-    #[inline]
-    pub(crate) fn saved(&self, tokens: u64, nano_dollars: u64) {
-        self.tokens.increment(tokens);
-        if nano_dollars == 0 {
-            return;
-        }
-        self.cost_nanos.fetch_add(nano_dollars, SeqCst);
-        // Set, then check nobody added meanwhile: whoever sets last has seen the final total.
-        loop {
-            let total = self.cost_nanos.load(SeqCst);
-            self.cost.set(total as f64 / 1e9);
-            if self.cost_nanos.load(SeqCst) == total {
-                break;
+impl LlmCache {
+    /// Publish this layer's series with the chat tier's (see [`Inner::publish`]). Last in
+    /// `build()`: the weak handle it keeps would stop `with_semantic` changing the cache.
+    pub(super) fn publish_with_tiers(self) -> Self {
+        let layer = Arc::downgrade(&self.inner);
+        self.inner.tiers.counters().also_publish(move || {
+            if let Some(inner) = layer.upgrade() {
+                inner.publish();
             }
+        });
+        self
+    }
+}
+
+impl Inner {
+    /// Publish this layer's series from its counters (the models', the semantic audits'):
+    /// with the chat tier's own, once a second and on every `stats()`.
+    pub(super) fn publish(&self) {
+        for model in self.models.iter() {
+            model.value().publish();
+        }
+        if let Some(semantic) = &self.semantic {
+            semantic.counters.publish_counts();
         }
     }
 }

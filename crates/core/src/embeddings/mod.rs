@@ -10,7 +10,7 @@ mod usage;
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -89,53 +89,46 @@ pub(crate) fn input_digest(scope: &Scope, item: InputItem<'_>) -> Digest {
     crate::tiered::invalidation::scoped(digest, scope.generation)
 }
 
-/// What the embeddings path has done since the cache was built. Inputs are counted one by
-/// one: a request of 100 inputs, 80 of them cached, is 80 hits and 20 fetched.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[non_exhaustive]
-pub struct EmbeddingStats {
-    /// The vectors' tier: L1 entries and bytes, L2 reads, writes and errors, leases.
-    /// (Its `misses` and `fetches` count inputs, one per missing input.)
-    pub cache: Stats,
-    /// Requests answered or failed (bypassed ones included).
-    pub requests: u64,
-    /// Inputs in those requests.
-    pub inputs: u64,
-    /// Inputs served from this instance's memory.
-    pub hits_l1: u64,
-    /// Inputs served from Redis.
-    pub hits_l2: u64,
-    /// Inputs answered by another caller's fetch (or repeated in one request).
-    pub coalesced: u64,
-    /// Inputs fetched for the request that asked for them.
-    pub fetched: u64,
-    /// `/embeddings` calls made to the upstream (bypasses included).
-    pub upstream_calls: u64,
-    /// Inputs sent in those calls.
-    pub upstream_inputs: u64,
-    /// Tokens of the inputs served from cache (each input's share of the call that
-    /// fetched it).
-    pub tokens_saved: u64,
-    /// Requests that failed.
-    pub failed: u64,
-    /// Requests whose every input came from cache (or another caller's fetch): each saved
-    /// an upstream call.
-    pub requests_from_cache: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    requests: AtomicU64,
-    inputs: AtomicU64,
-    hits_l1: AtomicU64,
-    hits_l2: AtomicU64,
-    coalesced: AtomicU64,
-    fetched: AtomicU64,
-    upstream_calls: AtomicU64,
-    upstream_inputs: AtomicU64,
-    tokens_saved: AtomicU64,
-    failed: AtomicU64,
-    requests_from_cache: AtomicU64,
+llm_cache_engine::counters! {
+    /// What the embeddings path has done since the cache was built. Inputs are counted one
+    /// by one: a request of 100 inputs, 80 of them cached, is 80 hits and 20 fetched.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+    #[non_exhaustive]
+    pub struct EmbeddingStats;
+    struct Counters {
+        counters {
+            /// Requests answered or failed (bypassed ones included).
+            requests,
+            /// Inputs in those requests.
+            inputs,
+            /// Inputs served from this instance's memory.
+            hits_l1,
+            /// Inputs served from Redis.
+            hits_l2,
+            /// Inputs answered by another caller's fetch (or repeated in one request).
+            coalesced,
+            /// Inputs fetched for the request that asked for them.
+            fetched,
+            /// `/embeddings` calls made to the upstream (bypasses included).
+            upstream_calls,
+            /// Inputs sent in those calls.
+            upstream_inputs,
+            /// Tokens of the inputs served from cache (each input's share of the call that
+            /// fetched it).
+            tokens_saved,
+            /// Requests that failed.
+            failed,
+            /// Requests whose every input came from cache (or another caller's fetch): each
+            /// saved an upstream call.
+            requests_from_cache,
+        }
+        gauges {
+            /// The vectors' tier: L1 entries and bytes, L2 reads, writes and errors, leases.
+            /// (Its `misses` and `fetches` count inputs, one per missing input.)
+            cache: Stats,
+        }
+        extra {}
+    }
 }
 
 /// An embeddings answer and where each of its vectors came from.
@@ -386,22 +379,7 @@ impl Embeddings {
     }
 
     pub(crate) fn stats(&self) -> EmbeddingStats {
-        let c = &self.counters;
-        let l = |a: &AtomicU64| a.load(Relaxed);
-        EmbeddingStats {
-            cache: self.tiers.stats(),
-            requests: l(&c.requests),
-            inputs: l(&c.inputs),
-            hits_l1: l(&c.hits_l1),
-            hits_l2: l(&c.hits_l2),
-            coalesced: l(&c.coalesced),
-            fetched: l(&c.fetched),
-            upstream_calls: l(&c.upstream_calls),
-            upstream_inputs: l(&c.upstream_inputs),
-            tokens_saved: l(&c.tokens_saved),
-            failed: l(&c.failed),
-            requests_from_cache: l(&c.requests_from_cache),
-        }
+        self.counters.snapshot(self.tiers.stats())
     }
 }
 

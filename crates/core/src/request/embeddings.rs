@@ -190,18 +190,14 @@ impl EmbeddingRequest {
         }
     }
 
-    /// Ask for `n` dimensions.
-    #[must_use]
-    pub fn dimensions(mut self, n: u32) -> Self {
-        self.dimensions = Some(n);
-        self
-    }
+    crate::tiered::setters! {
+        /// Ask for `n` dimensions.
+        #[must_use]
+        pub fn dimensions(n: u32) { dimensions = Some(n) }
 
-    /// Ask for vectors written as `format`.
-    #[must_use]
-    pub fn encoding_format(mut self, format: EncodingFormat) -> Self {
-        self.encoding_format = Some(format);
-        self
+        /// Ask for vectors written as `format`.
+        #[must_use]
+        pub fn encoding_format(format: EncodingFormat) { encoding_format = Some(format) }
     }
 
     /// Set any other parameter by name.

@@ -71,11 +71,10 @@ impl ChatRequest {
         self
     }
 
-    /// Set the temperature.
-    #[must_use]
-    pub fn temperature(mut self, t: f64) -> Self {
-        self.temperature = Some(t);
-        self
+    crate::tiered::setters! {
+        /// Set the temperature.
+        #[must_use]
+        pub fn temperature(t: f64) { temperature = Some(t) }
     }
 
     /// Set any other parameter by name, e.g. `.param("max_tokens", 256)`.

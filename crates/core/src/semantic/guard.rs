@@ -142,38 +142,28 @@ impl LexicalGuard {
             .politeness(false)
     }
 
-    /// How many one-letter typos (substitution, insertion, deletion or swap of neighbours)
-    /// a pair may hold and pass; 0 forgives none. Default 0: turn it on only if your
-    /// traffic's words one letter apart are not other words or names of your domain (add
-    /// those with [`protect`](Self::protect)).
-    pub fn max_typos(mut self, n: usize) -> Self {
-        self.max_typos = n;
-        self
-    }
+    crate::tiered::setters! {
+        /// How many one-letter typos (substitution, insertion, deletion or swap of neighbours)
+        /// a pair may hold and pass; 0 forgives none. Default 0: turn it on only if your
+        /// traffic's words one letter apart are not other words or names of your domain (add
+        /// those with [`protect`](Self::protect)).
+        pub fn max_typos(n: usize) { max_typos = n }
 
-    /// The shortest word that may be forgiven a typo (both words of the pair must be at least
-    /// this long, start with the same letter, and be plain lower-case words). Default 6.
-    pub fn typo_min_len(mut self, len: usize) -> Self {
-        self.typo_min_len = len.max(2);
-        self
-    }
+        /// The shortest word that may be forgiven a typo (both words of the pair must be at least
+        /// this long, start with the same letter, and be plain lower-case words). Default 6.
+        pub fn typo_min_len(len: usize) { typo_min_len = len.max(2) }
 
-    /// Whether the synonyms added with [`synonym`](Self::synonym) apply. Default true.
-    /// There is no built-in synonym list (only British and American spellings of one word
-    /// compare equal): hardly two words mean the same in every sense.
-    pub fn synonyms(mut self, yes: bool) -> Self {
-        self.synonyms = yes;
-        self
-    }
+        /// Whether the synonyms added with [`synonym`](Self::synonym) apply. Default true.
+        /// There is no built-in synonym list (only British and American spellings of one word
+        /// compare equal): hardly two words mean the same in every sense.
+        pub fn synonyms(yes: bool) { synonyms = yes }
 
-    /// Whether the fixed politeness frames are set aside: a greeting or aside followed by a
-    /// comma or ending its sentence at the start ("Hi, ..."), thanks after a comma or as
-    /// the last sentence ("..., thanks"), "could you (please)" before a request verb
-    /// ("explain", "tell", ...), "tell me" / "do you know" before a question word. Default
-    /// true.
-    pub fn politeness(mut self, yes: bool) -> Self {
-        self.politeness = yes;
-        self
+        /// Whether the fixed politeness frames are set aside: a greeting or aside followed by a
+        /// comma or ending its sentence at the start ("Hi, ..."), thanks after a comma or as
+        /// the last sentence ("..., thanks"), "could you (please)" before a request verb
+        /// ("explain", "tell", ...), "tell me" / "do you know" before a question word. Default
+        /// true.
+        pub fn politeness(yes: bool) { politeness = yes }
     }
 
     /// More words to ignore wherever they stand (lower-case).

@@ -84,80 +84,55 @@ impl SemanticConfig {
         }
     }
 
-    /// Ask the model for this many dimensions (models that support it: smaller vectors,
-    /// smaller index).
-    pub fn dimensions(mut self, n: u32) -> Self {
-        self.dimensions = Some(n);
-        self
-    }
+    crate::tiered::setters! {
+        /// Ask the model for this many dimensions (models that support it: smaller vectors,
+        /// smaller index).
+        pub fn dimensions(n: u32) { dimensions = Some(n) }
 
-    /// The cosine a candidate needs before the guard looks at it, in (0, 1]. Default
-    /// [`DEFAULT_SEMANTIC_THRESHOLD`].
-    pub fn threshold(mut self, cosine: f32) -> Self {
-        self.threshold = cosine;
-        self
-    }
+        /// The cosine a candidate needs before the guard looks at it, in (0, 1]. Default
+        /// [`DEFAULT_SEMANTIC_THRESHOLD`].
+        pub fn threshold(cosine: f32) { threshold = cosine }
 
-    /// The most candidates re-ranked by exact cosine and guarded per lookup (at least 1).
-    pub fn max_candidates(mut self, n: usize) -> Self {
-        self.max_candidates = n;
-        self
-    }
+        /// The most candidates re-ranked by exact cosine and guarded per lookup (at least 1).
+        pub fn max_candidates(n: usize) { max_candidates = n }
 
-    /// The bytes of process memory the in-process index may hold; 0 keeps none (Redis only).
-    pub fn l1_index_bytes(mut self, bytes: u64) -> Self {
-        self.l1_index_bytes = bytes;
-        self
-    }
+        /// The bytes of process memory the in-process index may hold; 0 keeps none (Redis only).
+        pub fn l1_index_bytes(bytes: u64) { l1_index_bytes = bytes }
 
-    /// The most entries one bucket holds (at least 1): bounds each lookup's bytes.
-    pub fn bucket_cap(mut self, n: usize) -> Self {
-        self.bucket_cap = n;
-        self
-    }
+        /// The most entries one bucket holds (at least 1): bounds each lookup's bytes.
+        pub fn bucket_cap(n: usize) { bucket_cap = n }
 
-    /// The lexical guard (tighten with [`LexicalGuard::strict`], or tune its knobs).
-    pub fn guard(mut self, guard: LexicalGuard) -> Self {
-        self.guard = guard;
-        self
-    }
+        /// The lexical guard (tighten with [`LexicalGuard::strict`], or tune its knobs).
+        pub fn guard(guard: LexicalGuard) { guard = guard }
 
-    /// Audit this fraction of semantic hits, in [0, 1] (default 0: off). An audited hit is
-    /// served as usual; in the background the cache also asks the upstream (one paid call,
-    /// counted in `upstream_calls`) and compares the fresh answer with the one served:
-    /// they agree when their texts are equal once trimmed, or when the cosine of their
-    /// embeddings (the semantic model, through the embeddings path) is at least
-    /// [`audit_agreement`](Self::audit_agreement). The counts are in
-    /// [`SemanticStats`] (`audited`, `agreed`, `disagreed`, `audit_failed`) and in
-    /// `ai_cache_semantic_audits_total{outcome}`: `disagreed / (agreed + disagreed)` is an
-    /// estimate of your traffic's false-hit rate. Sampling is deterministic: every
-    /// `1 / fraction`-th hit.
-    pub fn audit(mut self, fraction: f64) -> Self {
-        self.audit_fraction = fraction;
-        self
-    }
+        /// Audit this fraction of semantic hits, in [0, 1] (default 0: off). An audited hit is
+        /// served as usual; in the background the cache also asks the upstream (one paid call,
+        /// counted in `upstream_calls`) and compares the fresh answer with the one served:
+        /// they agree when their texts are equal once trimmed, or when the cosine of their
+        /// embeddings (the semantic model, through the embeddings path) is at least
+        /// [`audit_agreement`](Self::audit_agreement). The counts are in
+        /// [`SemanticStats`] (`audited`, `agreed`, `disagreed`, `audit_failed`) and in
+        /// `ai_cache_semantic_audits_total{outcome}`: `disagreed / (agreed + disagreed)` is an
+        /// estimate of your traffic's false-hit rate. Sampling is deterministic: every
+        /// `1 / fraction`-th hit.
+        pub fn audit(fraction: f64) { audit_fraction = fraction }
 
-    /// The cosine of the two answers' embeddings at or above which an audit counts them as
-    /// agreeing, in (0, 1]. Default [`DEFAULT_AUDIT_AGREEMENT`]: two samples of one answer
-    /// in other words score above it with sentence-embedding models, answers to other
-    /// questions mostly below; a sampled temperature > 0 upstream disagrees with itself
-    /// now and then, so read the rate against a baseline of exact repeats.
-    pub fn audit_agreement(mut self, cosine: f32) -> Self {
-        self.audit_agreement = cosine;
-        self
-    }
+        /// The cosine of the two answers' embeddings at or above which an audit counts them as
+        /// agreeing, in (0, 1]. Default [`DEFAULT_AUDIT_AGREEMENT`]: two samples of one answer
+        /// in other words score above it with sentence-embedding models, answers to other
+        /// questions mostly below; a sampled temperature > 0 upstream disagrees with itself
+        /// now and then, so read the rate against a baseline of exact repeats.
+        pub fn audit_agreement(cosine: f32) { audit_agreement = cosine }
 
-    /// Embed through the route a request came by, when it came through the async-openai
-    /// layer or the HTTP front: the layer's inner service (the caller's base URL, headers,
-    /// credentials and retry stack, at the `embeddings` path beside `chat/completions`), or
-    /// the front's upstream client (its held key, or the caller's credentials when it
-    /// passes them through). No second `OpenAiCompatible` beside the layer: a cache built
-    /// without an upstream can then be semantic. Vectors fetched this way are keyed per
-    /// route (and credential scope). A request made on the cache itself still embeds
-    /// through the builder's upstream. Default false.
-    pub fn embed_via_route(mut self, yes: bool) -> Self {
-        self.embed_via_route = yes;
-        self
+        /// Embed through the route a request came by, when it came through the async-openai
+        /// layer or the HTTP front: the layer's inner service (the caller's base URL, headers,
+        /// credentials and retry stack, at the `embeddings` path beside `chat/completions`), or
+        /// the front's upstream client (its held key, or the caller's credentials when it
+        /// passes them through). No second `OpenAiCompatible` beside the layer: a cache built
+        /// without an upstream can then be semantic. Vectors fetched this way are keyed per
+        /// route (and credential scope). A request made on the cache itself still embeds
+        /// through the builder's upstream. Default false.
+        pub fn embed_via_route(yes: bool) { embed_via_route = yes }
     }
 
     /// The knob that is wrong, and why.
@@ -184,55 +159,49 @@ impl SemanticConfig {
     }
 }
 
-/// The semantic counters in [`LlmStats`](crate::LlmStats).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct SemanticStats {
-    /// Lookups made (after an exact miss, for requests that opted in and qualify).
-    pub lookups: u64,
-    /// Requests answered by a semantic match.
-    pub hits: u64,
-    /// Candidates above the threshold that the lexical guard refused.
-    pub guard_refusals: u64,
-    /// Answers indexed after a miss (in process, and in Redis when it took them).
-    pub indexed: u64,
-    /// Matches whose entry was gone (dropped from the index, then a miss).
-    pub stale: u64,
-    /// Lookups that could not ask Redis (down, slow, breaker open): in-process only.
-    pub redis_skipped: u64,
-    /// Requests that opted in but could not be looked up (not a plain user text last, no
-    /// content words, or the embedding call failed).
-    pub ineligible: u64,
-    /// Entries in the in-process index.
-    pub l1_entries: u64,
-    /// Bytes of the in-process index.
-    pub l1_bytes: u64,
-    /// Semantic hits audited (see [`SemanticConfig::audit`]): the upstream was asked too.
-    pub audited: u64,
-    /// Audits whose fresh answer agreed with the one served.
-    pub agreed: u64,
-    /// Audits whose fresh answer disagreed: a likely false hit.
-    pub disagreed: u64,
-    /// Audits that could not decide (the upstream or the embedding call failed, or an
-    /// answer had no text).
-    pub audit_failed: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) lookups: AtomicU64,
-    pub(crate) hits: AtomicU64,
-    pub(crate) guard_refusals: AtomicU64,
-    pub(crate) indexed: AtomicU64,
-    pub(crate) stale: AtomicU64,
-    pub(crate) redis_skipped: AtomicU64,
-    pub(crate) ineligible: AtomicU64,
-    pub(crate) audited: AtomicU64,
-    pub(crate) agreed: AtomicU64,
-    pub(crate) disagreed: AtomicU64,
-    pub(crate) audit_failed: AtomicU64,
-    /// Semantic hits seen by the audit's sampling.
-    audit_seen: AtomicU64,
+llm_cache_engine::counters! {
+    /// The semantic counters in [`LlmStats`](crate::LlmStats).
+    #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+    #[non_exhaustive]
+    pub struct SemanticStats;
+    pub(crate) struct Counters {
+        counters {
+            /// Lookups made (after an exact miss, for requests that opted in and qualify).
+            lookups,
+            /// Requests answered by a semantic match.
+            hits,
+            /// Candidates above the threshold that the lexical guard refused.
+            guard_refusals,
+            /// Answers indexed after a miss (in process, and in Redis when it took them).
+            indexed,
+            /// Matches whose entry was gone (dropped from the index, then a miss).
+            stale,
+            /// Lookups that could not ask Redis (down, slow, breaker open): in-process only.
+            redis_skipped,
+            /// Requests that opted in but could not be looked up (not a plain user text last,
+            /// no content words, or the embedding call failed).
+            ineligible,
+            /// Semantic hits audited (see [`SemanticConfig::audit`]): the upstream was asked too.
+            audited,
+            /// Audits whose fresh answer agreed with the one served.
+            agreed => [AUDITS, "outcome" => "agreed"],
+            /// Audits whose fresh answer disagreed: a likely false hit.
+            disagreed => [AUDITS, "outcome" => "disagreed"],
+            /// Audits that could not decide (the upstream or the embedding call failed, or an
+            /// answer had no text).
+            audit_failed => [AUDITS, "outcome" => "failed"],
+        }
+        gauges {
+            /// Entries in the in-process index.
+            l1_entries: u64,
+            /// Bytes of the in-process index.
+            l1_bytes: u64,
+        }
+        extra {
+            /// Semantic hits seen by the audit's sampling.
+            audit_seen: AtomicU64,
+        }
+    }
 }
 
 /// What an audit found.
@@ -410,23 +379,8 @@ impl Semantic {
     }
 
     pub(crate) fn stats(&self) -> SemanticStats {
-        let c = &self.counters;
         let (l1_entries, l1_bytes) = self.local.as_ref().map_or((0, 0), LocalIndex::size);
-        SemanticStats {
-            lookups: c.lookups.load(Relaxed),
-            hits: c.hits.load(Relaxed),
-            guard_refusals: c.guard_refusals.load(Relaxed),
-            indexed: c.indexed.load(Relaxed),
-            stale: c.stale.load(Relaxed),
-            redis_skipped: c.redis_skipped.load(Relaxed),
-            ineligible: c.ineligible.load(Relaxed),
-            l1_entries,
-            l1_bytes,
-            audited: c.audited.load(Relaxed),
-            agreed: c.agreed.load(Relaxed),
-            disagreed: c.disagreed.load(Relaxed),
-            audit_failed: c.audit_failed.load(Relaxed),
-        }
+        self.counters.snapshot(l1_entries, l1_bytes)
     }
 
     /// Whether this semantic hit is audited: exactly `audit_fraction` of hits, spread
@@ -440,17 +394,15 @@ impl Semantic {
         ((n + 1.0) * f).floor() > (n * f).floor()
     }
 
-    /// Count an audit's outcome, in the stats and as a metric.
+    /// Count an audit's outcome (its series is published from the count).
     pub(crate) fn record_audit(&self, outcome: AuditOutcome) {
         let c = &self.counters;
         Counters::incr(&c.audited);
-        let (cell, label) = match outcome {
-            AuditOutcome::Agreed => (&c.agreed, "agreed"),
-            AuditOutcome::Disagreed => (&c.disagreed, "disagreed"),
-            AuditOutcome::Failed => (&c.audit_failed, "failed"),
-        };
-        Counters::incr(cell);
-        metrics::counter!(AUDITS, "outcome" => label).increment(1);
+        Counters::incr(match outcome {
+            AuditOutcome::Agreed => &c.agreed,
+            AuditOutcome::Disagreed => &c.disagreed,
+            AuditOutcome::Failed => &c.audit_failed,
+        });
     }
 }
 

@@ -110,26 +110,19 @@ impl KeyOptions {
         self
     }
 
-    /// Trim leading and trailing whitespace from message text. Off by default.
-    #[must_use]
-    pub fn trim(mut self, on: bool) -> Self {
-        self.trim = on;
-        self
-    }
+    crate::tiered::setters! {
+        /// Trim leading and trailing whitespace from message text. Off by default.
+        #[must_use]
+        pub fn trim(on: bool) { trim = on }
 
-    /// Turn every run of whitespace in message text into one space. Off by default.
-    #[must_use]
-    pub fn collapse_whitespace(mut self, on: bool) -> Self {
-        self.collapse_whitespace = on;
-        self
-    }
+        /// Turn every run of whitespace in message text into one space. Off by default.
+        #[must_use]
+        pub fn collapse_whitespace(on: bool) { collapse_whitespace = on }
 
-    /// Lowercase message text. Off by default: case can change meaning (`US` vs `us`,
-    /// code, names), so only turn it on where a wrong shared answer is acceptable.
-    #[must_use]
-    pub fn lowercase(mut self, on: bool) -> Self {
-        self.lowercase = on;
-        self
+        /// Lowercase message text. Off by default: case can change meaning (`US` vs `us`,
+        /// code, names), so only turn it on where a wrong shared answer is acceptable.
+        #[must_use]
+        pub fn lowercase(on: bool) { lowercase = on }
     }
 
     /// The top-level fields dropped from the key, besides `stream` and `stream_options`.

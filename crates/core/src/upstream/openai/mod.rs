@@ -165,11 +165,10 @@ impl OpenAiCompatible {
         }
     }
 
-    /// The API key, sent as `Authorization: Bearer <key>`.
-    #[must_use]
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
-        self.reconfigured()
+    crate::tiered::setters! {
+        /// The API key, sent as `Authorization: Bearer <key>`.
+        #[must_use]
+        pub fn api_key(key: impl Into<String>) { api_key = Some(key.into()); self.reconfigured() }
     }
 
     /// An extra header on every request (a later value for the same name wins; the API
@@ -193,74 +192,66 @@ impl OpenAiCompatible {
         self.header(name, value)
     }
 
-    /// The deadline to open a connection (default 10 s).
-    #[must_use]
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
-        self.reconfigured()
-    }
+    crate::tiered::setters! {
+        /// The deadline to open a connection (default 10 s).
+        #[must_use]
+        pub fn connect_timeout(d: Duration) { connect_timeout = d; self.reconfigured() }
 
-    /// The deadline of one attempt, from sending to the last byte of the answer
-    /// (default 60 s). Retries get a fresh deadline each. A stream has no overall
-    /// deadline, since a long answer may take minutes: this bounds the wait for its
-    /// headers, then each pause between two reads of its body.
-    #[must_use]
-    pub fn request_timeout(mut self, d: Duration) -> Self {
-        self.request_timeout = d;
-        self.reconfigured()
-    }
+        /// The deadline of one attempt, from sending to the last byte of the answer
+        /// (default 60 s). Retries get a fresh deadline each. A stream has no overall
+        /// deadline, since a long answer may take minutes: this bounds the wait for its
+        /// headers, then each pause between two reads of its body.
+        #[must_use]
+        pub fn request_timeout(d: Duration) { request_timeout = d; self.reconfigured() }
 
-    /// The retry policy (default [`RetryPolicy::default`]).
-    #[must_use]
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
-        self.reconfigured()
-    }
+        /// The retry policy (default [`RetryPolicy::default`]).
+        #[must_use]
+        pub fn retry(policy: RetryPolicy) { retry = policy; self.reconfigured() }
 
-    /// Send through `client`, the caller's own reqwest client, instead of one built here:
-    /// services share its connection pool, proxy, TLS and DNS settings.
-    ///
-    /// ## Behavior
-    ///
-    /// - **Timeouts.** [`request_timeout`](OpenAiCompatible::request_timeout) is set on each
-    ///   request, which overrides the client's own `timeout` (a stream lifts it, as with the
-    ///   built-in client, and bounds its headers and each read instead). The client's
-    ///   `connect_timeout` applies in place of ours, which is not used, though a connection
-    ///   still has to open within `request_timeout`; its `read_timeout`, if set, applies in
-    ///   addition and can cut a slow stream.
-    /// - **Redirects.** The client's redirect policy applies. reqwest's default follows up
-    ///   to 10, and drops only `Authorization`, `Cookie` and `Proxy-Authorization` when one
-    ///   leaves the host: the API key is then not sent on, but `api-key` or another header
-    ///   set here is. Give a client built with `redirect(Policy::none())` to keep
-    ///   this client's rule (a 3xx is an upstream error).
-    /// - **Headers.** The API key and every [`header`](OpenAiCompatible::header) are sent on
-    ///   each request and win over a default header of the client with the same name; the
-    ///   client's other default headers and its user agent are sent as they are.
-    /// - **Credentials.** A credential the client carries in its default headers (say an
-    ///   `Authorization` set with `default_headers`) cannot be seen from here, so it is
-    ///   **not masked** when the upstream echoes it in an error. Give it with
-    ///   [`api_key`](OpenAiCompatible::api_key) or
-    ///   [`credential_header`](OpenAiCompatible::credential_header) instead (or as well)
-    ///   to have it masked.
-    ///
-    /// ```no_run
-    /// # fn demo() -> llm_cache_core::Result<()> {
-    /// use llm_cache_core::OpenAiCompatible;
-    ///
-    /// let shared = reqwest::Client::builder()
-    ///     .redirect(reqwest::redirect::Policy::none())
-    ///     .build()
-    ///     .expect("a client");
-    /// let upstream = OpenAiCompatible::new("https://api.openai.com/v1")
-    ///     .http_client(shared.clone())
-    ///     .api_key(std::env::var("OPENAI_API_KEY").unwrap_or_default());
-    /// upstream.validate()?;
-    /// # Ok(()) }
-    /// ```
-    #[must_use]
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http_client = Some(client);
-        self.reconfigured()
+        /// Send through `client`, the caller's own reqwest client, instead of one built here:
+        /// services share its connection pool, proxy, TLS and DNS settings.
+        ///
+        /// ## Behavior
+        ///
+        /// - **Timeouts.** [`request_timeout`](OpenAiCompatible::request_timeout) is set on each
+        ///   request, which overrides the client's own `timeout` (a stream lifts it, as with the
+        ///   built-in client, and bounds its headers and each read instead). The client's
+        ///   `connect_timeout` applies in place of ours, which is not used, though a connection
+        ///   still has to open within `request_timeout`; its `read_timeout`, if set, applies in
+        ///   addition and can cut a slow stream.
+        /// - **Redirects.** The client's redirect policy applies. reqwest's default follows up
+        ///   to 10, and drops only `Authorization`, `Cookie` and `Proxy-Authorization` when one
+        ///   leaves the host: the API key is then not sent on, but `api-key` or another header
+        ///   set here is. Give a client built with `redirect(Policy::none())` to keep
+        ///   this client's rule (a 3xx is an upstream error).
+        /// - **Headers.** The API key and every [`header`](OpenAiCompatible::header) are sent on
+        ///   each request and win over a default header of the client with the same name; the
+        ///   client's other default headers and its user agent are sent as they are.
+        /// - **Credentials.** A credential the client carries in its default headers (say an
+        ///   `Authorization` set with `default_headers`) cannot be seen from here, so it is
+        ///   **not masked** when the upstream echoes it in an error. Give it with
+        ///   [`api_key`](OpenAiCompatible::api_key) or
+        ///   [`credential_header`](OpenAiCompatible::credential_header) instead (or as well)
+        ///   to have it masked.
+        ///
+        /// ```no_run
+        /// # fn demo() -> llm_cache_core::Result<()> {
+        /// use llm_cache_core::OpenAiCompatible;
+        ///
+        /// let shared = reqwest::Client::builder()
+        ///     .redirect(reqwest::redirect::Policy::none())
+        ///     .build()
+        ///     .expect("a client");
+        /// let upstream = OpenAiCompatible::new("https://api.openai.com/v1")
+        ///     .http_client(shared.clone())
+        ///     .api_key(std::env::var("OPENAI_API_KEY").unwrap_or_default());
+        /// upstream.validate()?;
+        /// # Ok(()) }
+        /// ```
+        #[must_use]
+        pub fn http_client(client: reqwest::Client) {
+            http_client = Some(client); self.reconfigured()
+        }
     }
 
     /// A handle on this client's counters; it stays valid after the client is moved.

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -141,8 +140,7 @@ impl ChunkReader {
     /// End the stream with `e`, counted and masked.
     fn fail(&mut self, e: Error) -> Error {
         self.finish();
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        self.stats.exported.error.increment(1);
+        self.stats.ended(&self.stats.errors);
         self.ready.mask_error(e)
     }
 

@@ -2,11 +2,10 @@
 //! and what it counts while doing so ([`UpstreamStats`] and its `metrics` series). A retry
 //! must never undercut the delay the upstream asked for.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use metrics::Counter;
+use crate::tiered::stats::Published;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 
@@ -54,33 +53,23 @@ impl RetryPolicy {
         Self::default().max_attempts(1)
     }
 
-    /// Attempts in all, the first included (default 3; must be at least 1).
-    #[must_use]
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
+    crate::tiered::setters! {
+        /// Attempts in all, the first included (default 3; must be at least 1).
+        #[must_use]
+        pub fn max_attempts(n: u32) { max_attempts = n }
 
-    /// The backoff bound of the first retry, doubled for each later one (default 200 ms).
-    #[must_use]
-    pub fn base_delay(mut self, d: Duration) -> Self {
-        self.base_delay = d;
-        self
-    }
+        /// The backoff bound of the first retry, doubled for each later one (default 200 ms).
+        #[must_use]
+        pub fn base_delay(d: Duration) { base_delay = d }
 
-    /// The largest backoff bound (default 10 s).
-    #[must_use]
-    pub fn max_delay(mut self, d: Duration) -> Self {
-        self.max_delay = d;
-        self
-    }
+        /// The largest backoff bound (default 10 s).
+        #[must_use]
+        pub fn max_delay(d: Duration) { max_delay = d }
 
-    /// The longest `Retry-After` the client waits for; a longer one ends the call with
-    /// the error (default 30 s).
-    #[must_use]
-    pub fn max_retry_after(mut self, d: Duration) -> Self {
-        self.max_retry_after = d;
-        self
+        /// The longest `Retry-After` the client waits for; a longer one ends the call with
+        /// the error (default 30 s).
+        #[must_use]
+        pub fn max_retry_after(d: Duration) { max_retry_after = d }
     }
 
     /// The jittered delay before retry `n` (0 for the first retry).
@@ -99,19 +88,24 @@ impl RetryPolicy {
 #[derive(Debug)]
 pub struct UpstreamStats {
     pub(super) calls: AtomicU64,
-    pub(super) retries: AtomicU64,
-    pub(super) errors: AtomicU64,
-    /// The same, as `ai_upstream_requests_total{outcome}`.
-    pub(super) exported: UpstreamExported,
+    // These three publish `ai_upstream_requests_total{outcome}` (`retried`, `error`, `ok`)
+    // from their counts when a call ends.
+    pub(super) retries: Published,
+    pub(super) errors: Published,
+    ok: Published,
 }
 
 impl Default for UpstreamStats {
     fn default() -> Self {
+        crate::upstream::describe_series();
+        let outcome = |o: &'static str| {
+            Published::new(metrics::counter!(crate::upstream::UPSTREAM_REQUESTS, "outcome" => o))
+        };
         UpstreamStats {
             calls: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            exported: UpstreamExported::register(),
+            retries: outcome("retried"),
+            errors: outcome("error"),
+            ok: outcome("ok"),
         }
     }
 }
@@ -132,31 +126,13 @@ impl UpstreamStats {
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
-}
 
-/// The series of an upstream client (the built-in `OpenAiCompatible`).
-pub(crate) struct UpstreamExported {
-    pub ok: Counter,
-    pub error: Counter,
-    pub retried: Counter,
-}
-
-impl UpstreamExported {
-    pub(crate) fn register() -> Self {
-        crate::upstream::describe_series();
-        let outcome =
-            |o: &'static str| metrics::counter!(crate::upstream::UPSTREAM_REQUESTS, "outcome" => o);
-        UpstreamExported {
-            ok: outcome("ok"),
-            error: outcome("error"),
-            retried: outcome("retried"),
+    /// Count a call's end in `outcome` (`ok` or `errors`), and publish the series.
+    pub(super) fn ended(&self, outcome: &AtomicU64) {
+        outcome.fetch_add(1, Ordering::Relaxed);
+        for series in [&self.retries, &self.errors, &self.ok] {
+            series.publish();
         }
-    }
-}
-
-impl fmt::Debug for UpstreamExported {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamExported").finish_non_exhaustive()
     }
 }
 
@@ -173,11 +149,10 @@ impl OpenAiCompatible {
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
             if n > 1 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                self.stats.exported.retried.increment(1);
             }
             let failure = match attempt().await {
                 Ok(answer) => {
-                    self.stats.exported.ok.increment(1);
+                    self.stats.ended(&self.stats.ok);
                     tracing::Span::current().record("upstream_attempts", n);
                     return Ok(answer);
                 }
@@ -190,8 +165,7 @@ impl OpenAiCompatible {
                 None => Some(policy.backoff(n - 1)),
             };
             let Some(delay) = delay else {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.stats.exported.error.increment(1);
+                self.stats.ended(&self.stats.errors);
                 tracing::Span::current().record("upstream_attempts", n);
                 return Err(failure.error);
             };
