@@ -11,6 +11,7 @@
 //! as it came, behind an `Arc`, and a hit hands out that `Arc` as before.
 
 use std::fmt;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -83,6 +84,19 @@ impl StoredAnswer {
                 })
                 .sum(),
             Form::Compact(c) => c.arena.len(),
+        }
+    }
+
+    /// Append the answer's JSON to `out`: the very bytes `serde_json` writes for its
+    /// `ChatResponse`, written from the compact form without building one (the codec's
+    /// path, on every fill).
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match &self.0 {
+            Form::Whole(whole) => serde_json::to_writer(out, &**whole),
+            Form::Compact(c) => {
+                c.write_json(out);
+                Ok(())
+            }
         }
     }
 
@@ -234,6 +248,65 @@ impl Compact {
         serde_json::from_str(text).unwrap_or_default()
     }
 
+    /// The JSON of [`expand`](Self::expand)'s answer, field by field in the order and with
+    /// the omissions of the `ChatResponse` derive (`skip_serializing_if` on empty strings,
+    /// a zero `created` and absent options; each `extra` map flattened last).
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let mut w = Writer { out, first: true };
+        w.open();
+        w.text_if("id", self.part(ID), !self.part(ID).is_empty());
+        w.text_if("object", self.part(OBJECT), !self.part(OBJECT).is_empty());
+        if self.created != 0 {
+            w.key("created");
+            w.number(self.created);
+        }
+        w.text_if("model", self.part(MODEL), !self.part(MODEL).is_empty());
+        w.key("choices");
+        w.out.push(b'[');
+        let mut choice = Writer {
+            out: &mut *w.out,
+            first: true,
+        };
+        choice.open();
+        choice.key("index");
+        choice.number(u64::from(self.index));
+        choice.key("message");
+        let mut message = Writer {
+            out: &mut *choice.out,
+            first: true,
+        };
+        message.open();
+        message.text_if("role", self.part(ROLE), true);
+        message.text_if("content", self.part(CONTENT), self.has & HAS_CONTENT != 0);
+        message.close(self.part(MESSAGE_EXTRA));
+        choice.text_if(
+            "finish_reason",
+            self.part(FINISH),
+            self.has & HAS_FINISH != 0,
+        );
+        choice.close(self.part(CHOICE_EXTRA));
+        w.out.push(b']');
+        if self.has & HAS_USAGE != 0 {
+            w.key("usage");
+            let mut usage = Writer {
+                out: &mut *w.out,
+                first: true,
+            };
+            usage.open();
+            for (name, n) in ["prompt_tokens", "completion_tokens", "total_tokens"]
+                .into_iter()
+                .zip(self.usage)
+            {
+                usage.key(name);
+                usage.number(n);
+            }
+            usage.close(self.part(USAGE_EXTRA));
+        }
+        let fingerprint = self.has & HAS_FINGERPRINT != 0;
+        w.text_if("system_fingerprint", self.part(FINGERPRINT), fingerprint);
+        w.close(self.part(EXTRA));
+    }
+
     fn expand(&self) -> ChatResponse {
         let message = ChatMessage {
             role: self.string(ROLE),
@@ -265,6 +338,58 @@ impl Compact {
             system_fingerprint: self.opt(HAS_FINGERPRINT, FINGERPRINT),
             extra: self.map(EXTRA),
         }
+    }
+}
+
+/// One JSON object being written, as `serde_json`'s compact formatter writes it.
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Writer<'_> {
+    fn open(&mut self) {
+        self.out.push(b'{');
+    }
+
+    fn key(&mut self, name: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.string(name);
+        self.out.push(b':');
+    }
+
+    fn string(&mut self, s: &str) {
+        // Writing a `str` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *self.out, s);
+    }
+
+    fn number(&mut self, n: u64) {
+        // Writing into a `Vec` cannot fail.
+        let _ = write!(self.out, "{n}");
+    }
+
+    fn text_if(&mut self, name: &str, value: &str, present: bool) {
+        if present {
+            self.key(name);
+            self.string(value);
+        }
+    }
+
+    /// Close the object after the entries of `extra` (a map's JSON text, or empty), which
+    /// a flattened map writes last.
+    fn close(&mut self, extra: &str) {
+        if let Some(inner) = extra.strip_prefix('{').and_then(|e| e.strip_suffix('}'))
+            && !inner.is_empty()
+        {
+            if !self.first {
+                self.out.push(b',');
+            }
+            self.out.extend_from_slice(inner.as_bytes());
+        }
+        self.out.push(b'}');
     }
 }
 
@@ -315,6 +440,13 @@ mod tests {
             assert_eq!(
                 serde_json::to_vec(&stored).unwrap(),
                 serde_json::to_vec(&response).unwrap()
+            );
+            let mut written = Vec::new();
+            stored.write_json(&mut written).unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&response).unwrap(),
+                "{body}"
             );
             let back: StoredAnswer = serde_json::from_value(body.clone()).unwrap();
             assert_eq!(back, stored);

@@ -133,7 +133,8 @@ impl Codec<StoredAnswer> for ChatCodec {
     fn encode(&self, value: &StoredAnswer) -> Result<Vec<u8>> {
         let text = value.text_len();
         let mut bytes = Vec::with_capacity(text.saturating_add(1024));
-        serde_json::to_writer(&mut bytes, value)
+        value
+            .write_json(&mut bytes)
             .map_err(|e| Error::codec(format!("value does not serialize: {e}")))?;
         Ok(bytes)
     }
