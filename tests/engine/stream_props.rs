@@ -4,7 +4,9 @@
 use llm_cache::stream::{
     Assembler, ChatChunk, ReplayOptions, SseEvent, SseParser, parse_chunk, replay,
 };
-use llm_cache::{ChatMessage, ChatResponse, Choice, Content, Extra, FunctionCall, ToolCall, Usage};
+use llm_cache::{
+    ChatMessage, ChatResponse, Choice, Content, Extra, FunctionCall, StoredAnswer, ToolCall, Usage,
+};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use serde_json::{Value, json};
@@ -498,5 +500,26 @@ proptest! {
         prop_assert_eq!(&run(limit, &cut_at(&bytes, &cuts)), &whole);
         let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
         prop_assert_eq!(&run(limit, &bytewise), &whole);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The form L1 holds an answer in (issue 26, item 5) gives back the same answer, and
+    /// writes the same JSON bytes to Redis as the `ChatResponse` itself, whatever its shape
+    /// (tool calls, several choices, extras, missing options).
+    #[test]
+    fn a_stored_answer_is_the_same_answer_and_the_same_json(response in response()) {
+        let stored = StoredAnswer::from(response.clone());
+        prop_assert_eq!(&*stored.response(), &response);
+        let plain = serde_json::to_vec(&response).unwrap();
+        let mut written = Vec::new();
+        stored.write_json(&mut written).unwrap();
+        prop_assert_eq!(&written, &plain);
+        prop_assert_eq!(serde_json::to_vec(&stored).unwrap(), plain.clone());
+        let back: StoredAnswer = serde_json::from_slice(&plain).unwrap();
+        prop_assert_eq!(&*back.response(), &response);
+        prop_assert_eq!(back.is_compact(), stored.is_compact());
     }
 }

@@ -88,9 +88,13 @@ impl StoredAnswer {
     }
 
     /// Append the answer's JSON to `out`: the very bytes `serde_json` writes for its
-    /// `ChatResponse`, written from the compact form without building one (the codec's
-    /// path, on every fill).
-    pub(crate) fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    /// `ChatResponse` (and what the tiers write to Redis), written from the compact form
+    /// without building one.
+    ///
+    /// # Errors
+    ///
+    /// Only what `serde_json` would return for the `ChatResponse` of an answer held whole.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         match &self.0 {
             Form::Whole(whole) => serde_json::to_writer(out, &**whole),
             Form::Compact(c) => {
@@ -393,15 +397,14 @@ impl Writer<'_> {
     }
 }
 
-/// A map's JSON text, empty for an empty map; `None` (hold the answer whole) when its
-/// text would not read back as the same map.
+/// A map's JSON text, empty for an empty map; `None` (hold the answer whole) in the
+/// unlikely case it does not serialise. The text reads back as the same map: keys in the
+/// map's order, strings escaped losslessly, numbers as written (`float_roundtrip`).
 fn map_text(map: &Extra) -> Option<String> {
     if map.is_empty() {
         return Some(String::new());
     }
-    let text = serde_json::to_string(map).ok()?;
-    let back: Extra = serde_json::from_str(&text).ok()?;
-    (back == *map).then_some(text)
+    serde_json::to_string(map).ok()
 }
 
 #[cfg(test)]
@@ -431,7 +434,9 @@ mod tests {
         let bare = json!({"choices": [{"message": {"role": "assistant"}}]});
         let scores = json!({"id": "x", "choices": [{"index": 2, "message": {"role": "assistant",
             "content": ""}}], "usage": {"prompt_tokens": 1, "completion_tokens": 2,
-            "total_tokens": 3}, "score": 0.1_f64 + 0.2_f64, "big": 18_446_744_073_709_551_615u64});
+            "total_tokens": 3}, "score": 0.1_f64 + 0.2_f64, "big": 18_446_744_073_709_551_615u64,
+            "neg": -9_223_372_036_854_775_808i64, "tiny": 5e-324, "nested": {"z": [1, {"a": "\u{1F600}\n\"\\"}], "a": null},
+            "unicode": "é\u{0}\u{7f}\u{2028}"});
         for body in [real(), bare, scores] {
             let response = answer(body.clone());
             let stored = StoredAnswer::from(response.clone());
