@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -22,8 +22,25 @@ use crate::request::{ChatMessage, ChatResponse, Choice, Content, Extra, Usage};
 /// `TieredCache<StoredAnswer>`): compact when the answer has the common shape, as it came
 /// otherwise. It is written to Redis and read back as the answer's JSON, exactly as a
 /// `ChatResponse` is, so entries stay readable by every instance and version.
-#[derive(Clone, PartialEq)]
-pub struct StoredAnswer(Form);
+pub struct StoredAnswer(Form, Fresh);
+
+/// The decoded answer a compact form was made from, until its first
+/// [`response`](StoredAnswer::response) takes it: the caller of the fetch or the read that
+/// made the entry gets it without a second copy. Not weighed: it is gone at the first
+/// answer handed out, which follows the fill on every path of `LlmCache`.
+struct Fresh(Mutex<Option<Arc<ChatResponse>>>);
+
+impl Clone for StoredAnswer {
+    fn clone(&self) -> Self {
+        StoredAnswer(self.0.clone(), Fresh(Mutex::new(None)))
+    }
+}
+
+impl PartialEq for StoredAnswer {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
 
 #[derive(Clone, PartialEq)]
 enum Form {
@@ -63,12 +80,24 @@ struct Compact {
 }
 
 impl StoredAnswer {
-    /// The answer, as a `ChatResponse`: built from the compact form (one allocation per
-    /// string), or the `Arc` the answer came in.
+    /// The answer as a `ChatResponse`, without taking the fresh one.
+    fn peek(&self) -> ChatResponse {
+        match &self.0 {
+            Form::Whole(whole) => (**whole).clone(),
+            Form::Compact(c) => c.expand(),
+        }
+    }
+
+    /// The answer, as a `ChatResponse`: the `Arc` an answer held whole came in; for the
+    /// compact form, the first time the answer it was made from, then one built from it
+    /// (one allocation per string).
     pub fn response(&self) -> Arc<ChatResponse> {
         match &self.0 {
             Form::Whole(whole) => Arc::clone(whole),
-            Form::Compact(c) => Arc::new(c.expand()),
+            Form::Compact(c) => {
+                let fresh = crate::tiered::sync::lock(&self.1.0).take();
+                fresh.unwrap_or_else(|| Arc::new(c.expand()))
+            }
         }
     }
 
@@ -128,10 +157,13 @@ impl From<ChatResponse> for StoredAnswer {
     /// grow), which it would hold for as long as L1 keeps it.
     fn from(mut response: ChatResponse) -> Self {
         match Compact::of(&response) {
-            Some(c) => StoredAnswer(Form::Compact(c)),
+            Some(c) => StoredAnswer(
+                Form::Compact(c),
+                Fresh(Mutex::new(Some(Arc::new(response)))),
+            ),
             None => {
                 super::weight::compact(&mut response);
-                StoredAnswer(Form::Whole(Arc::new(response)))
+                StoredAnswer(Form::Whole(Arc::new(response)), Fresh(Mutex::new(None)))
             }
         }
     }
@@ -141,7 +173,7 @@ impl fmt::Debug for StoredAnswer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoredAnswer")
             .field("compact", &self.is_compact())
-            .field("response", &self.response())
+            .field("response", &self.peek())
             .finish()
     }
 }
@@ -456,6 +488,19 @@ mod tests {
             let back: StoredAnswer = serde_json::from_value(body.clone()).unwrap();
             assert_eq!(back, stored);
         }
+    }
+
+    #[test]
+    fn the_answer_a_compact_form_was_made_from_is_handed_out_once_then_built() {
+        let stored = StoredAnswer::from(answer(real()));
+        let (first, second) = (stored.response(), stored.response());
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(first, second);
+        assert_eq!(*first, answer(real()));
+        // A clone, a read back or a `Debug` never holds or takes it.
+        let clone = StoredAnswer::from(answer(real())).clone();
+        assert_eq!(*clone.response(), answer(real()));
+        assert!(format!("{stored:?}").contains("chatcmpl-AbC"));
     }
 
     #[test]
