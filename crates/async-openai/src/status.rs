@@ -37,7 +37,10 @@ impl CacheOutcome {
     pub(crate) fn of(response: &reqwest::Response) -> Option<CacheOutcome> {
         let headers = response.headers();
         let label = headers.get(HEADER_STATUS)?.to_str().ok()?;
-        let status = STATUSES.into_iter().find(|s| s.header_value() == label)?;
+        let status = CacheStatus::ALL
+            .iter()
+            .copied()
+            .find(|s| s.header_value() == label)?;
         let age = headers
             .get(reqwest::header::AGE)
             .and_then(|v| v.to_str().ok())
@@ -54,17 +57,6 @@ impl CacheOutcome {
         })
     }
 }
-
-/// Every status the layer's answers can carry.
-const STATUSES: [CacheStatus; 7] = [
-    CacheStatus::HitL1,
-    CacheStatus::HitL2,
-    CacheStatus::Miss,
-    CacheStatus::Coalesced,
-    CacheStatus::Bypass,
-    CacheStatus::Partial,
-    CacheStatus::HitSemantic,
-];
 
 /// The outcomes of the requests the layer answered inside one [`observe`], in the order
 /// their answers were made.

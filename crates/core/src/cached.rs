@@ -37,6 +37,17 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
+    /// Every status, in the order of the enum (a slice: the enum may grow).
+    pub const ALL: &'static [CacheStatus] = &[
+        CacheStatus::HitL1,
+        CacheStatus::HitL2,
+        CacheStatus::Miss,
+        CacheStatus::Coalesced,
+        CacheStatus::Bypass,
+        CacheStatus::Partial,
+        CacheStatus::HitSemantic,
+    ];
+
     /// The value of the `x-llm-cache` response header for this status: `hit-l1`, `hit-l2`,
     /// `coalesced`, `miss`, `bypass`, `partial`, `hit-semantic`.
     pub fn header_value(self) -> &'static str {
@@ -266,15 +277,7 @@ impl<V> Deref for Cached<V> {
 mod tests {
     use super::*;
 
-    const ALL: [CacheStatus; 7] = [
-        CacheStatus::HitL1,
-        CacheStatus::HitL2,
-        CacheStatus::Miss,
-        CacheStatus::Coalesced,
-        CacheStatus::Bypass,
-        CacheStatus::Partial,
-        CacheStatus::HitSemantic,
-    ];
+    const ALL: &[CacheStatus] = CacheStatus::ALL;
 
     #[test]
     fn the_engines_statuses_keep_their_names_and_the_layers_own_are_named() {
@@ -294,7 +297,7 @@ mod tests {
                 ("hit-semantic", "semantic", true),
             ]
         );
-        for s in ALL {
+        for &s in ALL {
             match tiered::CacheStatus::try_from(s) {
                 Ok(engine) => {
                     assert_eq!(CacheStatus::from(engine), s);
