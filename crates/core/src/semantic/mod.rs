@@ -23,7 +23,7 @@ pub use self::guard::{
 use self::local::LocalIndex;
 use self::remote::RemoteIndex;
 pub(crate) use self::sketch::cosine;
-use self::sketch::{Record, Sketch};
+use self::sketch::{Record, Sketch, max_distance};
 use crate::tiered::Guarded;
 use crate::tiered::Keyspace;
 use crate::tiered::digest::Digest;
@@ -38,8 +38,8 @@ pub const DEFAULT_MAX_CANDIDATES: usize = 8;
 /// The default bytes of process memory the in-process index may hold (vectors, texts).
 pub const DEFAULT_SEMANTIC_L1_BYTES: u64 = 64 << 20;
 /// The default most entries per bucket (in process and in Redis): bounds a lookup's
-/// bytes at 104 buckets (8 tables, each signature and its one-bit neighbours) × 64 fields
-/// × 77 B from Redis, then `max_candidates` records.
+/// bytes at 104 buckets (8 tables, each signature and its one-bit neighbours) × 64
+/// members × 77 B from Redis, then at most `max_candidates` records.
 pub const DEFAULT_BUCKET_CAP: usize = 64;
 /// The default cosine at which an audit deems two answers to agree (see
 /// [`SemanticConfig::audit_agreement`]).
@@ -253,6 +253,8 @@ pub(crate) struct Match {
 /// The semantic index of one cache: the settings, both indexes, the counters.
 pub(crate) struct Semantic {
     pub(crate) config: SemanticConfig,
+    /// The sketch distance past which a candidate cannot reach the threshold.
+    max_distance: u32,
     local: Option<LocalIndex>,
     remote: Option<RemoteIndex>,
     pub(crate) counters: Counters,
@@ -279,6 +281,7 @@ impl Semantic {
             .then(|| LocalIndex::new(config.l1_index_bytes, config.bucket_cap));
         let remote = l2.map(|(l2, ks)| RemoteIndex::new(l2, ks, config.bucket_cap));
         Semantic {
+            max_distance: max_distance(config.threshold),
             config,
             local,
             remote,
@@ -306,7 +309,14 @@ impl Semantic {
         let mut checked: Vec<Digest> = Vec::new();
         if let Some(local) = &self.local {
             let found = local
-                .lookup(scope, vector, &sketch, cfg.max_candidates, cfg.threshold)
+                .lookup(
+                    scope,
+                    vector,
+                    &sketch,
+                    self.max_distance,
+                    cfg.max_candidates,
+                    cfg.threshold,
+                )
                 .await;
             for (entry, r, similarity) in found {
                 checked.push(entry);
@@ -321,7 +331,8 @@ impl Semantic {
         let Some(remote) = &self.remote else {
             return out;
         };
-        let Some(found) = remote.lookup(scope, &sketch, cfg.max_candidates).await else {
+        let found = remote.lookup(scope, &sketch, self.max_distance, cfg.max_candidates);
+        let Some(found) = found.await else {
             Counters::incr(&self.counters.redis_skipped);
             return out;
         };
@@ -342,7 +353,7 @@ impl Semantic {
                 out.push(Match { entry, similarity });
                 if let Some(local) = &self.local {
                     // Kept in process as long as Redis keeps it.
-                    local.insert(scope, entry, record, deadline).await;
+                    local.insert(scope, entry, record, sketch, deadline).await;
                 }
             }
         }
@@ -374,13 +385,13 @@ impl Semantic {
             text: text.to_owned(),
             created_ms: now_ms(),
         };
+        let sketch = Sketch::of(&record.vector);
         if let Some(remote) = &self.remote {
-            let sketch = Sketch::of(&record.vector);
             remote.insert(scope, entry, &record, &sketch, l2_ttl).await;
         }
         if let Some(local) = &self.local {
             let deadline = now_ms().saturating_add(millis(l1_ttl));
-            local.insert(scope, entry, record, deadline).await;
+            local.insert(scope, entry, record, sketch, deadline).await;
         }
         Counters::incr(&self.counters.indexed);
     }

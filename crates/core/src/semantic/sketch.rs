@@ -1,7 +1,8 @@
 //! Vectors as the indexes hold them: a 256-bit random-hyperplane sketch (the sign of the
 //! vector against 256 fixed ±1 hyperplanes, the same on every instance), the table
 //! signatures cut from it (locality-sensitive buckets), the exact cosine that re-ranks,
-//! and the byte layout of a record (vector + prompt text) and of a bucket value.
+//! the byte layout of a record (vector + prompt text) and of a bucket member, and the
+//! ranking both indexes share.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -204,19 +205,70 @@ impl Record {
     }
 }
 
-/// A bucket's value for an entry: its deadline (13 decimal digits in Unix milliseconds,
-/// which the capped hash's script reads: see remote.rs) and sketch.
-pub(crate) fn bucket_value(deadline_ms: u64, sketch: &Sketch) -> Vec<u8> {
-    let mut out = format!("{:013}", deadline_ms.min(9_999_999_999_999)).into_bytes();
-    out.extend_from_slice(&sketch.to_bytes());
-    out
+/// One bucket member as both indexes hold it: what ranking needs (the entry, its sketch,
+/// its deadline) without reading the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub(crate) entry: Digest,
+    pub(crate) sketch: Sketch,
+    pub(crate) deadline_ms: u64,
 }
 
-/// A bucket field and value back: the entry's digest, deadline and sketch.
-pub(crate) fn parse_bucket(field: &[u8], value: &[u8]) -> Option<(Digest, u64, Sketch)> {
-    let digest = Digest::from_bytes(field.try_into().ok()?);
-    let deadline = std::str::from_utf8(value.get(..13)?).ok()?.parse().ok()?;
-    Some((digest, deadline, Sketch::from_bytes(value.get(13..)?)?))
+/// A member's bytes in a Redis bucket string: `digest (32) | deadline (13 decimal digits,
+/// Unix ms, which the bucket script reads: see remote.rs) | sketch (32)`.
+pub(crate) const MEMBER_BYTES: usize = 32 + 13 + 32;
+
+impl Member {
+    pub(crate) fn to_bytes(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MEMBER_BYTES);
+        out.extend_from_slice(self.entry.as_bytes());
+        out.extend_from_slice(deadline_digits(self.deadline_ms).as_bytes());
+        out.extend_from_slice(&self.sketch.to_bytes());
+        out
+    }
+
+    /// The member in `b` (exactly [`MEMBER_BYTES`]), or `None` for anything malformed.
+    pub(crate) fn from_bytes(b: &[u8]) -> Option<Member> {
+        if b.len() != MEMBER_BYTES {
+            return None;
+        }
+        Some(Member {
+            entry: Digest::from_bytes(b[..32].try_into().ok()?),
+            deadline_ms: std::str::from_utf8(&b[32..45]).ok()?.parse().ok()?,
+            sketch: Sketch::from_bytes(&b[45..])?,
+        })
+    }
+}
+
+/// A deadline as the bucket strings hold it: 13 decimal digits (they compare as numbers do).
+pub(crate) fn deadline_digits(deadline_ms: u64) -> String {
+    format!("{:013}", deadline_ms.min(9_999_999_999_999))
+}
+
+/// The most bits a candidate's sketch may differ from the query's and still be worth
+/// reading: the bits two vectors at exactly the cosine `threshold` differ by on average
+/// (`256 × angle / π`), plus 4.5 standard deviations and 2 bits. A candidate at the
+/// threshold is left out with a chance of about 1 in 250,000, one that the guard serves
+/// (a rewording: cosines of 0.85 and more) practically never; vectors at right angles to
+/// the query (128 bits apart on average) are left out 9,999 times in 10,000, so a miss
+/// seldom reads any record.
+pub(crate) fn max_distance(threshold: f32) -> u32 {
+    let bits = SKETCH_BITS as f64;
+    let p = f64::from(threshold.clamp(-1.0, 1.0)).acos() / std::f64::consts::PI;
+    let bound = bits * p + 4.5 * (bits * p * (1.0 - p)).sqrt() + 2.0;
+    (bound.ceil() as u32).min(SKETCH_BITS as u32)
+}
+
+/// Rank candidates found in several buckets: by sketch distance, then digest, each entry
+/// once, the best `max`. Both indexes rank with this, so they find the same candidates.
+pub(crate) fn rank<T>(found: &mut Vec<(u32, Digest, T)>, max: usize) {
+    found.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+    });
+    // One entry has one sketch: its copies from other tables sort next to each other.
+    found.dedup_by(|a, b| a.1 == b.1);
+    found.truncate(max);
 }
 
 #[cfg(test)]
@@ -234,16 +286,18 @@ mod tests {
         let bytes = r.encode();
         assert_eq!(Record::decode(&bytes[..10]), None);
         assert_eq!(Record::decode(&[9]), None);
-        let d = Digest::of("x");
-        let s = Sketch::of(&[1.0, 2.0, 3.0]);
-        let v = bucket_value(1_700_000_000_000, &s);
-        assert_eq!(
-            parse_bucket(d.as_bytes(), &v),
-            Some((d, 1_700_000_000_000, s))
-        );
-        // The deadline is always 13 digits: the script compares its first 13 bytes.
-        assert!(bucket_value(42, &s).starts_with(b"0000000000042"));
-        assert!(bucket_value(u64::MAX, &s).starts_with(b"9999999999999"));
+        let m = Member {
+            entry: Digest::of("x"),
+            sketch: Sketch::of(&[1.0, 2.0, 3.0]),
+            deadline_ms: 1_700_000_000_000,
+        };
+        let bytes = m.to_bytes();
+        assert_eq!(bytes.len(), MEMBER_BYTES);
+        assert_eq!(Member::from_bytes(&bytes), Some(m));
+        assert_eq!(Member::from_bytes(&bytes[1..]), None);
+        // The deadline is always 13 digits: the script compares them as text.
+        assert_eq!(deadline_digits(42), "0000000000042");
+        assert_eq!(deadline_digits(u64::MAX), "9999999999999");
     }
 
     #[test]
@@ -256,6 +310,32 @@ mod tests {
         assert_eq!(Sketch::of(&a), sa, "deterministic");
         let c: Vec<f32> = (0..64).map(|i| (i as f32).cos()).collect();
         assert!(sa.distance(&Sketch::of(&c)) > 40);
+    }
+
+    #[test]
+    fn the_distance_bound_keeps_neighbours_and_leaves_out_strangers() {
+        // 0.7: 65 bits apart on average at the threshold, 128 at right angles.
+        let bound = max_distance(0.7);
+        assert!((95..=105).contains(&bound), "{bound}");
+        assert!(max_distance(0.95) < bound);
+        assert_eq!(max_distance(-1.0), SKETCH_BITS as u32);
+        let v: Vec<f32> = (0..384).map(|i| (i as f32 * 0.37).sin()).collect();
+        let near: Vec<f32> = v
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x + 0.3 * (i as f32 * 1.3).cos())
+            .collect();
+        assert!(cosine(&v, &near) > 0.7);
+        assert!(Sketch::of(&v).distance(&Sketch::of(&near)) <= bound);
+    }
+
+    #[test]
+    fn ranking_keeps_each_entry_once_nearest_first() {
+        let (a, b, c) = (Digest::of("a"), Digest::of("b"), Digest::of("c"));
+        let mut found = vec![(9, a, ()), (3, b, ()), (9, a, ()), (3, b, ()), (5, c, ())];
+        rank(&mut found, 2);
+        let order: Vec<Digest> = found.iter().map(|f| f.1).collect();
+        assert_eq!(order, vec![b, c]);
     }
 
     #[test]
