@@ -29,7 +29,8 @@
 //!   `bytes_per_entry_redis`: `MEMORY USAGE` summed over the index's keys / entries.
 //!
 //! Sizes: 10,000 and 100,000 entries at 1,536 dimensions (the larger holds ~0.7 GB in
-//! process and about as much in Redis). `SEMANTIC_BENCH_SHORT=1`: 2,000 entries at 1,536.
+//! process and about as much in Redis). `SEMANTIC_BENCH_SHORT=1`: 2,000 entries at 1,536;
+//! `SEMANTIC_BENCH_SIZES=100000x1536,10000x384`: the sizes given.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -141,6 +142,9 @@ fn percentiles(us: &[f64]) -> Value {
 }
 
 /// Latencies (µs) of `prompts`, how many came back with `expect`, and each answer's text.
+/// After a miss, the next request waits (untimed) until the miss's writes behind have
+/// landed (its L2 entry; with the opt-in, its index records too): each request is timed
+/// alone, not with the previous one's background work on the same two threads.
 async fn timed(
     cache: &LlmCache,
     prompts: impl Iterator<Item = String>,
@@ -150,11 +154,24 @@ async fn timed(
     let (mut out, mut matched, mut texts) = (Vec::new(), 0, Vec::new());
     for p in prompts {
         let req = request(&p);
+        let before = cache.stats();
         let start = Instant::now();
         let got = cache.chat_with(&req, control).await.expect("answer");
         out.push(start.elapsed().as_secs_f64() * 1e6);
         matched += usize::from(got.status() == expect);
         texts.push(got.text().unwrap_or_default());
+        if got.status() == CacheStatus::Miss {
+            loop {
+                let now = cache.stats();
+                let looked = now.semantic.lookups > before.semantic.lookups;
+                if now.cache.l2_writes > before.cache.l2_writes
+                    && (!looked || now.semantic.indexed > before.semantic.indexed)
+                {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
     }
     (out, matched, texts)
 }
@@ -201,6 +218,30 @@ async fn rtt(url: &str, n: usize) -> Vec<f64> {
             .query_async(&mut c)
             .await
             .expect("get");
+        out.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    out
+}
+
+/// Latencies (µs) of a raw `MGET` of as many absent keys as a lookup's bucket read names
+/// (240, of the same length): that read's own floor on this connection.
+async fn mget_floor(url: &str, n: usize) -> Vec<f64> {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = (0..240)
+        .map(|i| format!("bench:sem:v{{{}}}s{}.{:x}", "ab".repeat(32), i % 16, i * 97))
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let _: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut c)
+            .await
+            .expect("mget");
         out.push(start.elapsed().as_secs_f64() * 1e6);
     }
     out
@@ -332,6 +373,7 @@ async fn one_size(url: &str, entries: u64, dims: usize, probes: u64) -> Value {
     warm(b.clone(), probes_b.clone()).await;
 
     let rtt_us = rtt(url, 1000).await;
+    let mget_us = mget_floor(url, 500).await;
     let embed = embed_timed(&a, (0..probes).map(|k| question(30_000_000 + k)), dims).await;
     let (hit_l1, hits_l1, texts_l1) = timed(
         &a,
@@ -376,6 +418,7 @@ async fn one_size(url: &str, entries: u64, dims: usize, probes: u64) -> Value {
         "dims": dims,
         "fill_seconds": round1(fill_s),
         "redis_rtt_us": round1(rtt_p50),
+        "redis_mget_240_absent_us": round1(p50(&mget_us)),
         "embed_call": percentiles(&embed),
         "hit_l1index": percentiles(&hit_l1),
         "hit_l1index_served": hits_l1,
@@ -412,13 +455,22 @@ fn main() {
         .expect("runtime");
     let redis = llm_cache_test_support::redis::RedisServer::start();
     let url = redis.url();
-    let sizes: &[(u64, usize)] = if short {
-        &[(2_000, 1536)]
-    } else {
-        &[(10_000, 1536), (100_000, 1536)]
+    // `SEMANTIC_BENCH_SIZES=100000x1536,10000x384`: other sizes, for a run by hand.
+    let asked: Option<Vec<(u64, usize)>> = std::env::var("SEMANTIC_BENCH_SIZES").ok().map(|v| {
+        v.split(',')
+            .map(|size| {
+                let (n, d) = size.split_once('x').expect("ENTRIESxDIMS");
+                (n.parse().expect("entries"), d.parse().expect("dims"))
+            })
+            .collect()
+    });
+    let sizes: Vec<(u64, usize)> = match asked {
+        Some(sizes) => sizes,
+        None if short => vec![(2_000, 1536)],
+        None => vec![(10_000, 1536), (100_000, 1536)],
     };
     let mut out = Vec::new();
-    for &(entries, dims) in sizes {
+    for &(entries, dims) in &sizes {
         eprintln!("semantic bench: {entries} entries at {dims} dimensions");
         let figures = runtime.block_on(one_size(&url, entries, dims, 500));
         eprintln!("{figures}");

@@ -5,15 +5,16 @@
 //! lookup ranks a bounded number of candidates whatever the scope's size, and reads the
 //! records of the best `max` only. Never goes to the network.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 
-use super::sketch::{Member, Record, Sketch, TABLES, cosine, rank};
-use crate::tiered::digest::Digest;
+use super::sketch::{Member, Record, Sketch, TABLE_BITS, TABLES, cosine, rank};
+use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::now_ms;
 
 /// One candidate in process.
@@ -23,8 +24,36 @@ pub(crate) struct LocalRecord {
     pub(crate) sketch: Sketch,
 }
 
-type BucketKey = (Digest, u8, u32);
-type Buckets = DashMap<BucketKey, VecDeque<Member>>;
+/// A scope's buckets, by [`bucket_key`]: one map per scope, so that a lookup's 240 probes
+/// are plain map reads under one shard lock, not 240 hashes of the scope's digest.
+type ScopeBuckets = HashMap<u32, VecDeque<Member>, BuildHasherDefault<BucketHasher>>;
+type Buckets = DashMap<Digest, ScopeBuckets, DigestHasherBuilder>;
+
+/// Table `t`'s bucket `signature` as one number.
+fn bucket_key(t: usize, signature: u32) -> u32 {
+    ((t as u32) << TABLE_BITS) | signature
+}
+
+/// Hashes a [`bucket_key`] with one multiplication: the keys are the hyperplanes' bits,
+/// already uniform, and never chosen by a caller of their own.
+#[derive(Default)]
+struct BucketHasher(u64);
+
+impl Hasher for BucketHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, x: u32) {
+        self.0 = (u64::from(x) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// The in-process index (cheap to clone).
 #[derive(Clone)]
@@ -49,7 +78,7 @@ const OVERHEAD: usize = 200 + TABLES * (std::mem::size_of::<Member>() + 8);
 
 impl LocalIndex {
     pub(crate) fn new(max_bytes: u64, bucket_cap: usize) -> Self {
-        let buckets: Arc<Buckets> = Arc::new(DashMap::new());
+        let buckets: Arc<Buckets> = Arc::new(DashMap::with_hasher(DigestHasherBuilder));
         let on_evict = Arc::clone(&buckets);
         let records = Cache::builder()
             .max_capacity(max_bytes)
@@ -94,10 +123,10 @@ impl LocalIndex {
             sketch,
             deadline_ms,
         };
+        let mut scoped = self.buckets.entry(scope).or_default();
         for t in 0..TABLES {
-            let mut bucket = self
-                .buckets
-                .entry((scope, t as u8, sketch.signature(t)))
+            let bucket = scoped
+                .entry(bucket_key(t, sketch.signature(t)))
                 .or_default();
             bucket.push_back(member);
             if bucket.len() > self.bucket_cap {
@@ -123,18 +152,20 @@ impl LocalIndex {
         let now = now_ms();
         let mut found: Vec<(u32, Digest, ())> = Vec::new();
         let mut expired: Vec<Digest> = Vec::new();
-        for (t, sig) in sketch.probes() {
-            let Some(bucket) = self.buckets.get(&(scope, t as u8, sig)) else {
-                continue;
-            };
-            for m in bucket.iter() {
-                if m.deadline_ms <= now {
-                    expired.push(m.entry);
+        if let Some(scoped) = self.buckets.get(&scope) {
+            for (t, sig) in sketch.probes() {
+                let Some(bucket) = scoped.get(&bucket_key(t, sig)) else {
                     continue;
-                }
-                let d = m.sketch.distance(sketch);
-                if d <= max_distance {
-                    found.push((d, m.entry, ()));
+                };
+                for m in bucket {
+                    if m.deadline_ms <= now {
+                        expired.push(m.entry);
+                        continue;
+                    }
+                    let d = m.sketch.distance(sketch);
+                    if d <= max_distance {
+                        found.push((d, m.entry, ()));
+                    }
                 }
             }
         }
@@ -181,18 +212,23 @@ impl LocalIndex {
 }
 
 fn unbucket(buckets: &Buckets, scope: Digest, entry: Digest, sketch: &Sketch) {
-    for t in 0..TABLES {
-        let key = (scope, t as u8, sketch.signature(t));
-        let empty = match buckets.get_mut(&key) {
-            Some(mut b) => {
-                b.retain(|m| m.entry != entry);
-                b.is_empty()
+    let empty = match buckets.get_mut(&scope) {
+        Some(mut scoped) => {
+            for t in 0..TABLES {
+                let key = bucket_key(t, sketch.signature(t));
+                if let Some(b) = scoped.get_mut(&key) {
+                    b.retain(|m| m.entry != entry);
+                    if b.is_empty() {
+                        scoped.remove(&key);
+                    }
+                }
             }
-            None => false,
-        };
-        if empty {
-            buckets.remove_if(&key, |_, b| b.is_empty());
+            scoped.is_empty()
         }
+        None => false,
+    };
+    if empty {
+        buckets.remove_if(&scope, |_, b| b.is_empty());
     }
 }
 
@@ -237,7 +273,11 @@ mod tests {
             .await;
         index.run_pending_tasks().await;
         assert_eq!(index.lookup(s1, &v, &sk, 256, 4, 0.9).await.len(), 1);
-        let in_buckets: usize = index.buckets.iter().map(|b| b.len()).sum();
+        let in_buckets: usize = index
+            .buckets
+            .iter()
+            .map(|s| s.values().map(VecDeque::len).sum::<usize>())
+            .sum();
         assert_eq!(in_buckets, TABLES, "one member per table");
     }
 

@@ -38,8 +38,9 @@ pub const DEFAULT_MAX_CANDIDATES: usize = 8;
 /// The default bytes of process memory the in-process index may hold (vectors, texts).
 pub const DEFAULT_SEMANTIC_L1_BYTES: u64 = 64 << 20;
 /// The default most entries per bucket (in process and in Redis): bounds a lookup's
-/// bytes at 104 buckets (8 tables, each signature and its one-bit neighbours) × 64
-/// members × 77 B from Redis, then at most `max_candidates` records.
+/// bytes at 240 buckets (16 tables, each signature and its one-bit neighbours) × 64
+/// members × 77 B from Redis, then at most `max_candidates` records. A bucket holds about
+/// 1/16,384 of a scope: the cap is reached near a million entries in one scope.
 pub const DEFAULT_BUCKET_CAP: usize = 64;
 /// The default cosine at which an audit deems two answers to agree (see
 /// [`SemanticConfig::audit_agreement`]).

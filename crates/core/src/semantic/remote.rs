@@ -5,7 +5,7 @@
 //! deadline) and one record per entry (`P:v{S}rH`: vector + prompt text, expiring with the
 //! answer). All keys of a scope share the hash tag `{S}`: one node, one command. An insert
 //! is two round trips (the record, then one script for every bucket); a lookup is one
-//! `MGET` of the 104 buckets of [`Sketch::probes`] (the in-process index's), then, only
+//! `MGET` of the 240 buckets of [`Sketch::probes`] (the in-process index's), then, only
 //! when a member is near enough, one `MGET` of the best `max` records. Any Redis trouble
 //! is `None`: the caller skips the semantic lookup.
 //!
@@ -93,6 +93,16 @@ return 1",
     )
 });
 
+/// `base` (`P:v{S}`) + `sT.X`: bucket `signature` of table `table` (a lookup names 240 of
+/// them: the scope's part is written once).
+fn bucket_key(base: &str, table: usize, signature: u32) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(base.len() + 8);
+    key.push_str(base);
+    let _ = write!(key, "s{table}.{signature:x}");
+    key
+}
+
 /// The Redis index of one cache.
 #[derive(Clone)]
 pub(crate) struct RemoteIndex {
@@ -154,8 +164,7 @@ impl RemoteIndex {
 
     /// `P:v{S}sT.X`: bucket `signature` of table `table` of scope `scope`.
     fn bucket(&self, scope: &Digest, table: usize, signature: u32) -> String {
-        let suffix = format_args!("s{table}.{signature:x}");
-        self.keyspace.layer_key(KIND, scope, suffix)
+        bucket_key(&self.keyspace.layer_key(KIND, scope, ""), table, signature)
     }
 
     /// At most `max` candidates of `scope`, nearest by sketch first (then by digest), with
@@ -171,10 +180,11 @@ impl RemoteIndex {
         max_distance: u32,
         max: usize,
     ) -> Option<Vec<(Digest, Record, u64)>> {
+        let base = self.keyspace.layer_key(KIND, &scope, "");
         let keys: Vec<String> = sketch
             .probes()
             .into_iter()
-            .map(|(t, sig)| self.bucket(&scope, t, sig))
+            .map(|(t, sig)| bucket_key(&base, t, sig))
             .collect();
         let mget = Cmd::mget(&keys);
         let mget = |mut c| async move { mget.query_async(&mut c).await };
