@@ -5,9 +5,8 @@
 //! deadline) and one record per entry (`P:v{S}rH`: vector + prompt text, expiring with the
 //! answer). All keys of a scope share the hash tag `{S}`: one node, one command. An insert
 //! is two round trips (the record, then one script for every bucket); a lookup is one
-//! script that reads the 240 buckets of [`Sketch::probes`] (the in-process index's) and
-//! answers their members as one string, then, only when a member is near enough, one
-//! `MGET` of the best `max` records. Any Redis trouble
+//! `MGET` of the 240 buckets of [`Sketch::probes`] (the in-process index's), then, only
+//! when a member is near enough, one `MGET` of the best `max` records. Any Redis trouble
 //! is `None`: the caller skips the semantic lookup.
 //!
 //! Versions: the first layout kept buckets as hashes (`P:v{S}bT.X`); this one never reads
@@ -61,21 +60,6 @@ for _, key in ipairs(KEYS) do
   redis.call('pexpire', key, ARGV[5], 'GT')
 end
 return 1",
-    )
-});
-
-/// The bucket strings of `KEYS` (one slot), those that exist, as ONE string: their members
-/// are of fixed size, so one bulk reply carries them all (a reply of 240 elements costs the
-/// client far more than one of their bytes).
-static BUCKET_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local found = redis.call('mget', unpack(KEYS))
-local out = {}
-for i = 1, #found do
-  if found[i] then out[#out + 1] = found[i] end
-end
-return table.concat(out)",
     )
 });
 
@@ -184,7 +168,7 @@ impl RemoteIndex {
     }
 
     /// At most `max` candidates of `scope`, nearest by sketch first (then by digest), with
-    /// their records and deadlines: the buckets of [`Sketch::probes`] in one script, their
+    /// their records and deadlines: the buckets of [`Sketch::probes`] in one `MGET`, their
     /// live members at most `max_distance` bits from `sketch` ranked by [`rank`] exactly as
     /// the in-process index ranks, then the records of the best `max` in one `MGET` (none
     /// when no member is near enough). `None` when Redis did not answer. Members whose
@@ -202,27 +186,26 @@ impl RemoteIndex {
             .into_iter()
             .map(|(t, sig)| bucket_key(&base, t, sig))
             .collect();
-        let mut read = BUCKET_READ.prepare_invoke();
-        for key in &keys {
-            read.key(key);
-        }
-        let read = |mut c| async move { read.invoke_async::<Vec<u8>>(&mut c).await };
-        let members: Vec<u8> = self.l2.run("bucket_read", keys.first()?, read).await?;
+        let mget = Cmd::mget(&keys);
+        let mget = |mut c| async move { mget.query_async(&mut c).await };
+        let buckets: Vec<Option<Vec<u8>>> = self.l2.run("mget", keys.first()?, mget).await?;
         let now = deadline_digits(now_ms());
         let mut found: Vec<(u32, Digest, Member)> = Vec::new();
-        for m in members.chunks_exact(MEMBER_BYTES) {
-            // Deadline first (as text: 13 digits), then distance, then the rest.
-            if m[32..45] <= *now.as_bytes() {
-                continue;
-            }
-            let Some(s) = Sketch::from_bytes(&m[45..]) else {
-                continue;
-            };
-            let d = s.distance(sketch);
-            if d <= max_distance
-                && let Some(member) = Member::from_bytes(m)
-            {
-                found.push((d, member.entry, member));
+        for bucket in buckets.iter().flatten() {
+            for m in bucket.chunks_exact(MEMBER_BYTES) {
+                // Deadline first (as text: 13 digits), then distance, then the rest.
+                if m[32..45] <= *now.as_bytes() {
+                    continue;
+                }
+                let Some(s) = Sketch::from_bytes(&m[45..]) else {
+                    continue;
+                };
+                let d = s.distance(sketch);
+                if d <= max_distance
+                    && let Some(member) = Member::from_bytes(m)
+                {
+                    found.push((d, member.entry, member));
+                }
             }
         }
         rank(&mut found, max);
