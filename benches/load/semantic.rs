@@ -244,52 +244,6 @@ async fn mget_floor(url: &str, n: usize) -> Vec<f64> {
             .expect("mget");
         out.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    if std::env::var("SEMANTIC_BENCH_PROBE_REPLY").is_ok() {
-        // The same keys holding 6 members each (a 100,000-entry scope), and one value of
-        // all their bytes: is a large reply slow by its size or by its elements?
-        let value = vec![b'x'; 6 * 77];
-        for k in &keys {
-            let _: () = redis::cmd("SET")
-                .arg(k)
-                .arg(&value)
-                .query_async(&mut c)
-                .await
-                .expect("set");
-        }
-        let _: () = redis::cmd("SET")
-            .arg("bench:big")
-            .arg(vec![b'x'; 240 * 6 * 77])
-            .query_async(&mut c)
-            .await
-            .expect("set");
-        let (mut many, mut one) = (Vec::new(), Vec::new());
-        for _ in 0..n {
-            let start = Instant::now();
-            let _: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut c)
-                .await
-                .expect("mget");
-            many.push(start.elapsed().as_secs_f64() * 1e6);
-            let start = Instant::now();
-            let _: Vec<u8> = redis::cmd("GET")
-                .arg("bench:big")
-                .query_async(&mut c)
-                .await
-                .expect("get");
-            one.push(start.elapsed().as_secs_f64() * 1e6);
-        }
-        eprintln!(
-            "PROBE mget240x462B p50 {} us; get 110KB p50 {} us",
-            p50(&many),
-            p50(&one)
-        );
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut c)
-            .await
-            .expect("del");
-    }
     out
 }
 
