@@ -1,17 +1,19 @@
 //! The in-process index: per scope, [`TABLES`] tables of locality-sensitive buckets of
-//! entry digests, and the records (vector, prompt text, deadline) in a moka cache bounded
-//! in bytes. Evicting a record takes it out of its buckets; a bucket holds at most
-//! `bucket_cap` digests (the oldest leave first), so a lookup reads a bounded number of
-//! candidates whatever the scope's size. Never goes to the network.
+//! members (entry digest, sketch, deadline: what ranking needs), and the records (vector,
+//! prompt text) in a moka cache bounded in bytes. Evicting a record takes it out of its
+//! buckets; a bucket holds at most `bucket_cap` members (the oldest leave first), so a
+//! lookup ranks a bounded number of candidates whatever the scope's size, and reads the
+//! records of the best `max` only. Never goes to the network.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 
-use super::sketch::{Record, Sketch, TABLES, cosine};
+use super::sketch::{Member, Record, Sketch, TABLE_BITS, TABLES, cosine, rank};
 use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::now_ms;
 
@@ -20,11 +22,38 @@ use crate::tiered::now_ms;
 pub(crate) struct LocalRecord {
     pub(crate) record: Record,
     pub(crate) sketch: Sketch,
-    pub(crate) deadline_ms: u64,
 }
 
-type BucketKey = (Digest, u8, u32);
-type Buckets = DashMap<BucketKey, VecDeque<Digest>>;
+/// A scope's buckets, by [`bucket_key`]: one map per scope, so that a lookup's 240 probes
+/// are plain map reads under one shard lock, not 240 hashes of the scope's digest.
+type ScopeBuckets = HashMap<u32, VecDeque<Member>, BuildHasherDefault<BucketHasher>>;
+type Buckets = DashMap<Digest, ScopeBuckets, DigestHasherBuilder>;
+
+/// Table `t`'s bucket `signature` as one number.
+fn bucket_key(t: usize, signature: u32) -> u32 {
+    ((t as u32) << TABLE_BITS) | signature
+}
+
+/// Hashes a [`bucket_key`] with one multiplication: the keys are the hyperplanes' bits,
+/// already uniform, and never chosen by a caller of their own.
+#[derive(Default)]
+struct BucketHasher(u64);
+
+impl Hasher for BucketHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, x: u32) {
+        self.0 = (u64::from(x) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// The in-process index (cheap to clone).
 #[derive(Clone)]
@@ -44,12 +73,12 @@ impl std::fmt::Debug for LocalIndex {
 }
 
 /// What a record costs in process besides its own bytes: its key, moka's structures and
-/// its digest in each table's bucket.
-const OVERHEAD: usize = 200 + TABLES * 40;
+/// its member in each table's bucket.
+const OVERHEAD: usize = 200 + TABLES * (std::mem::size_of::<Member>() + 8);
 
 impl LocalIndex {
     pub(crate) fn new(max_bytes: u64, bucket_cap: usize) -> Self {
-        let buckets: Arc<Buckets> = Arc::new(DashMap::new());
+        let buckets: Arc<Buckets> = Arc::new(DashMap::with_hasher(DigestHasherBuilder));
         let on_evict = Arc::clone(&buckets);
         let records = Cache::builder()
             .max_capacity(max_bytes)
@@ -72,35 +101,34 @@ impl LocalIndex {
         }
     }
 
-    /// Index `entry` of `scope` until `deadline_ms`.
+    /// Index `entry` of `scope` (`sketch` is its vector's) until `deadline_ms`.
     pub(crate) async fn insert(
         &self,
         scope: Digest,
         entry: Digest,
         record: Record,
+        sketch: Sketch,
         deadline_ms: u64,
     ) {
-        let sketch = Sketch::of(&record.vector);
-        let fresh = !self.records.contains_key(&(scope, entry));
+        let old = self.records.get(&(scope, entry)).await;
         self.records
-            .insert(
-                (scope, entry),
-                Arc::new(LocalRecord {
-                    record,
-                    sketch,
-                    deadline_ms,
-                }),
-            )
+            .insert((scope, entry), Arc::new(LocalRecord { record, sketch }))
             .await;
-        if !fresh {
-            return;
+        if let Some(old) = old {
+            // Replaced: its members go (they may carry another sketch or deadline).
+            unbucket(&self.buckets, scope, entry, &old.sketch);
         }
+        let member = Member {
+            entry,
+            sketch,
+            deadline_ms,
+        };
+        let mut scoped = self.buckets.entry(scope).or_default();
         for t in 0..TABLES {
-            let mut bucket = self
-                .buckets
-                .entry((scope, t as u8, sketch.signature(t)))
+            let bucket = scoped
+                .entry(bucket_key(t, sketch.signature(t)))
                 .or_default();
-            bucket.push_back(entry);
+            bucket.push_back(member);
             if bucket.len() > self.bucket_cap {
                 bucket.pop_front();
             }
@@ -108,46 +136,52 @@ impl LocalIndex {
     }
 
     /// At most `max` candidates of `scope` at or above `threshold`, best first, with their
-    /// cosine: the members of the buckets of [`Sketch::probes`], ranked by sketch distance
-    /// (then digest), the best `max` of them re-ranked by exact cosine. The Redis index
-    /// reads the same buckets and ranks the same way, so both find the same candidates.
+    /// cosine: the live members of the buckets of [`Sketch::probes`] at most
+    /// `max_distance` bits from `sketch`, ranked by [`rank`], the records of the best `max`
+    /// re-ranked by exact cosine. The Redis index reads the same buckets and ranks the same
+    /// way, so both find the same candidates.
     pub(crate) async fn lookup(
         &self,
         scope: Digest,
         vector: &[f32],
         sketch: &Sketch,
+        max_distance: u32,
         max: usize,
         threshold: f32,
     ) -> Vec<(Digest, Arc<LocalRecord>, f32)> {
-        let mut seen: Vec<Digest> = Vec::new();
-        let mut dedup: HashSet<Digest, DigestHasherBuilder> =
-            HashSet::with_hasher(DigestHasherBuilder);
-        for (t, sig) in sketch.probes() {
-            if let Some(bucket) = self.buckets.get(&(scope, t as u8, sig)) {
-                seen.extend(bucket.iter().filter(|d| dedup.insert(**d)));
-            }
-        }
         let now = now_ms();
-        let mut ranked: Vec<(u32, Digest, Arc<LocalRecord>)> = Vec::with_capacity(seen.len());
-        for d in seen {
-            match self.records.get(&(scope, d)).await {
-                Some(r) if r.deadline_ms > now => ranked.push((r.sketch.distance(sketch), d, r)),
-                Some(_) => self.records.invalidate(&(scope, d)).await,
-                None => {}
+        let mut found: Vec<(u32, Digest, ())> = Vec::new();
+        let mut expired: Vec<Digest> = Vec::new();
+        if let Some(scoped) = self.buckets.get(&scope) {
+            for (t, sig) in sketch.probes() {
+                let Some(bucket) = scoped.get(&bucket_key(t, sig)) else {
+                    continue;
+                };
+                for m in bucket {
+                    if m.deadline_ms <= now {
+                        expired.push(m.entry);
+                        continue;
+                    }
+                    let d = m.sketch.distance(sketch);
+                    if d <= max_distance {
+                        found.push((d, m.entry, ()));
+                    }
+                }
             }
         }
-        ranked.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
-        });
-        let mut out: Vec<(Digest, Arc<LocalRecord>, f32)> = ranked
-            .into_iter()
-            .take(max)
-            .filter_map(|(_, d, r)| {
+        for d in expired {
+            self.records.invalidate(&(scope, d)).await;
+        }
+        rank(&mut found, max);
+        let mut out: Vec<(Digest, Arc<LocalRecord>, f32)> = Vec::with_capacity(found.len());
+        for (_, d, ()) in found {
+            if let Some(r) = self.records.get(&(scope, d)).await {
                 let cos = cosine(vector, &r.record.vector);
-                (cos >= threshold).then_some((d, r, cos))
-            })
-            .collect();
+                if cos >= threshold {
+                    out.push((d, r, cos));
+                }
+            }
+        }
         out.sort_by(|a, b| {
             b.2.total_cmp(&a.2)
                 .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
@@ -178,18 +212,23 @@ impl LocalIndex {
 }
 
 fn unbucket(buckets: &Buckets, scope: Digest, entry: Digest, sketch: &Sketch) {
-    for t in 0..TABLES {
-        let key = (scope, t as u8, sketch.signature(t));
-        let empty = match buckets.get_mut(&key) {
-            Some(mut b) => {
-                b.retain(|d| *d != entry);
-                b.is_empty()
+    let empty = match buckets.get_mut(&scope) {
+        Some(mut scoped) => {
+            for t in 0..TABLES {
+                let key = bucket_key(t, sketch.signature(t));
+                if let Some(b) = scoped.get_mut(&key) {
+                    b.retain(|m| m.entry != entry);
+                    if b.is_empty() {
+                        scoped.remove(&key);
+                    }
+                }
             }
-            None => false,
-        };
-        if empty {
-            buckets.remove_if(&key, |_, b| b.is_empty());
+            scoped.is_empty()
         }
+        None => false,
+    };
+    if empty {
+        buckets.remove_if(&scope, |_, b| b.is_empty());
     }
 }
 
@@ -211,23 +250,35 @@ mod tests {
         let (s1, s2) = (Digest::of("scope 1"), Digest::of("scope 2"));
         let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.3).sin()).collect();
         let e = Digest::of("entry");
-        index
-            .insert(s1, e, record(v.clone(), "q"), now_ms() + 60_000)
-            .await;
         let sk = Sketch::of(&v);
-        let found = index.lookup(s1, &v, &sk, 4, 0.9).await;
+        index
+            .insert(s1, e, record(v.clone(), "q"), sk, now_ms() + 60_000)
+            .await;
+        let found = index.lookup(s1, &v, &sk, 256, 4, 0.9).await;
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, e);
-        assert!(index.lookup(s2, &v, &sk, 4, 0.9).await.is_empty());
+        assert!(index.lookup(s2, &v, &sk, 256, 4, 0.9).await.is_empty());
         index.remove(s1, e).await;
         index.run_pending_tasks().await;
-        assert!(index.lookup(s1, &v, &sk, 4, 0.9).await.is_empty());
+        assert!(index.lookup(s1, &v, &sk, 256, 4, 0.9).await.is_empty());
         assert!(index.buckets.is_empty(), "buckets emptied on removal");
         // Past its deadline: not a candidate.
         index
-            .insert(s1, e, record(v.clone(), "q"), now_ms() - 1)
+            .insert(s1, e, record(v.clone(), "q"), sk, now_ms() - 1)
             .await;
-        assert!(index.lookup(s1, &v, &sk, 4, 0.9).await.is_empty());
+        assert!(index.lookup(s1, &v, &sk, 256, 4, 0.9).await.is_empty());
+        // Replaced with a later deadline: a candidate again, once.
+        index
+            .insert(s1, e, record(v.clone(), "q"), sk, now_ms() + 60_000)
+            .await;
+        index.run_pending_tasks().await;
+        assert_eq!(index.lookup(s1, &v, &sk, 256, 4, 0.9).await.len(), 1);
+        let in_buckets: usize = index
+            .buckets
+            .iter()
+            .map(|s| s.values().map(VecDeque::len).sum::<usize>())
+            .sum();
+        assert_eq!(in_buckets, TABLES, "one member per table");
     }
 
     #[tokio::test]
@@ -236,11 +287,13 @@ mod tests {
         let s = Digest::of("scope");
         for i in 0..500u32 {
             let v: Vec<f32> = (0..64).map(|k| ((i * 64 + k) as f32).sin()).collect();
+            let sk = Sketch::of(&v);
             index
                 .insert(
                     s,
                     Digest::of(i.to_le_bytes()),
                     record(v, "text"),
+                    sk,
                     now_ms() + 60_000,
                 )
                 .await;

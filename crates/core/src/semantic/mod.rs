@@ -23,7 +23,7 @@ pub use self::guard::{
 use self::local::LocalIndex;
 use self::remote::RemoteIndex;
 pub(crate) use self::sketch::cosine;
-use self::sketch::{Record, Sketch};
+use self::sketch::{Record, Sketch, max_distance};
 use crate::tiered::Guarded;
 use crate::tiered::Keyspace;
 use crate::tiered::digest::Digest;
@@ -38,8 +38,9 @@ pub const DEFAULT_MAX_CANDIDATES: usize = 8;
 /// The default bytes of process memory the in-process index may hold (vectors, texts).
 pub const DEFAULT_SEMANTIC_L1_BYTES: u64 = 64 << 20;
 /// The default most entries per bucket (in process and in Redis): bounds a lookup's
-/// bytes at 104 buckets (8 tables, each signature and its one-bit neighbours) × 64 fields
-/// × 77 B from Redis, then `max_candidates` records.
+/// bytes at 240 buckets (16 tables, each signature and its one-bit neighbours) × 64
+/// members × 77 B from Redis, then at most `max_candidates` records. A bucket holds about
+/// 1/16,384 of a scope: the cap is reached near a million entries in one scope.
 pub const DEFAULT_BUCKET_CAP: usize = 64;
 /// The default cosine at which an audit deems two answers to agree (see
 /// [`SemanticConfig::audit_agreement`]).
@@ -222,6 +223,8 @@ pub(crate) struct Match {
 /// The semantic index of one cache: the settings, both indexes, the counters.
 pub(crate) struct Semantic {
     pub(crate) config: SemanticConfig,
+    /// The sketch distance past which a candidate cannot reach the threshold.
+    max_distance: u32,
     local: Option<LocalIndex>,
     remote: Option<RemoteIndex>,
     pub(crate) counters: Counters,
@@ -248,6 +251,7 @@ impl Semantic {
             .then(|| LocalIndex::new(config.l1_index_bytes, config.bucket_cap));
         let remote = l2.map(|(l2, ks)| RemoteIndex::new(l2, ks, config.bucket_cap));
         Semantic {
+            max_distance: max_distance(config.threshold),
             config,
             local,
             remote,
@@ -275,7 +279,14 @@ impl Semantic {
         let mut checked: Vec<Digest> = Vec::new();
         if let Some(local) = &self.local {
             let found = local
-                .lookup(scope, vector, &sketch, cfg.max_candidates, cfg.threshold)
+                .lookup(
+                    scope,
+                    vector,
+                    &sketch,
+                    self.max_distance,
+                    cfg.max_candidates,
+                    cfg.threshold,
+                )
                 .await;
             for (entry, r, similarity) in found {
                 checked.push(entry);
@@ -290,7 +301,8 @@ impl Semantic {
         let Some(remote) = &self.remote else {
             return out;
         };
-        let Some(found) = remote.lookup(scope, &sketch, cfg.max_candidates).await else {
+        let found = remote.lookup(scope, &sketch, self.max_distance, cfg.max_candidates);
+        let Some(found) = found.await else {
             Counters::incr(&self.counters.redis_skipped);
             return out;
         };
@@ -311,7 +323,7 @@ impl Semantic {
                 out.push(Match { entry, similarity });
                 if let Some(local) = &self.local {
                     // Kept in process as long as Redis keeps it.
-                    local.insert(scope, entry, record, deadline).await;
+                    local.insert(scope, entry, record, sketch, deadline).await;
                 }
             }
         }
@@ -343,13 +355,13 @@ impl Semantic {
             text: text.to_owned(),
             created_ms: now_ms(),
         };
+        let sketch = Sketch::of(&record.vector);
         if let Some(remote) = &self.remote {
-            let sketch = Sketch::of(&record.vector);
             remote.insert(scope, entry, &record, &sketch, l2_ttl).await;
         }
         if let Some(local) = &self.local {
             let deadline = now_ms().saturating_add(millis(l1_ttl));
-            local.insert(scope, entry, record, deadline).await;
+            local.insert(scope, entry, record, sketch, deadline).await;
         }
         Counters::incr(&self.counters.indexed);
     }

@@ -1,63 +1,107 @@
 //! The Redis index, on plain Redis 7.0 (no modules), in keys of its own kind (`v`) beside
 //! the cache's entries, with commands of its own run through the cache's guard: per scope,
-//! [`TABLES`] tables of bucket hashes (`P:v{S}bT.X`, field = entry digest, value = deadline
-//! and sketch, at most `bucket_cap` fields, alive as long as their latest deadline) and one
-//! record per entry (`P:v{S}rH`: vector + prompt text, expiring with the answer). All keys
-//! of a scope share the hash tag `{S}`: one node, one pipeline. An insert is two round
-//! trips (the record, then one script for every bucket); a lookup is two of bounded size
-//! (the 104 buckets of [`Sketch::probes`], the in-process index's, then the best `max`
-//! records). Any Redis trouble is `None`: the caller skips the semantic lookup.
+//! [`TABLES`] tables of bucket strings (`P:v{S}sT.X`: at most `bucket_cap` members of
+//! [`MEMBER_BYTES`] each, entry digest, deadline and sketch, alive as long as their latest
+//! deadline) and one record per entry (`P:v{S}rH`: vector + prompt text, expiring with the
+//! answer). All keys of a scope share the hash tag `{S}`: one node, one command. An insert
+//! is two round trips (the record, then one script for every bucket); a lookup is one
+//! `MGET` of the 240 buckets of [`Sketch::probes`] (the in-process index's), then, only
+//! when a member is near enough, one `MGET` of the best `max` records. Any Redis trouble
+//! is `None`: the caller skips the semantic lookup.
+//!
+//! Versions: the first layout kept buckets as hashes (`P:v{S}bT.X`); this one never reads
+//! them (its buckets are other keys), so entries indexed before are not found, a miss,
+//! until they are indexed again; the old hashes expire with their entries. Records are
+//! unchanged.
 
-use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use super::sketch::{Record, Sketch, TABLES, bucket_value, parse_bucket};
-use crate::tiered::digest::{Digest, DigestHasherBuilder};
+use super::sketch::{MEMBER_BYTES, Member, Record, Sketch, TABLES, deadline_digits, rank};
+use crate::tiered::digest::Digest;
 use crate::tiered::now_ms;
-use crate::tiered::redis::{self, Cmd, Script};
+use crate::tiered::redis::{Cmd, Script};
 use crate::tiered::{Guarded, Keyspace};
 
 /// The kind of the index's keys in the cache's key space.
 const KIND: char = 'v';
 
-/// Add `ARGV[1]` = `ARGV[2]` to each bucket hash of `KEYS` (one script: the keys share a
-/// Cluster slot), whose values all start with a 13-digit deadline in Unix milliseconds
-/// ([`bucket_value`]): keep at most `ARGV[3]` fields per hash (dropping those past their
-/// deadline `ARGV[4]` first, then those with the earliest), and keep each hash alive as
-/// long as its latest deadline (`PEXPIRE NX`, then `GT`: Redis 7.0; no per-field expiry
-/// needed).
-static HSET_CAPPED: LazyLock<Script> = LazyLock::new(|| {
+/// Add the member `ARGV[2]` of entry `ARGV[1]` to each bucket string of `KEYS` (one
+/// script: the keys share a Cluster slot), replacing that entry's member, dropping members
+/// past their deadline `ARGV[4]` (13 digits, compared as text), and keeping at most
+/// `ARGV[3]` (those with the earliest deadlines go first); each string stays alive as long
+/// as its latest deadline (`PEXPIRE NX`, then `GT`: Redis 7.0).
+static BUCKET_ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local size = 77
 local cap = tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
+local now = ARGV[4]
 for _, key in ipairs(KEYS) do
-  redis.call('hset', key, ARGV[1], ARGV[2])
-  if redis.call('hlen', key) > cap then
-    local all = redis.call('hgetall', key)
-    local live = {}
-    for i = 1, #all, 2 do
-      local deadline = tonumber(string.sub(all[i + 1], 1, 13)) or 0
-      if deadline <= now then
-        redis.call('hdel', key, all[i])
-      else
-        live[#live + 1] = {all[i], deadline}
-      end
-    end
-    if #live > cap then
-      table.sort(live, function(a, b) return a[2] < b[2] end)
-      for i = 1, #live - cap do
-        redis.call('hdel', key, live[i][1])
+  local old = redis.call('get', key)
+  local keep = {}
+  if old then
+    for i = 1, #old - size + 1, size do
+      local m = string.sub(old, i, i + size - 1)
+      if string.sub(m, 1, 32) ~= ARGV[1] and string.sub(m, 33, 45) > now then
+        keep[#keep + 1] = m
       end
     end
   end
+  if #keep >= cap then
+    table.sort(keep, function(a, b) return string.sub(a, 33, 45) < string.sub(b, 33, 45) end)
+    for _ = 1, #keep - cap + 1 do
+      table.remove(keep, 1)
+    end
+  end
+  keep[#keep + 1] = ARGV[2]
+  redis.call('set', key, table.concat(keep), 'KEEPTTL')
   redis.call('pexpire', key, ARGV[5], 'NX')
   redis.call('pexpire', key, ARGV[5], 'GT')
 end
 return 1",
     )
 });
+
+/// Drop the members of the entries `ARGV` (and those past the deadline `ARGV[1]`) from
+/// each bucket string of `KEYS`; an emptied string goes.
+static BUCKET_DROP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local size = 77
+local now = ARGV[1]
+local gone = {}
+for i = 2, #ARGV do gone[ARGV[i]] = true end
+for _, key in ipairs(KEYS) do
+  local old = redis.call('get', key)
+  if old then
+    local keep = {}
+    for i = 1, #old - size + 1, size do
+      local m = string.sub(old, i, i + size - 1)
+      if not gone[string.sub(m, 1, 32)] and string.sub(m, 33, 45) > now then
+        keep[#keep + 1] = m
+      end
+    end
+    if #keep == 0 then
+      redis.call('del', key)
+    elseif #keep * size < #old then
+      redis.call('set', key, table.concat(keep), 'KEEPTTL')
+    end
+  end
+end
+return 1",
+    )
+});
+
+/// `base` (`P:v{S}`) + `sT.X`: bucket `signature` of table `table` (a lookup names 240 of
+/// them: the scope's part is written once).
+fn bucket_key(base: &str, table: usize, signature: u32) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(base.len() + 8);
+    key.push_str(base);
+    let _ = write!(key, "s{table}.{signature:x}");
+    key
+}
 
 /// The Redis index of one cache.
 #[derive(Clone)]
@@ -92,16 +136,24 @@ impl RemoteIndex {
         }
         let now = now_ms();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut script = HSET_CAPPED.prepare_invoke();
+        let member = Member {
+            entry,
+            sketch: *sketch,
+            deadline_ms: now.saturating_add(ttl_ms),
+        };
+        let mut script = BUCKET_ADD.prepare_invoke();
         for t in 0..TABLES {
             script.key(self.bucket(&scope, t, sketch.signature(t)));
         }
         script.arg(entry.as_bytes());
-        script.arg(bucket_value(now.saturating_add(ttl_ms), sketch));
-        script.arg(self.bucket_cap).arg(now).arg(ttl_ms);
+        script.arg(member.to_bytes());
+        script
+            .arg(self.bucket_cap)
+            .arg(deadline_digits(now))
+            .arg(ttl_ms);
         let first = self.bucket(&scope, 0, sketch.signature(0));
         let add = |mut c| async move { script.invoke_async::<i64>(&mut c).await };
-        self.l2.run("hset_capped", &first, add).await.is_some()
+        self.l2.run("bucket_add", &first, add).await.is_some()
     }
 
     /// `P:v{S}rH`: the record of entry `entry` in scope `scope`.
@@ -110,59 +162,56 @@ impl RemoteIndex {
             .layer_key(KIND, scope, format_args!("r{entry}"))
     }
 
-    /// `P:v{S}bT.X`: bucket `signature` of table `table` of scope `scope`.
+    /// `P:v{S}sT.X`: bucket `signature` of table `table` of scope `scope`.
     fn bucket(&self, scope: &Digest, table: usize, signature: u32) -> String {
-        let suffix = format_args!("b{table}.{signature:x}");
-        self.keyspace.layer_key(KIND, scope, suffix)
+        bucket_key(&self.keyspace.layer_key(KIND, scope, ""), table, signature)
     }
 
     /// At most `max` candidates of `scope`, nearest by sketch first (then by digest), with
-    /// their records and deadlines: the buckets of [`Sketch::probes`] in one pipeline, then
-    /// the best `max` records, exactly as the in-process index ranks. `None` when Redis
-    /// did not answer. Expired or orphaned bucket fields are removed in the background.
+    /// their records and deadlines: the buckets of [`Sketch::probes`] in one `MGET`, their
+    /// live members at most `max_distance` bits from `sketch` ranked by [`rank`] exactly as
+    /// the in-process index ranks, then the records of the best `max` in one `MGET` (none
+    /// when no member is near enough). `None` when Redis did not answer. Members whose
+    /// record is gone are removed in the background.
     pub(crate) async fn lookup(
         &self,
         scope: Digest,
         sketch: &Sketch,
+        max_distance: u32,
         max: usize,
     ) -> Option<Vec<(Digest, Record, u64)>> {
+        let base = self.keyspace.layer_key(KIND, &scope, "");
         let keys: Vec<String> = sketch
             .probes()
             .into_iter()
-            .map(|(t, sig)| self.bucket(&scope, t, sig))
+            .map(|(t, sig)| bucket_key(&base, t, sig))
             .collect();
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.cmd("HGETALL").arg(key);
-        }
-        let hgetall = |mut c| async move { pipe.query_async(&mut c).await };
-        let hashes: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
-            self.l2.run("hgetall", keys.first()?, hgetall).await?;
-        let now = now_ms();
-        let mut stale: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut ranked: Vec<(u32, Digest, u64, Sketch)> = Vec::new();
-        let mut seen: HashSet<Digest, DigestHasherBuilder> =
-            HashSet::with_hasher(DigestHasherBuilder);
-        for (key, fields) in keys.iter().zip(hashes) {
-            for (field, value) in fields {
-                match parse_bucket(&field, &value) {
-                    Some((d, deadline, s)) if deadline > now => {
-                        if seen.insert(d) {
-                            ranked.push((s.distance(sketch), d, deadline, s));
-                        }
-                    }
-                    _ => stale.push((key.clone(), field)),
+        let mget = Cmd::mget(&keys);
+        let mget = |mut c| async move { mget.query_async(&mut c).await };
+        let buckets: Vec<Option<Vec<u8>>> = self.l2.run("mget", keys.first()?, mget).await?;
+        let now = deadline_digits(now_ms());
+        let mut found: Vec<(u32, Digest, Member)> = Vec::new();
+        for bucket in buckets.iter().flatten() {
+            for m in bucket.chunks_exact(MEMBER_BYTES) {
+                // Deadline first (as text: 13 digits), then distance, then the rest.
+                if m[32..45] <= *now.as_bytes() {
+                    continue;
+                }
+                let Some(s) = Sketch::from_bytes(&m[45..]) else {
+                    continue;
+                };
+                let d = s.distance(sketch);
+                if d <= max_distance
+                    && let Some(member) = Member::from_bytes(m)
+                {
+                    found.push((d, member.entry, member));
                 }
             }
         }
-        ranked.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
-        });
-        ranked.truncate(max);
-        let record_keys: Vec<String> = ranked
+        rank(&mut found, max);
+        let record_keys: Vec<String> = found
             .iter()
-            .map(|(_, d, _, _)| self.record(&scope, d))
+            .map(|(_, d, _)| self.record(&scope, d))
             .collect();
         let records: Vec<Option<Vec<u8>>> = match record_keys.first() {
             None => Vec::new(),
@@ -173,29 +222,41 @@ impl RemoteIndex {
             }
         };
         let mut out = Vec::with_capacity(records.len());
-        for ((_, d, deadline, s), bytes) in ranked.iter().zip(records) {
+        let mut gone: Vec<Member> = Vec::new();
+        for ((_, d, m), bytes) in found.iter().zip(records) {
             match bytes.as_deref().and_then(Record::decode) {
-                Some(r) => out.push((*d, r, *deadline)),
-                // The record expired or was dropped: so go its fields, in its own buckets.
-                None => {
-                    for t in 0..TABLES {
-                        let key = self.bucket(&scope, t, s.signature(t));
-                        stale.push((key, d.as_bytes().to_vec()));
-                    }
-                }
+                Some(r) => out.push((*d, r, m.deadline_ms)),
+                // The record expired or was dropped: so goes its member, in its buckets.
+                None => gone.push(*m),
             }
         }
-        if !stale.is_empty() {
-            let l2 = Arc::clone(&self.l2);
-            tokio::spawn(async move {
-                for (key, field) in stale {
-                    let hdel = Cmd::hdel(&key, field);
-                    let hdel = |mut c| async move { hdel.query_async::<()>(&mut c).await };
-                    l2.run("hdel", &key, hdel).await;
-                }
-            });
+        if !gone.is_empty() {
+            self.drop_members(scope, gone);
         }
         Some(out)
+    }
+
+    /// Remove `members` from their buckets, in the background.
+    fn drop_members(&self, scope: Digest, members: Vec<Member>) {
+        let mut script = BUCKET_DROP.prepare_invoke();
+        let mut keys: Vec<String> = members
+            .iter()
+            .flat_map(|m| (0..TABLES).map(|t| self.bucket(&scope, t, m.sketch.signature(t))))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in &keys {
+            script.key(key);
+        }
+        script.arg(deadline_digits(now_ms()));
+        for m in &members {
+            script.arg(m.entry.as_bytes());
+        }
+        let l2 = Arc::clone(&self.l2);
+        tokio::spawn(async move {
+            let remove = |mut c| async move { script.invoke_async::<i64>(&mut c).await };
+            l2.run("bucket_drop", &keys[0], remove).await;
+        });
     }
 
     /// Drop `entry` of `scope`: its record now, its bucket fields at their next read.
