@@ -10,7 +10,6 @@ use llm_cache_test_support as support;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use serde_json::Value;
 use support::redis::RedisServer;
@@ -34,38 +33,10 @@ const WORKLOAD: &[&str] = &[
 ];
 
 /// The example binary next to this test's own (`target/<profile>/examples/demo`), built
-/// once per test process so that it is never older than its source (a no-op when it is
-/// up to date, and never two builds relinking it under a running test).
+/// once per test process with the gate's flags, so that it is never older than its source
+/// and costs nothing under `scripts/test.sh`.
 fn demo_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(build_demo).clone()
-}
-
-fn build_demo() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/demo-<hash> -> target/<profile>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "--quiet", "--example", "demo"])
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build --example demo");
-    assert!(
-        status.success(),
-        "cargo build --example demo failed: {status}"
-    );
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "no demo binary at {}", bin.display());
-    bin
+    support::examples::binary("demo")
 }
 
 /// Runs the demo with the workload and `extra` arguments; returns its JSON report.

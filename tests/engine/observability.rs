@@ -506,26 +506,7 @@ fn demo_serves_metrics_with_metrics_addr() {
     use std::net::{Ipv4Addr, TcpListener, TcpStream};
     use std::process::{Command, Stdio};
 
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "demo",
-            "--features",
-            "prometheus",
-        ])
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .status()
-        .expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build --example demo --features prometheus: {status}"
-    );
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let demo = profile_dir.join("examples").join("demo");
+    let demo = support::examples::binary("demo");
 
     let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()

@@ -7,6 +7,7 @@
 
 pub mod bow;
 pub mod embeddings;
+pub mod examples;
 pub mod proxy;
 pub mod realistic;
 pub mod redis;
