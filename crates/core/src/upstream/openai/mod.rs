@@ -20,7 +20,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::Url;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value};
 
 use self::credentials::Mask;
 pub use self::credentials::{CREDENTIAL_HEADERS, is_credential_header, is_scoped_credential};
@@ -35,6 +34,7 @@ use super::{BoxFuture, ChunkStream, Upstream};
 use crate::error::{Error, ErrorKind, Result, redact_url};
 use crate::request::{ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
 use crate::stream::{ReplayOptions, SseParser, replay};
+use crate::tiered::config::positive;
 
 /// An [`Upstream`] for any OpenAI-compatible API, over reqwest (rustls, HTTP/2 when the
 /// server offers it).
@@ -282,18 +282,8 @@ impl OpenAiCompatible {
         let endpoint = endpoint(&self.base_url)?;
         let embeddings_endpoint = embeddings::endpoint(&endpoint);
         let shown = shown_url(&endpoint);
-        if self.connect_timeout.is_zero() {
-            return Err(Error::config(
-                "connect_timeout",
-                "must be greater than zero",
-            ));
-        }
-        if self.request_timeout.is_zero() {
-            return Err(Error::config(
-                "request_timeout",
-                "must be greater than zero",
-            ));
-        }
+        positive("connect_timeout", self.connect_timeout)?;
+        positive("request_timeout", self.request_timeout)?;
         if self.retry.max_attempts == 0 {
             return Err(Error::config("retry.max_attempts", "must be at least 1"));
         }
@@ -301,29 +291,25 @@ impl OpenAiCompatible {
         let (headers, mut mask) = self.default_headers()?;
         // A key in the query or a password in the userinfo is sent with every request too.
         mask.add_url_credentials(&endpoint);
-        if let Some(client) = &self.http_client {
-            return Ok(Ready {
-                client: client.clone(),
-                per_request_headers: Some(headers),
-                endpoint,
-                embeddings_endpoint,
-                shown,
-                mask,
-            });
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.request_timeout)
-            .default_headers(headers)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("llm-cache/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Error::config("client", format!("the HTTP client cannot be built: {e}"))
-            })?;
+        let (client, per_request_headers) = match &self.http_client {
+            Some(client) => (client.clone(), Some(headers)),
+            None => {
+                let client = reqwest::Client::builder()
+                    .connect_timeout(self.connect_timeout)
+                    .timeout(self.request_timeout)
+                    .default_headers(headers)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("llm-cache/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| {
+                        Error::config("client", format!("the HTTP client cannot be built: {e}"))
+                    })?;
+                (client, None)
+            }
+        };
         Ok(Ready {
             client,
-            per_request_headers: None,
+            per_request_headers,
             endpoint,
             embeddings_endpoint,
             shown,
@@ -621,12 +607,8 @@ fn without_stream(request: &ChatRequest) -> Cow<'_, ChatRequest> {
 fn with_stream(request: &ChatRequest) -> ChatRequest {
     let mut owned = request.clone();
     owned.stream = Some(true);
-    let mut options = match owned.stream_options.take() {
-        Some(Value::Object(options)) => options,
-        _ => Map::new(),
-    };
-    options.insert("include_usage".into(), Value::Bool(true));
-    owned.stream_options = Some(Value::Object(options));
+    let options = owned.stream_options.take().unwrap_or_default();
+    owned.stream_options = Some(crate::stream::usage::with_usage(options));
     owned
 }
 
