@@ -207,7 +207,7 @@ struct Writing<V> {
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, duration_ms)
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -565,18 +565,9 @@ where
 
     /// A snapshot of the counters. L1 figures are as moka last settled them.
     pub fn stats(&self) -> Stats {
-        let inner = &self.inner;
-        let breaker = inner
-            .l2
-            .as_ref()
-            .map_or(BreakerState::Disabled, |l2| l2.breaker_state());
-        inner.counters.publish(&inner.readings());
-        inner.counters.snapshot(
-            inner.inflight.len() as u64,
-            breaker,
-            inner.l1.entry_count(),
-            inner.l1.weighted_size(),
-        )
+        let (counters, r) = (&self.inner.counters, self.inner.readings());
+        counters.publish(&r);
+        counters.snapshot(r.inflight, r.breaker, r.l1_entries, r.l1_bytes)
     }
 
     /// The Redis key of `digest`: `{prefix}:{<hex>}` (the braces are a Cluster hash tag).
