@@ -117,6 +117,16 @@ impl<V> Landed<V> {
         };
         Cached::new(Arc::clone(&self.value), status, self.created_at_ms, digest)
     }
+
+    /// What a caller that joined the flight answers.
+    fn coalesced(self, digest: Digest) -> Cached<V> {
+        Cached::new(
+            self.value,
+            CacheStatus::Coalesced,
+            self.created_at_ms,
+            digest,
+        )
+    }
 }
 
 impl<V> Clone for Landed<V> {
@@ -351,15 +361,7 @@ where
             };
             Counters::incr(&inner.counters.coalesced);
             match tokio::time::timeout_at(deadline, waiter.wait()).await {
-                Ok(Some(outcome)) => {
-                    let landed = outcome?;
-                    return Ok(Cached::new(
-                        landed.value,
-                        CacheStatus::Coalesced,
-                        landed.created_at_ms,
-                        digest,
-                    ));
-                }
+                Ok(Some(outcome)) => return outcome.map(|landed| landed.coalesced(digest)),
                 // Its leader was cancelled during the lookup: join or lead anew. (The
                 // exported counter, monotonic, keeps the join.)
                 Ok(None) => Counters::decr(&inner.counters.coalesced),
@@ -731,7 +733,7 @@ where
         Counters::incr(&self.counters.misses);
         Counters::incr(&self.counters.fetches);
         let fetching = Timer::start(&self.counters.exported.upstream);
-        let fetched = self.fetch_holding(lease.as_ref(), fetch()).await;
+        let fetched = self.fetch_holding(lease.as_ref().as_slice(), fetch()).await;
         drop(fetching);
         let value = match fetched {
             Ok(v) => Arc::new(v),
