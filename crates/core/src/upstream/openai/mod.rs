@@ -121,11 +121,6 @@ struct Ready {
 }
 
 impl Ready {
-    /// A POST to the endpoint with this client's headers, asking for `accept` when given.
-    fn post(&self, accept: Option<HeaderValue>) -> reqwest::RequestBuilder {
-        self.post_to(&self.endpoint, accept)
-    }
-
     /// A POST to `url` (one of this client's endpoints) with this client's headers.
     fn post_to(&self, url: &Url, accept: Option<HeaderValue>) -> reqwest::RequestBuilder {
         let mut headers = self.per_request_headers.clone().unwrap_or_default();
@@ -407,34 +402,34 @@ impl OpenAiCompatible {
     }
 
     async fn attempt(&self, ready: &Ready, body: Bytes) -> Result<ChatResponse, Failure> {
+        let bytes = self.attempt_json(ready, &ready.endpoint, body).await?;
+        parse_answer(&bytes, &ready.mask).map_err(Failure::fatal)
+    }
+
+    /// One attempt of a JSON call to `url` (chat, embeddings): its 2xx body, or the failure
+    /// its status stands for.
+    async fn attempt_json(&self, ready: &Ready, url: &Url, body: Bytes) -> Result<Bytes, Failure> {
         let transport = |e| ready.transport_error(e, self);
         let response = ready
-            .post(None)
+            .post_to(url, None)
             // Set on the request too, so that it wins over a caller's client's timeout.
             .timeout(self.request_timeout)
             .body(body)
             .send()
             .await
             .map_err(transport)?;
-        let status = response.status();
-        if status.is_success() {
-            let bytes = response.bytes().await.map_err(transport)?;
-            return parse_answer(&bytes, &ready.mask).map_err(Failure::fatal);
+        if !response.status().is_success() {
+            return Err(self.status_failure(ready, response).await);
         }
-        Err(self.status_failure(ready, response).await)
+        response.bytes().await.map_err(transport)
     }
 
-    /// One attempt of a stream, up to its headers: what comes after is not retried.
+    /// One attempt of a stream, up to its headers: what comes after is not retried. The
+    /// client-wide deadline would cut a long stream: it is lifted (tokio clamps the sleep)
+    /// and the headers bounded instead, then each read in `ChunkReader`.
     async fn attempt_stream(&self, ready: &Ready, body: Bytes) -> Result<Opened, Failure> {
         let transport = |e| ready.transport_error(e, self);
-        let send = ready
-            .post(Some(HeaderValue::from_static("text/event-stream")))
-            // The client-wide deadline would cut a long stream: lift it (tokio clamps the
-            // sleep) and bound the headers here, then each read in `ChunkReader`.
-            .timeout(Duration::MAX)
-            .body(body)
-            .send();
-        let response = self.headers_in_time(ready, send).await?;
+        let response = self.attempt_raw(ready, &ready.endpoint, body, true).await?;
         let json = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -612,7 +607,7 @@ fn with_stream(request: &ChatRequest) -> ChatRequest {
     owned
 }
 
-fn serialise(request: &ChatRequest) -> Result<Bytes> {
+fn serialise(request: &impl serde::Serialize) -> Result<Bytes> {
     serde_json::to_vec(request)
         .map(Bytes::from)
         .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("cannot serialise: {e}")))
