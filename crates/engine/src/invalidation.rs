@@ -431,7 +431,7 @@ enum Message {
 fn parse(msg: &[u8]) -> Option<Message> {
     let text = std::str::from_utf8(msg).ok()?;
     if let Some(hex) = text.strip_prefix("k:") {
-        return parse_hex(hex).map(Message::Key);
+        return Digest::from_hex(hex).map(Message::Key);
     }
     let rest = text.strip_prefix("g:")?;
     let (generation, namespace) = rest.split_once(':')?;
@@ -439,17 +439,6 @@ fn parse(msg: &[u8]) -> Option<Message> {
         namespace.to_owned(),
         generation.parse().ok()?,
     ))
-}
-
-fn parse_hex(hex: &str) -> Option<Digest> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(Digest::from_bytes(out))
 }
 
 /// For an instance that does not subscribe: load the generations record (so its keys are
