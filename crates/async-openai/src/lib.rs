@@ -415,11 +415,9 @@ where
                 service: inner,
                 factory,
             };
-            let route = Route {
-                scope: Some(scope),
-                upstream: Some(Arc::new(upstream)),
-                embedder: Some(embedder),
-            };
+            let route = Route::via(Arc::new(upstream))
+                .scope(scope)
+                .embedder(embedder);
             if stream {
                 return chat_stream(&shared.cache, &chat, &control, &route).await;
             }
@@ -437,11 +435,7 @@ where
                 service: inner,
                 factory,
             };
-            let route = Route {
-                scope: Some(scope),
-                upstream: Some(Arc::new(upstream)),
-                embedder: None,
-            };
+            let route = Route::via(Arc::new(upstream)).scope(scope);
             match shared
                 .cache
                 .embeddings_routed(&embed, &control, &route)

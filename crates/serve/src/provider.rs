@@ -144,24 +144,18 @@ impl Provider {
     ) -> std::result::Result<Route, ApiError> {
         if !pass_through {
             let held: Arc<dyn Upstream> = self.held.clone();
-            return Ok(Route {
-                scope: Some(Arc::clone(&self.held_scopes[endpoint as usize])),
-                upstream: Some(Arc::clone(&held)),
-                // The held client embeds too: a semantic lookup needs no second upstream.
-                embedder: Some(held),
-            });
+            let scope = Arc::clone(&self.held_scopes[endpoint as usize]);
+            // The held client embeds too: a semantic lookup needs no second upstream.
+            return Ok(Route::via(Arc::clone(&held)).scope(scope).embedder(held));
         }
         let credentials = credentials(request, &self.credential_scope)?;
         let url = &self.endpoint_urls[endpoint as usize];
-        let scope =
-            headers::scope(url, &credentials, endpoint.shape(), &self.credential_scope).into();
+        let scope = headers::scope(url, &credentials, endpoint.shape(), &self.credential_scope);
         let upstream: Arc<dyn Upstream> = Arc::new(self.pass_through(&credentials));
-        Ok(Route {
-            scope: Some(scope),
-            upstream: Some(Arc::clone(&upstream)),
-            // With the caller's own credentials, like the chat call.
-            embedder: Some(upstream),
-        })
+        // With the caller's own credentials, like the chat call.
+        Ok(Route::via(Arc::clone(&upstream))
+            .scope(scope)
+            .embedder(upstream))
     }
 
     /// An upstream carrying the caller's `credentials` (pass-through mode).

@@ -102,18 +102,14 @@ impl Route {
         }
     }
 
-    /// The same route with `scope` mixed into every key it makes.
-    #[must_use]
-    pub fn scope(mut self, scope: impl Into<Arc<[u8]>>) -> Self {
-        self.scope = Some(scope.into());
-        self
-    }
+    crate::tiered::setters! {
+        /// The same route with `scope` mixed into every key it makes.
+        #[must_use]
+        pub fn scope(scope: impl Into<Arc<[u8]>>) { scope = Some(scope.into()) }
 
-    /// The same route with its `/embeddings` calls sent to `embedder`.
-    #[must_use]
-    pub fn embedder(mut self, embedder: Arc<dyn Upstream>) -> Self {
-        self.embedder = Some(embedder);
-        self
+        /// The same route with its `/embeddings` calls sent to `embedder`.
+        #[must_use]
+        pub fn embedder(embedder: Arc<dyn Upstream>) { embedder = Some(embedder) }
     }
 
     /// The upstream a miss asks.
