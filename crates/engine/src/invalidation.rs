@@ -393,8 +393,7 @@ fn mixed(incarnation: u64, generation: u64) -> u64 {
     h.update(incarnation.to_be_bytes());
     h.update(generation.to_be_bytes());
     let out: [u8; 32] = h.finalize().into();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&out[..8]);
+    let first: [u8; 8] = out[..8].try_into().expect("a SHA-256 has 32 bytes");
     u64::from_be_bytes(first).max(1)
 }
 

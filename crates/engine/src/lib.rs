@@ -108,6 +108,14 @@ struct Landed<V> {
 }
 
 impl<V> Landed<V> {
+    fn new(value: Arc<V>, created_at_ms: u64, origin: Origin) -> Self {
+        Landed {
+            value,
+            created_at_ms,
+            origin,
+        }
+    }
+
     /// What the flight's leader answers: the status follows where the value came from.
     fn cached(&self, digest: Digest) -> Cached<V> {
         let status = match self.origin {
@@ -131,11 +139,7 @@ impl<V> Landed<V> {
 
 impl<V> Clone for Landed<V> {
     fn clone(&self) -> Self {
-        Landed {
-            value: Arc::clone(&self.value),
-            created_at_ms: self.created_at_ms,
-            origin: self.origin,
-        }
+        Landed::new(Arc::clone(&self.value), self.created_at_ms, self.origin)
     }
 }
 
@@ -467,13 +471,9 @@ where
         if let Some(hit) = self.get(digest).await {
             return Some(hit);
         }
+        // What L2 gives is an `Origin::L2` landing: a `HitL2`.
         let landed = self.inner.read_l2(digest).await?;
-        Some(Cached::new(
-            landed.value,
-            CacheStatus::HitL2,
-            landed.created_at_ms,
-            *digest,
-        ))
+        Some(landed.cached(*digest))
     }
 
     /// Store `value` under `digest` in L1 now and in L2 in the background. Returns false
@@ -688,11 +688,7 @@ where
     async fn in_memory(&self, digest: &Digest) -> Option<Landed<V>> {
         if let Some(entry) = self.l1_get(digest).await {
             Counters::incr(&self.counters.l1_hits);
-            return Some(Landed {
-                value: entry.value,
-                created_at_ms: entry.created_at_ms,
-                origin: Origin::L1,
-            });
+            return Some(Landed::new(entry.value, entry.created_at_ms, Origin::L1));
         }
         self.still_writing(digest)
     }
@@ -705,11 +701,11 @@ where
             return None;
         }
         Counters::incr(&self.counters.l1_hits);
-        Some(Landed {
-            value: Arc::clone(&w.value),
-            created_at_ms: w.created_at_ms,
-            origin: Origin::L1,
-        })
+        Some(Landed::new(
+            Arc::clone(&w.value),
+            w.created_at_ms,
+            Origin::L1,
+        ))
     }
 
     /// A flight's work after its lookup missed: coordinate with other instances, fetch,
@@ -753,11 +749,7 @@ where
         }
         // Not handed to a write (no-store, too large): free it for the waiters now.
         self.release_lease(lease.take());
-        Ok(Landed {
-            value,
-            created_at_ms,
-            origin: Origin::Fetched,
-        })
+        Ok(Landed::new(value, created_at_ms, Origin::Fetched))
     }
 }
 

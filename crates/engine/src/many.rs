@@ -401,11 +401,7 @@ where
         // One permit and one task for the whole group's writes.
         self.write_behind(writes);
         for (leader, value) in answered {
-            leader.complete(Ok(Landed {
-                value,
-                created_at_ms,
-                origin: Origin::Fetched,
-            }));
+            leader.complete(Ok(Landed::new(value, created_at_ms, Origin::Fetched)));
         }
     }
 }
