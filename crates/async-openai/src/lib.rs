@@ -400,45 +400,29 @@ where
             let stream = chat.stream == Some(true);
             let scope: Arc<[u8]> =
                 headers::scope(request.url(), request.headers(), "chat", share).into();
-            if stream {
+            let embedder = chat_embedder(&inner, &factory);
+            let factory = if stream {
                 let body =
                     Bytes::from(serde_json::to_vec(&with_usage(&chat)).map_err(|e| {
                         OpenAIError::InvalidArgument(format!("the chat request: {e}"))
                     })?);
                 drop(request);
-                let embedder = chat_embedder(&inner, &factory);
-                let upstream = FactoryUpstream {
-                    service: inner,
-                    factory: request::with_body(factory, body),
-                };
-                let route = Route {
-                    scope: Some(scope),
-                    upstream: Some(Arc::new(upstream)),
-                    embedder: Some(embedder),
-                };
-                return chat_stream(&shared.cache, &chat, &control, &route).await;
-            }
-            let embedder = chat_embedder(&inner, &factory);
+                request::with_body(factory, body)
+            } else {
+                request::forward(factory, request)
+            };
             let upstream = FactoryUpstream {
                 service: inner,
-                factory: request::forward(factory, request),
+                factory,
             };
-            let route = Route {
-                scope: Some(scope),
-                upstream: Some(Arc::new(upstream)),
-                embedder: Some(embedder),
-            };
+            let route = Route::via(Arc::new(upstream))
+                .scope(scope)
+                .embedder(embedder);
+            if stream {
+                return chat_stream(&shared.cache, &chat, &control, &route).await;
+            }
             match shared.cache.chat_routed(&chat, &control, &route).await {
-                Ok(cached) => {
-                    let body = serde_json::to_vec(cached.value())
-                        .map_err(|e| OpenAIError::Boxed(Box::new(Error::codec(e))))?;
-                    Ok(reply::answer(
-                        "application/json",
-                        body.into(),
-                        cached.status(),
-                        Some(age_of(cached.status(), cached.age())),
-                    ))
-                }
+                Ok(cached) => json_reply(cached.value(), cached.status(), cached.age()),
                 Err(e) => error_reply(e),
             }
         }
@@ -451,26 +435,13 @@ where
                 service: inner,
                 factory,
             };
-            let route = Route {
-                scope: Some(scope),
-                upstream: Some(Arc::new(upstream)),
-                embedder: None,
-            };
+            let route = Route::via(Arc::new(upstream)).scope(scope);
             match shared
                 .cache
                 .embeddings_routed(&embed, &control, &route)
                 .await
             {
-                Ok(out) => {
-                    let body = serde_json::to_vec(out.response())
-                        .map_err(|e| OpenAIError::Boxed(Box::new(Error::codec(e))))?;
-                    Ok(reply::answer(
-                        "application/json",
-                        body.into(),
-                        out.status(),
-                        Some(age_of(out.status(), out.age())),
-                    ))
-                }
+                Ok(out) => json_reply(out.response(), out.status(), out.age()),
                 Err(e) => error_reply(e),
             }
         }
@@ -502,25 +473,33 @@ where
     }
 }
 
-/// A miss is as old as its fetch: `age: 0`.
-fn age_of(status: CacheStatus, age: std::time::Duration) -> std::time::Duration {
-    if status.is_hit() {
+/// `value` as a JSON answer; a miss is as old as its fetch: `age: 0`.
+fn json_reply(
+    value: &impl serde::Serialize,
+    status: CacheStatus,
+    age: std::time::Duration,
+) -> std::result::Result<reqwest::Response, OpenAIError> {
+    let body =
+        serde_json::to_vec(value).map_err(|e| OpenAIError::Boxed(Box::new(Error::codec(e))))?;
+    let age = if status.is_hit() {
         age
     } else {
         std::time::Duration::ZERO
-    }
+    };
+    Ok(reply::answer(
+        "application/json",
+        body.into(),
+        status,
+        Some(age),
+    ))
 }
 
 /// The request as sent upstream on a streamed miss: usage asked for, whatever the caller
 /// asked (the cache accounts for every answer, and replays usage to callers who ask).
 fn with_usage(chat: &ChatRequest) -> ChatRequest {
     let mut sent = chat.clone();
-    let mut options = match sent.stream_options.take() {
-        Some(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    };
-    options.insert("include_usage".into(), serde_json::Value::Bool(true));
-    sent.stream_options = Some(serde_json::Value::Object(options));
+    let options = sent.stream_options.take().unwrap_or_default();
+    sent.stream_options = Some(llm_cache_core::stream::usage::with_usage(options));
     sent
 }
 

@@ -15,7 +15,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use llm_cache_core::CacheStatus;
 use llm_cache_core::error::{Error, ErrorKind};
 
-use llm_cache_core::integrations::headers::{HEADER_STATUS, status_label};
+use llm_cache_core::integrations::headers::HEADER_STATUS;
 
 /// How an upstream call failed, kept as the source of the crate's [`Error`] so every
 /// waiter of a flight can hand its caller the same failure async-openai would have seen.
@@ -134,7 +134,7 @@ fn cache_headers(content_type: &str, status: CacheStatus, age: Option<Duration>)
     }
     headers.insert(
         HEADER_STATUS,
-        HeaderValue::from_static(status_label(status)),
+        HeaderValue::from_static(status.header_value()),
     );
     if let Some(age) = age {
         headers.insert(reqwest::header::AGE, HeaderValue::from(age.as_secs()));
@@ -178,7 +178,7 @@ where
 pub(super) fn mark(mut response: reqwest::Response, status: CacheStatus) -> reqwest::Response {
     response.headers_mut().insert(
         HEADER_STATUS,
-        HeaderValue::from_static(status_label(status)),
+        HeaderValue::from_static(status.header_value()),
     );
     response
 }

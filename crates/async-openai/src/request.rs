@@ -24,18 +24,17 @@ pub(super) enum Endpoint {
 
 impl Endpoint {
     fn of_path(path: &str) -> Option<Self> {
+        // `/chat/completions` before `/completions`, which it also ends with.
+        let endings = [
+            ("/chat/completions", Endpoint::Chat),
+            ("/embeddings", Endpoint::Embeddings),
+            ("/responses", Endpoint::Responses),
+            ("/completions", Endpoint::Completions),
+        ];
         let path = path.trim_end_matches('/');
-        if path.ends_with("/chat/completions") {
-            Some(Endpoint::Chat)
-        } else if path.ends_with("/embeddings") {
-            Some(Endpoint::Embeddings)
-        } else if path.ends_with("/responses") {
-            Some(Endpoint::Responses)
-        } else if path.ends_with("/completions") {
-            Some(Endpoint::Completions)
-        } else {
-            None
-        }
+        endings
+            .into_iter()
+            .find_map(|(end, endpoint)| path.ends_with(end).then_some(endpoint))
     }
 }
 

@@ -8,9 +8,12 @@
 //! completion) and the async-openai layer's streamed bodies (items are byte parts) are both
 //! this log. Its only lock is held to copy one item out.
 
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -49,6 +52,24 @@ impl<T: Clone, O: Clone, A: Clone> ReplayLog<T, O, A> {
             progress: watch::Sender::new(0),
             consumers: AtomicUsize::new(0),
         })
+    }
+
+    /// The flight of `key` in `flights` to join (`false`), or a new one there that this
+    /// caller leads (`true`): on a refresh, or when the one there already failed (it is
+    /// about to leave the map).
+    pub fn join<K: Eq + Hash, S: BuildHasher + Clone>(
+        flights: &DashMap<K, Arc<Self>, S>,
+        key: K,
+        refresh: bool,
+    ) -> (Arc<Self>, bool) {
+        match flights.entry(key) {
+            Entry::Occupied(e) if !refresh && !e.get().failed() => (Arc::clone(e.get()), false),
+            entry => {
+                let flight = Self::new();
+                entry.insert(Arc::clone(&flight));
+                (flight, true)
+            }
+        }
     }
 
     fn log(&self) -> MutexGuard<'_, Inner<T, O, A>> {

@@ -439,17 +439,15 @@ where
         }
     }
 
-    /// Run the fetch, renewing the lease (when held) until it finishes.
+    /// Run the fetch, renewing the leases it holds until it finishes.
     pub(super) async fn fetch_holding<Fut: Future>(
         &self,
-        held: Option<&Lease>,
+        held: &[&Lease],
         work: Fut,
     ) -> Fut::Output {
-        match (held, &self.l2) {
-            (Some(held), Some(l2)) => {
-                lease::hold(l2, held, self.config.topology.lease_ttl, work).await
-            }
-            _ => work.await,
+        match &self.l2 {
+            Some(l2) => lease::hold_all(l2, held, self.config.topology.lease_ttl, work).await,
+            None => work.await,
         }
     }
 

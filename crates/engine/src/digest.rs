@@ -27,6 +27,19 @@ impl Digest {
         &self.0
     }
 
+    /// The digest written as 64 hex digits (either case); `None` for anything else.
+    #[doc(hidden)]
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Digest(out))
+    }
+
     /// Lower-case hex, 64 characters.
     pub fn to_hex(&self) -> String {
         let mut s = String::with_capacity(64);

@@ -88,40 +88,27 @@ fn default_type(status: StatusCode) -> &'static str {
 
 impl From<&Error> for ApiError {
     fn from(e: &Error) -> Self {
-        let (status, code, message) = match (e.kind(), e.status()) {
+        let (status, code) = match (e.kind(), e.status()) {
             (ErrorKind::Upstream, Some(s)) => (
                 StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY),
                 None,
-                e.message().to_string(),
             ),
-            (ErrorKind::InvalidRequest, _) => (
-                StatusCode::BAD_REQUEST,
-                Some("invalid_request"),
-                e.message().to_string(),
-            ),
-            (ErrorKind::Timeout, _) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                Some("upstream_timeout"),
-                e.to_string(),
-            ),
-            (ErrorKind::Connect, _) => (
-                StatusCode::BAD_GATEWAY,
-                Some("upstream_unreachable"),
-                e.to_string(),
-            ),
-            (ErrorKind::Config, _) => (StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
-            (ErrorKind::Redis, _) => (StatusCode::SERVICE_UNAVAILABLE, None, e.to_string()),
-            (ErrorKind::Unsupported, _) => (
-                StatusCode::NOT_IMPLEMENTED,
-                Some("not_implemented"),
-                e.to_string(),
-            ),
+            (ErrorKind::InvalidRequest, _) => (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            (ErrorKind::Timeout, _) => (StatusCode::GATEWAY_TIMEOUT, Some("upstream_timeout")),
+            (ErrorKind::Connect, _) => (StatusCode::BAD_GATEWAY, Some("upstream_unreachable")),
+            (ErrorKind::Config, _) => (StatusCode::INTERNAL_SERVER_ERROR, None),
+            (ErrorKind::Redis, _) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            (ErrorKind::Unsupported, _) => (StatusCode::NOT_IMPLEMENTED, Some("not_implemented")),
             // An upstream answer that is not a completion, a fetch that failed or panicked.
-            _ => (
-                StatusCode::BAD_GATEWAY,
-                Some("upstream_error"),
-                e.to_string(),
-            ),
+            _ => (StatusCode::BAD_GATEWAY, Some("upstream_error")),
+        };
+        // The upstream's own message and a bad request's are quoted as they are; the
+        // others with their kind.
+        let message = match (e.kind(), e.status()) {
+            (ErrorKind::Upstream, Some(_)) | (ErrorKind::InvalidRequest, _) => {
+                e.message().to_string()
+            }
+            _ => e.to_string(),
         };
         let mut out = ApiError::new(status, message);
         if let Some(code) = code {

@@ -393,8 +393,7 @@ fn mixed(incarnation: u64, generation: u64) -> u64 {
     h.update(incarnation.to_be_bytes());
     h.update(generation.to_be_bytes());
     let out: [u8; 32] = h.finalize().into();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&out[..8]);
+    let first: [u8; 8] = out[..8].try_into().expect("a SHA-256 has 32 bytes");
     u64::from_be_bytes(first).max(1)
 }
 
@@ -431,7 +430,7 @@ enum Message {
 fn parse(msg: &[u8]) -> Option<Message> {
     let text = std::str::from_utf8(msg).ok()?;
     if let Some(hex) = text.strip_prefix("k:") {
-        return parse_hex(hex).map(Message::Key);
+        return Digest::from_hex(hex).map(Message::Key);
     }
     let rest = text.strip_prefix("g:")?;
     let (generation, namespace) = rest.split_once(':')?;
@@ -439,17 +438,6 @@ fn parse(msg: &[u8]) -> Option<Message> {
         namespace.to_owned(),
         generation.parse().ok()?,
     ))
-}
-
-fn parse_hex(hex: &str) -> Option<Digest> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(Digest::from_bytes(out))
 }
 
 /// For an instance that does not subscribe: load the generations record (so its keys are

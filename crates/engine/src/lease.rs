@@ -290,35 +290,9 @@ pub(crate) async fn probe(
     }
 }
 
-/// Run `work` while renewing `lease` every third of its life. A renewal that finds the
-/// lease gone (it expired and another instance took it) stops renewing; `work` goes on.
-pub(crate) async fn hold<F: Future>(
-    l2: &Guarded,
-    lease: &Lease,
-    ttl: Duration,
-    work: F,
-) -> F::Output {
-    tokio::pin!(work);
-    let every = ttl / 3;
-    let mut next = Instant::now() + every;
-    let mut renewing = true;
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            () = tokio::time::sleep_until(next), if renewing => {
-                next = Instant::now() + every;
-                if l2.renew(&lease.key, &lease.token, ttl).await == Some(false) {
-                    tracing::debug!(lease = %lease.key, "lease lost while fetching (it expired)");
-                    renewing = false;
-                }
-            }
-        }
-    }
-}
-
-/// [`hold`] for many leases at once: `work` runs while every lease in `leases` is renewed
-/// every third of its life (all in one step, concurrently); a lease found gone stops being
-/// renewed, the others go on.
+/// Run `work` while renewing every lease in `leases` every third of its life (all in one
+/// step, concurrently). A renewal that finds a lease gone (it expired and another instance
+/// took it) stops renewing that one; the others and `work` go on.
 pub(crate) async fn hold_all<F: Future>(
     l2: &Guarded,
     leases: &[&Lease],
@@ -341,8 +315,9 @@ pub(crate) async fn hold_all<F: Future>(
                     if *on { l2.renew(&lease.key, &lease.token, ttl).await } else { None }
                 });
                 let outcomes = futures_util::future::join_all(renewals).await;
-                for (on, outcome) in renewing.iter_mut().zip(outcomes) {
+                for ((on, outcome), lease) in renewing.iter_mut().zip(outcomes).zip(leases) {
                     if outcome == Some(false) {
+                        tracing::debug!(lease = %lease.key, "lease lost while fetching (it expired)");
                         *on = false;
                     }
                 }
@@ -352,14 +327,9 @@ pub(crate) async fn hold_all<F: Future>(
 }
 
 /// Release `lease` in the background (compare-and-delete: never someone else's).
-pub(crate) fn release_later(mut lease: Lease) {
-    lease.disarm();
+pub(crate) fn release_later(lease: Lease) {
     // Marked before the task starts: a flight right after this must already see it.
-    let mark = lease.own.mark(&lease.key);
-    tokio::spawn(async move {
-        retry_release(&lease).await;
-        drop(mark);
-    });
+    tokio::spawn(release_until_done(lease));
 }
 
 /// The value was written over the lease's marker: nothing is left to release.
@@ -377,21 +347,14 @@ pub(crate) fn release_until_done(mut lease: Lease) -> impl Future<Output = ()> +
     lease.disarm();
     let mark = lease.own.mark(&lease.key);
     async move {
-        retry_release(&lease).await;
-        drop(mark);
-    }
-}
-
-async fn retry_release(lease: &Lease) {
-    let l2 = &lease.l2;
-    let give_up = Instant::now() + RELEASE_RETRY_LIMIT;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        if l2.release(&lease.key, &lease.token).await.is_some() || Instant::now() >= give_up {
-            return;
+        let l2 = &lease.l2;
+        let give_up = Instant::now() + RELEASE_RETRY_LIMIT;
+        let mut pause = Duration::from_millis(50);
+        while l2.release(&lease.key, &lease.token).await.is_none() && Instant::now() < give_up {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
+        drop(mark);
     }
 }
 
@@ -430,37 +393,31 @@ where
         let jitter = random_u64() % (pause.as_micros() as u64 / 4 + 1);
         tokio::time::sleep_until((now + pause + Duration::from_micros(jitter)).min(give_up)).await;
         pause = (pause * 2).min(POLL_MAX);
-        let bytes = if take {
+        let found = if take {
             match probe(l2, own, key, ttl).await {
-                Probe::Found(bytes) => bytes,
+                Probe::Found(bytes) => Some(bytes),
                 Probe::Held(lease) => return Waited::Lead(lease),
                 // Ours, from a release not confirmed yet: nothing to wait for.
                 Probe::Taken if own.holds(key) => return Waited::Alone,
-                Probe::Taken => {
-                    if Instant::now() >= next_check {
-                        next_check = Instant::now() + ttl / 3;
-                        if l2.expire_stale_marker(key, ttl, is_marker).await {
-                            pause = POLL_MIN;
-                        }
-                    }
-                    continue;
-                }
+                Probe::Taken => None,
                 Probe::Refused | Probe::Unavailable => return Waited::Alone,
             }
         } else {
             match l2.get(key).await {
-                L2Read::Hit(bytes) if is_marker(&bytes) => {
-                    if Instant::now() >= next_check {
-                        next_check = Instant::now() + ttl / 3;
-                        if l2.expire_stale_marker(key, ttl, is_marker).await {
-                            pause = POLL_MIN;
-                        }
-                    }
-                    continue;
-                }
-                L2Read::Hit(bytes) => bytes,
+                L2Read::Hit(bytes) if is_marker(&bytes) => None,
+                L2Read::Hit(bytes) => Some(bytes),
                 L2Read::Miss | L2Read::Unavailable => return Waited::Alone,
             }
+        };
+        // Another flight's marker is there: see that it has an end, and poll again.
+        let Some(bytes) = found else {
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + ttl / 3;
+                if l2.expire_stale_marker(key, ttl, is_marker).await {
+                    pause = POLL_MIN;
+                }
+            }
+            continue;
         };
         if let Some(v) = decode(bytes).await {
             return Waited::Value(v);

@@ -108,6 +108,14 @@ struct Landed<V> {
 }
 
 impl<V> Landed<V> {
+    fn new(value: Arc<V>, created_at_ms: u64, origin: Origin) -> Self {
+        Landed {
+            value,
+            created_at_ms,
+            origin,
+        }
+    }
+
     /// What the flight's leader answers: the status follows where the value came from.
     fn cached(&self, digest: Digest) -> Cached<V> {
         let status = match self.origin {
@@ -117,15 +125,21 @@ impl<V> Landed<V> {
         };
         Cached::new(Arc::clone(&self.value), status, self.created_at_ms, digest)
     }
+
+    /// What a caller that joined the flight answers.
+    fn coalesced(self, digest: Digest) -> Cached<V> {
+        Cached::new(
+            self.value,
+            CacheStatus::Coalesced,
+            self.created_at_ms,
+            digest,
+        )
+    }
 }
 
 impl<V> Clone for Landed<V> {
     fn clone(&self) -> Self {
-        Landed {
-            value: Arc::clone(&self.value),
-            created_at_ms: self.created_at_ms,
-            origin: self.origin,
-        }
+        Landed::new(Arc::clone(&self.value), self.created_at_ms, self.origin)
     }
 }
 
@@ -207,7 +221,7 @@ struct Writing<V> {
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, duration_ms)
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -351,15 +365,7 @@ where
             };
             Counters::incr(&inner.counters.coalesced);
             match tokio::time::timeout_at(deadline, waiter.wait()).await {
-                Ok(Some(outcome)) => {
-                    let landed = outcome?;
-                    return Ok(Cached::new(
-                        landed.value,
-                        CacheStatus::Coalesced,
-                        landed.created_at_ms,
-                        digest,
-                    ));
-                }
+                Ok(Some(outcome)) => return outcome.map(|landed| landed.coalesced(digest)),
                 // Its leader was cancelled during the lookup: join or lead anew. (The
                 // exported counter, monotonic, keeps the join.)
                 Ok(None) => Counters::decr(&inner.counters.coalesced),
@@ -465,13 +471,9 @@ where
         if let Some(hit) = self.get(digest).await {
             return Some(hit);
         }
+        // What L2 gives is an `Origin::L2` landing: a `HitL2`.
         let landed = self.inner.read_l2(digest).await?;
-        Some(Cached::new(
-            landed.value,
-            CacheStatus::HitL2,
-            landed.created_at_ms,
-            *digest,
-        ))
+        Some(landed.cached(*digest))
     }
 
     /// Store `value` under `digest` in L1 now and in L2 in the background. Returns false
@@ -565,18 +567,9 @@ where
 
     /// A snapshot of the counters. L1 figures are as moka last settled them.
     pub fn stats(&self) -> Stats {
-        let inner = &self.inner;
-        let breaker = inner
-            .l2
-            .as_ref()
-            .map_or(BreakerState::Disabled, |l2| l2.breaker_state());
-        inner.counters.publish(&inner.readings());
-        inner.counters.snapshot(
-            inner.inflight.len() as u64,
-            breaker,
-            inner.l1.entry_count(),
-            inner.l1.weighted_size(),
-        )
+        let (counters, r) = (&self.inner.counters, self.inner.readings());
+        counters.publish(&r);
+        counters.snapshot(r.inflight, r.breaker, r.l1_entries, r.l1_bytes)
     }
 
     /// The Redis key of `digest`: `{prefix}:{<hex>}` (the braces are a Cluster hash tag).
@@ -695,11 +688,7 @@ where
     async fn in_memory(&self, digest: &Digest) -> Option<Landed<V>> {
         if let Some(entry) = self.l1_get(digest).await {
             Counters::incr(&self.counters.l1_hits);
-            return Some(Landed {
-                value: entry.value,
-                created_at_ms: entry.created_at_ms,
-                origin: Origin::L1,
-            });
+            return Some(Landed::new(entry.value, entry.created_at_ms, Origin::L1));
         }
         self.still_writing(digest)
     }
@@ -712,11 +701,11 @@ where
             return None;
         }
         Counters::incr(&self.counters.l1_hits);
-        Some(Landed {
-            value: Arc::clone(&w.value),
-            created_at_ms: w.created_at_ms,
-            origin: Origin::L1,
-        })
+        Some(Landed::new(
+            Arc::clone(&w.value),
+            w.created_at_ms,
+            Origin::L1,
+        ))
     }
 
     /// A flight's work after its lookup missed: coordinate with other instances, fetch,
@@ -740,7 +729,7 @@ where
         Counters::incr(&self.counters.misses);
         Counters::incr(&self.counters.fetches);
         let fetching = Timer::start(&self.counters.exported.upstream);
-        let fetched = self.fetch_holding(lease.as_ref(), fetch()).await;
+        let fetched = self.fetch_holding(lease.as_ref().as_slice(), fetch()).await;
         drop(fetching);
         let value = match fetched {
             Ok(v) => Arc::new(v),
@@ -760,11 +749,7 @@ where
         }
         // Not handed to a write (no-store, too large): free it for the waiters now.
         self.release_lease(lease.take());
-        Ok(Landed {
-            value,
-            created_at_ms,
-            origin: Origin::Fetched,
-        })
+        Ok(Landed::new(value, created_at_ms, Origin::Fetched))
     }
 }
 

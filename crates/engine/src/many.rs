@@ -22,7 +22,7 @@ use crate::cached::{CacheStatus, Cached, FetchOptions};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::inflight::{Join, Leader, Waiter};
-use crate::lease::{self, Lease};
+use crate::lease::Lease;
 use crate::stats::{Counters, Timer};
 
 /// How many lookups of all `get_or_fetch_many` calls are in flight at once (and the most
@@ -200,12 +200,7 @@ where
         for (i, own, waited) in join_all(waits).await {
             answers[i] = Some(match waited {
                 Ok(Some(Ok(landed))) if own => Ok(landed.cached(digests[i])),
-                Ok(Some(Ok(landed))) => Ok(Cached::new(
-                    landed.value,
-                    CacheStatus::Coalesced,
-                    landed.created_at_ms,
-                    digests[i],
-                )),
+                Ok(Some(Ok(landed))) => Ok(landed.coalesced(digests[i])),
                 Ok(Some(Err(e))) => Err(e),
                 Ok(None) if own => Err(Error::new(
                     ErrorKind::FetchAborted,
@@ -348,29 +343,20 @@ where
         let positions: Vec<usize> = group.iter().map(|f| f.missed.position).collect();
         let work = AssertUnwindSafe(async { fetch(positions).await }).catch_unwind();
         let fetching = Timer::start(&self.counters.exported.upstream);
-        let fetched = match &self.l2 {
-            Some(l2) => {
-                let held: Vec<&Lease> = group.iter().filter_map(|f| f.lease.as_ref()).collect();
-                lease::hold_all(l2, &held, self.config.topology.lease_ttl, work).await
-            }
-            None => work.await,
-        };
+        let held: Vec<&Lease> = group.iter().filter_map(|f| f.lease.as_ref()).collect();
+        let fetched = self.fetch_holding(&held, work).await;
         drop(fetching);
         let results: Vec<Result<V>> = match fetched {
             Ok(values) if values.len() == group.len() => values,
-            Ok(values) => {
-                let why = format!(
-                    "the fetch returned {} values for {} keys",
-                    values.len(),
-                    group.len()
-                );
-                group
-                    .iter()
-                    .map(|_| Err(Error::new(ErrorKind::FetchAborted, why.clone())))
-                    .collect()
-            }
-            Err(panic) => {
-                let why = format!("the fetch panicked: {}", panic_message(&*panic));
+            other => {
+                let why = match other {
+                    Ok(values) => format!(
+                        "the fetch returned {} values for {} keys",
+                        values.len(),
+                        group.len()
+                    ),
+                    Err(panic) => format!("the fetch panicked: {}", panic_message(&*panic)),
+                };
                 group
                     .iter()
                     .map(|_| Err(Error::new(ErrorKind::FetchAborted, why.clone())))
@@ -415,11 +401,7 @@ where
         // One permit and one task for the whole group's writes.
         self.write_behind(writes);
         for (leader, value) in answered {
-            leader.complete(Ok(Landed {
-                value,
-                created_at_ms,
-                origin: Origin::Fetched,
-            }));
+            leader.complete(Ok(Landed::new(value, created_at_ms, Origin::Fetched)));
         }
     }
 }

@@ -73,11 +73,7 @@ where
                     self.fill_l1(*digest, Arc::clone(&value), created_at_ms, ttl, weight)
                         .await;
                 }
-                Some(Landed {
-                    value,
-                    created_at_ms,
-                    origin: Origin::L2,
-                })
+                Some(Landed::new(value, created_at_ms, Origin::L2))
             }
             Err(why) => {
                 Counters::incr(&self.counters.corrupt_entries);

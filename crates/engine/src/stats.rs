@@ -362,15 +362,11 @@ fn describe() {
     );
 }
 
+/// The names of the states, in the order of the enum (its discriminants index them).
 const BREAKER_LABELS: [&str; 4] = ["closed", "open", "half_open", "disabled"];
 
 fn breaker_index(state: BreakerState) -> usize {
-    match state {
-        BreakerState::Closed => 0,
-        BreakerState::Open => 1,
-        BreakerState::HalfOpen => 2,
-        BreakerState::Disabled => 3,
-    }
+    state as usize
 }
 
 /// The engine's histograms and gauges. Gauges are published as differences from what this
@@ -461,10 +457,15 @@ impl Exported {
         let now = breaker_index(state);
         let before = self.published_breaker.swap(now as u8 + 1, SeqCst);
         if before != now as u8 + 1 {
-            if before != 0 {
-                self.breaker[usize::from(before - 1)].decrement(1.0);
-            }
+            self.unpublish_breaker(before);
             self.breaker[now].increment(1.0);
+        }
+    }
+
+    /// Take back the unit `published` (a `published_breaker` value) put on a state's gauge.
+    fn unpublish_breaker(&self, published: u8) {
+        if published != 0 {
+            self.breaker[usize::from(published - 1)].decrement(1.0);
         }
     }
 
@@ -486,10 +487,8 @@ fn publish_delta(gauge: &Gauge, published: &AtomicU64, now: u64) {
 impl Drop for Exported {
     fn drop(&mut self) {
         self.publish_sizes(0, 0, 0);
-        let before = *self.published_breaker.get_mut();
-        if before != 0 {
-            self.breaker[usize::from(before - 1)].decrement(1.0);
-        }
+        let published = *self.published_breaker.get_mut();
+        self.unpublish_breaker(published);
     }
 }
 

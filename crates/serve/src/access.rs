@@ -13,6 +13,7 @@ use super::errors::ApiError;
 use crate::error::{Error, Result};
 use crate::integrations::headers;
 use llm_cache_core::chat::CacheControl;
+use llm_cache_core::tiered::Digest;
 
 /// The accepted caller keys, each bound to a namespace (see the [format](Self::parse)).
 /// Only SHA-256 digests of the keys are kept; `Debug` shows the namespaces, never a key.
@@ -57,14 +58,11 @@ impl CallerKey {
         }
     }
 
-    /// The same, allowed (when `yes`) to invalidate answers of its own namespace through
-    /// `POST /v1/cache/invalidate` (`allow=invalidate` in the file).
-    #[must_use]
-    pub fn allow_invalidate(self, yes: bool) -> Self {
-        CallerKey {
-            invalidate: yes,
-            ..self
-        }
+    llm_cache_core::tiered::setters! {
+        /// The same, allowed (when `yes`) to invalidate answers of its own namespace through
+        /// `POST /v1/cache/invalidate` (`allow=invalidate` in the file).
+        #[must_use]
+        pub fn allow_invalidate(yes: bool) { invalidate = yes }
     }
 
     /// Whether the key may invalidate answers of its namespace.
@@ -198,7 +196,9 @@ impl CallerKeys {
             }
         }
         let digest = match key.strip_prefix("sha256:") {
-            Some(hex) => parse_hex(hex).ok_or("`sha256:` must be followed by 64 hex digits")?,
+            Some(hex) => Digest::from_hex(hex)
+                .map(|d| *d.as_bytes())
+                .ok_or("`sha256:` must be followed by 64 hex digits")?,
             None => digest(key),
         };
         if self.by_digest.insert(digest, Arc::new(caller)).is_some() {
@@ -246,17 +246,6 @@ pub(super) fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.trim().as_bytes()).into()
 }
 
-fn parse_hex(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// The request's `CacheControl`: its control headers, nested inside `bound`, with the
 /// budget-spending directives checked against `caller` (`None`: all allowed).
 pub(super) fn control(
@@ -265,11 +254,7 @@ pub(super) fn control(
     caller: Option<&CallerKey>,
 ) -> std::result::Result<CacheControl, ApiError> {
     let mut copy = HeaderMap::new();
-    for name in [
-        headers::HEADER_NAMESPACE,
-        headers::HEADER_TTL,
-        headers::HEADER_CONTROL,
-    ] {
+    for name in headers::CONTROL_HEADERS {
         for value in request_headers.get_all(name) {
             copy.append(name, value.clone());
         }

@@ -160,11 +160,11 @@ fn uncached(e: &Error) -> Option<&Uncached> {
 /// A whole answer with the cache headers.
 fn whole(
     content_type: Option<String>,
-    body: Bytes,
+    body: impl Into<Body>,
     status: CacheStatus,
     age: std::time::Duration,
 ) -> Response {
-    let mut response = Response::new(Body::from(body));
+    let mut response = Response::new(body.into());
     set_type(response.headers_mut(), content_type, "application/json");
     cache_headers(response.headers_mut(), status, age);
     response
@@ -209,10 +209,12 @@ fn passed(
         return streamed(body, status, None);
     }
     let body = body.map(|part| part.map_err(std::io::Error::other));
-    let mut response = Response::new(Body::from_stream(body));
-    set_type(response.headers_mut(), content_type, "application/json");
-    cache_headers(response.headers_mut(), status, std::time::Duration::ZERO);
-    response
+    whole(
+        content_type,
+        Body::from_stream(body),
+        status,
+        Default::default(),
+    )
 }
 
 fn set_type(headers: &mut HeaderMap, given: Option<String>, default: &'static str) {

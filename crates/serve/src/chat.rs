@@ -21,10 +21,7 @@ use llm_cache_core::chat::{CacheControl, Route};
 use llm_cache_core::tiered::http::json_body;
 
 pub(super) async fn completions(State(front): State<Arc<Front>>, request: Request) -> Response {
-    match answer(&front, request).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
+    answer(&front, request).await.into_response()
 }
 
 async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {

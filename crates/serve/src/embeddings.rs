@@ -13,10 +13,7 @@ use super::provider::Endpoint;
 use crate::request::EmbeddingRequest;
 
 pub(super) async fn embeddings(State(front): State<Arc<Front>>, request: Request) -> Response {
-    match answer(&front, request).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
+    answer(&front, request).await.into_response()
 }
 
 async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {

@@ -48,10 +48,7 @@ impl Target {
 }
 
 pub(super) async fn invalidate(State(front): State<Arc<Front>>, request: Request) -> Response {
-    match answer(&front, request).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
+    answer(&front, request).await.into_response()
 }
 
 async fn answer(front: &Front, request: Request) -> Result<Response, ApiError> {

@@ -229,7 +229,10 @@ pub struct ServeBuilder {
 impl std::fmt::Debug for ServeBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeBuilder")
-            .field("upstream_url", &self.upstream_url.as_deref().map(redacted))
+            .field(
+                "upstream_url",
+                &self.upstream_url.as_deref().map(crate::error::redact_url),
+            )
             .field("upstream_key", &self.upstream_key.as_ref().map(|_| "***"))
             .field("callers", &self.callers)
             .field("pass_through", &self.pass_through)
@@ -238,10 +241,6 @@ impl std::fmt::Debug for ServeBuilder {
             .field("admin_key", &self.admin_key.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
-}
-
-fn redacted(url: &str) -> String {
-    crate::error::redact_url(url)
 }
 
 impl ServeBuilder {
@@ -278,9 +277,8 @@ impl ServeBuilder {
     /// share an answer. Headers whose names contain `auth`, `key`, `token`, `secret` or
     /// `cookie` (a gateway's `ocp-apim-subscription-key`, `x-goog-api-key`...) are
     /// credentials already.
-    pub fn credential_header(mut self, name: impl Into<String>) -> Self {
-        self.credential_headers.push(name.into());
-        self
+    pub fn credential_header(self, name: impl Into<String>) -> Self {
+        self.credential_headers([name])
     }
 
     /// [`credential_header`](Self::credential_header) for each of `names`.

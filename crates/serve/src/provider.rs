@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use reqwest::Url;
 
 use super::Front;
@@ -32,10 +32,9 @@ pub(super) struct Provider {
     client: reqwest::Client,
     retry: RetryPolicy,
     request_timeout: Duration,
-    /// `{base}/chat/completions` and `{base}/embeddings`: their scheme, host, port, path
-    /// and query go in every key of their endpoint.
-    chat_url: Url,
-    embeddings_url: Url,
+    /// `{base}/chat/completions` and `{base}/embeddings`, by [`Endpoint`]: their scheme,
+    /// host, port, path and query go in every key of their endpoint.
+    endpoint_urls: [Url; 2],
     models_url: Url,
     /// `{base}/responses` and `{base}/completions` (the answers stored whole).
     body_urls: [Url; 2],
@@ -56,6 +55,9 @@ pub(super) enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, in the order of the enum (which indexes `endpoint_urls`).
+    const ALL: [Endpoint; 2] = [Endpoint::Chat, Endpoint::Embeddings];
+
     fn shape(self) -> &'static str {
         match self {
             Endpoint::Chat => "chat",
@@ -106,27 +108,22 @@ impl Provider {
             held_headers.insert(header::AUTHORIZATION, value);
         }
         upstream.validate()?;
-        let chat_url = joined(&base, "chat/completions")?;
-        let embeddings_url = joined(&base, "embeddings")?;
+        let endpoint_urls = [
+            joined(&base, "chat/completions")?,
+            joined(&base, "embeddings")?,
+        ];
         let models_url = joined(&base, "models")?;
         let body_urls = [joined(&base, "responses")?, joined(&base, "completions")?];
-        let held_scopes = [
-            headers::scope(&chat_url, &held_headers, "chat", &credential_scope).into(),
-            headers::scope(
-                &embeddings_url,
-                &held_headers,
-                "embeddings",
-                &credential_scope,
-            )
-            .into(),
-        ];
+        let held_scopes = Endpoint::ALL.map(|e| {
+            let url = &endpoint_urls[e as usize];
+            headers::scope(url, &held_headers, e.shape(), &credential_scope).into()
+        });
         Ok(Provider {
             base_url: base_url.into(),
             client,
             retry,
             request_timeout,
-            chat_url,
-            embeddings_url,
+            endpoint_urls,
             models_url,
             body_urls,
             held: Arc::new(upstream),
@@ -147,27 +144,18 @@ impl Provider {
     ) -> std::result::Result<Route, ApiError> {
         if !pass_through {
             let held: Arc<dyn Upstream> = self.held.clone();
-            return Ok(Route {
-                scope: Some(Arc::clone(&self.held_scopes[endpoint as usize])),
-                upstream: Some(Arc::clone(&held)),
-                // The held client embeds too: a semantic lookup needs no second upstream.
-                embedder: Some(held),
-            });
+            let scope = Arc::clone(&self.held_scopes[endpoint as usize]);
+            // The held client embeds too: a semantic lookup needs no second upstream.
+            return Ok(Route::via(Arc::clone(&held)).scope(scope).embedder(held));
         }
         let credentials = credentials(request, &self.credential_scope)?;
-        let url = match endpoint {
-            Endpoint::Chat => &self.chat_url,
-            Endpoint::Embeddings => &self.embeddings_url,
-        };
-        let scope =
-            headers::scope(url, &credentials, endpoint.shape(), &self.credential_scope).into();
+        let url = &self.endpoint_urls[endpoint as usize];
+        let scope = headers::scope(url, &credentials, endpoint.shape(), &self.credential_scope);
         let upstream: Arc<dyn Upstream> = Arc::new(self.pass_through(&credentials));
-        Ok(Route {
-            scope: Some(scope),
-            upstream: Some(Arc::clone(&upstream)),
-            // With the caller's own credentials, like the chat call.
-            embedder: Some(upstream),
-        })
+        // With the caller's own credentials, like the chat call.
+        Ok(Route::via(Arc::clone(&upstream))
+            .scope(scope)
+            .embedder(upstream))
     }
 
     /// An upstream carrying the caller's `credentials` (pass-through mode).
@@ -323,34 +311,25 @@ impl Upstream for PassThrough {
 
 /// `GET /v1/models`: the upstream's own answer, with the held key or the caller's
 /// credentials.
-pub(super) async fn models(State(front): State<Arc<Front>>, request: HeaderMap) -> Response {
+pub(super) async fn models(
+    State(front): State<Arc<Front>>,
+    request: HeaderMap,
+) -> std::result::Result<Response, ApiError> {
     let Some(provider) = &front.provider else {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "this front has no upstream URL to list models from",
         )
-        .code("unknown_url")
-        .into_response();
+        .code("unknown_url"));
     };
-    let mut headers = HeaderMap::new();
-    if front.pass_through {
-        match credentials(&request, &provider.credential_scope) {
-            Ok(c) => headers = c,
-            Err(e) => return e.into_response(),
-        }
+    let headers = if front.pass_through {
+        credentials(&request, &provider.credential_scope)?
     } else {
-        if let Some(callers) = &front.callers
-            && let Err(e) = callers.authenticate(&request)
-        {
-            return e.into_response();
+        if let Some(callers) = &front.callers {
+            callers.authenticate(&request)?;
         }
-        if let Some(key) = &provider.held_key
-            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {key}"))
-        {
-            v.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, v);
-        }
-    }
+        provider.held_headers.clone()
+    };
     let sent = provider
         .client
         .get(provider.models_url.clone())
@@ -358,30 +337,25 @@ pub(super) async fn models(State(front): State<Arc<Front>>, request: HeaderMap) 
         .timeout(provider.request_timeout)
         .send()
         .await;
-    let response = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            let why = if e.is_timeout() {
-                "did not answer in time"
-            } else {
-                "could not be reached"
-            };
-            return ApiError::new(StatusCode::BAD_GATEWAY, format!("the upstream {why}"))
-                .code("upstream_unreachable")
-                .into_response();
-        }
-    };
+    let mut response = sent.map_err(|e| {
+        let why = if e.is_timeout() {
+            "did not answer in time"
+        } else {
+            "could not be reached"
+        };
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("the upstream {why}"))
+            .code("upstream_unreachable")
+    })?;
     let status = response.status();
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
     let mut body = Vec::new();
-    let mut response = response;
     while body.len() < MODELS_BODY_LIMIT {
         match response.chunk().await {
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
             Ok(None) => break,
             Err(_) => {
-                return ApiError::new(StatusCode::BAD_GATEWAY, "the upstream's answer was cut off")
-                    .into_response();
+                let why = "the upstream's answer was cut off";
+                return Err(ApiError::new(StatusCode::BAD_GATEWAY, why));
             }
         }
     }
@@ -397,5 +371,5 @@ pub(super) async fn models(State(front): State<Arc<Front>>, request: HeaderMap) 
     if let Some(ct) = content_type {
         out.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
-    out
+    Ok(out)
 }

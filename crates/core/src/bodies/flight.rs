@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 
@@ -139,19 +138,7 @@ impl BodyCache {
             }
             refresh = true;
         }
-        let (flight, leads) = match self.flights.entry(digest) {
-            Entry::Occupied(e) if !refresh && !e.get().failed() => (Arc::clone(e.get()), false),
-            Entry::Occupied(mut e) => {
-                let flight = BodyFlight::new();
-                e.insert(Arc::clone(&flight));
-                (flight, true)
-            }
-            Entry::Vacant(e) => {
-                let flight = BodyFlight::new();
-                e.insert(Arc::clone(&flight));
-                (flight, true)
-            }
-        };
+        let (flight, leads) = BodyFlight::join(&self.flights, digest, refresh);
         if leads {
             let mut options = control.fetch.clone();
             options.refresh = refresh;

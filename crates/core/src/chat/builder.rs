@@ -17,7 +17,6 @@ use crate::embeddings::{self, Embeddings, StoredEmbedding};
 use crate::error::{Error, Result};
 use crate::request::EncodingFormat;
 use crate::semantic::{Semantic, SemanticConfig};
-use crate::tiered::Guarded;
 use crate::tiered::TieredCache;
 use crate::tiered::builder::config_setters;
 use crate::tiered::codec::Hooks;
@@ -284,15 +283,10 @@ impl LlmCacheBuilder {
             self.max_model_labels,
         );
         let semantic = self.semantic.map(|c| {
-            let (guarded, keyspace) = tiers_l2(&cache);
-            Semantic::new(c, guarded.map(|g| (g, keyspace)))
+            // The chat tier's Redis (if any) and keyspace, which the semantic index shares.
+            let (l2, keyspace) = cache.tiers().l2_parts();
+            Semantic::new(c, l2.map(|l2| (Arc::clone(l2), keyspace.clone())))
         });
         Ok(cache.with_semantic(semantic).publish_with_tiers())
     }
-}
-
-/// The chat tier's Redis (if any) and keyspace, which the semantic index shares.
-fn tiers_l2(cache: &LlmCache) -> (Option<Arc<Guarded>>, crate::tiered::Keyspace) {
-    let (l2, keyspace) = cache.tiers().l2_parts();
-    (l2.cloned(), keyspace.clone())
 }

@@ -102,18 +102,14 @@ impl Route {
         }
     }
 
-    /// The same route with `scope` mixed into every key it makes.
-    #[must_use]
-    pub fn scope(mut self, scope: impl Into<Arc<[u8]>>) -> Self {
-        self.scope = Some(scope.into());
-        self
-    }
+    crate::tiered::setters! {
+        /// The same route with `scope` mixed into every key it makes.
+        #[must_use]
+        pub fn scope(scope: impl Into<Arc<[u8]>>) { scope = Some(scope.into()) }
 
-    /// The same route with its `/embeddings` calls sent to `embedder`.
-    #[must_use]
-    pub fn embedder(mut self, embedder: Arc<dyn Upstream>) -> Self {
-        self.embedder = Some(embedder);
-        self
+        /// The same route with its `/embeddings` calls sent to `embedder`.
+        #[must_use]
+        pub fn embedder(embedder: Arc<dyn Upstream>) { embedder = Some(embedder) }
     }
 
     /// The upstream a miss asks.
@@ -297,10 +293,7 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<Cached<ChatResponse>> {
-        // First of all: nothing below (the key, the trace, a copy) may see a request that
-        // nests too deep to walk.
-        request.validate()?;
-        self.answer_traced(request, control, &Route::OWN).await
+        self.chat_routed(request, control, &Route::OWN).await
     }
 
     /// [`chat_with`](Self::chat_with) for an HTTP-level layer: the answer comes from the
@@ -312,26 +305,11 @@ impl LlmCache {
         control: &CacheControl,
         route: &Route,
     ) -> Result<Cached<ChatResponse>> {
+        // First of all: nothing below (the key, the trace, a copy) may see a request that
+        // nests too deep to walk.
         request.validate()?;
-        self.answer_traced(request, control, route).await
-    }
-
-    async fn answer_traced(
-        &self,
-        request: &ChatRequest,
-        control: &CacheControl,
-        route: &Route,
-    ) -> Result<Cached<ChatResponse>> {
-        let span = trace::request_span(false, &request.model);
-        if span.is_disabled() {
-            return self.answer(request, control, route).await;
-        }
-        let traced = trace::Traced::start(&span, self.route_digest(request, control, route));
-        let out =
-            tracing::Instrument::instrument(self.answer(request, control, route), span.clone())
-                .await;
-        traced.finish(out.as_ref().map(|c| c.status()));
-        out
+        let answer = self.answer(request, control, route);
+        trace::traced(self, false, request, control, route, answer, Cached::status).await
     }
 
     async fn answer(

@@ -103,16 +103,15 @@ impl LlmCache {
             return Before::Served(Cached::answer(hit));
         }
         let canonical = semantic.canonical(text);
-        if canonical.is_empty() {
-            Counters::incr(&semantic.counters.ineligible);
-            return Before::Miss(None);
-        }
         // The prompt as written, not the canonical text: the model must see what the guard
         // set aside too, or every pair the guard merges would score 1.0.
-        let Some(vector) = self
-            .semantic_embedding(semantic, text, control, route)
-            .await
-        else {
+        let embedded = if canonical.is_empty() {
+            None
+        } else {
+            self.semantic_embedding(semantic, text, control, route)
+                .await
+        };
+        let Some(vector) = embedded else {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         };

@@ -238,17 +238,17 @@ impl Compact {
             arena.push_str(part);
             *end = arena.len() as u32;
         }
-        let mut has = 0;
-        for (present, flag) in [
+        let has = [
             (r.system_fingerprint.is_some(), HAS_FINGERPRINT),
             (content.is_some(), HAS_CONTENT),
             (choice.finish_reason.is_some(), HAS_FINISH),
             (r.usage.is_some(), HAS_USAGE),
-        ] {
-            if present {
-                has |= flag;
-            }
-        }
+        ]
+        .into_iter()
+        .fold(
+            0,
+            |has, (present, flag)| if present { has | flag } else { has },
+        );
         let usage = r.usage.as_ref().map_or([0; 3], |u| {
             [u.prompt_tokens, u.completion_tokens, u.total_tokens]
         });
@@ -288,8 +288,7 @@ impl Compact {
     /// the omissions of the `ChatResponse` derive (`skip_serializing_if` on empty strings,
     /// a zero `created` and absent options; each `extra` map flattened last).
     fn write_json(&self, out: &mut Vec<u8>) {
-        let mut w = Writer { out, first: true };
-        w.open();
+        let mut w = Writer::object(out);
         w.text_if("id", self.part(ID), !self.part(ID).is_empty());
         w.text_if("object", self.part(OBJECT), !self.part(OBJECT).is_empty());
         if self.created != 0 {
@@ -299,19 +298,11 @@ impl Compact {
         w.text_if("model", self.part(MODEL), !self.part(MODEL).is_empty());
         w.key("choices");
         w.out.push(b'[');
-        let mut choice = Writer {
-            out: &mut *w.out,
-            first: true,
-        };
-        choice.open();
+        let mut choice = Writer::object(&mut *w.out);
         choice.key("index");
         choice.number(u64::from(self.index));
         choice.key("message");
-        let mut message = Writer {
-            out: &mut *choice.out,
-            first: true,
-        };
-        message.open();
+        let mut message = Writer::object(&mut *choice.out);
         message.text_if("role", self.part(ROLE), true);
         message.text_if("content", self.part(CONTENT), self.has & HAS_CONTENT != 0);
         message.close(self.part(MESSAGE_EXTRA));
@@ -324,11 +315,7 @@ impl Compact {
         w.out.push(b']');
         if self.has & HAS_USAGE != 0 {
             w.key("usage");
-            let mut usage = Writer {
-                out: &mut *w.out,
-                first: true,
-            };
-            usage.open();
+            let mut usage = Writer::object(&mut *w.out);
             for (name, n) in ["prompt_tokens", "completion_tokens", "total_tokens"]
                 .into_iter()
                 .zip(self.usage)
@@ -383,9 +370,11 @@ struct Writer<'a> {
     first: bool,
 }
 
-impl Writer<'_> {
-    fn open(&mut self) {
-        self.out.push(b'{');
+impl<'a> Writer<'a> {
+    /// An object opened at the end of `out`.
+    fn object(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Writer { out, first: true }
     }
 
     fn key(&mut self, name: &str) {

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use dashmap::mapref::entry::Entry;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 
@@ -55,6 +54,18 @@ pub struct CachedStream {
 }
 
 impl CachedStream {
+    /// A replay of `hit`, the stored answer of the request of `digest`.
+    fn replayed(hit: &Cached<ChatResponse>, digest: Digest, options: &ReplayOptions) -> Self {
+        let chunks = replay(hit.value(), options);
+        CachedStream {
+            status: hit.status(),
+            digest,
+            created_at_ms: Some(hit.created_at_ms()),
+            matched: hit.similarity().zip(hit.matched_digest()),
+            chunks: futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed(),
+        }
+    }
+
     /// Where the chunks come from: a replay of an L1 or L2 hit, a live upstream stream
     /// (miss), another caller's stream (coalesced), or the upstream directly (bypass).
     pub fn status(&self) -> CacheStatus {
@@ -139,10 +150,7 @@ impl LlmCache {
         request: &ChatRequest,
         control: &CacheControl,
     ) -> Result<CachedStream> {
-        // Before the key, the trace or a copy: see `chat_with`.
-        request.validate()?;
-        self.answer_stream_traced(request, control, &Route::OWN)
-            .await
+        self.chat_stream_routed(request, control, &Route::OWN).await
     }
 
     /// [`chat_stream_with`](Self::chat_stream_with) on an HTTP-level layer's route (see
@@ -153,28 +161,19 @@ impl LlmCache {
         control: &CacheControl,
         route: &Route,
     ) -> Result<CachedStream> {
+        // Before the key, the trace or a copy: see `chat_routed`.
         request.validate()?;
-        self.answer_stream_traced(request, control, route).await
-    }
-
-    async fn answer_stream_traced(
-        &self,
-        request: &ChatRequest,
-        control: &CacheControl,
-        route: &Route,
-    ) -> Result<CachedStream> {
-        let span = super::trace::request_span(true, &request.model);
-        if span.is_disabled() {
-            return self.answer_stream(request, control, route).await;
-        }
-        let traced = super::trace::Traced::start(&span, self.route_digest(request, control, route));
-        let out = tracing::Instrument::instrument(
-            self.answer_stream(request, control, route),
-            span.clone(),
+        let answer = self.answer_stream(request, control, route);
+        super::trace::traced(
+            self,
+            true,
+            request,
+            control,
+            route,
+            answer,
+            CachedStream::status,
         )
-        .await;
-        traced.finish(out.as_ref().map(|c| c.status()));
-        out
+        .await
     }
 
     async fn answer_stream(
@@ -213,14 +212,7 @@ impl LlmCache {
         {
             let hit = Cached::answer(hit);
             counters.saved(CacheStatus::HitL1, hit.value());
-            let chunks = replay(hit.value(), &options);
-            return Ok(CachedStream {
-                status: CacheStatus::HitL1,
-                digest,
-                created_at_ms: Some(hit.created_at_ms()),
-                matched: None,
-                chunks: futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed(),
-            });
+            return Ok(CachedStream::replayed(&hit, digest, &options));
         }
         let mut pending = None;
         if let Some(semantic) = inner.semantic.as_ref().filter(|_| control.semantic)
@@ -232,19 +224,12 @@ impl LlmCache {
             {
                 Before::Served(hit) => {
                     counters.saved(hit.status(), hit.value());
-                    let chunks = replay(hit.value(), &options);
-                    return Ok(CachedStream {
-                        status: hit.status(),
-                        digest,
-                        created_at_ms: Some(hit.created_at_ms()),
-                        matched: hit.similarity().zip(hit.matched_digest()),
-                        chunks: futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed(),
-                    });
+                    return Ok(CachedStream::replayed(&hit, digest, &options));
                 }
                 Before::Miss(p) => pending = p,
             }
         }
-        let (flight, leads) = self.join_stream(digest, control.fetch.refresh);
+        let (flight, leads) = StreamFlight::join(&inner.streams, digest, control.fetch.refresh);
         if leads {
             self.drive_stream(Arc::clone(&flight), digest, request, &control.fetch, route);
         }
@@ -270,11 +255,9 @@ impl LlmCache {
         let status = if leads {
             origin
         } else {
+            inner.tiers.count_coalesced();
             CacheStatus::Coalesced
         };
-        if !leads {
-            inner.tiers.count_coalesced();
-        }
         if status.is_hit() {
             let _ = hit.set(status);
         } else {
@@ -287,23 +270,6 @@ impl LlmCache {
             matched: None,
             chunks,
         })
-    }
-
-    fn join_stream(&self, digest: Digest, refresh: bool) -> (Arc<StreamFlight>, bool) {
-        match self.inner.streams.entry(digest) {
-            // A flight that already failed is about to leave the map: start anew.
-            Entry::Occupied(e) if !refresh && !e.get().failed() => (Arc::clone(e.get()), false),
-            Entry::Occupied(mut e) => {
-                let flight = StreamFlight::new();
-                e.insert(Arc::clone(&flight));
-                (flight, true)
-            }
-            Entry::Vacant(e) => {
-                let flight = StreamFlight::new();
-                e.insert(Arc::clone(&flight));
-                (flight, true)
-            }
-        }
     }
 
     /// Run a streamed flight in the background: through the tiers (L2, or a flight already

@@ -5,7 +5,10 @@
 
 use std::time::Instant;
 
+use super::{CacheControl, LlmCache, Route};
 use crate::CacheStatus;
+use crate::error::Result;
+use crate::request::ChatRequest;
 use crate::tiered::digest::Digest;
 use crate::tiered::stats::ShortKey;
 
@@ -31,6 +34,27 @@ pub(crate) fn request_span(stream: bool, model: &str) -> tracing::Span {
             latency_us = Empty
         )
     }
+}
+
+/// `answer`, the answer of `request` on `route`, inside the request's span when DEBUG is on
+/// for this crate (`stream`: of a `chat_stream` call), its outcome recorded there.
+pub(crate) async fn traced<T>(
+    cache: &LlmCache,
+    stream: bool,
+    request: &ChatRequest,
+    control: &CacheControl,
+    route: &Route,
+    answer: impl Future<Output = Result<T>>,
+    status: impl FnOnce(&T) -> CacheStatus,
+) -> Result<T> {
+    let span = request_span(stream, &request.model);
+    if span.is_disabled() {
+        return answer.await;
+    }
+    let traced = Traced::start(&span, cache.route_digest(request, control, route));
+    let out = tracing::Instrument::instrument(answer, span.clone()).await;
+    traced.finish(out.as_ref().map(status));
+    out
 }
 
 /// Fills a request span's fields once the answer is known.

@@ -40,8 +40,8 @@ use crate::request::{ChatRequest, ChatResponse};
 
 /// `from` as `T`, through JSON, or an error naming the field `T` could not take or hold.
 fn convert<F: Serialize, T: Serialize + DeserializeOwned>(from: &F, to: &str) -> Result<T> {
-    let value = serde_json::to_value(from)
-        .map_err(|e| Error::new(ErrorKind::Codec, format!("{to}: {e}")))?;
+    let codec = |e: serde_json::Error| Error::new(ErrorKind::Codec, format!("{to}: {e}"));
+    let value = serde_json::to_value(from).map_err(codec)?;
     let out: T = serde_path_to_error::deserialize(&value).map_err(|e| {
         let field = e.path().to_string();
         Error::new(
@@ -49,8 +49,7 @@ fn convert<F: Serialize, T: Serialize + DeserializeOwned>(from: &F, to: &str) ->
             format!("`{field}`: {to} cannot take it: {}", e.into_inner()),
         )
     })?;
-    let back = serde_json::to_value(&out)
-        .map_err(|e| Error::new(ErrorKind::Codec, format!("{to}: {e}")))?;
+    let back = serde_json::to_value(&out).map_err(codec)?;
     if let Some(field) = first_loss(&value, &back, String::new()) {
         return Err(Error::new(
             ErrorKind::Codec,
@@ -73,12 +72,15 @@ fn first_loss(ours: &Value, theirs: &Value, path: String) -> Option<String> {
     };
     match (ours, theirs) {
         (Value::Object(a), Value::Object(b)) => {
-            for (name, value) in a {
-                let at = if path.is_empty() {
+            let at = |name: &String| {
+                if path.is_empty() {
                     name.clone()
                 } else {
                     format!("{path}.{name}")
-                };
+                }
+            };
+            for (name, value) in a {
+                let at = at(name);
                 match b.get(name) {
                     Some(other) => {
                         if let Some(lost) = first_loss(value, other, at) {
@@ -91,13 +93,7 @@ fn first_loss(ours: &Value, theirs: &Value, path: String) -> Option<String> {
             }
             b.iter()
                 .find(|(name, v)| !a.contains_key(*name) && !v.is_null())
-                .map(|(name, _)| {
-                    if path.is_empty() {
-                        name.clone()
-                    } else {
-                        format!("{path}.{name}")
-                    }
-                })
+                .map(|(name, _)| at(name))
         }
         (Value::Array(a), Value::Array(b)) => {
             if a.len() != b.len() {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 
-use crate::CacheStatus;
 use crate::chat::CacheControl;
 use crate::chat::key::put_framed;
 use crate::upstream::{CREDENTIAL_HEADERS, is_scoped_credential};
@@ -20,17 +19,13 @@ pub const HEADER_NAMESPACE: &str = "x-llm-cache-namespace";
 pub const HEADER_TTL: &str = "x-llm-cache-ttl";
 /// Request header: `no-store`, `refresh`, `bypass`, `semantic` (comma-separated).
 pub const HEADER_CONTROL: &str = "x-llm-cache-control";
-/// Response header: where the answer came from (see [`CacheStatus::header_value`]).
+/// Response header: where the answer came from (see
+/// [`CacheStatus::header_value`](crate::CacheStatus::header_value)).
 pub use llm_cache_engine::cached::HEADER_STATUS;
 
 /// The request headers that steer the cache; removed before the request goes upstream.
-const CONTROL_HEADERS: [&str; 3] = [HEADER_NAMESPACE, HEADER_TTL, HEADER_CONTROL];
-
-/// The value of the `x-llm-cache` response header for `status`.
 #[doc(hidden)]
-pub fn status_label(status: CacheStatus) -> &'static str {
-    status.header_value()
-}
+pub const CONTROL_HEADERS: [&str; 3] = [HEADER_NAMESPACE, HEADER_TTL, HEADER_CONTROL];
 
 /// Take the cache-control headers off `headers` and read them.
 ///

@@ -49,11 +49,15 @@ impl InputItem<'_> {
     /// What the input weighs when an upstream call's token count is shared among its
     /// inputs: the number of token ids, or the text's length in UTF-8 bytes (at least 1).
     pub fn weight(&self) -> u64 {
-        let n = match self {
+        (self.size() as u64).max(1)
+    }
+
+    /// The number of token ids, or the text's length in UTF-8 bytes.
+    fn size(&self) -> usize {
+        match self {
             InputItem::Text(t) => t.len(),
             InputItem::Tokens(t) => t.len(),
-        };
-        (n as u64).max(1)
+        }
     }
 }
 
@@ -234,11 +238,7 @@ impl EmbeddingRequest {
             return Err(Error::invalid_request("input", "has no input"));
         }
         for (i, item) in self.input.items().iter().enumerate() {
-            let empty = match item {
-                InputItem::Text(t) => t.is_empty(),
-                InputItem::Tokens(t) => t.is_empty(),
-            };
-            if empty {
+            if item.size() == 0 {
                 return Err(Error::invalid_request(
                     &format!("input[{i}]"),
                     "is empty (the API refuses empty inputs)",
@@ -326,10 +326,7 @@ pub struct Vector {
 impl Vector {
     /// A vector of f32 values.
     pub fn from_f32(values: Vec<f32>, format: EncodingFormat) -> Self {
-        Vector {
-            values: Arc::new(Values::F32(values.into_boxed_slice())),
-            format,
-        }
+        Self::from_values(Arc::new(Values::F32(values.into_boxed_slice())), format)
     }
 
     pub(crate) fn from_values(values: Arc<Values>, format: EncodingFormat) -> Self {
@@ -358,10 +355,7 @@ impl Vector {
     /// The same values, written in `format`.
     #[must_use]
     pub fn with_format(&self, format: EncodingFormat) -> Self {
-        Vector {
-            values: Arc::clone(&self.values),
-            format,
-        }
+        Self::from_values(Arc::clone(&self.values), format)
     }
 
     /// The values as f32, without a copy, when the provider gave f32 values.

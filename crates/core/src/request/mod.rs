@@ -318,7 +318,7 @@ pub struct ChatResponse {
     pub extra: Extra,
 }
 
-fn is_zero(n: &u64) -> bool {
+pub(crate) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 

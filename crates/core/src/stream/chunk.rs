@@ -24,7 +24,7 @@ pub struct ChatChunk {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub object: String,
     /// Unix seconds.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::request::is_zero")]
     pub created: u64,
     /// The model that answers.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -41,10 +41,6 @@ pub struct ChatChunk {
     /// Every other field (`service_tier`, `prompt_filter_results`...).
     #[serde(flatten)]
     pub extra: Extra,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// What one chunk adds to one choice.

@@ -21,18 +21,22 @@ pub fn asks_for_usage(body: &Value) -> bool {
 /// `body` as sent upstream on a miss: `stream_options.include_usage` set to `true`, its
 /// other options kept (a `stream_options` that is not an object is replaced).
 pub fn ask_for_usage(body: &mut Value) {
-    let Some(map) = body.as_object_mut() else {
-        return;
+    if let Some(map) = body.as_object_mut() {
+        let options = map.entry("stream_options").or_insert(Value::Null);
+        *options = with_usage(options.take());
+    }
+}
+
+/// `stream_options` with `include_usage: true`, its other options kept (one that is not an
+/// object is replaced): what [`ask_for_usage`] and the chat streams sent upstream ask.
+#[doc(hidden)]
+pub fn with_usage(options: Value) -> Value {
+    let mut options = match options {
+        Value::Object(options) => options,
+        _ => serde_json::Map::new(),
     };
-    let options = map
-        .entry("stream_options")
-        .or_insert_with(|| Value::Object(serde_json::Map::new()));
-    if !options.is_object() {
-        *options = Value::Object(serde_json::Map::new());
-    }
-    if let Some(options) = options.as_object_mut() {
-        options.insert("include_usage".into(), Value::Bool(true));
-    }
+    options.insert("include_usage".into(), Value::Bool(true));
+    Value::Object(options)
 }
 
 /// Whether one raw event (its lines, without the blank line that ends it) is the usage

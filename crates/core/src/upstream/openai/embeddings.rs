@@ -12,11 +12,7 @@ use crate::request::{EmbeddingRequest, EmbeddingResponse};
 /// The embeddings endpoint next to the chat endpoint `chat` (`.../chat/completions`):
 /// `.../embeddings`, with the same query (an `api-version`).
 pub(super) fn endpoint(chat: &Url) -> Url {
-    let mut url = chat.clone();
-    if let Ok(mut segments) = url.path_segments_mut() {
-        segments.pop().pop().push("embeddings");
-    }
-    url
+    super::raw::endpoint(chat, "embeddings")
 }
 
 impl OpenAiCompatible {
@@ -25,9 +21,7 @@ impl OpenAiCompatible {
         request: &EmbeddingRequest,
     ) -> Result<EmbeddingResponse> {
         let ready = self.ready()?;
-        let body = serde_json::to_vec(request)
-            .map(Bytes::from)
-            .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("cannot serialise: {e}")))?;
+        let body = super::serialise(request)?;
         self.with_retries(|| self.attempt_embeddings(ready, body.clone()))
             .await
     }
@@ -37,18 +31,8 @@ impl OpenAiCompatible {
         ready: &Ready,
         body: Bytes,
     ) -> Result<EmbeddingResponse, Failure> {
-        let transport = |e| ready.transport_error(e, self);
-        let response = ready
-            .post_to(&ready.embeddings_endpoint, None)
-            .timeout(self.request_timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport)?;
-        if !response.status().is_success() {
-            return Err(self.status_failure(ready, response).await);
-        }
-        let bytes = response.bytes().await.map_err(transport)?;
+        let url = &ready.embeddings_endpoint;
+        let bytes = self.attempt_json(ready, url, body).await?;
         serde_json::from_slice::<EmbeddingResponse>(&bytes).map_err(|e| {
             let quoted = quote_body(&bytes[..bytes.len().min(4 * SNIPPET_BYTES)], &ready.mask)
                 .unwrap_or_default();

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::Url;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value};
 
 use self::credentials::Mask;
 pub use self::credentials::{CREDENTIAL_HEADERS, is_credential_header, is_scoped_credential};
@@ -35,6 +34,7 @@ use super::{BoxFuture, ChunkStream, Upstream};
 use crate::error::{Error, ErrorKind, Result, redact_url};
 use crate::request::{ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
 use crate::stream::{ReplayOptions, SseParser, replay};
+use crate::tiered::config::positive;
 
 /// An [`Upstream`] for any OpenAI-compatible API, over reqwest (rustls, HTTP/2 when the
 /// server offers it).
@@ -121,11 +121,6 @@ struct Ready {
 }
 
 impl Ready {
-    /// A POST to the endpoint with this client's headers, asking for `accept` when given.
-    fn post(&self, accept: Option<HeaderValue>) -> reqwest::RequestBuilder {
-        self.post_to(&self.endpoint, accept)
-    }
-
     /// A POST to `url` (one of this client's endpoints) with this client's headers.
     fn post_to(&self, url: &Url, accept: Option<HeaderValue>) -> reqwest::RequestBuilder {
         let mut headers = self.per_request_headers.clone().unwrap_or_default();
@@ -282,18 +277,8 @@ impl OpenAiCompatible {
         let endpoint = endpoint(&self.base_url)?;
         let embeddings_endpoint = embeddings::endpoint(&endpoint);
         let shown = shown_url(&endpoint);
-        if self.connect_timeout.is_zero() {
-            return Err(Error::config(
-                "connect_timeout",
-                "must be greater than zero",
-            ));
-        }
-        if self.request_timeout.is_zero() {
-            return Err(Error::config(
-                "request_timeout",
-                "must be greater than zero",
-            ));
-        }
+        positive("connect_timeout", self.connect_timeout)?;
+        positive("request_timeout", self.request_timeout)?;
         if self.retry.max_attempts == 0 {
             return Err(Error::config("retry.max_attempts", "must be at least 1"));
         }
@@ -301,29 +286,25 @@ impl OpenAiCompatible {
         let (headers, mut mask) = self.default_headers()?;
         // A key in the query or a password in the userinfo is sent with every request too.
         mask.add_url_credentials(&endpoint);
-        if let Some(client) = &self.http_client {
-            return Ok(Ready {
-                client: client.clone(),
-                per_request_headers: Some(headers),
-                endpoint,
-                embeddings_endpoint,
-                shown,
-                mask,
-            });
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.request_timeout)
-            .default_headers(headers)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("llm-cache/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Error::config("client", format!("the HTTP client cannot be built: {e}"))
-            })?;
+        let (client, per_request_headers) = match &self.http_client {
+            Some(client) => (client.clone(), Some(headers)),
+            None => {
+                let client = reqwest::Client::builder()
+                    .connect_timeout(self.connect_timeout)
+                    .timeout(self.request_timeout)
+                    .default_headers(headers)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("llm-cache/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| {
+                        Error::config("client", format!("the HTTP client cannot be built: {e}"))
+                    })?;
+                (client, None)
+            }
+        };
         Ok(Ready {
             client,
-            per_request_headers: None,
+            per_request_headers,
             endpoint,
             embeddings_endpoint,
             shown,
@@ -421,34 +402,34 @@ impl OpenAiCompatible {
     }
 
     async fn attempt(&self, ready: &Ready, body: Bytes) -> Result<ChatResponse, Failure> {
+        let bytes = self.attempt_json(ready, &ready.endpoint, body).await?;
+        parse_answer(&bytes, &ready.mask).map_err(Failure::fatal)
+    }
+
+    /// One attempt of a JSON call to `url` (chat, embeddings): its 2xx body, or the failure
+    /// its status stands for.
+    async fn attempt_json(&self, ready: &Ready, url: &Url, body: Bytes) -> Result<Bytes, Failure> {
         let transport = |e| ready.transport_error(e, self);
         let response = ready
-            .post(None)
+            .post_to(url, None)
             // Set on the request too, so that it wins over a caller's client's timeout.
             .timeout(self.request_timeout)
             .body(body)
             .send()
             .await
             .map_err(transport)?;
-        let status = response.status();
-        if status.is_success() {
-            let bytes = response.bytes().await.map_err(transport)?;
-            return parse_answer(&bytes, &ready.mask).map_err(Failure::fatal);
+        if !response.status().is_success() {
+            return Err(self.status_failure(ready, response).await);
         }
-        Err(self.status_failure(ready, response).await)
+        response.bytes().await.map_err(transport)
     }
 
-    /// One attempt of a stream, up to its headers: what comes after is not retried.
+    /// One attempt of a stream, up to its headers: what comes after is not retried. The
+    /// client-wide deadline would cut a long stream: it is lifted (tokio clamps the sleep)
+    /// and the headers bounded instead, then each read in `ChunkReader`.
     async fn attempt_stream(&self, ready: &Ready, body: Bytes) -> Result<Opened, Failure> {
         let transport = |e| ready.transport_error(e, self);
-        let send = ready
-            .post(Some(HeaderValue::from_static("text/event-stream")))
-            // The client-wide deadline would cut a long stream: lift it (tokio clamps the
-            // sleep) and bound the headers here, then each read in `ChunkReader`.
-            .timeout(Duration::MAX)
-            .body(body)
-            .send();
-        let response = self.headers_in_time(ready, send).await?;
+        let response = self.attempt_raw(ready, &ready.endpoint, body, true).await?;
         let json = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -621,16 +602,12 @@ fn without_stream(request: &ChatRequest) -> Cow<'_, ChatRequest> {
 fn with_stream(request: &ChatRequest) -> ChatRequest {
     let mut owned = request.clone();
     owned.stream = Some(true);
-    let mut options = match owned.stream_options.take() {
-        Some(Value::Object(options)) => options,
-        _ => Map::new(),
-    };
-    options.insert("include_usage".into(), Value::Bool(true));
-    owned.stream_options = Some(Value::Object(options));
+    let options = owned.stream_options.take().unwrap_or_default();
+    owned.stream_options = Some(crate::stream::usage::with_usage(options));
     owned
 }
 
-fn serialise(request: &ChatRequest) -> Result<Bytes> {
+fn serialise(request: &impl serde::Serialize) -> Result<Bytes> {
     serde_json::to_vec(request)
         .map(Bytes::from)
         .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("cannot serialise: {e}")))

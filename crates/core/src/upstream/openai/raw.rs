@@ -35,7 +35,7 @@ impl std::fmt::Debug for RawAnswer {
 
 /// The endpoint `tail` (`responses`, `completions`) beside the chat endpoint `chat`, with
 /// the same query (an `api-version`).
-fn endpoint(chat: &Url, tail: &str) -> Url {
+pub(super) fn endpoint(chat: &Url, tail: &str) -> Url {
     let mut url = chat.clone();
     if let Ok(mut segments) = url.path_segments_mut() {
         segments.pop().pop().extend(tail.split('/'));
@@ -102,7 +102,7 @@ impl OpenAiCompatible {
         })
     }
 
-    async fn attempt_raw(
+    pub(super) async fn attempt_raw(
         &self,
         ready: &Ready,
         url: &Url,
