@@ -79,8 +79,8 @@ for target in "${targets[@]}"; do
     cat "$logs/$target.log" >&2
     failed+=("$target")
     found=0
+    regressions=fuzz/regressions/$target
     while IFS= read -r -d '' artifact; do
-        regressions=fuzz/regressions/$target
         cp "$artifact" "$regressions/"
         echo "saved $regressions/$(basename "$artifact")" >&2
         found=1

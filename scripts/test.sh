@@ -29,6 +29,10 @@ section() {
     printf '\n==================== %s ==================== (at %ds)\n' "$*" $((SECONDS - gate_start))
 }
 
+# Every build after the lints uses the tests' flags, so Cargo resolves one feature set and
+# builds the tree once (llm_cache_test_support::examples::BUILD_FLAGS says the same).
+test_flags=(--workspace --all-features)
+
 section "redis-server"
 if ! command -v redis-server >/dev/null 2>&1; then
     # shellcheck source=scripts/apt-install.sh
@@ -93,7 +97,7 @@ fi
 
 # No --lib/--tests filter: this runs unit, integration and doc tests (the README and the guides in docs/ are doc-tested).
 section "cargo test --workspace --all-features (unit, integration, doc tests)"
-cargo test --workspace --all-features
+cargo test "${test_flags[@]}"
 
 # Without the default features `rediss://` must be refused with a clear error (a unit test of
 # the engine, whose default build has no TLS), and the LLM layer builds without reqwest.
@@ -117,14 +121,14 @@ fi
 # of building the tree again with optimisations (4-5 minutes here); `cargo bench` is where
 # its figures mean something.
 section "load benchmark (short, from the test build)"
-LOAD_BENCH_SHORT=1 cargo bench --profile dev --workspace --all-features --bench load
+LOAD_BENCH_SHORT=1 cargo bench --profile dev "${test_flags[@]}" --bench load
 
 section "demo"
 if [ -f examples/demo/main.rs ]; then
     if [ -f scripts/demo-check.sh ]; then
         # The example as `cargo test` built it (the same code as `cargo run --release
         # --example demo`, without the optimisations and with overflow checks).
-        cargo build --quiet --workspace --all-features --example demo
+        cargo build --quiet "${test_flags[@]}" --example demo
         DEMO_BIN="${CARGO_TARGET_DIR:-target}/debug/examples/demo" bash scripts/demo-check.sh
     else
         echo "skipped: examples/demo/main.rs exists but scripts/demo-check.sh does not"

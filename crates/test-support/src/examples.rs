@@ -1,6 +1,6 @@
 //! The workspace's example binaries, for tests that run one as its user does.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
@@ -15,11 +15,10 @@ pub const BUILD_FLAGS: &[&str] = &["--workspace", "--all-features"];
 /// the profile of the test that asks: `target/<profile>/examples/<name>`. Every feature is
 /// on, so one binary serves every test (the demo's `--metrics-addr` needs `prometheus`).
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
     let mut built = BUILT
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let built = built.get_or_insert_with(HashMap::new);
     if let Some(path) = built.get(name) {
         return path.clone();
     }
