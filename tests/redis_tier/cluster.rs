@@ -455,9 +455,31 @@ async fn a_batch_of_embeddings_spreads_over_the_masters_and_is_fetched_once() {
         writer.embedding_stats().cache.l2_writes == ENTRIES as u64
     })
     .await;
+    for n in &cluster.nodes {
+        n.redis_cli(&["CONFIG", "RESETSTAT"]);
+    }
     let out = reader.embeddings(&req).await.unwrap();
     assert_eq!(out.status(), CacheStatus::HitL2);
     assert_eq!(mock.embedding_calls().len(), 1);
+    // Each input's own vector at its own index, read with one MGET per slot (here every
+    // key has a slot of its own) and nothing else: no GET, no lookup that takes a lease.
+    assert_eq!(out.data, written.data);
+    let slots: std::collections::BTreeSet<String> = writer
+        .embedding_digests_with(&req, &Default::default())
+        .unwrap()
+        .iter()
+        .map(|d| cluster.nodes[0].redis_cli(&["CLUSTER", "KEYSLOT", &writer.tiers().l2_key(d)]))
+        .collect();
+    let mut mgets = 0;
+    for n in &cluster.nodes {
+        for c in n.data_commands() {
+            match c.strip_prefix("mget=") {
+                Some(calls) => mgets += calls.parse::<usize>().unwrap(),
+                None => panic!("only MGETs read a cached batch: {c} on {}", n.addr()),
+            }
+        }
+    }
+    assert_eq!(mgets, slots.len(), "one MGET per slot");
     let masters: std::collections::BTreeSet<usize> = writer
         .embedding_digests_with(&req, &Default::default())
         .unwrap()

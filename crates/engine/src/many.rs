@@ -1,6 +1,7 @@
-//! Many keys in one call: [`TieredCache::get_or_fetch_many`]. Each key is its own entry
-//! with its own flight and lease, exactly as with `get_or_fetch`; what is shared is the
-//! fetch: the keys that miss every tier (and whose lease this instance holds or does not
+//! Many keys in one call: [`TieredCache::get_or_fetch_many`]. Each key is its own entry;
+//! the keys missing from L1 are read from L2 together first (a hit needs no flight), and
+//! each key still missing has its own flight and lease, exactly as with `get_or_fetch`;
+//! what is shared is the fetch: the keys that miss every tier (and whose lease this instance holds or does not
 //! need) are handed to one call of the fetch function, so a batch API upstream is asked
 //! once for all of them. Keys another instance is fetching are waited for on their own,
 //! and fetched on their own if that instance goes away.
@@ -10,8 +11,9 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_util::FutureExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -22,13 +24,28 @@ use crate::cached::{CacheStatus, Cached, FetchOptions};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::inflight::{Join, Leader, Waiter};
-use crate::lease::Lease;
+use crate::l2::{Guarded, L2Read};
+use crate::lease::{self, Lease};
 use crate::stats::{Counters, Timer};
 
 /// How many lookups of all `get_or_fetch_many` calls are in flight at once (and the most
 /// keys one `MGET` reads): past it a read waits here, in the process, rather than in the connection's queue, where its time
 /// would count against the L2 deadline (and trip the breaker under a burst of batches).
 pub(super) const BULK_READS: usize = 256;
+
+/// Keys per `MGET` of the read before the flights (see [`Inner::read_before_flights`]):
+/// small enough that a batch's first values are decoded while its last ones travel, large
+/// enough that a command's fixed cost is shared by many keys.
+const READ_GROUP: usize = 32;
+
+/// What the read before the flights left for the flights: by position, what it read of
+/// each key it did not answer (taken by that key's first lookup), and when.
+struct ReadFirst {
+    reads: Vec<Option<L2Read>>,
+    epoch: u64,
+    /// The positions it did not answer, ascending.
+    left: Vec<usize>,
+}
 
 /// A flight this call leads, once its lookup missed.
 struct Missed<V> {
@@ -56,10 +73,16 @@ where
     /// once for every key this instance may fetch now, and once more for each key whose
     /// lease another instance held and gave up without a value (with that key alone).
     ///
-    /// The answer has one result per digest, in order. Each key has its own flight: a key
-    /// another caller is fetching (a `get_or_fetch` or another `get_or_fetch_many`) is
-    /// waited for (`Coalesced`), never fetched twice; a key repeated in `digests` is
-    /// answered once and its repeats are `Coalesced` copies.
+    /// The keys missing from L1 are read from L2 before any flight, in `MGET`s of 32 keys
+    /// sent at once (per node in a Cluster, where the client splits them by slot), each
+    /// group decoded while the next ones travel: a key found there is answered (`HitL2`)
+    /// without a flight, as [`fetch_stored`](Self::fetch_stored) would. What the others read
+    /// is their flights' lookup, so a miss costs no second read.
+    ///
+    /// The answer has one result per digest, in order. Each key missing from both tiers has
+    /// its own flight: a key another caller is fetching (a `get_or_fetch` or another
+    /// `get_or_fetch_many`) is waited for (`Coalesced`), never fetched twice; a key repeated
+    /// in `digests` is answered once and its repeats are `Coalesced` copies.
     ///
     /// # Errors
     ///
@@ -83,6 +106,37 @@ where
         F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<V>>> + Send + 'static,
     {
+        self.many(digests, options, fetch, false).await
+    }
+
+    /// [`get_or_fetch_many`](Self::get_or_fetch_many) for a caller that has just looked
+    /// every one of `digests` up in L1 ([`get`](Self::get)) and found none: the same, but
+    /// without a second L1 lookup of each before L2.
+    #[doc(hidden)]
+    pub async fn get_or_fetch_many_after_l1<F, Fut>(
+        &self,
+        digests: &[Digest],
+        options: &FetchOptions,
+        fetch: F,
+    ) -> Vec<Result<Cached<V>>>
+    where
+        F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<V>>> + Send + 'static,
+    {
+        self.many(digests, options, fetch, true).await
+    }
+
+    async fn many<F, Fut>(
+        &self,
+        digests: &[Digest],
+        options: &FetchOptions,
+        fetch: F,
+        l1_checked: bool,
+    ) -> Vec<Result<Cached<V>>>
+    where
+        F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<V>>> + Send + 'static,
+    {
         let inner = &self.inner;
         let mut answers: Vec<Option<Result<Cached<V>>>> = digests.iter().map(|_| None).collect();
         // Repeats are answered as their first occurrence.
@@ -95,6 +149,7 @@ where
                 None => {
                     first.insert(*digest, i);
                     if !options.refresh
+                        && !l1_checked
                         && let Some(hit) = self.get(digest).await
                     {
                         answers[i] = Some(Ok(hit));
@@ -109,10 +164,22 @@ where
             let wait = options.wait.unwrap_or(inner.config.waiter_deadline);
             let deadline = tokio::time::Instant::now() + wait;
             let fetch = Arc::new(fetch);
+            let mut read = inner
+                .read_before_flights(digests, &pending, options, &mut answers)
+                .await;
+            pending = std::mem::take(&mut read.left);
             // A round leaves behind the keys whose flight was abandoned: lead or join anew.
             while !pending.is_empty() {
                 pending = self
-                    .round(digests, &pending, options, &fetch, deadline, &mut answers)
+                    .round(
+                        digests,
+                        &pending,
+                        options,
+                        &fetch,
+                        deadline,
+                        &mut answers,
+                        &mut read,
+                    )
                     .await;
             }
         }
@@ -150,6 +217,7 @@ where
         fetch: &Arc<F>,
         deadline: tokio::time::Instant,
         answers: &mut [Option<Result<Cached<V>>>],
+        read: &mut ReadFirst,
     ) -> Vec<usize>
     where
         F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
@@ -168,7 +236,8 @@ where
             }
         }
         let keys: Vec<Digest> = led.iter().map(|(i, _)| digests[*i]).collect();
-        let looked = inner.lookup_many(&keys, options).await;
+        let reads = led.iter().map(|(i, _)| read.reads[*i].take()).collect();
+        let looked = inner.lookup_many(&keys, options, reads, read.epoch).await;
         let mut missed = Vec::new();
         for ((i, leader), found) in led.into_iter().zip(looked) {
             match found {
@@ -222,18 +291,94 @@ impl<V> Inner<V>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// The lookups of many flights: each in this process first, then the rest from L2
-    /// with one `MGET` per [`BULK_READS`] keys (per node in a Cluster) under one deadline,
-    /// each read taken as a flight's own `GET` would be (a miss with leases then sends the
-    /// lookup that takes its lease, those at once). A refresh looks at nothing.
+    /// The reads of a call's keys from L2 before any flight (a key found there needs none):
+    /// groups of [`READ_GROUP`] keys, one `MGET` each (per node in a Cluster, where the
+    /// client splits it by slot), all sent at once under the L2 deadline, and each group's
+    /// values decoded and promoted to L1 as it lands while the others travel. The hits are
+    /// answered in `answers`; what the others read is kept for their flights' lookups, so
+    /// that a miss costs no second read. A refresh reads nothing.
+    async fn read_before_flights(
+        &self,
+        digests: &[Digest],
+        pending: &[usize],
+        options: &FetchOptions,
+        answers: &mut [Option<Result<Cached<V>>>],
+    ) -> ReadFirst {
+        let mut out = ReadFirst {
+            reads: digests.iter().map(|_| None).collect(),
+            epoch: 0,
+            left: Vec::new(),
+        };
+        let l2 = match &self.l2 {
+            Some(l2) if !options.refresh && self.l2_readable() => l2,
+            _ => {
+                out.left = pending.to_vec();
+                return out;
+            }
+        };
+        // An invalidation that lands while the reads are out must not be undone by them.
+        out.epoch = self.invalidation.epoch();
+        let epoch = out.epoch;
+        let mut groups: FuturesUnordered<_> = pending
+            .chunks(READ_GROUP)
+            .map(|group| self.read_group(l2, digests, group))
+            .collect();
+        while let Some((group, keys, reads)) = groups.next().await {
+            for ((&i, key), read) in group.iter().zip(&keys).zip(reads) {
+                let read = match read {
+                    L2Read::Hit(bytes) if !lease::is_marker(&bytes) => {
+                        match self.accept(&digests[i], key, &bytes, epoch).await {
+                            Some(landed) => {
+                                answers[i] = Some(Ok(landed.cached(digests[i])));
+                                continue;
+                            }
+                            // Corrupt (removed) or expired: as if the key were empty.
+                            None => L2Read::Miss,
+                        }
+                    }
+                    read => read,
+                };
+                out.reads[i] = Some(read);
+                out.left.push(i);
+            }
+        }
+        out.left.sort_unstable();
+        out
+    }
+
+    /// One group's `MGET` (see [`read_before_flights`](Self::read_before_flights)).
+    async fn read_group<'g>(
+        &self,
+        l2: &Guarded,
+        digests: &[Digest],
+        group: &'g [usize],
+    ) -> (&'g [usize], Vec<String>, Vec<L2Read>) {
+        let _in_flight = self
+            .bulk_reads
+            .acquire_many(group.len() as u32)
+            .await
+            .expect("never closed");
+        let keys: Vec<String> = group.iter().map(|&i| self.l2_key(&digests[i])).collect();
+        let reads = l2.get_many(&keys).await;
+        (group, keys, reads)
+    }
+
+    /// The lookups of many flights: each in this process first, then the rest from what
+    /// the read before the flights found (`reads`, taken at `epoch`), or from L2 with one
+    /// `MGET` per [`BULK_READS`] keys (per node in a Cluster) under one deadline; each read
+    /// taken as a flight's own `GET` would be (a miss with leases then sends the lookup that
+    /// takes its lease, those at once). A refresh looks at nothing.
     async fn lookup_many(
         &self,
         digests: &[Digest],
         options: &FetchOptions,
+        mut reads: Vec<Option<L2Read>>,
+        epoch: u64,
     ) -> Vec<std::result::Result<Landed<V>, Next>> {
         let mut out: Vec<Option<std::result::Result<Landed<V>, Next>>> =
             Vec::with_capacity(digests.len());
         let mut remote = Vec::new();
+        let mut known = Vec::new();
         for (i, digest) in digests.iter().enumerate() {
             if options.refresh {
                 out.push(Some(Err(Next::Probe)));
@@ -241,8 +386,22 @@ where
                 out.push(Some(Ok(landed)));
             } else {
                 out.push(None);
-                remote.push(i);
+                match (reads[i].take(), &self.l2) {
+                    (Some(read), Some(l2)) => known.push((i, l2, read)),
+                    _ => remote.push(i),
+                }
             }
+        }
+        let taken = known.into_iter().map(|(i, l2, read)| {
+            let digest = &digests[i];
+            async move {
+                let key = self.l2_key(digest);
+                let got = self.after_get(l2, digest, &key, read, epoch, options).await;
+                (i, got)
+            }
+        });
+        for (i, got) in join_all(taken).await {
+            out[i] = Some(got);
         }
         let l2 = self.l2.as_ref().filter(|_| self.l2_readable());
         for chunk in remote.chunks(BULK_READS) {

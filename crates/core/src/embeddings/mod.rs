@@ -315,7 +315,7 @@ impl Embeddings {
             let wanted: Vec<Digest> = missing.iter().map(|&i| digests[i]).collect();
             let fetched = self
                 .tiers
-                .get_or_fetch_many(&wanted, options, move |positions| {
+                .get_or_fetch_many_after_l1(&wanted, options, move |positions| {
                     let fetch = fetch.clone();
                     async move { fetch.run(positions).await }
                 })
