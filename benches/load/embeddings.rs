@@ -6,8 +6,10 @@
 //!   the inputs and calls that reached the upstream per batch (must be 51 and 1: fails the
 //!   run otherwise);
 //! - `fully_cached_us_per_input`: a batch of 256 cached inputs, per input, from L1 and from
-//!   Redis, next to a raw `MGET` of the same 256 stored entries on the same connection kind;
-//!   `fully_cached_cluster_us_per_input` the same from a 3-master Cluster (full runs only);
+//!   Redis, next to a raw `MGET` of the same 256 stored entries on the same connection kind,
+//!   their ratio and its target (`target_l2_vs_raw_mget`: 0.8, issue 26);
+//!   `fully_cached_cluster_us_per_input` the same from a 3-master Cluster (full runs only:
+//!   starting a cluster takes seconds);
 //! - `l2_bytes_per_vector`: a stored entry's bytes in Redis against the vector's JSON text
 //!   as OpenAI prints it (`float`).
 
