@@ -209,6 +209,9 @@ where
     /// Join or lead a flight for each of `positions`, look up the led ones, fetch the
     /// misses together in a task of their own, and wait for everything. Returns the
     /// positions whose flight was abandoned by its leader before it had an outcome.
+    // The call's constants and its two outputs, passed as they are rather than bundled for
+    // one private function.
+    #[allow(clippy::too_many_arguments)]
     async fn round<F, Fut>(
         &self,
         digests: &[Digest],
