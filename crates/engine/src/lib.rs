@@ -351,6 +351,25 @@ where
         {
             return Ok(hit);
         }
+        self.get_or_fetch_lazy_after_l1(digest, options, make).await
+    }
+
+    /// [`get_or_fetch_lazy`](Self::get_or_fetch_lazy) for a caller that has just looked
+    /// `digest` up in L1 ([`get`](Self::get)) and not found it: the same without a second
+    /// L1 lookup first (a flight's lookup still looks in L1, so a value that landed in
+    /// between is found there).
+    #[doc(hidden)]
+    pub async fn get_or_fetch_lazy_after_l1<M, F, Fut>(
+        &self,
+        digest: Digest,
+        options: &FetchOptions,
+        make: M,
+    ) -> Result<Cached<V>>
+    where
+        M: FnOnce() -> F + Send,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V>> + Send + 'static,
+    {
         let inner = &self.inner;
         // Requests that went past L1: an L1 hit's whole time is `l1_get`.
         let _total = Timer::start(&inner.counters.exported.total);

@@ -368,7 +368,7 @@ impl LlmCache {
         let out = Cached::answer(
             inner
                 .tiers
-                .get_or_fetch_lazy(digest, &control.fetch, make_fetch)
+                .get_or_fetch_lazy_after_l1(digest, &control.fetch, make_fetch)
                 .await?,
         );
         if out.status().is_hit() {
