@@ -177,6 +177,14 @@ impl LlmCache {
         }
     }
 
+    /// Apply the pending L1 work of every tier now: evictions, expirations and what
+    /// [`clear_l1`](Self::clear_l1) left to remove (moka removes lazily, so without this the
+    /// next requests pay for dropping the cleared entries), so that counts are exact.
+    pub async fn run_pending_tasks(&self) {
+        self.inner.tiers.run_pending_tasks().await;
+        self.inner.embeddings.tiers().run_pending_tasks().await;
+    }
+
     /// What every input key of `request` holds besides the input: SHA-256 over the framed
     /// domain, the key format version, the namespace, the route's scope and the canonical
     /// JSON of the request without `input`, `encoding_format` and `user` (the same rules
