@@ -99,7 +99,12 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         };
-        if let Some(hit) = self.inner.tiers.fetch_stored(&digest).await {
+        // The scope's generation in the Redis index beside the exact lookup: one round trip.
+        let (stored, generation) = tokio::join!(
+            self.inner.tiers.fetch_stored(&digest),
+            semantic.generation(&scope)
+        );
+        if let Some(hit) = stored {
             return Before::Served(Cached::answer(hit));
         }
         let canonical = semantic.canonical(text);
@@ -115,7 +120,7 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         };
-        for m in semantic.find(scope, &canonical, &vector).await {
+        for m in semantic.find(scope, &canonical, &vector, generation).await {
             if m.entry == digest {
                 continue;
             }

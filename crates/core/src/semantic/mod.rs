@@ -21,7 +21,7 @@ pub use self::guard::{
     Canonical, DEFAULT_MAX_TYPOS, DEFAULT_TYPO_MIN_LEN, GuardVerdict, LexicalGuard, Refusal,
 };
 use self::local::LocalIndex;
-use self::remote::RemoteIndex;
+use self::remote::{Generation, RemoteIndex};
 pub(crate) use self::sketch::cosine;
 use self::sketch::{Record, Sketch, max_distance};
 use crate::tiered::Guarded;
@@ -179,6 +179,9 @@ llm_cache_engine::counters! {
             stale,
             /// Lookups that could not ask Redis (down, slow, breaker open): in-process only.
             redis_skipped,
+            /// Lookups that left the Redis index unread: the in-process index held every
+            /// entry of the scope's generation in Redis.
+            redis_current,
             /// Requests that opted in but could not be looked up (not a plain user text last,
             /// no content words, or the embedding call failed).
             ineligible,
@@ -264,13 +267,26 @@ impl Semantic {
         self.config.guard.canonical(text)
     }
 
+    /// The generation of `scope` in the Redis index, for [`find`](Self::find): one `GET`,
+    /// only when the in-process index could be current for the scope (`None` otherwise, or
+    /// when Redis did not answer). Read it beside the exact lookup: one round trip for both.
+    pub(crate) async fn generation(&self, scope: &Digest) -> Option<Generation> {
+        match (&self.local, &self.remote) {
+            (Some(local), Some(remote)) if local.tracks(scope) => remote.generation(scope).await,
+            _ => None,
+        }
+    }
+
     /// The candidates of `scope` that pass the threshold and the guard against `canonical`,
-    /// best first: the in-process index's, else Redis's (then kept in process too).
+    /// best first: the in-process index's, else Redis's (then kept in process too). The
+    /// Redis index is left unread when `generation` (read by [`generation`](Self::generation)
+    /// before the lookup) is one up to which the in-process index holds every entry.
     pub(crate) async fn find(
         &self,
         scope: Digest,
         canonical: &Canonical,
         vector: &[f32],
+        generation: Option<Generation>,
     ) -> Vec<Match> {
         Counters::incr(&self.counters.lookups);
         let cfg = &self.config;
@@ -295,6 +311,10 @@ impl Semantic {
                 }
             }
             if !out.is_empty() {
+                return out;
+            }
+            if generation.is_some_and(|g| local.holds(&scope, &g)) {
+                Counters::incr(&self.counters.redis_current);
                 return out;
             }
         }
@@ -339,8 +359,9 @@ impl Semantic {
         verdict.passes()
     }
 
-    /// Index `entry` of `scope` (its last user text `text`, embedded as `vector`) in
-    /// process for `l1_ttl` and in Redis for `l2_ttl`. Redis trouble is skipped.
+    /// Index `entry` of `scope` (its last user text `text`, embedded as `vector`) in process
+    /// and in Redis for `l2_ttl` (in process for `l1_ttl` without Redis). Redis trouble is
+    /// skipped.
     pub(crate) async fn insert(
         &self,
         scope: Digest,
@@ -356,12 +377,24 @@ impl Semantic {
             created_ms: now_ms(),
         };
         let sketch = Sketch::of(&record.vector);
-        if let Some(remote) = &self.remote {
-            remote.insert(scope, entry, &record, &sketch, l2_ttl).await;
-        }
+        // In process first: when Redis counts the insert, this index holds it. As long as
+        // Redis keeps it (its answer is there that long), else as long as the L1 does.
+        let ttl = if self.remote.is_some() {
+            l2_ttl
+        } else {
+            l1_ttl
+        };
+        let deadline = now_ms().saturating_add(millis(ttl));
         if let Some(local) = &self.local {
-            let deadline = now_ms().saturating_add(millis(l1_ttl));
-            local.insert(scope, entry, record, sketch, deadline).await;
+            local
+                .insert(scope, entry, record.clone(), sketch, deadline)
+                .await;
+        }
+        if let Some(remote) = &self.remote {
+            let inserted = remote.insert(scope, entry, &record, &sketch, l2_ttl).await;
+            if let (Some(local), Some(inserted)) = (&self.local, inserted) {
+                local.note_insert(scope, inserted);
+            }
         }
         Counters::incr(&self.counters.indexed);
     }
