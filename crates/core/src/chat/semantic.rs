@@ -99,12 +99,10 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         };
-        // The scope's generation in the Redis index beside the exact lookup: one round trip.
-        let (stored, generation) = tokio::join!(
-            self.inner.tiers.fetch_stored(&digest),
-            semantic.generation(&scope)
-        );
-        if let Some(hit) = stored {
+        // The scope's generation in the Redis index, read beside the exact lookup, waited
+        // for only if the in-process index finds nothing.
+        let generation = semantic.generation(scope);
+        if let Some(hit) = self.inner.tiers.fetch_stored(&digest).await {
             return Before::Served(Cached::answer(hit));
         }
         let canonical = semantic.canonical(text);

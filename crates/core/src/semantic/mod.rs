@@ -223,6 +223,9 @@ pub(crate) struct Match {
     pub(crate) similarity: f32,
 }
 
+/// The read of a scope's generation hash, under way (see [`Semantic::generation`]).
+pub(crate) type PendingGeneration = tokio::task::JoinHandle<Option<Generation>>;
+
 /// The semantic index of one cache: the settings, both indexes, the counters.
 pub(crate) struct Semantic {
     pub(crate) config: SemanticConfig,
@@ -267,14 +270,19 @@ impl Semantic {
         self.config.guard.canonical(text)
     }
 
-    /// The generation of `scope` in the Redis index, for [`find`](Self::find): one `GET`,
-    /// only when the in-process index could be current for the scope (`None` otherwise, or
-    /// when Redis did not answer). Read it beside the exact lookup: one round trip for both.
-    pub(crate) async fn generation(&self, scope: &Digest) -> Option<Generation> {
-        match (&self.local, &self.remote) {
-            (Some(local), Some(remote)) if local.tracks(scope) => remote.generation(scope).await,
-            _ => None,
+    /// The generation of `scope` in the Redis index, for [`find`](Self::find): one `HMGET`
+    /// in a task of its own, started now (beside the exact lookup) and waited for only when
+    /// the in-process index finds nothing; `None` when the in-process index cannot be
+    /// current for the scope (it holds no mark).
+    pub(crate) fn generation(self: &Arc<Self>, scope: Digest) -> Option<PendingGeneration> {
+        let (Some(local), Some(remote)) = (&self.local, &self.remote) else {
+            return None;
+        };
+        if !local.tracks(&scope) {
+            return None;
         }
+        let remote = remote.clone();
+        Some(tokio::spawn(async move { remote.generation(&scope).await }))
     }
 
     /// The candidates of `scope` that pass the threshold and the guard against `canonical`,
@@ -286,7 +294,7 @@ impl Semantic {
         scope: Digest,
         canonical: &Canonical,
         vector: &[f32],
-        generation: Option<Generation>,
+        generation: Option<PendingGeneration>,
     ) -> Vec<Match> {
         Counters::incr(&self.counters.lookups);
         let cfg = &self.config;
@@ -313,7 +321,10 @@ impl Semantic {
             if !out.is_empty() {
                 return out;
             }
-            if generation.is_some_and(|g| local.holds(&scope, &g)) {
+            if let Some(pending) = generation
+                && let Ok(Some(g)) = pending.await
+                && local.holds(&scope, &g)
+            {
                 Counters::incr(&self.counters.redis_current);
                 return out;
             }
