@@ -270,7 +270,7 @@ impl Semantic {
         self.config.guard.canonical(text)
     }
 
-    /// The generation of `scope` in the Redis index, for [`find`](Self::find): one `HMGET`
+    /// The generation of `scope` in the Redis index, for [`find`](Self::find): one script
     /// in a task of its own, started now (beside the exact lookup) and waited for only when
     /// the in-process index finds nothing; `None` when the in-process index cannot be
     /// current for the scope (it holds no mark).

@@ -76,11 +76,22 @@ if redis.call('exists', g) == 0 then
   redis.call('hset', g, 'e', ARGV[6])
   if not others then created = 1 end
 end
-redis.call('hincrby', g, 'n', 1)
-redis.call('hincrby', g, ARGV[7], 1)
+local n = tonumber(redis.call('hget', g, 'n') or '0') + 1
+local w = tonumber(redis.call('hget', g, ARGV[7]) or '0') + 1
+redis.call('hset', g, 'n', string.format('%d', n), ARGV[7], string.format('%d', w))
 redis.call('pexpire', g, ARGV[5], 'NX')
 redis.call('pexpire', g, ARGV[5], 'GT')
 return {redis.call('hget', g, 'e'), created}",
+    )
+});
+
+/// The generation hash `KEYS[1]` as `{epoch, inserts, writer ARGV[1]'s inserts}` (a script,
+/// not `HMGET`: the commands of the documented ACL user, docs/operations.md, suffice).
+static GENERATION_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local g = KEYS[1]
+return {redis.call('hget', g, 'e'), redis.call('hget', g, 'n'), redis.call('hget', g, ARGV[1])}",
     )
 });
 
@@ -205,17 +216,17 @@ impl RemoteIndex {
         })
     }
 
-    /// The scope's generation hash now, in one `HMGET`: `None` when it has none or Redis did
-    /// not answer.
+    /// The scope's generation hash now, in one round trip: `None` when it has none or Redis
+    /// did not answer.
     pub(crate) async fn generation(&self, scope: &Digest) -> Option<Generation> {
         let key = self.generation_key(scope);
-        let mut get = crate::tiered::redis::cmd("HMGET");
-        get.arg(&key).arg("e").arg("n").arg(&self.writer);
-        let get = |mut c| async move {
-            get.query_async::<(Option<u64>, Option<u64>, Option<u64>)>(&mut c)
+        let mut read = GENERATION_READ.prepare_invoke();
+        read.key(&key).arg(&self.writer);
+        let read = |mut c| async move {
+            read.invoke_async::<(Option<u64>, Option<u64>, Option<u64>)>(&mut c)
                 .await
         };
-        let (epoch, inserts, own) = self.l2.run("hmget", &key, get).await?;
+        let (epoch, inserts, own) = self.l2.run("generation", &key, read).await?;
         Some(Generation {
             epoch: epoch?,
             inserts: inserts?,
