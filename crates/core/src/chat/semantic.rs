@@ -99,9 +99,6 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         };
-        // The scope's generation in the Redis index, read beside the exact lookup, waited
-        // for only if the in-process index finds nothing.
-        let generation = semantic.generation(scope);
         if let Some(hit) = self.inner.tiers.fetch_stored(&digest).await {
             return Before::Served(Cached::answer(hit));
         }
@@ -118,7 +115,7 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         };
-        for m in semantic.find(scope, &canonical, &vector, generation).await {
+        for m in semantic.find(scope, &canonical, &vector).await {
             if m.entry == digest {
                 continue;
             }

@@ -21,7 +21,7 @@ pub use self::guard::{
     Canonical, DEFAULT_MAX_TYPOS, DEFAULT_TYPO_MIN_LEN, GuardVerdict, LexicalGuard, Refusal,
 };
 use self::local::LocalIndex;
-use self::remote::{Generation, RemoteIndex};
+use self::remote::RemoteIndex;
 pub(crate) use self::sketch::cosine;
 use self::sketch::{Record, Sketch, max_distance};
 use crate::tiered::Guarded;
@@ -223,9 +223,6 @@ pub(crate) struct Match {
     pub(crate) similarity: f32,
 }
 
-/// The read of a scope's generation hash, under way (see [`Semantic::generation`]).
-pub(crate) type PendingGeneration = tokio::task::JoinHandle<Option<Generation>>;
-
 /// The semantic index of one cache: the settings, both indexes, the counters.
 pub(crate) struct Semantic {
     pub(crate) config: SemanticConfig,
@@ -270,31 +267,16 @@ impl Semantic {
         self.config.guard.canonical(text)
     }
 
-    /// The generation of `scope` in the Redis index, for [`find`](Self::find): one script
-    /// in a task of its own, started now (beside the exact lookup) and waited for only when
-    /// the in-process index finds nothing; `None` when the in-process index cannot be
-    /// current for the scope (it holds no mark).
-    pub(crate) fn generation(self: &Arc<Self>, scope: Digest) -> Option<PendingGeneration> {
-        let (Some(local), Some(remote)) = (&self.local, &self.remote) else {
-            return None;
-        };
-        if !local.tracks(&scope) {
-            return None;
-        }
-        let remote = remote.clone();
-        Some(tokio::spawn(async move { remote.generation(&scope).await }))
-    }
-
     /// The candidates of `scope` that pass the threshold and the guard against `canonical`,
-    /// best first: the in-process index's, else Redis's (then kept in process too). The
-    /// Redis index is left unread when `generation` (read by [`generation`](Self::generation)
-    /// before the lookup) is one up to which the in-process index holds every entry.
+    /// best first: the in-process index's, else Redis's (then kept in process too). When the
+    /// in-process index finds nothing and holds a mark for `scope`, the scope's generation is
+    /// read (one script, one round trip): the Redis index is left unread when the in-process
+    /// index holds every entry up to it. A hit sends nothing to Redis.
     pub(crate) async fn find(
         &self,
         scope: Digest,
         canonical: &Canonical,
         vector: &[f32],
-        generation: Option<PendingGeneration>,
     ) -> Vec<Match> {
         Counters::incr(&self.counters.lookups);
         let cfg = &self.config;
@@ -321,8 +303,9 @@ impl Semantic {
             if !out.is_empty() {
                 return out;
             }
-            if let Some(pending) = generation
-                && let Ok(Some(g)) = pending.await
+            if let Some(remote) = &self.remote
+                && local.tracks(&scope)
+                && let Some(g) = remote.generation(&scope).await
                 && local.holds(&scope, &g)
             {
                 Counters::incr(&self.counters.redis_current);
