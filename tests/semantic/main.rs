@@ -254,6 +254,109 @@ async fn two_instances_share_entries_and_invalidation_reaches_both() {
     }
 }
 
+/// A fresh question on `cache` (opted in, not stored): a miss; whether it left the Redis
+/// index unread.
+async fn fresh_miss_skipped_redis(cache: &LlmCache, prompt: &str) -> bool {
+    let before = cache.stats().semantic.redis_current;
+    let out = cache
+        .chat_with(&request(prompt), &semantic().no_store(true))
+        .await
+        .unwrap();
+    assert_eq!(out.status(), CacheStatus::Miss, "{prompt}");
+    cache.stats().semantic.redis_current > before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_made_every_insert_leaves_redis_unread_until_another_inserts() {
+    let (mock, redis) = (mock().await, RedisServer::start());
+    let (a, b) = (
+        cache(&mock, Some(&redis)).await,
+        cache(&mock, Some(&redis)).await,
+    );
+    let spider = request("How many legs does a spider have?");
+    ask_and_index(&a, &spider, &semantic()).await;
+    ask_and_index(
+        &a,
+        &request("What is the boiling point of water?"),
+        &semantic(),
+    )
+    .await;
+    // A made every insert of the scope and holds them all: its misses leave Redis unread.
+    assert!(fresh_miss_skipped_redis(&a, "Which planet is closest to the sun?").await);
+    let para = request("how many legs does a spider have");
+    let hit = a
+        .chat_with(&para, &semantic().no_store(true))
+        .await
+        .unwrap();
+    assert_eq!(hit.status(), CacheStatus::HitSemantic, "from A's own index");
+    // B, which holds nothing, reads Redis.
+    assert!(!fresh_miss_skipped_redis(&b, "Which planet is closest to the sun?").await);
+
+    // Invalidated on A: gone from both indexes, and A still holds all Redis holds.
+    a.invalidate(&spider).await.unwrap();
+    for (name, c) in [("a", &a), ("b", &b)] {
+        let out = c
+            .chat_with(&para, &semantic().no_store(true))
+            .await
+            .unwrap();
+        assert_eq!(out.status(), CacheStatus::Miss, "{name} after invalidate");
+    }
+    assert!(fresh_miss_skipped_redis(&a, "Who painted the Mona Lisa?").await);
+
+    // B inserts into the scope: A no longer holds all of it, reads Redis, finds B's entry.
+    ask_and_index(
+        &b,
+        &request("What is the capital city of Australia?"),
+        &semantic(),
+    )
+    .await;
+    eventually("answer in Redis", WAIT, || b.stats().cache.l2_writes >= 1).await;
+    let hit = a
+        .chat_with(
+            &request("Hi!  What is the capital city of Australia?  Thanks!"),
+            &semantic().no_store(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hit.status(),
+        CacheStatus::HitSemantic,
+        "B's entry, found by A"
+    );
+    assert!(!fresh_miss_skipped_redis(&a, "Who painted the Mona Lisa?").await);
+    // A's own insert after B's does not make A current again.
+    ask_and_index(&a, &request("How tall is Mount Everest?"), &semantic()).await;
+    assert!(!fresh_miss_skipped_redis(&a, "Who wrote Hamlet?").await);
+    // Nor does a cleared in-process index, on a scope of its own.
+    let other = |p: &str| {
+        ChatRequest::new("gpt-4.1")
+            .message(ChatMessage::system("You are verbose."))
+            .message(ChatMessage::user(p))
+    };
+    let (indexed, written) = (a.stats().semantic.indexed, a.stats().cache.l2_writes);
+    a.chat_with(&other("How many legs does a spider have?"), &semantic())
+        .await
+        .unwrap();
+    eventually("indexed", WAIT, || a.stats().semantic.indexed > indexed).await;
+    eventually("answer in Redis", WAIT, || {
+        a.stats().cache.l2_writes > written
+    })
+    .await;
+    a.clear_l1();
+    let hit = a
+        .chat_with(
+            &other("how many legs does a spider have"),
+            &semantic().no_store(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hit.status(),
+        CacheStatus::HitSemantic,
+        "from Redis after clear_l1"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_skips_the_redis_index_and_requests_succeed() {
     let (mock, mut redis) = (mock().await, RedisServer::start());

@@ -4,6 +4,15 @@
 //! buckets; a bucket holds at most `bucket_cap` members (the oldest leave first), so a
 //! lookup ranks a bounded number of candidates whatever the scope's size, and reads the
 //! records of the best `max` only. Never goes to the network.
+//!
+//! Per scope it may also hold a mark: the epoch of the scope's generation hash in Redis
+//! (see `remote.rs`) when this instance's own insert created it (a scope new to Redis).
+//! While the hash counts no insert but this instance's, and the mark stands, this index
+//! holds every entry the Redis index holds (each own insert lands here before Redis counts
+//! it), and a lookup can leave the Redis buckets unread. The mark goes whenever a record
+//! leaves other than with its Redis counterpart (evicted for bytes, past its in-process
+//! deadline, the index cleared), and never comes back for that epoch. Another instance's
+//! insert makes the counts differ: every later lookup of the scope reads Redis.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -13,6 +22,7 @@ use dashmap::DashMap;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 
+use super::remote::{Generation, Inserted};
 use super::sketch::{Member, Record, Sketch, TABLE_BITS, TABLES, cosine, rank};
 use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::now_ms;
@@ -55,11 +65,15 @@ impl Hasher for BucketHasher {
     }
 }
 
+/// Per scope, the epoch of the Redis generation hash whose every insert this index holds.
+type Marks = DashMap<Digest, u64, DigestHasherBuilder>;
+
 /// The in-process index (cheap to clone).
 #[derive(Clone)]
 pub(crate) struct LocalIndex {
     records: Cache<(Digest, Digest), Arc<LocalRecord>>,
     buckets: Arc<Buckets>,
+    marks: Arc<Marks>,
     bucket_cap: usize,
 }
 
@@ -79,7 +93,9 @@ const OVERHEAD: usize = 200 + TABLES * (std::mem::size_of::<Member>() + 8);
 impl LocalIndex {
     pub(crate) fn new(max_bytes: u64, bucket_cap: usize) -> Self {
         let buckets: Arc<Buckets> = Arc::new(DashMap::with_hasher(DigestHasherBuilder));
+        let marks: Arc<Marks> = Arc::new(DashMap::with_hasher(DigestHasherBuilder));
         let on_evict = Arc::clone(&buckets);
+        let unmark = Arc::clone(&marks);
         let records = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_, r: &Arc<LocalRecord>| {
@@ -91,14 +107,52 @@ impl LocalIndex {
                     if cause != RemovalCause::Replaced {
                         unbucket(&on_evict, key.0, key.1, &r.sketch);
                     }
+                    // Gone for bytes (Redis may keep it): no longer every entry of Redis.
+                    if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                        unmark.remove(&key.0);
+                    }
                 },
             )
             .build();
         LocalIndex {
             records,
             buckets,
+            marks,
             bucket_cap: bucket_cap.max(1),
         }
+    }
+
+    /// Note that this instance's own insert of an entry of `scope`, already in this index,
+    /// was counted in the Redis generation hash `inserted` names.
+    pub(crate) fn note_insert(&self, scope: Digest, inserted: Inserted) {
+        use dashmap::Entry;
+        match self.marks.entry(scope) {
+            Entry::Vacant(v) if inserted.created => {
+                v.insert(inserted.epoch);
+            }
+            Entry::Vacant(_) => {}
+            // Created again over a mark (Redis lost the hash, maybe with inserts this index
+            // never saw), or another epoch: not known.
+            Entry::Occupied(o) if inserted.created || *o.get() != inserted.epoch => {
+                o.remove();
+            }
+            Entry::Occupied(_) => {}
+        }
+    }
+
+    /// Whether this index holds every entry of `scope` that the Redis index holds, by its
+    /// generation hash `generation`: same epoch as the mark, every insert this writer's.
+    pub(crate) fn holds(&self, scope: &Digest, generation: &Generation) -> bool {
+        generation.inserts == generation.own
+            && self
+                .marks
+                .get(scope)
+                .is_some_and(|m| *m == generation.epoch)
+    }
+
+    /// Whether `scope` has a mark (else reading its generation is no use).
+    pub(crate) fn tracks(&self, scope: &Digest) -> bool {
+        self.marks.contains_key(scope)
     }
 
     /// Index `entry` of `scope` (`sketch` is its vector's) until `deadline_ms`.
@@ -169,16 +223,26 @@ impl LocalIndex {
                 }
             }
         }
+        if !expired.is_empty() {
+            // Past the in-process deadline, maybe not Redis's.
+            self.marks.remove(&scope);
+        }
         for d in expired {
             self.records.invalidate(&(scope, d)).await;
         }
         rank(&mut found, max);
         let mut out: Vec<(Digest, Arc<LocalRecord>, f32)> = Vec::with_capacity(found.len());
         for (_, d, ()) in found {
-            if let Some(r) = self.records.get(&(scope, d)).await {
-                let cos = cosine(vector, &r.record.vector);
-                if cos >= threshold {
-                    out.push((d, r, cos));
+            match self.records.get(&(scope, d)).await {
+                Some(r) => {
+                    let cos = cosine(vector, &r.record.vector);
+                    if cos >= threshold {
+                        out.push((d, r, cos));
+                    }
+                }
+                // Evicted, its eviction not yet applied to the buckets and the mark.
+                None => {
+                    self.marks.remove(&scope);
                 }
             }
         }
@@ -197,6 +261,7 @@ impl LocalIndex {
     /// Drop every record (the L1 was cleared).
     pub(crate) fn clear(&self) {
         self.records.invalidate_all();
+        self.marks.clear();
     }
 
     /// Let moka apply pending evictions.
@@ -282,9 +347,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_mark_stands_for_its_epoch_while_every_insert_is_its_own() {
+        let index = LocalIndex::new(1 << 20, 64);
+        let s = Digest::of("scope");
+        let g = |epoch, inserts, own| Generation {
+            epoch,
+            inserts,
+            own,
+        };
+        let ins = |epoch, created| Inserted { epoch, created };
+        assert!(!index.holds(&s, &g(7, 1, 1)));
+        index.note_insert(s, ins(7, false));
+        assert!(!index.tracks(&s), "a hash it did not create: not known");
+        index.note_insert(s, ins(7, true));
+        assert!(index.holds(&s, &g(7, 2, 2)));
+        assert!(!index.holds(&s, &g(7, 3, 2)), "another writer's insert");
+        assert!(!index.holds(&s, &g(8, 2, 2)), "another epoch");
+        index.note_insert(s, ins(9, false));
+        assert!(!index.tracks(&s), "the hash was created again by another");
+        index.note_insert(s, ins(9, true));
+        index.note_insert(s, ins(10, true));
+        assert!(!index.tracks(&s), "created again over a mark");
+        index.note_insert(s, ins(11, true));
+        index.clear();
+        assert!(!index.tracks(&s), "cleared");
+        // A member past its in-process deadline in a lookup's buckets: the mark goes.
+        let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.3).sin()).collect();
+        let sk = Sketch::of(&v);
+        index
+            .insert(s, Digest::of("e"), record(v.clone(), "q"), sk, now_ms() - 1)
+            .await;
+        index.note_insert(s, ins(12, true));
+        assert!(index.tracks(&s));
+        assert!(index.lookup(s, &v, &sk, 256, 4, 0.9).await.is_empty());
+        assert!(!index.tracks(&s), "expired in process");
+    }
+
+    #[tokio::test]
     async fn stays_within_its_bytes() {
         let index = LocalIndex::new(200_000, 64);
         let s = Digest::of("scope");
+        index.note_insert(
+            s,
+            Inserted {
+                epoch: 1,
+                created: true,
+            },
+        );
         for i in 0..500u32 {
             let v: Vec<f32> = (0..64).map(|k| ((i * 64 + k) as f32).sin()).collect();
             let sk = Sketch::of(&v);
@@ -302,5 +411,6 @@ mod tests {
         let (n, bytes) = index.size();
         assert!(bytes <= 200_000, "{n} records, {bytes} bytes");
         assert!(n > 100);
+        assert!(!index.tracks(&s), "evicted for bytes: the mark goes");
     }
 }

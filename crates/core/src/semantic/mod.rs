@@ -179,6 +179,9 @@ llm_cache_engine::counters! {
             stale,
             /// Lookups that could not ask Redis (down, slow, breaker open): in-process only.
             redis_skipped,
+            /// Lookups that left the Redis index unread: the in-process index held every
+            /// entry of the scope's generation in Redis.
+            redis_current,
             /// Requests that opted in but could not be looked up (not a plain user text last,
             /// no content words, or the embedding call failed).
             ineligible,
@@ -265,7 +268,10 @@ impl Semantic {
     }
 
     /// The candidates of `scope` that pass the threshold and the guard against `canonical`,
-    /// best first: the in-process index's, else Redis's (then kept in process too).
+    /// best first: the in-process index's, else Redis's (then kept in process too). When the
+    /// in-process index finds nothing and holds a mark for `scope`, the scope's generation is
+    /// read (one script, one round trip): the Redis index is left unread when the in-process
+    /// index holds every entry up to it. A hit sends nothing to Redis.
     pub(crate) async fn find(
         &self,
         scope: Digest,
@@ -295,6 +301,14 @@ impl Semantic {
                 }
             }
             if !out.is_empty() {
+                return out;
+            }
+            if let Some(remote) = &self.remote
+                && local.tracks(&scope)
+                && let Some(g) = remote.generation(&scope).await
+                && local.holds(&scope, &g)
+            {
+                Counters::incr(&self.counters.redis_current);
                 return out;
             }
         }
@@ -339,8 +353,9 @@ impl Semantic {
         verdict.passes()
     }
 
-    /// Index `entry` of `scope` (its last user text `text`, embedded as `vector`) in
-    /// process for `l1_ttl` and in Redis for `l2_ttl`. Redis trouble is skipped.
+    /// Index `entry` of `scope` (its last user text `text`, embedded as `vector`) in process
+    /// and in Redis for `l2_ttl` (in process for `l1_ttl` without Redis). Redis trouble is
+    /// skipped.
     pub(crate) async fn insert(
         &self,
         scope: Digest,
@@ -356,12 +371,24 @@ impl Semantic {
             created_ms: now_ms(),
         };
         let sketch = Sketch::of(&record.vector);
-        if let Some(remote) = &self.remote {
-            remote.insert(scope, entry, &record, &sketch, l2_ttl).await;
-        }
+        // In process first: when Redis counts the insert, this index holds it. As long as
+        // Redis keeps it (its answer is there that long), else as long as the L1 does.
+        let ttl = if self.remote.is_some() {
+            l2_ttl
+        } else {
+            l1_ttl
+        };
+        let deadline = now_ms().saturating_add(millis(ttl));
         if let Some(local) = &self.local {
-            let deadline = now_ms().saturating_add(millis(l1_ttl));
-            local.insert(scope, entry, record, sketch, deadline).await;
+            local
+                .insert(scope, entry, record.clone(), sketch, deadline)
+                .await;
+        }
+        if let Some(remote) = &self.remote {
+            let inserted = remote.insert(scope, entry, &record, &sketch, l2_ttl).await;
+            if let (Some(local), Some(inserted)) = (&self.local, inserted) {
+                local.note_insert(scope, inserted);
+            }
         }
         Counters::incr(&self.counters.indexed);
     }

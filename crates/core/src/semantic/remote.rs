@@ -3,8 +3,12 @@
 //! [`TABLES`] tables of bucket strings (`P:v{S}sT.X`: at most `bucket_cap` members of
 //! [`MEMBER_BYTES`] each, entry digest, deadline and sketch, alive as long as their latest
 //! deadline) and one record per entry (`P:v{S}rH`: vector + prompt text, expiring with the
-//! answer). All keys of a scope share the hash tag `{S}`: one node, one command. An insert
-//! is two round trips (the record, then one script for every bucket); a lookup is one
+//! answer), and the scope's generation hash (`P:v{S}g`: the inserts into its buckets, in
+//! all and per writer, and a random epoch; an instance that made every insert of the
+//! scope and still holds them all in process can leave the buckets unread: see
+//! `local.rs`). All keys of a scope
+//! share the hash tag `{S}`: one node, one command. An insert is two round trips (the
+//! record, then one script for every bucket and the generation); a lookup is one
 //! `MGET` of the 240 buckets of [`Sketch::probes`] (the in-process index's), then, only
 //! when a member is near enough, one `MGET` of the best `max` records. Any Redis trouble
 //! is `None`: the caller skips the semantic lookup.
@@ -26,18 +30,24 @@ use crate::tiered::{Guarded, Keyspace};
 /// The kind of the index's keys in the cache's key space.
 const KIND: char = 'v';
 
-/// Add the member `ARGV[2]` of entry `ARGV[1]` to each bucket string of `KEYS` (one
+/// Add the member `ARGV[2]` of entry `ARGV[1]` to each bucket string of `KEYS[2..]` (one
 /// script: the keys share a Cluster slot), replacing that entry's member, dropping members
 /// past their deadline `ARGV[4]` (13 digits, compared as text), and keeping at most
 /// `ARGV[3]` (those with the earliest deadlines go first); each string stays alive as long
-/// as its latest deadline (`PEXPIRE NX`, then `GT`: Redis 7.0).
+/// as its latest deadline (`PEXPIRE NX`, then `GT`: Redis 7.0). Then count the insert in
+/// the scope's generation hash `KEYS[1]` (field `n`: every insert; field `ARGV[7]`: this
+/// writer's; `e`: its epoch, the random `ARGV[6]` when the hash is created; alive as long
+/// as the buckets) and answer `{epoch, 1 if this insert created it in a scope whose
+/// buckets held no other member}`.
 static BUCKET_ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local size = 77
 local cap = tonumber(ARGV[3])
 local now = ARGV[4]
-for _, key in ipairs(KEYS) do
+local others = false
+for k = 2, #KEYS do
+  local key = KEYS[k]
   local old = redis.call('get', key)
   local keep = {}
   if old then
@@ -48,6 +58,7 @@ for _, key in ipairs(KEYS) do
       end
     end
   end
+  if #keep > 0 then others = true end
   if #keep >= cap then
     table.sort(keep, function(a, b) return string.sub(a, 33, 45) < string.sub(b, 33, 45) end)
     for _ = 1, #keep - cap + 1 do
@@ -59,7 +70,28 @@ for _, key in ipairs(KEYS) do
   redis.call('pexpire', key, ARGV[5], 'NX')
   redis.call('pexpire', key, ARGV[5], 'GT')
 end
-return 1",
+local g = KEYS[1]
+local created = 0
+if redis.call('exists', g) == 0 then
+  redis.call('hset', g, 'e', ARGV[6])
+  if not others then created = 1 end
+end
+local n = tonumber(redis.call('hget', g, 'n') or '0') + 1
+local w = tonumber(redis.call('hget', g, ARGV[7]) or '0') + 1
+redis.call('hset', g, 'n', string.format('%d', n), ARGV[7], string.format('%d', w))
+redis.call('pexpire', g, ARGV[5], 'NX')
+redis.call('pexpire', g, ARGV[5], 'GT')
+return {redis.call('hget', g, 'e'), created}",
+    )
+});
+
+/// The generation hash `KEYS[1]` as `{epoch, inserts, writer ARGV[1]'s inserts}` (a script,
+/// not `HMGET`: the commands of the documented ACL user, docs/operations.md, suffice).
+static GENERATION_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local g = KEYS[1]
+return {redis.call('hget', g, 'e'), redis.call('hget', g, 'n'), redis.call('hget', g, ARGV[1])}",
     )
 });
 
@@ -93,6 +125,23 @@ return 1",
     )
 });
 
+/// A scope's generation hash as one writer reads it: its epoch (random, drawn when it was
+/// created), the inserts it counts, and how many of them were this writer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Generation {
+    pub(crate) epoch: u64,
+    pub(crate) inserts: u64,
+    pub(crate) own: u64,
+}
+
+/// What an insert into the Redis index took: the epoch of the scope's generation hash, and
+/// whether this insert created it in a scope with no other member in its buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Inserted {
+    pub(crate) epoch: u64,
+    pub(crate) created: bool,
+}
+
 /// `base` (`P:v{S}`) + `sT.X`: bucket `signature` of table `table` (a lookup names 240 of
 /// them: the scope's part is written once).
 fn bucket_key(base: &str, table: usize, signature: u32) -> String {
@@ -109,6 +158,8 @@ pub(crate) struct RemoteIndex {
     l2: Arc<Guarded>,
     keyspace: Keyspace,
     bucket_cap: usize,
+    /// This writer's field in the generation hashes: `w` and a random number.
+    writer: String,
 }
 
 impl RemoteIndex {
@@ -117,11 +168,13 @@ impl RemoteIndex {
             l2,
             keyspace,
             bucket_cap: bucket_cap.max(1),
+            writer: format!("w{:016x}", rand::random::<u64>()),
         }
     }
 
-    /// Index `entry` of `scope` for `ttl` (the answer's own L2 lifetime). False when Redis
-    /// did not take all of it (a bucket without its record is dropped at its next read).
+    /// Index `entry` of `scope` for `ttl` (the answer's own L2 lifetime): the scope's
+    /// generation this insert took, or `None` when Redis did not take all of it (a bucket
+    /// without its record is dropped at its next read).
     pub(crate) async fn insert(
         &self,
         scope: Digest,
@@ -129,10 +182,10 @@ impl RemoteIndex {
         record: &Record,
         sketch: &Sketch,
         ttl: Duration,
-    ) -> bool {
+    ) -> Option<Inserted> {
         let key = self.record(&scope, &entry);
         if !self.l2.set(&key, record.encode(), ttl).await {
-            return false;
+            return None;
         }
         let now = now_ms();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -142,6 +195,8 @@ impl RemoteIndex {
             deadline_ms: now.saturating_add(ttl_ms),
         };
         let mut script = BUCKET_ADD.prepare_invoke();
+        let first = self.generation_key(&scope);
+        script.key(&first);
         for t in 0..TABLES {
             script.key(self.bucket(&scope, t, sketch.signature(t)));
         }
@@ -150,10 +205,39 @@ impl RemoteIndex {
         script
             .arg(self.bucket_cap)
             .arg(deadline_digits(now))
-            .arg(ttl_ms);
-        let first = self.bucket(&scope, 0, sketch.signature(0));
-        let add = |mut c| async move { script.invoke_async::<i64>(&mut c).await };
-        self.l2.run("bucket_add", &first, add).await.is_some()
+            .arg(ttl_ms)
+            .arg(rand::random::<u64>())
+            .arg(&self.writer);
+        let add = |mut c| async move { script.invoke_async::<(u64, u8)>(&mut c).await };
+        let (epoch, created) = self.l2.run("bucket_add", &first, add).await?;
+        Some(Inserted {
+            epoch,
+            created: created == 1,
+        })
+    }
+
+    /// The scope's generation hash now, in one round trip: `None` when it has none or Redis
+    /// did not answer.
+    pub(crate) async fn generation(&self, scope: &Digest) -> Option<Generation> {
+        let key = self.generation_key(scope);
+        let mut read = GENERATION_READ.prepare_invoke();
+        read.key(&key).arg(&self.writer);
+        let read = |mut c| async move {
+            read.invoke_async::<(Option<u64>, Option<u64>, Option<u64>)>(&mut c)
+                .await
+        };
+        let (epoch, inserts, own) = self.l2.run("generation", &key, read).await?;
+        Some(Generation {
+            epoch: epoch?,
+            inserts: inserts?,
+            own: own.unwrap_or(0),
+        })
+    }
+
+    /// `P:v{S}g`: the generation hash of scope `scope`, counting every insert into its
+    /// buckets.
+    fn generation_key(&self, scope: &Digest) -> String {
+        self.keyspace.layer_key(KIND, scope, "g")
     }
 
     /// `P:v{S}rH`: the record of entry `entry` in scope `scope`.
