@@ -327,37 +327,22 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V>> + Send + 'static,
     {
-        self.get_or_fetch_lazy(digest, options, move || fetch).await
-    }
-
-    /// [`get_or_fetch_with`](Self::get_or_fetch_with) where the fetch itself is made only
-    /// when it will run: `make` is called (in the caller's task, at most once) when this
-    /// caller leads a flight that missed both tiers, so a caller that hits never pays for
-    /// what the fetch must own (such as a copy of the request).
-    #[doc(hidden)]
-    pub async fn get_or_fetch_lazy<M, F, Fut>(
-        &self,
-        digest: Digest,
-        options: &FetchOptions,
-        make: M,
-    ) -> Result<Cached<V>>
-    where
-        M: FnOnce() -> F + Send,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V>> + Send + 'static,
-    {
         if !options.refresh
             && let Some(hit) = self.get(&digest).await
         {
             return Ok(hit);
         }
-        self.get_or_fetch_lazy_after_l1(digest, options, make).await
+        self.get_or_fetch_lazy_after_l1(digest, options, move || fetch)
+            .await
     }
 
-    /// [`get_or_fetch_lazy`](Self::get_or_fetch_lazy) for a caller that has just looked
-    /// `digest` up in L1 ([`get`](Self::get)) and not found it: the same without a second
-    /// L1 lookup first (a flight's lookup still looks in L1, so a value that landed in
-    /// between is found there).
+    /// [`get_or_fetch_with`](Self::get_or_fetch_with) for a caller that has just looked
+    /// `digest` up in L1 ([`get`](Self::get)) and not found it (a refresh need not look):
+    /// no second L1 lookup first (a flight's lookup still looks in L1, so a value that
+    /// landed in between is found there), and the fetch itself is made only when it will
+    /// run: `make` is called (in the caller's task, at most once) when this caller leads a
+    /// flight that missed both tiers, so a caller that hits never pays for what the fetch
+    /// must own (such as a copy of the request).
     #[doc(hidden)]
     pub async fn get_or_fetch_lazy_after_l1<M, F, Fut>(
         &self,
