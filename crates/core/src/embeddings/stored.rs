@@ -78,22 +78,16 @@ impl Codec<StoredEmbedding> for EmbeddingCodec {
         let model = std::str::from_utf8(&rest[..model_len])
             .map_err(|_| Error::codec("embedding payload's model name is not UTF-8"))?;
         let numbers = &rest[model_len..];
-        // Into a zeroed slice rather than collected from a map: the loop compiles to a bulk
-        // copy (about a third of the collect's time for 1,536 values).
+        // Collected from whole 4-byte (8-byte) arrays: an iterator of known length, so one
+        // allocation, never zeroed first, and a loop that compiles to a bulk copy.
         let values = match kind {
             KIND_F32 if numbers.len() == dims.saturating_mul(4) => {
-                let mut values = vec![0f32; dims];
-                for (value, b) in values.iter_mut().zip(numbers.chunks_exact(4)) {
-                    *value = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-                }
-                Values::F32(values.into_boxed_slice())
+                let (whole, _) = numbers.as_chunks::<4>();
+                Values::F32(whole.iter().map(|b| f32::from_le_bytes(*b)).collect())
             }
             KIND_F64 if numbers.len() == dims.saturating_mul(8) => {
-                let mut values = vec![0f64; dims];
-                for (value, b) in values.iter_mut().zip(numbers.chunks_exact(8)) {
-                    *value = f64::from_le_bytes(b.try_into().expect("8 bytes"));
-                }
-                Values::F64(values.into_boxed_slice())
+                let (whole, _) = numbers.as_chunks::<8>();
+                Values::F64(whole.iter().map(|b| f64::from_le_bytes(*b)).collect())
             }
             _ => {
                 return Err(Error::codec(
