@@ -1162,7 +1162,8 @@ async fn miss_overhead(budget: Budget, redis: &str) -> Value {
     let d50 = direct.percentile_ns(0.5);
     let rt50 = round_trip.percentile_ns(0.5);
     let lt50 = lease_trip.percentile_ns(0.5);
-    let beyond = |overhead: u64, trip: u64| ((overhead as f64 - trip as f64) / 10.0).round() / 100.0;
+    let beyond =
+        |overhead: u64, trip: u64| ((overhead as f64 - trip as f64) / 10.0).round() / 100.0;
     // Each miss against the one round trip its lookup needs: a `GET` without leases, the
     // lease-taking `SET NX PX GET` with them (a write: the server does more for it), both
     // sent raw in the same rounds.
