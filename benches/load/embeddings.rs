@@ -147,6 +147,11 @@ pub async fn figures(short: bool, redis: &RedisServer) -> Value {
     for (side, from_l2) in [("l1", false), ("l2", true)] {
         let mut ms = Vec::with_capacity(iterations);
         let (calls0, inputs0) = (upstream.calls.load(Relaxed), upstream.inputs.load(Relaxed));
+        let unanswered = || {
+            let s = cache.embedding_stats().cache;
+            s.l2_timeouts + s.l2_skipped
+        };
+        let unanswered0 = unanswered();
         for _ in 0..iterations {
             let mut inputs = warm.clone();
             inputs.extend(texts(fresh, BATCH - CACHED));
@@ -168,12 +173,23 @@ pub async fn figures(short: bool, redis: &RedisServer) -> Value {
             calls, 1.0,
             "a batch with 51 new inputs made {calls} upstream calls"
         );
-        assert_eq!(inputs, (BATCH - CACHED) as f64, "upstream inputs per batch");
+        // A Redis read past the L2 deadline (a stalled machine) fetches what it was to read:
+        // correct, and then more inputs go upstream; never fewer.
+        let unanswered = unanswered() - unanswered0;
+        if unanswered == 0 {
+            assert_eq!(inputs, (BATCH - CACHED) as f64, "upstream inputs per batch");
+        } else {
+            assert!(
+                inputs >= (BATCH - CACHED) as f64,
+                "upstream inputs per batch"
+            );
+        }
         let (p50, p99) = percentiles(ms);
         sides.insert(
             side.into(),
             json!({"ms_p50": r3(p50), "ms_p99": r3(p99),
-                "upstream_calls_per_batch": calls, "upstream_inputs_per_batch": inputs}),
+                "upstream_calls_per_batch": calls, "upstream_inputs_per_batch": inputs,
+                "redis_reads_unanswered": unanswered}),
         );
     }
 
@@ -184,7 +200,7 @@ pub async fn figures(short: bool, redis: &RedisServer) -> Value {
     settle(&cache).await;
     let keys = l2_keys(&cache, &req);
     let mut conn = redis.conn().await;
-    let [l1_p50, l2_p50, raw_p50] =
+    let ([l1_p50, l2_p50, raw_p50], left_out) =
         fully_cached(&cache, &req, &keys, &mut conn, iterations, true).await;
 
     let cluster = if short {
@@ -213,6 +229,7 @@ pub async fn figures(short: bool, redis: &RedisServer) -> Value {
             "raw_mget": r3(raw_p50),
             "l2_vs_raw_mget": r3(raw_p50 / l2_p50),
             "target_l2_vs_raw_mget": TARGET_VS_RAW_MGET,
+            "rounds_left_out": left_out,
         },
         "fully_cached_cluster_us_per_input": cluster,
         "l2_bytes_per_vector": {"stored": stored, "json_float_text": as_json,
@@ -248,9 +265,9 @@ async fn fully_cached_on_a_cluster(iterations: usize) -> Value {
         .get_async_connection()
         .await
         .expect("cluster connection");
-    let [_, l2_p50, raw_p50] =
+    let ([_, l2_p50, raw_p50], left_out) =
         fully_cached(&cache, &req, &keys, &mut conn, iterations, false).await;
-    json!({"masters": 3, "l2": r3(l2_p50), "raw_mget": r3(raw_p50),
+    json!({"masters": 3, "l2": r3(l2_p50), "raw_mget": r3(raw_p50), "rounds_left_out": left_out,
         "l2_vs_raw_mget": r3(raw_p50 / l2_p50), "target_l2_vs_raw_mget": TARGET_VS_RAW_MGET})
 }
 
@@ -265,7 +282,10 @@ fn l2_keys(cache: &LlmCache, req: &EmbeddingRequest) -> Vec<String> {
 }
 
 /// The stored batch `req`, `iterations` times, per input (p50 in µs): from L1 (when `l1`;
-/// else 0), from Redis (L1 cleared), and a raw `MGET` of its `keys` on `conn`, interleaved.
+/// else 0), from Redis (L1 cleared), and a raw `MGET` of its `keys` on `conn`, interleaved;
+/// and how many rounds were left out because the batch was not all from the tier timed (a
+/// Redis read past the L2 deadline on a stalled machine fetches that input: correct, but not
+/// what is timed). Fails when more than one round in ten is left out.
 async fn fully_cached<C: redis::aio::ConnectionLike>(
     cache: &LlmCache,
     req: &EmbeddingRequest,
@@ -273,15 +293,21 @@ async fn fully_cached<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     iterations: usize,
     l1: bool,
-) -> [f64; 3] {
+) -> ([f64; 3], usize) {
     let per_input = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / BATCH as f64;
     let mut times: [Vec<f64>; 3] = Default::default();
+    let mut left_out = 0;
     for _ in 0..iterations {
         if l1 {
             let t = Instant::now();
             let out = cache.embeddings(req).await.expect("l1 batch");
-            times[0].push(per_input(t));
-            assert_eq!(out.status(), llm_cache::CacheStatus::HitL1);
+            let took = per_input(t);
+            if out.status() != llm_cache::CacheStatus::HitL1 {
+                left_out += 1;
+                settle(cache).await;
+                continue;
+            }
+            times[0].push(took);
         }
         cache.clear_l1();
         // moka removes the cleared entries lazily: without this the batch would pay for
@@ -289,8 +315,13 @@ async fn fully_cached<C: redis::aio::ConnectionLike>(
         cache.run_pending_tasks().await;
         let t = Instant::now();
         let out = cache.embeddings(req).await.expect("l2 batch");
-        times[1].push(per_input(t));
-        assert_eq!(out.status(), llm_cache::CacheStatus::HitL2);
+        let took = per_input(t);
+        if out.status() != llm_cache::CacheStatus::HitL2 {
+            left_out += 1;
+            settle(cache).await;
+            continue;
+        }
+        times[1].push(took);
         let t = Instant::now();
         let bytes: Vec<Vec<u8>> = redis::cmd("MGET")
             .arg(keys)
@@ -300,5 +331,12 @@ async fn fully_cached<C: redis::aio::ConnectionLike>(
         times[2].push(per_input(t));
         assert_eq!(bytes.len(), BATCH);
     }
-    times.map(|t| if t.is_empty() { 0.0 } else { percentiles(t).0 })
+    assert!(
+        left_out * 10 <= iterations,
+        "{left_out} of {iterations} fully cached batches were not all from the tier timed"
+    );
+    (
+        times.map(|t| if t.is_empty() { 0.0 } else { percentiles(t).0 }),
+        left_out,
+    )
 }
