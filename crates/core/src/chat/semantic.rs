@@ -99,6 +99,8 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         };
+        // Sent with the exact GET, awaited only if the in-process index finds nothing.
+        let ahead = semantic.read_ahead(scope);
         if let Some(hit) = self.inner.tiers.fetch_stored(&digest).await {
             return Before::Served(Cached::answer(hit));
         }
@@ -115,7 +117,7 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         };
-        for m in semantic.find(scope, &canonical, &vector).await {
+        for m in semantic.find(scope, &canonical, &vector, ahead).await {
             if m.entry == digest {
                 continue;
             }

@@ -23,7 +23,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 
 use super::remote::{Generation, Inserted};
-use super::sketch::{Member, Record, Sketch, TABLE_BITS, TABLES, cosine, rank};
+use super::sketch::{Member, PROBES, Record, Sketch, TABLE_BITS, TABLES, cosine, rank};
 use crate::tiered::digest::{Digest, DigestHasherBuilder};
 use crate::tiered::now_ms;
 
@@ -207,19 +207,21 @@ impl LocalIndex {
         let mut found: Vec<(u32, Digest, ())> = Vec::new();
         let mut expired: Vec<Digest> = Vec::new();
         if let Some(scoped) = self.buckets.get(&scope) {
-            for (t, sig) in sketch.probes() {
-                let Some(bucket) = scoped.get(&bucket_key(t, sig)) else {
+            // Every bucket first, then their members: the map reads do not wait on each
+            // other's cache misses (a large scope's buckets are far apart in memory), and
+            // most of a lookup's time is those misses.
+            let mut buckets = [None; PROBES];
+            for (b, (t, sig)) in buckets.iter_mut().zip(sketch.probes()) {
+                *b = scoped.get(&bucket_key(t, sig));
+            }
+            for m in buckets.into_iter().flatten().flatten() {
+                if m.deadline_ms <= now {
+                    expired.push(m.entry);
                     continue;
-                };
-                for m in bucket {
-                    if m.deadline_ms <= now {
-                        expired.push(m.entry);
-                        continue;
-                    }
-                    let d = m.sketch.distance(sketch);
-                    if d <= max_distance {
-                        found.push((d, m.entry, ()));
-                    }
+                }
+                let d = m.sketch.distance(sketch);
+                if d <= max_distance {
+                    found.push((d, m.entry, ()));
                 }
             }
         }

@@ -15,19 +15,21 @@ mod words;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 pub use self::guard::{
     Canonical, DEFAULT_MAX_TYPOS, DEFAULT_TYPO_MIN_LEN, GuardVerdict, LexicalGuard, Refusal,
 };
 use self::local::LocalIndex;
-use self::remote::RemoteIndex;
+use self::remote::{Generation, RemoteIndex};
 pub(crate) use self::sketch::cosine;
 use self::sketch::{Record, Sketch, max_distance};
 use crate::tiered::Guarded;
 use crate::tiered::Keyspace;
 use crate::tiered::digest::Digest;
 use crate::tiered::now_ms;
+use crate::upstream::BoxFuture;
 
 /// The default cosine a candidate needs before the guard looks at it. Low on purpose: the
 /// guard decides what is served, the threshold only spares it candidates that cannot be the
@@ -223,6 +225,25 @@ pub(crate) struct Match {
     pub(crate) similarity: f32,
 }
 
+/// A read of a scope's generation hash sent ahead of the lookup that may need it (see
+/// [`Semantic::read_ahead`]): its command is written when it is made, its reply awaited
+/// only by a lookup that finds nothing in process. Dropped unread, it costs Redis one
+/// script and the caller nothing more.
+pub(crate) struct ReadAhead<'a> {
+    read: Option<BoxFuture<'a, Option<Generation>>>,
+    /// The answer, when it came at once (nothing was sent: no connection, breaker open).
+    ready: Option<Generation>,
+}
+
+impl ReadAhead<'_> {
+    async fn generation(self) -> Option<Generation> {
+        match self.read {
+            Some(read) => read.await,
+            None => self.ready,
+        }
+    }
+}
+
 /// The semantic index of one cache: the settings, both indexes, the counters.
 pub(crate) struct Semantic {
     pub(crate) config: SemanticConfig,
@@ -267,16 +288,42 @@ impl Semantic {
         self.config.guard.canonical(text)
     }
 
+    /// Send the read of `scope`'s generation now, when the in-process index holds a mark
+    /// for `scope` (else it could not use it), without waiting for its reply: a caller
+    /// makes it before its exact Redis `GET`, so both go out together and a lookup that
+    /// needs the generation finds it landed. Polled here once, in the caller's task (no
+    /// task is spawned). A generation read before the lookup can only be older than one
+    /// read after: an insert of another instance in between is then not seen, and the
+    /// Redis index is left unread (a miss, never another answer).
+    pub(crate) fn read_ahead(&self, scope: Digest) -> ReadAhead<'_> {
+        let mut ahead = ReadAhead {
+            read: None,
+            ready: None,
+        };
+        if let (Some(local), Some(remote)) = (&self.local, &self.remote)
+            && local.tracks(&scope)
+        {
+            let mut read: BoxFuture<'_, Option<Generation>> = Box::pin(remote.generation(scope));
+            // Woken by nobody: the lookup polls it again when it awaits it.
+            match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(g) => ahead.ready = g,
+                Poll::Pending => ahead.read = Some(read),
+            }
+        }
+        ahead
+    }
+
     /// The candidates of `scope` that pass the threshold and the guard against `canonical`,
     /// best first: the in-process index's, else Redis's (then kept in process too). When the
-    /// in-process index finds nothing and holds a mark for `scope`, the scope's generation is
-    /// read (one script, one round trip): the Redis index is left unread when the in-process
-    /// index holds every entry up to it. A hit sends nothing to Redis.
+    /// in-process index finds nothing, the scope's generation read ahead (`ahead`) is
+    /// awaited: the Redis index is left unread when the in-process index holds every entry
+    /// up to it.
     pub(crate) async fn find(
         &self,
         scope: Digest,
         canonical: &Canonical,
         vector: &[f32],
+        ahead: ReadAhead<'_>,
     ) -> Vec<Match> {
         Counters::incr(&self.counters.lookups);
         let cfg = &self.config;
@@ -303,9 +350,7 @@ impl Semantic {
             if !out.is_empty() {
                 return out;
             }
-            if let Some(remote) = &self.remote
-                && local.tracks(&scope)
-                && let Some(g) = remote.generation(&scope).await
+            if let Some(g) = ahead.generation().await
                 && local.holds(&scope, &g)
             {
                 Counters::incr(&self.counters.redis_current);

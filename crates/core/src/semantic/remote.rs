@@ -218,8 +218,8 @@ impl RemoteIndex {
 
     /// The scope's generation hash now, in one round trip: `None` when it has none or Redis
     /// did not answer.
-    pub(crate) async fn generation(&self, scope: &Digest) -> Option<Generation> {
-        let key = self.generation_key(scope);
+    pub(crate) async fn generation(&self, scope: Digest) -> Option<Generation> {
+        let key = self.generation_key(&scope);
         let mut read = GENERATION_READ.prepare_invoke();
         read.key(&key).arg(&self.writer);
         let read = |mut c| async move {

@@ -15,6 +15,8 @@ pub(crate) const SKETCH_BITS: usize = 256;
 pub(crate) const TABLES: usize = 16;
 /// Bits of one table's signature: 16,384 buckets per table and scope.
 pub(crate) const TABLE_BITS: usize = 14;
+/// Buckets a lookup reads: each table's signature and its one-bit neighbours.
+pub(crate) const PROBES: usize = TABLES * (TABLE_BITS + 1);
 /// The record layout's version byte.
 const RECORD_VERSION: u8 = 1;
 
@@ -66,12 +68,14 @@ impl Sketch {
     /// signature and its [`TABLE_BITS`] one-bit neighbours (16 × 15 = 240 buckets). At a
     /// cosine of 0.86 the exact buckets alone find about 74 % of the vectors, with the
     /// neighbours about 99.7 % (0.7: 80 %); each holds about 1/16,384 of the scope.
-    pub(crate) fn probes(&self) -> Vec<(usize, u32)> {
-        let mut out = Vec::with_capacity(TABLES * (TABLE_BITS + 1));
-        for t in 0..TABLES {
+    pub(crate) fn probes(&self) -> [(usize, u32); PROBES] {
+        let mut out = [(0, 0); PROBES];
+        for (t, table) in out.chunks_exact_mut(TABLE_BITS + 1).enumerate() {
             let sig = self.signature(t);
-            out.push((t, sig));
-            out.extend((0..TABLE_BITS).map(|i| (t, sig ^ (1 << i))));
+            table[0] = (t, sig);
+            for (i, p) in table[1..].iter_mut().enumerate() {
+                *p = (t, sig ^ (1 << i));
+            }
         }
         out
     }
