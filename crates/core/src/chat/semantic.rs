@@ -99,11 +99,13 @@ impl LlmCache {
             Counters::incr(&semantic.counters.ineligible);
             return Before::Miss(None);
         };
-        // Sent with the exact GET, awaited only if the in-process index finds nothing.
-        let ahead = semantic.read_ahead(scope);
         if let Some(hit) = self.inner.tiers.fetch_stored(&digest).await {
             return Before::Served(Cached::answer(hit));
         }
+        // Sent once the exact entry is known missing (an exact hit sends nothing more), so
+        // that its round trip passes during the embedding call; awaited only if the
+        // in-process index finds nothing.
+        let ahead = semantic.read_ahead(scope);
         let canonical = semantic.canonical(text);
         // The prompt as written, not the canonical text: the model must see what the guard
         // set aside too, or every pair the guard merges would score 1.0.

@@ -290,8 +290,8 @@ impl Semantic {
 
     /// Send the read of `scope`'s generation now, when the in-process index holds a mark
     /// for `scope` (else it could not use it), without waiting for its reply: a caller
-    /// makes it before its exact Redis `GET`, so both go out together and a lookup that
-    /// needs the generation finds it landed. Polled here once, in the caller's task (no
+    /// makes it once its exact Redis `GET` missed, before its embedding call, so that a
+    /// lookup that needs the generation finds it landed. Polled here once, in the caller's task (no
     /// task is spawned). A generation read before the lookup can only be older than one
     /// read after: an insert of another instance in between is then not seen, and the
     /// Redis index is left unread (a miss, never another answer).
